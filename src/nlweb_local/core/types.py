@@ -1,0 +1,101 @@
+"""The shared vocabulary: items, task kinds and the chat types every provider speaks."""
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+
+class TaskKind(str, enum.Enum):
+    """What an LLM call is for. The search pipeline asks for tasks, never for a vendor."""
+
+    RANK = "rank"
+    DECONTEXTUALIZE = "decontextualize"
+    SUMMARIZE = "summarize"
+    GENERATE = "generate"
+    CHAT = "chat"
+    JSON = "json"
+
+
+@dataclass(frozen=True, slots=True)
+class Item:
+    """One schema.org item as stored: NLWeb's `{url, name, site, schema_json}` payload."""
+
+    url: str
+    name: str
+    site: str
+    schema_json: str
+
+    @property
+    def schema_object(self) -> Any:
+        import json
+
+        return json.loads(self.schema_json)
+
+
+@dataclass(frozen=True, slots=True)
+class ScoredItem:
+    """An item with its retrieval similarity (cosine, -1..1)."""
+
+    item: Item
+    similarity: float
+
+
+Role = Literal["system", "user", "assistant", "tool"]
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    role: Role
+    content: str
+
+
+@dataclass(slots=True)
+class ChatRequest:
+    """A provider-neutral chat request. `json_schema` asks for output matching that schema."""
+
+    messages: list[Message]
+    model: str | None = None
+    max_tokens: int = 256
+    temperature: float = 0.0
+    json_schema: dict[str, Any] | None = None
+    stop: list[str] | None = None
+    task: TaskKind = TaskKind.CHAT
+    deadline_s: float | None = None
+
+
+@dataclass(slots=True)
+class Usage:
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    time_to_first_token_s: float | None = None
+    total_s: float | None = None
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+    @property
+    def tokens_per_second(self) -> float | None:
+        if not self.total_s or not self.completion_tokens:
+            return None
+        gen_time = self.total_s - (self.time_to_first_token_s or 0.0)
+        return self.completion_tokens / gen_time if gen_time > 0 else None
+
+
+@dataclass(slots=True)
+class ChatChunk:
+    """One streamed piece of an answer; the last chunk carries `finish_reason` and usage."""
+
+    delta: str
+    finish_reason: str | None = None
+    usage: Usage | None = None
+
+
+@dataclass(slots=True)
+class ChatResponse:
+    content: str
+    finish_reason: str = "stop"
+    usage: Usage = field(default_factory=Usage)
+    model: str = ""
+    deployment: str = ""

@@ -1,0 +1,1 @@
+"""The NLWeb /ask pipeline, written against three narrow ports (StructuredLLM, Embedder, VectorStore)."""

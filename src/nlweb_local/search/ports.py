@@ -1,0 +1,23 @@
+"""The ports the search pipeline needs. It imports no provider, router or server."""
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+from ..core.types import TaskKind
+from ..retrieval.base import Embedder, VectorStore
+
+__all__ = ["StructuredLLM", "Embedder", "VectorStore"]
+
+
+class StructuredLLM(Protocol):
+    async def ask(self, task: TaskKind, prompt: str, schema: dict[str, Any], *, max_tokens: int = 128) -> dict[str, Any]:
+        """Answer `prompt` as a JSON object matching `schema` (coerced and validated by the implementation).
+
+        Raises `ModelOutputError` when no object of that shape could be had, `OverloadedError` when the
+        LLM's queue is full, other `ProviderError`s for engine faults.
+        """
+        ...
+
+    def admit(self) -> None:
+        """Raise `OverloadedError` (with retry_after) if a new request should not start now."""
+        ...
