@@ -25,3 +25,70 @@ def store(tmp_path, embedder):
     s = QdrantStore(dimension=embedder.dimension, path=tmp_path / "qdrant")
     yield s
     s.close()
+
+
+FIXTURE_SITE = os.path.join(os.path.dirname(__file__), "data", "fixture_site.jsonl")
+
+
+def e2e_settings(data_dir):
+    """Settings of the end-to-end server: defaults, with the LLM scoring 5 candidates to keep tests quick."""
+    from nlweb_local.config.settings import load_settings
+
+    s = load_settings(environ={"NLWEB_LOCAL_DATA_DIR": str(data_dir)})
+    s.search.llm_rank_limit = 5
+    s.server.autoload_demo = False
+    return s
+
+
+@pytest.fixture(scope="session")
+def real_components(tmp_path_factory, embedder):
+    """The real parts, loaded once: SmolLM2 in llama.cpp, MiniLM, embedded Qdrant with the fixture site."""
+    from nlweb_local.ingest.pipeline import Ingestor
+    from nlweb_local.providers.structured import ProviderStructuredLLM
+    from nlweb_local.server.components import Components, build_provider, build_store
+
+    data = tmp_path_factory.mktemp("e2e")
+    settings = e2e_settings(data)
+    store = build_store(settings, embedder.dimension)
+    Ingestor(embedder, store, settings.ingest, progress=False).ingest(FIXTURE_SITE, "fixture")
+    provider = build_provider(settings)
+    comp = Components(llm=ProviderStructuredLLM(provider), embedder=embedder, store=store, provider=provider)
+    comp.settings = settings
+    yield comp
+    store.close()
+
+
+class LiveServer:
+    def __init__(self, app):
+        import socket
+        import threading
+        import time
+
+        import uvicorn
+
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            self.port = sock.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="on"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.thread.start()
+        deadline = time.time() + 30
+        while not self.server.started:
+            if time.time() > deadline:
+                raise RuntimeError("test server did not start")
+            time.sleep(0.05)
+
+    def stop(self):
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def live_server(real_components):
+    """A real nlweb-local (real LLM, embedder and store) serving the 24-item site `fixture` on a free port."""
+    from nlweb_local.server.app import create_app
+
+    srv = LiveServer(create_app(real_components.settings, real_components, close_components=False))
+    yield srv
+    srv.stop()

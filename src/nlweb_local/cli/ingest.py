@@ -1,0 +1,42 @@
+"""`nlweb-local ingest SOURCE --site NAME` and `--delete-site NAME`."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from ..config.settings import Settings
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("ingest", help="load a site's schema.org items (or delete a site)",
+                       description="Load items from a file or URL: TSV (url<TAB>json-ld), JSON lines, JSON-LD "
+                       "(object, array, @graph), CSV with headers, RSS/Atom, a sitemap or a page URL. Re-loading a "
+                       "url replaces it. Stop `nlweb-local serve` first when the store is embedded (the default).")
+    p.add_argument("source", nargs="?", help="file path or http(s) URL")
+    p.add_argument("--site", help="site name the items belong to (required with SOURCE)")
+    p.add_argument("--delete-site", metavar="NAME", help="remove every item of site NAME")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace, settings: Settings) -> int:
+    if not args.delete_site and not (args.source and args.site):
+        print("nlweb-local ingest: give SOURCE and --site NAME, or --delete-site NAME (see --help)", file=sys.stderr)
+        return 2
+    from ..ingest.pipeline import Ingestor
+    from ..server.components import build_embedder, build_store
+
+    embedder = build_embedder(settings)
+    store = build_store(settings, embedder.dimension)
+    try:
+        ingestor = Ingestor(embedder, store, settings.ingest, progress=not args.no_progress)
+        if args.delete_site:
+            n = ingestor.delete_site(args.delete_site)
+            print(f"deleted site {args.delete_site!r}: {n} items removed")
+            if not args.source:
+                return 0
+        report = ingestor.ingest(args.source, args.site)
+        print(report.summary())
+        return 0
+    finally:
+        store.close()

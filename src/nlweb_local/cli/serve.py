@@ -1,0 +1,51 @@
+"""`nlweb-local serve`: the whole system on one machine."""
+from __future__ import annotations
+
+import argparse
+import logging
+
+from ..config.settings import Settings
+
+log = logging.getLogger("nlweb_local.serve")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("serve", help="serve /ask, /mcp, /sites, /who and the chat page",
+                       description="Start the server. On first start with an empty store it loads the bundled demo site.")
+    p.add_argument("--host", help="address to listen on (default: server.host, 127.0.0.1)")
+    p.add_argument("--port", type=int, help="port (default: server.port, 8000)")
+    p.add_argument("--no-demo", action="store_true", help="do not load the demo site into an empty store")
+    p.set_defaults(func=run)
+
+
+def load_demo_if_empty(settings: Settings, components) -> None:
+    if components.store.count() > 0:
+        return
+    from ..ingest.demo import DEMO_SITE, demo_source
+    from ..ingest.pipeline import Ingestor
+
+    log.info("the store is empty: loading the demo site %r (once)", DEMO_SITE)
+    report = Ingestor(components.embedder, components.store, settings.ingest).ingest(str(demo_source()), DEMO_SITE)
+    log.info("demo site loaded: %s", report.summary().splitlines()[0])
+
+
+def run(args: argparse.Namespace, settings: Settings) -> int:
+    import uvicorn
+
+    from ..server.app import create_app
+    from ..server.components import build_components
+
+    if args.host:
+        settings.server.host = args.host
+    if args.port is not None:
+        settings.server.port = args.port
+    settings.data_path.mkdir(parents=True, exist_ok=True)
+    log.info("loading models and the store (data in %s)", settings.data_path.resolve())
+    components = build_components(settings)
+    if settings.server.autoload_demo and not args.no_demo:
+        load_demo_if_empty(settings, components)
+    app = create_app(settings, components, close_components=True)
+    url = f"http://{settings.server.host}:{settings.server.port}/"
+    log.info("nlweb-local is ready: open %s in a browser (Ctrl-C stops)", url)
+    uvicorn.run(app, host=settings.server.host, port=settings.server.port, log_level="warning")
+    return 0

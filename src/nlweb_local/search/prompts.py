@@ -1,0 +1,64 @@
+"""Prompts and output schemas of the four search tasks. Shared text first, item-specific text last,
+so consecutive ranking calls share a prompt prefix the engine can reuse."""
+from __future__ import annotations
+
+RANK_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "score": {"type": "integer", "minimum": 0, "maximum": 100},
+        "description": {"type": "string", "maxLength": 160},
+    },
+    "required": ["score", "description"],
+}
+
+DECONTEXTUALIZE_SCHEMA = {
+    "type": "object",
+    "properties": {"decontextualized_query": {"type": "string", "maxLength": 200}},
+    "required": ["decontextualized_query"],
+}
+
+SUMMARY_SCHEMA = {"type": "object", "properties": {"summary": {"type": "string"}}, "required": ["summary"]}
+ANSWER_SCHEMA = {"type": "object", "properties": {"answer": {"type": "string"}}, "required": ["answer"]}
+
+
+def rank_prompt(query: str, item_text: str) -> str:
+    return (
+        "Score how well an item from a website answers the user's question, from 0 (unrelated) to 100 "
+        "(exactly what was asked). Respect every constraint in the question, such as ingredients to avoid, "
+        "diets, dates, places and prices: an item that breaks one scores below 30. Then, in one short sentence, "
+        "say why the item fits, without repeating the question.\n"
+        f"Question: {query}\n"
+        f"Item: {item_text}\n"
+        'Answer as {"score": <0-100>, "description": "<why it fits>"}.'
+    )
+
+
+def decontextualize_prompt(query: str, prev: list[str], last_answers: list[str]) -> str:
+    history = "\n".join(f"- {p}" for p in prev[-5:])
+    answers = ("\nEarlier answers included: " + "; ".join(last_answers[:5])) if last_answers else ""
+    return (
+        "Rewrite the user's latest question so that it can be understood on its own, using the earlier "
+        "questions of the conversation for context. Keep it short; do not answer it.\n"
+        f"Earlier questions:\n{history}{answers}\n"
+        f"Latest question: {query}\n"
+        'Answer as {"decontextualized_query": "<standalone question>"}.'
+    )
+
+
+def summarize_prompt(query: str, entries: list[str]) -> str:
+    listing = "\n".join(f"{i + 1}. {e}" for i, e in enumerate(entries))
+    return (
+        f"The user asked: {query}\nThese items were found:\n{listing}\n"
+        "Write a summary of two or three sentences of what was found, for the user. "
+        'Answer as {"summary": "<summary>"}.'
+    )
+
+
+def generate_prompt(query: str, entries: list[str]) -> str:
+    listing = "\n".join(f"[{i + 1}] {e}" for i, e in enumerate(entries))
+    return (
+        f"Answer the user's question using only these items from the website, citing them as [1], [2].\n"
+        f"Items:\n{listing}\n"
+        f"Question: {query}\n"
+        'Answer as {"answer": "<answer with citations>"}.'
+    )

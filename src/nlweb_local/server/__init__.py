@@ -1,0 +1,1 @@
+"""The HTTP edge: /ask, /mcp, /sites, /who, /health, /ready and the chat page."""

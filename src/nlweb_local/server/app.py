@@ -1,0 +1,99 @@
+"""The composition root: `create_app(settings)` wires the parts and the routes."""
+from __future__ import annotations
+
+import asyncio
+import logging
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import FileResponse, JSONResponse, Response
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+
+from .. import __version__
+from ..config.settings import Settings
+from ..core.errors import NlwebError
+from ..search.pipeline import AskPipeline
+from ..search.who import SiteDirectory
+from .ask import AskEndpoint, error_response
+from .components import Components, build_components
+from .mcp_tools import SearchTools
+
+log = logging.getLogger(__name__)
+STATIC = Path(__file__).parent / "static"
+
+
+def create_app(settings: Settings, components: Components | None = None, *, close_components: bool | None = None) -> Starlette:
+    """`components` None: build them from settings (and close them at shutdown)."""
+    owned = components is None if close_components is None else close_components
+    comp = components or build_components(settings)
+    pipeline = AskPipeline(comp.llm, comp.embedder, comp.store, settings.search)
+    directory = SiteDirectory(comp.embedder, comp.store)
+    ask = AskEndpoint(pipeline, settings)
+
+    async def sites(request: Request) -> Response:
+        infos = await asyncio.to_thread(comp.store.sites)
+        return JSONResponse({"message-type": "sites", "sites": [s.name for s in infos]})
+
+    async def who(request: Request) -> Response:
+        query = request.query_params.get("query", "").strip()
+        if not query:
+            return error_response(_missing("query", "/who?query=vegetarian+recipes"))
+        matches = await directory.who(query)
+        return JSONResponse({"message_type": "who", "query": query, "sites": [
+            {"site": m.site, "score": m.score, "description": m.description, "item_count": m.item_count} for m in matches]})
+
+    async def health(request: Request) -> Response:
+        return JSONResponse({"status": "healthy", "version": __version__})
+
+    async def ready(request: Request) -> Response:
+        checks: dict[str, str] = {}
+        try:
+            n = await asyncio.to_thread(comp.store.count)
+            checks["store"] = f"ok ({n} items)"
+        except Exception as e:  # noqa: BLE001
+            checks["store"] = f"failing: {e}"
+        if comp.provider is not None:
+            h = await comp.provider.health()
+            checks["llm"] = f"ok ({h.detail}, {h.queued} queued)" if h.healthy else f"failing: {h.detail}"
+        ok = all(v.startswith("ok") for v in checks.values())
+        return JSONResponse({"status": "ready" if ok else "not_ready", "checks": checks}, status_code=200 if ok else 503)
+
+    async def index(request: Request) -> Response:
+        return FileResponse(STATIC / "index.html", media_type="text/html")
+
+    from .mcp import mcp_routes
+
+    routes = [
+        Route("/", index),
+        Route("/ask", ask, methods=["GET", "POST"]),
+        Route("/sites", sites),
+        Route("/who", who),
+        Route("/health", health),
+        Route("/ready", ready),
+        *mcp_routes(SearchTools(pipeline, comp.store, directory), version=__version__,
+                    max_body_bytes=settings.server.max_body_bytes),
+        Mount("/static", app=StaticFiles(directory=STATIC), name="static"),
+    ]
+
+    @asynccontextmanager
+    async def lifespan(app):
+        yield
+        if owned:
+            if comp.provider is not None:
+                await comp.provider.close()
+            for close in comp.closers:
+                close()
+
+    app = Starlette(routes=routes, lifespan=lifespan)
+    app.state.components = comp
+    app.state.pipeline = pipeline
+    return app
+
+
+def _missing(name: str, example: str) -> NlwebError:
+    from ..core.errors import BadRequestError
+
+    return BadRequestError(f"missing required parameter '{name}', e.g. {example}")

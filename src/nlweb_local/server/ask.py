@@ -1,0 +1,102 @@
+"""The /ask endpoint: parse, admit, run the pipeline, render in the requested wire format."""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from typing import Any, AsyncIterator
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+
+from ..config.settings import Settings
+from ..core.errors import NlwebError, OverloadedError
+from ..search.events import End, Event, Failure
+from ..search.pipeline import AskPipeline
+from .params import collect_params, parse_ask
+from .wire import Renderer, V05Renderer, V1Renderer, V3Renderer
+
+log = logging.getLogger(__name__)
+_RENDERERS = {"v3": V3Renderer, "v1": V1Renderer, "v0.5": V05Renderer}
+
+
+def error_response(e: NlwebError) -> JSONResponse:
+    headers = {}
+    if isinstance(e, OverloadedError):
+        headers["Retry-After"] = str(max(1, int(round(e.retry_after))))
+    return JSONResponse({"error": e.message, "status": e.status}, status_code=e.status, headers=headers)
+
+
+async def _guarded(events: AsyncIterator[Event]) -> AsyncIterator[Event]:
+    """A bug in the pipeline becomes an error message followed by the end message, never a broken stream."""
+    try:
+        async for ev in events:
+            yield ev
+    except Exception:  # noqa: BLE001
+        log.exception("ask pipeline crashed")
+        yield Failure("internal error while answering; see the server log", 500)
+        yield End(error=True)
+
+
+async def _with_keepalive(events: AsyncIterator[Event], interval: float) -> AsyncIterator[Event | None]:
+    """Yield events; yield None whenever `interval` seconds pass without one."""
+    it = events.__aiter__()
+    nxt: asyncio.Future = asyncio.ensure_future(it.__anext__())
+    try:
+        while True:
+            done, _ = await asyncio.wait({nxt}, timeout=interval)
+            if not done:
+                yield None
+                continue
+            try:
+                ev = nxt.result()
+            except StopAsyncIteration:
+                return
+            yield ev
+            nxt = asyncio.ensure_future(it.__anext__())
+    finally:
+        if not nxt.done():
+            nxt.cancel()
+            try:
+                await nxt
+            except (asyncio.CancelledError, StopAsyncIteration, Exception):  # noqa: BLE001
+                pass
+
+
+def _sse(msg: dict[str, Any]) -> bytes:
+    return b"data: " + json.dumps(msg, ensure_ascii=False).encode() + b"\n\n"
+
+
+class AskEndpoint:
+    def __init__(self, pipeline: AskPipeline, settings: Settings):
+        self._pipeline = pipeline
+        self._settings = settings
+
+    async def __call__(self, request: Request) -> Response:
+        try:
+            params, raw = await collect_params(request, self._settings.server.max_body_bytes)
+            parsed = parse_ask(params, raw, self._settings.search, self._settings.server.default_api)
+            self._pipeline.admit()
+        except NlwebError as e:
+            return error_response(e)
+        renderer: Renderer = _RENDERERS[parsed.api](parsed.ask)
+        events = _guarded(self._pipeline.run(parsed.ask))
+        log.info("ask %r sites=%s mode=%s api=%s", parsed.ask.query[:80], parsed.ask.sites or "all", parsed.ask.mode, parsed.api)
+        if parsed.streaming:
+            return StreamingResponse(self._stream(events, renderer), media_type="text/event-stream",
+                                     headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        messages: list[dict[str, Any]] = []
+        status = 200
+        async for ev in events:
+            if isinstance(ev, Failure):
+                status = ev.status
+            messages.extend(renderer.render(ev))
+        return JSONResponse(renderer.body(messages), status_code=status)
+
+    async def _stream(self, events: AsyncIterator[Event], renderer: Renderer) -> AsyncIterator[bytes]:
+        async for ev in _with_keepalive(events, self._settings.server.keepalive_s):
+            if ev is None:
+                yield b": keepalive\n\n"
+                continue
+            for msg in renderer.render(ev):
+                yield _sse(msg)

@@ -1,0 +1,46 @@
+"""The MCP tools (`ask`, `list_sites`, `who`) over the search pipeline, as text for agents."""
+from __future__ import annotations
+
+import asyncio
+
+from ..core.errors import BadRequestError
+from ..search.events import AskRequest, Failure, Generated, NoResults, Results, Summary
+from ..search.pipeline import AskPipeline
+from ..search.ports import VectorStore
+from ..search.who import SiteDirectory
+
+
+class SearchTools:
+    def __init__(self, pipeline: AskPipeline, store: VectorStore, directory: SiteDirectory):
+        self._pipeline = pipeline
+        self._store = store
+        self._directory = directory
+
+    async def ask(self, query: str, sites: list[str] | None, generate_mode: str) -> str:
+        mode = generate_mode if generate_mode in ("list", "summarize", "generate") else "list"
+        self._pipeline.admit()
+        lines: list[str] = []
+        results = []
+        async for ev in self._pipeline.run(AskRequest(query=query, sites=list(sites or []), mode=mode)):  # type: ignore[arg-type]
+            if isinstance(ev, Results):
+                results.extend(ev.items)
+            elif isinstance(ev, Summary):
+                lines.append(f"Summary: {ev.text}")
+            elif isinstance(ev, Generated):
+                lines.append(f"Answer: {ev.answer}")
+            elif isinstance(ev, NoResults):
+                lines.append(ev.message)
+            elif isinstance(ev, Failure):
+                raise BadRequestError(ev.message)
+        results.sort(key=lambda r: -r.score)
+        listing = [f"{i + 1}. {r.item.name} (score {r.score}) — {r.item.url}\n   {r.description}" for i, r in enumerate(results)]
+        return "\n".join(listing + lines) if (listing or lines) else "No results."
+
+    async def list_sites(self) -> list[str]:
+        return [s.name for s in await asyncio.to_thread(self._store.sites)]
+
+    async def who(self, query: str) -> str:
+        matches = await self._directory.who(query)
+        if not matches:
+            return "No sites are loaded."
+        return "\n".join(f"{m.site} (score {m.score}, {m.item_count} items): {m.description}" for m in matches)

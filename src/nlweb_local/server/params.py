@@ -1,0 +1,186 @@
+"""Parse an /ask request (query string, merged with a JSON or form body) into an `AskRequest`.
+
+Bad input raises `BadRequestError` / `PayloadTooLargeError` with a message that names the parameter.
+"""
+from __future__ import annotations
+
+import json
+import uuid
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import parse_qsl
+
+from starlette.requests import Request
+
+from ..config.settings import SearchSettings
+from ..core.errors import BadRequestError, PayloadTooLargeError
+from ..search.events import AskRequest
+
+MAX_QUERY_CHARS = 2000
+_MODES = {"list": "list", "none": "list", "": "list", "summarize": "summarize", "summary": "summarize", "generate": "generate"}
+
+
+@dataclass(slots=True)
+class ParsedAsk:
+    ask: AskRequest
+    streaming: bool
+    api: str  # "v3" | "v1" | "v0.5"
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLargeError(f"request body is {declared} bytes; the limit is {limit} (server.max_body_bytes)")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLargeError(f"request body exceeds {limit} bytes (server.max_body_bytes)")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _decode(body: bytes) -> str:
+    if b"\x00" in body:
+        raise BadRequestError("request body is binary; send JSON or form-encoded text")
+    try:
+        return body.decode("utf-8")
+    except UnicodeDecodeError:
+        raise BadRequestError("request body is not valid UTF-8 text; send JSON or form-encoded text") from None
+
+
+async def collect_params(request: Request, limit: int) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """Merged parameters, plus the raw JSON body when it was a JSON object (for dialect detection)."""
+    params: dict[str, Any] = {}
+    for k, v in request.query_params.multi_items():
+        params.setdefault(k, []).append(v)
+    params = {k: v[0] if len(v) == 1 else v for k, v in params.items()}
+    if request.method != "POST":
+        return params, None
+    body = await read_body(request, limit)
+    if not body.strip():
+        return params, None
+    text = _decode(body)
+    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if ctype == "application/x-www-form-urlencoded":
+        for k, v in parse_qsl(text, keep_blank_values=True):
+            params[k] = v
+        return params, None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise BadRequestError(f"request body is not valid JSON ({e.msg} at line {e.lineno} column {e.colno})") from None
+    if not isinstance(data, dict):
+        raise BadRequestError("request body must be a JSON object of /ask parameters")
+    params.update(data)
+    return params, data
+
+
+def _first(v: Any) -> Any:
+    return v[0] if isinstance(v, list) and v else v
+
+
+def _str_list(v: Any, name: str) -> list[str]:
+    if v is None or v == "":
+        return []
+    if isinstance(v, list):
+        out: list[str] = []
+        for x in v:
+            out.extend(_str_list(x, name))
+        return out
+    if not isinstance(v, str):
+        raise BadRequestError(f"parameter '{name}' must be a string or a list of strings")
+    s = v.strip()
+    if s.startswith("["):
+        try:
+            arr = json.loads(s)
+        except json.JSONDecodeError:
+            raise BadRequestError(f"parameter '{name}' looks like a JSON array but does not parse") from None
+        return [str(x) for x in arr if str(x).strip()]
+    return [p.strip() for p in s.split(",") if p.strip()]
+
+
+def _int(v: Any, name: str, default: int, lo: int, hi: int) -> int:
+    v = _first(v)
+    if v is None or v == "":
+        return default
+    try:
+        n = int(float(v))
+    except (TypeError, ValueError):
+        raise BadRequestError(f"parameter '{name}' must be a whole number, got {v!r}") from None
+    if not lo <= n <= hi:
+        raise BadRequestError(f"parameter '{name}' must be between {lo} and {hi}, got {n}")
+    return n
+
+
+def _bool(v: Any, default: bool) -> bool:
+    v = _first(v)
+    if v is None or v == "":
+        return default
+    if isinstance(v, bool):
+        return v
+    return str(v).strip().lower() not in {"false", "0", "no", "off"}
+
+
+def _last_ans(v: Any) -> list[dict[str, Any]]:
+    v = _first(v) if not isinstance(v, list) or (v and isinstance(v[0], str)) else v
+    if isinstance(v, str):
+        try:
+            v = json.loads(v)
+        except json.JSONDecodeError:
+            return [{"title": v}]
+    if isinstance(v, list):
+        return [x for x in v if isinstance(x, dict)][:10]
+    return []
+
+
+def parse_ask(params: dict[str, Any], raw_json: dict[str, Any] | None, s: SearchSettings, default_api: str) -> ParsedAsk:
+    if raw_json is not None and isinstance(raw_json.get("query"), dict):
+        return _parse_v05(raw_json, s)
+    query = _first(params.get("query"))
+    if not isinstance(query, str) or not query.strip():
+        raise BadRequestError("missing required parameter 'query' (the user's question), e.g. /ask?query=spicy+snacks")
+    if len(query) > MAX_QUERY_CHARS:
+        raise BadRequestError(f"parameter 'query' is {len(query)} characters; the limit is {MAX_QUERY_CHARS}")
+    mode_raw = str(_first(params.get("generate_mode", params.get("mode", "list"))) or "list").strip().lower()
+    if mode_raw not in _MODES:
+        raise BadRequestError(f"parameter 'generate_mode' must be list, summarize or generate, got {mode_raw!r}")
+    sites = [x for x in _str_list(params.get("site"), "site") if x.lower() != "all"]
+    api = str(_first(params.get("api", default_api)) or default_api).lower()
+    if api not in ("v1", "v3"):
+        raise BadRequestError(f"parameter 'api' must be v1 or v3, got {api!r}")
+    dq = _first(params.get("decontextualized_query"))
+    ask = AskRequest(
+        query=query.strip(), sites=sites, prev=_str_list(params.get("prev"), "prev")[-10:],
+        last_ans=_last_ans(params.get("last_ans")),
+        decontextualized_query=dq.strip() if isinstance(dq, str) and dq.strip() else None,
+        mode=_MODES[mode_raw],  # type: ignore[arg-type]
+        min_score=_int(params.get("min_score"), "min_score", s.min_score, 0, 100),
+        max_results=_int(params.get("max_results"), "max_results", s.max_results, 1, 100),
+        query_id=str(_first(params.get("query_id")) or uuid.uuid4().hex[:12]),
+        conversation_id=str(_first(params.get("conversation_id")) or ""),
+    )
+    return ParsedAsk(ask, _bool(params.get("streaming"), True), api)
+
+
+def _parse_v05(body: dict[str, Any], s: SearchSettings) -> ParsedAsk:
+    q = body["query"]
+    text = q.get("text")
+    if not isinstance(text, str) or not text.strip():
+        raise BadRequestError("missing required field 'query.text' (the user's question)")
+    ctx = body.get("context") if isinstance(body.get("context"), dict) else {}
+    prefer = body.get("prefer") if isinstance(body.get("prefer"), dict) else {}
+    meta = body.get("meta") if isinstance(body.get("meta"), dict) else {}
+    session = meta.get("session_context") if isinstance(meta.get("session_context"), dict) else {}
+    mode = str(prefer.get("mode", "list")).lower()
+    ask = AskRequest(
+        query=text.strip()[:MAX_QUERY_CHARS],
+        sites=[x for x in _str_list(q.get("site"), "query.site") if x.lower() != "all"],
+        prev=_str_list(ctx.get("prev"), "context.prev")[-10:],
+        decontextualized_query=q.get("decontextualized_query") if isinstance(q.get("decontextualized_query"), str) else None,
+        mode=_MODES.get(mode, "list"),  # type: ignore[arg-type]
+        min_score=s.min_score,
+        max_results=_int(q.get("num_results"), "query.num_results", s.max_results, 1, 100),
+        query_id=uuid.uuid4().hex[:12], conversation_id=str(session.get("conversation_id", "")),
+    )
+    return ParsedAsk(ask, _bool(prefer.get("streaming"), True), "v0.5")

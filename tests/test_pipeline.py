@@ -1,0 +1,147 @@
+"""The /ask pipeline's logic with a scripted LLM over the real embedder and the real store."""
+import json
+import re
+
+import pytest
+
+from nlweb_local.config.settings import SearchSettings
+from nlweb_local.core.errors import OverloadedError, ProviderConnectionError
+from nlweb_local.core.types import Item, TaskKind
+from nlweb_local.providers.testing import FunctionLLM
+from nlweb_local.search.events import (AskRequest, Begin, Decontextualized, End, Failure, Generated, NoResults, Notice,
+                                       Results, Summary)
+from nlweb_local.search.pipeline import AskPipeline
+
+ITEMS = [
+    ("https://t.example/curry", "Chickpea curry", "Recipe", "A vegetarian chickpea curry with spinach"),
+    ("https://t.example/dal", "Red lentil dal", "Recipe", "Vegetarian lentil dal with cumin"),
+    ("https://t.example/steak", "Grilled steak", "Recipe", "Beef steak with pepper sauce"),
+    ("https://t.example/tent", "Ridge 2 tent", "Product", "Two-person backpacking tent"),
+    ("https://t.example/stove", "Pocket stove", "Product", "Small camping stove"),
+]
+
+
+@pytest.fixture()
+def loaded(store, embedder):
+    items = [Item(u, n, "t", json.dumps({"@type": t, "name": n, "description": d})) for u, n, t, d in ITEMS]
+    store.upsert(items, embedder.embed([f"{n}. {d}" for _, n, _, d in ITEMS]))
+    return store
+
+
+def scores_by_name(table, default=10):
+    def answer(task, prompt, schema):
+        if task is TaskKind.RANK:
+            item = prompt.split("Item: ", 1)[1]
+            name = re.match(r"\w+: ([^.]+)", item).group(1)
+            return json.dumps({"score": table.get(name, default), "description": f"about {name}"})
+        if task is TaskKind.SUMMARIZE:
+            return '{"summary": "Two curries."}'
+        if task is TaskKind.GENERATE:
+            return '{"answer": "Try the curry [1]."}'
+        return '{"decontextualized_query": "vegetarian curry recipes"}'
+    return answer
+
+
+async def collect(pipeline, req):
+    return [ev async for ev in pipeline.run(req)]
+
+
+def settings(**kw):
+    return SearchSettings(**{"llm_weight": 1.0, **kw})
+
+
+async def test_list_mode_early_sends_and_filters(loaded, embedder):
+    llm = FunctionLLM(scores_by_name({"Chickpea curry": 90, "Red lentil dal": 70, "Grilled steak": 55}))
+    events = await collect(AskPipeline(llm, embedder, loaded, settings()), AskRequest("vegetarian curry"))
+    assert isinstance(events[0], Begin) and isinstance(events[-1], End) and not events[-1].error
+    batches = [e for e in events if isinstance(e, Results)]
+    urls = [r.item.url for b in batches for r in b.items]
+    # items above 59 came one by one as soon as scored; 55 > min_score 51 comes at the end; 10s are dropped
+    assert all(len(b.items) == 1 for b in batches[:2])
+    assert set(urls) == {"https://t.example/curry", "https://t.example/dal", "https://t.example/steak"}
+    assert urls[-1] == "https://t.example/steak"
+    assert {r.description for b in batches for r in b.items} >= {"about Chickpea curry"}
+    assert len([c for c in llm.calls if c[0] is TaskKind.RANK]) == len(ITEMS)
+
+
+async def test_min_score_and_max_results(loaded, embedder):
+    llm = FunctionLLM(scores_by_name({"Chickpea curry": 90, "Red lentil dal": 80, "Grilled steak": 75}))
+    events = await collect(AskPipeline(llm, embedder, loaded, settings()), AskRequest("curry", min_score=76, max_results=1))
+    items = [r for e in events if isinstance(e, Results) for r in e.items]
+    assert [r.item.name for r in items] == ["Chickpea curry"]
+
+
+async def test_unknown_site_gives_no_results(loaded, embedder):
+    llm = FunctionLLM(scores_by_name({}))
+    events = await collect(AskPipeline(llm, embedder, loaded, settings()), AskRequest("curry", sites=["nosuchsite"]))
+    assert [type(e) for e in events] == [Begin, NoResults, End]
+    assert "nosuchsite" in events[1].message
+    assert llm.calls == []
+
+
+async def test_wrong_shaped_answers_are_coerced_or_dropped(loaded, embedder):
+    def answer(task, prompt, schema):
+        if "Chickpea" in prompt:
+            return '```json\n{"score": "88", "description": "great"}\n```'
+        if "lentil" in prompt:
+            return "I think this is a good one!"  # no JSON at all: dropped and counted
+        return '{"score": 5, "description": "no"}'
+    events = await collect(AskPipeline(FunctionLLM(answer), embedder, loaded, settings()), AskRequest("curry"))
+    items = [r for e in events if isinstance(e, Results) for r in e.items]
+    assert [(r.item.name, r.score) for r in items] == [("Chickpea curry", 88)]
+    assert events[-1].stats["dropped"] == 1
+
+
+async def test_engine_fault_degrades_to_similarity_with_a_notice(loaded, embedder):
+    def answer(task, prompt, schema):
+        raise ProviderConnectionError("engine down")
+    events = await collect(AskPipeline(FunctionLLM(answer), embedder, loaded, settings(min_score=0)),
+                           AskRequest("vegetarian chickpea curry", min_score=0))
+    notices = [e for e in events if isinstance(e, Notice)]
+    assert len(notices) == 1 and "similarity" in notices[0].text
+    items = [r for e in events if isinstance(e, Results) for r in e.items]
+    assert items and items[0].item.name == "Chickpea curry"
+    assert not any(isinstance(e, Failure) for e in events)
+
+
+async def test_follow_up_is_decontextualised(loaded, embedder):
+    llm = FunctionLLM(scores_by_name({"Chickpea curry": 90}))
+    events = await collect(AskPipeline(llm, embedder, loaded, settings()),
+                           AskRequest("only vegetarian ones", prev=["curry recipes"]))
+    dq = [e for e in events if isinstance(e, Decontextualized)]
+    assert dq and dq[0].decontextualized == "vegetarian curry recipes" and dq[0].original == "only vegetarian ones"
+    assert llm.calls[0][0] is TaskKind.DECONTEXTUALIZE and "curry recipes" in llm.calls[0][1]
+    rank_prompts = [p for t, p in llm.calls if t is TaskKind.RANK]
+    assert all("vegetarian curry recipes" in p for p in rank_prompts)
+
+
+async def test_given_decontextualized_query_skips_the_llm_step(loaded, embedder):
+    llm = FunctionLLM(scores_by_name({}))
+    await collect(AskPipeline(llm, embedder, loaded, settings()),
+                  AskRequest("those", prev=["x"], decontextualized_query="camping stove"))
+    assert all(t is TaskKind.RANK for t, _ in llm.calls)
+
+
+async def test_summarize_and_generate(loaded, embedder):
+    llm = FunctionLLM(scores_by_name({"Chickpea curry": 90, "Red lentil dal": 80}))
+    p = AskPipeline(llm, embedder, loaded, settings())
+    ev = await collect(p, AskRequest("curry", mode="summarize"))
+    assert isinstance(ev[-2], Summary) and ev[-2].text == "Two curries."
+    ev = await collect(p, AskRequest("curry", mode="generate"))
+    gen = ev[-2]
+    assert isinstance(gen, Generated) and gen.answer == "Try the curry [1]."
+    assert gen.items[0].item.name == "Chickpea curry"
+
+
+async def test_llm_rank_limit_scores_only_the_most_similar(loaded, embedder):
+    llm = FunctionLLM(scores_by_name({}, default=90))
+    events = await collect(AskPipeline(llm, embedder, loaded, settings(llm_rank_limit=2)), AskRequest("backpacking tent"))
+    assert len([c for c in llm.calls if c[0] is TaskKind.RANK]) == 2
+    assert any("Ridge 2 tent" in p for _, p in llm.calls)
+    assert isinstance(events[-1], End)
+
+
+def test_admission_refuses_when_the_queue_is_full(loaded, embedder):
+    llm = FunctionLLM(scores_by_name({}), max_queue=0)
+    with pytest.raises(OverloadedError):
+        AskPipeline(llm, embedder, loaded, settings()).admit()

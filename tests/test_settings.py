@@ -1,0 +1,51 @@
+from pathlib import Path
+
+import pytest
+import yaml
+
+from nlweb_local.config.settings import Settings, load_settings, settings_as_yaml
+from nlweb_local.core.errors import BadRequestError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_defaults_then_file_then_environment(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("server:\n  port: 9100\nsearch:\n  max_results: 7\n")
+    s = load_settings(cfg, environ={"NLWEB_LOCAL_SERVER__PORT": "9200", "NLWEB_LOCAL_DATA_DIR": "/srv/x"})
+    assert s.server.port == 9200  # env beats file
+    assert s.search.max_results == 7  # file beats default
+    assert s.search.min_score == 51  # default
+    assert s.data_dir == "/srv/x"
+    assert s.store_path == Path("/srv/x/qdrant")
+
+
+def test_config_file_named_by_environment(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("log_level: DEBUG\n")
+    assert load_settings(environ={"NLWEB_LOCAL_CONFIG": str(cfg)}).log_level == "DEBUG"
+
+
+@pytest.mark.parametrize("text,fragment", [
+    ("server:\n  port: 99999\n", "server.port"),
+    ("serverr:\n  port: 1\n", "serverr"),
+    ("search: [1, 2]\n", "search"),
+])
+def test_bad_settings_name_the_field(tmp_path, text, fragment):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(text)
+    with pytest.raises(BadRequestError) as e:
+        load_settings(cfg, environ={})
+    assert fragment in e.value.message
+
+
+def test_missing_file_is_a_clear_error(tmp_path):
+    with pytest.raises(BadRequestError, match="does not exist"):
+        load_settings(tmp_path / "nope.yaml", environ={})
+
+
+def test_shipped_config_file_documents_the_defaults():
+    """nlweb-local.yaml in the repository must state exactly the built-in defaults."""
+    shipped = yaml.safe_load((ROOT / "nlweb-local.yaml").read_text())
+    assert shipped == Settings().model_dump(mode="json")
+    assert yaml.safe_load(settings_as_yaml(Settings())) == shipped
