@@ -233,17 +233,25 @@
 
   /**
    * Renders model text safely: paragraphs, line breaks, **bold**, [text](url) and bare URLs.
-   * URLs of cited items become numbered citation links; other http(s) URLs become plain links.
+   * URLs of cited items become numbered citation links (a URL the model wrapped in brackets or
+   * parentheses loses them); other http(s) URLs become plain links.
    * `cite(url)` returns a citation number or 0.
    */
   function renderRichText(container, str, cite) {
+    const URL_CHARS = "[^\\s<>\"'\\])]+";
+    const token = new RegExp(
+      "\\[([^\\]\\n]+)\\]\\((https?:\\/\\/[^)\\s]+)\\)" + // 1,2: [text](url)
+        "|\\*\\*([^*\\n]+)\\*\\*" + // 3: **bold**
+        "|([(\\[])\\s*(https?:\\/\\/" + URL_CHARS + ")\\s*([)\\]])" + // 4,5,6: (url) or [url]
+        "|(https?:\\/\\/" + URL_CHARS + ")", // 7: bare url
+      "g"
+    );
+    const citation = (url, n) => el("sup", { class: "cite" }, [link(url, "[" + n + "]", "cite-link")]);
     const paras = String(str || "").trim().split(/\n\s*\n/);
-    const token = /\[([^\]\n]+)\]\((https?:\/\/[^)\s]+)\)|\*\*([^*\n]+)\*\*|(https?:\/\/[^\s<>"'\])]+)/g;
     for (const para of paras) {
       if (!para.trim()) continue;
       const p = el("p");
-      const lines = para.split("\n");
-      lines.forEach((ln, li) => {
+      para.split("\n").forEach((ln, li) => {
         if (li) p.appendChild(el("br"));
         let last = 0;
         let m;
@@ -253,29 +261,29 @@
           last = token.lastIndex;
           if (m[3] !== undefined) {
             p.appendChild(el("strong", { text: m[3] }));
-            continue;
-          }
-          let url = m[2] || m[4];
-          let trailing = "";
-          if (m[4]) {
-            const t = /[.,;:!?]+$/.exec(url);
-            if (t) {
-              trailing = t[0];
-              url = url.slice(0, -trailing.length);
+          } else if (m[1] !== undefined) {
+            p.appendChild(link(m[2], m[1], "inline-link"));
+            const n = cite ? cite(m[2]) : 0;
+            if (n) p.appendChild(citation(m[2], n));
+          } else if (m[5] !== undefined) {
+            const n = cite ? cite(m[5]) : 0;
+            if (n) {
+              // "Tart (https://x/tart)" -> "Tart[1]": drop the brackets and the space before them
+              const prevNode = p.lastChild;
+              if (prevNode && prevNode.nodeType === 3) prevNode.textContent = prevNode.textContent.replace(/\s+$/, "");
+              p.appendChild(citation(m[5], n));
+            } else {
+              p.append(m[4], link(m[5], displayUrl(m[5]), "inline-link"), m[6]);
             }
+          } else {
+            let url = m[7];
+            const t = /[.,;:!?]+$/.exec(url);
+            const trailing = t ? t[0] : "";
+            if (trailing) url = url.slice(0, -trailing.length);
+            const n = cite ? cite(url) : 0;
+            p.appendChild(n ? citation(url, n) : link(url, displayUrl(url), "inline-link"));
+            if (trailing) p.appendChild(document.createTextNode(trailing));
           }
-          const n = cite ? cite(url) : 0;
-          if (m[1] !== undefined) p.appendChild(link(url, m[1], "inline-link"));
-          if (n) {
-            p.appendChild(
-              el("sup", { class: "cite" }, [
-                link(url, "[" + n + "]", "cite-link"),
-              ])
-            );
-          } else if (m[4]) {
-            p.appendChild(link(url, displayUrl(url), "inline-link"));
-          }
-          if (trailing) p.appendChild(document.createTextNode(trailing));
         }
         if (last < ln.length) p.appendChild(document.createTextNode(ln.slice(last)));
       });
