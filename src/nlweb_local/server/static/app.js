@@ -629,6 +629,12 @@
       if (e.target === siteSel) store.set("site", siteSel.value);
     });
 
+    // Focus the question box, but not on touch screens, where that would pop up the keyboard.
+    const finePointer = window.matchMedia ? window.matchMedia("(pointer: fine)").matches : true;
+    function focusInput(force) {
+      if (force || finePointer) input.focus({ preventScroll: true });
+    }
+
     function mode() {
       const r = form.querySelector('input[name="mode"]:checked');
       return r ? r.value : "list";
@@ -661,7 +667,7 @@
       button.setAttribute("aria-label", busy ? "Stop answering" : "Ask");
       chat.setAttribute("aria-busy", busy ? "true" : "false");
       document.body.classList.toggle("busy", busy);
-      if (!busy) input.focus();
+      if (!busy) focusInput();
     }
 
     async function ask(query) {
@@ -767,7 +773,7 @@
       }
       const q = input.value.trim();
       if (!q) {
-        input.focus();
+        focusInput(true);
         return;
       }
       input.value = "";
@@ -796,12 +802,12 @@
       turnsEl.textContent = "";
       welcome.hidden = false;
       input.value = "";
-      input.focus();
+      focusInput();
       window.scrollTo({ top: 0 });
     });
 
     loadSites();
-    input.focus();
+    focusInput();
   }
 
   window.NLWebChat = { createSSEParser, renderRichText, facts, handleMessage };
