@@ -25,7 +25,7 @@ class FunctionLLM:
 
     def admit(self) -> None:
         if self._max_queue is not None and self.pending >= self._max_queue:
-            raise OverloadedError(f"queue full ({self.pending})", retry_after=2.0, deployment="function")
+            raise OverloadedError(f"queue full ({self.pending} calls waiting); retry after a moment", retry_after=2.0, deployment="function")
 
     async def ask(self, task: TaskKind, prompt: str, schema: dict[str, Any], *, max_tokens: int = 128) -> dict[str, Any]:
         self.calls.append((task, prompt))

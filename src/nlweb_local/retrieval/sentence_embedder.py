@@ -34,7 +34,8 @@ class SentenceTransformerEmbedder:
         self._model = SentenceTransformer(str(path), device=device, local_files_only=True)
         self._batch_size = batch_size
         self._lock = threading.Lock()  # torch modules are not safe to call from several threads at once
-        dim = self._model.get_sentence_embedding_dimension() if hasattr(self._model, "get_sentence_embedding_dimension") else None
+        get_dim = getattr(self._model, "get_embedding_dimension", None) or self._model.get_sentence_embedding_dimension
+        dim = get_dim()
         self.dimension = int(dim or len(self.embed(["x"])[0]))
         self.name = path.name if path.name != "model" else "all-MiniLM-L6-v2"
 

@@ -68,7 +68,7 @@ def create_app(settings: Settings, components: Components | None = None, *, clos
 
     routes = [
         Route("/", index),
-        Route("/ask", ask, methods=["GET", "POST"]),
+        Route("/ask", ask.handle, methods=["GET", "POST"]),
         Route("/sites", sites),
         Route("/who", who),
         Route("/health", health),

@@ -72,7 +72,7 @@ class AskEndpoint:
         self._pipeline = pipeline
         self._settings = settings
 
-    async def __call__(self, request: Request) -> Response:
+    async def handle(self, request: Request) -> Response:
         try:
             params, raw = await collect_params(request, self._settings.server.max_body_bytes)
             parsed = parse_ask(params, raw, self._settings.search, self._settings.server.default_api)
