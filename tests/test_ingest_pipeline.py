@@ -1,0 +1,233 @@
+"""Ingestor end to end with the real embedder and a real (embedded) Qdrant store."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+from pathlib import Path
+
+import pytest
+
+from nlweb_local.config.settings import IngestSettings
+from nlweb_local.core.errors import SourceError
+from nlweb_local.core.item_text import item_text
+from nlweb_local.ingest import IngestReport, Ingestor
+from nlweb_local.ingest.demo import DEMO_SITE, demo_source
+from nlweb_local.ingest.items import build_items
+from nlweb_local.ingest.sources import SourceReader
+
+FIXTURE = Path(__file__).parent / "data" / "fixture_site.jsonl"
+
+
+@pytest.fixture()
+def ingestor(embedder, store):
+    return Ingestor(embedder, store, IngestSettings(batch_size=8), progress=False)
+
+
+def write(tmp_path: Path, name: str, text: str) -> str:
+    path = tmp_path / name
+    path.write_text(text, encoding="utf-8")
+    return str(path)
+
+
+def stored(store, site: str) -> dict[str, dict]:
+    return {it.url: {"name": it.name, **json.loads(it.schema_json)} for it in store.sample(site, 1000)}
+
+
+def test_fixture_site_loads_every_item(ingestor, store, embedder):
+    report = ingestor.ingest(str(FIXTURE), "fixture")
+    assert isinstance(report, IngestReport)
+    assert (report.loaded, report.replaced, report.skipped) == (24, 0, [])
+    assert store.count() == 24
+    items = stored(store, "fixture")
+    assert items["https://fixture.example/recipes/gingerless-cardamom-chai"]["name"] == "Gingerless Cardamom Chai"
+    # what got embedded is the item's text, so a plain question finds the right kind of thing
+    hits = store.search(embedder.embed(["a lightweight tent for backpacking"])[0], ["fixture"], 3)
+    assert "Tent" in hits[0].item.name
+    assert "loaded 24 items into site 'fixture'" in report.summary()
+
+
+def test_reingest_replaces_and_delete_site(ingestor, store):
+    ingestor.ingest(str(FIXTURE), "fixture")
+    ingestor.ingest(write(Path(store.location).parent, "other.jsonl",
+                          json.dumps({"url": "https://other.example/x", "@type": "Thing", "name": "Other"})), "other")
+    again = ingestor.ingest(str(FIXTURE), "fixture")
+    assert (again.loaded, again.replaced) == (24, 24)
+    assert store.count() == 25
+    assert "24 replaced" in again.summary()
+    assert ingestor.delete_site("fixture") == 24
+    assert store.count() == 1 and [s.name for s in store.sites()] == ["other"]
+    assert ingestor.delete_site("fixture") == 0
+
+
+def test_reingest_with_changed_content_updates_the_item(ingestor, store, tmp_path):
+    src = write(tmp_path, "a.jsonl", json.dumps({"url": "https://c.example/1", "@type": "Recipe", "name": "Old name"}))
+    ingestor.ingest(src, "s")
+    write(tmp_path, "a.jsonl", json.dumps({"url": "https://c.example/1", "@type": "Recipe", "name": "New name"}))
+    report = ingestor.ingest(src, "s")
+    assert report.replaced == 1 and store.count() == 1
+    assert stored(store, "s")["https://c.example/1"]["name"] == "New name"
+
+
+def test_malformed_line_is_reported_with_its_number_and_the_rest_loads(ingestor, store, tmp_path):
+    lines = FIXTURE.read_text().splitlines()[:5]
+    lines.insert(2, '{"url": "https://fixture.example/broken", "name": ')
+    src = write(tmp_path, "bad.jsonl", "\n".join(lines))
+    report = ingestor.ingest(src, "fixture")
+    assert report.loaded == 5 and store.count() == 5
+    assert len(report.skipped) == 1
+    where, reason = report.skipped[0]
+    assert where == f"{src}:3" and reason.startswith("invalid JSON")
+    assert f"skipped {src}:3" in report.summary()
+
+
+def test_missing_file_and_empty_source_raise_source_error(ingestor, tmp_path, store):
+    missing = str(tmp_path / "nope.jsonl")
+    with pytest.raises(SourceError, match="nope.jsonl: no such file"):
+        ingestor.ingest(missing, "s")
+    with pytest.raises(SourceError, match="no loadable schema.org items.*invalid JSON"):
+        ingestor.ingest(write(tmp_path, "all-bad.jsonl", "{x\n{y\n"), "s")
+    with pytest.raises(SourceError, match="cannot tell the format"):
+        ingestor.ingest(write(tmp_path, "notes.txt", "hello there\n"), "s")
+    with pytest.raises(SourceError, match="is a folder"):
+        ingestor.ingest(str(tmp_path), "s")
+    assert store.count() == 0
+
+
+def test_every_file_format_through_the_ingestor(ingestor, store, tmp_path):
+    tsv = write(tmp_path, "a.tsv", "https://f.example/tsv\t" + json.dumps(
+        [{"@type": "Recipe", "name": "Tsv one"}, {"@type": "Recipe", "headline": "Tsv two"}]) + "\n")
+    jsonld = write(tmp_path, "b.json", json.dumps({"@context": "https://schema.org", "@graph": [
+        {"@type": "Event", "url": "https://f.example/ld", "name": "Ld event", "startDate": "2026-05-01"}]}))
+    csv_ = write(tmp_path, "c.csv", "url,type,name,brand\nhttps://f.example/csv,Product,Csv tent,Pinewood\n")
+    html = write(tmp_path, "d.html", '<html><script type="application/ld+json">{"@type": "Recipe", "url": '
+                                     '"https://f.example/html", "name": "Html soup"}</script></html>')
+    rss = write(tmp_path, "e.xml", "<rss version='2.0'><channel><title>F</title><item><title>Rss post</title>"
+                                   "<link>https://f.example/rss</link></item></channel></rss>")
+    csv_typed = write(tmp_path, "g.csv", "url,name\nhttps://f.example/typed,Typed by default\n")
+    for src in (tsv, jsonld, csv_, html, rss):
+        assert ingestor.ingest(src, "formats").loaded >= 1
+    ingestor.ingest(csv_typed, "formats", default_type="Product")
+    with pytest.raises(SourceError, match="unknown format"):
+        ingestor.ingest(tsv, "formats", fmt="yaml")
+    items = stored(store, "formats")
+    assert {u: v["name"] for u, v in items.items()} == {
+        "https://f.example/tsv": "Tsv one", "https://f.example/tsv#1": "Tsv two", "https://f.example/ld": "Ld event",
+        "https://f.example/csv": "Csv tent", "https://f.example/html": "Html soup", "https://f.example/rss": "Rss post",
+        "https://f.example/typed": "Typed by default"}
+    assert items["https://f.example/csv"]["@type"] == "Product" and items["https://f.example/csv"]["brand"] == "Pinewood"
+    assert items["https://f.example/rss"]["@type"] == "Article"
+    assert items["https://f.example/typed"]["@type"] == "Product"
+
+
+def test_forced_format_overrides_detection(ingestor, store, tmp_path):
+    src = write(tmp_path, "export.dat", json.dumps({"url": "https://f.example/j", "@type": "Thing", "name": "J"}) + "\n")
+    assert ingestor.ingest(src, "s", fmt="jsonl").loaded == 1
+
+
+def test_gzipped_file(ingestor, store, tmp_path):
+    import gzip
+
+    path = tmp_path / "site.jsonl.gz"
+    path.write_bytes(gzip.compress("\n".join(FIXTURE.read_text().splitlines()[:4]).encode()))
+    assert ingestor.ingest(str(path), "gz").loaded == 4
+
+
+class _Recorder:
+    """Wraps a store; `on_upsert(n)` runs after the n-th batch is written."""
+
+    def __init__(self, inner, on_upsert):
+        self._inner, self._on_upsert, self.batches = inner, on_upsert, 0
+
+    def upsert(self, items, vectors):
+        self._inner.upsert(items, vectors)
+        self.batches += 1
+        self._on_upsert(self.batches)
+
+    def __getattr__(self, name):
+        return getattr(self._inner, name)
+
+
+def test_ctrl_c_during_writes_is_deferred_until_all_are_written(embedder, store):
+    def interrupt(n):
+        if n == 1:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    recorder = _Recorder(store, interrupt)
+    ingestor = Ingestor(embedder, recorder, IngestSettings(batch_size=5), progress=False)
+    with pytest.raises(KeyboardInterrupt):
+        ingestor.ingest(str(FIXTURE), "fixture")
+    assert recorder.batches == 5 and store.count() == 24
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+class _FailingEmbedder:
+    def __init__(self, inner):
+        self._inner, self.dimension, self.calls = inner, inner.dimension, 0
+
+    def embed(self, texts):
+        self.calls += 1
+        if self.calls == 2:
+            raise RuntimeError("embedding backend died")
+        return self._inner.embed(texts)
+
+
+def test_nothing_is_written_when_embedding_fails_midway(embedder, store):
+    ingestor = Ingestor(_FailingEmbedder(embedder), store, IngestSettings(batch_size=8), progress=False)
+    with pytest.raises(RuntimeError):
+        ingestor.ingest(str(FIXTURE), "fixture")
+    assert store.count() == 0
+
+
+def test_embedded_text_is_item_text_not_raw_json(store, tmp_path):
+    class Spy:
+        dimension = store.dimension
+        texts: list[str] = []
+
+        def embed(self, texts):
+            self.texts.extend(texts)
+            return [[1.0] + [0.0] * (self.dimension - 1) for _ in texts]
+
+    spy = Spy()
+    Ingestor(spy, store, IngestSettings(), progress=False).ingest(str(FIXTURE), "fixture")
+    first = json.loads(FIXTURE.read_text().splitlines()[0])
+    assert spy.texts[0] == item_text(first)
+    assert not any(t.lstrip().startswith("{") for t in spy.texts)
+
+
+def test_site_name_is_required(ingestor):
+    with pytest.raises(SourceError, match="no site name"):
+        ingestor.ingest(str(FIXTURE), " ")
+
+
+def test_progress_bar_goes_to_stderr(embedder, store, capsys, tmp_path):
+    src = write(tmp_path, "few.jsonl", "\n".join(FIXTURE.read_text().splitlines()[:3]))
+    Ingestor(embedder, store, IngestSettings(batch_size=2), progress=True).ingest(src, "fixture")
+    out, err = capsys.readouterr()
+    assert out == "" and "embedding fixture" in err
+
+
+def test_demo_site_is_varied_and_loads_cleanly():
+    path = demo_source()
+    assert path.is_file() and path.stat().st_size < 1_500_000
+    parsed = SourceReader(IngestSettings()).read(str(path))
+    items, problems = build_items(parsed.records, DEMO_SITE)
+    assert parsed.problems == [] and problems == []
+    assert 250 <= len(items) <= 350
+    objs = [json.loads(i.schema_json) for i in items]
+    kinds = {}
+    for o in objs:
+        kinds[o["@type"]] = kinds.get(o["@type"], 0) + 1
+    assert kinds["Recipe"] >= 80 and kinds["Product"] >= 40 and kinds["PodcastEpisode"] >= 10 and kinds["Article"] >= 10
+    assert sum(n for k, n in kinds.items() if k.endswith("Event") or k in ("Festival",)) >= 40
+    assert len({i.name for i in items}) == len(items)
+    assert len({o["description"] for o in objs}) == len(objs)
+    recipes = [o for o in objs if o["@type"] == "Recipe"]
+    assert len({r["recipeCuisine"] for r in recipes}) >= 20
+    ingredient_lists = {tuple(r["recipeIngredient"]) for r in recipes}
+    assert len(ingredient_lists) == len(recipes)
+    events = [o for o in objs if "startDate" in o]
+    assert all(e["startDate"][:4] in ("2026", "2027") for e in events)
+    chai = [o for o in recipes if "chai" in o["name"].lower()]
+    assert any("ginger" in " ".join(c["recipeIngredient"]).lower() for c in chai)
+    assert any("ginger" not in " ".join(c["recipeIngredient"]).lower() for c in chai)
