@@ -1,0 +1,306 @@
+"""`POST /mcp`: MCP (JSON-RPC 2.0) over the streamable HTTP transport, answered with plain JSON.
+
+Two layers, each testable alone:
+
+- `McpServer`: the MCP methods (initialize, ping, tools/list, tools/call) as JSON-RPC handlers;
+  `await McpServer(...).handle(body)` answers one body with no HTTP involved.
+- `mcp_routes(...)`: the HTTP edge. It checks size, Content-Type, Accept and the MCP headers, then
+  hands the body to `McpServer`.
+
+The server is stateless: it issues an `Mcp-Session-Id` on `initialize` and accepts any well-formed id
+back, but keeps nothing per session (so several workers can serve one client). Hence GET (no
+server-initiated stream) and DELETE (no session to end) both answer 405, as the transport allows.
+Checking Host/Origin against DNS rebinding is left to the app's middleware (TrustedHost, CORS).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import BaseRoute, Route
+
+from ..core.errors import NlwebError
+from . import jsonrpc
+from .jsonrpc import INVALID_PARAMS, INVALID_REQUEST, JsonRpcError
+
+log = logging.getLogger(__name__)
+
+PROTOCOL_VERSIONS = ("2025-11-25", "2025-06-18", "2025-03-26", "2024-11-05")
+"""Supported MCP revisions, newest first. `initialize` echoes the client's if listed, else the newest."""
+
+UNSUPPORTED_PROTOCOL_VERSION = -32022
+"""MCP's code for an MCP-Protocol-Version the server does not speak (data: supported, requested)."""
+
+GENERATE_MODES = ("list", "summarize", "generate")
+SESSION_HEADER = "mcp-session-id"
+VERSION_HEADER = "mcp-protocol-version"
+
+
+class McpTools(Protocol):
+    async def ask(self, query: str, sites: list[str] | None, generate_mode: str) -> str:
+        """The text answer to `query`, searching `sites` (None: all sites)."""
+        ...
+
+    async def list_sites(self) -> list[str]: ...
+
+    async def who(self, query: str) -> str:
+        """Which sites can answer `query`, as text."""
+        ...
+
+
+@dataclass(frozen=True)
+class McpTool:
+    name: str
+    description: str
+    input_schema: dict[str, Any]
+    run: Callable[[McpTools, dict[str, Any]], Awaitable[str]]
+    """Checks the arguments (raising a -32602 JsonRpcError) and calls the backend."""
+
+    def listing(self) -> dict[str, Any]:
+        return {"name": self.name, "description": self.description, "inputSchema": self.input_schema}
+
+
+# --- argument checks: each raises -32602 with a message that says what to send --------------------
+
+def _bad_params(message: str) -> JsonRpcError:
+    return JsonRpcError(INVALID_PARAMS, f"Invalid params: {message}")
+
+
+def _query(arguments: dict[str, Any]) -> str:
+    query = arguments.get("query")
+    if not isinstance(query, str) or not query.strip():
+        raise _bad_params('"query" is required and must be a non-empty string')
+    return query
+
+
+def _sites(arguments: dict[str, Any]) -> list[str] | None:
+    sites = arguments.get("site")
+    if sites is None:
+        return None
+    if not isinstance(sites, list) or not all(isinstance(s, str) for s in sites):
+        raise _bad_params('"site" must be an array of strings, e.g. ["example.com"]')
+    return sites or None
+
+
+def _generate_mode(arguments: dict[str, Any]) -> str:
+    mode = arguments.get("generate_mode", "list")
+    if mode not in GENERATE_MODES:
+        raise _bad_params(f'"generate_mode" must be one of {", ".join(GENERATE_MODES)}')
+    return mode
+
+
+async def _run_ask(tools: McpTools, arguments: dict[str, Any]) -> str:
+    query, sites, mode = _query(arguments), _sites(arguments), _generate_mode(arguments)
+    return await tools.ask(query, sites, mode)
+
+
+async def _run_list_sites(tools: McpTools, arguments: dict[str, Any]) -> str:
+    return json.dumps({"sites": list(await tools.list_sites())}, ensure_ascii=False)
+
+
+async def _run_who(tools: McpTools, arguments: dict[str, Any]) -> str:
+    return await tools.who(_query(arguments))
+
+
+_QUERY_SCHEMA = {"type": "string", "minLength": 1, "description": "The question or search, in natural language."}
+
+TOOLS: tuple[McpTool, ...] = (
+    McpTool(
+        "ask",
+        "Search the sites indexed by this NLWeb server and answer in natural language. Returns the "
+        "matching items (name, URL, why they match), a summary of them, or a generated answer.",
+        {
+            "type": "object",
+            "properties": {
+                "query": _QUERY_SCHEMA,
+                "site": {
+                    "type": "array",
+                    "items": {"type": "string"},
+                    "description": "Search only these sites (names from list_sites); omit to search all.",
+                },
+                "generate_mode": {
+                    "type": "string",
+                    "enum": list(GENERATE_MODES),
+                    "default": "list",
+                    "description": "list: ranked items; summarize: items plus a summary; "
+                    "generate: an answer written from the items.",
+                },
+            },
+            "required": ["query"],
+        },
+        _run_ask,
+    ),
+    McpTool(
+        "list_sites",
+        'List the sites this server can search, as JSON {"sites": [...]}.',
+        {"type": "object", "properties": {}},
+        _run_list_sites,
+    ),
+    McpTool(
+        "who",
+        "Find which sites are most likely to answer a query, ranked, with their descriptions.",
+        {"type": "object", "properties": {"query": _QUERY_SCHEMA}, "required": ["query"]},
+        _run_who,
+    ),
+)
+
+
+class McpServer:
+    """The MCP methods as JSON-RPC handlers. Pure: no HTTP, no per-session state."""
+
+    def __init__(self, tools: McpTools, *, server_name: str = "nlweb-local", version: str):
+        self._tools = tools
+        self._server_info = {"name": server_name, "version": version}
+        self._by_name = {tool.name: tool for tool in TOOLS}
+        self.handlers: dict[str, jsonrpc.Handler] = {
+            "initialize": self.initialize,
+            "ping": self.ping,
+            "tools/list": self.list_tools,
+            "tools/call": self.call_tool,
+        }
+
+    async def handle(self, body: bytes) -> jsonrpc.Reply:
+        return await jsonrpc.handle(body, self.handlers)
+
+    async def initialize(self, params: dict[str, Any]) -> dict[str, Any]:
+        requested = params.get("protocolVersion")
+        if not isinstance(requested, str):
+            raise _bad_params('"protocolVersion" is required and must be a string, e.g. "2025-06-18"')
+        return {
+            "protocolVersion": requested if requested in PROTOCOL_VERSIONS else PROTOCOL_VERSIONS[0],
+            "capabilities": {"tools": {}},
+            "serverInfo": self._server_info,
+            "instructions": "Search the sites indexed by this NLWeb server: call list_sites to see "
+            "them, who to pick sites for a query, and ask to search and answer.",
+        }
+
+    async def ping(self, params: dict[str, Any]) -> dict[str, Any]:
+        return {}
+
+    async def list_tools(self, params: dict[str, Any]) -> dict[str, Any]:
+        return {"tools": [tool.listing() for tool in TOOLS]}
+
+    async def call_tool(self, params: dict[str, Any]) -> dict[str, Any]:
+        name = params.get("name")
+        if not isinstance(name, str):
+            raise _bad_params('"name" is required: one of ' + ", ".join(self._by_name))
+        tool = self._by_name.get(name)
+        if tool is None:
+            raise _bad_params(f"Unknown tool: {name}; the tools are " + ", ".join(self._by_name))
+        arguments = params.get("arguments", {})
+        if arguments is None:
+            arguments = {}
+        if not isinstance(arguments, dict):
+            raise _bad_params('"arguments" must be an object')
+        try:
+            text = await tool.run(self._tools, arguments)
+        except JsonRpcError:
+            raise
+        except NlwebError as e:  # expected failures (overloaded, no such site, ...): the model may retry
+            return _tool_result(e.message, is_error=True)
+        except Exception as e:
+            log.exception("MCP tool %s failed", name)
+            return _tool_result(str(e) or type(e).__name__, is_error=True)
+        return _tool_result(text, is_error=False)
+
+
+def _tool_result(text: str, *, is_error: bool) -> dict[str, Any]:
+    return {"content": [{"type": "text", "text": text}], "isError": is_error}
+
+
+# --- HTTP edge -----------------------------------------------------------------------------------
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+class McpEndpoint:
+    """The streamable HTTP transport, JSON responses only."""
+
+    def __init__(self, server: McpServer, *, max_body_bytes: int):
+        self._server = server
+        self._max_body_bytes = max_body_bytes
+
+    async def respond(self, request: Request) -> Response:
+        if request.method != "POST":
+            # No server-initiated SSE stream (GET), no session state to delete (DELETE).
+            return Response(status_code=405, headers={"Allow": "POST"})
+        refusal = self._check_headers(request)
+        if refusal is not None:
+            return refusal
+        try:
+            body = await _read_body(request, self._max_body_bytes)
+        except _BodyTooLarge:
+            message = f"Invalid Request: the body exceeds {self._max_body_bytes} bytes; send a smaller request"
+            return _error(413, message)
+        reply = await self._server.handle(body)
+        headers = {}
+        if "initialize" in reply.answered:
+            headers["Mcp-Session-Id"] = uuid.uuid4().hex
+        elif SESSION_HEADER in request.headers:
+            headers["Mcp-Session-Id"] = request.headers[SESSION_HEADER]
+        if reply.body is None:
+            return Response(status_code=202, headers=headers)
+        return Response(jsonrpc.encode(reply.body), reply.status, headers, media_type="application/json")
+
+    @staticmethod
+    def _check_headers(request: Request) -> Response | None:
+        media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if media_type != "application/json":
+            return _error(415, "Invalid Request: send the JSON-RPC message with Content-Type: application/json")
+        accept = request.headers.get("accept")
+        if accept is not None and not _accepts_json(accept):
+            return _error(406, "Invalid Request: this server answers application/json; add it to Accept")
+        version = request.headers.get(VERSION_HEADER)
+        if version is not None and version not in PROTOCOL_VERSIONS:
+            # -32022 with the supported list is how MCP says it; an SDK client probing a newer,
+            # initialize-less revision (server/discover) reads it and falls back to `initialize`.
+            supported = ", ".join(PROTOCOL_VERSIONS)
+            message = f"Unsupported MCP-Protocol-Version {version!r}; use one of {supported} (via initialize)"
+            data = {"supported": list(PROTOCOL_VERSIONS), "requested": version}
+            return _error(400, message, code=UNSUPPORTED_PROTOCOL_VERSION, data=data)
+        session = request.headers.get(SESSION_HEADER)
+        if session is not None and not _is_session_id(session):
+            return _error(400, "Invalid Request: Mcp-Session-Id must be 1-128 visible ASCII characters")
+        return None
+
+
+def mcp_routes(
+    tools: McpTools, *, server_name: str = "nlweb-local", version: str, max_body_bytes: int = 1_000_000
+) -> list[BaseRoute]:
+    server = McpServer(tools, server_name=server_name, version=version)
+    endpoint = McpEndpoint(server, max_body_bytes=max_body_bytes)
+    return [Route("/mcp", endpoint.respond, methods=["POST", "GET", "DELETE"])]
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise _BodyTooLarge
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise _BodyTooLarge
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _error(status: int, message: str, *, code: int = INVALID_REQUEST, data: Any = None) -> Response:
+    body = jsonrpc.error_response(JsonRpcError(code, message, data))
+    return Response(jsonrpc.encode(body), status, media_type="application/json")
+
+
+def _accepts_json(accept: str) -> bool:
+    types = {part.split(";")[0].strip().lower() for part in accept.split(",")}
+    return bool(types & {"application/json", "application/*", "*/*"}) or not any(types)
+
+
+def _is_session_id(value: str) -> bool:
+    return 0 < len(value) <= 128 and all("\x21" <= c <= "\x7e" for c in value)

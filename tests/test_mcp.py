@@ -1,0 +1,414 @@
+"""POST /mcp: the official MCP SDK client against a real uvicorn server, then every bad input.
+
+The tools behind the endpoint are a plain fake: this endpoint is an adapter, the search is wired elsewhere.
+"""
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+
+import pytest
+import uvicorn
+from starlette.applications import Starlette
+from starlette.testclient import TestClient
+
+from nlweb_local.core.errors import OverloadedError
+from nlweb_local.server import jsonrpc
+from nlweb_local.server.mcp import PROTOCOL_VERSIONS, McpServer, mcp_routes
+
+PARSE, INVALID_REQUEST, NO_METHOD, BAD_PARAMS = -32700, -32600, -32601, -32602
+HEADERS = {"Content-Type": "application/json", "Accept": "application/json, text/event-stream"}
+
+
+class FakeTools:
+    def __init__(self):
+        self.calls: list[tuple] = []
+
+    async def ask(self, query: str, sites: list[str] | None, generate_mode: str) -> str:
+        self.calls.append(("ask", query, sites, generate_mode))
+        if query == "explode":
+            raise RuntimeError("the search backend exploded")
+        if query == "busy":
+            raise OverloadedError("the model is busy; retry in 2 s", retry_after=2)
+        return f"answer to {query} from {','.join(sites) if sites else 'all'} ({generate_mode})"
+
+    async def list_sites(self) -> list[str]:
+        return ["seriouseats", "imdb"]
+
+    async def who(self, query: str) -> str:
+        return f"seriouseats: recipes and techniques (for {query})"
+
+
+def make_app(tools=None, **kw) -> Starlette:
+    return Starlette(routes=mcp_routes(tools or FakeTools(), version="1.2.3", **kw))
+
+
+@pytest.fixture()
+def client():
+    with TestClient(make_app(max_body_bytes=10_000)) as c:
+        yield c
+
+
+def rpc(method: str, params: dict | None = None, id: int | str = 1) -> dict:
+    message = {"jsonrpc": "2.0", "id": id, "method": method}
+    if params is not None:
+        message["params"] = params
+    return message
+
+
+def post(client: TestClient, payload=None, *, content: bytes | None = None, headers: dict | None = None):
+    body = content if content is not None else json.dumps(payload).encode()
+    return client.post("/mcp", content=body, headers={**HEADERS, **(headers or {})})
+
+
+def assert_error(response, status: int, code: int, id=None):
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith("application/json")
+    body = response.json()
+    assert body["jsonrpc"] == "2.0"
+    assert body["id"] == id
+    assert body["error"]["code"] == code, body
+    assert body["error"]["message"]
+    return body
+
+
+# --- (a) the official MCP SDK client over a real socket ------------------------------------------
+
+@pytest.fixture(scope="module")
+def mcp_url():
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(make_app(), log_level="warning", lifespan="off"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started:
+        assert time.monotonic() < deadline, "uvicorn did not start"
+        time.sleep(0.02)
+    yield f"http://127.0.0.1:{port}/mcp"
+    server.should_exit = True
+    thread.join(timeout=10)
+    sock.close()
+
+
+async def check_tools(session) -> None:
+    """List and call every tool through an SDK session (ClientSession or Client: same methods)."""
+    listed = await session.list_tools()
+    tools = {tool.name: tool for tool in listed.tools}
+    assert set(tools) == {"ask", "list_sites", "who"}
+    assert tools["ask"].input_schema["required"] == ["query"]
+    assert tools["ask"].input_schema["properties"]["site"]["type"] == "array"
+    assert tools["ask"].input_schema["properties"]["generate_mode"]["enum"] == ["list", "summarize", "generate"]
+    assert tools["who"].input_schema["required"] == ["query"]
+    assert all(tool.description for tool in listed.tools)
+
+    arguments = {"query": "spicy soup", "site": ["seriouseats"], "generate_mode": "summarize"}
+    result = await session.call_tool("ask", arguments)
+    assert result.is_error is False
+    assert [c.type for c in result.content] == ["text"]
+    assert result.content[0].text == "answer to spicy soup from seriouseats (summarize)"
+
+    result = await session.call_tool("ask", {"query": "spicy soup"})
+    assert result.content[0].text == "answer to spicy soup from all (list)"
+
+    result = await session.call_tool("list_sites", {})
+    assert result.is_error is False
+    assert json.loads(result.content[0].text) == {"sites": ["seriouseats", "imdb"]}
+
+    result = await session.call_tool("who", {"query": "ramen"})
+    assert result.content[0].text == "seriouseats: recipes and techniques (for ramen)"
+
+    result = await session.call_tool("ask", {"query": "explode"})
+    assert result.is_error is True
+    assert "the search backend exploded" in result.content[0].text
+
+
+async def test_official_sdk_session_over_streamable_http(mcp_url):
+    """The low-level SDK path: streamable HTTP transport + ClientSession, initialize handshake."""
+    from mcp import ClientSession
+    from mcp.client.streamable_http import streamable_http_client
+    from mcp_types.version import LATEST_HANDSHAKE_VERSION
+
+    async with streamable_http_client(mcp_url) as (read, write):
+        async with ClientSession(read, write) as session:
+            init = await session.initialize()
+            assert init.protocol_version == LATEST_HANDSHAKE_VERSION
+            assert (init.server_info.name, init.server_info.version) == ("nlweb-local", "1.2.3")
+            assert init.capabilities.tools is not None
+            await check_tools(session)
+            await session.send_ping()
+
+
+async def test_official_sdk_client_auto_mode_falls_back_to_initialize(mcp_url):
+    """`mcp.Client(url)` first probes server/discover at the newest (initialize-less) revision; this
+    server answers -32022 with its versions, and the client falls back to the handshake."""
+    from mcp import Client
+    from mcp_types.version import LATEST_HANDSHAKE_VERSION
+
+    async with Client(mcp_url) as client:
+        assert client.protocol_version == LATEST_HANDSHAKE_VERSION
+        assert client.server_info.name == "nlweb-local"
+        await check_tools(client)
+
+
+def test_sdk_protocol_versions_are_supported():
+    from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS, LATEST_HANDSHAKE_VERSION
+
+    assert PROTOCOL_VERSIONS[0] == LATEST_HANDSHAKE_VERSION
+    assert set(HANDSHAKE_PROTOCOL_VERSIONS) <= set(PROTOCOL_VERSIONS)
+    assert {"2024-11-05", "2025-03-26", "2025-06-18"} <= set(PROTOCOL_VERSIONS)
+
+
+# --- the dispatch alone, without HTTP ------------------------------------------------------------
+
+async def test_dispatch_is_pure():
+    server = McpServer(FakeTools(), version="1.2.3")
+    reply = await server.handle(json.dumps(rpc("tools/call", {"name": "who", "arguments": {"query": "q"}})).encode())
+    assert reply.status == 200
+    assert reply.body["result"]["content"][0]["text"].startswith("seriouseats")
+    assert reply.answered == ("tools/call",)
+
+    reply = await server.handle(b'{"jsonrpc":"2.0","method":"notifications/initialized"}')
+    assert (reply.status, reply.body) == (202, None)
+
+    reply = await server.handle(b"{")
+    assert reply.status == 400 and reply.body["error"]["code"] == PARSE
+
+
+async def test_handler_bug_is_an_internal_error_not_a_crash():
+    async def broken(params):
+        raise KeyError("oops")
+
+    reply = await jsonrpc.handle(json.dumps(rpc("broken")).encode(), {"broken": broken})
+    assert reply.status == 200
+    assert reply.body["error"]["code"] == jsonrpc.INTERNAL_ERROR
+    assert "oops" not in reply.body["error"]["message"]
+
+
+# --- the MCP methods over HTTP -------------------------------------------------------------------
+
+@pytest.mark.parametrize("version", ["2024-11-05", "2025-03-26", "2025-06-18", PROTOCOL_VERSIONS[0]])
+def test_initialize_echoes_a_supported_version(client, version):
+    response = post(client, rpc("initialize", {"protocolVersion": version, "capabilities": {}}))
+    assert response.status_code == 200
+    result = response.json()["result"]
+    assert result["protocolVersion"] == version
+    assert result["capabilities"] == {"tools": {}}
+    assert result["serverInfo"] == {"name": "nlweb-local", "version": "1.2.3"}
+    assert response.headers["mcp-session-id"]
+
+
+def test_initialize_offers_the_newest_for_an_unknown_version(client):
+    response = post(client, rpc("initialize", {"protocolVersion": "2099-01-01"}))
+    assert response.json()["result"]["protocolVersion"] == PROTOCOL_VERSIONS[0]
+
+
+def test_session_id_is_issued_and_accepted_back(client):
+    first = post(client, rpc("initialize", {"protocolVersion": "2025-06-18"}))
+    second = post(client, rpc("initialize", {"protocolVersion": "2025-06-18"}))
+    session = first.headers["mcp-session-id"]
+    assert session != second.headers["mcp-session-id"]
+    response = post(
+        client, rpc("ping", id="p"), headers={"Mcp-Session-Id": session, "MCP-Protocol-Version": "2025-06-18"}
+    )
+    assert response.status_code == 200
+    assert response.json() == {"jsonrpc": "2.0", "id": "p", "result": {}}
+    assert response.headers["mcp-session-id"] == session
+
+
+def test_tools_list_and_call(client):
+    names = [tool["name"] for tool in post(client, rpc("tools/list")).json()["result"]["tools"]]
+    assert names == ["ask", "list_sites", "who"]
+    response = post(client, rpc("tools/call", {"name": "ask", "arguments": {"query": "pho", "site": ["imdb"]}}))
+    assert response.status_code == 200
+    assert response.json()["result"] == {
+        "content": [{"type": "text", "text": "answer to pho from imdb (list)"}],
+        "isError": False,
+    }
+
+
+def test_a_project_error_in_a_tool_is_a_tool_error(client):
+    response = post(client, rpc("tools/call", {"name": "ask", "arguments": {"query": "busy"}}))
+    assert response.status_code == 200
+    result = response.json()["result"]
+    assert result["isError"] is True
+    assert result["content"][0]["text"] == "the model is busy; retry in 2 s"
+
+
+def test_notification_is_accepted_without_a_body(client):
+    response = post(client, {"jsonrpc": "2.0", "method": "notifications/initialized"})
+    assert response.status_code == 202
+    assert response.content == b""
+    response = post(client, {"jsonrpc": "2.0", "method": "notifications/cancelled", "params": {"requestId": 1}})
+    assert response.status_code == 202
+
+
+def test_client_response_is_accepted(client):
+    assert post(client, {"jsonrpc": "2.0", "id": 7, "result": {}}).status_code == 202
+
+
+def test_batch_answers_each_request_in_order(client):
+    batch = [
+        rpc("ping", id=1),
+        {"jsonrpc": "2.0", "method": "notifications/initialized"},
+        5,
+        rpc("resources/list", id=3),
+        rpc("tools/call", {"name": "nope"}, id="x"),
+    ]
+    response = post(client, batch)
+    assert response.status_code == 200
+    body = response.json()
+    assert [(r["id"], r.get("error", {}).get("code")) for r in body] == [
+        (1, None), (None, INVALID_REQUEST), (3, NO_METHOD), ("x", BAD_PARAMS)
+    ]
+
+
+def test_batch_of_notifications_is_accepted(client):
+    notification = {"jsonrpc": "2.0", "method": "notifications/initialized"}
+    response = post(client, [notification, notification])
+    assert (response.status_code, response.content) == (202, b"")
+
+
+def test_batch_with_initialize_issues_a_session(client):
+    response = post(client, [rpc("initialize", {"protocolVersion": "2025-03-26"}), rpc("ping", id=2)])
+    assert response.status_code == 200
+    assert response.headers["mcp-session-id"]
+
+
+@pytest.mark.parametrize("method", ["GET", "DELETE"])
+def test_get_and_delete_are_not_allowed(client, method):
+    response = client.request(method, "/mcp", headers=HEADERS)
+    assert response.status_code == 405
+    assert response.headers["allow"] == "POST"
+
+
+# --- (b) bad input: exact JSON-RPC code and HTTP status, never a 500 ------------------------------
+
+@pytest.mark.parametrize(
+    "body",
+    [b"{not json", b"", b"\xff\xfe\x00\x81binary", b'{"jsonrpc": "2.0", "id": 1, "method": "ping"',
+     b'{"jsonrpc":"2.0","id":1,"method":"ping","params":{"x":NaN}}', b"[" * 100_000],
+    ids=["garbage", "empty", "binary", "truncated", "nan", "deep"],
+)
+def test_parse_error(body):
+    with TestClient(make_app(max_body_bytes=200_000)) as client:
+        assert_error(post(client, content=body), 400, PARSE)
+
+
+@pytest.mark.parametrize(
+    ("payload", "id"),
+    [
+        (42, None),
+        ("ping", None),
+        (None, None),
+        ({"id": 1, "method": "ping"}, 1),
+        ({"jsonrpc": "1.0", "id": 1, "method": "ping"}, 1),
+        ({"jsonrpc": "2.0", "id": None, "method": "ping"}, None),
+        ({"jsonrpc": "2.0", "id": 1.5, "method": "ping"}, None),
+        ({"jsonrpc": "2.0", "id": True, "method": "ping"}, None),
+        ({"jsonrpc": "2.0", "id": {"a": 1}, "method": "ping"}, None),
+        ({"jsonrpc": "2.0", "id": 1, "method": 5}, 1),
+        ({"jsonrpc": "2.0", "id": 1}, 1),
+        ({"jsonrpc": "2.0", "id": 1, "method": "ping", "params": "x"}, 1),
+        ([], None),
+        ([rpc("ping", id=i) for i in range(jsonrpc.MAX_BATCH + 1)], None),
+    ],
+    ids=["number", "string", "null", "no-jsonrpc", "jsonrpc-1.0", "null-id", "float-id", "bool-id",
+         "object-id", "method-not-string", "no-method", "params-string", "empty-batch", "batch-too-long"],
+)
+def test_invalid_request(client, payload, id):
+    assert_error(post(client, payload), 400, INVALID_REQUEST, id)
+
+
+def test_unknown_method(client):
+    assert_error(post(client, rpc("resources/list", id="r1")), 200, NO_METHOD, "r1")
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"name": "search", "arguments": {"query": "x"}},
+        {"arguments": {"query": "x"}},
+        {"name": "ask"},
+        {"name": "ask", "arguments": {}},
+        {"name": "ask", "arguments": {"query": ""}},
+        {"name": "ask", "arguments": {"query": 42}},
+        {"name": "ask", "arguments": {"query": "x", "site": "seriouseats"}},
+        {"name": "ask", "arguments": {"query": "x", "site": ["a", 1]}},
+        {"name": "ask", "arguments": {"query": "x", "generate_mode": "poem"}},
+        {"name": "ask", "arguments": ["x"]},
+        {"name": "who", "arguments": {"q": "x"}},
+    ],
+    ids=["unknown-tool", "no-name", "no-arguments", "no-query", "empty-query", "query-int", "site-string",
+         "site-mixed", "bad-mode", "arguments-list", "who-no-query"],
+)
+def test_bad_tool_params(client, params):
+    body = assert_error(post(client, rpc("tools/call", params, id=9)), 200, BAD_PARAMS, 9)
+    assert body["error"]["message"].startswith("Invalid params")
+
+
+def test_bad_params_for_methods(client):
+    assert_error(post(client, {"jsonrpc": "2.0", "id": 2, "method": "ping", "params": []}), 200, BAD_PARAMS, 2)
+    assert_error(post(client, rpc("initialize", {"capabilities": {}}, id=3)), 200, BAD_PARAMS, 3)
+
+
+def test_oversized_body_is_413(client):
+    big = json.dumps(rpc("tools/call", {"name": "ask", "arguments": {"query": "x" * 20_000}})).encode()
+    body = assert_error(post(client, content=big), 413, INVALID_REQUEST)
+    assert "10000 bytes" in body["error"]["message"]
+
+
+def test_oversized_chunked_body_is_413(client):
+    def chunks():
+        yield b'{"jsonrpc":"2.0","id":1,"method":"ping","params":{"pad":"'
+        for _ in range(20):
+            yield b"x" * 1000
+        yield b'"}}'
+
+    response = client.post("/mcp", content=chunks(), headers=HEADERS)
+    assert_error(response, 413, INVALID_REQUEST)
+
+
+@pytest.mark.parametrize("content_type", ["text/plain", "application/x-www-form-urlencoded", None])
+def test_wrong_content_type_is_415(client, content_type):
+    headers = {"Accept": HEADERS["Accept"]}
+    if content_type:
+        headers["Content-Type"] = content_type
+    response = client.post("/mcp", content=json.dumps(rpc("ping")).encode(), headers=headers)
+    assert_error(response, 415, INVALID_REQUEST)
+
+
+def test_content_type_with_charset_is_fine(client):
+    response = post(client, rpc("ping"), headers={"Content-Type": "application/json; charset=utf-8"})
+    assert response.status_code == 200
+
+
+def test_accept_without_json_is_406(client):
+    assert_error(post(client, rpc("ping"), headers={"Accept": "text/html"}), 406, INVALID_REQUEST)
+
+
+def test_unsupported_protocol_version_header_is_400(client):
+    response = post(client, rpc("server/discover"), headers={"MCP-Protocol-Version": "2026-07-28"})
+    body = assert_error(response, 400, -32022)
+    assert body["error"]["data"] == {"supported": list(PROTOCOL_VERSIONS), "requested": "2026-07-28"}
+    assert "2025-06-18" in body["error"]["message"]
+
+
+def test_malformed_session_id_is_400(client):
+    assert_error(post(client, rpc("ping"), headers={"Mcp-Session-Id": "has space"}), 400, INVALID_REQUEST)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b"0", b"true", b"{}", b"[[]]", b"[{}]", b'{"jsonrpc":"2.0","method":"tools/call"}',
+     b'{"jsonrpc":"2.0","id":1,"method":"tools/call","params":null}',
+     b'{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"ask","arguments":null}}',
+     b'{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":["ask"]}}',
+     b'{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":7}}',
+     "\ufeff{}".encode(), b'{"jsonrpc":"2.0","id":99999999999999999999999,"method":"ping"}'],
+)
+def test_odd_bodies_never_500(client, body):
+    assert post(client, content=body).status_code < 500
