@@ -63,8 +63,12 @@ def sse(*messages: dict | str) -> str:
     return "".join(m if isinstance(m, str) else "data: " + json.dumps(m) + "\n\n" for m in messages)
 
 
+# Sticky header and composer would be painted mid-page in a full-page capture: pin them for the shot.
+UNSTICK = ".topbar, .composer-wrap { position: static !important; }"
+
+
 def screenshot(page, name: str, full_page: bool = True) -> Path:
     ARTIFACTS.mkdir(exist_ok=True)
     path = ARTIFACTS / name
-    page.screenshot(path=str(path), full_page=full_page)
+    page.screenshot(path=str(path), full_page=full_page, style=UNSTICK if full_page else None, animations="disabled")
     return path
