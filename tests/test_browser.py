@@ -4,7 +4,8 @@
   /sites and /ask are answered with canned, protocol-exact v3 streams, so rendering, escaping, sorting,
   citations, errors and the SSE parser are checked deterministically without a model.
 * `test_chat_against_live_server` (slow): the real nlweb-local with the real local LLM (`live_server`).
-  It saves test-artifacts/chat.png (and a summary and a phone-width screenshot) to look at.
+  List, follow-up (prev), summarize and generate; it saves test-artifacts/chat.png (plus chat-summary.png,
+  chat-phone.png and chat-generate.png) to look at.
 """
 from __future__ import annotations
 
@@ -303,5 +304,20 @@ def test_chat_against_live_server(context, live_server):
 
     page.set_viewport_size({"width": 390, "height": 844})
     screenshot(page, "chat-phone.png")
+    page.set_viewport_size({"width": 1280, "height": 900})
+
+    # generate mode: the answer with its numbered sources
+    page.get_by_role("button", name="New conversation").click()
+    ask(page, "vegetarian curry recipes", "generate")
+    turn = wait_turn_finished(page, 1)
+    assert turn.get_attribute("data-state") == "done", turn.inner_text()
+    answer = turn.locator(".answer-block")
+    expect(answer).to_be_visible()
+    assert answer.locator(".block-body").inner_text().strip()
+    sources = answer.locator(".sources a.source-link")
+    assert sources.count() >= 1
+    assert all(h.startswith("https://fixture.example/") for h in
+               (sources.nth(i).get_attribute("href") for i in range(sources.count())))
+    screenshot(page, "chat-generate.png")
 
     assert not watch.errors, watch.errors
