@@ -60,7 +60,7 @@ async def test_list_mode_early_sends_and_filters(loaded, embedder):
     assert all(len(b.items) == 1 for b in batches[:2])
     assert set(urls) == {"https://t.example/curry", "https://t.example/dal", "https://t.example/steak"}
     assert urls[-1] == "https://t.example/steak"
-    assert {r.description for b in batches for r in b.items} >= {"about Chickpea curry"}
+    assert {r.description for b in batches for r in b.items} >= {"A vegetarian chickpea curry with spinach"}
     assert len([c for c in llm.calls if c[0] is TaskKind.RANK]) == len(ITEMS)
 
 

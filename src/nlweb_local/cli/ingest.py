@@ -3,8 +3,10 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from ..config.settings import Settings
+from ..core.errors import SourceError
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -15,6 +17,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("source", nargs="?", help="file path or http(s) URL")
     p.add_argument("--site", help="site name the items belong to (required with SOURCE)")
     p.add_argument("--delete-site", metavar="NAME", help="remove every item of site NAME")
+    p.add_argument("--format", choices=["tsv", "jsonl", "jsonld", "csv", "feed", "html", "sitemap"],
+                   help="input format (default: from the extension and content)")
+    p.add_argument("--type", default="Thing", metavar="SCHEMA_TYPE", help="@type of CSV rows without a type column")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
@@ -23,6 +28,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     if not args.delete_site and not (args.source and args.site):
         print("nlweb-local ingest: give SOURCE and --site NAME, or --delete-site NAME (see --help)", file=sys.stderr)
         return 2
+    if args.source and "://" not in args.source and not Path(args.source).exists():
+        raise SourceError(f"{args.source}: no such file (give a path to a file, or an http(s) URL)")
     from ..ingest.pipeline import Ingestor
     from ..server.components import build_embedder, build_store
 
@@ -35,7 +42,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             print(f"deleted site {args.delete_site!r}: {n} items removed")
             if not args.source:
                 return 0
-        report = ingestor.ingest(args.source, args.site)
+        report = ingestor.ingest(args.source, args.site, fmt=args.format, default_type=args.type)
         print(report.summary())
         return 0
     finally:

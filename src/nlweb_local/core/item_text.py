@@ -48,6 +48,8 @@ def _flatten(value: Any, budget: int) -> str:
         return ""
     if isinstance(value, str):
         text = _WS.sub(" ", _TAGS.sub(" ", value)).strip()
+        if text.startswith(("https://schema.org/", "http://schema.org/")):  # enum values: VeganDiet, InStock
+            text = text.rsplit("/", 1)[-1]
         return text[:budget]
     if isinstance(value, bool):
         return "yes" if value else "no"
@@ -79,6 +81,16 @@ def _flatten(value: Any, budget: int) -> str:
     return str(value)[:budget]
 
 
+def _fields_for(typ: str) -> tuple[str, ...]:
+    t = typ.lower()
+    if t in _BY_TYPE:
+        return _BY_TYPE[t]
+    for suffix in ("event", "article", "business", "product", "episode"):  # FoodEvent, NewsArticle, ...
+        if t.endswith(suffix):
+            return next(v for k, v in _BY_TYPE.items() if k.endswith(suffix))
+    return _GENERIC_EXTRA
+
+
 def item_text(obj: Any, max_chars: int = 600) -> str:
     """`Type: name. field: value. ...` capped at `max_chars`."""
     if isinstance(obj, list):
@@ -86,7 +98,7 @@ def item_text(obj: Any, max_chars: int = 600) -> str:
     if not isinstance(obj, dict):
         return _flatten(obj, max_chars)
     typ = item_type(obj)
-    fields = _COMMON + _BY_TYPE.get(typ.lower(), _GENERIC_EXTRA)
+    fields = _COMMON + _fields_for(typ)
     name = next((_flatten(obj[k], 200) for k in ("name", "headline", "title") if obj.get(k)), "")
     parts = [f"{typ}: {name}" if name else typ]
     seen_name = {"name", "headline", "title"}

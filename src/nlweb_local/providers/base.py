@@ -15,6 +15,7 @@ class Capabilities:
     streaming: bool = True
     embeddings: bool = False
     local: bool = True
+    classify: bool = False  # next-token label probabilities (logprobs) in one forward pass
 
 
 @dataclass(frozen=True, slots=True)

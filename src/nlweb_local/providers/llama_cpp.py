@@ -16,7 +16,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, Sequence
 
 from ..core.errors import BadRequestError, ContextLengthError, OverloadedError, ProviderError, ProviderTimeoutError
 from ..core.types import ChatChunk, ChatRequest, ChatResponse, Usage
@@ -52,13 +52,22 @@ class LlamaCppProvider:
         log.info("loaded %s in %.1fs (n_ctx=%d)", path.name, time.perf_counter() - t0, n_ctx)
         self.name = name
         self.model = path.stem
-        self.capabilities = Capabilities(context_window=n_ctx, json_schema=True, local=True)
+        self.capabilities = Capabilities(context_window=n_ctx, json_schema=True, local=True, classify=True)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="llama")
         self._max_queue = max_queue
         self._timeout = call_timeout_s
         self._pending = 0  # calls admitted and not finished (running + waiting); touched on the loop only
         self._avg_call_s = 1.0
         self._closed = False
+        self._label_cache: dict[tuple[str, ...], dict[str, set[int]]] = {}
+        from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+        template = self._llama.metadata.get("tokenizer.chat_template")
+        if not template:
+            raise BadRequestError(f"{path.name} has no chat template in its metadata; use an instruct/chat GGUF model")
+        eos = self._llama._model.token_get_text(self._llama.token_eos()) if self._llama.token_eos() >= 0 else ""
+        bos = self._llama._model.token_get_text(self._llama.token_bos()) if self._llama.token_bos() >= 0 else ""
+        self._formatter = Jinja2ChatFormatter(template, eos_token=eos, bos_token=bos)
 
     # -- admission --------------------------------------------------------------------------
     def admit(self) -> None:
@@ -113,6 +122,58 @@ class LlamaCppProvider:
                 put(ProviderError(f"local model failed: {msg}", deployment=self.name))
         except Exception as e:  # noqa: BLE001 - any engine fault becomes a typed provider error
             put(ProviderError(f"local model failed: {e!r}", deployment=self.name))
+
+    # -- next-token classification -------------------------------------------------------------
+    def _label_tokens(self, labels: Sequence[str]) -> dict[str, set[int]]:
+        """First token ids of each label in its usual spellings ("Yes", "yes", " Yes", ...)."""
+        key = tuple(labels)
+        if key not in self._label_cache:
+            ids: dict[str, set[int]] = {}
+            for label in labels:
+                variants = {label, label.lower(), label.capitalize(), label.upper()}
+                ids[label] = {self._llama.tokenize(v.encode(), add_bos=False, special=False)[0]
+                              for w in variants for v in (w, " " + w)}
+            self._label_cache[key] = ids
+        return self._label_cache[key]
+
+    def _classify_sync(self, req: ChatRequest, labels: Sequence[str]) -> dict[str, float]:
+        import numpy as np
+
+        prompt = self._formatter(messages=[{"role": m.role, "content": m.content} for m in req.messages]).prompt
+        toks = self._llama.tokenize(prompt.encode(), add_bos=False, special=True)
+        if len(toks) >= self.capabilities.context_window:
+            raise ContextLengthError(f"prompt of {len(toks)} tokens exceeds the {self.capabilities.context_window}-token context",
+                                     deployment=self.name)
+        # reuse the KV cache of the longest prefix shared with the previous call
+        cached = self._llama.input_ids[: self._llama.n_tokens]
+        n, limit = 0, min(len(cached), len(toks) - 1)
+        while n < limit and cached[n] == toks[n]:
+            n += 1
+        self._llama.n_tokens = n
+        self._llama.eval(toks[n:])
+        logits = np.ctypeslib.as_array(self._llama._ctx.get_logits_ith(-1), shape=(self._llama.n_vocab(),))
+        z = np.exp(logits - logits.max())
+        mass = {label: float(sum(z[i] for i in ids)) for label, ids in self._label_tokens(labels).items()}
+        total = sum(mass.values())
+        if total <= 0:
+            raise ProviderError("no probability mass on any label", deployment=self.name)
+        return {k: v / total for k, v in mass.items()}
+
+    async def classify(self, request: ChatRequest, labels: Sequence[str]) -> dict[str, float]:
+        """P(label) for the first token of the answer, renormalised over `labels`: one forward pass, no decoding."""
+        if self._closed:
+            raise ProviderError("the local model is shut down", deployment=self.name)
+        self.admit()
+        self._pending += 1
+        started = time.perf_counter()
+        fut = asyncio.get_running_loop().run_in_executor(self._executor, self._classify_sync, request, labels)
+        try:
+            return await asyncio.wait_for(asyncio.shield(fut), request.deadline_s or self._timeout)
+        except asyncio.TimeoutError:
+            raise ProviderTimeoutError("local model classification timed out", deployment=self.name) from None
+        finally:
+            self._pending -= 1
+            self._avg_call_s = 0.8 * self._avg_call_s + 0.2 * (time.perf_counter() - started)
 
     async def stream(self, request: ChatRequest) -> AsyncIterator[ChatChunk]:
         if self._closed:

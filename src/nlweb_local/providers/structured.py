@@ -6,7 +6,7 @@ decoding, and one repair-and-validate step (`core.json_coerce`) on what comes ba
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, Sequence
 
 from ..core.errors import ModelOutputError
 from ..core.json_coerce import coerce_to_schema
@@ -25,6 +25,18 @@ class ProviderStructuredLLM:
 
     def admit(self) -> None:
         self._provider.admit()
+
+    async def classify(self, task: TaskKind, prompt: str, labels: Sequence[str]) -> dict[str, float]:
+        req = ChatRequest(messages=[Message("system", self._system), Message("user", prompt)], max_tokens=1,
+                          temperature=0.0, task=task)
+        if self._provider.capabilities.classify:
+            return await self._provider.classify(req, labels)  # type: ignore[attr-defined]
+        schema = {"type": "object", "properties": {"answer": {"type": "string", "enum": list(labels)}}, "required": ["answer"]}
+        out = await self.ask(task, prompt + f"\nAnswer as {{\"answer\": one of {list(labels)}}}.", schema, max_tokens=16)
+        chosen = next((lab for lab in labels if lab.lower() == out["answer"].strip().lower()), None)
+        if chosen is None:
+            raise ModelOutputError(f"{task.value}: answer {out['answer']!r} is none of {list(labels)}", deployment=self._provider.name)
+        return {lab: 1.0 if lab == chosen else 0.0 for lab in labels}
 
     async def ask(self, task: TaskKind, prompt: str, schema: dict[str, Any], *, max_tokens: int = 128) -> dict[str, Any]:
         req = ChatRequest(messages=[Message("system", self._system), Message("user", prompt)],

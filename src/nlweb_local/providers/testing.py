@@ -6,7 +6,7 @@ same coercion step as a real model, so tests exercise repair and validation too.
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from ..core.errors import ModelOutputError, OverloadedError
 from ..core.json_coerce import coerce_to_schema
@@ -26,6 +26,14 @@ class FunctionLLM:
     def admit(self) -> None:
         if self._max_queue is not None and self.pending >= self._max_queue:
             raise OverloadedError(f"queue full ({self.pending} calls waiting); retry after a moment", retry_after=2.0, deployment="function")
+
+    async def classify(self, task: TaskKind, prompt: str, labels: Sequence[str]) -> dict[str, float]:
+        """The answer function's JSON, read as label probabilities: `{"yes": 0.9}`, or `{"score": 90}`
+        for yes/no labels (P(first label) = score / 100)."""
+        out = await self.ask(task, prompt, {"type": "object", "properties": {"score": {"type": "number", "minimum": 0,
+                             "maximum": 100}}, "required": ["score"]})
+        p = out["score"] / 100.0
+        return {labels[0]: p, **{lab: (1 - p) / max(1, len(labels) - 1) for lab in labels[1:]}}
 
     async def ask(self, task: TaskKind, prompt: str, schema: dict[str, Any], *, max_tokens: int = 128) -> dict[str, Any]:
         self.calls.append((task, prompt))

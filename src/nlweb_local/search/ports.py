@@ -1,7 +1,7 @@
 """The ports the search pipeline needs. It imports no provider, router or server."""
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import Any, Protocol, Sequence
 
 from ..core.types import TaskKind
 from ..retrieval.base import Embedder, VectorStore
@@ -15,6 +15,14 @@ class StructuredLLM(Protocol):
 
         Raises `ModelOutputError` when no object of that shape could be had, `OverloadedError` when the
         LLM's queue is full, other `ProviderError`s for engine faults.
+        """
+        ...
+
+    async def classify(self, task: TaskKind, prompt: str, labels: Sequence[str]) -> dict[str, float]:
+        """Probability of each label as the answer to `prompt` (summing to 1).
+
+        Engines that expose next-token probabilities answer in one forward pass without decoding;
+        others answer by constrained generation (the chosen label gets 1.0).
         """
         ...
 

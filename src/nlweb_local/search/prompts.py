@@ -21,15 +21,15 @@ SUMMARY_SCHEMA = {"type": "object", "properties": {"summary": {"type": "string"}
 ANSWER_SCHEMA = {"type": "object", "properties": {"answer": {"type": "string"}}, "required": ["answer"]}
 
 
+RANK_LABELS = ("Yes", "No")
+
+
 def rank_prompt(query: str, item_text: str) -> str:
+    """A yes/no relevance question; the score is 100 × P(Yes) read from one forward pass."""
     return (
-        "Score how well an item from a website answers the user's question, from 0 (unrelated) to 100 "
-        "(exactly what was asked). Respect every constraint in the question, such as ingredients to avoid, "
-        "diets, dates, places and prices: an item that breaks one scores below 30. Then, in one short sentence, "
-        "say why the item fits, without repeating the question.\n"
         f"Question: {query}\n"
         f"Item: {item_text}\n"
-        'Answer as {"score": <0-100>, "description": "<why it fits>"}.'
+        "Is this item a good answer to the question? Answer Yes or No."
     )
 
 

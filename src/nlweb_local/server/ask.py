@@ -31,6 +31,8 @@ async def _guarded(events: AsyncIterator[Event]) -> AsyncIterator[Event]:
     """A bug in the pipeline becomes an error message followed by the end message, never a broken stream."""
     try:
         async for ev in events:
+            if isinstance(ev, End):
+                log.info("ask finished%s: %s", " with an error" if ev.error else "", ev.stats)
             yield ev
     except Exception:  # noqa: BLE001
         log.exception("ask pipeline crashed")

