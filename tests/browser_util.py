@@ -32,6 +32,8 @@ ARTIFACTS = REPO / "test-artifacts"
 
 def launch_chromium(playwright):
     if not os.path.exists(CHROMIUM):
+        if os.environ.get("NLWEB_REQUIRE_BROWSER"):  # CI sets this: there the browser test must run
+            pytest.fail(f"{CHROMIUM} is missing and NLWEB_REQUIRE_BROWSER is set (apt-get install -y chromium)")
         pytest.skip(f"{CHROMIUM} is missing (apt-get install -y chromium)")
     return playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
 

@@ -16,7 +16,7 @@ from urllib.parse import parse_qs, urlparse
 
 import pytest
 
-pytest.importorskip("playwright.sync_api")
+pytest.importorskip("playwright.sync_api")  # part of the [test] extra
 from playwright.sync_api import expect, sync_playwright  # noqa: E402
 
 from browser_util import STATIC_DIR, PageWatch, launch_chromium, screenshot, sse  # noqa: E402

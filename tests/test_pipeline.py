@@ -35,9 +35,9 @@ def scores_by_name(table, default=10):
             name = re.match(r"\w+: ([^.]+)", item).group(1)
             return json.dumps({"score": table.get(name, default), "description": f"about {name}"})
         if task is TaskKind.SUMMARIZE:
-            return '{"summary": "Two curries."}'
+            return "Two curries."
         if task is TaskKind.GENERATE:
-            return '{"answer": "Try the curry [1]."}'
+            return "Try the curry [1]."
         return '{"decontextualized_query": "vegetarian curry recipes"}'
     return answer
 
@@ -145,3 +145,23 @@ def test_admission_refuses_when_the_queue_is_full(loaded, embedder):
     llm = FunctionLLM(scores_by_name({}), max_queue=0)
     with pytest.raises(OverloadedError):
         AskPipeline(llm, embedder, loaded, settings()).admit()
+
+
+@pytest.mark.parametrize("rewrite,ok", [
+    ("vegan chickpea curry recipes", True),
+    ("vegetarian curry recipes that are vegan", True),
+    ("You asked about vegetarian curry recipes, but I'm not sure I can help", False),
+    ("chickpea", False),                      # lost the follow-up's other words
+    ("vegan chickpea ideas", False),          # brought in nothing from the conversation
+])
+def test_rewrites_are_checked_before_use(rewrite, ok):
+    from nlweb_local.search.pipeline import plausible_rewrite
+    assert plausible_rewrite(rewrite, "and a vegan chickpea curry?", ["vegetarian curry recipes"]) is ok
+
+
+async def test_implausible_rewrite_falls_back_to_the_conversation(loaded, embedder):
+    llm = FunctionLLM(lambda t, p, s: '{"decontextualized_query": "Sorry, I cannot help"}' if t is TaskKind.DECONTEXTUALIZE
+                      else '{"score": 50}')
+    events = await collect(AskPipeline(llm, embedder, loaded, settings()), AskRequest("only vegan ones", prev=["curry recipes"]))
+    dq = next(e for e in events if isinstance(e, Decontextualized))
+    assert dq.decontextualized == "curry recipes only vegan ones"

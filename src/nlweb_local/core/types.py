@@ -60,6 +60,7 @@ class ChatRequest:
     temperature: float = 0.0
     json_schema: dict[str, Any] | None = None
     stop: list[str] | None = None
+    repeat_penalty: float | None = None
     task: TaskKind = TaskKind.CHAT
     deadline_s: float | None = None
 

@@ -84,6 +84,8 @@ class LlamaCppProvider:
         }
         if req.stop:
             kw["stop"] = req.stop
+        if req.repeat_penalty is not None:
+            kw["repeat_penalty"] = req.repeat_penalty
         if req.json_schema is not None:
             kw["response_format"] = {"type": "json_object", "schema": req.json_schema}
         return kw

@@ -16,6 +16,13 @@ from .base import Provider
 log = logging.getLogger(__name__)
 
 SYSTEM_PROMPT = "You are a precise assistant for a website's search engine. Answer only with the JSON object asked for."
+WRITER_PROMPT = "You are a helpful assistant for a website's search engine. Write plainly and briefly, using only the facts given."
+
+
+def _trim_unfinished(text: str) -> str:
+    """Cut an answer stopped by the token limit back to its last full sentence."""
+    end = max(text.rfind(". "), text.rfind(".\n"), text.rfind("! "), text.rfind("? "))
+    return text[: end + 1] if end > len(text) // 3 else text
 
 
 class ProviderStructuredLLM:
@@ -25,6 +32,15 @@ class ProviderStructuredLLM:
 
     def admit(self) -> None:
         self._provider.admit()
+
+    async def write(self, task: TaskKind, prompt: str, *, max_tokens: int = 200) -> str:
+        req = ChatRequest(messages=[Message("system", WRITER_PROMPT), Message("user", prompt)], max_tokens=max_tokens,
+                          temperature=0.0, task=task, repeat_penalty=1.15)
+        resp = await self._provider.complete(req)
+        text = _trim_unfinished(resp.content.strip()) if resp.finish_reason == "length" else resp.content.strip()
+        if not text:
+            raise ModelOutputError(f"{task.value}: empty answer", deployment=resp.deployment)
+        return text
 
     async def classify(self, task: TaskKind, prompt: str, labels: Sequence[str]) -> dict[str, float]:
         req = ChatRequest(messages=[Message("system", self._system), Message("user", prompt)], max_tokens=1,

@@ -27,6 +27,13 @@ class FunctionLLM:
         if self._max_queue is not None and self.pending >= self._max_queue:
             raise OverloadedError(f"queue full ({self.pending} calls waiting); retry after a moment", retry_after=2.0, deployment="function")
 
+    async def write(self, task: TaskKind, prompt: str, *, max_tokens: int = 200) -> str:
+        self.calls.append((task, prompt))
+        text = self._answer(task, prompt, {}).strip()
+        if not text:
+            raise ModelOutputError(f"{task.value}: empty answer", deployment="function")
+        return text
+
     async def classify(self, task: TaskKind, prompt: str, labels: Sequence[str]) -> dict[str, float]:
         """The answer function's JSON, read as label probabilities: `{"yes": 0.9}`, or `{"score": 90}`
         for yes/no labels (P(first label) = score / 100)."""

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from typing import AsyncIterator
 
@@ -13,11 +14,33 @@ from ..core.types import TaskKind
 from .events import (AskRequest, Begin, Decontextualized, End, Event, Failure, Generated, NoResults, Notice, RankedItem,
                      Results, Summary)
 from .ports import Embedder, StructuredLLM, VectorStore
-from .prompts import (ANSWER_SCHEMA, DECONTEXTUALIZE_SCHEMA, SUMMARY_SCHEMA, decontextualize_prompt, generate_prompt,
-                      summarize_prompt)
+from .prompts import DECONTEXTUALIZE_SCHEMA, decontextualize_prompt, generate_prompt, summarize_prompt
 from .ranking import Ranker, RankStats
 
 log = logging.getLogger(__name__)
+
+
+_WORD = re.compile(r"[a-z0-9]+")
+_STOP = frozenset("""a an and are as at be but by can do does for from has have how i in is it its me my of on or
+show some such than that the them these they this those to us was we what which who why will with would you your
+about any also more most only other want wants need needs find like please give get tell""".split())
+_META = ("you asked", "i'm not sure", "i am not sure", "i can't", "i cannot", "sorry", "as an ai", "the user")
+
+
+def _content_words(text: str) -> set[str]:
+    return {w for w in _WORD.findall(text.lower()) if len(w) > 2 and w not in _STOP}
+
+
+def plausible_rewrite(rewrite: str, query: str, prev: list[str]) -> bool:
+    """A rewrite is kept only if it reads as a query, keeps most of the follow-up's own content words and
+    brings in context from earlier questions; small models otherwise answer, refuse or talk about the user."""
+    low = rewrite.lower()
+    if len(rewrite) < 3 or any(m in low for m in _META):
+        return False
+    words, own = _content_words(rewrite), _content_words(query)
+    context = _content_words(" ".join(prev)) - own
+    kept = len(words & own) / len(own) if own else 1.0
+    return kept >= 0.5 and (not context or bool(words & context))
 
 
 class AskPipeline:
@@ -43,8 +66,9 @@ class AskPipeline:
             out = await self._llm.ask(TaskKind.DECONTEXTUALIZE, decontextualize_prompt(req.query, req.prev, answers),
                                       DECONTEXTUALIZE_SCHEMA, max_tokens=60)
             text = out["decontextualized_query"].strip()
-            if len(text) >= 3:
+            if plausible_rewrite(text, req.query, req.prev):
                 return text
+            log.info("decontextualisation %r rejected; using the conversation as context", text)
         except ProviderError as e:
             log.info("decontextualisation failed (%s); using the conversation as context", e)
         # A standalone query the retriever can still use: the last earlier question plus this one.
@@ -104,10 +128,8 @@ class AskPipeline:
     async def _summarize(self, query: str, shown: list[RankedItem]) -> str:
         entries = [f"{r.item.name}: {r.description}"[:240] for r in shown[:5]]
         try:
-            out = await self._llm.ask(TaskKind.SUMMARIZE, summarize_prompt(query, entries), SUMMARY_SCHEMA,
-                                      max_tokens=self._s.summary_max_tokens)
-            if out["summary"].strip():
-                return out["summary"].strip()
+            return await self._llm.write(TaskKind.SUMMARIZE, summarize_prompt(query, entries),
+                                         max_tokens=self._s.summary_max_tokens)
         except ProviderError as e:
             log.info("summary failed: %s", e)
         return "Top results: " + "; ".join(r.item.name for r in shown[:5]) + "."
@@ -116,9 +138,8 @@ class AskPipeline:
         used = shown[:4]
         entries = [item_text(r.item.schema_object, 320) for r in used]
         try:
-            out = await self._llm.ask(TaskKind.GENERATE, generate_prompt(query, entries), ANSWER_SCHEMA,
-                                      max_tokens=self._s.generate_max_tokens)
-            answer = out["answer"].strip()
+            answer = await self._llm.write(TaskKind.GENERATE, generate_prompt(query, entries),
+                                           max_tokens=self._s.generate_max_tokens)
         except ProviderError as e:
             log.info("generation failed: %s", e)
             answer = ""

@@ -18,6 +18,10 @@ class StructuredLLM(Protocol):
         """
         ...
 
+    async def write(self, task: TaskKind, prompt: str, *, max_tokens: int = 200) -> str:
+        """Free text (summaries, answers): small models write better prose without a JSON grammar."""
+        ...
+
     async def classify(self, task: TaskKind, prompt: str, labels: Sequence[str]) -> dict[str, float]:
         """Probability of each label as the answer to `prompt` (summing to 1).
 

@@ -17,8 +17,6 @@ DECONTEXTUALIZE_SCHEMA = {
     "required": ["decontextualized_query"],
 }
 
-SUMMARY_SCHEMA = {"type": "object", "properties": {"summary": {"type": "string"}}, "required": ["summary"]}
-ANSWER_SCHEMA = {"type": "object", "properties": {"answer": {"type": "string"}}, "required": ["answer"]}
 
 
 RANK_LABELS = ("Yes", "No")
@@ -49,8 +47,7 @@ def summarize_prompt(query: str, entries: list[str]) -> str:
     listing = "\n".join(f"{i + 1}. {e}" for i, e in enumerate(entries))
     return (
         f"The user asked: {query}\nThese items were found:\n{listing}\n"
-        "Write a summary of two or three sentences of what was found, for the user. "
-        'Answer as {"summary": "<summary>"}.'
+        "In two or three sentences, tell the user what was found and which items fit best."
     )
 
 
@@ -60,5 +57,5 @@ def generate_prompt(query: str, entries: list[str]) -> str:
         f"Answer the user's question using only these items from the website, citing them as [1], [2].\n"
         f"Items:\n{listing}\n"
         f"Question: {query}\n"
-        'Answer as {"answer": "<answer with citations>"}.'
+        "Answer in a few sentences, citing the items you use like [1]."
     )
