@@ -30,6 +30,9 @@ async def test_complete_reports_usage(provider):
 
 
 async def test_stream_assembles_to_the_complete_answer(provider):
+    # llama.cpp's logits depend slightly on how a prompt is batched (a reused KV prefix or not), so let
+    # both calls below find the same cached prefix: then greedy decoding must give the same text.
+    await provider.complete(req("Write one sentence about the sea."))
     chunks = [c async for c in provider.stream(req("Write one sentence about the sea."))]
     assert len(chunks) > 1 and chunks[-1].finish_reason in ("stop", "length") and chunks[-1].usage
     whole = await provider.complete(req("Write one sentence about the sea."))
@@ -44,15 +47,17 @@ async def test_json_schema_is_enforced_by_grammar(provider):
     assert isinstance(obj["city"], str) and isinstance(obj["population"], int)
 
 
-async def test_classify_gives_label_probabilities(provider):
-    probs = await provider.classify(req("Is the sky blue on a clear day? Answer Yes or No."), ["Yes", "No"])
-    assert set(probs) == {"Yes", "No"} and abs(sum(probs.values()) - 1) < 1e-6
-    assert probs["Yes"] > probs["No"]
-    # the structured port exposes the same call to the search pipeline
+async def test_classify_reads_the_next_token_distribution(provider):
+    yes = await provider.classify(req("Reply with the single word Yes."), ["Yes", "No"])
+    no = await provider.classify(req("Reply with the single word No."), ["Yes", "No"])
+    assert set(yes) == {"Yes", "No"} and abs(sum(yes.values()) - 1) < 1e-6
+    assert yes["Yes"] > 0.7 and no["No"] > 0.7
+    # (SmolLM2-135M follows such instructions but cannot judge relevance: its P(Yes) to "is this item a good
+    # answer?" hovers at 0.1-0.2 for anything, which is why the ranker calibrates and blends it.)
     llm = ProviderStructuredLLM(provider)
     from nlweb_local.core.types import TaskKind
-    again = await llm.classify(TaskKind.RANK, "Is the sky blue on a clear day? Answer Yes or No.", ["Yes", "No"])
-    assert again["Yes"] > 0.5
+    again = await llm.classify(TaskKind.RANK, "Reply with the single word No.", ["Yes", "No"])
+    assert again["No"] > 0.7
 
 
 async def test_full_queue_refuses_at_once_with_retry_after():

@@ -47,7 +47,7 @@ async def collect(pipeline, req):
 
 
 def settings(**kw):
-    return SearchSettings(**{"llm_weight": 1.0, **kw})
+    return SearchSettings(**{"llm_weight": 1.0, "calibrate_llm": False, **kw})
 
 
 async def test_list_mode_early_sends_and_filters(loaded, embedder):
@@ -139,6 +139,18 @@ async def test_llm_rank_limit_scores_only_the_most_similar(loaded, embedder):
     assert len([c for c in llm.calls if c[0] is TaskKind.RANK]) == 2
     assert any("Ridge 2 tent" in p for _, p in llm.calls)
     assert isinstance(events[-1], End)
+
+
+async def test_calibration_centres_a_biased_model(loaded, embedder):
+    """A model that says Yes with ~0.1–0.2 to everything still ranks by its preference, around 50."""
+    llm = FunctionLLM(scores_by_name({"Chickpea curry": 20, "Red lentil dal": 14}, default=10))
+    s = SearchSettings(llm_weight=1.0, calibrate_llm=True, min_score=0)
+    pipeline = AskPipeline(llm, embedder, loaded, s)
+    await collect(pipeline, AskRequest("curry", min_score=0))  # the calibration window fills up
+    events = await collect(pipeline, AskRequest("curry", min_score=0))
+    items = sorted((r for e in events if isinstance(e, Results) for r in e.items), key=lambda r: -r.score)
+    assert items[0].item.name == "Chickpea curry" and items[0].score > 50
+    assert all(r.score <= 55 for r in items if r.item.name not in ("Chickpea curry", "Red lentil dal"))
 
 
 def test_admission_refuses_when_the_queue_is_full(loaded, embedder):

@@ -46,6 +46,9 @@ def test_missing_file_is_a_clear_error(tmp_path):
 
 def test_shipped_config_file_documents_the_defaults():
     """nlweb-local.yaml in the repository must state exactly the built-in defaults."""
+    from nlweb_local.config.settings import documented_yaml
+
+    assert (ROOT / "nlweb-local.yaml").read_text() == documented_yaml(), "regenerate: nlweb-local config init --force"
     shipped = yaml.safe_load((ROOT / "nlweb-local.yaml").read_text())
     assert shipped == Settings().model_dump(mode="json")
     assert yaml.safe_load(settings_as_yaml(Settings())) == shipped

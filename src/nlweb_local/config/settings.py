@@ -61,7 +61,8 @@ class StoreSettings(_Section):
 class SearchSettings(_Section):
     num_candidates: int = Field(50, ge=1, le=500, description="items retrieved per question (NLWeb: 50)")
     llm_rank_limit: int = Field(10, ge=0, le=500, description="how many of the candidates (best by similarity) the LLM scores; the rest keep a similarity score")
-    llm_weight: float = Field(0.5, ge=0, le=1, description="share of the LLM score in the final score; the rest is similarity")
+    llm_weight: float = Field(0.3, ge=0, le=1, description="share of the (calibrated) LLM score in the final score; the rest is similarity")
+    calibrate_llm: bool = Field(True, description="centre the LLM's P(Yes) on its running median (for models biased to one answer)")
     early_send_score: int = Field(59, ge=0, le=100, description="items scoring above this are streamed as soon as known")
     min_score: int = Field(51, ge=0, le=100, description="default min_score: keep items scoring strictly above")
     max_results: int = Field(10, ge=1, le=100, description="default max_results")
@@ -141,3 +142,31 @@ def load_settings(path: str | Path | None = None, environ: Mapping[str, str] | N
 
 def settings_as_yaml(settings: Settings) -> str:
     return yaml.safe_dump(settings.model_dump(mode="json"), sort_keys=False)
+
+
+def documented_yaml(settings: Settings | None = None) -> str:
+    """The settings as YAML with each key's description as a comment (what `config init` writes)."""
+    settings = settings or Settings()
+    lines = [
+        "# nlweb-local settings: every key with its built-in default.",
+        "# Precedence: built-in defaults < this file < environment variables NLWEB_LOCAL_<SECTION>__<KEY>",
+        "# (e.g. NLWEB_LOCAL_SERVER__PORT=9000; top-level keys: NLWEB_LOCAL_DATA_DIR=/srv/nlweb).",
+        "# Another file: nlweb-local --config FILE ..., or NLWEB_LOCAL_CONFIG=FILE. The result: nlweb-local config show",
+        "",
+    ]
+
+    def dump(model: BaseModel, indent: int) -> None:
+        pad = "  " * indent
+        for name, field in type(model).model_fields.items():
+            value = getattr(model, name)
+            if isinstance(value, BaseModel):
+                lines.append(f"{pad}{name}:")
+                dump(value, indent + 1)
+                continue
+            if field.description:
+                lines.append(f"{pad}# {field.description}")
+            rendered = yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...").strip()
+            lines.append(f"{pad}{name}: {rendered}")
+
+    dump(settings, 0)
+    return "\n".join(lines) + "\n"

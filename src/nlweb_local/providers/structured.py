@@ -16,6 +16,7 @@ from .base import Provider
 log = logging.getLogger(__name__)
 
 SYSTEM_PROMPT = "You are a precise assistant for a website's search engine. Answer only with the JSON object asked for."
+CLASSIFY_PROMPT = "You are a precise assistant for a website's search engine. Answer with one word."
 WRITER_PROMPT = "You are a helpful assistant for a website's search engine. Write plainly and briefly, using only the facts given."
 
 
@@ -43,7 +44,7 @@ class ProviderStructuredLLM:
         return text
 
     async def classify(self, task: TaskKind, prompt: str, labels: Sequence[str]) -> dict[str, float]:
-        req = ChatRequest(messages=[Message("system", self._system), Message("user", prompt)], max_tokens=1,
+        req = ChatRequest(messages=[Message("system", CLASSIFY_PROMPT), Message("user", prompt)], max_tokens=1,
                           temperature=0.0, task=task)
         if self._provider.capabilities.classify:
             return await self._provider.classify(req, labels)  # type: ignore[attr-defined]

@@ -49,7 +49,8 @@ class AskPipeline:
         self._embedder = embedder
         self._store = store
         self._s = settings
-        self._ranker = Ranker(llm, llm_rank_limit=settings.llm_rank_limit, llm_weight=settings.llm_weight)
+        self._ranker = Ranker(llm, llm_rank_limit=settings.llm_rank_limit, llm_weight=settings.llm_weight,
+                             calibrate=settings.calibrate_llm)
 
     def admit(self) -> None:
         """Refuse a new request up front (OverloadedError) when the LLM queue is full."""

@@ -7,7 +7,7 @@ calls share a KV prefix). Measured on ../shared/eval with SmolLM2-135M: generati
 probability takes ~0.45 s per item and, fused with similarity, edges past similarity alone.
 The card's description is the item's own description until a model worth asking writes "why it fits".
 
-Final score = llm_weight × LLM score + (1 − llm_weight) × similarity score (both 0–100). An LLM
+Final score = llm_weight × LLM score + (1 − llm_weight) × similarity score (both 0–100; see `_calibrated`). An LLM
 answer of the wrong shape drops that item (counted); an engine fault falls back to similarity for
 that item (counted, and reported once as a notice) so a sick engine degrades ranking instead of
 breaking the answer.
@@ -16,6 +16,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
+import statistics
+from collections import deque
 from dataclasses import dataclass, field
 from typing import AsyncIterator, Sequence
 
@@ -55,12 +58,24 @@ class RankStats:
 
 class Ranker:
     def __init__(self, llm: StructuredLLM, *, llm_rank_limit: int = 10, llm_weight: float = 0.5,
-                 concurrency: int = 4, item_chars: int = 480):
+                 calibrate: bool = True, concurrency: int = 4, item_chars: int = 480):
         self._llm = llm
         self._limit = llm_rank_limit
         self._w = llm_weight
         self._concurrency = concurrency
         self._item_chars = item_chars
+        self._calibrate = calibrate
+        self._recent: deque[float] = deque(maxlen=512)  # recent P(Yes) logits, for calibration (bounded)
+
+    def _calibrated(self, p_yes: float) -> float:
+        """100·sigmoid(logit(P(Yes)) − median recent logit): a model's P(Yes) has its own bias (SmolLM2-135M
+        says Yes with ~0.1–0.2 to nearly anything), so the LLM score is its preference relative to what it
+        usually says, centred on 50, and comparable with the similarity scale that min_score applies to."""
+        p = min(max(p_yes, 1e-6), 1 - 1e-6)
+        logit = math.log(p / (1 - p))
+        self._recent.append(logit)
+        centre = statistics.median(self._recent)
+        return 100.0 / (1.0 + math.exp(-(logit - centre)))
 
     async def _score_one(self, query: str, c: ScoredItem, sem: asyncio.Semaphore, stats: RankStats) -> RankedItem | None:
         sim = similarity_score(c.similarity)
@@ -80,7 +95,9 @@ class Ranker:
                 stats.similarity_only += 1
                 return RankedItem(c.item, sim, _fallback_description(c), c.similarity)
         stats.llm_scored += 1
-        score = int(round(self._w * 100 * probs[RANK_LABELS[0]] + (1 - self._w) * sim))
+        p_yes = probs[RANK_LABELS[0]]
+        llm_score = self._calibrated(p_yes) if self._calibrate else 100.0 * p_yes
+        score = int(round(self._w * llm_score + (1 - self._w) * sim))
         return RankedItem(c.item, score, _fallback_description(c), c.similarity)
 
     async def rank(self, query: str, candidates: Sequence[ScoredItem], stats: RankStats) -> AsyncIterator[RankedItem]:
