@@ -136,3 +136,37 @@ def test_sites_who_health_ready(live_server):
     assert httpx.get(f"{live_server.url}/health").json()["status"] == "healthy"
     ready = httpx.get(f"{live_server.url}/ready")
     assert ready.status_code == 200 and ready.json()["checks"]["store"].startswith("ok")
+
+
+async def test_mcp_sdk_client_against_the_real_search(live_server):
+    """The official MCP SDK client, over streamable HTTP, calling the tools of the real search."""
+    from mcp import ClientSession
+    from mcp.client.streamable_http import streamable_http_client
+
+    async with streamable_http_client(f"{live_server.url}/mcp") as (read, write):
+        async with ClientSession(read, write) as session:
+            await session.initialize()
+            names = {t.name for t in (await session.list_tools()).tools}
+            assert names == {"ask", "list_sites", "who"}
+            result = await session.call_tool("ask", {"query": "backpacking tent", "site": ["fixture"]})
+            assert result.is_error is False
+            text = result.content[0].text
+            assert "https://fixture.example/" in text and "score" in text
+            sites = await session.call_tool("list_sites", {})
+            assert json.loads(sites.content[0].text) == {"sites": ["fixture"]}
+            who = await session.call_tool("who", {"query": "cooking classes"})
+            assert who.content[0].text.startswith("fixture")
+            bad = await session.call_tool("ask", {"query": "tent", "site": ["nosuchsite"]})
+            assert bad.is_error is False and "No items found" in bad.content[0].text
+
+
+def test_cli_ask_streams_from_a_running_server(live_server, capsys):
+    from nlweb_local.cli.main import main
+
+    assert main(["ask", "camping stove", "--server", live_server.url, "--max-results", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "https://fixture.example/" in out
+    assert main(["ask", "camping stove", "--server", live_server.url, "--json", "--mode", "summarize"]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert lines[0]["message_type"] == "begin-nlweb-response" and lines[-1]["message_type"] == "end-nlweb-response"
+    assert any(m.get("@type") == "Summary" for m in lines)
