@@ -9,12 +9,19 @@ from nlweb_local.core.types import ChatRequest, Message
 from nlweb_local.providers.llama_cpp import LlamaCppProvider
 from nlweb_local.providers.structured import ProviderStructuredLLM
 
+from provider_contract import ProviderContract
+
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def provider():
+def provider_module():
     return LlamaCppProvider(n_ctx=1024)
+
+
+@pytest.fixture()
+def provider(provider_module):
+    return provider_module
 
 
 def req(text, **kw):
@@ -80,3 +87,11 @@ async def test_call_deadline():
 def test_missing_model_file_is_a_clear_error(tmp_path):
     with pytest.raises(BadRequestError, match="does not exist"):
         LlamaCppProvider(tmp_path / "nope.gguf")
+
+
+class TestLlamaCppContract(ProviderContract):
+    """The shared provider contract, against the real in-process engine."""
+
+    @pytest.fixture()
+    def provider(self, provider_module):
+        return provider_module

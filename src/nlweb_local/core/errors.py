@@ -4,8 +4,9 @@
     ├── BadRequestError            400  invalid_request_error   (not retryable)
     │   ├── PayloadTooLargeError   413
     │   └── ContextLengthError     400  context_length_exceeded
-    ├── AuthError                  401  authentication_error
+    ├── AuthError                  401  authentication_error     (also 403 upstream)
     ├── NotFoundError              404  not_found_error          (model, site, ...)
+    │   └── ModelNotFoundError     404  model_not_found          (not pulled / not served)
     ├── SourceError                     an ingestion source that cannot be read or parsed
     ├── StoreBusyError                  the embedded vector store is held by another process
     └── ProviderError              500  server_error             (retryable)
@@ -53,6 +54,10 @@ class AuthError(NlwebError):
 class NotFoundError(NlwebError):
     status = 404
     openai_type = "not_found_error"
+
+
+class ModelNotFoundError(NotFoundError):
+    openai_type = "model_not_found"
 
 
 class SourceError(NlwebError):

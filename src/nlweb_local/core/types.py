@@ -63,6 +63,11 @@ class ChatRequest:
     repeat_penalty: float | None = None
     task: TaskKind = TaskKind.CHAT
     deadline_s: float | None = None
+    top_p: float | None = None
+    seed: int | None = None
+    tools: list[dict[str, Any]] | None = None  # OpenAI function-tool definitions, passed through where supported
+    tool_choice: Any = None
+    extra: dict[str, Any] = field(default_factory=dict)  # engine-specific body fields, passed through as they are
 
 
 @dataclass(slots=True)
@@ -91,6 +96,7 @@ class ChatChunk:
     delta: str
     finish_reason: str | None = None
     usage: Usage | None = None
+    tool_calls: list[dict[str, Any]] | None = None  # OpenAI-style tool-call deltas
 
 
 @dataclass(slots=True)
@@ -99,4 +105,13 @@ class ChatResponse:
     finish_reason: str = "stop"
     usage: Usage = field(default_factory=Usage)
     model: str = ""
+    deployment: str = ""
+    tool_calls: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class EmbeddingResponse:
+    vectors: list[list[float]]
+    model: str = ""
+    prompt_tokens: int = 0
     deployment: str = ""

@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Any, AsyncIterator, Sequence
 
 from ..core.errors import BadRequestError, ContextLengthError, OverloadedError, ProviderError, ProviderTimeoutError
-from ..core.types import ChatChunk, ChatRequest, ChatResponse, Usage
-from .base import Capabilities, Health, assemble
+from ..core.types import ChatChunk, ChatRequest, Usage
+from .base import BaseProvider, Capabilities, LoadSnapshot
 
 log = logging.getLogger(__name__)
 _DONE = object()
@@ -38,7 +38,7 @@ def packaged_smollm2_path() -> Path:
     return path
 
 
-class LlamaCppProvider:
+class LlamaCppProvider(BaseProvider):
     def __init__(self, model_path: str | Path | None = None, *, n_ctx: int = 2048, n_threads: int | None = None,
                  max_queue: int = 64, call_timeout_s: float = 60.0, seed: int = 0, name: str = "llama_cpp"):
         from llama_cpp import Llama
@@ -220,12 +220,17 @@ class LlamaCppProvider:
             if not fut.done():
                 fut.add_done_callback(lambda f: f.exception())
 
-    async def complete(self, request: ChatRequest) -> ChatResponse:
-        return await assemble(self.stream(request), deployment=self.name, model=self.model)
-
-    async def health(self) -> Health:
-        return Health(healthy=not self._closed, detail=self.model, queued=max(0, self._pending - 1), running=min(1, self._pending))
+    async def health(self) -> LoadSnapshot:
+        return LoadSnapshot(healthy=not self._closed, detail=self.model, waiting=max(0, self._pending - 1),
+                            running=min(1, self._pending))
 
     async def close(self) -> None:
         self._closed = True
         self._executor.shutdown(wait=False, cancel_futures=True)
+
+
+def from_settings(d, environ) -> LlamaCppProvider:
+    """A `llama_cpp` deployment: `model` is a GGUF path (empty = the packaged SmolLM2); options: n_ctx, n_threads, max_queue."""
+    o = d.options
+    return LlamaCppProvider(d.model or None, n_ctx=d.context_window or o.get("n_ctx", 2048), n_threads=o.get("n_threads"),
+                            max_queue=o.get("max_queue", 64), call_timeout_s=d.timeout_s, name=d.name)

@@ -57,7 +57,7 @@ def create_app(settings: Settings, components: Components | None = None, *, clos
             checks["store"] = f"failing: {e}"
         if comp.provider is not None:
             h = await comp.provider.health()
-            checks["llm"] = f"ok ({h.detail}, {h.queued} queued)" if h.healthy else f"failing: {h.detail}"
+            checks["llm"] = f"ok ({h.detail}, {h.waiting} queued)" if h.healthy else f"failing: {h.detail}"
         ok = all(v.startswith("ok") for v in checks.values())
         return JSONResponse({"status": "ready" if ok else "not_ready", "checks": checks}, status_code=200 if ok else 503)
 
