@@ -52,3 +52,19 @@ def test_shipped_config_file_documents_the_defaults():
     shipped = yaml.safe_load((ROOT / "nlweb-local.yaml").read_text())
     assert shipped == Settings().model_dump(mode="json")
     assert yaml.safe_load(settings_as_yaml(Settings())) == shipped
+
+
+def test_search_deployment_must_exist(tmp_path):
+    from nlweb_local.server.components import build_provider
+
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("llm:\n  search_deployment: big\n  deployments:\n    - {name: small, engine: ollama, model: llama3}\n")
+    with pytest.raises(BadRequestError, match="'big' is not among llm.deployments \\(small\\)"):
+        build_provider(load_settings(cfg, environ={}))
+
+
+def test_unknown_engine_is_rejected_with_the_choices(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("llm:\n  deployments:\n    - {name: x, engine: nope}\n")
+    with pytest.raises(BadRequestError, match="llm.deployments.0.engine"):
+        load_settings(cfg, environ={})

@@ -37,9 +37,19 @@ def build_store(settings: Settings, dimension: int) -> VectorStore:
 
 
 def build_provider(settings: Settings) -> Provider:
+    """The provider /ask uses: `llm.search_deployment` when set, else the embedded llama.cpp engine."""
     from ..providers.llama_cpp import LlamaCppProvider
 
     s = settings.llm
+    if s.search_deployment:
+        from ..core.errors import BadRequestError
+        from ..providers.registry import build_provider as build_deployment
+
+        chosen = next((d for d in s.deployments if d.name == s.search_deployment), None)
+        if chosen is None:
+            names = ", ".join(d.name for d in s.deployments) or "none configured"
+            raise BadRequestError(f"llm.search_deployment {s.search_deployment!r} is not among llm.deployments ({names})")
+        return build_deployment(chosen)
     return LlamaCppProvider(s.model_path, n_ctx=s.n_ctx, n_threads=s.n_threads, max_queue=s.max_queue,
                             call_timeout_s=s.call_timeout_s, seed=s.seed)
 
