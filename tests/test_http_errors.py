@@ -97,3 +97,19 @@ def test_who_needs_a_query(client):
 def test_page_and_static_files_are_served(client):
     r = client.get("/")
     assert r.status_code == 200 and "<html" in r.text.lower()
+
+
+def test_sse_keepalive_comments_while_the_model_is_slow(store, embedder):
+    store.upsert([Item("https://e.example/a", "Apple pie", "e", json.dumps({"@type": "Recipe", "name": "Apple pie"}))],
+                 embedder.embed(["Apple pie"]))
+    llm = FunctionLLM(lambda t, p, s: '{"score": 90}', delay_s=0.35)
+    settings = load_settings(environ={})
+    settings.server.keepalive_s = 0.1
+    app = create_app(settings, Components(llm=llm, embedder=embedder, store=store), close_components=False)
+    with TestClient(app) as c:
+        r = c.get("/ask", params={"query": "pie"})
+    assert r.status_code == 200
+    blocks = r.text.split("\n\n")
+    assert ": keepalive" in blocks  # a comment line of its own, between messages
+    types = [json.loads(b[6:])["message_type"] for b in blocks if b.startswith("data: ")]
+    assert types[0] == "begin-nlweb-response" and types[-1] == "end-nlweb-response" and "result" in types
