@@ -1,0 +1,174 @@
+"""A circuit breaker per deployment, driven by an injectable clock (so tests need no sleeping).
+
+    CLOSED ──(failure rate or slow-call rate ≥ threshold over the window, with ≥ min_calls)──► OPEN
+    OPEN ──(open_s elapsed, or the upstream's Retry-After, whichever is later)──► HALF_OPEN
+    HALF_OPEN ──(probe_calls probes all succeed)──► RESTORING ──(each stage's calls succeed)──► CLOSED
+    HALF_OPEN / RESTORING ──(any failure)──► OPEN
+
+RESTORING admits a growing share of traffic (e.g. 10 % → 50 % → 100 %) instead of a flood. What counts
+as a failure: 5xx, timeouts, connection errors and 429 (the caller decides with `counts_as_failure`);
+other 4xx are the client's fault and count as successes of the deployment.
+"""
+from __future__ import annotations
+
+import enum
+import random
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import Callable
+
+from ..core.errors import NlwebError, ProviderError, RateLimitedError
+
+
+class BreakerState(str, enum.Enum):
+    CLOSED = "closed"
+    OPEN = "open"
+    HALF_OPEN = "half_open"
+    RESTORING = "restoring"
+
+
+@dataclass(frozen=True, slots=True)
+class BreakerSettings:
+    window: int = 20  # last N calls
+    min_calls: int = 5
+    failure_rate: float = 0.5
+    slow_call_s: float = 30.0
+    slow_rate: float = 0.8
+    open_s: float = 30.0
+    probe_calls: int = 2
+    restore_shares: tuple[float, ...] = (0.1, 0.5)  # then 1.0 = closed
+    calls_per_stage: int = 10
+
+
+def counts_as_failure(error: BaseException | None) -> bool:
+    if error is None:
+        return False
+    if isinstance(error, RateLimitedError):
+        return True
+    if isinstance(error, ProviderError):
+        return error.retryable or error.status >= 500
+    if isinstance(error, NlwebError):
+        return False  # 4xx: the request's fault, not the deployment's
+    return True  # anything unexpected
+
+
+class CircuitBreaker:
+    def __init__(self, name: str, settings: BreakerSettings = BreakerSettings(), *,
+                 clock: Callable[[], float] = time.monotonic, rng: Callable[[], float] = random.random,
+                 on_change: Callable[[str, BreakerState, BreakerState, str], None] | None = None):
+        self.name = name
+        self._s = settings
+        self._clock = clock
+        self._rng = rng
+        self._on_change = on_change
+        self.state = BreakerState.CLOSED
+        self._calls: deque[tuple[bool, bool]] = deque(maxlen=settings.window)  # (failed, slow)
+        self._opened_at = 0.0
+        self._open_until = 0.0
+        self._probes_in_flight = 0
+        self._stage_ok = 0
+        self._stage = 0
+        self.reason = ""
+
+    # -- decisions ----------------------------------------------------------------------------
+    def retry_after(self) -> float:
+        return max(0.0, self._open_until - self._clock()) if self.state is BreakerState.OPEN else 0.0
+
+    def allows(self) -> bool:
+        """May a call go to this deployment now? (Takes a probe slot in HALF_OPEN.)"""
+        self._advance()
+        if self.state is BreakerState.CLOSED:
+            return True
+        if self.state is BreakerState.OPEN:
+            return False
+        if self.state is BreakerState.HALF_OPEN:
+            if self._probes_in_flight < self._s.probe_calls - self._stage_ok:
+                self._probes_in_flight += 1
+                return True
+            return False
+        return self._rng() < self.share()
+
+    def share(self) -> float:
+        """Share of traffic this deployment should get now (1.0 closed, 0 open)."""
+        self._advance()
+        if self.state is BreakerState.CLOSED:
+            return 1.0
+        if self.state is BreakerState.RESTORING:
+            return self._s.restore_shares[self._stage]
+        return 0.0
+
+    # -- outcomes -----------------------------------------------------------------------------
+    def record(self, error: BaseException | None, duration_s: float = 0.0) -> None:
+        failed = counts_as_failure(error)
+        slow = duration_s >= self._s.slow_call_s
+        self._advance()
+        if self.state is BreakerState.HALF_OPEN:
+            self._probes_in_flight = max(0, self._probes_in_flight - 1)
+            if failed:
+                self._open(f"probe failed: {error!r}"[:200], error)
+            else:
+                self._stage_ok += 1
+                if self._stage_ok >= self._s.probe_calls:
+                    self._stage, self._stage_ok = 0, 0
+                    self._set(BreakerState.RESTORING if self._s.restore_shares else BreakerState.CLOSED, "probes succeeded")
+            return
+        if self.state is BreakerState.RESTORING:
+            if failed:
+                self._open(f"failed while restoring: {error!r}"[:200], error)
+                return
+            self._stage_ok += 1
+            if self._stage_ok >= self._s.calls_per_stage:
+                self._stage_ok = 0
+                self._stage += 1
+                if self._stage >= len(self._s.restore_shares):
+                    self._calls.clear()
+                    self._set(BreakerState.CLOSED, "traffic restored")
+            return
+        if self.state is BreakerState.OPEN:
+            return  # a call that started before the breaker opened
+        self._calls.append((failed, slow))
+        n = len(self._calls)
+        if n >= self._s.min_calls:
+            fails = sum(f for f, _ in self._calls) / n
+            slows = sum(s for _, s in self._calls) / n
+            if fails >= self._s.failure_rate:
+                self._open(f"failure rate {fails:.0%} over the last {n} calls", error)
+            elif slows >= self._s.slow_rate:
+                self._open(f"slow-call rate {slows:.0%} (≥ {self._s.slow_call_s}s) over the last {n} calls", error)
+
+    # -- admin --------------------------------------------------------------------------------
+    def force_open(self, seconds: float | None = None, reason: str = "forced open by an operator") -> None:
+        self._open(reason, None, seconds)
+
+    def reset(self) -> None:
+        self._calls.clear()
+        self._probes_in_flight = self._stage = self._stage_ok = 0
+        self._set(BreakerState.CLOSED, "reset by an operator")
+
+    def snapshot(self) -> dict:
+        self._advance()
+        n = len(self._calls)
+        return {"deployment": self.name, "state": self.state.value, "reason": self.reason, "share": self.share(),
+                "retry_after_s": round(self.retry_after(), 3), "window_calls": n,
+                "failure_rate": round(sum(f for f, _ in self._calls) / n, 3) if n else 0.0}
+
+    # -- internals ----------------------------------------------------------------------------
+    def _open(self, reason: str, error: BaseException | None, seconds: float | None = None) -> None:
+        now = self._clock()
+        hint = getattr(error, "retry_after", None) or 0.0
+        self._opened_at = now
+        self._open_until = now + max(seconds if seconds is not None else self._s.open_s, hint)
+        self._probes_in_flight = self._stage = self._stage_ok = 0
+        self._calls.clear()
+        self._set(BreakerState.OPEN, reason)
+
+    def _advance(self) -> None:
+        if self.state is BreakerState.OPEN and self._clock() >= self._open_until:
+            self._probes_in_flight = self._stage_ok = 0
+            self._set(BreakerState.HALF_OPEN, "open period over; probing")
+
+    def _set(self, state: BreakerState, reason: str) -> None:
+        old, self.state, self.reason = self.state, state, reason
+        if old is not state and self._on_change:
+            self._on_change(self.name, old, state, reason)
