@@ -13,7 +13,9 @@
         ├── ProviderTimeoutError   504  timeout
         ├── ProviderConnectionError 502
         ├── OverloadedError        503  (queue full; carries retry_after)
+        │   └── NoDeploymentError  503  nothing can serve now (carries the reason per deployment)
         ├── RateLimitedError       429  (carries retry_after)
+        ├── StreamInterruptedError 502  a stream failed after tokens were sent (not retried)
         └── ModelOutputError       502  the model answered, but not in the shape asked for
 
 Messages say what to do about the problem.
@@ -93,6 +95,18 @@ class OverloadedError(ProviderError):
     def __init__(self, message: str, *, retry_after: float = 1.0, **kw):
         super().__init__(message, **kw)
         self.retry_after = retry_after
+
+
+class NoDeploymentError(OverloadedError):
+    def __init__(self, message: str, *, reasons: dict[str, str], retry_after: float = 1.0, **kw):
+        detail = "; ".join(f"{k}: {v}" for k, v in reasons.items())
+        super().__init__(f"{message} ({detail})" if detail else message, retry_after=retry_after, **kw)
+        self.reasons = reasons
+
+
+class StreamInterruptedError(ProviderError):
+    status = 502
+    retryable = False
 
 
 class RateLimitedError(ProviderError):

@@ -97,6 +97,7 @@ class ChatChunk:
     finish_reason: str | None = None
     usage: Usage | None = None
     tool_calls: list[dict[str, Any]] | None = None  # OpenAI-style tool-call deltas
+    route: str | None = None  # set by the router on a stream's first chunk: "deployment; reason"
 
 
 @dataclass(slots=True)
@@ -107,6 +108,7 @@ class ChatResponse:
     model: str = ""
     deployment: str = ""
     tool_calls: list[dict[str, Any]] = field(default_factory=list)
+    route: str = ""  # which deployment served it and why (the x-nlweb-route header)
 
 
 @dataclass(slots=True)

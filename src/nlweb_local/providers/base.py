@@ -64,7 +64,11 @@ async def assemble(chunks: AsyncIterator[ChatChunk], *, deployment: str, model: 
     parts: list[str] = []
     finish, usage = "stop", None
     calls: dict[int, dict] = {}
+    route, served_by = "", deployment
     async for ch in chunks:
+        if ch.route and not route:
+            route = ch.route
+            served_by = ch.route.split(";", 1)[0]
         parts.append(ch.delta)
         if ch.finish_reason:
             finish = ch.finish_reason
@@ -72,8 +76,8 @@ async def assemble(chunks: AsyncIterator[ChatChunk], *, deployment: str, model: 
             usage = ch.usage
         for tc in ch.tool_calls or ():
             merge_tool_call_delta(calls, tc)
-    return ChatResponse("".join(parts), finish, usage or Usage(), model=model, deployment=deployment,
-                        tool_calls=[calls[i] for i in sorted(calls)])
+    return ChatResponse("".join(parts), finish, usage or Usage(), model=model, deployment=served_by,
+                        tool_calls=[calls[i] for i in sorted(calls)], route=route)
 
 
 def merge_tool_call_delta(calls: dict[int, dict], delta: dict) -> None:

@@ -55,3 +55,77 @@ class FunctionLLM:
             return coerce_to_schema(text, schema)
         except ValueError as e:
             raise ModelOutputError(f"{task.value}: {e}", deployment="function", body=text) from e
+
+
+class ScriptedProvider:
+    """A `Provider` whose behaviour is set by the test: text, per-token delay, and failures.
+
+    `fail_with` (an exception, or a callable returning one or None per call) fails a call before its
+    first token; `fail_after_tokens` fails it mid-stream after that many tokens.
+    """
+
+    def __init__(self, name: str, text: str = "Hello from a scripted model.", *, local: bool = True,
+                 token_delay_s: float = 0.0, context_window: int = 4096, classify: bool = False):
+        from .base import Capabilities
+
+        self.name = name
+        self.model = f"{name}-model"
+        self.capabilities = Capabilities(context_window=context_window, json_schema=True, local=local, classify=classify)
+        self.text = text
+        self.token_delay_s = token_delay_s
+        self.fail_with: Any = None
+        self.fail_after_tokens: int | None = None
+        self.calls = 0
+        self.healthy = True
+
+    def _failure(self):
+        f = self.fail_with
+        return f() if callable(f) and not isinstance(f, BaseException) else f
+
+    async def stream(self, request):
+        from ..core.errors import ProviderConnectionError
+        from ..core.types import ChatChunk, Usage
+
+        self.calls += 1
+        err = self._failure()
+        if err is not None:
+            raise err
+        words = self.text.split(" ")
+        for i, w in enumerate(words):
+            if self.token_delay_s:
+                await asyncio.sleep(self.token_delay_s)
+            if self.fail_after_tokens is not None and i == self.fail_after_tokens:
+                raise ProviderConnectionError(f"{self.name}: connection lost mid-stream", deployment=self.name)
+            last = i == len(words) - 1
+            yield ChatChunk(w + ("" if last else " "), "stop" if last else None,
+                            Usage(prompt_tokens=sum(len(m.content) for m in request.messages) // 4 + 1,
+                                  completion_tokens=len(words), time_to_first_token_s=self.token_delay_s,
+                                  total_s=self.token_delay_s * len(words)) if last else None)
+
+    async def complete(self, request):
+        from .base import assemble
+
+        return await assemble(self.stream(request), deployment=self.name, model=self.model)
+
+    async def classify(self, request, labels):
+        self.calls += 1
+        err = self._failure()
+        if err is not None:
+            raise err
+        return {lab: (1.0 if i == 0 else 0.0) for i, lab in enumerate(labels)}
+
+    async def embed(self, texts):
+        from ..core.types import EmbeddingResponse
+
+        return EmbeddingResponse([[float(len(t)), 1.0] for t in texts], model=self.model, deployment=self.name)
+
+    async def health(self):
+        from .base import LoadSnapshot
+
+        return LoadSnapshot(healthy=self.healthy, detail=self.model)
+
+    def admit(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None

@@ -75,6 +75,11 @@ class CircuitBreaker:
     def retry_after(self) -> float:
         return max(0.0, self._open_until - self._clock()) if self.state is BreakerState.OPEN else 0.0
 
+    def available(self) -> bool:
+        """Could a call go through soon (not OPEN)? Unlike `allows`, takes no probe slot."""
+        self._advance()
+        return self.state is not BreakerState.OPEN
+
     def allows(self) -> bool:
         """May a call go to this deployment now? (Takes a probe slot in HALF_OPEN.)"""
         self._advance()
