@@ -48,6 +48,10 @@ class DeploymentSettings(_Section):
     api_key_env: str | None = Field(None, description="environment variable holding the API key")
     timeout_s: float = Field(120.0, gt=0, description="default deadline of one call")
     context_window: int | None = Field(None, ge=256, description="tokens; null = the engine's own or a safe default")
+    price_in_per_m: float = Field(0.0, ge=0, description="$ per 1M input tokens (cloud: the vendor's price; local: amortised hardware + power)")
+    price_out_per_m: float = Field(0.0, ge=0, description="$ per 1M output tokens")
+    tier: int = Field(0, ge=0, description="quality tier for the quality strategy: higher is stronger")
+    max_concurrency: int = Field(64, ge=1, description="most calls in flight at once")
     options: dict[str, Any] = Field(default_factory=dict, description="engine-specific options (see the README)")
 
     def key(self, environ: Mapping[str, str]) -> str | None:
@@ -63,7 +67,9 @@ class LLMSettings(_Section):
     call_timeout_s: float = Field(60.0, gt=0, description="longest a single LLM call may wait and run")
     seed: int = Field(0, description="sampling seed (temperature is 0 for ranking anyway)")
     deployments: list[DeploymentSettings] = Field(default_factory=list, description="more engines (local or cloud); see the README")
-    search_deployment: str | None = Field(None, description="deployment that serves /ask's LLM calls; null = the embedded llama_cpp above")
+    search_deployment: str | None = Field(None, description="deployment that serves /ask's LLM calls; null = routed like any call")
+    strategy: Literal["local-first", "cost", "latency", "quality"] = Field("local-first", description="default routing strategy (per request: x-nlweb-strategy)")
+    embedded_name: str = Field("local", description="deployment name of the embedded llama.cpp engine")
 
 
 class EmbeddingSettings(_Section):

@@ -55,6 +55,7 @@ class RouteContext:
     privacy: Privacy = Privacy.ANY
     priority: int = 0
     conversation: str = ""
+    deployments: tuple[str, ...] = ()  # restrict to these (a model name that names a deployment)
 
 
 def estimate_tokens(req: ChatRequest) -> int:
@@ -139,7 +140,12 @@ class Router(BaseProvider):
         f = RequestFeatures(task=req.task, prompt_tokens=estimate_tokens(req), max_tokens=req.max_tokens,
                             needs_json=req.json_schema is not None, needs_tools=bool(req.tools), privacy=ctx.privacy,
                             difficulty=difficulty(req), conversation=ctx.conversation, priority=ctx.priority)
-        views = [r.view() for r in self._routes.values() if only is None or only(r)]
+        if ctx.deployments and not set(ctx.deployments) & set(self._routes):
+            from ..core.errors import ModelNotFoundError
+
+            raise ModelNotFoundError(f"no deployment named {', '.join(ctx.deployments)} (GET /v1/models lists them)")
+        views = [r.view() for r in self._routes.values()
+                 if (only is None or only(r)) and (not ctx.deployments or r.info.name in ctx.deployments)]
         return strategy(f, views, self._rng)
 
     def _nothing(self, d: RouteDecision, failures: dict[str, str]) -> NoDeploymentError:

@@ -75,12 +75,16 @@ def create_app(settings: Settings, components: Components | None = None, *, clos
         Route("/ready", ready),
         *mcp_routes(SearchTools(pipeline, comp.store, directory), version=__version__,
                     max_body_bytes=settings.server.max_body_bytes),
+        *(gateway_routes(comp.router, comp.embedder) if comp.router is not None else []),
         Mount("/static", app=StaticFiles(directory=STATIC), name="static"),
     ]
 
     @asynccontextmanager
     async def lifespan(app):
+        probe = asyncio.create_task(comp.router.probe_forever(10.0)) if comp.router is not None else None
         yield
+        if probe is not None:
+            probe.cancel()
         if owned:
             if comp.provider is not None:
                 await comp.provider.close()
@@ -91,6 +95,31 @@ def create_app(settings: Settings, components: Components | None = None, *, clos
     app.state.components = comp
     app.state.pipeline = pipeline
     return app
+
+
+def gateway_routes(router, embedder) -> list:
+    """/v1/* (OpenAI-compatible) and /admin/breakers over the router."""
+    from .gateway import Gateway
+
+    async def breakers(request: Request) -> Response:
+        return JSONResponse({"breakers": [r.breaker.snapshot() for r in router.routes.values()]})
+
+    async def breaker_action(request: Request) -> Response:
+        name, action = request.path_params["name"], request.path_params["action"]
+        route = router.routes.get(name)
+        if route is None:
+            return JSONResponse({"error": f"no deployment {name!r} ({', '.join(router.routes)})"}, status_code=404)
+        if action == "open":
+            seconds = float(request.query_params.get("seconds", "60"))
+            route.breaker.force_open(seconds)
+        elif action == "reset":
+            route.breaker.reset()
+        else:
+            return JSONResponse({"error": "action must be open or reset"}, status_code=400)
+        return JSONResponse(route.breaker.snapshot())
+
+    return [*Gateway(router, embedder).routes(), Route("/admin/breakers", breakers),
+            Route("/admin/breakers/{name}/{action}", breaker_action, methods=["POST"])]
 
 
 def _missing(name: str, example: str) -> NlwebError:

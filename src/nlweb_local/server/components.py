@@ -18,8 +18,9 @@ class Components:
     llm: StructuredLLM
     embedder: Embedder
     store: VectorStore
-    provider: Provider | None = None
+    provider: Provider | None = None  # what /ask's LLM calls go to (the router, or one provider in tests)
     closers: list[Callable[[], Any]] = field(default_factory=list)
+    router: Any = None  # router.Router over every deployment: the /v1 gateway
 
 
 def build_embedder(settings: Settings) -> Embedder:
@@ -37,9 +38,7 @@ def build_store(settings: Settings, dimension: int) -> VectorStore:
 
 
 def build_provider(settings: Settings) -> Provider:
-    """The provider /ask uses: `llm.search_deployment` when set, else the embedded llama.cpp engine."""
-    from ..providers.llama_cpp import LlamaCppProvider
-
+    """One provider: `llm.search_deployment` when set, else the embedded llama.cpp engine."""
     s = settings.llm
     if s.search_deployment:
         from ..core.errors import BadRequestError
@@ -50,15 +49,51 @@ def build_provider(settings: Settings) -> Provider:
             names = ", ".join(d.name for d in s.deployments) or "none configured"
             raise BadRequestError(f"llm.search_deployment {s.search_deployment!r} is not among llm.deployments ({names})")
         return build_deployment(chosen)
+    return build_embedded(settings)
+
+
+def build_embedded(settings: Settings) -> Provider:
+    from ..providers.llama_cpp import LlamaCppProvider
+
+    s = settings.llm
     return LlamaCppProvider(s.model_path, n_ctx=s.n_ctx, n_threads=s.n_threads, max_queue=s.max_queue,
-                            call_timeout_s=s.call_timeout_s, seed=s.seed)
+                            call_timeout_s=s.call_timeout_s, seed=s.seed, name=s.embedded_name)
+
+
+def build_router(settings: Settings, embedded: Provider):
+    """Every deployment behind one router: the embedded engine first, then llm.deployments."""
+    from ..providers.registry import build_provider as build_deployment
+    from ..router.breaker import CircuitBreaker
+    from ..router.model import DeploymentInfo
+    from ..router.router import Route, Router
+
+    s = settings.llm
+    routes = [Route(DeploymentInfo(s.embedded_name, True, context_window=s.n_ctx, max_concurrency=s.max_queue,
+                                   json_schema=True, tools=False, tier=0), embedded, CircuitBreaker(s.embedded_name))]
+    for d in s.deployments:
+        p = build_deployment(d)
+        routes.append(Route(DeploymentInfo(d.name, p.capabilities.local, price_in_per_m=d.price_in_per_m,
+                                           price_out_per_m=d.price_out_per_m, context_window=p.capabilities.context_window,
+                                           max_concurrency=d.max_concurrency, json_schema=p.capabilities.json_schema,
+                                           tools=p.capabilities.tools, tier=d.tier), p, CircuitBreaker(d.name)))
+    return Router(routes, strategy=s.strategy)
 
 
 def build_components(settings: Settings) -> Components:
     from ..providers.structured import ProviderStructuredLLM
+    from ..router.router import Router
 
     embedder = build_embedder(settings)
     store = build_store(settings, embedder.dimension)
-    provider = build_provider(settings)
-    return Components(llm=ProviderStructuredLLM(provider), embedder=embedder, store=store, provider=provider,
-                      closers=[store.close])
+    s = settings.llm
+    router = build_router(settings, build_embedded(settings))
+    search = router
+    if s.search_deployment:
+        if s.search_deployment not in router.routes:
+            from ..core.errors import BadRequestError
+
+            raise BadRequestError(f"llm.search_deployment {s.search_deployment!r} is not a deployment "
+                                  f"({', '.join(router.routes)})")
+        search = Router([router.routes[s.search_deployment]])  # same route objects: breakers are shared
+    return Components(llm=ProviderStructuredLLM(search), embedder=embedder, store=store, provider=search,
+                      closers=[store.close], router=router)
