@@ -168,6 +168,13 @@ async def test_429_with_retry_after_is_a_rate_limit(tgi, clean):
     assert e.value.retry_after == 7
 
 
+async def test_424_generation_error_is_a_retryable_provider_error(tgi, clean):
+    clean.fault("generation_error")
+    with pytest.raises(ProviderError, match="424") as e:
+        await tgi.complete(plain())
+    assert type(e.value) is ProviderError and e.value.retryable
+
+
 async def test_overloaded_event_in_the_stream(tgi, clean):
     clean.fault("stream_overloaded")  # /generate_stream answers 200 then an error event
     with pytest.raises(OverloadedError):

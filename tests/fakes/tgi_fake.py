@@ -194,6 +194,8 @@ class TgiFake(ThreadedFake):
             return _error(503, "Model is overloaded", "overloaded", {"retry-after": "2"})
         if fault == "queue_full":  # TGI's own answer when its queue is full
             return _error(429, "Model is overloaded", "overloaded")
+        if fault == "generation_error":
+            return _error(424, "Request failed during generation: Server error: unhandled exception", "generation")
         if fault == "model_missing":  # HF's router in front of TGI: no such model
             return web.json_response({"error": f"Model {self.model_id}-missing does not exist"}, status=404)
         if fault == "hang":

@@ -104,12 +104,12 @@ class TgiProvider(BaseProvider):
         self._info_next_try = 0.0
 
     # -- /info ----------------------------------------------------------------------------------
-    async def info(self) -> dict[str, Any] | None:
+    async def info(self, deadline_s: float | None = None) -> dict[str, Any] | None:
         """TGI's /info, fetched once (retried a minute after a failure); sets the context window and model id."""
         if self._info is not None or time.monotonic() < self._info_next_try:
             return self._info
         try:
-            info = await self._http.json("GET", "/info", deadline_s=5.0)
+            info = await self._http.json("GET", "/info", deadline_s=min(5.0, deadline_s or 5.0))
         except ProviderError as e:
             self._info_next_try = time.monotonic() + _INFO_RETRY_S
             log.warning("%s: /info unavailable (%s); using context window %d", self.name, e, self.capabilities.context_window)
@@ -148,7 +148,7 @@ class TgiProvider(BaseProvider):
 
     # -- calls ----------------------------------------------------------------------------------
     async def stream(self, request: ChatRequest) -> AsyncIterator[ChatChunk]:
-        await self.info()
+        await self.info(request.deadline_s)
         body = {"inputs": self.prompt(request), "parameters": self.parameters(request)}
         stops = request.stop or []
         hold = max((len(s) for s in stops), default=0)  # TGI keeps a matched stop sequence in the text: hold it back
@@ -191,7 +191,7 @@ class TgiProvider(BaseProvider):
 
     async def classify(self, request: ChatRequest, labels: Sequence[str]) -> dict[str, float]:
         """P(label) from the first generated token's `top_n_tokens` alternatives, renormalised over `labels`."""
-        await self.info()
+        await self.info(request.deadline_s)
         params = {"max_new_tokens": 1, "details": True, "do_sample": False, "top_n_tokens": self._top_n,
                   "return_full_text": False}
         try:
