@@ -168,3 +168,29 @@ def test_the_real_local_model_through_the_gateway(live_server):
     assert text.strip()
     emb = client.embeddings.create(model="all-MiniLM-L6-v2", input=["vegetarian curry", "tent"])
     assert len(emb.data) == 2 and len(emb.data[0].embedding) == 384
+
+
+def test_ask_degrades_to_similarity_when_no_llm_can_serve(tmp_path, embedder):
+    """Every breaker open: /ask still answers, ordered by embedding similarity, and the stream says so."""
+    from starlette.testclient import TestClient
+
+    from nlweb_local.core.types import Item
+    from nlweb_local.retrieval.qdrant_store import QdrantStore
+
+    store = QdrantStore(dimension=embedder.dimension, path=tmp_path / "q")
+    names = ["Chickpea curry", "Lemon tart", "Rain jacket"]
+    store.upsert([Item(f"https://d.example/{i}", n, "d", json.dumps({"@type": "Thing", "name": n})) for i, n in enumerate(names)],
+                 embedder.embed(names))
+    local = ScriptedProvider("local", classify=True)
+    router = Router([Route(DeploymentInfo("local", True), local, CircuitBreaker("local"))])
+    router.routes["local"].breaker.force_open(600)
+    comp = Components(llm=ProviderStructuredLLM(router), embedder=embedder, store=store, provider=router, router=router)
+    with TestClient(create_app(load_settings(environ={}), comp, close_components=False)) as c:
+        r = c.get("/ask", params={"query": "curry", "streaming": "false", "min_score": 0})
+    store.close()
+    assert r.status_code == 200
+    msgs = r.json()
+    notes = [m["message"] for m in msgs if m["message_type"] == "intermediate_message"]
+    assert notes and "similarity" in notes[0]
+    items = [it for m in msgs if m["message_type"] == "result" for it in m["content"]]
+    assert items[0]["name"] == "Chickpea curry" and local.calls == 0

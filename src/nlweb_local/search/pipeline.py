@@ -8,7 +8,7 @@ import time
 from typing import AsyncIterator
 
 from ..config.settings import SearchSettings
-from ..core.errors import NlwebError, OverloadedError, ProviderError
+from ..core.errors import NlwebError, NoDeploymentError, OverloadedError, ProviderError
 from ..core.item_text import item_text
 from ..core.types import TaskKind
 from .events import (AskRequest, Begin, Decontextualized, End, Event, Failure, Generated, NoResults, Notice, RankedItem,
@@ -53,9 +53,13 @@ class AskPipeline:
                              calibrate=settings.calibrate_llm)
 
     def admit(self) -> None:
-        """Refuse a new request up front (OverloadedError) when the LLM queue is full."""
+        """Refuse a new request up front (OverloadedError) when the LLM queue is full. When no LLM can
+        serve at all (every breaker open), admit anyway: ranking degrades to similarity and says so."""
         if self._s.llm_rank_limit > 0:
-            self._llm.admit()
+            try:
+                self._llm.admit()
+            except NoDeploymentError:
+                log.warning("no LLM deployment can serve; /ask answers by similarity only")
 
     async def _decontextualize(self, req: AskRequest) -> str:
         if req.decontextualized_query:
