@@ -146,3 +146,11 @@ async def test_health_probe_feeds_eligibility():
     local.healthy = True
     await router.probe()
     assert (await router.complete(req())).deployment == "local"
+
+
+async def test_a_non_streamed_call_fails_over_even_after_tokens():
+    """Nobody has seen a non-streamed answer yet, so a half-way failure can still fail over."""
+    router, local, cloud, _ = fleet()
+    local.fail_after_tokens = 1
+    r = await router.complete(req())
+    assert r.content == "cloud answer here" and "after failover from local" in r.route

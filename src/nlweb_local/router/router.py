@@ -14,12 +14,12 @@ import logging
 import random
 import time
 from dataclasses import dataclass, field
-from typing import AsyncIterator, Callable, Sequence
+from typing import Any, AsyncIterator, Callable, Sequence
 
 from ..core.errors import (ContextLengthError, NlwebError, NoDeploymentError, ProviderError, ProviderTimeoutError,
                            StreamInterruptedError)
 from ..core.types import ChatChunk, ChatRequest, ChatResponse, EmbeddingResponse, TaskKind
-from ..providers.base import BaseProvider, Capabilities, LoadSnapshot, Provider, assemble
+from ..providers.base import BaseProvider, Capabilities, LoadSnapshot, Provider
 from .breaker import CircuitBreaker
 from .model import DeploymentInfo, DeploymentView, Privacy, RequestFeatures, RouteDecision
 from .strategies import STRATEGIES, Strategy
@@ -202,25 +202,49 @@ class Router(BaseProvider):
                 route.in_flight -= 1
         raise self._nothing(d, failures)
 
-    async def complete(self, request: ChatRequest, ctx: RouteContext = RouteContext()) -> ChatResponse:
-        return await assemble(self.stream(request, ctx), deployment="router", model=self.model)
-
-    async def classify(self, request: ChatRequest, labels: Sequence[str], ctx: RouteContext = RouteContext()) -> dict[str, float]:
-        d = self.decide(request, ctx, only=lambda r: r.provider.capabilities.classify)
+    async def _unary(self, request: ChatRequest, d: RouteDecision, call) -> tuple[Any, str, str]:
+        """A call whose answer nobody has seen until it returns: any engine failure, even half-way
+        through, fails over to the next deployment. Returns (answer, deployment, route text)."""
+        if not d.ordered:
+            raise self._nothing(d, {})
         failures: dict[str, str] = {}
         async for route, sub in self._attempts(request, d):
+            name = route.info.name
             started = self._clock()
             route.in_flight += 1
             try:
-                out = await route.provider.classify(sub, labels)  # type: ignore[attr-defined]
-                route.breaker.record(None, self._clock() - started)
-                return out
-            except ProviderError as e:
+                out = await asyncio.wait_for(call(route.provider, sub), sub.deadline_s or self._deadline_s)
+            except asyncio.TimeoutError:
+                err = ProviderTimeoutError(f"{name}: no answer within the request's deadline", deployment=name)
+                route.breaker.record(err, self._clock() - started)
+                failures[name] = err.message
+                continue
+            except NlwebError as e:
                 route.breaker.record(e, self._clock() - started)
-                failures[route.info.name] = e.message[:200]
+                if not isinstance(e, (ProviderError, ContextLengthError)):
+                    raise
+                failures[name] = e.message[:200]
+                log.info("route %s failed (%s); trying the next", name, type(e).__name__)
+                continue
             finally:
                 route.in_flight -= 1
+            elapsed = self._clock() - started
+            route.breaker.record(None, elapsed)
+            ttft = getattr(getattr(out, "usage", None), "time_to_first_token_s", None)
+            route.observe_ttft(ttft if ttft is not None else elapsed)
+            text = f"{name}; {d.reason}" + (f"; after failover from {', '.join(failures)}" if failures else "")
+            return out, name, text
         raise self._nothing(d, failures)
+
+    async def complete(self, request: ChatRequest, ctx: RouteContext = RouteContext()) -> ChatResponse:
+        resp, name, text = await self._unary(request, self.decide(request, ctx), lambda p, r: p.complete(r))
+        resp.deployment, resp.route = name, text
+        return resp
+
+    async def classify(self, request: ChatRequest, labels: Sequence[str], ctx: RouteContext = RouteContext()) -> dict[str, float]:
+        d = self.decide(request, ctx, only=lambda r: r.provider.capabilities.classify)
+        out, _, _ = await self._unary(request, d, lambda p, r: p.classify(r, labels))
+        return out
 
     async def embed(self, texts: Sequence[str]) -> EmbeddingResponse:
         for route in self._routes.values():
