@@ -67,3 +67,17 @@ def test_unparseable_source_is_a_non_zero_exit(env, capsys):
     bad.write_text("{this is not json")
     assert main(["ingest", str(bad), "--site", "x", "--no-progress"]) != 0
     assert "bad.json" in capsys.readouterr().err
+
+
+def test_router_calibrate_hits_the_target_share(env, capsys):
+    import json
+
+    data = env / "sample.jsonl"
+    rows = [{"prompt": "hi", "label": "weak"}] * 6 + [{"prompt": "Explain step by step why " + "x" * 3000, "label": "strong"}] * 2
+    data.write_text("\n".join(json.dumps(r) for r in rows))
+    assert main(["router", "calibrate", "--data", str(data), "--target", "0.25"]) == 0
+    out = json.loads(capsys.readouterr().out.splitlines()[0])
+    assert out["escalated_share"] == 0.25 and out["strong_recall"] == 1.0 and out["escalation_precision"] == 1.0
+    (env / "bad.jsonl").write_text('{"nope": 1}\n')
+    assert main(["router", "calibrate", "--data", str(env / "bad.jsonl")]) == 2
+    assert "bad.jsonl:1" in capsys.readouterr().err

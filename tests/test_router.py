@@ -154,3 +154,22 @@ async def test_a_non_streamed_call_fails_over_even_after_tokens():
     local.fail_after_tokens = 1
     r = await router.complete(req())
     assert r.content == "cloud answer here" and "after failover from local" in r.route
+
+
+async def test_groups_by_task_kind_and_model_alias():
+    from nlweb_local.core.types import TaskKind
+
+    router, local, cloud, _ = fleet()
+    router.groups.update({"summarize": ("cloud",), "smart": ("cloud",)})
+    r = await router.complete(req(task=TaskKind.SUMMARIZE))
+    assert r.deployment == "cloud"  # the summarize group holds only the cloud deployment
+    r = await router.complete(req(task=TaskKind.RANK))
+    assert r.deployment == "local"  # no group for rank: any deployment, local first
+    r = await router.complete(req(), RouteContext(deployments=router.groups["smart"]))
+    assert r.deployment == "cloud"
+
+
+def test_groups_must_name_known_deployments():
+    router, local, cloud, _ = fleet()
+    with pytest.raises(ValueError, match="unknown deployments"):
+        Router(list(router.routes.values()), groups={"rank": ["nope"]})

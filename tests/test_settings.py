@@ -68,3 +68,18 @@ def test_unknown_engine_is_rejected_with_the_choices(tmp_path):
     cfg.write_text("llm:\n  deployments:\n    - {name: x, engine: nope}\n")
     with pytest.raises(BadRequestError, match="llm.deployments.0.engine"):
         load_settings(cfg, environ={})
+
+
+def test_routing_settings_build_the_router(tmp_path):
+    from nlweb_local.providers.testing import ScriptedProvider
+    from nlweb_local.server.components import build_router
+
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("llm:\n  strategy: cost\n  rollout_local_share: 0.25\n  groups: {summarize: [local], smart: [local]}\n"
+                   "  breaker: {open_s: 5, min_calls: 2}\n")
+    router = build_router(load_settings(cfg, environ={}), ScriptedProvider("local"))
+    assert router.default_strategy == "cost" and router.groups == {"summarize": ("local",), "smart": ("local",)}
+    assert router.routes["local"].breaker._s.open_s == 5
+    cfg.write_text("llm:\n  groups: {rank: [ghost]}\n")
+    with pytest.raises(BadRequestError, match="unknown deployments"):
+        build_router(load_settings(cfg, environ={}), ScriptedProvider("local"))

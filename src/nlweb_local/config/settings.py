@@ -85,6 +85,9 @@ class LLMSettings(_Section):
     embedded_enabled: bool = Field(True, description="serve the embedded llama.cpp engine (off: only llm.deployments)")
     health_interval_s: float = Field(10.0, gt=0, description="how often each deployment's health/load is probed")
     breaker: BreakerConfig = BreakerConfig()
+    groups: dict[str, list[str]] = Field(default_factory=dict, description="model alias or task kind (rank, decontextualize, summarize, generate, chat, code, json) -> the deployments that may serve it")
+    rollout_local_share: float | None = Field(None, ge=0, le=1, description="migration phase: share of conversations sent local first (e.g. 0.05, 0.25, 0.75, 1.0); null = off")
+    quality_threshold: float = Field(0.5, ge=0, le=1, description="quality strategy: difficulty at which a request escalates (calibrate with `nlweb-local router calibrate`)")
 
 
 class EmbeddingSettings(_Section):

@@ -98,10 +98,17 @@ class Router(BaseProvider):
     def __init__(self, routes: Sequence[Route], *, strategy: str = "local-first",
                  strategies: dict[str, Strategy] | None = None, rounds: int = 2, backoff_s: float = 0.05,
                  default_deadline_s: float = 120.0, rng: random.Random | None = None,
-                 clock: Callable[[], float] = time.monotonic):
+                 clock: Callable[[], float] = time.monotonic, groups: dict[str, Sequence[str]] | None = None):
+        """`groups` maps a model alias or a task kind (rank, summarize, chat, ...) to the deployments
+        allowed to serve it; requests of a task without a group may go to any deployment."""
         if not routes:
             raise ValueError("a router needs at least one deployment")
         self._routes = {r.info.name: r for r in routes}
+        self.groups = {k: tuple(v) for k, v in (groups or {}).items()}
+        for key, members in self.groups.items():
+            unknown = [m for m in members if m not in self._routes]
+            if unknown:
+                raise ValueError(f"group {key!r} names unknown deployments {unknown} (known: {', '.join(self._routes)})")
         self._strategies = strategies or STRATEGIES
         if strategy not in self._strategies:
             raise ValueError(f"unknown strategy {strategy!r} (one of {', '.join(self._strategies)})")
@@ -140,12 +147,13 @@ class Router(BaseProvider):
         f = RequestFeatures(task=req.task, prompt_tokens=estimate_tokens(req), max_tokens=req.max_tokens,
                             needs_json=req.json_schema is not None, needs_tools=bool(req.tools), privacy=ctx.privacy,
                             difficulty=difficulty(req), conversation=ctx.conversation, priority=ctx.priority)
-        if ctx.deployments and not set(ctx.deployments) & set(self._routes):
+        allowed = ctx.deployments or self.groups.get(req.task.value, ())
+        if allowed and not set(allowed) & set(self._routes):
             from ..core.errors import ModelNotFoundError
 
-            raise ModelNotFoundError(f"no deployment named {', '.join(ctx.deployments)} (GET /v1/models lists them)")
+            raise ModelNotFoundError(f"no deployment named {', '.join(allowed)} (GET /v1/models lists them)")
         views = [r.view() for r in self._routes.values()
-                 if (only is None or only(r)) and (not ctx.deployments or r.info.name in ctx.deployments)]
+                 if (only is None or only(r)) and (not allowed or r.info.name in allowed)]
         return strategy(f, views, self._rng)
 
     def _nothing(self, d: RouteDecision, failures: dict[str, str]) -> NoDeploymentError:

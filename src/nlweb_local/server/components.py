@@ -93,7 +93,17 @@ def build_router(settings: Settings, embedded: Provider | None):
     names = [r.info.name for r in routes]
     if len(set(names)) != len(names):
         raise BadRequestError(f"deployment names must be unique: {names}")
-    return Router(routes, strategy=s.strategy)
+    import functools
+
+    from ..router.strategies import STRATEGIES, quality_optimised, with_rollout
+
+    strategies = dict(STRATEGIES, quality=functools.partial(quality_optimised, threshold=s.quality_threshold))
+    if s.rollout_local_share is not None:
+        strategies = {k: with_rollout(v, s.rollout_local_share) for k, v in strategies.items()}
+    try:
+        return Router(routes, strategy=s.strategy, strategies=strategies, groups=s.groups)
+    except ValueError as e:
+        raise BadRequestError(f"llm.groups: {e}") from None
 
 
 def build_components(settings: Settings) -> Components:

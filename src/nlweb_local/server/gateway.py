@@ -83,7 +83,9 @@ def route_context(request: Request, model: str | None, router: Router) -> RouteC
     privacy = h.get("x-nlweb-privacy", "any").strip().lower()
     if privacy not in ("any", "local_only"):
         raise BadRequestError("x-nlweb-privacy must be 'local_only' or 'any'")
-    deployments = (model,) if model and model in router.routes else ()
+    deployments = router.groups.get(model, ()) if model else ()
+    if model and not deployments and model in router.routes:
+        deployments = (model,)
     return RouteContext(strategy=h.get("x-nlweb-strategy") or None, privacy=Privacy(privacy),
                         priority=int(h.get("x-nlweb-priority", "0") or 0), conversation=h.get("x-nlweb-conversation", ""),
                         deployments=deployments)
@@ -242,6 +244,9 @@ class Gateway:
     async def models(self, request: Request) -> Response:
         created = int(self._clock())
         data = [{"id": "auto", "object": "model", "created": created, "owned_by": "nlweb-local"}]
+        for alias, members in self._router.groups.items():
+            data.append({"id": alias, "object": "model", "created": created, "owned_by": "nlweb-local",
+                         "root": ",".join(members)})
         for name, r in self._router.routes.items():
             data.append({"id": name, "object": "model", "created": created,
                          "owned_by": "local" if r.info.local else "cloud", "root": r.provider.model})
