@@ -406,3 +406,14 @@ async def test_real_server_classify(cpp_p):
     no = await cpp_p.classify(plain("Reply with the single word No."), ["Yes", "No"])
     assert abs(sum(yes.values()) - 1) < 1e-6
     assert yes["Yes"] > 0.7 and no["No"] > 0.7
+
+
+def test_tool_turns_are_sent_in_openai_shape():
+    from nlweb_local.core.types import ChatRequest, Message
+
+    call = {"id": "call_1", "type": "function", "function": {"name": "weather", "arguments": "{\"city\":\"Oslo\"}"}}
+    req = ChatRequest(messages=[Message("user", "Weather in Oslo?"), Message("assistant", "", tool_calls=(call,)),
+                                Message("tool", "rain, 7°C", tool_call_id="call_1", name="weather")])
+    body = from_settings(deployment("vllm", "http://127.0.0.1:1/v1", model="m"), {}).body(req, stream=False)
+    assert body["messages"][1] == {"role": "assistant", "content": "", "tool_calls": [call]}
+    assert body["messages"][2] == {"role": "tool", "content": "rain, 7°C", "tool_call_id": "call_1", "name": "weather"}

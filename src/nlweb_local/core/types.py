@@ -48,6 +48,20 @@ Role = Literal["system", "user", "assistant", "tool"]
 class Message:
     role: Role
     content: str
+    tool_calls: tuple[dict[str, Any], ...] = ()  # an assistant turn that called tools (OpenAI shape)
+    tool_call_id: str | None = None  # a tool turn: which call this result answers
+    name: str | None = None
+
+    def openai(self) -> dict[str, Any]:
+        """This message in OpenAI's chat format."""
+        out: dict[str, Any] = {"role": self.role, "content": self.content}
+        if self.tool_calls:
+            out["tool_calls"] = list(self.tool_calls)
+        if self.tool_call_id:
+            out["tool_call_id"] = self.tool_call_id
+        if self.name:
+            out["name"] = self.name
+        return out
 
 
 @dataclass(slots=True)

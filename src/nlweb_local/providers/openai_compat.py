@@ -124,7 +124,7 @@ class OpenAICompatProvider(BaseProvider):
 
     def body(self, req: ChatRequest, *, stream: bool) -> dict[str, Any]:
         p = self.profile
-        body: dict[str, Any] = {"model": self.model, "messages": [{"role": m.role, "content": m.content} for m in req.messages],
+        body: dict[str, Any] = {"model": self.model, "messages": [m.openai() for m in req.messages],
                                 p.max_tokens_key: req.max_tokens, "temperature": req.temperature, "stream": stream}
         if stream and p.stream_usage:
             body["stream_options"] = {"include_usage": True}

@@ -56,7 +56,11 @@ def parse_chat(body: dict[str, Any]) -> ChatRequest:
         if not isinstance(m, dict) or m.get("role") not in _ROLES:
             raise BadRequestError(f"messages[{i}].role must be one of {', '.join(sorted(_ROLES))}")
         role = "system" if m["role"] == "developer" else m["role"]
-        messages.append(Message(role, _content(m.get("content"), f"messages[{i}]")))
+        calls = m.get("tool_calls") or ()
+        if not isinstance(calls, (list, tuple)):
+            raise BadRequestError(f"messages[{i}].tool_calls must be an array")
+        messages.append(Message(role, _content(m.get("content"), f"messages[{i}]"), tool_calls=tuple(calls),
+                                tool_call_id=m.get("tool_call_id"), name=m.get("name")))
     fmt = body.get("response_format") or {}
     schema = None
     if isinstance(fmt, dict) and fmt.get("type") == "json_schema":
