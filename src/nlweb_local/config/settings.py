@@ -124,6 +124,26 @@ class IngestSettings(_Section):
     max_pages: int = Field(1000, ge=1, description="most pages fetched from one sitemap")
 
 
+class TelemetrySettings(_Section):
+    """Metrics, the cost ledger and the prices behind cost reports."""
+
+    metrics: bool = Field(True, description="measure every LLM call (GET /metrics, /admin/stats, the cost ledger)")
+    ledger: bool = Field(True, description="keep one row per LLM call in SQLite (nlweb-local cost report)")
+    ledger_path: str | None = Field(None, description="ledger database; null = <data_dir>/ledger.sqlite")
+    ledger_queue: int = Field(10_000, ge=10, description="rows waiting to be written; beyond this the oldest are dropped (and counted)")
+    stats_window_calls: int = Field(20_000, ge=100, description="recent calls kept in memory for /admin/stats")
+    price_table: str | None = Field(None, description="YAML of cloud prices ($ per 1M tokens); null = the shipped, dated table")
+    reference_model: str = Field("gpt-4o", description="cloud model every call is compared with (savings = its price - actual cost)")
+    hardware_usd: float = Field(1500.0, ge=0, description="price of the machine serving local models, in US dollars")
+    hardware_lifetime_years: float = Field(3.0, gt=0, description="years the hardware price is spread over")
+    power_watts: float = Field(100.0, ge=0, description="power the machine draws under inference load")
+    electricity_usd_per_kwh: float = Field(0.15, ge=0, description="electricity price")
+    assumed_local_tokens_per_s: float = Field(50.0, gt=0, description="local throughput used for prices until it has been measured")
+    max_utilization: float = Field(0.6, gt=0, le=1, description="projection: busiest a local machine is planned to be (more load = more machines)")
+    scales: dict[str, int] = Field(default_factory=lambda: {"small": 1_000, "medium": 10_000, "large": 100_000},
+                                   description="projection: LLM calls per day at each named scale")
+
+
 class Settings(_Section):
     data_dir: str = Field("data", description="everything the service writes lives under here")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
@@ -133,6 +153,7 @@ class Settings(_Section):
     store: StoreSettings = StoreSettings()
     search: SearchSettings = SearchSettings()
     ingest: IngestSettings = IngestSettings()
+    telemetry: TelemetrySettings = TelemetrySettings()
 
     @property
     def data_path(self) -> Path:

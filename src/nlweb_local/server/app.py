@@ -76,6 +76,7 @@ def create_app(settings: Settings, components: Components | None = None, *, clos
         *mcp_routes(SearchTools(pipeline, comp.store, directory), version=__version__,
                     max_body_bytes=settings.server.max_body_bytes),
         *(gateway_routes(comp.router, comp.embedder) if comp.router is not None else []),
+        *(_telemetry_routes(comp) if comp.telemetry is not None else []),
         Mount("/static", app=StaticFiles(directory=STATIC), name="static"),
     ]
 
@@ -92,10 +93,28 @@ def create_app(settings: Settings, components: Components | None = None, *, clos
             for close in comp.closers:
                 close()
 
-    app = Starlette(routes=routes, lifespan=lifespan)
+    app = Starlette(routes=routes, lifespan=lifespan, middleware=_telemetry_middleware(comp))
     app.state.components = comp
     app.state.pipeline = pipeline
     return app
+
+
+def _telemetry_routes(comp: Components) -> list:
+    """/metrics and /admin/stats (telemetry.endpoints)."""
+    from ..telemetry.endpoints import telemetry_routes
+
+    return telemetry_routes(comp.telemetry, comp.router)
+
+
+def _telemetry_middleware(comp: Components) -> list:
+    """An x-request-id per request, followed into every ledger row of that request."""
+    if comp.telemetry is None:
+        return []
+    from starlette.middleware import Middleware
+
+    from ..telemetry.context import RequestIdMiddleware
+
+    return [Middleware(RequestIdMiddleware)]
 
 
 def gateway_routes(router, embedder) -> list:

@@ -21,6 +21,7 @@ class Components:
     provider: Provider | None = None  # what /ask's LLM calls go to (the router, or one provider in tests)
     closers: list[Callable[[], Any]] = field(default_factory=list)
     router: Any = None  # router.Router over every deployment: the /v1 gateway
+    telemetry: Any = None  # telemetry.Telemetry: metrics, cost ledger, recent-call stats (None: not measured)
 
 
 def build_embedder(settings: Settings) -> Embedder:
@@ -60,8 +61,9 @@ def build_embedded(settings: Settings) -> Provider:
                             call_timeout_s=s.call_timeout_s, seed=s.seed, name=s.embedded_name)
 
 
-def build_router(settings: Settings, embedded: Provider | None):
-    """Every deployment behind one router: the embedded engine first (when given), then llm.deployments."""
+def build_router(settings: Settings, embedded: Provider | None, *, telemetry: Any = None):
+    """Every deployment behind one router: the embedded engine first (when given), then llm.deployments.
+    With `telemetry`, each deployment's provider is wrapped in a MeteredProvider priced for it."""
     from ..core.errors import BadRequestError
     from ..providers.registry import build_provider as build_deployment
     from ..router.breaker import BreakerSettings, CircuitBreaker
@@ -80,10 +82,14 @@ def build_router(settings: Settings, embedded: Provider | None):
 
     routes = []
     if embedded is not None:
+        if telemetry is not None:
+            embedded = telemetry.wrap(embedded, engine="llama_cpp")
         routes.append(Route(DeploymentInfo(s.embedded_name, True, context_window=s.n_ctx, max_concurrency=s.max_queue,
                                            json_schema=True, tools=False, tier=0), embedded, breaker(s.embedded_name)))
     for d in s.deployments:
         p = build_deployment(d)
+        if telemetry is not None:
+            p = telemetry.wrap(p, engine=d.engine, price_in_per_m=d.price_in_per_m, price_out_per_m=d.price_out_per_m)
         routes.append(Route(DeploymentInfo(d.name, p.capabilities.local, price_in_per_m=d.price_in_per_m,
                                            price_out_per_m=d.price_out_per_m, context_window=p.capabilities.context_window,
                                            max_concurrency=d.max_concurrency, json_schema=p.capabilities.json_schema,
@@ -113,7 +119,14 @@ def build_components(settings: Settings) -> Components:
     embedder = build_embedder(settings)
     store = build_store(settings, embedder.dimension)
     s = settings.llm
-    router = build_router(settings, build_embedded(settings) if s.embedded_enabled else None)
+    telemetry = None
+    if settings.telemetry.metrics:
+        from ..telemetry import build_telemetry
+
+        telemetry = build_telemetry(settings)
+    router = build_router(settings, build_embedded(settings) if s.embedded_enabled else None, telemetry=telemetry)
+    if telemetry is not None:
+        telemetry.watch(router)
     search = router
     if s.search_deployment:
         if s.search_deployment not in router.routes:
@@ -123,4 +136,5 @@ def build_components(settings: Settings) -> Components:
                                   f"({', '.join(router.routes)})")
         search = Router([router.routes[s.search_deployment]])  # same route objects: breakers are shared
     return Components(llm=ProviderStructuredLLM(search), embedder=embedder, store=store, provider=search,
-                      closers=[store.close], router=router)
+                      closers=[store.close] + ([telemetry.close] if telemetry is not None else []), router=router,
+                      telemetry=telemetry)

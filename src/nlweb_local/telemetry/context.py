@@ -1,0 +1,47 @@
+"""The request id that follows one HTTP request through router, engine calls and ledger rows.
+
+`RequestIdMiddleware` (pure ASGI) takes the caller's `x-request-id` when it is a short, plain token,
+else makes one, puts it in a context variable for the duration of the request and echoes it in the
+response headers. `MeteredProvider` reads it for each ledger row, so a failover shows up as two rows
+with one request id.
+"""
+from __future__ import annotations
+
+import re
+import uuid
+from contextvars import ContextVar
+from typing import Any
+
+REQUEST_ID: ContextVar[str] = ContextVar("nlweb_request_id", default="")
+_SAFE = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
+
+
+def current_request_id() -> str:
+    return REQUEST_ID.get()
+
+
+def new_request_id() -> str:
+    return uuid.uuid4().hex[:16]
+
+
+class RequestIdMiddleware:
+    def __init__(self, app: Any):
+        self.app = app
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        given = next((v.decode("latin-1") for k, v in scope.get("headers", ()) if k == b"x-request-id"), "")
+        rid = given if _SAFE.match(given) else new_request_id()
+        token = REQUEST_ID.set(rid)
+
+        async def send_with_id(message) -> None:
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": [*message.get("headers", ()), (b"x-request-id", rid.encode())]}
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            REQUEST_ID.reset(token)

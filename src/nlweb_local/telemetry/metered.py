@@ -1,0 +1,204 @@
+"""`MeteredProvider`: a Provider that measures every call of the provider it wraps.
+
+Per call: Prometheus series (requests, errors by class, time to first token, duration, tokens in/out,
+generation speed, in flight, cost), one `CallRecord` for the cost ledger and the recent-calls window,
+priced with the deployment's price model at its measured throughput and with the reference cloud
+model's price for the savings. The work on the request path is a few counter increments and one
+append to an in-memory queue; the ledger writes to disk on its own thread.
+"""
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any, AsyncIterator, Callable, Sequence
+
+from ..core.types import ChatChunk, ChatRequest, ChatResponse, EmbeddingResponse, Usage
+from ..providers.base import Capabilities, LoadSnapshot, Provider
+from .context import current_request_id, new_request_id
+from .ledger import CallRecord
+from .metrics import CallSeries, GatewayMetrics
+from .prices import FREE, Price, PriceModel
+
+
+class ThroughputMeter:
+    """Tokens (in + out) per busy second of one deployment; busy = at least one call in flight.
+
+    Counting busy time rather than summing call durations makes concurrent calls count once: the
+    result is what the machine delivers, which is what its hourly cost is spread over."""
+
+    def __init__(self, clock: Callable[[], float]):
+        self._clock = clock
+        self._active = 0
+        self._since = 0.0
+        self.busy_s = 0.0
+        self.tokens = 0
+
+    def begin(self) -> None:
+        if self._active == 0:
+            self._since = self._clock()
+        self._active += 1
+
+    def end(self, tokens: int) -> None:
+        self._active -= 1
+        self.tokens += tokens
+        if self._active == 0:
+            self.busy_s += self._clock() - self._since
+
+    def tokens_per_s(self) -> float | None:
+        busy = self.busy_s + (self._clock() - self._since if self._active else 0.0)
+        return self.tokens / busy if busy > 0 and self.tokens > 0 else None
+
+
+def _chars(request: ChatRequest) -> int:
+    return sum(len(m.content) for m in request.messages)
+
+
+def _error_class(e: BaseException) -> str:
+    return "Cancelled" if isinstance(e, (asyncio.CancelledError, GeneratorExit)) else type(e).__name__
+
+
+class MeteredProvider:
+    def __init__(self, inner: Provider, metrics: GatewayMetrics, *, ledger: Any = None, window: Any = None,
+                 price: PriceModel = FREE, reference: Price | None = None,
+                 clock: Callable[[], float] = time.perf_counter, now: Callable[[], float] = time.time):
+        self._inner = inner
+        self._metrics = metrics
+        self._ledger = ledger
+        self._window = window
+        self.price = price
+        self.reference = reference
+        self._clock = clock
+        self._now = now
+        self.name: str = inner.name
+        self.model: str = inner.model
+        self.capabilities: Capabilities = inner.capabilities
+        self._local = inner.capabilities.local
+        self._series: dict[str, CallSeries] = {}
+        self.meter = ThroughputMeter(clock)
+
+    @property
+    def inner(self) -> Provider:
+        return self._inner
+
+    def __getattr__(self, attr: str) -> Any:  # engine-specific extras (e.g. model lifecycle) pass through
+        if attr.startswith("__") or attr == "_inner":
+            raise AttributeError(attr)
+        return getattr(self._inner, attr)
+
+    # -- bookkeeping --------------------------------------------------------------------------------
+    def _begin(self, task: str) -> tuple[CallSeries, float]:
+        s = self._series.get(task)
+        if s is None:
+            s = self._series[task] = self._metrics.for_call(self.name, task, self._local)
+        s.requests.inc()
+        s.in_flight.inc()
+        self.meter.begin()
+        return s, self._clock()
+
+    def _end(self, s: CallSeries, t0: float, *, tokens_in: int, tokens_out: int, ttft: float | None,
+             error: BaseException | None) -> None:
+        elapsed = self._clock() - t0
+        s.in_flight.dec()
+        self.meter.end(tokens_in + tokens_out if error is None else 0)
+        cost = ref = 0.0
+        err = ""
+        if error is None:
+            s.duration.observe(elapsed)
+            if ttft is not None:
+                s.ttft.observe(ttft)
+            s.tokens_in.inc(tokens_in)
+            s.tokens_out.inc(tokens_out)
+            gen = elapsed - (ttft or 0.0)
+            if tokens_out and gen > 0:
+                s.speed.observe(tokens_out / gen)
+            cost = self.price.at(self.meter.tokens_per_s()).cost(tokens_in, tokens_out)
+            ref = self.reference.cost(tokens_in, tokens_out) if self.reference is not None else 0.0
+            if cost:
+                s.cost.inc(cost)
+            if ref:
+                s.reference_cost.inc(ref)
+        else:
+            err = _error_class(error)
+            s.error(err)
+        if self._ledger is None and self._window is None:
+            return
+        row = CallRecord(self._now(), current_request_id() or new_request_id(), self.name, self._local, s.task,
+                         tokens_in, tokens_out, elapsed, ttft, cost, ref, ref - cost, err)
+        if self._ledger is not None:
+            self._ledger.record(row)
+        if self._window is not None:
+            self._window.add(row)
+
+    # -- Provider -----------------------------------------------------------------------------------
+    async def stream(self, request: ChatRequest) -> AsyncIterator[ChatChunk]:
+        s, t0 = self._begin(request.task.value)
+        ttft: float | None = None
+        usage: Usage | None = None
+        out_chars = 0
+        error: BaseException | None = None
+        chunks = self._inner.stream(request)
+        try:
+            async for ch in chunks:
+                if ttft is None:
+                    ttft = self._clock() - t0
+                if ch.usage is not None:
+                    usage = ch.usage
+                out_chars += len(ch.delta)
+                yield ch
+        except BaseException as e:
+            error = e
+            raise
+        finally:
+            aclose = getattr(chunks, "aclose", None)
+            if aclose is not None and error is not None:
+                await aclose()
+            tin, tout = _tokens(usage, _chars(request), out_chars) if error is None else (0, 0)  # failed: not billed
+            self._end(s, t0, tokens_in=tin, tokens_out=tout, ttft=ttft, error=error)
+
+    async def complete(self, request: ChatRequest) -> ChatResponse:
+        s, t0 = self._begin(request.task.value)
+        try:
+            resp = await self._inner.complete(request)
+        except BaseException as e:
+            self._end(s, t0, tokens_in=0, tokens_out=0, ttft=None, error=e)
+            raise
+        tin, tout = _tokens(resp.usage, _chars(request), len(resp.content))
+        self._end(s, t0, tokens_in=tin, tokens_out=tout, ttft=resp.usage.time_to_first_token_s, error=None)
+        return resp
+
+    async def classify(self, request: ChatRequest, labels: Sequence[str]) -> dict[str, float]:
+        s, t0 = self._begin(request.task.value)
+        try:
+            out = await self._inner.classify(request, labels)  # type: ignore[attr-defined]
+        except BaseException as e:
+            self._end(s, t0, tokens_in=0, tokens_out=0, ttft=None, error=e)
+            raise
+        self._end(s, t0, tokens_in=_chars(request) // 4 + 1, tokens_out=1, ttft=None, error=None)
+        return out
+
+    async def embed(self, texts: Sequence[str]) -> EmbeddingResponse:
+        s, t0 = self._begin("embed")
+        try:
+            out = await self._inner.embed(texts)
+        except BaseException as e:
+            self._end(s, t0, tokens_in=0, tokens_out=0, ttft=None, error=e)
+            raise
+        self._end(s, t0, tokens_in=out.prompt_tokens or sum(len(t) for t in texts) // 4, tokens_out=0, ttft=None,
+                  error=None)
+        return out
+
+    async def health(self) -> LoadSnapshot:
+        return await self._inner.health()
+
+    def admit(self) -> None:
+        self._inner.admit()
+
+    async def close(self) -> None:
+        await self._inner.close()
+
+
+def _tokens(usage: Usage | None, in_chars: int, out_chars: int) -> tuple[int, int]:
+    """Reported usage, else an estimate (4 characters a token) so that a call is never free by omission."""
+    if usage is not None and (usage.prompt_tokens or usage.completion_tokens):
+        return usage.prompt_tokens, usage.completion_tokens
+    return in_chars // 4 + 1, (out_chars + 3) // 4
