@@ -7,6 +7,8 @@ with one request id.
 """
 from __future__ import annotations
 
+import itertools
+import os
 import re
 import uuid
 from contextvars import ContextVar
@@ -25,20 +27,31 @@ def new_request_id() -> str:
 
 
 class RequestIdMiddleware:
+    """Ids it makes are a per-process random prefix and a counter: unique, and far cheaper than uuid4
+    (which reads the OS's random source on every request)."""
+
     def __init__(self, app: Any):
         self.app = app
+        self._prefix = os.urandom(4).hex() + "-"
+        self._counter = itertools.count(1)
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        given = next((v.decode("latin-1") for k, v in scope.get("headers", ()) if k == b"x-request-id"), "")
-        rid = given if _SAFE.match(given) else new_request_id()
+        rid = ""
+        for k, v in scope["headers"]:
+            if k == b"x-request-id":
+                given = v.decode("latin-1")
+                rid = given if _SAFE.match(given) else ""
+                break
+        if not rid:
+            rid = f"{self._prefix}{next(self._counter):x}"
         token = REQUEST_ID.set(rid)
 
         async def send_with_id(message) -> None:
             if message["type"] == "http.response.start":
-                message = {**message, "headers": [*message.get("headers", ()), (b"x-request-id", rid.encode())]}
+                message["headers"] = [*message.get("headers", ()), (b"x-request-id", rid.encode())]
             await send(message)
 
         try:

@@ -15,16 +15,17 @@ import threading
 import time
 from collections import deque
 from contextlib import closing
-from dataclasses import astuple, dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 log = logging.getLogger(__name__)
 
 
-@dataclass(slots=True)
-class CallRecord:
-    """One LLM call as the ledger keeps it."""
+class CallRecord(NamedTuple):
+    """One LLM call as the ledger keeps it.
+
+    A tuple of plain values on purpose: the garbage collector stops tracking such tuples, so the
+    thousands held by the recent-calls window and the write queue cost no GC time."""
 
     ts: float  # wall-clock time the call ended (unix seconds)
     request_id: str
@@ -45,7 +46,7 @@ class CallRecord:
         return not self.error
 
 
-COLUMNS = tuple(f.name for f in fields(CallRecord))
+COLUMNS = CallRecord._fields
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS llm_calls (
   id INTEGER PRIMARY KEY, ts REAL NOT NULL, request_id TEXT NOT NULL, deployment TEXT NOT NULL,
@@ -152,7 +153,7 @@ class CostLedger:
         for attempt in range(3):
             try:
                 with conn:
-                    conn.executemany(_INSERT, [astuple(r) for r in batch])
+                    conn.executemany(_INSERT, batch)
                 break
             except sqlite3.Error as e:
                 log.warning("cost ledger write failed (attempt %d of 3): %s", attempt + 1, e)

@@ -33,16 +33,16 @@ class ThroughputMeter:
         self.busy_s = 0.0
         self.tokens = 0
 
-    def begin(self) -> None:
+    def begin(self, now: float | None = None) -> None:
         if self._active == 0:
-            self._since = self._clock()
+            self._since = self._clock() if now is None else now
         self._active += 1
 
-    def end(self, tokens: int) -> None:
+    def end(self, tokens: int, now: float | None = None) -> None:
         self._active -= 1
         self.tokens += tokens
         if self._active == 0:
-            self.busy_s += self._clock() - self._since
+            self.busy_s += (self._clock() if now is None else now) - self._since
 
     def tokens_per_s(self) -> float | None:
         busy = self.busy_s + (self._clock() - self._since if self._active else 0.0)
@@ -86,37 +86,38 @@ class MeteredProvider:
         return getattr(self._inner, attr)
 
     # -- bookkeeping --------------------------------------------------------------------------------
-    def _begin(self, task: str) -> tuple[CallSeries, float]:
+    def _begin(self, task: Any) -> tuple[CallSeries, float]:
+        """`task`: a TaskKind (a str enum) or a plain string; its series is looked up once per kind."""
         s = self._series.get(task)
         if s is None:
-            s = self._series[task] = self._metrics.for_call(self.name, task, self._local)
-        s.requests.inc()
-        s.in_flight.inc()
-        self.meter.begin()
-        return s, self._clock()
+            s = self._series[task] = self._metrics.for_call(self.name, str(getattr(task, "value", task)), self._local)
+        s.requests += 1
+        s.in_flight += 1
+        t0 = self._clock()
+        self.meter.begin(t0)
+        return s, t0
 
     def _end(self, s: CallSeries, t0: float, *, tokens_in: int, tokens_out: int, ttft: float | None,
              error: BaseException | None) -> None:
-        elapsed = self._clock() - t0
-        s.in_flight.dec()
-        self.meter.end(tokens_in + tokens_out if error is None else 0)
+        t1 = self._clock()
+        elapsed = t1 - t0
+        s.in_flight -= 1
+        self.meter.end(tokens_in + tokens_out if error is None else 0, t1)
         cost = ref = 0.0
         err = ""
         if error is None:
             s.duration.observe(elapsed)
             if ttft is not None:
                 s.ttft.observe(ttft)
-            s.tokens_in.inc(tokens_in)
-            s.tokens_out.inc(tokens_out)
+            s.tokens_in += tokens_in
+            s.tokens_out += tokens_out
             gen = elapsed - (ttft or 0.0)
             if tokens_out and gen > 0:
                 s.speed.observe(tokens_out / gen)
-            cost = self.price.at(self.meter.tokens_per_s()).cost(tokens_in, tokens_out)
+            cost = self.price.cost_at(tokens_in, tokens_out, self.meter.tokens_per_s())
             ref = self.reference.cost(tokens_in, tokens_out) if self.reference is not None else 0.0
-            if cost:
-                s.cost.inc(cost)
-            if ref:
-                s.reference_cost.inc(ref)
+            s.cost += cost
+            s.reference_cost += ref
         else:
             err = _error_class(error)
             s.error(err)
@@ -131,7 +132,7 @@ class MeteredProvider:
 
     # -- Provider -----------------------------------------------------------------------------------
     async def stream(self, request: ChatRequest) -> AsyncIterator[ChatChunk]:
-        s, t0 = self._begin(request.task.value)
+        s, t0 = self._begin(request.task)
         ttft: float | None = None
         usage: Usage | None = None
         out_chars = 0
@@ -152,22 +153,22 @@ class MeteredProvider:
             aclose = getattr(chunks, "aclose", None)
             if aclose is not None and error is not None:
                 await aclose()
-            tin, tout = _tokens(usage, _chars(request), out_chars) if error is None else (0, 0)  # failed: not billed
+            tin, tout = _tokens(usage, request, out_chars) if error is None else (0, 0)  # failed: not billed
             self._end(s, t0, tokens_in=tin, tokens_out=tout, ttft=ttft, error=error)
 
     async def complete(self, request: ChatRequest) -> ChatResponse:
-        s, t0 = self._begin(request.task.value)
+        s, t0 = self._begin(request.task)
         try:
             resp = await self._inner.complete(request)
         except BaseException as e:
             self._end(s, t0, tokens_in=0, tokens_out=0, ttft=None, error=e)
             raise
-        tin, tout = _tokens(resp.usage, _chars(request), len(resp.content))
+        tin, tout = _tokens(resp.usage, request, len(resp.content))
         self._end(s, t0, tokens_in=tin, tokens_out=tout, ttft=resp.usage.time_to_first_token_s, error=None)
         return resp
 
     async def classify(self, request: ChatRequest, labels: Sequence[str]) -> dict[str, float]:
-        s, t0 = self._begin(request.task.value)
+        s, t0 = self._begin(request.task)
         try:
             out = await self._inner.classify(request, labels)  # type: ignore[attr-defined]
         except BaseException as e:
@@ -197,8 +198,8 @@ class MeteredProvider:
         await self._inner.close()
 
 
-def _tokens(usage: Usage | None, in_chars: int, out_chars: int) -> tuple[int, int]:
+def _tokens(usage: Usage | None, request: ChatRequest, out_chars: int) -> tuple[int, int]:
     """Reported usage, else an estimate (4 characters a token) so that a call is never free by omission."""
     if usage is not None and (usage.prompt_tokens or usage.completion_tokens):
         return usage.prompt_tokens, usage.completion_tokens
-    return in_chars // 4 + 1, (out_chars + 3) // 4
+    return _chars(request) // 4 + 1, (out_chars + 3) // 4

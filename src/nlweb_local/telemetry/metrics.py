@@ -4,7 +4,7 @@ Label values are bounded by construction: deployment names come from configurati
 `TaskKind`, error classes from the error tree; `BoundedLabel` folds anything past a fixed number of
 distinct values into "other", so no caller can grow the series set (no user text, ids or URLs).
 
-Per-call series (updated by `MeteredProvider`):
+Per-call series (added to by `MeteredProvider` as plain numbers, turned into families at scrape time):
 
     nlweb_llm_requests_total{deployment,task,route}          calls started (route: local|cloud)
     nlweb_llm_errors_total{deployment,task,error}            calls failed, by error class
@@ -23,10 +23,12 @@ health per deployment. The ledger adds its queue depth and dropped rows.
 from __future__ import annotations
 
 import threading
+from bisect import bisect_left
 from typing import Any, Iterable
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.utils import floatToGoString
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
 SPEED_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 5000)
@@ -52,73 +54,123 @@ class BoundedLabel:
         return self._other
 
 
+class Histogram:
+    """A fixed-bucket histogram as plain numbers: `observe` is one bisect and two additions."""
+
+    __slots__ = ("bounds", "counts", "sum")
+
+    def __init__(self, bounds: tuple[float, ...]):
+        self.bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)  # the last slot is +Inf
+        self.sum = 0.0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect_left(self.bounds, value)] += 1
+        self.sum += value
+
+    def cumulative(self) -> list[tuple[str, float]]:
+        out, total = [], 0
+        for bound, n in zip((*(floatToGoString(b) for b in self.bounds), "+Inf"), self.counts):
+            total += n
+            out.append((bound, total))
+        return out
+
+
+class CallSeries:
+    """The figures of one (deployment, task kind): plain attributes that MeteredProvider adds to.
+
+    Updated on the event loop only, read when Prometheus scrapes (also on the loop): no locks, so a
+    call costs a handful of additions instead of a dozen lock round trips."""
+
+    __slots__ = ("deployment", "task", "route", "requests", "in_flight", "tokens_in", "tokens_out", "cost",
+                 "reference_cost", "ttft", "duration", "speed", "errors", "_error_label")
+
+    def __init__(self, deployment: str, task: str, route: str, error_label: BoundedLabel):
+        self.deployment, self.task, self.route = deployment, task, route
+        self.requests = self.in_flight = self.tokens_in = self.tokens_out = 0
+        self.cost = self.reference_cost = 0.0
+        self.ttft = Histogram(LATENCY_BUCKETS)
+        self.duration = Histogram(LATENCY_BUCKETS)
+        self.speed = Histogram(SPEED_BUCKETS)
+        self.errors: dict[str, int] = {}
+        self._error_label = error_label
+
+    def error(self, error_class: str) -> None:
+        label = self._error_label(error_class)
+        self.errors[label] = self.errors.get(label, 0) + 1
+
+
 class GatewayMetrics:
     """The metric families, registered on `registry`. One instance per app."""
 
     def __init__(self, registry: CollectorRegistry, *, max_deployments: int = 64, max_error_classes: int = 32):
         self.registry = registry
-        r = registry
         self.deployment_label = BoundedLabel(max_deployments)
         self.error_label = BoundedLabel(max_error_classes)
         self.task_label = BoundedLabel(16)
-        self.requests = Counter("nlweb_llm_requests", "LLM calls started, per deployment and task kind",
-                                ("deployment", "task", "route"), registry=r)
-        self.errors = Counter("nlweb_llm_errors", "LLM calls that failed, by error class",
-                              ("deployment", "task", "error"), registry=r)
-        self.ttft = Histogram("nlweb_llm_time_to_first_token_seconds", "time to the first streamed token",
-                              ("deployment", "task"), buckets=LATENCY_BUCKETS, registry=r)
-        self.duration = Histogram("nlweb_llm_request_duration_seconds", "whole LLM call, first byte out to last in",
-                                  ("deployment", "task"), buckets=LATENCY_BUCKETS, registry=r)
-        self.tokens = Counter("nlweb_llm_tokens", "tokens processed (direction: in = prompt, out = generated)",
-                              ("deployment", "task", "direction"), registry=r)
-        self.speed = Histogram("nlweb_llm_output_tokens_per_second", "generation speed of one call",
-                               ("deployment", "task"), buckets=SPEED_BUCKETS, registry=r)
-        self.in_flight = Gauge("nlweb_llm_in_flight", "LLM calls in progress", ("deployment",), registry=r)
-        self.cost = Counter("nlweb_llm_cost_usd", "cost of the calls in US dollars", ("deployment", "route"), registry=r)
-        self.reference_cost = Counter("nlweb_llm_reference_cost_usd", "what the reference cloud model would have "
-                                      "charged for the same tokens (savings = reference - cost)",
-                                      ("deployment", "route"), registry=r)
+        self._series: dict[tuple[str, str], CallSeries] = {}
+        registry.register(CallCollector(self._series))
         self.ledger_dropped = Counter("nlweb_ledger_dropped_rows", "ledger rows dropped because the write queue was full",
-                                      registry=r)
-        self.ledger_written = Counter("nlweb_ledger_written_rows", "ledger rows written to the database", registry=r)
-        self.ledger_queue = Gauge("nlweb_ledger_queue_depth", "ledger rows waiting to be written", registry=r)
+                                      registry=registry)
+        self.ledger_written = Counter("nlweb_ledger_written_rows", "ledger rows written to the database",
+                                      registry=registry)
+        self.ledger_queue = Gauge("nlweb_ledger_queue_depth", "ledger rows waiting to be written", registry=registry)
 
-    def for_call(self, deployment: str, task: str, local: bool) -> "CallSeries":
-        """The children of one (deployment, task) pair, resolved once: `.labels()` is the costly part."""
-        d, t, route = self.deployment_label(deployment), self.task_label(task), "local" if local else "cloud"
-        return CallSeries(self, d, t, route)
+    def for_call(self, deployment: str, task: str, local: bool) -> CallSeries:
+        """The series of one (deployment, task) pair; the same object for every call of that pair."""
+        d, t = self.deployment_label(deployment), self.task_label(task)
+        s = self._series.get((d, t))
+        if s is None:
+            s = self._series[(d, t)] = CallSeries(d, t, "local" if local else "cloud", self.error_label)
+        return s
 
     def watch_router(self, router: Any) -> None:
         """Export breaker states, queue depths and health of `router`'s deployments at scrape time."""
         self.registry.register(RouterCollector(router, self.deployment_label))
 
 
-class CallSeries:
-    """The metric children one MeteredProvider updates for one task kind."""
+class CallCollector:
+    """Turns the CallSeries into Prometheus families when scraped."""
 
-    __slots__ = ("_m", "deployment", "task", "requests", "ttft", "duration", "tokens_in", "tokens_out", "speed",
-                 "in_flight", "cost", "reference_cost", "_errors")
+    def __init__(self, series: dict[tuple[str, str], CallSeries]):
+        self._series = series
 
-    def __init__(self, m: GatewayMetrics, deployment: str, task: str, route: str):
-        self._m = m
-        self.deployment, self.task = deployment, task
-        self.requests = m.requests.labels(deployment, task, route)
-        self.ttft = m.ttft.labels(deployment, task)
-        self.duration = m.duration.labels(deployment, task)
-        self.tokens_in = m.tokens.labels(deployment, task, "in")
-        self.tokens_out = m.tokens.labels(deployment, task, "out")
-        self.speed = m.speed.labels(deployment, task)
-        self.in_flight = m.in_flight.labels(deployment)
-        self.cost = m.cost.labels(deployment, route)
-        self.reference_cost = m.reference_cost.labels(deployment, route)
-        self._errors: dict[str, Any] = {}
+    def describe(self) -> Iterable:
+        return []
 
-    def error(self, error_class: str) -> None:
-        child = self._errors.get(error_class)
-        if child is None:
-            child = self._errors[error_class] = self._m.errors.labels(self.deployment, self.task,
-                                                                        self._m.error_label(error_class))
-        child.inc()
+    def collect(self) -> Iterable:
+        dt = ("deployment", "task")
+        requests = CounterMetricFamily("nlweb_llm_requests", "LLM calls started, per deployment and task kind",
+                                       labels=(*dt, "route"))
+        errors = CounterMetricFamily("nlweb_llm_errors", "LLM calls that failed, by error class", labels=(*dt, "error"))
+        tokens = CounterMetricFamily("nlweb_llm_tokens", "tokens processed (direction: in = prompt, out = generated)",
+                                     labels=(*dt, "direction"))
+        ttft = HistogramMetricFamily("nlweb_llm_time_to_first_token_seconds", "time to the first token", labels=dt)
+        duration = HistogramMetricFamily("nlweb_llm_request_duration_seconds", "whole successful LLM call", labels=dt)
+        speed = HistogramMetricFamily("nlweb_llm_output_tokens_per_second", "generation speed of one call", labels=dt)
+        cost = CounterMetricFamily("nlweb_llm_cost_usd", "cost of the calls in US dollars", labels=("deployment", "route"))
+        ref = CounterMetricFamily("nlweb_llm_reference_cost_usd", "what the reference cloud model would have charged "
+                                  "for the same tokens (savings = reference - cost)", labels=("deployment", "route"))
+        in_flight = GaugeMetricFamily("nlweb_llm_in_flight", "LLM calls in progress", labels=("deployment",))
+        by_deployment: dict[tuple[str, str], list[float]] = {}
+        for s in list(self._series.values()):
+            labels = (s.deployment, s.task)
+            requests.add_metric((*labels, s.route), s.requests)
+            for err, n in list(s.errors.items()):
+                errors.add_metric((*labels, err), n)
+            tokens.add_metric((*labels, "in"), s.tokens_in)
+            tokens.add_metric((*labels, "out"), s.tokens_out)
+            for fam, h in ((ttft, s.ttft), (duration, s.duration), (speed, s.speed)):
+                fam.add_metric(labels, h.cumulative(), h.sum)
+            acc = by_deployment.setdefault((s.deployment, s.route), [0.0, 0.0, 0])
+            acc[0] += s.cost
+            acc[1] += s.reference_cost
+            acc[2] += s.in_flight
+        for (d, route), (c, r, f) in by_deployment.items():
+            cost.add_metric((d, route), c)
+            ref.add_metric((d, route), r)
+            in_flight.add_metric((d,), f)
+        return [requests, errors, tokens, ttft, duration, speed, cost, ref, in_flight]
 
 
 class RouterCollector:

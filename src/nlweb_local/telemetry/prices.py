@@ -39,6 +39,9 @@ class Price:
     def at(self, tokens_per_s: float | None) -> "Price":
         return self
 
+    def cost_at(self, tokens_in: int, tokens_out: int, tokens_per_s: float | None) -> float:
+        return (tokens_in * self.in_per_m + tokens_out * self.out_per_m) / 1e6
+
 
 FREE = Price(0.0, 0.0, "free")
 
@@ -46,6 +49,10 @@ FREE = Price(0.0, 0.0, "free")
 class PriceModel(Protocol):
     def at(self, tokens_per_s: float | None) -> Price:
         """The price per token given the deployment's measured throughput (None: not measured yet)."""
+        ...
+
+    def cost_at(self, tokens_in: int, tokens_out: int, tokens_per_s: float | None) -> float:
+        """What a call of these tokens costs at that throughput (the hot path: no objects made)."""
         ...
 
 
@@ -73,6 +80,10 @@ class HardwareCost:
 
     def per_million(self, tokens_per_s: float) -> float:
         return self.per_hour / (tokens_per_s * 3600.0) * 1e6 if tokens_per_s > 0 else 0.0
+
+    def cost_at(self, tokens_in: int, tokens_out: int, tokens_per_s: float | None) -> float:
+        tps = tokens_per_s if tokens_per_s is not None and tokens_per_s > 0 else self.assumed_tokens_per_s
+        return self.per_hour / 3600.0 * (tokens_in + tokens_out) / tps if tps > 0 else 0.0
 
     def at(self, tokens_per_s: float | None) -> Price:
         measured = tokens_per_s is not None and tokens_per_s > 0
