@@ -50,6 +50,47 @@ def test_missing_model_is_a_clear_error(tmp_path):
         load_model(tmp_path / "nope.gguf")
 
 
+class CharTokenizer:
+    """Token id = code point: enough for TextStream, which only decodes."""
+
+    def decode(self, ids, skip_special_tokens=True):
+        return "".join(map(chr, ids))
+
+
+def test_text_stream_holds_back_what_may_start_a_stop_string():
+    from nlweb_local.providers.batching import TextStream
+
+    ts = TextStream(CharTokenizer(), ["END", "\n\n"])
+    sent = [ts.push(ord(c)) for c in "abc EN"]
+    assert "".join(d for d, _ in sent) == "abc " and not any(stop for _, stop in sent)  # "EN" may become "END"
+    assert ts.push(ord("D")) == ("", True)  # the stop string itself is never sent
+    ts = TextStream(CharTokenizer(), None)
+    assert [ts.push(ord(c))[0] for c in "hi"] == ["h", "i"] and ts.flush() == ""
+
+
+def test_running_batch_left_pads_on_join_and_trims_on_leave():
+    from types import SimpleNamespace
+
+    import torch
+
+    from nlweb_local.providers.batching import RunningBatch
+
+    def cache(batch, width, fill):
+        t = torch.full((batch, 1, width, 2), float(fill))
+        return SimpleNamespace(layers=[SimpleNamespace(keys=t.clone(), values=t.clone())])
+
+    b = RunningBatch()
+    b.add(["a"], cache(1, 2, 1), torch.ones(1, 2, dtype=torch.long))
+    b.add(["b", "c"], cache(2, 5, 2), torch.tensor([[0, 0, 1, 1, 1], [1, 1, 1, 1, 1]]))
+    assert b.mask.tolist() == [[0, 0, 0, 1, 1], [0, 0, 1, 1, 1], [1, 1, 1, 1, 1]]
+    assert b.cache.layers[0].keys[0, 0, :, 0].tolist() == [0, 0, 0, 1, 1]  # real tokens stay right-aligned
+    b.keep([0, 1])  # "c" leaves: two leading columns are padding for everyone left
+    assert b.jobs == ["a", "b"] and b.mask.tolist() == [[0, 1, 1], [1, 1, 1]]
+    assert b.cache.layers[0].keys.shape == (2, 1, 3, 2)
+    b.keep([])
+    assert len(b) == 0 and b.cache is None
+
+
 @pytest.mark.slow
 class TestTransformersContract(ProviderContract):
     """The shared provider contract, against the real in-process engine."""
@@ -82,6 +123,14 @@ async def test_concurrent_requests_share_forward_passes_and_match_alone(provider
 async def test_stop_strings_end_the_answer(provider):
     r = await provider.complete(req("Write two sentences about the sea.", max_tokens=24, stop=["."]))
     assert r.content and "." not in r.content and r.finish_reason == "stop"
+
+
+@pytest.mark.slow
+async def test_writer_answers_with_a_repeat_penalty(provider):
+    from nlweb_local.providers.structured import ProviderStructuredLLM
+
+    text = await ProviderStructuredLLM(provider).write(TaskKind.SUMMARIZE, "Describe the sea in one sentence.", max_tokens=12)
+    assert text.strip()
 
 
 @pytest.mark.slow

@@ -18,6 +18,7 @@ remaining row are trimmed when rows leave.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import threading
 import time
@@ -203,6 +204,8 @@ class ContinuousBatcher:
         self.context_window = context_window
         self.max_batch_size = max_batch_size
         self.name = name
+        # transformers 5 renamed the forward argument `past_key_values` to `cache`
+        self._cache_kw = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
         self.stats = SchedulerStats()
         self.batch = RunningBatch()
         self._inbox: deque[GenerationJob | ClassifyJob] = deque()
@@ -285,11 +288,11 @@ class ContinuousBatcher:
         if self.batch.jobs:
             self._decode()
             self.batch.keep([i for i, j in enumerate(self.batch.jobs) if not j.done and not j.cancelled])
-        self.stats.peak_batch = max(self.stats.peak_batch, len(self.batch))
 
     def _forward(self, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, cache):
+        """One forward pass; `cache` (a DynamicCache, or None) is extended in place."""
         self.stats.forward_passes += 1
-        return self.model(input_ids=ids, attention_mask=mask, position_ids=positions, cache=cache,
+        return self.model(input_ids=ids, attention_mask=mask, position_ids=positions, **{self._cache_kw: cache},
                           use_cache=cache is not None, logits_to_keep=1)
 
     def _prepare(self, job: GenerationJob) -> bool:
@@ -315,13 +318,15 @@ class ContinuousBatcher:
         self.stats.prefill_passes += 1
         ids, mask = _left_pad([j.prompt_ids for j in jobs], self.device)
         positions = (mask.cumsum(1) - 1).clamp(min=0)
-        out = self._forward(ids, mask, positions, DynamicCache())
-        self.batch.add(jobs, out.cache, mask)
+        cache = DynamicCache()  # no config: every layer full-attention, so rows can be re-padded and merged
+        out = self._forward(ids, mask, positions, cache)
+        self.batch.add(jobs, cache, mask)
         self._advance(jobs, out.logits[:, -1, :])
 
     def _decode(self) -> None:
         self.stats.decode_passes += 1
         jobs = self.batch.jobs
+        self.stats.peak_batch = max(self.stats.peak_batch, len(jobs))
         ids = torch.tensor([[j.generated[-1]] for j in jobs], dtype=torch.long, device=self.device)
         positions = self.batch.mask.sum(1, keepdim=True)
         mask = F.pad(self.batch.mask, (0, 1), value=1)
