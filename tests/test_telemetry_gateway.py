@@ -11,6 +11,7 @@ import random
 
 import httpx
 import pytest
+import pytest_asyncio
 
 from nlweb_local.config.settings import load_settings
 from nlweb_local.core.errors import ProviderConnectionError, ProviderTimeoutError, RateLimitedError
@@ -52,7 +53,7 @@ def telemetry_settings(tmp_path):
         "NLWEB_LOCAL_TELEMETRY__REFERENCE_MODEL": "gpt-4o"})
 
 
-@pytest.fixture()
+@pytest_asyncio.fixture(loop_scope="function")
 async def gateway(tmp_path):
     settings = telemetry_settings(tmp_path)
     tel = build_telemetry(settings, clock=lambda: 0.0)  # frozen: every call takes 0 s, local price = assumed rate

@@ -202,3 +202,20 @@ def test_recent_calls_window_is_bounded():
     assert len(w) == 100 and len(rows) == 50 and not truncated and span == 50
     rows, *_, truncated = w.snapshot(window_s=500)
     assert len(rows) == 100 and truncated  # the ring no longer holds the whole window, and says so
+
+
+def test_resource_metrics_and_gpu_readings_through_a_fake_nvml():
+    from types import SimpleNamespace
+
+    from nlweb_local.telemetry.metrics import gpu_families
+
+    reg = new_registry()
+    GatewayMetrics(reg)
+    assert reg.get_sample_value("process_resident_memory_bytes") > 0
+    assert reg.get_sample_value("nlweb_system_memory_total_bytes") > 0
+    nvml = SimpleNamespace(nvmlDeviceGetCount=lambda: 2, nvmlDeviceGetHandleByIndex=lambda i: i,
+                           nvmlDeviceGetMemoryInfo=lambda h: SimpleNamespace(used=(h + 1) * 2**30, total=80 * 2**30),
+                           nvmlDeviceGetUtilizationRates=lambda h: SimpleNamespace(gpu=40 + h))
+    fams = {f.name: {s.labels["gpu"]: s.value for s in f.samples} for f in gpu_families(nvml)}
+    assert fams["nlweb_gpu_utilization_percent"] == {"0": 40, "1": 41}
+    assert fams["nlweb_gpu_memory_used_bytes"] == {"0": 2**30, "1": 2 * 2**30}

@@ -124,6 +124,22 @@ class IngestSettings(_Section):
     max_pages: int = Field(1000, ge=1, description="most pages fetched from one sitemap")
 
 
+class AlertSettings(_Section):
+    """Alert rules evaluated in the background; notices go to the log and to the webhooks."""
+
+    enabled: bool = Field(True, description="evaluate the alert rules in the background")
+    interval_s: float = Field(15.0, gt=0, description="seconds between evaluations")
+    window_s: float = Field(300.0, gt=0, description="recent calls the rules look at, in seconds")
+    webhooks: list[str] = Field(default_factory=list, description="URLs that get each firing/resolved notice as a JSON POST")
+    error_rate: float = Field(0.2, gt=0, le=1, description="critical: share of failed LLM calls over the window")
+    min_calls: int = Field(20, ge=1, description="error rate is judged only over at least this many calls")
+    p95_latency_s: float = Field(30.0, gt=0, description="warning: p95 latency over the window above this")
+    monthly_budget_usd: float | None = Field(None, ge=0, description="LLM spend budget per calendar month (UTC); null = none")
+    budget_share: float = Field(0.8, gt=0, le=1, description="warning when this share of the monthly budget is spent")
+    memory_percent: float = Field(90.0, gt=0, le=100, description="warning: machine memory in use above this percent")
+    cloud_share_info: float | None = Field(None, gt=0, le=1, description="info: share of calls sent to the cloud above this; null = off")
+
+
 class TelemetrySettings(_Section):
     """Metrics, the cost ledger and the prices behind cost reports."""
 
@@ -142,6 +158,7 @@ class TelemetrySettings(_Section):
     max_utilization: float = Field(0.6, gt=0, le=1, description="projection: busiest a local machine is planned to be (more load = more machines)")
     scales: dict[str, int] = Field(default_factory=lambda: {"small": 1_000, "medium": 10_000, "large": 100_000},
                                    description="projection: LLM calls per day at each named scale")
+    alerts: AlertSettings = AlertSettings()
 
 
 class Settings(_Section):

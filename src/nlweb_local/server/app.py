@@ -84,9 +84,12 @@ def create_app(settings: Settings, components: Components | None = None, *, clos
     async def lifespan(app):
         probe = (asyncio.create_task(comp.router.probe_forever(settings.llm.health_interval_s))
                  if comp.router is not None else None)
+        alerts = comp.telemetry.start() if comp.telemetry is not None else None  # alert rules, in the background
         yield
         if probe is not None:
             probe.cancel()
+        if comp.telemetry is not None:
+            await comp.telemetry.stop(alerts)  # (the ledger is flushed and closed by its closer)
         if owned:
             if comp.provider is not None:
                 await comp.provider.close()

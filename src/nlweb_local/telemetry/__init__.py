@@ -6,6 +6,7 @@ composition root); `Telemetry.wrap(provider, ...)` puts a deployment's provider 
 """
 from __future__ import annotations
 
+import asyncio
 import time
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -31,6 +32,8 @@ class Telemetry:
     ledger: CostLedger | None = None
     clock: Callable[[], float] = time.perf_counter
     now: Callable[[], float] = time.time
+    alert_settings: Any = None  # config AlertSettings; None: no alerts
+    monitor: Any = None  # alerts.AlertMonitor, made by watch()
 
     def wrap(self, provider: Any, *, engine: str = "", price_in_per_m: float = 0.0,
              price_out_per_m: float = 0.0) -> MeteredProvider:
@@ -41,7 +44,30 @@ class Telemetry:
                                reference=self.reference, clock=self.clock, now=self.now)
 
     def watch(self, router: Any) -> None:
+        """Export `router`'s breaker and queue state, and (when alerts are on) watch it for alerts."""
         self.metrics.watch_router(router)
+        a = self.alert_settings
+        if a is not None and a.enabled:
+            from .alerts import AlertEngine, AlertMonitor, AlertThresholds, WebhookNotifier
+
+            thresholds = AlertThresholds(a.error_rate, a.min_calls, a.p95_latency_s, a.monthly_budget_usd,
+                                         a.budget_share, a.memory_percent, a.cloud_share_info)
+            engine = AlertEngine(thresholds, notify=[WebhookNotifier(a.webhooks)] if a.webhooks else [], clock=self.now)
+            self.monitor = AlertMonitor(engine, self, router, window_s=a.window_s, interval_s=a.interval_s)
+
+    def start(self) -> "asyncio.Task | None":
+        """Background work (alert evaluation); hand the task to `stop` at shutdown."""
+        return asyncio.create_task(self.monitor.run_forever()) if self.monitor is not None else None
+
+    async def stop(self, task: "asyncio.Task | None") -> None:
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        if self.monitor is not None:
+            for n in self.monitor.engine.notifiers:
+                close = getattr(n, "close", None)
+                if close is not None:
+                    await close()
 
     def exposition(self) -> bytes:
         from prometheus_client import generate_latest
@@ -71,7 +97,7 @@ def build_telemetry(settings: Any, *, ledger: bool | None = None, clock: Callabl
     hardware = HardwareCost(t.hardware_usd, t.hardware_lifetime_years, t.power_watts, t.electricity_usd_per_kwh,
                             t.assumed_local_tokens_per_s)
     return Telemetry(metrics, RecentCalls(t.stats_window_calls, clock=now), table, hardware, reference,
-                     t.reference_model, book, clock, now)
+                     t.reference_model, book, clock, now, t.alerts)
 
 
 def ledger_path(settings: Any):

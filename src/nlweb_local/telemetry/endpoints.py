@@ -1,4 +1,5 @@
-"""HTTP faces of telemetry: `GET /metrics` (Prometheus text) and `GET /admin/stats` (JSON).
+"""HTTP faces of telemetry: `GET /metrics` (Prometheus text), `GET /admin/stats` (JSON) and
+`GET /dashboard` (a page of live charts over /admin/stats; `?interval=ms&window=s`).
 
 `/admin/stats?window=300` — latency percentiles, throughput, availability, local vs cloud share, cost
 and savings over the last `window` seconds of calls (from the in-memory window), with per-deployment
@@ -7,16 +8,18 @@ figures, a time series for charts, breaker states and the ledger's queue.
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Route
 
 from .stats import summarize
 
 MAX_WINDOW_S = 7 * 86400.0
+DASHBOARD = Path(__file__).with_name("dashboard.html")
 
 
 def telemetry_routes(telemetry: Any, router: Any = None) -> list[Route]:
@@ -43,9 +46,11 @@ def telemetry_routes(telemetry: Any, router: Any = None) -> list[Route]:
         if telemetry.ledger is not None:
             out["ledger"] = {"pending": telemetry.ledger.pending, "written": telemetry.ledger.written,
                              "dropped": telemetry.ledger.dropped}
-        alerts = getattr(telemetry, "alerts", None)
-        if alerts is not None:
-            out["alerts"] = alerts.active()
+        if telemetry.monitor is not None:
+            out["alerts"] = telemetry.monitor.engine.active()
         return JSONResponse(out)
 
-    return [Route("/metrics", metrics), Route("/admin/stats", stats)]
+    async def dashboard(request: Request) -> Response:
+        return FileResponse(DASHBOARD, media_type="text/html")
+
+    return [Route("/metrics", metrics), Route("/admin/stats", stats), Route("/dashboard", dashboard)]

@@ -124,6 +124,12 @@ class CostLedger:
         """Rows with since <= ts < until (unix seconds; None: unbounded), oldest first."""
         return read_calls(self.path, since, until)
 
+    def spend(self, since: float) -> float:
+        """Dollars spent by the calls written since `since` (rows still queued: at most a second's worth)."""
+        with closing(_connect(self.path)) as conn:
+            return float(conn.execute("SELECT COALESCE(SUM(cost_usd), 0) FROM llm_calls WHERE ts >= ?",
+                                      (since,)).fetchone()[0])
+
     # -- internals ----------------------------------------------------------------------------------
     def _take(self) -> list[CallRecord]:
         with self._lock:

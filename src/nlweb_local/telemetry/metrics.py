@@ -26,7 +26,7 @@ import threading
 from bisect import bisect_left
 from typing import Any, Iterable
 
-from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client import CollectorRegistry, Counter, Gauge, ProcessCollector
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.utils import floatToGoString
 
@@ -115,6 +115,8 @@ class GatewayMetrics:
         self.ledger_written = Counter("nlweb_ledger_written_rows", "ledger rows written to the database",
                                       registry=registry)
         self.ledger_queue = Gauge("nlweb_ledger_queue_depth", "ledger rows waiting to be written", registry=registry)
+        ProcessCollector(registry=registry)  # process_resident_memory_bytes, process_cpu_seconds_total, ...
+        registry.register(ResourceCollector())
 
     def for_call(self, deployment: str, task: str, local: bool) -> CallSeries:
         """The series of one (deployment, task) pair; the same object for every call of that pair."""
@@ -199,6 +201,60 @@ class RouterCollector:
             running.add_metric((d,), route.in_flight)
             healthy.add_metric((d,), 1.0 if route.snapshot.healthy else 0.0)
         return [breaker, waiting, running, healthy]
+
+
+class ResourceCollector:
+    """Machine CPU and memory (psutil, when installed) and, when a GPU and NVML are there, each GPU's
+    utilisation and memory. Read at scrape time; whatever is missing is simply not exported."""
+
+    def __init__(self):
+        try:
+            import psutil
+        except ImportError:  # pragma: no cover - psutil ships with the ML stack here
+            psutil = None
+        self._psutil = psutil
+        self._nvml = _nvml()
+
+    def describe(self) -> Iterable:
+        return []
+
+    def collect(self) -> Iterable:
+        out = []
+        if self._psutil is not None:
+            cpu = GaugeMetricFamily("nlweb_system_cpu_percent", "machine CPU use since the last scrape, percent")
+            cpu.add_metric((), self._psutil.cpu_percent(interval=None))
+            vm = self._psutil.virtual_memory()
+            mem = GaugeMetricFamily("nlweb_system_memory_used_bytes", "machine memory in use")
+            mem.add_metric((), vm.total - vm.available)
+            total = GaugeMetricFamily("nlweb_system_memory_total_bytes", "machine memory")
+            total.add_metric((), vm.total)
+            out += [cpu, mem, total]
+        if self._nvml is not None:
+            out += gpu_families(self._nvml)
+        return out
+
+
+def _nvml() -> Any:
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        return pynvml
+    except Exception:  # noqa: BLE001 - no package, no driver or no GPU: no GPU metrics
+        return None
+
+
+def gpu_families(nvml: Any) -> list:
+    util = GaugeMetricFamily("nlweb_gpu_utilization_percent", "GPU utilisation", labels=("gpu",))
+    used = GaugeMetricFamily("nlweb_gpu_memory_used_bytes", "GPU memory in use", labels=("gpu",))
+    total = GaugeMetricFamily("nlweb_gpu_memory_total_bytes", "GPU memory", labels=("gpu",))
+    for i in range(nvml.nvmlDeviceGetCount()):
+        h = nvml.nvmlDeviceGetHandleByIndex(i)
+        mem = nvml.nvmlDeviceGetMemoryInfo(h)
+        util.add_metric((str(i),), nvml.nvmlDeviceGetUtilizationRates(h).gpu)
+        used.add_metric((str(i),), mem.used)
+        total.add_metric((str(i),), mem.total)
+    return [util, used, total]
 
 
 def new_registry() -> CollectorRegistry:
