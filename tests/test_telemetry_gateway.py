@@ -241,3 +241,30 @@ def test_report_time_arguments():
     assert parse_when("1754000000", now) == 1_754_000_000
     assert parse_when("2025-08-01", now) == 1_754_006_400
     assert parse_when("2025-08-01T02:00+02:00", now) == 1_754_006_400
+
+
+def test_build_router_wraps_every_deployment_with_its_price(tmp_path):
+    import yaml
+
+    from nlweb_local.server.components import build_router
+    from nlweb_local.telemetry.metered import MeteredProvider
+    from nlweb_local.telemetry.prices import HardwareCost
+
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump({"data_dir": str(tmp_path), "llm": {"deployments": [
+        {"name": "oai", "engine": "openai", "model": "gpt-4o-mini-2024-07-18", "url": "http://127.0.0.1:9/v1",
+         "api_key": "unused"},
+        {"name": "gpu", "engine": "vllm", "model": "qwen", "url": "http://127.0.0.1:9", "price_in_per_m": 0.5,
+         "price_out_per_m": 0.7}]}}))
+    settings = load_settings(cfg, environ={})
+    tel = build_telemetry(settings)
+    try:
+        router = build_router(settings, ScriptedProvider("local"), telemetry=tel)
+        providers = {n: r.provider for n, r in router.routes.items()}
+        assert all(isinstance(p, MeteredProvider) for p in providers.values())
+        assert isinstance(providers["local"].price, HardwareCost)  # the embedded engine: priced by its hardware
+        assert providers["oai"].price.in_per_m == 0.15 and "gpt-4o-mini" in providers["oai"].price.source
+        assert providers["gpu"].price == Price(0.5, 0.7, "deployment settings")
+        assert providers["oai"].reference.in_per_m == 2.5  # gpt-4o, the default reference
+    finally:
+        tel.close()

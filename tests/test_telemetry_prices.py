@@ -124,7 +124,7 @@ def test_report_figures_by_hand():
     assert small["hybrid_opex_per_month"] == pytest.approx(opex)
     assert small["hybrid_per_month"] == pytest.approx(opex + 26_280 / 36)
     # small scale: cloud would cost ~$85.6/month, the machine's power alone ~$1,899: it never pays off
-    assert small["breakeven_month"] is None
+    assert small["breakeven_month"] is None and not small["breakeven_within_lifetime"]
     assert small["tco_3y_all_cloud"] == pytest.approx(36 * calls * 0.0028125)
     assert small["tco_3y_hybrid"] == pytest.approx(26_280 + 36 * opex)
 

@@ -121,6 +121,7 @@ def projection(m: dict[str, Any], a: Assumptions) -> list[dict[str, Any]]:
                     "hybrid_per_month": opex + (capex / lifetime_months if lifetime_months > 0 else 0.0),
                     "cloud_part_per_month": cloud_part, "power_per_month": machines * power_month,
                     "hardware_usd": capex, "breakeven_month": breakeven,
+                    "breakeven_within_lifetime": breakeven is not None and breakeven <= lifetime_months,
                     "tco_3y_all_cloud": all_cloud * TCO_MONTHS, "tco_3y_hybrid": tco_hybrid,
                     "tco_3y_savings": all_cloud * TCO_MONTHS - tco_hybrid})
     return out
@@ -174,13 +175,14 @@ def render_table(rep: dict[str, Any]) -> str:
               f"cloud cost per cloud call {_money(m['cloud_cost_per_call'])}; "
               f"reference cost per call {_money(m['reference_cost_per_call'])}"]
     lines += ["", "Projection (per month unless said)"]
-    hdr = f"{'scale':<8}{'calls/day':>11}{'machines':>10}{'all-cloud':>14}{'hybrid':>14}{'break-even':>12}" \
+    hdr = f"{'scale':<8}{'calls/day':>11}{'machines':>10}{'all-cloud':>14}{'hybrid':>14}{'break-even':>19}" \
           f"{'3y TCO cloud':>15}{'3y TCO hybrid':>15}"
     lines += [hdr, "-" * len(hdr)]
     for p in rep["projection"]:
-        be = "never" if p["breakeven_month"] is None else f"month {p['breakeven_month']}"
+        be = "never" if p["breakeven_month"] is None else f"month {p['breakeven_month']}" + (
+            "" if p["breakeven_within_lifetime"] else " (>life)")
         lines.append(f"{p['scale']:<8}{p['calls_per_day']:>11,}{p['machines']:>10}{_money(p['all_cloud_per_month']):>14}"
-                     f"{_money(p['hybrid_per_month']):>14}{be:>12}{_money(p['tco_3y_all_cloud']):>15}"
+                     f"{_money(p['hybrid_per_month']):>14}{be:>19}{_money(p['tco_3y_all_cloud']):>15}"
                      f"{_money(p['tco_3y_hybrid']):>15}")
     a = rep["assumptions"]
     ref = a["reference_price"]
@@ -193,7 +195,7 @@ def render_table(rep: dict[str, Any]) -> str:
               f"planned utilisation at most {a['max_utilization']:.0%}",
               f"  {a['days_per_month']:.2f} days a month; {a['power']}; {a['mix']}",
               "  hybrid/month = cloud part + power + hardware amortised over its lifetime; "
-              "break-even counts hardware against monthly savings"]
+              "break-even counts hardware against monthly savings ((>life): later than the hardware lasts)"]
     return "\n".join(lines) + "\n"
 
 
