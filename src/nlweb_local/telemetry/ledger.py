@@ -83,7 +83,8 @@ class CostLedger:
         with self._lock:
             if self._closing:
                 self.dropped += 1
-                log.warning("cost ledger is closed; a row for %s was not recorded", row.deployment)
+                if self.dropped == 1 or self.dropped % 1000 == 0:
+                    log.warning("cost ledger is closed; %d rows were not recorded", self.dropped)
                 return
             if len(self._queue) >= self._max_queue:
                 self._queue.popleft()
