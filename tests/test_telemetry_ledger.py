@@ -88,3 +88,16 @@ def test_clean_close_loses_nothing(tmp_path):
     ledger.record(row(9999))  # after close: refused and counted, not silently queued
     assert ledger.dropped == 1
     ledger.close()  # idempotent
+
+
+def test_a_program_that_forgets_close_still_writes_its_rows(tmp_path):
+    import subprocess
+    import sys
+
+    path = tmp_path / "l.sqlite"
+    code = ("from nlweb_local.telemetry.ledger import CallRecord, CostLedger\n"
+            f"ledger = CostLedger({str(path)!r}, batch_size=10_000, flush_interval_s=3600)\n"
+            "for i in range(777):\n"
+            "    ledger.record(CallRecord(float(i), str(i), 'local', True, 'chat', 1, 1, 0.1, None, 0.0, 0.0, 0.0, ''))\n")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+    assert len(read_calls(path)) == 777

@@ -4,15 +4,18 @@
 
 `record` only appends under a lock: O(1), never touches the disk. When the queue is full the oldest row
 is dropped and counted (`nlweb_ledger_dropped_rows_total`), so memory stays bounded even if the disk
-stalls. `close()` drains everything (a clean shutdown loses nothing); a crash loses at most the rows
-still queued (≤ max_queue, ≤ flush_interval_s of traffic).
+stalls. `close()` drains everything (a clean shutdown loses nothing; a program that exits without
+calling it is closed at exit); a crash loses at most the rows still queued (≤ max_queue, ≤
+flush_interval_s of traffic).
 """
 from __future__ import annotations
 
+import atexit
 import logging
 import sqlite3
 import threading
 import time
+import weakref
 from collections import deque
 from contextlib import closing
 from pathlib import Path
@@ -77,6 +80,10 @@ class CostLedger:
             conn.executescript(_SCHEMA)
         self._thread = threading.Thread(target=self._run, name="cost-ledger-writer", daemon=True)
         self._thread.start()
+        # a program that exits without close() still writes its queue (atexit runs before daemon threads die)
+        ref = weakref.ref(self)
+        self._at_exit = lambda: (lambda ledger: ledger.close() if ledger is not None else None)(ref())
+        atexit.register(self._at_exit)
 
     # -- the request path ---------------------------------------------------------------------------
     def record(self, row: CallRecord) -> None:
@@ -111,6 +118,7 @@ class CostLedger:
         """Write everything still queued, then stop the writer. Idempotent."""
         with self._lock:
             self._closing = True
+        atexit.unregister(self._at_exit)
         self._wake.set()
         self._thread.join(timeout_s)
         if self._thread.is_alive():
