@@ -89,7 +89,8 @@ async def _local(args: argparse.Namespace, settings: Settings, raw: bool) -> boo
     finally:
         if comp.provider is not None:
             await comp.provider.close()
-        comp.store.close()
+        for close in comp.closers:
+            close()
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
