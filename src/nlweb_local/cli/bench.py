@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 from ..config.settings import Settings
+from . import bench_gateway
 
 QUESTIONS = [
     "vegetarian dinner that is quick to make",
@@ -29,10 +30,12 @@ QUESTIONS = [
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("bench", help="benchmarks that print figures")
-    p.add_argument("what", choices=["ask"], help="ask: /ask latency on the demo site plus ingestion items/s")
+    p.add_argument("what", choices=["ask", "gateway"], help="ask: /ask latency on the demo site plus ingestion items/s; "
+                   "gateway: what /v1 adds over a zero-delay upstream, vs the floor proxy and LiteLLM")
     p.add_argument("--mode", choices=["list", "summarize", "generate"], default="list")
     p.add_argument("--questions", type=int, default=len(QUESTIONS), help="how many of the fixed questions to run")
     p.add_argument("--json", action="store_true", help="print the figures as one JSON object")
+    bench_gateway.add_arguments(p)
     p.set_defaults(func=run)
 
 
@@ -60,6 +63,8 @@ async def _ask(url: str, q: str, mode: str) -> tuple[float | None, float, int]:
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
+    if args.what == "gateway":
+        return bench_gateway.run(args, settings)
     import uvicorn
 
     from ..ingest.demo import DEMO_SITE, demo_source

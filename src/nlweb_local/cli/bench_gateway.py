@@ -1,0 +1,538 @@
+"""`nlweb-local bench gateway`: what the /v1 gateway adds over a zero-delay upstream, measured in one
+run next to the floor a Python gateway can reach and next to LiteLLM (the `../shared/bench/gateway` kit).
+
+Everything listens on 127.0.0.1. The proxy under test runs on one core, the mock and `wrk` on another
+(`taskset`, when the machine has two cores). Targets, each measured with `wrk --latency` at
+concurrency 1, 16 and 64 after a short warm-up:
+
+- mock        the kit's raw-asyncio mock, called directly (the zero of "added latency");
+- floor       the kit's Starlette + aiohttp pass-through;
+- nlweb-local this project's gateway, full path (settings → `build_router` → `create_app`, breaker and
+              routing included) over one `openai`-engine deployment pointing at the mock. The embedder and
+              the store are inert stand-ins (the /v1 chat path never touches them) and the embedded
+              llama.cpp engine is off;
+- litellm     LiteLLM's proxy, one worker, installed by this command in its own virtual environment
+              under the cache folder (null figures, with the reason, when that is not possible).
+
+The last line printed is one JSON object with the figures and the ratios to quote.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+DEFAULT_KIT = "../shared/bench/gateway"
+KIT_FILES = ("mock_upstream.py", "floor_proxy.py", "post.lua")
+CONCURRENCY = (1, 16, 64)
+MODEL = "gpt-4.1-mini"  # what post.lua asks for: the gateway's deployment and LiteLLM's model_name
+SETTINGS_ENV = "NLWEB_BENCH_GATEWAY_SETTINGS"
+UVICORN_FAST = ["--loop", "uvloop", "--http", "httptools", "--no-access-log", "--log-level", "warning"]
+TARGETS = {"c1_added_ratio_vs_floor": 1.5, "c16_rps_ratio_vs_floor": 0.70, "rps_ratio_vs_litellm": 10.0,
+           "soak_rss_growth_pct": 5.0}
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("bench gateway")
+    g.add_argument("--kit", default=DEFAULT_KIT, help=f"folder with {', '.join(KIT_FILES)} (default {DEFAULT_KIT})")
+    g.add_argument("--duration", type=float, default=8.0, help="seconds per wrk run (default 8)")
+    g.add_argument("--quick", action="store_true", help="2-second runs (noisy; for a first look)")
+    g.add_argument("--soak", type=float, default=0.0, metavar="SECONDS",
+                   help="then load the gateway at c=16 this long, sampling its RSS every 10 s (target: < 5%% growth)")
+    g.add_argument("--no-litellm", action="store_true", help="skip LiteLLM (its figures are null)")
+    g.add_argument("--litellm-venv", help="LiteLLM's virtual environment (default: <cache>/nlweb-bench/litellm-venv)")
+    g.add_argument("--litellm-spec", default="litellm[proxy]", help="what pip installs there (default litellm[proxy])")
+
+
+# -- wrk ------------------------------------------------------------------------------------------
+@dataclass
+class WrkResult:
+    rps: float
+    latency_ms: dict[str, float]  # "50", "75", "90", "99" -> milliseconds
+    requests: int
+    errors: int  # non-2xx answers plus socket errors
+    cpu_s: float | None = None  # CPU time the proxy under test used during the run (user + system)
+
+    @property
+    def cpu_us_per_request(self) -> float | None:
+        return self.cpu_s / self.requests * 1e6 if self.cpu_s is not None and self.requests else None
+
+    @property
+    def p50(self) -> float:
+        return self.latency_ms["50"]
+
+    @property
+    def p99(self) -> float:
+        return self.latency_ms["99"]
+
+
+_UNIT_MS = {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 60e3, "h": 3600e3}
+
+
+def duration_ms(text: str) -> float:
+    """wrk's latency text ('18.00us', '1.23ms', '2.00s') in milliseconds."""
+    m = re.fullmatch(r"([\d.]+)(us|ms|s|m|h)", text.strip())
+    if not m:
+        raise ValueError(f"not a wrk duration: {text!r}")
+    return float(m.group(1)) * _UNIT_MS[m.group(2)]
+
+
+def parse_wrk(out: str) -> WrkResult:
+    """The figures of one `wrk --latency` report."""
+    pct = {m.group(1): duration_ms(m.group(2))
+           for m in re.finditer(r"^\s*(50|75|90|99)(?:\.0+)?%\s+(\S+)\s*$", out, re.M)}
+    rps = re.search(r"^Requests/sec:\s+([\d.]+)", out, re.M)
+    reqs = re.search(r"^\s*(\d+) requests in", out, re.M)
+    if rps is None or reqs is None or set(pct) != {"50", "75", "90", "99"}:
+        raise ValueError(f"unexpected wrk output (was --latency given?):\n{out[-800:]}")
+    non2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
+    sock = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    errors = (int(non2xx.group(1)) if non2xx else 0) + (sum(map(int, sock.groups())) if sock else 0)
+    return WrkResult(float(rps.group(1)), pct, int(reqs.group(1)), errors)
+
+
+@dataclass
+class Bench:
+    kit: Path
+    duration: float
+    workdir: Path
+    proxy_cpu: list[str] = field(default_factory=list)  # taskset prefix for the proxy under test
+    load_cpu: list[str] = field(default_factory=list)  # ... for the mock and wrk
+
+    def wrk(self, url: str, connections: int, seconds: float, headers: dict[str, str] | None = None,
+            pid: int | None = None) -> WrkResult:
+        """One wrk run; with `pid`, also the CPU time that process spent meanwhile (robust to a busy machine)."""
+        cmd = [*self.load_cpu, "wrk", "-t1", f"-c{connections}", f"-d{max(1, round(seconds))}s", "--latency",
+               "-s", str(self.kit / "post.lua")]
+        for k, v in (headers or {}).items():
+            cmd += ["-H", f"{k}: {v}"]
+        cpu0 = cpu_s(pid) if pid else None
+        done = subprocess.run([*cmd, url], capture_output=True, text=True, timeout=seconds + 60)
+        cpu1 = cpu_s(pid) if pid else None
+        if done.returncode != 0:
+            raise RuntimeError(f"wrk failed ({done.returncode}): {done.stderr.strip()[-400:]}")
+        result = parse_wrk(done.stdout)
+        if cpu0 is not None and cpu1 is not None:
+            result.cpu_s = cpu1 - cpu0
+        return result
+
+    def measure(self, targets: list[Target]) -> dict[str, dict[int, WrkResult]]:
+        """Each target at each concurrency, interleaved (c=1 for all, then c=16, ...) so that a machine
+        whose load drifts treats the compared targets alike."""
+        for t in targets:
+            self.wrk(t.url, 16, 1, t.headers)  # warm-up: connection pools, first-call paths
+        out: dict[str, dict[int, WrkResult]] = {t.name: {} for t in targets}
+        for c in CONCURRENCY:
+            for t in targets:
+                out[t.name][c] = self.wrk(t.url, c, self.duration, t.headers, t.pid)
+        return out
+
+
+@dataclass(frozen=True)
+class Target:
+    name: str
+    url: str
+    pid: int | None = None  # the proxy process, for its CPU time
+    headers: dict[str, str] | None = None
+
+
+# -- processes -----------------------------------------------------------------------------------
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start(stack: ExitStack, name: str, cmd: list[str], port: int, logdir: Path, *, env: dict[str, str] | None = None,
+          cwd: Path | None = None, ready_s: float = 60.0) -> subprocess.Popen:
+    """Start `cmd` in its own process group (stopped with the stack) and wait until `port` accepts."""
+    log = open(logdir / f"{name}.log", "wb")
+    stack.callback(log.close)
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}, cwd=cwd,
+                            start_new_session=True)
+    stack.callback(stop, proc)
+    end = time.monotonic() + ready_s
+    while time.monotonic() < end:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{name} exited with {proc.returncode}: {tail(logdir / f'{name}.log')}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return proc
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError(f"{name} did not listen on port {port} within {ready_s:.0f}s: {tail(logdir / f'{name}.log')}")
+
+
+def stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is not None:
+        return
+    for sig, wait_s in ((signal.SIGTERM, 10.0), (signal.SIGKILL, 5.0)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(wait_s)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+def tail(path: Path, n: int = 600) -> str:
+    try:
+        return path.read_text(errors="replace")[-n:].strip() or "(no output)"
+    except OSError:
+        return "(no log)"
+
+
+def rss_mb(pid: int) -> float | None:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return round(int(line.split()[1]) / 1024, 1)
+    except OSError:
+        pass
+    return None
+
+
+def cpu_s(pid: int) -> float | None:
+    """User + system CPU seconds of a process (all its threads) from /proc."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def post_once(url: str, body: bytes, headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
+    req = urllib.request.Request(url, data=body, headers={"content-type": "application/json", **(headers or {})})
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return r.status, dict(r.headers), r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, dict(e.headers), e.read()
+
+
+def lua_body(kit: Path) -> bytes:
+    m = re.search(r"wrk\.body\s*=\s*'(.*)'", (kit / "post.lua").read_text())
+    return (m.group(1) if m else json.dumps({"model": MODEL, "messages": [{"role": "user", "content": "hi"}]})).encode()
+
+
+# -- the gateway under test (runs in its own process: `uvicorn --factory ...:gateway_app`) ----------
+def gateway_settings(settings, mock_port: int, data_dir: Path):
+    """The user's settings, with the LLM side replaced by one `openai` deployment at the mock and
+    everything the server writes (the cost ledger) under `data_dir`."""
+    from ..config.settings import DeploymentSettings
+
+    s = settings.model_copy(deep=True)
+    s.data_dir = str(data_dir)
+    s.telemetry.ledger_path = None
+    s.llm.deployments = [DeploymentSettings(name=MODEL, engine="openai", model="mock", api_key="sk-bench-dummy",
+                                            url=f"http://127.0.0.1:{mock_port}/v1")]
+    s.llm.search_deployment = None
+    s.llm.groups = {}
+    s.llm.embedded_enabled = False  # no llama.cpp model: the benchmark measures the gateway, not an engine
+    return s
+
+
+class _InertEmbedder:
+    """Stand-in for the sentence-transformers embedder: /v1/chat/completions never embeds."""
+
+    dimension = 384
+
+    def embed(self, texts):
+        raise RuntimeError("the gateway benchmark has no embedder")
+
+
+class _EmptyStore:
+    """Stand-in for the vector store: empty, nothing persisted."""
+
+    def upsert(self, items, vectors): raise RuntimeError("the gateway benchmark has no store")
+    def existing_urls(self, urls): return set()
+    def search(self, vector, sites, limit): return []
+    def delete_site(self, site): return 0
+    def delete_urls(self, urls): return None
+    def sites(self): return []
+    def sample(self, site, limit): return []
+    def count(self): return 0
+    def close(self): return None
+
+
+def gateway_app():
+    """The app exactly as `serve` composes it (`build_components` → `create_app`: router, breakers,
+    telemetry wrappers, ledger, middleware), except that the embedder and the store, which the /v1 chat
+    path never touches, are inert stand-ins instead of sentence-transformers and Qdrant."""
+    from ..config.settings import Settings
+    from ..server import components
+    from ..server.app import create_app
+
+    settings = Settings.model_validate_json(Path(os.environ[SETTINGS_ENV]).read_text())
+    components.build_embedder = lambda _settings: _InertEmbedder()  # this process only: it serves the benchmark
+    components.build_store = lambda _settings, _dimension: _EmptyStore()
+    return create_app(settings, components.build_components(settings), close_components=True)
+
+
+# -- LiteLLM ---------------------------------------------------------------------------------------
+def litellm_venv(args: argparse.Namespace) -> Path:
+    if args.litellm_venv:
+        return Path(args.litellm_venv)
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return cache / "nlweb-bench" / "litellm-venv"
+
+
+def ensure_litellm(venv: Path, spec: str, log: Path, timeout_s: float = 900.0) -> Path:
+    """LiteLLM's CLI in its own virtual environment, installed on first use. Raises RuntimeError why not."""
+    exe = venv / "bin" / "litellm"
+    if exe.exists():
+        return exe
+    print(f"installing {spec} into {venv} (once; up to {timeout_s / 60:.0f} min) ...", flush=True)
+    with open(log, "wb") as out:
+        try:
+            if not (venv / "bin" / "python").exists():
+                subprocess.run([getattr(sys, "_base_executable", sys.executable), "-m", "venv", str(venv)],
+                               stdout=out, stderr=subprocess.STDOUT, check=True, timeout=300)
+            subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "install", "--disable-pip-version-check", spec],
+                           stdout=out, stderr=subprocess.STDOUT, check=True, timeout=timeout_s)
+        except (subprocess.CalledProcessError, subprocess.TimeoutExpired, OSError) as e:
+            raise RuntimeError(f"could not install {spec} into {venv} ({e}): {tail(log, 300)}") from None
+    if not exe.exists():
+        raise RuntimeError(f"{spec} installed but {exe} is missing")
+    return exe
+
+
+def litellm_config(mock_port: int, master_key: str) -> str:
+    return json.dumps({  # YAML is a superset of JSON
+        "model_list": [{"model_name": MODEL, "litellm_params": {
+            "model": "openai/mock", "api_base": f"http://127.0.0.1:{mock_port}/v1", "api_key": "sk-bench-dummy"}}],
+        "general_settings": {"master_key": master_key}}, indent=1)
+
+
+def litellm_version(venv: Path) -> str:
+    done = subprocess.run([str(venv / "bin" / "python"), "-c", "import importlib.metadata as m; print(m.version('litellm'))"],
+                          capture_output=True, text=True, timeout=60)
+    return done.stdout.strip() or "?"
+
+
+# -- the run ---------------------------------------------------------------------------------------
+def check_kit(kit: Path) -> None:
+    from ..core.errors import BadRequestError
+
+    missing = [f for f in KIT_FILES if not (kit / f).is_file()]
+    if missing:
+        raise BadRequestError(f"the gateway benchmark kit is not at {kit.resolve()} (missing {', '.join(missing)}); "
+                              f"pass --kit PATH to the folder with {', '.join(KIT_FILES)} (it lives in the project's "
+                              f"shared bench folder, ../shared/bench/gateway, not in the package)")
+    if shutil.which("wrk") is None:
+        raise BadRequestError("the load generator wrk is not installed (Debian/Ubuntu: apt-get install -y wrk; "
+                              "macOS: brew install wrk)")
+
+
+def pinning() -> tuple[list[str], list[str], str]:
+    cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+    if len(cpus) >= 2 and shutil.which("taskset"):
+        return (["taskset", "-c", str(cpus[0])], ["taskset", "-c", str(cpus[1])],
+                f"proxy on cpu {cpus[0]}, mock and wrk on cpu {cpus[1]}")
+    return [], [], "not pinned (needs taskset and two cores): figures are less comparable"
+
+
+def run(args: argparse.Namespace, settings) -> int:
+    kit = Path(args.kit)
+    check_kit(kit)
+    try:
+        results, notes, duration = measure_all(args, settings, kit)
+    except RuntimeError as e:
+        print(f"nlweb-local bench gateway: {e}", file=sys.stderr)
+        return 1
+    figures = summarize(results, notes, duration)
+    print_table(results, figures)
+    print(json.dumps(figures))
+    return 0
+
+
+def measure_all(args: argparse.Namespace, settings, kit: Path) -> tuple[dict, dict[str, Any], float]:
+    duration = 2.0 if args.quick else args.duration
+    proxy_cpu, load_cpu, pin_note = pinning()
+    py = sys.executable
+    notes: dict[str, Any] = {"pinning": pin_note}
+    with tempfile.TemporaryDirectory(prefix="nlweb-bench-gw-") as tmp, ExitStack() as stack:
+        logs = Path(tmp)
+        bench = Bench(kit.resolve(), duration, logs, proxy_cpu, load_cpu)
+        print(f"gateway benchmark: {duration:g} s per run at c={', '.join(map(str, CONCURRENCY))}; {pin_note}", flush=True)
+        mock_port = free_port()
+        mock_url = f"http://127.0.0.1:{mock_port}/v1/chat/completions"
+        start(stack, "mock", [*load_cpu, py, str(bench.kit / "mock_upstream.py"), str(mock_port)], mock_port, logs)
+        body = lua_body(bench.kit)
+        with ExitStack() as proxies:  # the floor and the gateway, measured turn about, then stopped
+            port = free_port()
+            floor = start(proxies, "floor", [*proxy_cpu, py, "-m", "uvicorn", "floor_proxy:app", "--app-dir",
+                                             str(bench.kit), "--host", "127.0.0.1", "--port", str(port), *UVICORN_FAST],
+                          port, logs, env={"UPSTREAM": mock_url})
+            floor_url = f"http://127.0.0.1:{port}/v1/chat/completions"
+            port = free_port()
+            (logs / "data").mkdir()
+            cfg = logs / "gateway-settings.json"
+            cfg.write_text(gateway_settings(settings, mock_port, logs / "data").model_dump_json())
+            gw = start(proxies, "gateway", [*proxy_cpu, py, "-m", "uvicorn", "--factory", f"{__name__}:gateway_app",
+                                            "--host", "127.0.0.1", "--port", str(port), *UVICORN_FAST], port, logs,
+                       env={SETTINGS_ENV: str(cfg)})
+            gw_url = f"http://127.0.0.1:{port}/v1/chat/completions"
+            status, headers, answer = post_once(gw_url, body)
+            if status != 200:
+                raise RuntimeError(f"the gateway answered {status}: {answer[:300]!r}; log: {tail(logs / 'gateway.log')}")
+            notes["gateway_route"] = {k.lower(): v for k, v in headers.items()}.get("x-nlweb-route")
+            notes["gateway_rss_mb_before"] = rss_mb(gw.pid)
+            print("  mock, floor proxy, nlweb-local gateway (interleaved) ...", flush=True)
+            results: dict[str, dict[int, WrkResult] | None] = dict(bench.measure(
+                [Target("mock", mock_url), Target("floor", floor_url, floor.pid), Target("nlweb-local", gw_url, gw.pid)]))
+            notes["gateway_rss_mb_after"] = rss_mb(gw.pid)
+            if args.soak > 0:
+                notes.update(soak(bench, gw_url, gw.pid, args.soak))
+        results["litellm"] = None
+        if args.no_litellm:
+            notes["litellm_error"] = "skipped (--no-litellm)"
+        else:
+            print("  litellm ...", flush=True)
+            try:
+                results["litellm"], notes["litellm_version"] = run_litellm(args, bench, mock_port, body)
+            except (RuntimeError, subprocess.TimeoutExpired, ValueError) as e:
+                notes["litellm_error"] = str(e)[:500]
+                print(f"  litellm could not be measured: {e}", flush=True)
+    return results, notes, duration
+
+
+def run_litellm(args: argparse.Namespace, bench: Bench, mock_port: int, body: bytes) -> tuple[dict[int, WrkResult], str]:
+    venv = litellm_venv(args)
+    exe = ensure_litellm(venv, args.litellm_spec, bench.workdir / "litellm-install.log")
+    key = "sk-bench-" + os.urandom(8).hex()
+    cfg = bench.workdir / "litellm.yaml"
+    cfg.write_text(litellm_config(mock_port, key))
+    auth = {"Authorization": f"Bearer {key}"}
+    with ExitStack() as one:
+        port = free_port()
+        proc = start(one, "litellm", [*bench.proxy_cpu, str(exe), "--config", str(cfg), "--host", "127.0.0.1",
+                                      "--port", str(port), "--num_workers", "1"], port, bench.workdir, ready_s=240.0,
+                     env={"LITELLM_LOCAL_MODEL_COST_MAP": "True", "LITELLM_MASTER_KEY": key, "LITELLM_LOG": "ERROR",
+                          "DISABLE_ADMIN_UI": "True", "TELEMETRY": "False", "NO_DOCS": "True"})
+        url = f"http://127.0.0.1:{port}/v1/chat/completions"
+        status, _, answer = post_once(url, body, auth)
+        if status != 200:
+            raise RuntimeError(f"LiteLLM answered {status}: {answer[:300]!r}; log: {tail(bench.workdir / 'litellm.log')}")
+        return bench.measure([Target("litellm", url, proc.pid, auth)])["litellm"], litellm_version(venv)
+
+
+def soak(bench: Bench, url: str, pid: int, seconds: float) -> dict[str, Any]:
+    """c=16 for `seconds` while sampling the gateway's RSS every 10 s."""
+    print(f"  soak: c=16 for {seconds:.0f} s, RSS every 10 s ...", flush=True)
+    cmd = [*bench.load_cpu, "wrk", "-t1", "-c16", f"-d{round(seconds)}s", "--latency", "-s", str(bench.kit / "post.lua"), url]
+    samples = [rss_mb(pid)]
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True) as w:
+        try:
+            end = time.monotonic() + seconds + 60
+            while w.poll() is None and time.monotonic() < end:
+                try:
+                    w.wait(10.0)
+                except subprocess.TimeoutExpired:
+                    samples.append(rss_mb(pid))
+            out = w.communicate(timeout=30)[0] if w.poll() is not None else ""
+        finally:
+            stop(w)
+    samples.append(rss_mb(pid))
+    result = parse_wrk(out) if out else None
+    first, last = samples[0], samples[-1]
+    growth = round(100.0 * (last - first) / first, 2) if first and last else None
+    print(f"  soak RSS (MB): {' '.join(str(s) for s in samples)}", flush=True)
+    return {"soak_s": seconds, "soak_rps": round(result.rps, 1) if result else None,
+            "soak_errors": result.errors if result else None, "soak_rss_mb": samples, "soak_rss_growth_pct": growth}
+
+
+def _ratio(a: float | None, b: float | None, digits: int = 2) -> float | None:
+    return round(a / b, digits) if a is not None and b else None
+
+
+def summarize(results: dict[str, dict[int, WrkResult] | None], notes: dict[str, Any], duration: float) -> dict[str, Any]:
+    mock_p50 = results["mock"][1].p50
+    out: dict[str, Any] = {"duration_s": duration, "mock_c1_p50_ms": round(mock_p50, 4)}
+    for name, prefix in (("nlweb-local", ""), ("floor", "floor_"), ("litellm", "litellm_"), ("mock", "mock_")):
+        r = results.get(name)
+        for c in CONCURRENCY:
+            w = r[c] if r else None
+            if c == 1 and name != "mock":
+                out[f"{prefix}c1_p50_added_ms"] = round(w.p50 - mock_p50, 4) if w else None
+            out[f"{prefix}c{c}_p50_ms"] = round(w.p50, 4) if w else None
+            out[f"{prefix}c{c}_p99_ms"] = round(w.p99, 4) if w else None
+            out[f"{prefix}c{c}_rps"] = round(w.rps, 1) if w else None
+            if name != "mock":
+                cpu = w.cpu_us_per_request if w else None
+                out[f"{prefix}c{c}_cpu_us_per_req"] = round(cpu, 1) if cpu is not None else None
+        out[f"{prefix}errors"] = sum(w.errors for w in r.values()) if r else None
+    out["c1_added_ratio_vs_floor"] = _ratio(out["c1_p50_added_ms"], out["floor_c1_p50_added_ms"])
+    out["c16_rps_ratio_vs_floor"] = _ratio(out["c16_rps"], out["floor_c16_rps"])
+    out["c64_rps_ratio_vs_floor"] = _ratio(out["c64_rps"], out["floor_c64_rps"])
+    out["c16_cpu_ratio_vs_floor"] = _ratio(out["c16_cpu_us_per_req"], out["floor_c16_cpu_us_per_req"])
+    out["rps_ratio_vs_litellm"] = _ratio(out["c16_rps"], out["litellm_c16_rps"], 1)
+    out["c64_rps_ratio_vs_litellm"] = _ratio(out["c64_rps"], out["litellm_c64_rps"], 1)
+    out.update(notes)
+    out["litellm_error"] = notes.get("litellm_error")
+    out["targets_met"] = targets_met(out)
+    return out
+
+
+def targets_met(f: dict[str, Any]) -> dict[str, bool | None]:
+    def at_most(v, limit): return None if v is None else v <= limit
+    def at_least(v, limit): return None if v is None else v >= limit
+    return {"c1_added_le_1.5x_floor": at_most(f["c1_added_ratio_vs_floor"], TARGETS["c1_added_ratio_vs_floor"]),
+            "c16_rps_ge_70pct_floor": at_least(f["c16_rps_ratio_vs_floor"], TARGETS["c16_rps_ratio_vs_floor"]),
+            "ge_10x_litellm": at_least(f["rps_ratio_vs_litellm"], TARGETS["rps_ratio_vs_litellm"]),
+            "soak_growth_lt_5pct": None if f.get("soak_rss_growth_pct") is None
+            else f["soak_rss_growth_pct"] < TARGETS["soak_rss_growth_pct"]}
+
+
+def print_table(results: dict[str, dict[int, WrkResult] | None], f: dict[str, Any]) -> None:
+    def ms(v: float) -> str:
+        return f"{v * 1000:.0f} µs" if v < 1 else f"{v:.2f} ms"
+
+    mock_p50 = results["mock"][1].p50
+    print()
+    print(f"{'target':<12} {'c=1 req/s':>10} {'c=1 p50':>10} {'added p50':>10} {'c=16 req/s':>11} {'c=16 p99':>10} "
+          f"{'c=64 req/s':>11} {'c=64 p99':>10} {'CPU/req c=16':>13} {'errors':>7}")
+    for name, r in results.items():
+        if r is None:
+            print(f"{name:<12} {'—':>10}   ({f.get('litellm_error') or 'not run'})"[:160])
+            continue
+        added = "—" if name == "mock" else ms(r[1].p50 - mock_p50)
+        cpu = r[16].cpu_us_per_request
+        cpu_text = "—" if cpu is None else f"{cpu:,.0f} µs"
+        print(f"{name:<12} {r[1].rps:>10,.0f} {ms(r[1].p50):>10} {added:>10} {r[16].rps:>11,.0f} {ms(r[16].p99):>10} "
+              f"{r[64].rps:>11,.0f} {ms(r[64].p99):>10} {cpu_text:>13} {sum(w.errors for w in r.values()):>7}")
+    met = f["targets_met"]
+
+    def verdict(key: str) -> str:
+        return {True: "met", False: "MISSED", None: "not measured"}[met[key]]
+
+    def ratio(key: str, unit: str = "x") -> str:
+        return "—" if f[key] is None else f"{f[key]}{unit}"
+
+    print()
+    print(f"added p50 at c=1 vs floor: {ratio('c1_added_ratio_vs_floor')} (target <= 1.5x): {verdict('c1_added_le_1.5x_floor')}")
+    print(f"c=16 req/s vs floor:       {ratio('c16_rps_ratio_vs_floor', '')} (target >= 0.70): "
+          f"{verdict('c16_rps_ge_70pct_floor')}")
+    print(f"c=16 CPU/request vs floor: {ratio('c16_cpu_ratio_vs_floor')} (the proxy's own CPU time: steadier on a busy machine)")
+    print(f"c=16 req/s vs LiteLLM:     {ratio('rps_ratio_vs_litellm')} (target >= 10x): {verdict('ge_10x_litellm')}")
+    print(f"gateway RSS before/after:  {f.get('gateway_rss_mb_before')} / {f.get('gateway_rss_mb_after')} MB"
+          + (f"; soak growth {f['soak_rss_growth_pct']} % (target < 5 %): {verdict('soak_growth_lt_5pct')}"
+             if "soak_rss_growth_pct" in f else ""))
+    print(f"gateway route: {f.get('gateway_route')}")
