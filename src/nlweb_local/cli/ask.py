@@ -28,7 +28,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def print_message(m: dict[str, Any], raw: bool, out=sys.stdout) -> None:
+def print_message(m: dict[str, Any], raw: bool, out=None) -> None:
+    out = out or sys.stdout  # looked up per call: stdout may have been replaced since import
     if raw:
         print(json.dumps(m, ensure_ascii=False), file=out, flush=True)
         return
