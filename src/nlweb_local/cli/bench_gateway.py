@@ -352,15 +352,22 @@ def pinning() -> tuple[list[str], list[str], str]:
 def run(args: argparse.Namespace, settings) -> int:
     kit = Path(args.kit)
     check_kit(kit)
+    previous = signal.signal(signal.SIGTERM, _terminate)  # so that `kill` stops the processes started here too
     try:
         results, notes, duration = measure_all(args, settings, kit)
     except RuntimeError as e:
         print(f"nlweb-local bench gateway: {e}", file=sys.stderr)
         return 1
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     figures = summarize(results, notes, duration)
     print_table(results, figures)
     print(json.dumps(figures))
     return 0
+
+
+def _terminate(signum, frame) -> None:
+    raise SystemExit(128 + signum)  # unwinds the ExitStacks: every process started here is stopped
 
 
 def measure_all(args: argparse.Namespace, settings, kit: Path) -> tuple[dict, dict[str, Any], float]:
