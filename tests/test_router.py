@@ -173,3 +173,13 @@ def test_groups_must_name_known_deployments():
     router, local, cloud, _ = fleet()
     with pytest.raises(ValueError, match="unknown deployments"):
         Router(list(router.routes.values()), groups={"rank": ["nope"]})
+
+
+async def test_a_deployment_that_fails_then_recovers_within_one_request_is_used_once():
+    """Round two retries the chain; a deployment that failed in round one and answers in round two ends the call."""
+    router, local, cloud, _ = fleet()
+    attempts = iter([ProviderConnectionError("blip", deployment="local"), None])
+    local.fail_with = lambda: next(attempts, None)
+    cloud.fail_with = ProviderConnectionError("down", deployment="cloud")
+    text = "".join([c.delta async for c in router.stream(req())])
+    assert text == "local answer here" and local.calls == 2 and cloud.calls == 1

@@ -11,6 +11,7 @@ from contextlib import asynccontextmanager
 from typing import Any, AsyncIterator, Mapping
 
 import aiohttp
+import orjson
 
 from ..core.errors import (AuthError, BadRequestError, ContextLengthError, ModelNotFoundError, NlwebError, NotFoundError,
                            OverloadedError, PayloadTooLargeError, ProviderConnectionError, ProviderError,
@@ -108,7 +109,12 @@ class HttpTransport:
                       ok: tuple[int, ...] = ()) -> AsyncIterator[aiohttp.ClientResponse]:
         """Open a request; a non-2xx status (other than those in `ok`) raises the mapped error."""
         try:
-            async with self._client().request(method, self.url(path), json=json_body, params=params, headers=headers,
+            if json_body is not None:  # orjson: measurably cheaper than aiohttp's json= on the hot path
+                data = orjson.dumps(json_body)
+                headers = {"content-type": "application/json", **(headers or {})}
+            else:
+                data = None
+            async with self._client().request(method, self.url(path), data=data, params=params, headers=headers,
                                                timeout=self._timeout(deadline_s)) as resp:
                 if resp.status >= 400 and resp.status not in ok:
                     body = await resp.text(errors="replace")

@@ -64,6 +64,8 @@ class CircuitBreaker:
         self._on_change = on_change
         self.state = BreakerState.CLOSED
         self._calls: deque[tuple[bool, bool]] = deque(maxlen=settings.window)  # (failed, slow)
+        self._n_failed = 0  # running counts over the window, so recording a call is O(1)
+        self._n_slow = 0
         self._opened_at = 0.0
         self._open_until = 0.0
         self._probes_in_flight = 0
@@ -127,16 +129,22 @@ class CircuitBreaker:
                 self._stage_ok = 0
                 self._stage += 1
                 if self._stage >= len(self._s.restore_shares):
-                    self._calls.clear()
+                    self._clear_window()
                     self._set(BreakerState.CLOSED, "traffic restored")
             return
         if self.state is BreakerState.OPEN:
             return  # a call that started before the breaker opened
+        if len(self._calls) == self._calls.maxlen:  # the oldest call leaves the window
+            old_failed, old_slow = self._calls[0]
+            self._n_failed -= old_failed
+            self._n_slow -= old_slow
         self._calls.append((failed, slow))
+        self._n_failed += failed
+        self._n_slow += slow
         n = len(self._calls)
-        if n >= self._s.min_calls:
-            fails = sum(f for f, _ in self._calls) / n
-            slows = sum(s for _, s in self._calls) / n
+        if n >= self._s.min_calls and (self._n_failed or self._n_slow):
+            fails = self._n_failed / n
+            slows = self._n_slow / n
             if fails >= self._s.failure_rate:
                 self._open(f"failure rate {fails:.0%} over the last {n} calls", error)
             elif slows >= self._s.slow_rate:
@@ -147,7 +155,7 @@ class CircuitBreaker:
         self._open(reason, None, seconds)
 
     def reset(self) -> None:
-        self._calls.clear()
+        self._clear_window()
         self._probes_in_flight = self._stage = self._stage_ok = 0
         self._set(BreakerState.CLOSED, "reset by an operator")
 
@@ -165,13 +173,17 @@ class CircuitBreaker:
         self._opened_at = now
         self._open_until = now + max(seconds if seconds is not None else self._s.open_s, hint)
         self._probes_in_flight = self._stage = self._stage_ok = 0
-        self._calls.clear()
+        self._clear_window()
         self._set(BreakerState.OPEN, reason)
 
     def _advance(self) -> None:
         if self.state is BreakerState.OPEN and self._clock() >= self._open_until:
             self._probes_in_flight = self._stage_ok = 0
             self._set(BreakerState.HALF_OPEN, "open period over; probing")
+
+    def _clear_window(self) -> None:
+        self._calls.clear()
+        self._n_failed = self._n_slow = 0
 
     def _set(self, state: BreakerState, reason: str) -> None:
         old, self.state, self.reason = self.state, state, reason

@@ -9,6 +9,7 @@ with the earliest Retry-After.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import random
@@ -146,7 +147,8 @@ class Router(BaseProvider):
             raise BadRequestError(f"unknown routing strategy {name!r} (x-nlweb-strategy: one of {', '.join(self._strategies)})")
         f = RequestFeatures(task=req.task, prompt_tokens=estimate_tokens(req), max_tokens=req.max_tokens,
                             needs_json=req.json_schema is not None, needs_tools=bool(req.tools), privacy=ctx.privacy,
-                            difficulty=difficulty(req), conversation=ctx.conversation, priority=ctx.priority)
+                            difficulty=difficulty(req) if name == "quality" else 0.0,  # only the quality strategy reads it
+                            conversation=ctx.conversation, priority=ctx.priority)
         allowed = ctx.deployments or self.groups.get(req.task.value, ())
         if allowed and not set(allowed) & set(self._routes):
             from ..core.errors import ModelNotFoundError
@@ -184,31 +186,42 @@ class Router(BaseProvider):
         if not d.ordered:
             raise self._nothing(d, {})
         failures: dict[str, str] = {}
-        async for route, sub in self._attempts(request, d):
-            name = route.info.name
-            started, sent = self._clock(), False
-            route.in_flight += 1
-            try:
-                async for ch in _within(route.provider.stream(sub), sub.deadline_s or self._deadline_s, name):
-                    if not sent:
-                        sent = True
-                        route.observe_ttft(self._clock() - started)
-                        ch.route = f"{name}; {d.reason}" + (f"; after failover from {', '.join(failures)}" if failures else "")
+        async with contextlib.aclosing(self._attempts(request, d)) as attempts:
+            async for route, sub in attempts:
+                done: list[bool] = []
+                async for ch in self._try_stream(route, sub, d, failures, done):
                     yield ch
-                route.breaker.record(None, self._clock() - started)
-                return
-            except NlwebError as e:
-                route.breaker.record(e, self._clock() - started)
-                if sent:
-                    raise StreamInterruptedError(f"{name} failed after the answer had started: {e.message}",
-                                                 deployment=name, body=e.body) from e
-                if not isinstance(e, (ProviderError, ContextLengthError)):
-                    raise  # the request's own fault: another deployment would refuse it too
-                failures[name] = e.message[:200]
-                log.info("route %s failed before its first token (%s); trying the next", name, type(e).__name__)
-            finally:
-                route.in_flight -= 1
+                if done:
+                    return
         raise self._nothing(d, failures)
+
+    async def _try_stream(self, route: Route, sub: ChatRequest, d: RouteDecision,
+                          failures: dict[str, str], done: list[bool]) -> AsyncIterator[ChatChunk]:
+        """One deployment's attempt. A failure before the first token is noted in `failures` (the
+        caller moves on); after it, `StreamInterruptedError`."""
+        name = route.info.name
+        started, sent = self._clock(), False
+        route.in_flight += 1
+        try:
+            async for ch in _within(route.provider.stream(sub), sub.deadline_s or self._deadline_s, name):
+                if not sent:
+                    sent = True
+                    route.observe_ttft(self._clock() - started)
+                    ch.route = f"{name}; {d.reason}" + (f"; after failover from {', '.join(failures)}" if failures else "")
+                yield ch
+            route.breaker.record(None, self._clock() - started)
+            done.append(True)
+        except NlwebError as e:
+            route.breaker.record(e, self._clock() - started)
+            if sent:
+                raise StreamInterruptedError(f"{name} failed after the answer had started: {e.message}",
+                                             deployment=name, body=e.body) from e
+            if not isinstance(e, (ProviderError, ContextLengthError)):
+                raise  # the request's own fault: another deployment would refuse it too
+            failures[name] = e.message[:200]
+            log.info("route %s failed before its first token (%s); trying the next", name, type(e).__name__)
+        finally:
+            route.in_flight -= 1
 
     async def _unary(self, request: ChatRequest, d: RouteDecision, call) -> tuple[Any, str, str]:
         """A call whose answer nobody has seen until it returns: any engine failure, even half-way
@@ -216,33 +229,41 @@ class Router(BaseProvider):
         if not d.ordered:
             raise self._nothing(d, {})
         failures: dict[str, str] = {}
-        async for route, sub in self._attempts(request, d):
-            name = route.info.name
-            started = self._clock()
-            route.in_flight += 1
-            try:
-                out = await asyncio.wait_for(call(route.provider, sub), sub.deadline_s or self._deadline_s)
-            except asyncio.TimeoutError:
-                err = ProviderTimeoutError(f"{name}: no answer within the request's deadline", deployment=name)
-                route.breaker.record(err, self._clock() - started)
-                failures[name] = err.message
-                continue
-            except NlwebError as e:
-                route.breaker.record(e, self._clock() - started)
-                if not isinstance(e, (ProviderError, ContextLengthError)):
-                    raise
-                failures[name] = e.message[:200]
-                log.info("route %s failed (%s); trying the next", name, type(e).__name__)
-                continue
-            finally:
-                route.in_flight -= 1
-            elapsed = self._clock() - started
-            route.breaker.record(None, elapsed)
-            ttft = getattr(getattr(out, "usage", None), "time_to_first_token_s", None)
-            route.observe_ttft(ttft if ttft is not None else elapsed)
-            text = f"{name}; {d.reason}" + (f"; after failover from {', '.join(failures)}" if failures else "")
-            return out, name, text
+        async with contextlib.aclosing(self._attempts(request, d)) as attempts:
+            async for route, sub in attempts:
+                result = await self._try_unary(route, sub, d, call, failures)
+                if result is not None:
+                    return result
         raise self._nothing(d, failures)
+
+    async def _try_unary(self, route: Route, sub: ChatRequest, d: RouteDecision, call,
+                         failures: dict[str, str]) -> tuple[Any, str, str] | None:
+        """One deployment's attempt: the answer, or None with the failure noted in `failures`."""
+        name = route.info.name
+        started = self._clock()
+        route.in_flight += 1
+        try:
+            out = await asyncio.wait_for(call(route.provider, sub), sub.deadline_s or self._deadline_s)
+        except asyncio.TimeoutError:
+            err = ProviderTimeoutError(f"{name}: no answer within the request's deadline", deployment=name)
+            route.breaker.record(err, self._clock() - started)
+            failures[name] = err.message
+            return None
+        except NlwebError as e:
+            route.breaker.record(e, self._clock() - started)
+            if not isinstance(e, (ProviderError, ContextLengthError)):
+                raise
+            failures[name] = e.message[:200]
+            log.info("route %s failed (%s); trying the next", name, type(e).__name__)
+            return None
+        finally:
+            route.in_flight -= 1
+        elapsed = self._clock() - started
+        route.breaker.record(None, elapsed)
+        ttft = getattr(getattr(out, "usage", None), "time_to_first_token_s", None)
+        route.observe_ttft(ttft if ttft is not None else elapsed)
+        text = f"{name}; {d.reason}" + (f"; after failover from {', '.join(failures)}" if failures else "")
+        return out, name, text
 
     async def complete(self, request: ChatRequest, ctx: RouteContext = RouteContext()) -> ChatResponse:
         resp, name, text = await self._unary(request, self.decide(request, ctx), lambda p, r: p.complete(r))

