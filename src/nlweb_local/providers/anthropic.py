@@ -95,7 +95,8 @@ class AnthropicProvider(BaseProvider):
         if not model:
             raise BadRequestError(f"deployment {name!r}: set `model` to an Anthropic model name (e.g. claude-sonnet-4-5)")
         self.name, self.model = name, model
-        self.capabilities = Capabilities(context_window=context_window, json_schema=True, tools=True, local=False)
+        self.capabilities = Capabilities(context_window=context_window, json_schema=True, tools=True, local=False,
+                                         enforces_deadline=True)
         self._has_key, self._key_env = bool(api_key), api_key_env
         headers = {"anthropic-version": version, **({"x-api-key": api_key} if api_key else {}),
                    **({"anthropic-beta": beta} if beta else {})}

@@ -22,6 +22,7 @@ class Capabilities:
     embeddings: bool = False
     local: bool = True
     classify: bool = False  # next-token label probabilities (logprobs) in one forward pass
+    enforces_deadline: bool = False  # honours ChatRequest.deadline_s itself (the router then adds no timer task)
 
 
 @dataclass(frozen=True, slots=True)

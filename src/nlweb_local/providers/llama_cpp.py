@@ -52,7 +52,8 @@ class LlamaCppProvider(BaseProvider):
         log.info("loaded %s in %.1fs (n_ctx=%d)", path.name, time.perf_counter() - t0, n_ctx)
         self.name = name
         self.model = path.stem
-        self.capabilities = Capabilities(context_window=n_ctx, json_schema=True, local=True, classify=True)
+        self.capabilities = Capabilities(context_window=n_ctx, json_schema=True, local=True, classify=True,
+                                         enforces_deadline=True)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="llama")
         self._max_queue = max_queue
         self._timeout = call_timeout_s

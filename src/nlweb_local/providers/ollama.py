@@ -35,7 +35,8 @@ class OllamaProvider(BaseProvider):
         self.name = name
         self.model = model
         self.capabilities = Capabilities(context_window=num_ctx or DEFAULT_CONTEXT, json_schema=True, tools=True,
-                                         streaming=True, embeddings=True, local=True, classify=False)
+                                         streaming=True, embeddings=True, local=True, classify=False,
+                                         enforces_deadline=True)
         self._keep_alive = keep_alive
         self._num_ctx = num_ctx
         self._timeout_s = timeout_s

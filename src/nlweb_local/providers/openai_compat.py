@@ -114,7 +114,8 @@ class OpenAICompatProvider(BaseProvider):
         self._root = self._http.base_url.removesuffix("/v1")  # where /health, /metrics and /slots live
         self.capabilities = Capabilities(context_window=d.context_window or p.context_window,
                                          json_schema=p.json_mode != "none", tools=p.tools, streaming=True,
-                                         embeddings=p.embeddings, local=p.local, classify=p.classify)
+                                         embeddings=p.embeddings, local=p.local, classify=p.classify,
+                                         enforces_deadline=True)
 
     # -- the wire --------------------------------------------------------------------------------
     def _path(self, endpoint: str, deployment: str | None = None) -> str:

@@ -95,7 +95,8 @@ class TgiProvider(BaseProvider):
         self.model = model or "tgi"
         self._model_configured = bool(model)
         self._window_configured = context_window is not None
-        self.capabilities = Capabilities(context_window=context_window or 4096, json_schema=True, local=True, classify=True)
+        self.capabilities = Capabilities(context_window=context_window or 4096, json_schema=True, local=True, classify=True,
+                                         enforces_deadline=True)
         self.max_input_tokens: int | None = None
         self._template = dict(template)
         self._top_n = top_n_tokens

