@@ -113,6 +113,20 @@ class TestVllmContract(_FakeContract):
         return vllm_p
 
 
+@pytest.fixture(scope="module", params=["llama_server", "ollama_openai", "tgi_openai"])
+async def other_p(request, fake):
+    """The remaining OpenAI-compatible profiles: same wire protocol, their own URL/JSON-mode/health details."""
+    p = from_settings(deployment(request.param, fake.url + "/v1", model="fake-model", api_key="sk-test"), {})
+    yield p
+    await p.close()
+
+
+class TestOtherOpenAICompatibleProfiles(_FakeContract):
+    @pytest.fixture()
+    def provider(self, other_p):
+        return other_p
+
+
 # -- errors ---------------------------------------------------------------------------------------------
 def err(message: str, type_: str = "invalid_request_error", code=None) -> dict:
     return {"error": {"message": message, "type": type_, "param": None, "code": code}}
