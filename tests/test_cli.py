@@ -81,3 +81,30 @@ def test_router_calibrate_hits_the_target_share(env, capsys):
     (env / "bad.jsonl").write_text('{"nope": 1}\n')
     assert main(["router", "calibrate", "--data", str(env / "bad.jsonl")]) == 2
     assert "bad.jsonl:1" in capsys.readouterr().err
+
+
+def test_models_commands_against_a_fake_ollama(env, capsys, monkeypatch):
+    """`models pull|load|unload|delete|list` drive Ollama's lifecycle API (a wire-faithful fake here)."""
+    import json
+
+    from fakes.ollama_fake import OllamaFake
+
+    with OllamaFake(models=["llama3.2:1b"], pullable=["qwen2.5:0.5b"]) as fake:
+        cfg = env / "c.yaml"
+        cfg.write_text(f"llm:\n  deployments:\n    - {{name: ol, engine: ollama, model: 'llama3.2:1b', url: '{fake.url}'}}\n")
+        base = ["--config", str(cfg), "models"]
+        assert main(base + ["pull", "qwen2.5:0.5b", "--deployment", "ol"]) == 0
+        assert "pulled qwen2.5:0.5b" in capsys.readouterr().out
+        assert main(base + ["load", "qwen2.5:0.5b", "--deployment", "ol"]) == 0
+        capsys.readouterr()
+        assert main(base + ["list", "--json"]) == 0
+        row = next(r for r in json.loads(capsys.readouterr().out)["deployments"] if r["name"] == "ol")
+        assert row["healthy"] is True and "qwen2.5:0.5b" in row["installed"] and "qwen2.5:0.5b" in row["loaded"]
+        assert main(base + ["unload", "qwen2.5:0.5b", "--deployment", "ol"]) == 0
+        assert main(base + ["delete", "qwen2.5:0.5b", "--deployment", "ol"]) == 0
+        capsys.readouterr()
+        assert main(base + ["list", "--json"]) == 0
+        row = next(r for r in json.loads(capsys.readouterr().out)["deployments"] if r["name"] == "ol")
+        assert "qwen2.5:0.5b" not in row["installed"] and row["loaded"] == []
+        assert main(base + ["pull", "no-such-model", "--deployment", "ol"]) != 0
+        assert "no-such-model" in capsys.readouterr().err

@@ -431,3 +431,15 @@ def test_tool_turns_are_sent_in_openai_shape():
     body = from_settings(deployment("vllm", "http://127.0.0.1:1/v1", model="m"), {}).body(req, stream=False)
     assert body["messages"][1] == {"role": "assistant", "content": "", "tool_calls": [call]}
     assert body["messages"][2] == {"role": "tool", "content": "rain, 7°C", "tool_call_id": "call_1", "name": "weather"}
+
+
+async def test_vllm_sleep_and_wake(vllm_p, openai_p, fake):
+    assert await vllm_p.is_sleeping() is False
+    await vllm_p.sleep(level=2)
+    assert fake.sleeping_level == 2 and await vllm_p.is_sleeping() is True
+    await vllm_p.wake_up()
+    assert await vllm_p.is_sleeping() is False
+    from nlweb_local.core.errors import BadRequestError
+
+    with pytest.raises(BadRequestError, match="vLLM endpoint"):
+        await openai_p.sleep()

@@ -70,6 +70,7 @@ class OpenAIFake:
         self.azure_deployment, self.azure_key = azure_deployment, azure_key
         self.requests: deque[dict[str, Any]] = deque(maxlen=200)  # what arrived, for assertions
         self.loading = False
+        self.sleeping_level = 0
         self.slots = [{"id": 0, "is_processing": True}, {"id": 1, "is_processing": False}]
         self._faults: list[str] = []
         self._canned: tuple[int, Any, dict[str, str]] | None = None
@@ -89,6 +90,9 @@ class OpenAIFake:
         app.router.add_get("/health", self._health)
         app.router.add_get("/metrics", lambda r: web.Response(text=VLLM_METRICS, content_type="text/plain"))
         app.router.add_get("/slots", lambda r: web.json_response(self.slots))
+        app.router.add_post("/sleep", self._sleep)  # vLLM dev mode (VLLM_SERVER_DEV_MODE=1, --enable-sleep-mode)
+        app.router.add_post("/wake_up", self._wake)
+        app.router.add_get("/is_sleeping", lambda r: web.json_response({"is_sleeping": self.sleeping_level > 0}))
         self._runner = web.AppRunner(app, shutdown_timeout=0.1, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
@@ -96,6 +100,14 @@ class OpenAIFake:
         port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
         self.url = f"http://127.0.0.1:{port}"
         return self
+
+    async def _sleep(self, request: web.Request) -> web.Response:
+        self.sleeping_level = int(request.query.get("level", "1"))
+        return web.Response(status=200)
+
+    async def _wake(self, request: web.Request) -> web.Response:
+        self.sleeping_level = 0
+        return web.Response(status=200)
 
     async def close(self) -> None:
         self._release.set()

@@ -17,7 +17,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                        description="list: every configured deployment (and the embedded one) with its health and, "
                        "for Ollama, the installed and loaded models. pull/load/unload/delete act on an Ollama server, "
                        "named by --deployment or by --url.")
-    p.add_argument("action", choices=["list", "pull", "load", "unload", "delete"])
+    p.add_argument("action", choices=["list", "pull", "load", "unload", "delete", "sleep", "wake"],
+                   help="sleep/wake: a vLLM deployment's dev-mode sleep (frees the GPU) and wake-up")
+    p.add_argument("--level", type=int, choices=[1, 2], default=1, help="sleep level (1: offload weights, 2: discard)")
     p.add_argument("name", nargs="?", help="model name (pull/load/unload/delete), e.g. llama3.2:1b")
     p.add_argument("--deployment", metavar="D", help="a deployment from llm.deployments")
     p.add_argument("--engine", choices=LIFECYCLE_ENGINES, default="ollama", help="engine of --url (default: ollama)")
@@ -122,7 +124,28 @@ async def _list(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+async def _vllm(args: argparse.Namespace, settings: Settings) -> int:
+    from ..providers.registry import build_provider
+
+    d = next((d for d in settings.llm.deployments if d.name == args.deployment), None)
+    if d is None or d.engine != "vllm":
+        raise BadRequestError(f"models {args.action} needs --deployment naming a vllm deployment "
+                              f"({', '.join(x.name for x in settings.llm.deployments if x.engine == 'vllm') or 'none configured'})")
+    provider = build_provider(d)
+    try:
+        if args.action == "sleep":
+            await provider.sleep(args.level)  # type: ignore[attr-defined]
+        else:
+            await provider.wake_up()  # type: ignore[attr-defined]
+        print(f"{d.name}: {'sleeping' if await provider.is_sleeping() else 'awake'}")  # type: ignore[attr-defined]
+    finally:
+        await provider.close()
+    return 0
+
+
 def run(args: argparse.Namespace, settings: Settings) -> int:
+    if args.action in ("sleep", "wake"):
+        return asyncio.run(_vllm(args, settings))
     if args.action == "list":
         return asyncio.run(_list(args, settings))
     return asyncio.run(_lifecycle(args, settings))

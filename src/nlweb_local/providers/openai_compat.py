@@ -88,6 +88,7 @@ class OpenAICompatProvider(BaseProvider):
         self.profile = p = profile_for(d.engine, d.options)
         o = d.options
         self.name = d.name
+        self.d_engine = d.engine
         key = d.key(environ) or (environ.get(p.default_key_env) if p.default_key_env and not d.api_key_env else None)
         if p.key_required and not key:
             env = d.api_key_env or p.default_key_env
@@ -286,6 +287,27 @@ class OpenAICompatProvider(BaseProvider):
         slots = orjson.loads(text) if status == 200 and text else []
         running = sum(1 for s in slots if s.get("is_processing", s.get("state", 0) != 0))
         return LoadSnapshot(healthy=True, detail=self.model, running=running)
+
+    # -- vLLM's dev-mode lifecycle (server started with VLLM_SERVER_DEV_MODE=1 and --enable-sleep-mode) --
+    async def sleep(self, level: int = 1) -> None:
+        """Free the GPU: level 1 offloads weights to CPU memory, level 2 discards them."""
+        self._need_vllm("sleep")
+        await self._http.text("POST", f"{self._root}/sleep", params={"level": str(level)}, deadline_s=self._timeout_s)
+
+    async def wake_up(self) -> None:
+        self._need_vllm("wake_up")
+        await self._http.text("POST", f"{self._root}/wake_up", deadline_s=self._timeout_s)
+
+    async def is_sleeping(self) -> bool:
+        self._need_vllm("is_sleeping")
+        data = await self._http.json("GET", f"{self._root}/is_sleeping", deadline_s=min(self._timeout_s, 5.0))
+        return bool((data or {}).get("is_sleeping"))
+
+    def _need_vllm(self, what: str) -> None:
+        if self.profile.health != "vllm":
+            from ..core.errors import BadRequestError
+
+            raise BadRequestError(f"{what} is a vLLM endpoint; deployment {self.name!r} runs on {self.d_engine}")
 
     async def close(self) -> None:
         await self._http.close()
