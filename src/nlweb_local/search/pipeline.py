@@ -5,12 +5,12 @@ import asyncio
 import logging
 import re
 import time
-from typing import AsyncIterator
+from typing import AsyncIterator, Sequence
 
 from ..config.settings import SearchSettings
 from ..core.errors import NlwebError, NoDeploymentError, OverloadedError, ProviderError
 from ..core.item_text import item_text
-from ..core.types import TaskKind
+from ..core.types import ScoredItem, TaskKind
 from .events import (AskRequest, Begin, Decontextualized, End, Event, Failure, Generated, NoResults, Notice, RankedItem,
                      Results, Summary)
 from .ports import Embedder, StructuredLLM, VectorStore
@@ -60,6 +60,14 @@ class AskPipeline:
                 self._llm.admit()
             except NoDeploymentError:
                 log.warning("no LLM deployment can serve; /ask answers by similarity only")
+
+    async def rank_fixed(self, req: AskRequest, candidates: Sequence[ScoredItem]) -> tuple[str, list[RankedItem], RankStats]:
+        """The ranking half of `run` over given candidates (retrieval skipped): decontextualise, then
+        rank exactly as /ask does. For evaluation (`nlweb-local eval rank`)."""
+        query = await self._decontextualize(req)
+        stats = RankStats()
+        ranked = [r async for r in self._ranker.rank(query, candidates, stats)]
+        return query, sorted(ranked, key=lambda r: -r.score), stats
 
     async def _decontextualize(self, req: AskRequest) -> str:
         if req.decontextualized_query:
