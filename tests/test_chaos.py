@@ -8,7 +8,6 @@ back gradually (probe, then a share, then all of it).
 import asyncio
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -24,14 +23,9 @@ from nlweb_local.config.settings import load_settings
 from nlweb_local.providers.structured import ProviderStructuredLLM
 from nlweb_local.server.app import create_app
 from nlweb_local.server.components import Components, build_router
+from nlweb_local.server.threaded import free_port
 
 pytestmark = pytest.mark.slow
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def start_engine(port: int, log_path) -> subprocess.Popen:

@@ -4,10 +4,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import socket
 import statistics
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -65,11 +63,11 @@ async def _ask(url: str, q: str, mode: str) -> tuple[float | None, float, int]:
 def run(args: argparse.Namespace, settings: Settings) -> int:
     if args.what == "gateway":
         return bench_gateway.run(args, settings)
-    import uvicorn
 
     from ..ingest.demo import DEMO_SITE, demo_source
     from ..ingest.pipeline import Ingestor
     from ..server.app import create_app
+    from ..server.threaded import ThreadedServer
     from ..server.components import build_components
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -79,15 +77,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         report = Ingestor(comp.embedder, comp.store, settings.ingest, progress=False).ingest(str(demo_source()), DEMO_SITE)
         ingest_rate = report.loaded / report.seconds if report.seconds else 0.0
         app = create_app(settings, comp, close_components=True)
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            port = sock.getsockname()[1]
-        server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-        th = threading.Thread(target=server.run, daemon=True)
-        th.start()
-        while not server.started:
-            time.sleep(0.05)
-        url = f"http://127.0.0.1:{port}"
+        server = ThreadedServer(app)
+        url = server.url
         firsts, totals, counts = [], [], []
         qs = QUESTIONS[: args.questions]
         asyncio.run(_ask(url, "warm-up question", args.mode))
@@ -99,8 +90,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
                 firsts.append(first)
             if not args.json:
                 print(f"  {total:6.2f}s total  {first if first is not None else float('nan'):6.2f}s first  {n:2d} results  {q}")
-        server.should_exit = True
-        th.join(timeout=10)
+        server.stop()
     figures = {
         "questions": len(qs), "mode": args.mode,
         "first_result_s": {"median": round(statistics.median(firsts), 3) if firsts else None,

@@ -48,17 +48,11 @@ def parse_when(text: str, now: float) -> float:
 
 
 def assumptions(settings: Settings):
-    from ..telemetry.prices import HardwareCost, PriceTable
+    from ..telemetry.prices import pricing_from_settings
     from ..telemetry.report import Assumptions
 
     t = settings.telemetry
-    table = PriceTable.load(t.price_table)
-    ref = table.lookup(t.reference_model)
-    if ref is None:
-        raise BadRequestError(f"telemetry.reference_model {t.reference_model!r} is not in the price table "
-                              f"({', '.join(sorted(table.prices))})")
-    hw = HardwareCost(t.hardware_usd, t.hardware_lifetime_years, t.power_watts, t.electricity_usd_per_kwh,
-                      t.assumed_local_tokens_per_s)
+    table, ref, hw = pricing_from_settings(t)
     return Assumptions(t.reference_model, ref, hw, t.max_utilization, dict(t.scales), table.as_of)
 
 

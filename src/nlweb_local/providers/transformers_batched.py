@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, AsyncIterator, Sequence
 
 from ..core.errors import BadRequestError, OverloadedError, ProviderError, ProviderTimeoutError
-from ..core.types import ChatChunk, ChatRequest, Usage
+from ..core.types import ChatChunk, ChatRequest
 from .base import BaseProvider, Capabilities, LoadSnapshot
 from .batching import ClassifyJob, ContinuousBatcher, GenerationJob, SchedulerStats
 

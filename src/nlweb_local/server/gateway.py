@@ -6,7 +6,6 @@ Every request goes through the router; every answer says which deployment served
 """
 from __future__ import annotations
 
-import json
 import logging
 import time
 import itertools
@@ -143,41 +142,40 @@ class Gateway:
         return body
 
     async def chat(self, request: Request) -> Response:
-        try:
-            body = await self._json(request)
-            req = parse_chat(body)
-            req.deadline_s = _deadline(request)
-            ctx = route_context(request, req.model, self._router)
-            if body.get("stream"):
-                return await self._stream_chat(req, ctx, body, "chat.completion.chunk")
-            resp = await self._router.complete(req, ctx)
-        except NlwebError as e:
-            return openai_error(e)
-        message: dict[str, Any] = {"role": "assistant", "content": resp.content}
-        if resp.tool_calls:
-            message["tool_calls"] = resp.tool_calls
-        return FastJSONResponse(self._envelope("chat.completion", req, resp.deployment, [
-            {"index": 0, "message": message, "finish_reason": resp.finish_reason}], resp.usage), headers={"x-nlweb-route": resp.route})
+        return await self._serve(request, "chat.completion", lambda body: body)
 
     async def completions(self, request: Request) -> Response:
-        try:
-            body = await self._json(request)
+        def as_chat(body: dict[str, Any]) -> dict[str, Any]:
             prompt = body.get("prompt")
             if isinstance(prompt, list) and len(prompt) == 1:
                 prompt = prompt[0]
             if not isinstance(prompt, str):
                 raise BadRequestError("'prompt' must be a string")
-            req = parse_chat({**body, "messages": [{"role": "user", "content": prompt}]})
+            return {**body, "messages": [{"role": "user", "content": prompt}]}
+
+        return await self._serve(request, "text_completion", as_chat)
+
+    async def _serve(self, request: Request, obj: str, to_chat: Callable[[dict[str, Any]], dict[str, Any]]) -> Response:
+        """Both completion endpoints: parse, route (streamed or not), answer in OpenAI's shape."""
+        try:
+            body = await self._json(request)
+            req = parse_chat(to_chat(body))
             req.deadline_s = _deadline(request)
             ctx = route_context(request, req.model, self._router)
             if body.get("stream"):
-                return await self._stream_chat(req, ctx, body, "text_completion")
+                return await self._stream_chat(req, ctx, body, "chat.completion.chunk" if obj == "chat.completion" else obj)
             resp = await self._router.complete(req, ctx)
         except NlwebError as e:
             return openai_error(e)
-        return FastJSONResponse(self._envelope("text_completion", req, resp.deployment, [
-            {"index": 0, "text": resp.content, "finish_reason": resp.finish_reason, "logprobs": None}], resp.usage),
-            headers={"x-nlweb-route": resp.route})
+        if obj == "text_completion":
+            choice: dict[str, Any] = {"index": 0, "text": resp.content, "finish_reason": resp.finish_reason, "logprobs": None}
+        else:
+            message: dict[str, Any] = {"role": "assistant", "content": resp.content}
+            if resp.tool_calls:
+                message["tool_calls"] = resp.tool_calls
+            choice = {"index": 0, "message": message, "finish_reason": resp.finish_reason}
+        return FastJSONResponse(self._envelope(obj, req, resp.deployment, [choice], resp.usage),
+                                headers={"x-nlweb-route": resp.route})
 
     def _envelope(self, obj: str, req: ChatRequest, deployment: str, choices: list, usage=None) -> dict[str, Any]:
         out: dict[str, Any] = {"id": f"{'chatcmpl' if obj.startswith('chat') else 'cmpl'}-{self._id_prefix}{next(self._ids):x}",

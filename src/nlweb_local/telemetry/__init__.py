@@ -14,7 +14,7 @@ from typing import Any, Callable
 from .ledger import CallRecord, CostLedger
 from .metered import MeteredProvider
 from .metrics import GatewayMetrics, new_registry
-from .prices import HardwareCost, Price, PriceTable, deployment_price
+from .prices import HardwareCost, Price, PriceTable, deployment_price, pricing_from_settings
 from .stats import RecentCalls
 
 __all__ = ["Telemetry", "build_telemetry", "CallRecord", "CostLedger", "MeteredProvider", "GatewayMetrics",
@@ -83,19 +83,11 @@ def build_telemetry(settings: Any, *, ledger: bool | None = None, clock: Callabl
                     now: Callable[[], float] = time.time) -> Telemetry:
     """From `Settings`: the price table, the local hardware model, the reference price, and (unless
     `telemetry.ledger` is off or `ledger=False`) the cost ledger under the data folder."""
-    from ..core.errors import BadRequestError
-
     t = settings.telemetry
-    table = PriceTable.load(t.price_table)
-    reference = table.lookup(t.reference_model)
-    if reference is None:
-        raise BadRequestError(f"telemetry.reference_model {t.reference_model!r} is not in the price table "
-                              f"({', '.join(sorted(table.prices))})")
+    table, reference, hardware = pricing_from_settings(t)
     metrics = GatewayMetrics(new_registry())
     keep = t.ledger if ledger is None else ledger
     book = CostLedger(ledger_path(settings), metrics=metrics, max_queue=t.ledger_queue) if keep else None
-    hardware = HardwareCost(t.hardware_usd, t.hardware_lifetime_years, t.power_watts, t.electricity_usd_per_kwh,
-                            t.assumed_local_tokens_per_s)
     return Telemetry(metrics, RecentCalls(t.stats_window_calls, clock=now), table, hardware, reference,
                      t.reference_model, book, clock, now, t.alerts)
 

@@ -144,3 +144,18 @@ def deployment_price(*, model: str, engine: str, local: bool, price_in_per_m: fl
         return hardware
     found = (table.lookup(f"azure/{model}") if engine == "azure_openai" else None) or table.lookup(model)
     return found or Price(0.0, 0.0, f"unknown: {model!r} is not in the price table; set price_in_per_m/price_out_per_m")
+
+
+def pricing_from_settings(t: Any) -> tuple["PriceTable", "Price", "HardwareCost"]:
+    """From a `TelemetrySettings`: the price table, the reference model's price and the local hardware
+    model — shared by the running service and `cost report`."""
+    from ..core.errors import BadRequestError
+
+    table = PriceTable.load(t.price_table)
+    reference = table.lookup(t.reference_model)
+    if reference is None:
+        raise BadRequestError(f"telemetry.reference_model {t.reference_model!r} is not in the price table "
+                              f"({', '.join(sorted(table.prices))})")
+    hardware = HardwareCost(t.hardware_usd, t.hardware_lifetime_years, t.power_watts, t.electricity_usd_per_kwh,
+                            t.assumed_local_tokens_per_s)
+    return table, reference, hardware
