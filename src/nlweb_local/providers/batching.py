@@ -259,13 +259,13 @@ class ContinuousBatcher:
             job.send(shut)
 
     def _take(self) -> tuple[list[ClassifyJob], list[GenerationJob]]:
-        """Under the lock: all waiting classifications (up to a batch) and new sequences up to free slots."""
+        """Under the lock: all waiting classifications (up to a batch) and new sequences up to free slots,
+        higher `request.priority` first (a stable sort: FIFO within a priority)."""
         classify: list[ClassifyJob] = []
         fresh: list[GenerationJob] = []
         room = self.max_batch_size - sum(1 for j in self.batch.jobs if not j.cancelled)
         rest: deque = deque()
-        while self._inbox:
-            job = self._inbox.popleft()
+        for job in sorted(self._inbox, key=lambda j: -j.request.priority):
             if job.cancelled:
                 continue
             if isinstance(job, ClassifyJob) and len(classify) < self.max_batch_size:

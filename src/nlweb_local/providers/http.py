@@ -77,6 +77,9 @@ def error_for_status(status: int, body: str, headers: Mapping[str, str], *, depl
     return ProviderError(where, deployment=deployment, body=body)
 
 
+_JSON_HEADERS = {"content-type": "application/json"}
+
+
 class HttpTransport:
     """One pooled aiohttp session per deployment. Create and use it inside a running event loop."""
 
@@ -111,7 +114,7 @@ class HttpTransport:
         try:
             if json_body is not None:  # orjson: measurably cheaper than aiohttp's json= on the hot path
                 data = orjson.dumps(json_body)
-                headers = {"content-type": "application/json", **(headers or {})}
+                headers = {**_JSON_HEADERS, **headers} if headers else _JSON_HEADERS
             else:
                 data = None
             async with self._client().request(method, self.url(path), data=data, params=params, headers=headers,
@@ -120,15 +123,32 @@ class HttpTransport:
                     body = await resp.text(errors="replace")
                     raise error_for_status(resp.status, body, resp.headers, deployment=self.deployment)
                 yield resp
-        except asyncio.TimeoutError:
-            raise ProviderTimeoutError(f"{self.deployment}: no answer from {self.url(path)} within "
-                                       f"{deadline_s or self._timeout_s:.0f}s", deployment=self.deployment) from None
-        except aiohttp.ClientPayloadError as e:
-            raise ProviderConnectionError(f"{self.deployment}: the answer from {self.url(path)} was cut off: {e}",
-                                          deployment=self.deployment) from None
-        except aiohttp.ClientError as e:
-            raise ProviderConnectionError(f"{self.deployment}: cannot reach {self.url(path)}: {e}",
-                                          deployment=self.deployment) from None
+        except (asyncio.TimeoutError, aiohttp.ClientError) as e:
+            raise self._failure(e, path, deadline_s) from None
+
+    async def post_json(self, path: str, json_body: Any, *, params: Mapping[str, str] | None = None,
+                        deadline_s: float | None = None) -> bytes:
+        """POST a JSON body and read the whole answer: `request` and `read()` in one, without the
+        context-manager layer (the non-streamed calls' hot path)."""
+        try:
+            async with self._client().request("POST", self.url(path), data=orjson.dumps(json_body), params=params,
+                                               headers=_JSON_HEADERS, timeout=self._timeout(deadline_s)) as resp:
+                if resp.status >= 400:
+                    body = await resp.text(errors="replace")
+                    raise error_for_status(resp.status, body, resp.headers, deployment=self.deployment)
+                return await resp.read()
+        except (asyncio.TimeoutError, aiohttp.ClientError) as e:
+            raise self._failure(e, path, deadline_s) from None
+
+    def _failure(self, e: Exception, path: str, deadline_s: float | None) -> NlwebError:
+        """The project's error for a transport failure (timeouts first: some aiohttp timeouts are ClientErrors)."""
+        if isinstance(e, asyncio.TimeoutError):
+            return ProviderTimeoutError(f"{self.deployment}: no answer from {self.url(path)} within "
+                                        f"{deadline_s or self._timeout_s:.0f}s", deployment=self.deployment)
+        if isinstance(e, aiohttp.ClientPayloadError):
+            return ProviderConnectionError(f"{self.deployment}: the answer from {self.url(path)} was cut off: {e}",
+                                           deployment=self.deployment)
+        return ProviderConnectionError(f"{self.deployment}: cannot reach {self.url(path)}: {e}", deployment=self.deployment)
 
     async def json(self, method: str, path: str, **kw: Any) -> Any:
         async with self.request(method, path, **kw) as resp:

@@ -1,8 +1,9 @@
 """llama.cpp in-process (llama-cpp-python): the embedded default engine.
 
 `llama_cpp.Llama` is not thread-safe, so every call runs on one dedicated worker thread; the event
-loop only awaits. Calls beyond `max_queue` waiting are refused at once with `OverloadedError`
-(503 + Retry-After at the HTTP edge) instead of piling up. Prompts that share a prefix with the
+loop only awaits. Waiting calls take the model in priority order (`ChatRequest.priority`, the
+`x-nlweb-priority` header; FIFO within a priority, `PriorityGate`); calls beyond `max_queue` waiting
+are refused at once with `OverloadedError` (503 + Retry-After at the HTTP edge) instead of piling up. Prompts that share a prefix with the
 previous call reuse its KV cache (llama-cpp-python keeps the longest common prefix), so callers put
 the shared part (instructions, question) first.
 """
@@ -21,6 +22,7 @@ from typing import Any, AsyncIterator, Sequence
 from ..core.errors import BadRequestError, ContextLengthError, OverloadedError, ProviderError, ProviderTimeoutError
 from ..core.types import ChatChunk, ChatRequest, Usage
 from .base import BaseProvider, Capabilities, LoadSnapshot
+from .priority import PriorityGate
 
 log = logging.getLogger(__name__)
 _DONE = object()
@@ -58,6 +60,7 @@ class LlamaCppProvider(BaseProvider):
         self._max_queue = max_queue
         self._timeout = call_timeout_s
         self._pending = 0  # calls admitted and not finished (running + waiting); touched on the loop only
+        self._gate = PriorityGate(capacity=1, max_waiting=max_queue)  # who gets the model next
         self._avg_call_s = 1.0
         self._closed = False
         self._label_cache: dict[tuple[str, ...], dict[str, set[int]]] = {}
@@ -76,6 +79,23 @@ class LlamaCppProvider(BaseProvider):
             raise OverloadedError(
                 f"the local model has {self._pending} calls queued (limit llm.max_queue={self._max_queue}); retry shortly",
                 retry_after=max(1.0, round(self._pending * self._avg_call_s, 1)), deployment=self.name)
+
+    async def _on_model(self, loop: asyncio.AbstractEventLoop, deadline: float, priority: int, fn, *args) -> asyncio.Future:
+        """Wait for the model (highest priority first, within the deadline), then run `fn` on its
+        thread. The caller calls `self._gate.release()` when done with the returned future (on the loop:
+        the next waiter's job queues behind this one on the single model thread)."""
+        try:
+            async with asyncio.timeout(max(0.0, deadline - time.perf_counter())):
+                await self._gate.acquire(priority)
+        except TimeoutError:
+            raise ProviderTimeoutError("no turn on the local model within the call's deadline (queue wait)",
+                                       deployment=self.name) from None
+        try:
+            fut = loop.run_in_executor(self._executor, fn, *args)
+        except BaseException:
+            self._gate.release()
+            raise
+        return fut
 
     # -- calls ------------------------------------------------------------------------------
     def _kwargs(self, req: ChatRequest) -> dict[str, Any]:
@@ -169,12 +189,17 @@ class LlamaCppProvider(BaseProvider):
         self.admit()
         self._pending += 1
         started = time.perf_counter()
-        fut = asyncio.get_running_loop().run_in_executor(self._executor, self._classify_sync, request, labels)
+        deadline = started + (request.deadline_s or self._timeout)
+        fut: asyncio.Future | None = None
         try:
-            return await asyncio.wait_for(asyncio.shield(fut), request.deadline_s or self._timeout)
+            fut = await self._on_model(asyncio.get_running_loop(), deadline, request.priority, self._classify_sync,
+                                       request, labels)
+            return await asyncio.wait_for(asyncio.shield(fut), max(0.001, deadline - time.perf_counter()))
         except asyncio.TimeoutError:
             raise ProviderTimeoutError("local model classification timed out", deployment=self.name) from None
         finally:
+            if fut is not None:
+                self._gate.release()
             self._pending -= 1
             self._avg_call_s = 0.8 * self._avg_call_s + 0.2 * (time.perf_counter() - started)
 
@@ -188,10 +213,11 @@ class LlamaCppProvider(BaseProvider):
         self._pending += 1
         started = time.perf_counter()
         deadline = started + (request.deadline_s or self._timeout)
-        fut = loop.run_in_executor(self._executor, self._run, request, loop, queue, cancel)
+        fut: asyncio.Future | None = None
         usage: Usage | None = None
         pending_delta: tuple[str, str | None] | None = None
         try:
+            fut = await self._on_model(loop, deadline, request.priority, self._run, request, loop, queue, cancel)
             while True:
                 remaining = deadline - time.perf_counter()
                 if remaining <= 0:
@@ -215,10 +241,12 @@ class LlamaCppProvider(BaseProvider):
             yield ChatChunk(last[0], last[1] or "stop", usage)
         finally:
             cancel.set()
+            if fut is not None:
+                self._gate.release()
             self._pending -= 1
             elapsed = time.perf_counter() - started
             self._avg_call_s = 0.8 * self._avg_call_s + 0.2 * elapsed
-            if not fut.done():
+            if fut is not None and not fut.done():
                 fut.add_done_callback(lambda f: f.exception())
 
     async def health(self) -> LoadSnapshot:

@@ -194,9 +194,8 @@ class OpenAICompatProvider(BaseProvider):
     async def _post(self, endpoint: str, body: dict[str, Any], *, deadline_s: float | None,
                     deployment: str | None = None) -> dict[str, Any]:
         try:
-            async with self._http.request("POST", self._path(endpoint, deployment), json_body=body, params=self._params,
-                                          deadline_s=deadline_s) as resp:
-                raw = await resp.read()
+            raw = await self._http.post_json(self._path(endpoint, deployment), body, params=self._params,
+                                             deadline_s=deadline_s)
         except NotFoundError as e:
             raise self._not_found_is_model(e, (deployment or self._deployment) if self.profile.azure else body["model"]) from None
         try:

@@ -6,26 +6,18 @@ Every request goes through the router; every answer says which deployment served
 """
 from __future__ import annotations
 
-import logging
-import time
 import itertools
+import logging
 import os
+import time
+from typing import Any, AsyncIterator, Awaitable, Callable, Mapping
 
 import orjson
-from typing import Any, AsyncIterator, Callable
-
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
-
-
-class FastJSONResponse(JSONResponse):
-    """orjson-rendered JSON: the gateway's hot path (measured ~15–25 µs less per request than json)."""
-
-    def render(self, content: Any) -> bytes:
-        return orjson.dumps(content)
 from starlette.routing import Route as HttpRoute
 
-from ..core.errors import BadRequestError, NlwebError, OverloadedError, RateLimitedError
+from ..core.errors import BadRequestError, NlwebError, OverloadedError, PayloadTooLargeError, RateLimitedError
 from ..core.types import ChatRequest, Message, TaskKind
 from ..retrieval.base import Embedder
 from ..router.model import Privacy
@@ -34,26 +26,105 @@ from .params import read_body
 
 log = logging.getLogger(__name__)
 _ROLES = {"system", "user", "assistant", "tool", "developer"}
+_PRIVACY = {"any": Privacy.ANY, "local_only": Privacy.LOCAL_ONLY}
+# what the completion endpoints read from a request's headers (one pass over the ASGI scope)
+_READ_HEADERS = frozenset({b"content-length", b"x-nlweb-privacy", b"x-nlweb-strategy", b"x-nlweb-priority",
+                           b"x-nlweb-conversation", b"x-nlweb-deadline-ms"})
+_JSON_TYPE = (b"content-type", b"application/json")
+Send = Callable[[dict[str, Any]], Awaitable[None]]
 
 
-def openai_error(e: NlwebError) -> JSONResponse:
+class FastJSONResponse(JSONResponse):
+    """orjson-rendered JSON (measured ~15–25 µs less per request than json)."""
+
+    def render(self, content: Any) -> bytes:
+        return orjson.dumps(content)
+
+
+def _error_parts(e: NlwebError) -> tuple[dict[str, Any], dict[str, str]]:
+    """The OpenAI-format body of an error and its headers (Retry-After when the error says when)."""
     headers = {}
     retry = getattr(e, "retry_after", None)
     if isinstance(e, (OverloadedError, RateLimitedError)) and retry:
         headers["retry-after"] = str(max(1, int(round(retry))))
     code = getattr(e, "openai_code", None) or e.openai_type
-    return JSONResponse({"error": {"message": e.message, "type": e.openai_type, "param": getattr(e, "param", None),
-                                   "code": code}}, status_code=e.status, headers=headers)
+    return {"error": {"message": e.message, "type": e.openai_type, "param": getattr(e, "param", None),
+                      "code": code}}, headers
 
 
-def _content(value: Any, where: str) -> str:
+def openai_error(e: NlwebError) -> JSONResponse:
+    body, headers = _error_parts(e)
+    return JSONResponse(body, status_code=e.status, headers=headers)
+
+
+async def send_json(send: Send, status: int, content: bytes, headers: list[tuple[bytes, bytes]] = ()) -> None:
+    """A JSON answer straight to ASGI: the headers a Starlette JSONResponse would send, without building one."""
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-length", b"%d" % len(content)), _JSON_TYPE, *headers]})
+    await send({"type": "http.response.body", "body": content})
+
+
+async def send_error(send: Send, e: NlwebError) -> None:
+    body, headers = _error_parts(e)
+    await send_json(send, e.status, orjson.dumps(body), [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()])
+
+
+class _ClientGone(Exception):
+    """The client disconnected before its request body arrived: nobody to answer."""
+
+
+def request_headers(scope: Mapping[str, Any]) -> dict[str, str]:
+    """The headers the completion endpoints read (`_READ_HEADERS`), decoded; the first of repeats wins."""
+    out: dict[str, str] = {}
+    for k, v in scope["headers"]:
+        if k in _READ_HEADERS:
+            out.setdefault(k.decode("latin-1"), v.decode("latin-1"))
+    return out
+
+
+async def read_asgi_body(receive: Callable[[], Awaitable[dict[str, Any]]], declared: str | None, limit: int) -> bytes:
+    """The request body from ASGI `receive`, at most `limit` bytes (`PayloadTooLargeError` past it)."""
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLargeError(f"request body is {declared} bytes; the limit is {limit} (server.max_body_bytes)")
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise _ClientGone()
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLargeError(f"request body exceeds {limit} bytes (server.max_body_bytes)")
+        if not message.get("more_body", False):
+            if not chunks:
+                return chunk  # the usual case: the whole body in one message
+            chunks.append(chunk)
+            return b"".join(chunks)
+        chunks.append(chunk)
+
+
+class _AsgiEndpoint:
+    """Mounts `handle(scope, receive, send)` as a raw ASGI endpoint: Starlette routes a callable object
+    as ASGI (a function or method would be wrapped as `request -> response`)."""
+
+    __slots__ = ("handle",)
+
+    def __init__(self, handle: Callable[..., Awaitable[None]]):
+        self.handle = handle
+
+    def __call__(self, scope, receive, send) -> Awaitable[None]:
+        return self.handle(scope, receive, send)
+
+
+def _content(value: Any, i: int) -> str:
     if isinstance(value, str):
         return value
     if value is None:
         return ""
     if isinstance(value, list):  # content parts: keep the text ones
         return "".join(p.get("text", "") for p in value if isinstance(p, dict) and p.get("type") in ("text", "input_text"))
-    raise BadRequestError(f"{where}.content must be a string or a list of content parts")
+    raise BadRequestError(f"messages[{i}].content must be a string or a list of content parts")
 
 
 def parse_chat(body: dict[str, Any]) -> ChatRequest:
@@ -68,7 +139,7 @@ def parse_chat(body: dict[str, Any]) -> ChatRequest:
         calls = m.get("tool_calls") or ()
         if not isinstance(calls, (list, tuple)):
             raise BadRequestError(f"messages[{i}].tool_calls must be an array")
-        messages.append(Message(role, _content(m.get("content"), f"messages[{i}]"), tool_calls=tuple(calls),
+        messages.append(Message(role, _content(m.get("content"), i), tool_calls=tuple(calls),
                                 tool_call_id=m.get("tool_call_id"), name=m.get("name")))
     fmt = body.get("response_format") or {}
     schema = None
@@ -91,21 +162,24 @@ def parse_chat(body: dict[str, Any]) -> ChatRequest:
                        task=TaskKind.JSON if schema else TaskKind.CHAT)
 
 
-def route_context(request: Request, model: str | None, router: Router) -> RouteContext:
-    h = request.headers
-    privacy = h.get("x-nlweb-privacy", "any").strip().lower()
-    if privacy not in ("any", "local_only"):
+def route_context(h: Mapping[str, str], model: str | None, router: Router) -> RouteContext:
+    """The routing inputs from a request's headers (`request_headers`) and its model name."""
+    privacy = _PRIVACY.get(h.get("x-nlweb-privacy", "any").strip().lower())
+    if privacy is None:
         raise BadRequestError("x-nlweb-privacy must be 'local_only' or 'any'")
     deployments = router.groups.get(model, ()) if model else ()
     if model and not deployments and model in router.routes:
         deployments = (model,)
-    return RouteContext(strategy=h.get("x-nlweb-strategy") or None, privacy=Privacy(privacy),
-                        priority=int(h.get("x-nlweb-priority", "0") or 0), conversation=h.get("x-nlweb-conversation", ""),
-                        deployments=deployments)
+    try:
+        priority = int(h.get("x-nlweb-priority") or 0)
+    except ValueError:
+        raise BadRequestError("x-nlweb-priority must be an integer (higher is served first)") from None
+    return RouteContext(strategy=h.get("x-nlweb-strategy") or None, privacy=privacy, priority=priority,
+                        conversation=h.get("x-nlweb-conversation", ""), deployments=deployments)
 
 
-def _deadline(request: Request) -> float | None:
-    ms = request.headers.get("x-nlweb-deadline-ms")
+def _deadline(h: Mapping[str, str]) -> float | None:
+    ms = h.get("x-nlweb-deadline-ms")
     if not ms:
         return None
     try:
@@ -126,25 +200,19 @@ class Gateway:
         self._ids = itertools.count(1)
 
     def routes(self) -> list[HttpRoute]:
-        return [HttpRoute("/v1/chat/completions", self.chat, methods=["POST"]),
-                HttpRoute("/v1/completions", self.completions, methods=["POST"]),
+        """The completion endpoints are raw ASGI (the hot path: no Request/Response objects per call)."""
+        return [HttpRoute("/v1/chat/completions", _AsgiEndpoint(self.chat), methods=["POST"]),
+                HttpRoute("/v1/completions", _AsgiEndpoint(self.completions), methods=["POST"]),
                 HttpRoute("/v1/embeddings", self.embeddings, methods=["POST"]),
                 HttpRoute("/v1/models", self.models, methods=["GET"])]
 
     async def _json(self, request: Request) -> dict[str, Any]:
-        raw = await read_body(request, self._max_body)
-        try:
-            body = orjson.loads(raw or b"{}")
-        except orjson.JSONDecodeError as e:
-            raise BadRequestError(f"request body is not valid JSON: {e}") from None
-        if not isinstance(body, dict):
-            raise BadRequestError("request body must be a JSON object")
-        return body
+        return _json_object(await read_body(request, self._max_body))
 
-    async def chat(self, request: Request) -> Response:
-        return await self._serve(request, "chat.completion", lambda body: body)
+    async def chat(self, scope, receive, send) -> None:
+        await self._serve(scope, receive, send, "chat.completion", None)
 
-    async def completions(self, request: Request) -> Response:
+    async def completions(self, scope, receive, send) -> None:
         def as_chat(body: dict[str, Any]) -> dict[str, Any]:
             prompt = body.get("prompt")
             if isinstance(prompt, list) and len(prompt) == 1:
@@ -153,20 +221,31 @@ class Gateway:
                 raise BadRequestError("'prompt' must be a string")
             return {**body, "messages": [{"role": "user", "content": prompt}]}
 
-        return await self._serve(request, "text_completion", as_chat)
+        await self._serve(scope, receive, send, "text_completion", as_chat)
 
-    async def _serve(self, request: Request, obj: str, to_chat: Callable[[dict[str, Any]], dict[str, Any]]) -> Response:
-        """Both completion endpoints: parse, route (streamed or not), answer in OpenAI's shape."""
+    async def _serve(self, scope, receive, send: Send, obj: str,
+                     to_chat: Callable[[dict[str, Any]], dict[str, Any]] | None) -> None:
+        """Both completion endpoints (ASGI): parse, route (streamed or not), answer in OpenAI's shape."""
+        h = request_headers(scope)
         try:
-            body = await self._json(request)
-            req = parse_chat(to_chat(body))
-            req.deadline_s = _deadline(request)
-            ctx = route_context(request, req.model, self._router)
+            body = _json_object(await read_asgi_body(receive, h.get("content-length"), self._max_body))
+            req = parse_chat(to_chat(body) if to_chat is not None else body)
+            req.deadline_s = _deadline(h)
+            ctx = route_context(h, req.model, self._router)
+            req.priority = ctx.priority
             if body.get("stream"):
-                return await self._stream_chat(req, ctx, body, "chat.completion.chunk" if obj == "chat.completion" else obj)
-            resp = await self._router.complete(req, ctx)
+                streamed = await self._stream_chat(req, ctx, body, "chat.completion.chunk" if obj == "chat.completion" else obj)
+                resp = None
+            else:
+                resp = await self._router.complete(req, ctx)
         except NlwebError as e:
-            return openai_error(e)
+            await send_error(send, e)
+            return
+        except _ClientGone:
+            return
+        if resp is None:
+            await streamed(scope, receive, send)
+            return
         if obj == "text_completion":
             choice: dict[str, Any] = {"index": 0, "text": resp.content, "finish_reason": resp.finish_reason, "logprobs": None}
         else:
@@ -174,8 +253,8 @@ class Gateway:
             if resp.tool_calls:
                 message["tool_calls"] = resp.tool_calls
             choice = {"index": 0, "message": message, "finish_reason": resp.finish_reason}
-        return FastJSONResponse(self._envelope(obj, req, resp.deployment, [choice], resp.usage),
-                                headers={"x-nlweb-route": resp.route})
+        await send_json(send, 200, orjson.dumps(self._envelope(obj, req, resp.deployment, [choice], resp.usage)),
+                        [(b"x-nlweb-route", resp.route.encode("latin-1"))])
 
     def _envelope(self, obj: str, req: ChatRequest, deployment: str, choices: list, usage=None) -> dict[str, Any]:
         out: dict[str, Any] = {"id": f"{'chatcmpl' if obj.startswith('chat') else 'cmpl'}-{self._id_prefix}{next(self._ids):x}",
@@ -198,29 +277,36 @@ class Gateway:
         include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
         route = first.route or ""
         deployment = route.split(";", 1)[0]
+        # every event of one stream shares its id, created and model: serialise that head once
+        # (`choices` is the envelope's last key, so an event is head + choices + "}")
+        envelope = self._envelope(obj, req, deployment, [])
+        head = b"data: " + orjson.dumps(envelope)[:-3] + b"["
+
+        def event(choice: dict[str, Any]) -> bytes:
+            return head + orjson.dumps(choice) + b"]}\n\n"
 
         def piece(ch) -> dict[str, Any]:
             if obj == "text_completion":
-                choice = {"index": 0, "text": ch.delta, "finish_reason": ch.finish_reason, "logprobs": None}
-            else:
-                delta: dict[str, Any] = {"content": ch.delta} if ch.delta else {}
-                if ch.tool_calls:
-                    delta["tool_calls"] = ch.tool_calls
-                choice = {"index": 0, "delta": delta, "finish_reason": ch.finish_reason}
-            return self._envelope(obj, req, deployment, [choice])
+                return {"index": 0, "text": ch.delta, "finish_reason": ch.finish_reason, "logprobs": None}
+            delta: dict[str, Any] = {"content": ch.delta} if ch.delta else {}
+            if ch.tool_calls:
+                delta["tool_calls"] = ch.tool_calls
+            return {"index": 0, "delta": delta, "finish_reason": ch.finish_reason}
 
         async def events() -> AsyncIterator[bytes]:
             usage = first.usage
             first_piece = piece(first)
             if obj != "text_completion":
-                first_piece["choices"][0]["delta"]["role"] = "assistant"
-            yield _sse(first_piece)
+                first_piece["delta"]["role"] = "assistant"
+            yield event(first_piece)
             try:
                 async for ch in chunks:
                     usage = ch.usage or usage
-                    yield _sse(piece(ch))
+                    yield event(piece(ch))
                 if include_usage and usage is not None:
-                    yield _sse(self._envelope(obj, req, deployment, [], usage))
+                    yield _sse({**envelope, "usage": {"prompt_tokens": usage.prompt_tokens,
+                                                      "completion_tokens": usage.completion_tokens,
+                                                      "total_tokens": usage.total_tokens}})
             except NlwebError as e:
                 log.warning("stream from %s ended with an error: %s", deployment, e.message)
                 yield _sse({"error": {"message": e.message, "type": e.openai_type, "code": "stream_interrupted"}})
@@ -267,6 +353,16 @@ class Gateway:
         if self._embedder is not None:
             data.append({"id": self._embedder_name, "object": "model", "created": created, "owned_by": "local"})
         return JSONResponse({"object": "list", "data": data})
+
+
+def _json_object(raw: bytes) -> dict[str, Any]:
+    try:
+        body = orjson.loads(raw or b"{}")
+    except orjson.JSONDecodeError as e:
+        raise BadRequestError(f"request body is not valid JSON: {e}") from None
+    if not isinstance(body, dict):
+        raise BadRequestError("request body must be a JSON object")
+    return body
 
 
 def _sse(obj: dict[str, Any]) -> bytes:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import itertools
 import os
 import re
-import uuid
 from contextvars import ContextVar
 from typing import Any
 
@@ -22,18 +21,29 @@ def current_request_id() -> str:
     return REQUEST_ID.get()
 
 
+_PREFIX = os.urandom(4).hex() + "-"
+_COUNTER = itertools.count(1)
+
+
+def _new_prefix() -> None:  # a forked worker must not repeat its parent's ids
+    global _PREFIX, _COUNTER
+    _PREFIX, _COUNTER = os.urandom(4).hex() + "-", itertools.count(1)
+
+
+os.register_at_fork(after_in_child=_new_prefix)
+
+
 def new_request_id() -> str:
-    return uuid.uuid4().hex[:16]
+    """A process-unique id: a per-process random prefix and a counter (far cheaper than uuid4, which
+    reads the OS's random source every time)."""
+    return f"{_PREFIX}{next(_COUNTER):x}"
 
 
 class RequestIdMiddleware:
-    """Ids it makes are a per-process random prefix and a counter: unique, and far cheaper than uuid4
-    (which reads the OS's random source on every request)."""
+    """Ids it makes come from `new_request_id`."""
 
     def __init__(self, app: Any):
         self.app = app
-        self._prefix = os.urandom(4).hex() + "-"
-        self._counter = itertools.count(1)
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http":
@@ -46,12 +56,13 @@ class RequestIdMiddleware:
                 rid = given if _SAFE.match(given) else ""
                 break
         if not rid:
-            rid = f"{self._prefix}{next(self._counter):x}"
+            rid = new_request_id()
         token = REQUEST_ID.set(rid)
+        header = (b"x-request-id", rid.encode())
 
         async def send_with_id(message) -> None:
             if message["type"] == "http.response.start":
-                message["headers"] = [*message.get("headers", ()), (b"x-request-id", rid.encode())]
+                message["headers"] = [*message.get("headers", ()), header]
             await send(message)
 
         try:

@@ -66,6 +66,7 @@ class MeteredProvider:
         self._ledger = ledger
         self._window = window
         self.price = price
+        self._by_throughput = not isinstance(price, Price)  # a fixed price needs no throughput reading per call
         self.reference = reference
         self._clock = clock
         self._now = now
@@ -114,7 +115,7 @@ class MeteredProvider:
             gen = elapsed - (ttft or 0.0)
             if tokens_out and gen > 0:
                 s.speed.observe(tokens_out / gen)
-            cost = self.price.cost_at(tokens_in, tokens_out, self.meter.tokens_per_s())
+            cost = self.price.cost_at(tokens_in, tokens_out, self.meter.tokens_per_s() if self._by_throughput else None)
             ref = self.reference.cost(tokens_in, tokens_out) if self.reference is not None else 0.0
             s.cost += cost
             s.reference_cost += ref

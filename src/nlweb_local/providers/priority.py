@@ -1,0 +1,58 @@
+"""`PriorityGate`: who goes next when an engine serves fewer calls at once than are waiting.
+
+    acquire(priority) ──(a slot is free and nobody waits)──► runs at once
+                      └─(else)──► waits in a heap: higher priority first, FIFO within a priority
+    release() ──► hands the slot to the best waiter (or frees it)
+
+Bounded: at most `max_waiting` calls wait; `full()` says when the next one should be refused (the
+engine answers `OverloadedError`, 503 + Retry-After at the HTTP edge). A waiter that is cancelled
+(deadline, client gone) leaves the queue, and a slot handed to it at that moment passes on.
+Runs on the event loop only: no locks.
+"""
+from __future__ import annotations
+
+import asyncio
+import heapq
+import itertools
+
+
+class PriorityGate:
+    def __init__(self, capacity: int = 1, max_waiting: int = 64):
+        if capacity < 1:
+            raise ValueError("capacity must be at least 1")
+        self.capacity = capacity
+        self.max_waiting = max_waiting
+        self.running = 0
+        self._heap: list[tuple[int, int, asyncio.Future]] = []
+        self._seq = itertools.count()
+
+    @property
+    def waiting(self) -> int:
+        return sum(1 for _, _, f in self._heap if not f.done())
+
+    def full(self) -> bool:
+        return self.running >= self.capacity and self.waiting >= self.max_waiting
+
+    async def acquire(self, priority: int = 0) -> None:
+        """Wait for a slot; higher `priority` is served first. Pair with `release()` (try/finally)."""
+        if self.running < self.capacity and not self._heap:
+            self.running += 1
+            return
+        if self.full():
+            raise asyncio.QueueFull(f"{self.max_waiting} calls are already waiting")
+        fut = asyncio.get_running_loop().create_future()
+        heapq.heappush(self._heap, (-priority, next(self._seq), fut))
+        try:
+            await fut  # resolved by release(): the slot is handed over, `running` unchanged
+        except asyncio.CancelledError:
+            if fut.done() and not fut.cancelled():
+                self.release()  # the slot arrived as we were cancelled: pass it on
+            raise
+
+    def release(self) -> None:
+        while self._heap:
+            _, _, fut = heapq.heappop(self._heap)
+            if not fut.done():  # skip waiters that were cancelled
+                fut.set_result(None)
+                return
+        self.running -= 1
