@@ -1,4 +1,5 @@
-"""`nlweb-local cost report [--since --until] [--format table|json|csv]`: what the LLM calls cost and saved."""
+"""`nlweb-local cost report [--since --until] [--format table|json|csv] [--chart FILE.png]`: what the LLM calls
+cost and saved."""
 from __future__ import annotations
 
 import argparse
@@ -26,6 +27,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "like 24h, 7d, 30m")
     p.add_argument("--until", metavar="WHEN", help="end (exclusive), same forms as --since; default now")
     p.add_argument("--format", choices=["table", "json", "csv"], default="table")
+    p.add_argument("--chart", metavar="FILE.png", help="also draw daily spend (local, cloud), the cloud-equivalent "
+                   "cost, savings and the 3-year TCO projection into a PNG (needs: pip install 'nlweb-local[charts]')")
     p.set_defaults(func=run)
 
 
@@ -69,6 +72,12 @@ def run(args: argparse.Namespace, settings: Settings, *, now: float | None = Non
         raise BadRequestError(f"no cost ledger at {path} yet: serve some LLM traffic first (nlweb-local serve), "
                               "or point telemetry.ledger_path at one")
     rep = build_report(read_calls(path, since, until), assumptions(settings), since=since, until=until)
+    chart = getattr(args, "chart", None)
+    if chart:
+        from ..telemetry.chart import chart_data, render_chart
+
+        render_chart(chart_data(rep), chart)
+        print(f"chart written to {chart}", file=sys.stderr)  # stderr: stdout may be JSON or CSV
     if args.format == "json":
         json.dump(rep, sys.stdout, indent=2)
         sys.stdout.write("\n")

@@ -15,11 +15,12 @@ from starlette.staticfiles import StaticFiles
 
 from .. import __version__
 from ..config.settings import Settings
+from ..core.cache import BoundedCache
 from ..core.errors import NlwebError
 from ..search.pipeline import AskPipeline
 from ..search.who import SiteDirectory
 from .ask import AskEndpoint, error_response
-from .components import Components, build_components
+from .components import Components, build_components, llm_version
 from .mcp_tools import SearchTools
 
 log = logging.getLogger(__name__)
@@ -30,7 +31,8 @@ def create_app(settings: Settings, components: Components | None = None, *, clos
     """`components` None: build them from settings (and close them at shutdown)."""
     owned = components is None if close_components is None else close_components
     comp = components or build_components(settings)
-    pipeline = AskPipeline(comp.llm, comp.embedder, comp.store, settings.search)
+    pipeline = AskPipeline(comp.llm, comp.embedder, comp.store, settings.search,
+                           rank_cache=_rank_cache(settings, comp), model_version=llm_version(settings))
     directory = SiteDirectory(comp.embedder, comp.store)
     ask = AskEndpoint(pipeline, settings)
 
@@ -87,6 +89,7 @@ def create_app(settings: Settings, components: Components | None = None, *, clos
         # Fewer young-generation collections: the gateway allocates many short-lived objects per request
         # (measured 20–30 µs of GC per request at the default threshold of 700).
         gc.set_threshold(20_000, 50, 100)
+        gc.freeze()  # what start-up built (modules, settings, the app) is never scanned by a collection again
         probe = (asyncio.create_task(comp.router.probe_forever(settings.llm.health_interval_s))
                  if comp.router is not None else None)
         alerts = comp.telemetry.start() if comp.telemetry is not None else None  # alert rules, in the background
@@ -107,6 +110,14 @@ def create_app(settings: Settings, components: Components | None = None, *, clos
     return app
 
 
+def _rank_cache(settings: Settings, comp: Components) -> BoundedCache | None:
+    n = settings.search.rank_cache_entries
+    if n <= 0:
+        return None
+    on_lookup = comp.telemetry.metrics.cache_lookups("ranking") if comp.telemetry is not None else None
+    return BoundedCache(n, on_lookup=on_lookup)
+
+
 def _telemetry_routes(comp: Components) -> list:
     """/metrics and /admin/stats (telemetry.endpoints)."""
     from ..telemetry.endpoints import telemetry_routes
@@ -115,14 +126,16 @@ def _telemetry_routes(comp: Components) -> list:
 
 
 def _telemetry_middleware(comp: Components) -> list:
-    """An x-request-id per request, followed into every ledger row of that request."""
+    """An x-request-id per request, followed into every ledger row of that request; inside it, when
+    tracing is on, a span per request (telemetry.tracing)."""
     if comp.telemetry is None:
         return []
     from starlette.middleware import Middleware
 
     from ..telemetry.context import RequestIdMiddleware
 
-    return [Middleware(RequestIdMiddleware)]
+    tracing = getattr(comp.telemetry, "tracing", None)
+    return [Middleware(RequestIdMiddleware), *([tracing.middleware()] if tracing is not None else [])]
 
 
 def gateway_routes(router, embedder) -> list:

@@ -24,6 +24,17 @@ class Components:
     telemetry: Any = None  # telemetry.Telemetry: metrics, cost ledger, recent-call stats (None: not measured)
 
 
+def llm_version(settings: Settings) -> str:
+    """A fingerprint of the models that may answer: cached LLM answers are valid while it holds."""
+    import hashlib
+    import json
+
+    llm = settings.llm
+    what = [llm.model_path, llm.embedded_enabled, llm.search_deployment,
+            sorted((d.name, d.engine, d.model, d.url) for d in llm.deployments)]
+    return hashlib.blake2b(json.dumps(what, default=str).encode(), digest_size=8).hexdigest()
+
+
 def build_embedder(settings: Settings) -> Embedder:
     from ..retrieval.sentence_embedder import SentenceTransformerEmbedder
 
@@ -106,10 +117,14 @@ def build_router(settings: Settings, embedded: Provider | None, *, telemetry: An
     strategies = dict(STRATEGIES, quality=functools.partial(quality_optimised, threshold=s.quality_threshold))
     if s.rollout_local_share is not None:
         strategies = {k: with_rollout(v, s.rollout_local_share) for k, v in strategies.items()}
+    tracing = getattr(telemetry, "tracing", None)  # telemetry.tracing: a span per routed call, with its decision
+    if tracing is not None:
+        strategies = tracing.strategies(strategies)
     try:
-        return Router(routes, strategy=s.strategy, strategies=strategies, groups=s.groups)
+        router = Router(routes, strategy=s.strategy, strategies=strategies, groups=s.groups)
     except ValueError as e:
         raise BadRequestError(f"llm.groups: {e}") from None
+    return router if tracing is None else tracing.wrap_router(router)
 
 
 def build_components(settings: Settings) -> Components:
@@ -135,6 +150,8 @@ def build_components(settings: Settings) -> Components:
             raise BadRequestError(f"llm.search_deployment {s.search_deployment!r} is not a deployment "
                                   f"({', '.join(router.routes)})")
         search = Router([router.routes[s.search_deployment]])  # same route objects: breakers are shared
+        if telemetry is not None and telemetry.tracing is not None:
+            search = telemetry.tracing.wrap_router(search)
     return Components(llm=ProviderStructuredLLM(search), embedder=embedder, store=store, provider=search,
                       closers=[store.close] + ([telemetry.close] if telemetry is not None else []), router=router,
                       telemetry=telemetry)

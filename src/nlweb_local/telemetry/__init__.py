@@ -34,14 +34,19 @@ class Telemetry:
     now: Callable[[], float] = time.time
     alert_settings: Any = None  # config AlertSettings; None: no alerts
     monitor: Any = None  # alerts.AlertMonitor, made by watch()
+    tracing: Any = None  # tracing.Tracing when telemetry.tracing is on and OpenTelemetry is installed
 
     def wrap(self, provider: Any, *, engine: str = "", price_in_per_m: float = 0.0,
-             price_out_per_m: float = 0.0) -> MeteredProvider:
+             price_out_per_m: float = 0.0) -> Any:
+        """A MeteredProvider priced for this deployment (inside a TracedProvider when tracing is on)."""
         price = deployment_price(model=provider.model, engine=engine, local=provider.capabilities.local,
                                  price_in_per_m=price_in_per_m, price_out_per_m=price_out_per_m, table=self.prices,
                                  hardware=self.hardware)
-        return MeteredProvider(provider, self.metrics, ledger=self.ledger, window=self.window, price=price,
-                               reference=self.reference, clock=self.clock, now=self.now)
+        metered = MeteredProvider(provider, self.metrics, ledger=self.ledger, window=self.window, price=price,
+                                  reference=self.reference, clock=self.clock, now=self.now)
+        if self.tracing is None:
+            return metered
+        return self.tracing.wrap(metered, engine=engine, ledger=self.ledger is not None)
 
     def watch(self, router: Any) -> None:
         """Export `router`'s breaker and queue state, and (when alerts are on) watch it for alerts."""
@@ -77,19 +82,37 @@ class Telemetry:
     def close(self) -> None:
         if self.ledger is not None:
             self.ledger.close()
+        if self.tracing is not None:
+            self.tracing.close()  # flushes the spans still queued for export
 
 
 def build_telemetry(settings: Any, *, ledger: bool | None = None, clock: Callable[[], float] = time.perf_counter,
-                    now: Callable[[], float] = time.time) -> Telemetry:
-    """From `Settings`: the price table, the local hardware model, the reference price, and (unless
-    `telemetry.ledger` is off or `ledger=False`) the cost ledger under the data folder."""
+                    now: Callable[[], float] = time.time, span_exporters: tuple = ()) -> Telemetry:
+    """From `Settings`: the price table, the local hardware model, the reference price, (unless
+    `telemetry.ledger` is off or `ledger=False`) the cost ledger under the data folder, and (when
+    `telemetry.tracing` is on) OpenTelemetry tracing, exporting also to `span_exporters` (tests)."""
     t = settings.telemetry
     table, reference, hardware = pricing_from_settings(t)
     metrics = GatewayMetrics(new_registry())
     keep = t.ledger if ledger is None else ledger
     book = CostLedger(ledger_path(settings), metrics=metrics, max_queue=t.ledger_queue) if keep else None
+    tracing = _tracing(t, span_exporters) if t.tracing else None  # only then is OpenTelemetry imported at all
     return Telemetry(metrics, RecentCalls(t.stats_window_calls, clock=now), table, hardware, reference,
-                     t.reference_model, book, clock, now, t.alerts)
+                     t.reference_model, book, clock, now, t.alerts, tracing=tracing)
+
+
+def _tracing(t: Any, exporters: tuple) -> Any:
+    try:
+        from .tracing import build_tracing
+    except ImportError:  # opentelemetry-api itself is missing
+        import logging
+
+        logging.getLogger(__name__).warning("telemetry.tracing is on but OpenTelemetry is not installed "
+                                            "(pip install 'nlweb-local[tracing]'): no traces")
+        return None
+    from .. import __version__
+
+    return build_tracing(t, exporters=exporters, version=__version__)
 
 
 def ledger_path(settings: Any):

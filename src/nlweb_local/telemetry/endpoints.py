@@ -3,7 +3,7 @@
 
 `/admin/stats?window=300` — latency percentiles, throughput, availability, local vs cloud share, cost
 and savings over the last `window` seconds of calls (from the in-memory window), with per-deployment
-figures, a time series for charts, breaker states and the ledger's queue.
+figures, a time series for charts, breaker states, the ledger's queue and cache hit ratios (since start).
 """
 from __future__ import annotations
 
@@ -46,6 +46,7 @@ def telemetry_routes(telemetry: Any, router: Any = None) -> list[Route]:
         if telemetry.ledger is not None:
             out["ledger"] = {"pending": telemetry.ledger.pending, "written": telemetry.ledger.written,
                              "dropped": telemetry.ledger.dropped}
+        out["caches"] = telemetry.metrics.cache_stats()  # {cache: {hits, misses, hit_ratio}} since start
         if telemetry.monitor is not None:
             out["alerts"] = telemetry.monitor.engine.active()
         return JSONResponse(out)

@@ -17,6 +17,10 @@ Per-call series (added to by `MeteredProvider` as plain numbers, turned into fam
     nlweb_llm_reference_cost_usd_total{deployment,route}     what the reference cloud model would have charged
                                                              (savings = reference - cost)
 
+Caches (`core.cache.BoundedCache`, reporting through `cache_lookups(name)`):
+
+    nlweb_cache_requests_total{cache,result}                 lookups; result: hit|miss
+
 Pulled at scrape time from the router (`RouterCollector`): breaker state, queue depth, running calls,
 health per deployment. The ledger adds its queue depth and dropped rows.
 """
@@ -117,6 +121,9 @@ class GatewayMetrics:
         self.ledger_queue = Gauge("nlweb_ledger_queue_depth", "ledger rows waiting to be written", registry=registry)
         ProcessCollector(registry=registry)  # process_resident_memory_bytes, process_cpu_seconds_total, ...
         registry.register(ResourceCollector())
+        self.cache_label = BoundedLabel(32)
+        self._caches: dict[str, CacheTally] = {}
+        registry.register(CacheCollector(self._caches))
 
     def for_call(self, deployment: str, task: str, local: bool) -> CallSeries:
         """The series of one (deployment, task) pair; the same object for every call of that pair."""
@@ -129,6 +136,21 @@ class GatewayMetrics:
     def watch_router(self, router: Any) -> None:
         """Export breaker states, queue depths and health of `router`'s deployments at scrape time."""
         self.registry.register(RouterCollector(router, self.deployment_label))
+
+    def cache_lookups(self, cache: str) -> "CacheTally":
+        """The `on_lookup(hit)` callback of a `BoundedCache` named `cache`, counting into
+        nlweb_cache_requests_total{cache, result}. Caches with one name share one tally."""
+        name = self.cache_label(cache)
+        tally = self._caches.get(name)
+        if tally is None:
+            tally = self._caches[name] = CacheTally(name)
+        return tally
+
+    def cache_stats(self) -> dict[str, dict[str, Any]]:
+        """{cache: {hits, misses, hit_ratio}} for /admin/stats."""
+        return {t.cache: {"hits": t.hits, "misses": t.misses,
+                          "hit_ratio": t.hits / (t.hits + t.misses) if t.hits + t.misses else None}
+                for t in list(self._caches.values())}
 
 
 class CallCollector:
@@ -255,6 +277,39 @@ def gpu_families(nvml: Any) -> list:
         used.add_metric((str(i),), mem.used)
         total.add_metric((str(i),), mem.total)
     return [util, used, total]
+
+
+class CacheTally:
+    """Hits and misses of one named cache, as plain numbers (a call is one addition, no lock: exact on the
+    event loop; caches used from several threads at once may, rarely, lose a count)."""
+
+    __slots__ = ("cache", "hits", "misses")
+
+    def __init__(self, cache: str):
+        self.cache = cache
+        self.hits = self.misses = 0
+
+    def __call__(self, hit: bool) -> None:
+        if hit:
+            self.hits += 1
+        else:
+            self.misses += 1
+
+
+class CacheCollector:
+    def __init__(self, caches: dict[str, CacheTally]):
+        self._caches = caches
+
+    def describe(self) -> Iterable:
+        return []
+
+    def collect(self) -> Iterable:
+        fam = CounterMetricFamily("nlweb_cache_requests", "cache lookups, by cache and result (hit or miss)",
+                                  labels=("cache", "result"))
+        for t in list(self._caches.values()):
+            fam.add_metric((t.cache, "hit"), t.hits)
+            fam.add_metric((t.cache, "miss"), t.misses)
+        return [fam]
 
 
 def new_registry() -> CollectorRegistry:

@@ -14,6 +14,9 @@ call, cloud cost per cloud call, local throughput while busy):
     hybrid / month      = hybrid opex + machines × hardware ÷ lifetime months
     break-even month    = ceil(machines × hardware ÷ (all-cloud − hybrid opex)), or never
     3-year TCO          = all-cloud × 36  vs  machines × hardware × purchases in 3 years + hybrid opex × 36
+
+Daily (UTC days, gaps filled with zeros): local and cloud spend, what the reference model would have
+charged for the same tokens (the cloud-equivalent cost) and the savings — what `--chart` draws.
 """
 from __future__ import annotations
 
@@ -21,6 +24,7 @@ import csv
 import io
 import math
 from dataclasses import asdict, dataclass, field
+from datetime import datetime, timedelta, timezone
 from typing import Any, Iterable
 
 from .ledger import CallRecord
@@ -69,6 +73,31 @@ def route_totals(rows: list[CallRecord]) -> dict[str, dict[str, Any]]:
                       "cost_usd": cost, "reference_usd": ref, "savings_usd": ref - cost,
                       "cost_per_1k_tokens": cost / toks * 1000 if toks else None,
                       "reference_per_1k_tokens": ref / toks * 1000 if toks else None}
+    return out
+
+
+def daily(rows: Iterable[CallRecord]) -> list[dict[str, Any]]:
+    """Per UTC day from the first call's to the last's: calls, local and cloud spend, reference
+    (cloud-equivalent) cost and savings of the successful calls."""
+    days: dict[str, dict[str, Any]] = {}
+    for r in rows:
+        day = datetime.fromtimestamp(r.ts, timezone.utc).date().isoformat()
+        d = days.get(day)
+        if d is None:
+            d = days[day] = {"day": day, "calls": 0, "local_usd": 0.0, "cloud_usd": 0.0, "reference_usd": 0.0}
+        d["calls"] += 1
+        if r.ok:
+            d["local_usd" if r.local else "cloud_usd"] += r.cost_usd
+            d["reference_usd"] += r.reference_usd
+    if not days:
+        return []
+    first, last = (datetime.fromisoformat(x).date() for x in (min(days), max(days)))
+    out = []
+    for i in range((last - first).days + 1):
+        day = (first + timedelta(days=i)).isoformat()
+        d = days.get(day) or {"day": day, "calls": 0, "local_usd": 0.0, "cloud_usd": 0.0, "reference_usd": 0.0}
+        d["savings_usd"] = d["reference_usd"] - d["local_usd"] - d["cloud_usd"]
+        out.append(d)
     return out
 
 
@@ -136,6 +165,7 @@ def build_report(rows: list[CallRecord], a: Assumptions, *, since: float | None 
         "routes": route_totals(rows),
         "measured": m,
         "projection": projection(m, a),
+        "daily": daily(rows),
         "assumptions": {
             "reference_model": a.reference_model, "reference_price": asdict(a.reference),
             "price_table_as_of": a.price_table_as_of,
@@ -214,6 +244,10 @@ def render_csv(rep: dict[str, Any]) -> str:
         for k, v in p.items():
             if k != "scale":
                 w.writerow(["projection", p["scale"], k, "never" if v is None else v])
+    for d in rep.get("daily", ()):
+        for k, v in d.items():
+            if k != "day":
+                w.writerow(["day", d["day"], k, v])
     for k, v in rep["assumptions"].items():
         w.writerow(["assumption", "", k, v if not isinstance(v, dict) else ";".join(f"{a}={b}" for a, b in v.items())])
     return buf.getvalue()
