@@ -45,3 +45,36 @@ def test_similarity_only_and_bad_input(tmp_path, capsys, monkeypatch):
     (tmp_path / "bad.jsonl").write_text('{"query": "x"}\n')
     assert main(["eval", "rank", "--data", str(tmp_path / "bad.jsonl"), "--out", str(out)]) == 2
     assert "bad.jsonl:1" in capsys.readouterr().err
+
+
+def test_curve_prints_quality_against_cloud_share_and_calibrates_the_band(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    data = tmp_path / "d.jsonl"
+    write_data(data)
+    assert main(["eval", "curve", "--data", str(data), "--bands", "0,1,2,4", "--target-share", "0.6",
+                 "--baseline", "trimmed"]) == 0
+    out = capsys.readouterr().out
+    summary = json.loads(out.strip().splitlines()[-1])
+    curve = {r["band"]: r for r in summary["curve"]}
+    assert [curve[b]["cloud_calls"] for b in (0, 1, 2, 4)] == [0, 2, 4, 7]  # the band per query, capped by its size
+    assert curve[4]["share_of_trimmed_cloud_only"] == 1.0 and curve[0]["cloud_prompt_tokens"] == 0
+    assert summary["nlweb_cloud_only_tokens"] > summary["trimmed_cloud_only_tokens"]  # whole items cost more
+    assert curve[4]["ndcg@10"] == 1.0  # every candidate judged by the recorded model: its own order
+    assert curve[0]["ndcg@10"] < 1.0
+    shares = [curve[b]["share_of_trimmed_cloud_only"] for b in (0, 1, 2, 4)]
+    assert shares == sorted(shares)
+    cal = summary["calibrated"]
+    assert cal["llm_rank_limit"] == max(b for b in (0, 1, 2, 4) if curve[b]["share_of_trimmed_cloud_only"] <= 0.6)
+    assert "search.llm_rank_limit =" in out
+
+
+def test_ndcg_matches_the_scorers_formula():
+    from nlweb_local.cli.eval_cmd import ndcg_at
+
+    labels = {"a": 100, "b": 50, "c": 0}
+    assert ndcg_at(["a", "b", "c"], labels) == 1.0
+    worst = ndcg_at(["c", "b", "a"], labels)
+    g = {u: 2 ** (s / 25) - 1 for u, s in labels.items()}
+    import math
+    expect = (g["c"] / 1 + g["b"] / math.log2(3) + g["a"] / 2) / (g["a"] + g["b"] / math.log2(3) + g["c"] / 2)
+    assert abs(worst - expect) < 1e-12

@@ -47,7 +47,7 @@ async def collect(pipeline, req):
 
 
 def settings(**kw):
-    return SearchSettings(**{"llm_weight": 1.0, "calibrate_llm": False, **kw})
+    return SearchSettings(**{"llm_weight": 1.0, "calibrate_llm": False, "llm_rank_limit": 10, **kw})
 
 
 async def test_list_mode_early_sends_and_filters(loaded, embedder):
@@ -177,3 +177,60 @@ async def test_implausible_rewrite_falls_back_to_the_conversation(loaded, embedd
     events = await collect(AskPipeline(llm, embedder, loaded, settings()), AskRequest("only vegan ones", prev=["curry recipes"]))
     dq = next(e for e in events if isinstance(e, Decontextualized))
     assert dq.decontextualized == "curry recipes only vegan ones"
+
+
+async def test_items_the_llm_did_not_read_rank_below_those_it_judged(loaded, embedder):
+    """The LLM scores the two most similar items low; the unread rest must not outrank them on similarity."""
+    llm = FunctionLLM(scores_by_name({}, default=20))
+    p = AskPipeline(llm, embedder, loaded, settings(llm_rank_limit=2, min_score=0))
+    events = await collect(p, AskRequest("backpacking tent", min_score=0, max_results=5))
+    items = sorted((r for e in events if isinstance(e, Results) for r in e.items), key=lambda r: -r.score)
+    read = [r for r in items if any(r.item.name in prompt for t, prompt in llm.calls if t is TaskKind.RANK)]
+    unread = [r for r in items if r not in read]
+    assert len(read) == 2 and unread
+    assert all(u.score < min(r.score for r in read) for u in unread)
+    assert [r.item.name for r in items[:2]] == [r.item.name for r in sorted(read, key=lambda r: -r.score)]
+
+
+async def test_ranking_answers_are_cached_per_question_item_and_model_version(loaded, embedder):
+    from nlweb_local.core.cache import BoundedCache
+
+    cache = BoundedCache(100)
+    llm = FunctionLLM(scores_by_name({"Chickpea curry": 90}, default=30))
+    p = AskPipeline(llm, embedder, loaded, settings(llm_rank_limit=3), rank_cache=cache, model_version="m1")
+    first = await collect(p, AskRequest("vegetarian curry"))
+    ranks = lambda: len([c for c in llm.calls if c[0] is TaskKind.RANK])  # noqa: E731
+    assert ranks() == 3 and first[-1].stats["cache_hits"] == 0
+    again = await collect(p, AskRequest("vegetarian curry"))
+    assert ranks() == 3 and again[-1].stats["cache_hits"] == 3  # no second call
+    assert [r.item.url for e in again if isinstance(e, Results) for r in e.items] == \
+           [r.item.url for e in first if isinstance(e, Results) for r in e.items]
+    await collect(p, AskRequest("lentil dal"))  # another question: asked anew
+    assert ranks() == 6
+    other_model = AskPipeline(llm, embedder, loaded, settings(llm_rank_limit=3), rank_cache=cache, model_version="m2")
+    await collect(other_model, AskRequest("vegetarian curry"))
+    assert ranks() == 9  # another model version: asked anew
+    assert len(cache) <= cache.max_entries
+
+
+async def test_hybrid_sends_only_the_uncertain_band_to_the_strong_tier(loaded, embedder):
+    """Quality strategy over a local and a cloud deployment: the ranking band (difficulty 1.0) goes to the
+    cloud, one call per band item; the summary stays local; the rest of the candidates cost no call."""
+    import random
+
+    from nlweb_local.providers.structured import ProviderStructuredLLM
+    from nlweb_local.providers.testing import ScriptedProvider
+    from nlweb_local.router.breaker import BreakerSettings, CircuitBreaker
+    from nlweb_local.router.model import DeploymentInfo
+    from nlweb_local.router.router import Route, Router
+
+    local = ScriptedProvider("local", "Two good curries.", classify=True)
+    cloud = ScriptedProvider("cloud", "unused", local=False, classify=True)
+    router = Router([Route(DeploymentInfo("local", True), local, CircuitBreaker("local", BreakerSettings())),
+                     Route(DeploymentInfo("cloud", False, price_in_per_m=2.0, price_out_per_m=8.0, tier=2), cloud,
+                           CircuitBreaker("cloud", BreakerSettings()))], rng=random.Random(0), strategy="quality")
+    p = AskPipeline(ProviderStructuredLLM(router), embedder, loaded, settings(llm_rank_limit=2))
+    events = await collect(p, AskRequest("vegetarian curry", mode="summarize"))
+    assert cloud.calls == 2 and local.calls == 1
+    assert isinstance(events[-2], Summary) and events[-2].text == "Two good curries."
+    assert events[-1].stats["llm_scored"] == 2 and events[-1].stats["similarity_only"] == len(ITEMS) - 2

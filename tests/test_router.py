@@ -183,3 +183,18 @@ async def test_a_deployment_that_fails_then_recovers_within_one_request_is_used_
     cloud.fail_with = ProviderConnectionError("down", deployment="cloud")
     text = "".join([c.delta async for c in router.stream(req())])
     assert text == "local answer here" and local.calls == 2 and cloud.calls == 1
+
+
+async def test_a_callers_difficulty_decides_the_quality_tier():
+    """The ranker marks its uncertain band difficulty 1.0: with the quality strategy those calls go to the
+    strongest tier, while an unmarked short call stays local."""
+    local = ScriptedProvider("local", "local answer here")
+    cloud = ScriptedProvider("cloud", "cloud answer here", local=False)
+    routes = [Route(DeploymentInfo("local", True, tier=0), local, CircuitBreaker("local", BreakerSettings())),
+              Route(DeploymentInfo("cloud", False, price_in_per_m=2.0, price_out_per_m=8.0, tier=2), cloud,
+                    CircuitBreaker("cloud", BreakerSettings()))]
+    router = Router(routes, rng=random.Random(0), backoff_s=0.0, strategy="quality")
+    hard = await router.complete(req("Question: tea cups\nItem: Recipe: chai", difficulty=1.0))
+    easy = await router.complete(req("Question: tea cups\nItem: Recipe: chai"))
+    assert hard.deployment == "cloud" and "difficulty 1.00" in hard.route
+    assert easy.deployment == "local"

@@ -1,15 +1,26 @@
-"""`nlweb-local eval rank`: rank fixed candidates with exactly the code /ask uses, for scoring.
+"""`nlweb-local eval rank|curve`: rank fixed candidates with exactly the code /ask uses, for scoring.
 
 Input: JSON lines, one per (query, candidate): {query, prev, url, site, name, schema_object, label?}.
-Output: one line per query {"query", "ranking": [{"url", "score"}], "seconds"} — the format of
+
+`rank` writes one line per query {"query", "ranking": [{"url", "score"}], "seconds"} — the format of
 ../shared/eval/score.py. Retrieval is skipped (the candidates are given); similarity is computed with
 the configured embedder, then the pipeline decontextualises and ranks as it does for /ask.
+
+`curve` measures hybrid ranking: for each band size (the `llm_rank_limit` most similar candidates go to
+the cloud model, played by the replay provider from the labels; the rest are ordered by similarity
+below them) it prints NDCG@10 (score.py's formula), cloud tokens, their share of what a cloud-only
+ranking would send, and cost. Two cloud-only baselines are printed: NLWeb's (its ranking prompt,
+~190 tokens of instructions, with the whole schema.org object of every candidate) and this project's
+own prompt with the trimmed item text for every candidate. `--target-share` calibrates the band: the
+largest band whose share of the chosen baseline stays within the target.
 """
 from __future__ import annotations
 
 import argparse
 import asyncio
 import json
+import math
+import statistics
 import sys
 import time
 from collections import OrderedDict
@@ -23,9 +34,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("eval", help="evaluate ranking on labelled candidates (for ../shared/eval/score.py)",
                        description="rank: for each query in --data, rank its given candidates with the /ask ranking "
                        "code and write one line per query to --out.")
-    p.add_argument("what", choices=["rank"])
+    p.add_argument("what", choices=["rank", "curve"], help="rank: write rankings; curve: hybrid NDCG@10 against cloud share")
     p.add_argument("--data", required=True, help="JSON lines {query, prev, url, site, name, schema_object, label?}")
-    p.add_argument("--out", required=True, help="rankings file to write")
+    p.add_argument("--out", help="rankings file to write (rank; required there)")
+    p.add_argument("--bands", default="0,5,10,15,20,25,30,40,50",
+                   help="curve: band sizes (candidates per query sent to the cloud model), comma-separated")
+    p.add_argument("--target-share", type=float, help="curve: print the band whose cloud-token share stays within this")
+    p.add_argument("--baseline", choices=["nlweb", "trimmed"], default="nlweb",
+                   help="curve: the cloud-only ranking the share is of (default nlweb: NLWeb's prompt with the whole item)")
     p.add_argument("--strategy", choices=["local", "replay", "similarity"], default="local",
                    help="local: the embedded model (default); replay: the recorded cloud answers in --data "
                         "(stands in for the cloud model, priced as gpt-4.1); similarity: embeddings only")
@@ -53,12 +69,55 @@ def _read(path: Path) -> "OrderedDict[str, list[dict]]":
     return groups
 
 
-async def _run(args: argparse.Namespace, settings: Settings) -> int:
+# NLWeb's default ranking prompt around the query and the item: ~760 characters of instructions plus the
+# answer structure (its Ranking.RANKING_PROMPT); the item goes in as the JSON of its schema.org object.
+NLWEB_PROMPT_CHARS = 760
+GPT41_PRICE = (2.0, 8.0)  # $ per 1M input / output tokens
+
+
+def ndcg_at(ranked_urls: list[str], labels: dict[str, float], k: int = 10) -> float:
+    """score.py's NDCG@k: gain 2^(score/25) − 1, discount log2(position + 2)."""
+    gains = {u: 2 ** (s / 25) - 1 for u, s in labels.items()}
+    dcg = sum(gains.get(u, 0.0) / math.log2(p + 2) for p, u in enumerate(ranked_urls[:k]))
+    ideal = sorted(gains.values(), reverse=True)[:k]
+    idcg = sum(g / math.log2(p + 2) for p, g in enumerate(ideal))
+    return dcg / idcg if idcg else 0.0
+
+
+def _nlweb_tokens(query: str, rows: list[dict]) -> int:
+    return sum((NLWEB_PROMPT_CHARS + len(query) + len(json.dumps(r["schema_object"]))) // 4 for r in rows)
+
+
+async def _candidates(embedder, rows: list[dict]):
     from ..core.item_text import item_text
     from ..core.types import Item, ScoredItem
+
+    prev = rows[0].get("prev") or []
+    vectors = await asyncio.to_thread(embedder.embed, [" ".join([*prev, rows[0]["query"]])] +
+                                      [item_text(r["schema_object"]) for r in rows])
+    qv = vectors[0]
+    return [ScoredItem(Item(r["url"], r.get("name", ""), r.get("site", ""), json.dumps(r["schema_object"])),
+                       sum(a * b for a, b in zip(qv, v))) for r, v in zip(rows, vectors[1:])]
+
+
+async def _rank(pipeline, llm, q: str, rows: list[dict], cands) -> list:
+    from ..search.events import AskRequest
+
+    prev = rows[0].get("prev") or []
+    req = AskRequest(query=q, prev=list(prev))
+    if llm is None and prev:  # no model to decontextualise with: the conversation is the query
+        req.decontextualized_query = " ".join([*prev, q])
+    _, ranked, _ = await pipeline.rank_fixed(req, cands)
+    return ranked
+
+
+async def _run(args: argparse.Namespace, settings: Settings) -> int:
+    if args.what == "curve":
+        return await _curve(args, settings)
+    if not args.out:
+        raise SourceError("eval rank needs --out FILE (the rankings to write)")
     from ..providers.replay import ReplayProvider
     from ..providers.structured import ProviderStructuredLLM
-    from ..search.events import AskRequest
     from ..search.pipeline import AskPipeline
     from ..server.components import build_embedded, build_embedder
 
@@ -77,6 +136,7 @@ async def _run(args: argparse.Namespace, settings: Settings) -> int:
             s.llm_weight = args.llm_weight
     else:
         s.llm_rank_limit = 0
+    s.rank_cache_entries = 0  # every query measured cold
     embedder = build_embedder(settings)
     llm = ProviderStructuredLLM(provider) if provider is not None else None
     pipeline = AskPipeline(llm, embedder, store=None, settings=s)  # type: ignore[arg-type]
@@ -84,16 +144,7 @@ async def _run(args: argparse.Namespace, settings: Settings) -> int:
     with open(args.out, "w") as out:
         for q, rows in queries:
             t0 = time.perf_counter()
-            prev = rows[0].get("prev") or []
-            vectors = await asyncio.to_thread(embedder.embed, [" ".join([*prev, q])] +
-                                              [item_text(r["schema_object"]) for r in rows])
-            qv = vectors[0]
-            cands = [ScoredItem(Item(r["url"], r.get("name", ""), r.get("site", ""), json.dumps(r["schema_object"])),
-                                sum(a * b for a, b in zip(qv, v))) for r, v in zip(rows, vectors[1:])]
-            req = AskRequest(query=q, prev=list(prev))
-            if llm is None and prev:  # no model to decontextualise with: the conversation is the query
-                req.decontextualized_query = " ".join([*prev, q])
-            _, ranked, _ = await pipeline.rank_fixed(req, cands)
+            ranked = await _rank(pipeline, llm, q, rows, await _candidates(embedder, rows))
             secs = time.perf_counter() - t0
             out.write(json.dumps({"query": q, "ranking": [{"url": r.item.url, "score": r.score} for r in ranked],
                                   "seconds": round(secs, 3)}) + "\n")
@@ -102,10 +153,77 @@ async def _run(args: argparse.Namespace, settings: Settings) -> int:
                "llm_weight": s.llm_weight, "out": args.out}
     if isinstance(provider, ReplayProvider):
         summary.update(cloud_calls=provider.calls, cloud_prompt_tokens=provider.prompt_tokens,
-                       cloud_cost_usd=round((provider.prompt_tokens * 2.0 + provider.completion_tokens * 8.0) / 1e6, 4))
+                       cloud_cost_usd=round((provider.prompt_tokens * GPT41_PRICE[0] + provider.completion_tokens * GPT41_PRICE[1]) / 1e6, 4))
     print(json.dumps(summary))
     if provider is not None:
         await provider.close()
+    return 0
+
+
+async def _curve(args: argparse.Namespace, settings: Settings) -> int:
+    """Hybrid ranking's quality against cloud use, one row per band size (see the module's doc)."""
+    from ..providers.replay import ReplayProvider
+    from ..providers.structured import ProviderStructuredLLM
+    from ..search.pipeline import AskPipeline
+    from ..server.components import build_embedder
+
+    try:
+        bands = sorted({int(b) for b in args.bands.split(",") if b.strip()})
+    except ValueError:
+        raise SourceError(f"--bands {args.bands!r}: expected comma-separated whole numbers, e.g. 0,10,25") from None
+    groups = _read(Path(args.data))
+    if any("label" not in r for rows in groups.values() for r in rows):
+        raise SourceError(f"{args.data}: eval curve needs a label {{score}} on every candidate (the replayed cloud answers)")
+    queries = list(groups.items())[: args.limit] if args.limit else list(groups.items())
+    embedder = build_embedder(settings)
+    cands = {q: await _candidates(embedder, rows) for q, rows in queries}
+    labels = {q: {r["url"]: float(r["label"]["score"]) for r in rows} for q, rows in queries}
+    nlweb_base = sum(_nlweb_tokens(q, rows) for q, rows in queries)
+    rows_out: list[dict] = []
+    for band in bands:
+        provider = ReplayProvider(r for _, rows in queries for r in rows)
+        llm = ProviderStructuredLLM(provider)
+        s = settings.search.model_copy(update={"llm_rank_limit": band, "llm_weight": 1.0, "calibrate_llm": False,
+                                               "rank_cache_entries": 0})
+        pipeline = AskPipeline(llm, embedder, store=None, settings=s)  # type: ignore[arg-type]
+        scores = []
+        for q, rows in queries:
+            ranked = await _rank(pipeline, llm, q, rows, cands[q])
+            scores.append(ndcg_at([r.item.url for r in ranked], labels[q]))
+        rows_out.append({"band": band, "ndcg@10": round(statistics.mean(scores), 4), "cloud_calls": provider.calls,
+                         "cloud_prompt_tokens": provider.prompt_tokens,
+                         "cloud_cost_usd": round((provider.prompt_tokens * GPT41_PRICE[0] +
+                                                  provider.completion_tokens * GPT41_PRICE[1]) / 1e6, 4)})
+        await provider.close()
+    trimmed_base = max(r["cloud_prompt_tokens"] for r in rows_out) if max(bands) >= max(len(r) for _, r in queries) else None
+    if trimmed_base is None:  # measure the all-candidates prompt once
+        from ..core.item_text import item_text
+        from ..search.prompts import rank_prompt
+        from ..providers.structured import CLASSIFY_PROMPT
+        trimmed_base = sum((len(CLASSIFY_PROMPT) + len(rank_prompt(q, item_text(r["schema_object"], 480)))) // 4
+                           for q, rows in queries for r in rows)
+    print(f"{len(queries)} queries, {sum(len(r) for _, r in queries)} candidates; cloud-only prompt tokens: "
+          f"NLWeb's prompt with whole items {nlweb_base:,}, this project's prompt with trimmed items {trimmed_base:,}")
+    print(f"{'band':>5} {'NDCG@10':>8} {'cloud calls':>11} {'cloud tokens':>12} {'share(nlweb)':>12} "
+          f"{'share(trimmed)':>14} {'cost $':>8}")
+    for r in rows_out:
+        r["share_of_nlweb_cloud_only"] = round(r["cloud_prompt_tokens"] / nlweb_base, 4)
+        r["share_of_trimmed_cloud_only"] = round(r["cloud_prompt_tokens"] / trimmed_base, 4)
+        print(f"{r['band']:>5} {r['ndcg@10']:>8.3f} {r['cloud_calls']:>11} {r['cloud_prompt_tokens']:>12,} "
+              f"{r['share_of_nlweb_cloud_only']:>12.1%} {r['share_of_trimmed_cloud_only']:>14.1%} {r['cloud_cost_usd']:>8.4f}")
+    summary: dict = {"queries": len(queries), "nlweb_cloud_only_tokens": nlweb_base,
+                     "trimmed_cloud_only_tokens": trimmed_base, "curve": rows_out}
+    if args.target_share is not None:
+        key = f"share_of_{args.baseline}_cloud_only"
+        within = [r for r in rows_out if r[key] <= args.target_share]
+        best = max(within, key=lambda r: r["band"]) if within else None
+        summary["calibrated"] = {"target_share": args.target_share, "baseline": args.baseline,
+                                 "llm_rank_limit": best["band"] if best else 0,
+                                 "ndcg@10": best["ndcg@10"] if best else None}
+        print(f"calibrated for ≤{args.target_share:.0%} of the {args.baseline} cloud-only tokens: "
+              f"search.llm_rank_limit = {best['band'] if best else 0}" +
+              (f" (NDCG@10 {best['ndcg@10']:.3f})" if best else " (no band fits; 0 = no cloud ranking)"))
+    print(json.dumps(summary))
     return 0
 
 

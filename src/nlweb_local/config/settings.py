@@ -107,12 +107,13 @@ class StoreSettings(_Section):
 
 class SearchSettings(_Section):
     num_candidates: int = Field(50, ge=1, le=500, description="items retrieved per question (NLWeb: 50)")
-    llm_rank_limit: int = Field(10, ge=0, le=500, description="how many of the candidates (best by similarity) the LLM scores; the rest keep a similarity score")
+    llm_rank_limit: int = Field(4, ge=0, le=500, description="the uncertain band: how many of the candidates (best by similarity) the LLM scores; the rest are ordered by similarity below them (calibrate for a cloud budget with `nlweb-local eval curve`)")
     llm_weight: float = Field(0.3, ge=0, le=1, description="share of the (calibrated) LLM score in the final score; the rest is similarity")
     calibrate_llm: bool = Field(True, description="centre the LLM's P(Yes) on its running median (for models biased to one answer)")
     early_send_score: int = Field(59, ge=0, le=100, description="items scoring above this are streamed as soon as known")
     min_score: int = Field(51, ge=0, le=100, description="default min_score: keep items scoring strictly above")
     max_results: int = Field(10, ge=1, le=100, description="default max_results")
+    rank_cache_entries: int = Field(20_000, ge=0, description="LLM ranking answers kept by (question, item, model version); 0 = no cache")
     summary_max_tokens: int = Field(160, ge=16)
     generate_max_tokens: int = Field(220, ge=16)
 
@@ -158,6 +159,13 @@ class TelemetrySettings(_Section):
     max_utilization: float = Field(0.6, gt=0, le=1, description="projection: busiest a local machine is planned to be (more load = more machines)")
     scales: dict[str, int] = Field(default_factory=lambda: {"small": 1_000, "medium": 10_000, "large": 100_000},
                                    description="projection: LLM calls per day at each named scale")
+    # OpenTelemetry tracing (optional: pip install 'nlweb-local[tracing]'; needs `metrics` on). Off, or the
+    # packages missing: nothing is traced and the request path pays nothing.
+    tracing: bool = Field(False, description="OpenTelemetry spans per request to /ask, /v1/*, /mcp (routing decision, each engine call, the request id); needs pip install 'nlweb-local[tracing]'")
+    otlp_endpoint: str | None = Field(None, description="send spans over OTLP/HTTP to this collector (e.g. http://127.0.0.1:4318); null = not sent")
+    trace_console: bool = Field(False, description="also print finished spans to standard output (debugging)")
+    trace_sample_ratio: float = Field(1.0, ge=0, le=1, description="share of requests traced (a caller's traceparent decision is followed)")
+    trace_service_name: str = Field("nlweb-local", min_length=1, description="service.name of the spans")
     alerts: AlertSettings = AlertSettings()
 
 

@@ -43,9 +43,10 @@ class ProviderStructuredLLM:
             raise ModelOutputError(f"{task.value}: empty answer", deployment=resp.deployment)
         return text
 
-    async def classify(self, task: TaskKind, prompt: str, labels: Sequence[str]) -> dict[str, float]:
+    async def classify(self, task: TaskKind, prompt: str, labels: Sequence[str], *,
+                       difficulty: float | None = None) -> dict[str, float]:
         req = ChatRequest(messages=[Message("system", CLASSIFY_PROMPT), Message("user", prompt)], max_tokens=1,
-                          temperature=0.0, task=task)
+                          temperature=0.0, task=task, difficulty=difficulty)
         if self._provider.capabilities.classify:
             return await self._provider.classify(req, labels)  # type: ignore[attr-defined]
         schema = {"type": "object", "properties": {"answer": {"type": "string", "enum": list(labels)}}, "required": ["answer"]}

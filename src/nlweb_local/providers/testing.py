@@ -34,7 +34,8 @@ class FunctionLLM:
             raise ModelOutputError(f"{task.value}: empty answer", deployment="function")
         return text
 
-    async def classify(self, task: TaskKind, prompt: str, labels: Sequence[str]) -> dict[str, float]:
+    async def classify(self, task: TaskKind, prompt: str, labels: Sequence[str], *,
+                       difficulty: float | None = None) -> dict[str, float]:
         """The answer function's JSON, read as label probabilities: `{"yes": 0.9}`, or `{"score": 90}`
         for yes/no labels (P(first label) = score / 100)."""
         out = await self.ask(task, prompt, {"type": "object", "properties": {"score": {"type": "number", "minimum": 0,

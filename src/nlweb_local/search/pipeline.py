@@ -8,6 +8,7 @@ import time
 from typing import AsyncIterator, Sequence
 
 from ..config.settings import SearchSettings
+from ..core.cache import BoundedCache
 from ..core.errors import NlwebError, NoDeploymentError, OverloadedError, ProviderError
 from ..core.item_text import item_text
 from ..core.types import ScoredItem, TaskKind
@@ -44,13 +45,18 @@ def plausible_rewrite(rewrite: str, query: str, prev: list[str]) -> bool:
 
 
 class AskPipeline:
-    def __init__(self, llm: StructuredLLM, embedder: Embedder, store: VectorStore, settings: SearchSettings):
+    def __init__(self, llm: StructuredLLM, embedder: Embedder, store: VectorStore, settings: SearchSettings, *,
+                 rank_cache: BoundedCache[tuple[str, str, str], float] | None = None, model_version: str = ""):
+        """`rank_cache`: LLM ranking answers by (question, item text hash, `model_version`); None = a private
+        one of `settings.rank_cache_entries` (0 = no cache)."""
         self._llm = llm
         self._embedder = embedder
         self._store = store
         self._s = settings
+        if rank_cache is None and settings.rank_cache_entries > 0:
+            rank_cache = BoundedCache(settings.rank_cache_entries)
         self._ranker = Ranker(llm, llm_rank_limit=settings.llm_rank_limit, llm_weight=settings.llm_weight,
-                             calibrate=settings.calibrate_llm)
+                             calibrate=settings.calibrate_llm, cache=rank_cache, model_version=model_version)
 
     def admit(self) -> None:
         """Refuse a new request up front (OverloadedError) when the LLM queue is full. When no LLM can
@@ -129,7 +135,8 @@ class AskPipeline:
                 answer, used = await self._generate(query, shown)
                 yield Generated(answer, used)
             yield End(stats={"seconds": round(time.perf_counter() - started, 3), "llm_scored": stats.llm_scored,
-                             "similarity_only": stats.similarity_only, "dropped": stats.dropped_bad_output})
+                             "cache_hits": stats.cache_hits, "similarity_only": stats.similarity_only,
+                             "dropped": stats.dropped_bad_output})
         except OverloadedError as e:
             yield Failure(f"The service is busy: {e.message}", 503)
             yield End(error=True)

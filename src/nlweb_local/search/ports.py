@@ -22,8 +22,12 @@ class StructuredLLM(Protocol):
         """Free text (summaries, answers): small models write better prose without a JSON grammar."""
         ...
 
-    async def classify(self, task: TaskKind, prompt: str, labels: Sequence[str]) -> dict[str, float]:
+    async def classify(self, task: TaskKind, prompt: str, labels: Sequence[str], *,
+                       difficulty: float | None = None) -> dict[str, float]:
         """Probability of each label as the answer to `prompt` (summing to 1).
+
+        `difficulty` (0..1), when the caller knows it, tells the router's quality strategy how much this
+        call needs a strong model (the ranker's uncertain band: 1.0).
 
         Engines that expose next-token probabilities answer in one forward pass without decoding;
         others answer by constrained generation (the chosen label gets 1.0).
