@@ -107,7 +107,7 @@ class StoreSettings(_Section):
 
 class SearchSettings(_Section):
     num_candidates: int = Field(50, ge=1, le=500, description="items retrieved per question (NLWeb: 50)")
-    llm_rank_limit: int = Field(4, ge=0, le=500, description="the uncertain band: how many of the candidates (best by similarity) the LLM scores; the rest are ordered by similarity below them (calibrate for a cloud budget with `nlweb-local eval curve`)")
+    llm_rank_limit: int = Field(3, ge=0, le=500, description="the uncertain band: how many of the candidates (best by similarity) the LLM scores; the rest are ordered by similarity below them (calibrate for a cloud budget with `nlweb-local eval curve`)")
     llm_weight: float = Field(0.3, ge=0, le=1, description="share of the (calibrated) LLM score in the final score; the rest is similarity")
     calibrate_llm: bool = Field(True, description="centre the LLM's P(Yes) on its running median (for models biased to one answer)")
     early_send_score: int = Field(59, ge=0, le=100, description="items scoring above this are streamed as soon as known")
