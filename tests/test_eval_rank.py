@@ -78,3 +78,18 @@ def test_ndcg_matches_the_scorers_formula():
     import math
     expect = (g["c"] / 1 + g["b"] / math.log2(3) + g["a"] / 2) / (g["a"] + g["b"] / math.log2(3) + g["c"] / 2)
     assert abs(worst - expect) < 1e-12
+
+
+def test_curve_needs_labels_and_sane_bands(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    data = tmp_path / "d.jsonl"
+    write_data(data)
+    assert main(["eval", "curve", "--data", str(data), "--bands", "0,ten"]) == 2
+    assert "--bands" in capsys.readouterr().err
+    unlabelled = tmp_path / "u.jsonl"
+    unlabelled.write_text("\n".join(json.dumps({k: v for k, v in json.loads(x).items() if k != "label"})
+                                    for x in data.read_text().splitlines()))
+    assert main(["eval", "curve", "--data", str(unlabelled)]) == 2
+    assert "label" in capsys.readouterr().err
+    assert main(["eval", "rank", "--data", str(data)]) == 2  # rank without --out
+    assert "--out" in capsys.readouterr().err
