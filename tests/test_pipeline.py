@@ -234,3 +234,29 @@ async def test_hybrid_sends_only_the_uncertain_band_to_the_strong_tier(loaded, e
     assert cloud.calls == 2 and local.calls == 1
     assert isinstance(events[-2], Summary) and events[-2].text == "Two good curries."
     assert events[-1].stats["llm_scored"] == 2 and events[-1].stats["similarity_only"] == len(ITEMS) - 2
+
+
+async def test_an_answer_from_a_fallback_deployment_is_used_but_not_cached(loaded, embedder):
+    import random
+
+    from nlweb_local.core.cache import BoundedCache
+    from nlweb_local.providers.structured import ProviderStructuredLLM
+    from nlweb_local.providers.testing import ScriptedProvider
+    from nlweb_local.router.breaker import BreakerSettings, CircuitBreaker
+    from nlweb_local.router.model import DeploymentInfo
+    from nlweb_local.router.router import Route, Router
+
+    first = ScriptedProvider("first", classify=True)
+    stand_in = ScriptedProvider("stand-in", local=False, classify=True)  # local-first: always second choice
+    first.fail_with = ProviderConnectionError("first: down", deployment="first")
+    router = Router([Route(DeploymentInfo("first", True), first, CircuitBreaker("first", BreakerSettings(min_calls=100))),
+                     Route(DeploymentInfo("stand-in", False), stand_in, CircuitBreaker("stand-in", BreakerSettings()))],
+                    rng=random.Random(0), backoff_s=0.0)
+    cache = BoundedCache(100)
+    p = AskPipeline(ProviderStructuredLLM(router), embedder, loaded, settings(llm_rank_limit=2), rank_cache=cache)
+    events = await collect(p, AskRequest("vegetarian curry"))
+    assert events[-1].stats["llm_scored"] == 2 and stand_in.calls == 2
+    assert len(cache) == 0  # the stand-in's answers served this request only
+    first.fail_with = None
+    await collect(p, AskRequest("vegetarian curry"))
+    assert len(cache) == 2 and stand_in.calls == 2

@@ -198,3 +198,16 @@ async def test_a_callers_difficulty_decides_the_quality_tier():
     easy = await router.complete(req("Question: tea cups\nItem: Recipe: chai"))
     assert hard.deployment == "cloud" and "difficulty 1.00" in hard.route
     assert easy.deployment == "local"
+
+
+async def test_classify_says_who_answered_and_whether_it_was_a_fallback():
+    local = ScriptedProvider("local", classify=True)
+    cloud = ScriptedProvider("cloud", local=False, classify=True)
+    router = Router([Route(DeploymentInfo("local", True), local, CircuitBreaker("local", BreakerSettings())),
+                     Route(DeploymentInfo("cloud", False), cloud, CircuitBreaker("cloud", BreakerSettings()))],
+                    rng=random.Random(0), backoff_s=0.0)
+    first = await router.classify(req("Is this good?"), ("Yes", "No"))
+    assert first["Yes"] == 1.0 and first.deployment == "local" and not first.failover
+    local.fail_with = ProviderConnectionError("local: down", deployment="local")
+    second = await router.classify(req("Is this good?"), ("Yes", "No"))
+    assert second.deployment == "cloud" and second.failover

@@ -143,3 +143,15 @@ class EmbeddingResponse:
     model: str = ""
     prompt_tokens: int = 0
     deployment: str = ""
+
+
+class LabelProbs(dict):
+    """A classification answer: {label: probability}, plus who gave it. `failover` is true when the router's
+    first choice failed and another deployment answered — an answer a cache should not keep."""
+
+    __slots__ = ("deployment", "failover")
+
+    def __init__(self, probs: dict[str, float], *, deployment: str = "", failover: bool = False):
+        super().__init__(probs)
+        self.deployment = deployment
+        self.failover = failover

@@ -17,7 +17,7 @@ from typing import Any, AsyncIterator, Callable, Iterator, Sequence
 
 from ..core.errors import (ContextLengthError, NlwebError, NoDeploymentError, ProviderError, ProviderTimeoutError,
                            StreamInterruptedError)
-from ..core.types import ChatChunk, ChatRequest, ChatResponse, EmbeddingResponse, TaskKind
+from ..core.types import ChatChunk, ChatRequest, ChatResponse, EmbeddingResponse, LabelProbs, TaskKind
 from ..providers.base import BaseProvider, Capabilities, LoadSnapshot, Provider
 from .breaker import CircuitBreaker
 from .model import DeploymentInfo, DeploymentView, Privacy, RequestFeatures, RouteDecision
@@ -279,8 +279,8 @@ class Router(BaseProvider):
 
     async def classify(self, request: ChatRequest, labels: Sequence[str], ctx: RouteContext = RouteContext()) -> dict[str, float]:
         d = self.decide(request, ctx, only=lambda r: r.provider.capabilities.classify)
-        out, _, _ = await self._unary(request, d, lambda p, r: p.classify(r, labels))
-        return out
+        out, name, _ = await self._unary(request, d, lambda p, r: p.classify(r, labels))
+        return LabelProbs(out, deployment=name, failover=bool(d.ordered) and name != d.ordered[0])
 
     async def embed(self, texts: Sequence[str]) -> EmbeddingResponse:
         for route in self._routes.values():

@@ -21,7 +21,8 @@ replay model: 0.935 vs 0.899 NDCG@10 for a band of 25). The band size is calibra
 file to a target share of cloud tokens with `nlweb-local eval curve`.
 
 LLM answers are cached by (question, item text hash, model version), bounded, so a repeated question
-or a follow-up over the same items costs no second call.
+or a follow-up over the same items costs no second call. An answer from a fallback deployment (the
+router's first choice failed) is used for that request but not kept.
 """
 from __future__ import annotations
 
@@ -103,19 +104,21 @@ class Ranker:
         if p_yes is not None:
             stats.cache_hits += 1
         else:
-            p_yes = await self._ask_llm(query, text, c, sem, stats)
-            if p_yes is None:  # faulted: similarity stands in; wrong-shaped answer: dropped
+            answer = await self._ask_llm(query, text, c, sem, stats)
+            if answer is None:  # faulted: similarity stands in; wrong-shaped answer: dropped
                 return RankedItem(c.item, sim, _fallback_description(c), c.similarity) if c.item.url in stats.faulted else None
-            if self._cache is not None:
+            p_yes, failover = answer
+            if self._cache is not None and not failover:  # a stand-in deployment's answer is used once, not kept
                 self._cache.put(key, p_yes)
         stats.llm_scored += 1
         llm_score = self._calibrated(p_yes) if self._calibrate else 100.0 * p_yes
         score = int(round(self._w * llm_score + (1 - self._w) * sim))
         return RankedItem(c.item, score, _fallback_description(c), c.similarity)
 
-    async def _ask_llm(self, query: str, text: str, c: ScoredItem, sem: asyncio.Semaphore, stats: RankStats) -> float | None:
-        """P(Yes) from the LLM, or None: a wrong-shaped answer (item dropped) or an engine fault (recorded in
-        `stats.faulted`; the item keeps its similarity score)."""
+    async def _ask_llm(self, query: str, text: str, c: ScoredItem, sem: asyncio.Semaphore,
+                       stats: RankStats) -> tuple[float, bool] | None:
+        """(P(Yes), whether a fallback deployment answered) from the LLM, or None: a wrong-shaped answer (item
+        dropped) or an engine fault (recorded in `stats.faulted`; the item keeps its similarity score)."""
         async with sem:
             try:
                 probs = await self._llm.classify(TaskKind.RANK, rank_prompt(query, text), RANK_LABELS, difficulty=1.0)
@@ -131,7 +134,7 @@ class Ranker:
                 stats.similarity_only += 1
                 stats.faulted.add(c.item.url)
                 return None
-        return float(probs[RANK_LABELS[0]])
+        return float(probs[RANK_LABELS[0]]), bool(getattr(probs, "failover", False))
 
     async def rank(self, query: str, candidates: Sequence[ScoredItem], stats: RankStats) -> AsyncIterator[RankedItem]:
         """Yield ranked items as they are known: LLM-scored ones in completion order, then the rest."""
