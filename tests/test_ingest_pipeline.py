@@ -155,10 +155,18 @@ def test_ctrl_c_during_writes_is_deferred_until_all_are_written(embedder, store)
 
     recorder = _Recorder(store, interrupt)
     ingestor = Ingestor(embedder, recorder, IngestSettings(batch_size=5), progress=False)
-    with pytest.raises(KeyboardInterrupt):
-        ingestor.ingest(str(FIXTURE), "fixture")
-    assert recorder.batches == 5 and store.count() == 24
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    # Ctrl-C as a shell delivers it: to Python's default handler. (Once in CI an earlier test's leftover
+    # handler was in place and swallowed the re-raised interrupt; which one is logged if it happens again.)
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            ingestor.ingest(str(FIXTURE), "fixture")
+        assert recorder.batches == 5 and store.count() == 24
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    finally:
+        if before is not signal.default_int_handler:
+            print(f"SIGINT handler left by an earlier test: {before!r}")
+        signal.signal(signal.SIGINT, before)
 
 
 class _FailingEmbedder:
