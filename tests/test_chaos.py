@@ -24,6 +24,7 @@ from nlweb_local.providers.structured import ProviderStructuredLLM
 from nlweb_local.server.app import create_app
 from nlweb_local.server.components import Components, build_router
 from nlweb_local.server.threaded import free_port
+from stand_ins import NoEmbedder
 
 pytestmark = pytest.mark.slow
 
@@ -46,13 +47,6 @@ def start_engine(port: int, log_path) -> subprocess.Popen:
             if time.monotonic() > deadline:
                 pytest.fail("llama_cpp.server did not start within 90 s")
             time.sleep(0.2)
-
-
-class NoEmbedder:
-    dimension = 2
-
-    def embed(self, texts):
-        return [[1.0, 0.0] for _ in texts]
 
 
 async def test_kill_the_local_engine_under_load_then_restore(tmp_path):

@@ -19,6 +19,7 @@ from nlweb_local.router.model import DeploymentInfo
 from nlweb_local.router.router import Route, Router
 from nlweb_local.server.app import create_app
 from nlweb_local.server.components import Components
+from stand_ins import NoEmbedder
 
 
 @pytest.fixture(scope="module")
@@ -32,12 +33,6 @@ def scripted(tmp_path_factory):
     router = Router([Route(DeploymentInfo("local", True), local, CircuitBreaker("local", bs)),
                      Route(DeploymentInfo("cloud", False, price_in_per_m=2.5, price_out_per_m=10), cloud,
                            CircuitBreaker("cloud", bs))], rng=random.Random(0))
-
-    class NoEmbedder:
-        dimension = 2
-
-        def embed(self, texts):
-            return [[1.0, 0.0] for _ in texts]
 
     store = QdrantStore(dimension=2, path=tmp_path_factory.mktemp("gw") / "q")
     comp = Components(llm=ProviderStructuredLLM(router), embedder=NoEmbedder(), store=store, provider=router, router=router)

@@ -24,25 +24,11 @@ from nlweb_local.server.app import create_app
 from nlweb_local.server.components import Components
 from nlweb_local.telemetry import build_telemetry
 from nlweb_local.telemetry.prices import Price
+from stand_ins import NoEmbedder, NoStore
 
 LOCAL_PER_TOKEN = 10.0 / 1e6
 CLOUD = Price(0.15, 0.60)
 REFERENCE = Price(2.5, 10.0)
-
-
-class NoStore:
-    def sites(self):
-        return []
-
-    def count(self):
-        return 0
-
-
-class NoEmbedder:
-    dimension = 2
-
-    def embed(self, texts):
-        return [[1.0, 0.0] for _ in texts]
 
 
 def telemetry_settings(tmp_path):

@@ -16,25 +16,11 @@ from nlweb_local.providers.structured import ProviderStructuredLLM
 from nlweb_local.server.app import create_app
 from nlweb_local.server.components import Components, build_router
 from nlweb_local.telemetry import build_telemetry
+from stand_ins import NoEmbedder, NoStore
 
 pytest.importorskip("opentelemetry.sdk.trace")
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter  # noqa: E402
 from opentelemetry.trace import SpanKind, StatusCode  # noqa: E402
-
-
-class NoStore:
-    def sites(self):
-        return []
-
-    def count(self):
-        return 0
-
-
-class NoEmbedder:
-    dimension = 2
-
-    def embed(self, texts):
-        return [[1.0, 0.0] for _ in texts]
 
 
 def settings_for(tmp_path, fake_url: str, *, tracing: bool):

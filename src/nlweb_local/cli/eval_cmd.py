@@ -84,6 +84,11 @@ def ndcg_at(ranked_urls: list[str], labels: dict[str, float], k: int = 10) -> fl
     return dcg / idcg if idcg else 0.0
 
 
+def _cloud_cost(provider) -> float:
+    """What the replayed calls would have cost at gpt-4.1's prices."""
+    return round((provider.prompt_tokens * GPT41_PRICE[0] + provider.completion_tokens * GPT41_PRICE[1]) / 1e6, 4)
+
+
 def _nlweb_tokens(query: str, rows: list[dict]) -> int:
     return sum((NLWEB_PROMPT_CHARS + len(query) + len(json.dumps(r["schema_object"]))) // 4 for r in rows)
 
@@ -153,7 +158,7 @@ async def _run(args: argparse.Namespace, settings: Settings) -> int:
                "llm_weight": s.llm_weight, "out": args.out}
     if isinstance(provider, ReplayProvider):
         summary.update(cloud_calls=provider.calls, cloud_prompt_tokens=provider.prompt_tokens,
-                       cloud_cost_usd=round((provider.prompt_tokens * GPT41_PRICE[0] + provider.completion_tokens * GPT41_PRICE[1]) / 1e6, 4))
+                       cloud_cost_usd=_cloud_cost(provider))
     print(json.dumps(summary))
     if provider is not None:
         await provider.close()
@@ -175,6 +180,8 @@ async def _curve(args: argparse.Namespace, settings: Settings) -> int:
     if any("label" not in r for rows in groups.values() for r in rows):
         raise SourceError(f"{args.data}: eval curve needs a label {{score}} on every candidate (the replayed cloud answers)")
     queries = list(groups.items())[: args.limit] if args.limit else list(groups.items())
+    everything = max(len(rows) for _, rows in queries)
+    bands = sorted({*bands, everything})  # the cloud-only row: the trimmed baseline, measured like the rest
     embedder = build_embedder(settings)
     cands = {q: await _candidates(embedder, rows) for q, rows in queries}
     labels = {q: {r["url"]: float(r["label"]["score"]) for r in rows} for q, rows in queries}
@@ -192,16 +199,9 @@ async def _curve(args: argparse.Namespace, settings: Settings) -> int:
             scores.append(ndcg_at([r.item.url for r in ranked], labels[q]))
         rows_out.append({"band": band, "ndcg@10": round(statistics.mean(scores), 4), "cloud_calls": provider.calls,
                          "cloud_prompt_tokens": provider.prompt_tokens,
-                         "cloud_cost_usd": round((provider.prompt_tokens * GPT41_PRICE[0] +
-                                                  provider.completion_tokens * GPT41_PRICE[1]) / 1e6, 4)})
+                         "cloud_cost_usd": _cloud_cost(provider)})
         await provider.close()
-    trimmed_base = max(r["cloud_prompt_tokens"] for r in rows_out) if max(bands) >= max(len(r) for _, r in queries) else None
-    if trimmed_base is None:  # measure the all-candidates prompt once
-        from ..core.item_text import item_text
-        from ..search.prompts import rank_prompt
-        from ..providers.structured import CLASSIFY_PROMPT
-        trimmed_base = sum((len(CLASSIFY_PROMPT) + len(rank_prompt(q, item_text(r["schema_object"], 480)))) // 4
-                           for q, rows in queries for r in rows)
+    trimmed_base = next(r["cloud_prompt_tokens"] for r in rows_out if r["band"] == everything)
     print(f"{len(queries)} queries, {sum(len(r) for _, r in queries)} candidates; cloud-only prompt tokens: "
           f"NLWeb's prompt with whole items {nlweb_base:,}, this project's prompt with trimmed items {trimmed_base:,}")
     print(f"{'band':>5} {'NDCG@10':>8} {'cloud calls':>11} {'cloud tokens':>12} {'share(nlweb)':>12} "

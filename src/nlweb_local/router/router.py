@@ -70,6 +70,11 @@ def difficulty(req: ChatRequest) -> float:
     return min(1.0, score)
 
 
+def _route_text(name: str, d: RouteDecision, failures: dict[str, str]) -> str:
+    """What `x-nlweb-route` says: who served, why, and whom it replaced."""
+    return f"{name}; {d.reason}" + (f"; after failover from {', '.join(failures)}" if failures else "")
+
+
 async def _within(chunks: AsyncIterator[ChatChunk], seconds: float, name: str) -> AsyncIterator[ChatChunk]:
     """Guard a deployment's stream with the request's deadline even if the engine ignores it."""
     loop = asyncio.get_running_loop()
@@ -209,7 +214,7 @@ class Router(BaseProvider):
                 if not sent:
                     sent = True
                     route.observe_ttft(self._clock() - started)
-                    ch.route = f"{name}; {d.reason}" + (f"; after failover from {', '.join(failures)}" if failures else "")
+                    ch.route = _route_text(name, d, failures)
                 yield ch
             route.breaker.record(None, self._clock() - started)
             done.append(True)
@@ -269,8 +274,7 @@ class Router(BaseProvider):
         route.breaker.record(None, elapsed)
         ttft = getattr(getattr(out, "usage", None), "time_to_first_token_s", None)
         route.observe_ttft(ttft if ttft is not None else elapsed)
-        text = f"{name}; {d.reason}" + (f"; after failover from {', '.join(failures)}" if failures else "")
-        return out, name, text
+        return out, name, _route_text(name, d, failures)
 
     async def complete(self, request: ChatRequest, ctx: RouteContext = RouteContext()) -> ChatResponse:
         resp, name, text = await self._unary(request, self.decide(request, ctx), lambda p, r: p.complete(r))
@@ -280,7 +284,7 @@ class Router(BaseProvider):
     async def classify(self, request: ChatRequest, labels: Sequence[str], ctx: RouteContext = RouteContext()) -> dict[str, float]:
         d = self.decide(request, ctx, only=lambda r: r.provider.capabilities.classify)
         out, name, _ = await self._unary(request, d, lambda p, r: p.classify(r, labels))
-        return LabelProbs(out, deployment=name, failover=bool(d.ordered) and name != d.ordered[0])
+        return LabelProbs(out, deployment=name, failover=name != d.ordered[0])
 
     async def embed(self, texts: Sequence[str]) -> EmbeddingResponse:
         for route in self._routes.values():

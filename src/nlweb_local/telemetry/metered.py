@@ -134,28 +134,20 @@ class MeteredProvider:
     # -- Provider -----------------------------------------------------------------------------------
     async def stream(self, request: ChatRequest) -> AsyncIterator[ChatChunk]:
         s, t0 = self._begin(request.task)
-        ttft: float | None = None
-        usage: Usage | None = None
-        out_chars = 0
+        seen = StreamTally(self._clock, t0)
         error: BaseException | None = None
         chunks = self._inner.stream(request)
         try:
             async for ch in chunks:
-                if ttft is None:
-                    ttft = self._clock() - t0
-                if ch.usage is not None:
-                    usage = ch.usage
-                out_chars += len(ch.delta)
+                seen.see(ch)
                 yield ch
         except BaseException as e:
             error = e
             raise
         finally:
-            aclose = getattr(chunks, "aclose", None)
-            if aclose is not None and error is not None:
-                await aclose()
-            tin, tout = _tokens(usage, request, out_chars) if error is None else (0, 0)  # failed: not billed
-            self._end(s, t0, tokens_in=tin, tokens_out=tout, ttft=ttft, error=error)
+            await close_after_error(chunks, error)
+            tin, tout = seen.tokens(request) if error is None else (0, 0)  # failed: not billed
+            self._end(s, t0, tokens_in=tin, tokens_out=tout, ttft=seen.ttft, error=error)
 
     async def complete(self, request: ChatRequest) -> ChatResponse:
         s, t0 = self._begin(request.task)
@@ -197,6 +189,37 @@ class MeteredProvider:
 
     async def close(self) -> None:
         await self._inner.close()
+
+
+class StreamTally:
+    """What a wrapper sees of a stream it passes on: time to the first chunk, the usage the engine
+    reported, the characters sent (for an estimate when it reported none)."""
+
+    __slots__ = ("_clock", "_t0", "ttft", "usage", "out_chars")
+
+    def __init__(self, clock: Callable[[], float], t0: float | None = None):
+        self._clock = clock
+        self._t0 = clock() if t0 is None else t0
+        self.ttft: float | None = None
+        self.usage: Usage | None = None
+        self.out_chars = 0
+
+    def see(self, ch: ChatChunk) -> None:
+        if self.ttft is None:
+            self.ttft = self._clock() - self._t0
+        if ch.usage is not None:
+            self.usage = ch.usage
+        self.out_chars += len(ch.delta)
+
+    def tokens(self, request: ChatRequest) -> tuple[int, int]:
+        return _tokens(self.usage, request, self.out_chars)
+
+
+async def close_after_error(chunks: Any, error: BaseException | None) -> None:
+    """A wrapped stream that failed or was abandoned is closed at once (not left to the garbage collector)."""
+    aclose = getattr(chunks, "aclose", None)
+    if aclose is not None and error is not None:
+        await aclose()
 
 
 def _tokens(usage: Usage | None, request: ChatRequest, out_chars: int) -> tuple[int, int]:

@@ -28,7 +28,7 @@ from opentelemetry import propagate, trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from .context import current_request_id
-from .metered import _tokens
+from .metered import StreamTally, _tokens, close_after_error
 
 log = logging.getLogger(__name__)
 
@@ -334,27 +334,19 @@ class TracedProvider:
 
     async def stream(self, request: Any) -> AsyncIterator[Any]:
         started = self._start(request.task)
-        t0 = self._clock()
-        ttft: float | None = None
-        usage, out_chars = None, 0
+        seen = StreamTally(self._clock)
         error: BaseException | None = None
         chunks = self._inner.stream(request)
         try:
             async for ch in chunks:
-                if ttft is None:
-                    ttft = self._clock() - t0
-                if ch.usage is not None:
-                    usage = ch.usage
-                out_chars += len(ch.delta)
+                seen.see(ch)
                 yield ch
         except BaseException as e:
             error = e
             raise
         finally:
-            aclose = getattr(chunks, "aclose", None)
-            if aclose is not None and error is not None:
-                await aclose()
-            self._end(started, error, _tokens(usage, request, out_chars) if error is None else None, ttft)
+            await close_after_error(chunks, error)
+            self._end(started, error, seen.tokens(request) if error is None else None, seen.ttft)
 
     async def classify(self, request: Any, labels: Sequence[str]) -> Any:
         started = self._start(request.task)
