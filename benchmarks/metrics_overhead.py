@@ -42,13 +42,9 @@ def serve(kind: str, port: int, data_dir: str) -> None:
     import uvicorn
 
     from nlweb_local.config.settings import load_settings
-    from nlweb_local.providers.structured import ProviderStructuredLLM
     from nlweb_local.providers.testing import ScriptedProvider
-    from nlweb_local.router.breaker import CircuitBreaker
-    from nlweb_local.router.model import DeploymentInfo
-    from nlweb_local.router.router import Route, Router
     from nlweb_local.server.app import create_app
-    from nlweb_local.server.components import Components
+    from nlweb_local.server.components import build_components
 
     logging.disable(logging.WARNING)
     settings = load_settings(ROOT / "nlweb-local.yaml", environ={"NLWEB_LOCAL_DATA_DIR": data_dir})
@@ -58,10 +54,6 @@ def serve(kind: str, port: int, data_dir: str) -> None:
         from nlweb_local.telemetry import build_telemetry
 
         telemetry = build_telemetry(settings)
-        provider = telemetry.wrap(provider)
-    router = Router([Route(DeploymentInfo("local", True), provider, CircuitBreaker("local"))])
-    if telemetry is not None:
-        telemetry.watch(router)
 
     class Nothing:
         dimension = 2
@@ -72,8 +64,9 @@ def serve(kind: str, port: int, data_dir: str) -> None:
         def count(self):
             return 0
 
-    comp = Components(llm=ProviderStructuredLLM(router), embedder=Nothing(), store=Nothing(), provider=router,
-                      router=router, telemetry=telemetry)
+    settings.llm.deployments = []
+    comp = build_components(settings, providers={"local": provider}, embedder=Nothing(), store=Nothing(),
+                            telemetry=telemetry)
     app = create_app(settings, comp, close_components=False)
     config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error", access_log=False, lifespan="off")
     try:

@@ -43,18 +43,18 @@ def e2e_settings(data_dir):
 @pytest.fixture(scope="session")
 def real_components(tmp_path_factory, embedder):
     """The real parts, loaded once: SmolLM2 in llama.cpp, MiniLM, embedded Qdrant with the fixture site."""
+    import asyncio
+
     from nlweb_local.ingest.pipeline import Ingestor
-    from nlweb_local.providers.structured import ProviderStructuredLLM
-    from nlweb_local.server.components import Components, build_provider, build_router, build_store
+    from nlweb_local.server.components import build_components, build_store
 
     data = tmp_path_factory.mktemp("e2e")
     settings = e2e_settings(data)
     store = build_store(settings, embedder.dimension)
     Ingestor(embedder, store, settings.ingest, progress=False).ingest(FIXTURE_SITE, "fixture")
-    router = build_router(settings, build_provider(settings))  # /ask goes through the router, as in serve
-    comp = Components(llm=ProviderStructuredLLM(router), embedder=embedder, store=store, provider=router, router=router)
-    comp.settings = settings
+    comp = build_components(settings, embedder=embedder, store=store, telemetry=None)  # as serve composes it
     yield comp
+    asyncio.run(comp.close())
     store.close()
 
 

@@ -109,8 +109,8 @@ def test_a_failed_probe_reopens():
 def test_admin_force_open_and_reset():
     b, clock, _ = make()
     b.force_open(seconds=5)
-    assert b.state is BreakerState.OPEN and b.snapshot()["reason"] == "forced open by an operator"
+    assert b.state is BreakerState.OPEN and b.snapshot().reason == "forced open by an operator"
     b.reset()
     assert b.state is BreakerState.CLOSED and b.allows()
     snap = b.snapshot()
-    assert snap["state"] == "closed" and snap["share"] == 1.0
+    assert snap.state == "closed" and snap.share == 1.0

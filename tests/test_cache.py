@@ -9,7 +9,7 @@ from starlette.applications import Starlette
 from nlweb_local.config.settings import load_settings
 from nlweb_local.core.cache import BoundedCache, CacheStats
 from nlweb_local.telemetry import build_telemetry
-from nlweb_local.telemetry.endpoints import telemetry_routes
+from nlweb_local.server.admin import telemetry_routes
 from nlweb_local.telemetry.metrics import GatewayMetrics, new_registry
 
 

@@ -20,9 +20,8 @@ import pytest
 from conftest import LiveServer
 from fakes.openai_fake import OpenAIFake
 from nlweb_local.config.settings import load_settings
-from nlweb_local.providers.structured import ProviderStructuredLLM
 from nlweb_local.server.app import create_app
-from nlweb_local.server.components import Components, build_router
+from nlweb_local.server.components import build_components
 from nlweb_local.server.threaded import free_port
 from stand_ins import NoEmbedder
 
@@ -69,9 +68,8 @@ async def test_kill_the_local_engine_under_load_then_restore(tmp_path):
         DeploymentSettings(name="cloud", engine="openai", model="fake-model", url=f"{cloud.url}/v1", api_key="sk-test",
                            price_in_per_m=2.5, price_out_per_m=10),
     ]
-    router = build_router(settings, None)
     store = QdrantStore(dimension=2, path=tmp_path / "q")
-    comp = Components(llm=ProviderStructuredLLM(router), embedder=NoEmbedder(), store=store, provider=router, router=router)
+    comp = build_components(settings, embedder=NoEmbedder(), store=store, telemetry=None)  # as serve composes it
     srv = LiveServer(create_app(settings, comp, close_components=False))
     client = openai.AsyncOpenAI(base_url=f"{srv.url}/v1", api_key="unused", max_retries=0, timeout=60)
     served: list[tuple[float, str]] = []

@@ -4,22 +4,15 @@ Routing and failover run against scripted deployments (fast, deterministic); the
 answers through the same path in the `slow` tests at the end.
 """
 import json
-import random
 
 import openai
 import pytest
 
 from conftest import LiveServer
-from nlweb_local.config.settings import load_settings
 from nlweb_local.core.errors import ProviderConnectionError
-from nlweb_local.providers.structured import ProviderStructuredLLM
 from nlweb_local.providers.testing import ScriptedProvider
-from nlweb_local.router.breaker import BreakerSettings, CircuitBreaker
-from nlweb_local.router.model import DeploymentInfo
-from nlweb_local.router.router import Route, Router
 from nlweb_local.server.app import create_app
-from nlweb_local.server.components import Components
-from stand_ins import NoEmbedder
+from stand_ins import NoEmbedder, scripted_service, service_settings
 
 
 @pytest.fixture(scope="module")
@@ -29,14 +22,12 @@ def scripted(tmp_path_factory):
 
     local = ScriptedProvider("local", "local says hello")
     cloud = ScriptedProvider("cloud", "cloud says hello", local=False)
-    bs = BreakerSettings(min_calls=100)  # keep breakers closed: these tests look at single failovers
-    router = Router([Route(DeploymentInfo("local", True), local, CircuitBreaker("local", bs)),
-                     Route(DeploymentInfo("cloud", False, price_in_per_m=2.5, price_out_per_m=10), cloud,
-                           CircuitBreaker("cloud", bs))], rng=random.Random(0))
-
-    store = QdrantStore(dimension=2, path=tmp_path_factory.mktemp("gw") / "q")
-    comp = Components(llm=ProviderStructuredLLM(router), embedder=NoEmbedder(), store=store, provider=router, router=router)
-    srv = LiveServer(create_app(load_settings(environ={}), comp, close_components=False))
+    data = tmp_path_factory.mktemp("gw")
+    settings = service_settings(data, {"name": "cloud", "engine": "openai", "price_in_per_m": 2.5, "price_out_per_m": 10})
+    settings.llm.breaker.min_calls = 100  # keep breakers closed: these tests look at single failovers
+    store = QdrantStore(dimension=2, path=data / "q")
+    comp = scripted_service(settings, {"local": local, "cloud": cloud}, store=store, telemetry=None)
+    srv = LiveServer(create_app(settings, comp, close_components=False))
     client = openai.OpenAI(base_url=f"{srv.url}/v1", api_key="unused", max_retries=0)
     yield client, local, cloud, srv
     srv.stop()
@@ -177,10 +168,10 @@ def test_ask_degrades_to_similarity_when_no_llm_can_serve(tmp_path, embedder):
     store.upsert([Item(f"https://d.example/{i}", n, "d", json.dumps({"@type": "Thing", "name": n})) for i, n in enumerate(names)],
                  embedder.embed(names))
     local = ScriptedProvider("local", classify=True)
-    router = Router([Route(DeploymentInfo("local", True), local, CircuitBreaker("local"))])
-    router.routes["local"].breaker.force_open(600)
-    comp = Components(llm=ProviderStructuredLLM(router), embedder=embedder, store=store, provider=router, router=router)
-    with TestClient(create_app(load_settings(environ={}), comp, close_components=False)) as c:
+    settings = service_settings(tmp_path)
+    comp = scripted_service(settings, {"local": local}, embedder=embedder, store=store, telemetry=None)
+    comp.router.force_open("local", 600)
+    with TestClient(create_app(settings, comp, close_components=False)) as c:
         r = c.get("/ask", params={"query": "curry", "streaming": "false", "min_score": 0})
     store.close()
     assert r.status_code == 200

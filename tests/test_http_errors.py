@@ -6,9 +6,9 @@ from starlette.testclient import TestClient
 
 from nlweb_local.config.settings import load_settings
 from nlweb_local.core.types import Item
-from nlweb_local.providers.testing import FunctionLLM
+from nlweb_local.providers.testing import FunctionLLM, ScriptedProvider
 from nlweb_local.server.app import create_app
-from nlweb_local.server.components import Components
+from stand_ins import scripted_service
 
 
 def make_client(store, embedder, answer=None, **llm_kw):
@@ -17,7 +17,9 @@ def make_client(store, embedder, answer=None, **llm_kw):
     llm = FunctionLLM(answer or (lambda t, p, s: '{"score": 90, "description": "pie"}'), **llm_kw)
     settings = load_settings(environ={})
     settings.server.max_body_bytes = 4096
-    app = create_app(settings, Components(llm=llm, embedder=embedder, store=store), close_components=False)
+    comp = scripted_service(settings, {"local": ScriptedProvider("local")}, llm=llm, embedder=embedder, store=store,
+                            telemetry=None)
+    app = create_app(settings, comp, close_components=False)
     return TestClient(app)
 
 
@@ -105,7 +107,9 @@ def test_sse_keepalive_comments_while_the_model_is_slow(store, embedder):
     llm = FunctionLLM(lambda t, p, s: '{"score": 90}', delay_s=0.35)
     settings = load_settings(environ={})
     settings.server.keepalive_s = 0.1
-    app = create_app(settings, Components(llm=llm, embedder=embedder, store=store), close_components=False)
+    comp = scripted_service(settings, {"local": ScriptedProvider("local")}, llm=llm, embedder=embedder, store=store,
+                            telemetry=None)
+    app = create_app(settings, comp, close_components=False)
     with TestClient(app) as c:
         r = c.get("/ask", params={"query": "pie"})
     assert r.status_code == 200

@@ -1,5 +1,5 @@
 """Per-request priority: `PriorityGate` orders the calls waiting for an engine (higher first, FIFO within
-a priority), and the gateway's `x-nlweb-priority` header reaches the engine as `ChatRequest.priority`."""
+a priority), and the gateway's `x-nlweb-priority` header reaches the engine as `ChatRequest.context.priority`."""
 import asyncio
 
 import pytest
@@ -65,26 +65,22 @@ def test_the_priority_header_reaches_the_engine():
     from starlette.testclient import TestClient
 
     from nlweb_local.config.settings import load_settings
-    from nlweb_local.providers.structured import ProviderStructuredLLM
     from nlweb_local.providers.testing import ScriptedProvider
-    from nlweb_local.router.breaker import CircuitBreaker
-    from nlweb_local.router.model import DeploymentInfo
-    from nlweb_local.router.router import Route, Router
     from nlweb_local.server.app import create_app
-    from nlweb_local.server.components import Components
+    from stand_ins import scripted_service
 
     seen: list[int] = []
 
     class Recording(ScriptedProvider):
         def stream(self, request):
-            seen.append(request.priority)
+            seen.append(request.context.priority)
             return super().stream(request)
 
     local = Recording("local", "hi")
-    router = Router([Route(DeploymentInfo("local", True), local, CircuitBreaker("local"))])
-    comp = Components(llm=ProviderStructuredLLM(router), embedder=None, store=None, provider=router, router=router)
+    settings = load_settings(environ={})
+    comp = scripted_service(settings, {"local": local}, telemetry=None)
     body = {"model": "auto", "messages": [{"role": "user", "content": "hi"}]}
-    with TestClient(create_app(load_settings(environ={}), comp, close_components=False)) as c:
+    with TestClient(create_app(settings, comp, close_components=False)) as c:
         assert c.post("/v1/chat/completions", json=body, headers={"x-nlweb-priority": "7"}).status_code == 200
         assert c.post("/v1/chat/completions", json=body).status_code == 200
         bad = c.post("/v1/chat/completions", json=body, headers={"x-nlweb-priority": "urgent"})

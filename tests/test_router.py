@@ -5,11 +5,11 @@ import pytest
 
 from nlweb_local.core.errors import (BadRequestError, ContextLengthError, NoDeploymentError, ProviderConnectionError,
                                      ProviderTimeoutError, StreamInterruptedError)
-from nlweb_local.core.types import ChatRequest, Message
+from nlweb_local.core.types import CallContext, ChatRequest, Message
 from nlweb_local.providers.testing import ScriptedProvider
 from nlweb_local.router.breaker import BreakerSettings, BreakerState, CircuitBreaker
 from nlweb_local.router.model import DeploymentInfo, Privacy
-from nlweb_local.router.router import Route, RouteContext, Router
+from nlweb_local.router.router import Route, Router
 
 
 class Clock:
@@ -40,7 +40,8 @@ async def test_local_first_serves_locally_and_says_why():
     router, local, cloud, _ = fleet()
     r = await router.complete(req())
     assert r.content == "local answer here" and r.deployment == "local"
-    assert r.route.startswith("local; local-first") and cloud.calls == 0
+    assert r.served.deployment == "local" and r.served.reason.startswith("local-first") and not r.served.failover
+    assert r.served.header().startswith("local; local-first") and cloud.calls == 0
 
 
 async def test_failure_before_the_first_token_fails_over_transparently():
@@ -48,7 +49,7 @@ async def test_failure_before_the_first_token_fails_over_transparently():
     local.fail_with = ProviderConnectionError("refused", deployment="local")
     r = await router.complete(req())
     assert r.content == "cloud answer here" and r.deployment == "cloud"
-    assert "after failover from local" in r.route
+    assert r.served.failover_from == ("local",) and "after failover from local" in r.served.header()
 
 
 async def test_failure_after_tokens_is_an_explicit_error_not_a_truncation():
@@ -66,7 +67,7 @@ async def test_local_only_never_leaves_the_machine():
     router, local, cloud, _ = fleet()
     local.fail_with = ProviderConnectionError("down", deployment="local")
     with pytest.raises(NoDeploymentError) as e:
-        await router.complete(req(), RouteContext(privacy=Privacy.LOCAL_ONLY))
+        await router.complete(req(context=CallContext(privacy=Privacy.LOCAL_ONLY)))
     assert cloud.calls == 0
     assert "cloud" in e.value.reasons and "local_only" in e.value.reasons["cloud"]
     assert "local" in e.value.reasons
@@ -91,17 +92,17 @@ async def test_breaker_opens_then_restores_gradually():
     local.fail_with = ProviderConnectionError("down", deployment="local")
     for _ in range(3):
         assert (await router.complete(req())).deployment == "cloud"
-    assert router.routes["local"].breaker.state is BreakerState.OPEN
+    assert router.breaker("local").state == BreakerState.OPEN
     calls = local.calls
     assert (await router.complete(req())).deployment == "cloud"
     assert local.calls == calls  # an open breaker is not even tried
     local.fail_with = None
     clock.t += 31  # open period over: one probe, then 50 % share, then closed
     assert (await router.complete(req())).deployment == "local"
-    assert router.routes["local"].breaker.state is BreakerState.RESTORING
+    assert router.breaker("local").state == BreakerState.RESTORING
     for _ in range(2):
         await router.complete(req())
-    assert router.routes["local"].breaker.state is BreakerState.CLOSED
+    assert router.breaker("local").state == BreakerState.CLOSED
 
 
 async def test_nothing_can_serve_is_a_503_with_reasons_and_retry_after():
@@ -121,15 +122,15 @@ async def test_deadline_is_respected():
     router._clock = __import__("time").monotonic
     local.token_delay_s = cloud.token_delay_s = 0.3
     with pytest.raises((ProviderTimeoutError, NoDeploymentError, StreamInterruptedError)):
-        await router.complete(req(deadline_s=0.2))
+        await router.complete(req(context=CallContext(deadline_s=0.2)))
 
 
 async def test_strategy_per_request_and_unknown_strategy():
     router, local, cloud, _ = fleet()
-    r = await router.complete(req("x" * 4000), RouteContext(strategy="cost"))
+    r = await router.complete(req("x" * 4000, context=CallContext(strategy="cost")))
     assert r.deployment == "local"  # local is free
     with pytest.raises(BadRequestError, match="unknown routing strategy"):
-        await router.complete(req(), RouteContext(strategy="fastest-please"))
+        await router.complete(req(context=CallContext(strategy="fastest-please")))
 
 
 async def test_stream_and_complete_agree():
@@ -153,7 +154,7 @@ async def test_a_non_streamed_call_fails_over_even_after_tokens():
     router, local, cloud, _ = fleet()
     local.fail_after_tokens = 1
     r = await router.complete(req())
-    assert r.content == "cloud answer here" and "after failover from local" in r.route
+    assert r.content == "cloud answer here" and r.served.failover_from == ("local",)
 
 
 async def test_groups_by_task_kind_and_model_alias():
@@ -165,14 +166,13 @@ async def test_groups_by_task_kind_and_model_alias():
     assert r.deployment == "cloud"  # the summarize group holds only the cloud deployment
     r = await router.complete(req(task=TaskKind.RANK))
     assert r.deployment == "local"  # no group for rank: any deployment, local first
-    r = await router.complete(req(), RouteContext(deployments=router.groups["smart"]))
+    r = await router.complete(req(context=CallContext(deployments=router.resolve_model("smart"))))
     assert r.deployment == "cloud"
 
 
 def test_groups_must_name_known_deployments():
-    router, local, cloud, _ = fleet()
     with pytest.raises(ValueError, match="unknown deployments"):
-        Router(list(router.routes.values()), groups={"rank": ["nope"]})
+        Router([Route(DeploymentInfo("local", True), ScriptedProvider("local"))], groups={"rank": ["nope"]})
 
 
 async def test_a_deployment_that_fails_then_recovers_within_one_request_is_used_once():
@@ -194,9 +194,9 @@ async def test_a_callers_difficulty_decides_the_quality_tier():
               Route(DeploymentInfo("cloud", False, price_in_per_m=2.0, price_out_per_m=8.0, tier=2), cloud,
                     CircuitBreaker("cloud", BreakerSettings()))]
     router = Router(routes, rng=random.Random(0), backoff_s=0.0, strategy="quality")
-    hard = await router.complete(req("Question: tea cups\nItem: Recipe: chai", difficulty=1.0))
+    hard = await router.complete(req("Question: tea cups\nItem: Recipe: chai", context=CallContext(difficulty=1.0)))
     easy = await router.complete(req("Question: tea cups\nItem: Recipe: chai"))
-    assert hard.deployment == "cloud" and "difficulty 1.00" in hard.route
+    assert hard.deployment == "cloud" and "difficulty 1.00" in hard.served.reason
     assert easy.deployment == "local"
 
 
@@ -207,7 +207,7 @@ async def test_classify_says_who_answered_and_whether_it_was_a_fallback():
                      Route(DeploymentInfo("cloud", False), cloud, CircuitBreaker("cloud", BreakerSettings()))],
                     rng=random.Random(0), backoff_s=0.0)
     first = await router.classify(req("Is this good?"), ("Yes", "No"))
-    assert first["Yes"] == 1.0 and first.deployment == "local" and not first.failover
+    assert first.probs["Yes"] == 1.0 and first.served.deployment == "local" and not first.served.failover
     local.fail_with = ProviderConnectionError("local: down", deployment="local")
     second = await router.classify(req("Is this good?"), ("Yes", "No"))
-    assert second.deployment == "cloud" and second.failover
+    assert second.served.deployment == "cloud" and second.served.failover

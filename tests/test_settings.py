@@ -55,12 +55,13 @@ def test_shipped_config_file_documents_the_defaults():
 
 
 def test_search_deployment_must_exist(tmp_path):
-    from nlweb_local.server.components import build_provider
+    from nlweb_local.providers.testing import ScriptedProvider
+    from stand_ins import scripted_service
 
     cfg = tmp_path / "c.yaml"
     cfg.write_text("llm:\n  search_deployment: big\n  deployments:\n    - {name: small, engine: ollama, model: llama3}\n")
-    with pytest.raises(BadRequestError, match="'big' is not among llm.deployments \\(small\\)"):
-        build_provider(load_settings(cfg, environ={}))
+    with pytest.raises(BadRequestError, match="'big' is not a deployment \\(local, small\\)"):
+        scripted_service(load_settings(cfg, environ={}), {"local": ScriptedProvider("local")}, telemetry=None)
 
 
 def test_unknown_engine_is_rejected_with_the_choices(tmp_path):
@@ -70,16 +71,23 @@ def test_unknown_engine_is_rejected_with_the_choices(tmp_path):
         load_settings(cfg, environ={})
 
 
-def test_routing_settings_build_the_router(tmp_path):
+async def test_routing_settings_build_the_router(tmp_path):
+    from nlweb_local.core.errors import NoDeploymentError, ProviderConnectionError
+    from nlweb_local.core.types import ChatRequest, Message
     from nlweb_local.providers.testing import ScriptedProvider
     from nlweb_local.server.components import build_router
 
     cfg = tmp_path / "c.yaml"
     cfg.write_text("llm:\n  strategy: cost\n  rollout_local_share: 0.25\n  groups: {summarize: [local], smart: [local]}\n"
                    "  breaker: {open_s: 5, min_calls: 2}\n")
-    router = build_router(load_settings(cfg, environ={}), ScriptedProvider("local"))
-    assert router.default_strategy == "cost" and router.groups == {"summarize": ("local",), "smart": ("local",)}
-    assert router.routes["local"].breaker._s.open_s == 5
+    local = ScriptedProvider("local")
+    router = build_router(load_settings(cfg, environ={}), providers={"local": local})
+    assert router.default_strategy == "cost" and router.aliases() == {"summarize": ("local",), "smart": ("local",)}
+    local.fail_with = ProviderConnectionError("down", deployment="local")
+    with pytest.raises(NoDeploymentError):  # two failed attempts (two rounds): min_calls reached, the breaker opens
+        await router.complete(ChatRequest([Message("user", "hi")]))
+    snap = router.breaker("local")
+    assert snap.state == "open" and 4.0 < snap.retry_after_s <= 5.0  # llm.breaker.open_s
     cfg.write_text("llm:\n  groups: {rank: [ghost]}\n")
     with pytest.raises(BadRequestError, match="unknown deployments"):
-        build_router(load_settings(cfg, environ={}), ScriptedProvider("local"))
+        build_router(load_settings(cfg, environ={}), providers={"local": ScriptedProvider("local")})

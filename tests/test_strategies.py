@@ -104,8 +104,12 @@ def test_rollout_is_sticky_per_conversation_and_near_its_share():
 
 
 def test_route_header_names_the_choice():
+    from nlweb_local.core.types import Served
+
     d = local_first(RequestFeatures(), [view("cpu")], random.Random(0))
-    assert d.header().startswith("cpu; local-first")
+    assert d.ordered[0] == "cpu" and d.reason.startswith("local-first")
+    assert Served(d.ordered[0], d.reason).header().startswith("cpu; local-first")
+    assert Served("gpu", "difficulty 0.90 ≥ 0.50", ("cpu",)).header() == "gpu; difficulty 0.90 ? 0.50; after failover from cpu"
 
 
 @pytest.mark.parametrize("name", list(STRATEGIES))

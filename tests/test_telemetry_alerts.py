@@ -118,13 +118,13 @@ async def test_monitor_watches_the_router_and_the_window(receiver, tmp_path):
         for _ in range(4):
             await router.complete(req)  # local fails, cloud serves: 4 failures in 8 calls
         tel.ledger.flush()
-        router.routes["local"].breaker.force_open(60)
+        router.force_open("local", 60)
         changes = {(s, a.key) for s, a in await monitor.run_once()}
         assert changes == {("firing", "error_rate"), ("firing", "deployment_down:local"), ("firing", "budget")}
         assert {(b["status"], b["alert"]["key"]) for b in got} == changes
         assert await monitor.run_once() == []  # nothing new
 
-        router.routes["local"].breaker.reset()
+        router.reset("local")
         local.fail_with = None
         for _ in range(8):
             await router.complete(req)  # 4 failures in 16 calls: 25 %, under the threshold

@@ -6,7 +6,6 @@ Saves test-artifacts/dashboard.png to look at.
 """
 from __future__ import annotations
 
-import random
 import threading
 import time
 
@@ -18,15 +17,11 @@ from playwright.sync_api import expect, sync_playwright  # noqa: E402
 
 from browser_util import PageWatch, launch_chromium, screenshot  # noqa: E402
 from conftest import LiveServer  # noqa: E402
-from nlweb_local.config.settings import load_settings  # noqa: E402
+from nlweb_local.config.settings import DeploymentSettings, load_settings  # noqa: E402
 from nlweb_local.core.errors import ProviderConnectionError  # noqa: E402
-from nlweb_local.providers.structured import ProviderStructuredLLM  # noqa: E402
 from nlweb_local.providers.testing import ScriptedProvider  # noqa: E402
-from nlweb_local.router.breaker import BreakerSettings, CircuitBreaker  # noqa: E402
-from nlweb_local.router.model import DeploymentInfo  # noqa: E402
-from nlweb_local.router.router import Route, Router  # noqa: E402
 from nlweb_local.server.app import create_app  # noqa: E402
-from nlweb_local.server.components import Components  # noqa: E402
+from stand_ins import scripted_service  # noqa: E402
 from nlweb_local.telemetry import build_telemetry  # noqa: E402
 
 pytestmark = pytest.mark.browser
@@ -54,13 +49,10 @@ def server(tmp_path):
     local = ScriptedProvider("local", "local says hello", token_delay_s=0.002)
     cloud = ScriptedProvider("cloud", "cloud says hello there", local=False, token_delay_s=0.004)
     cloud.model = "gpt-4o-mini"
-    bs = BreakerSettings(min_calls=1000)
-    router = Router([Route(DeploymentInfo("local", True), tel.wrap(local), CircuitBreaker("local", bs)),
-                     Route(DeploymentInfo("cloud", False), tel.wrap(cloud), CircuitBreaker("cloud", bs))],
-                    rounds=1, rng=random.Random(0))
-    tel.watch(router)
-    comp = Components(llm=ProviderStructuredLLM(router), embedder=Nothing(), store=Nothing(), provider=router,
-                      router=router, telemetry=tel)
+    settings.llm.deployments = [DeploymentSettings(name="cloud", engine="openai", model=cloud.model)]
+    settings.llm.breaker.min_calls = 1000
+    settings.llm.rounds = 1
+    comp = scripted_service(settings, {"local": local, "cloud": cloud}, embedder=Nothing(), store=Nothing(), telemetry=tel)
     srv = LiveServer(create_app(settings, comp, close_components=False))
     yield srv, local
     srv.stop()

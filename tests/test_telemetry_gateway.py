@@ -7,24 +7,18 @@ plus 2.6 kW at $1/kWh) and, with calls taking no time on the frozen clock, is pr
 reference model is gpt-4o ($2.50 / $10).
 """
 import json
-import random
 
 import httpx
 import pytest
 import pytest_asyncio
 
-from nlweb_local.config.settings import load_settings
+from nlweb_local.config.settings import DeploymentSettings, load_settings
 from nlweb_local.core.errors import ProviderConnectionError, ProviderTimeoutError, RateLimitedError
-from nlweb_local.providers.structured import ProviderStructuredLLM
 from nlweb_local.providers.testing import ScriptedProvider
-from nlweb_local.router.breaker import BreakerSettings, CircuitBreaker
-from nlweb_local.router.model import DeploymentInfo
-from nlweb_local.router.router import Route, Router
 from nlweb_local.server.app import create_app
-from nlweb_local.server.components import Components
 from nlweb_local.telemetry import build_telemetry
 from nlweb_local.telemetry.prices import Price
-from stand_ins import NoEmbedder, NoStore
+from stand_ins import scripted_service
 
 LOCAL_PER_TOKEN = 10.0 / 1e6
 CLOUD = Price(0.15, 0.60)
@@ -46,13 +40,10 @@ async def gateway(tmp_path):
     local = ScriptedProvider("local", "local says hello")
     cloud = ScriptedProvider("cloud", "cloud says hello there", local=False)
     cloud.model = "gpt-4o-mini-2024-07-18"
-    bs = BreakerSettings(min_calls=1000)
-    router = Router([Route(DeploymentInfo("local", True), tel.wrap(local), CircuitBreaker("local", bs)),
-                     Route(DeploymentInfo("cloud", False), tel.wrap(cloud, engine="openai"), CircuitBreaker("cloud", bs))],
-                    rounds=1, rng=random.Random(0))
-    tel.watch(router)
-    comp = Components(llm=ProviderStructuredLLM(router), embedder=NoEmbedder(), store=NoStore(), provider=router,
-                      router=router, telemetry=tel)
+    settings.llm.deployments = [DeploymentSettings(name="cloud", engine="openai", model=cloud.model)]
+    settings.llm.breaker.min_calls = 1000
+    settings.llm.rounds = 1
+    comp = scripted_service(settings, {"local": local, "cloud": cloud}, telemetry=tel)
     app = create_app(settings, comp, close_components=False)
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gw") as client:
         yield client, local, cloud, tel, settings
@@ -245,8 +236,8 @@ def test_build_router_wraps_every_deployment_with_its_price(tmp_path):
     settings = load_settings(cfg, environ={})
     tel = build_telemetry(settings)
     try:
-        router = build_router(settings, ScriptedProvider("local"), telemetry=tel)
-        providers = {n: r.provider for n, r in router.routes.items()}
+        router = build_router(settings, providers={"local": ScriptedProvider("local")}, telemetry=tel)
+        providers = {n: router.provider(n) for n in router.names()}
         assert all(isinstance(p, MeteredProvider) for p in providers.values())
         assert isinstance(providers["local"].price, HardwareCost)  # the embedded engine: priced by its hardware
         assert providers["oai"].price.in_per_m == 0.15 and "gpt-4o-mini" in providers["oai"].price.source

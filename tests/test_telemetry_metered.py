@@ -95,7 +95,7 @@ async def test_classify_embed_health_admit_pass_through():
     assert out.vectors == [[16.0, 1.0]]
     assert (await p.health()).healthy and p.admit() is None
     assert [r.task for r in rows] == ["rank", "embed"] and rows[1].tokens_in == 4
-    assert p.fail_with is None  # engine-specific attributes pass through to the wrapped provider
+    assert p.inner is inner and not hasattr(p, "fail_with")  # no pass-through: the engine is reached as `inner`
 
 
 async def test_local_price_uses_measured_throughput_while_busy():

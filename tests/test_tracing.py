@@ -1,5 +1,5 @@
 """OpenTelemetry tracing (telemetry.tracing) through the real app: two OpenAI-compatible deployments on
-the wire-faithful fake, built by the same composition code as `serve` (build_telemetry, build_router),
+the wire-faithful fake, built by the same composition code as `serve` (build_telemetry, build_components),
 spans caught by the SDK's in-memory exporter. And with tracing off: no span, no OpenTelemetry at all.
 """
 import subprocess
@@ -12,9 +12,8 @@ import pytest_asyncio
 
 from fakes.openai_fake import OpenAIFake
 from nlweb_local.config.settings import DeploymentSettings, load_settings
-from nlweb_local.providers.structured import ProviderStructuredLLM
 from nlweb_local.server.app import create_app
-from nlweb_local.server.components import Components, build_router
+from nlweb_local.server.components import build_components
 from nlweb_local.telemetry import build_telemetry
 from stand_ins import NoEmbedder, NoStore
 
@@ -37,12 +36,9 @@ def settings_for(tmp_path, fake_url: str, *, tracing: bool):
 
 async def app_client(settings, exporter=None):
     tel = build_telemetry(settings, span_exporters=(exporter,) if exporter is not None else ())
-    router = build_router(settings, None, telemetry=tel)
-    tel.watch(router)
-    comp = Components(llm=ProviderStructuredLLM(router), embedder=NoEmbedder(), store=NoStore(), provider=router,
-                      router=router, telemetry=tel)
+    comp = build_components(settings, embedder=NoEmbedder(), store=NoStore(), telemetry=tel)
     app = create_app(settings, comp, close_components=False)
-    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gw"), tel, router
+    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gw"), tel, comp
 
 
 @pytest_asyncio.fixture(loop_scope="function")
@@ -55,10 +51,10 @@ async def fake():
 @pytest_asyncio.fixture(loop_scope="function")
 async def traced(tmp_path, fake):
     exporter = InMemorySpanExporter()
-    client, tel, router = await app_client(settings_for(tmp_path, fake.url, tracing=True), exporter)
+    client, tel, comp = await app_client(settings_for(tmp_path, fake.url, tracing=True), exporter)
     async with client:
-        yield client, exporter, tel, fake, router
-    await router.close()
+        yield client, exporter, tel, fake, comp
+    await comp.close()
     tel.close()
 
 
@@ -204,10 +200,10 @@ async def test_only_the_request_paths_get_spans(traced):
 
 async def test_the_search_pipelines_llm_calls_get_route_and_engine_spans(traced):
     """/ask's LLM port (StructuredLLM over the traced router): classify and complete calls are traced."""
-    client, exporter, tel, fake, router = traced
+    client, exporter, tel, fake, comp = traced
     from nlweb_local.core.types import TaskKind
 
-    llm = ProviderStructuredLLM(router)  # the traced router, as build_components hands it to the pipeline
+    llm = comp.llm  # the port over the traced router, as build_components hands it to the pipeline
     out = await llm.write(TaskKind.SUMMARIZE, "Summarize: hello")
     assert out
     spans = exporter.get_finished_spans()
@@ -219,15 +215,15 @@ async def test_the_search_pipelines_llm_calls_get_route_and_engine_spans(traced)
 
 async def test_tracing_off_creates_no_span_and_no_wrapper(tmp_path, fake):
     exporter = InMemorySpanExporter()
-    client, tel, router = await app_client(settings_for(tmp_path, fake.url, tracing=False), exporter)
+    client, tel, comp = await app_client(settings_for(tmp_path, fake.url, tracing=False), exporter)
     async with client:
         r = await client.post("/v1/chat/completions", json=chat("hi"))
         assert r.status_code == 200 and r.headers["x-request-id"]
     assert tel.tracing is None
-    assert type(router).__name__ == "Router"  # no TracedRouter, no TracedProvider: the plain path
-    assert all(type(rt.provider).__name__ == "MeteredProvider" for rt in router.routes.values())
+    assert type(comp.gateway).__name__ == "Router"  # no TracedRouter, no TracedProvider: the plain path
+    assert all(type(comp.router.provider(n)).__name__ == "MeteredProvider" for n in comp.router.names())
     assert exporter.get_finished_spans() == ()
-    await router.close()
+    await comp.close()
     tel.close()
 
 
@@ -238,10 +234,9 @@ def test_tracing_off_never_imports_opentelemetry(tmp_path):
         import asyncio, sys
         import httpx
         from nlweb_local.config.settings import load_settings
-        from nlweb_local.providers.structured import ProviderStructuredLLM
         from nlweb_local.providers.testing import ScriptedProvider
         from nlweb_local.server.app import create_app
-        from nlweb_local.server.components import Components, build_router
+        from nlweb_local.server.components import build_components
         from nlweb_local.telemetry import build_telemetry
 
         class NoStore:
@@ -251,9 +246,8 @@ def test_tracing_off_never_imports_opentelemetry(tmp_path):
         async def main():
             s = load_settings(environ={{"NLWEB_LOCAL_DATA_DIR": {str(tmp_path)!r}}})
             tel = build_telemetry(s)
-            router = build_router(s, ScriptedProvider("local", "hello"), telemetry=tel)
-            comp = Components(llm=ProviderStructuredLLM(router), embedder=None, store=NoStore(), provider=router,
-                              router=router, telemetry=tel)
+            comp = build_components(s, providers={{"local": ScriptedProvider("local", "hello")}}, embedder=None,
+                                    store=NoStore(), telemetry=tel)
             app = create_app(s, comp, close_components=False)
             async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gw") as c:
                 r = await c.post("/v1/chat/completions", json={{"model": "auto", "messages": [{{"role": "user", "content": "hi"}}]}})
@@ -270,11 +264,11 @@ def test_tracing_off_never_imports_opentelemetry(tmp_path):
 
 async def test_tracing_on_without_the_sdk_is_a_warning_and_no_spans(tmp_path, fake, monkeypatch, caplog):
     monkeypatch.setitem(sys.modules, "opentelemetry.sdk.trace", None)  # as if opentelemetry-sdk were not installed
-    client, tel, router = await app_client(settings_for(tmp_path, fake.url, tracing=True))
+    client, tel, comp = await app_client(settings_for(tmp_path, fake.url, tracing=True))
     assert tel.tracing is None and "nlweb-local[tracing]" in caplog.text
     async with client:
         assert (await client.post("/v1/chat/completions", json=chat("hi"))).status_code == 200
-    await router.close()
+    await comp.close()
     tel.close()
 
 

@@ -70,13 +70,12 @@ def _remote(url: str, args: argparse.Namespace) -> Iterable[dict[str, Any]]:
 
 async def _local(args: argparse.Namespace, settings: Settings, raw: bool) -> bool:
     from ..search.events import AskRequest
-    from ..search.pipeline import AskPipeline
     from ..server.components import build_components
     from ..server.wire import V3Renderer
 
     comp = build_components(settings)
     try:
-        pipeline = AskPipeline(comp.llm, comp.embedder, comp.store, settings.search)
+        pipeline = comp.pipeline  # the same pipeline the server runs
         req = AskRequest(query=args.query, sites=[s for s in (args.site or "").split(",") if s and s != "all"],
                          prev=args.prev, mode=args.mode, min_score=settings.search.min_score,
                          max_results=args.max_results or settings.search.max_results)
@@ -88,10 +87,7 @@ async def _local(args: argparse.Namespace, settings: Settings, raw: bool) -> boo
                 print_message(m, raw)
         return ok
     finally:
-        if comp.provider is not None:
-            await comp.provider.close()
-        for close in comp.closers:
-            close()
+        await comp.close()
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:

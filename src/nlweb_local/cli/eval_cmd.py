@@ -124,7 +124,8 @@ async def _run(args: argparse.Namespace, settings: Settings) -> int:
     from ..providers.replay import ReplayProvider
     from ..providers.structured import ProviderStructuredLLM
     from ..search.pipeline import AskPipeline
-    from ..server.components import build_embedded, build_embedder
+    from ..providers.registry import build_provider
+    from ..server.components import build_embedder, embedded_deployment
 
     groups = _read(Path(args.data))
     s = settings.search.model_copy()
@@ -136,7 +137,10 @@ async def _run(args: argparse.Namespace, settings: Settings) -> int:
         s.llm_weight = 1.0 if args.llm_weight is None else args.llm_weight
         s.calibrate_llm = False  # the recorded scores are on NLWeb's 0-100 scale already
     elif args.strategy == "local":
-        provider = build_embedded(settings)
+        embedded = embedded_deployment(settings)
+        if embedded is None:
+            raise SourceError("eval rank --strategy local ranks with the embedded engine; set llm.embedded_enabled: true")
+        provider = build_provider(embedded)
         if args.llm_weight is not None:
             s.llm_weight = args.llm_weight
     else:

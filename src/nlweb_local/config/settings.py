@@ -58,7 +58,9 @@ class DeploymentSettings(_Section):
         return self.api_key or (environ.get(self.api_key_env) if self.api_key_env else None)
 
 
-class BreakerConfig(_Section):
+class BreakerSettings(_Section):
+    """A deployment's circuit breaker (router/breaker.py takes this type directly)."""
+
     window: int = Field(20, ge=1, description="calls in the sliding window")
     min_calls: int = Field(5, ge=1, description="calls needed before the breaker may open")
     failure_rate: float = Field(0.5, gt=0, le=1, description="open at this share of failures (5xx, timeouts, connection errors, 429)")
@@ -84,7 +86,8 @@ class LLMSettings(_Section):
     embedded_name: str = Field("local", description="deployment name of the embedded llama.cpp engine")
     embedded_enabled: bool = Field(True, description="serve the embedded llama.cpp engine (off: only llm.deployments)")
     health_interval_s: float = Field(10.0, gt=0, description="how often each deployment's health/load is probed")
-    breaker: BreakerConfig = BreakerConfig()
+    rounds: int = Field(2, ge=1, le=5, description="times the whole fallback chain is tried (with a short backoff) before a call fails")
+    breaker: BreakerSettings = BreakerSettings()
     groups: dict[str, list[str]] = Field(default_factory=dict, description="model alias or task kind (rank, decontextualize, summarize, generate, chat, code, json) -> the deployments that may serve it")
     rollout_local_share: float | None = Field(None, ge=0, le=1, description="migration phase: share of conversations sent local first (e.g. 0.05, 0.25, 0.75, 1.0); null = off")
     quality_threshold: float = Field(0.5, ge=0, le=1, description="quality strategy: difficulty at which a request escalates (calibrate with `nlweb-local router calibrate`)")

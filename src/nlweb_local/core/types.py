@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import enum
 import operator
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
+from collections.abc import Iterator, Mapping
 from typing import Any, Literal
 
 
@@ -42,6 +43,62 @@ class ScoredItem:
     similarity: float
 
 
+class Privacy(str, enum.Enum):
+    ANY = "any"
+    LOCAL_ONLY = "local_only"  # never leaves the machine: a hard guarantee
+
+
+@dataclass(frozen=True, slots=True)
+class CallContext:
+    """Who asks and how one call must be served: set once where the request enters (the HTTP edge, the
+    /ask pipeline) and carried, unchanged, on the `ChatRequest` through every wrapper to the engine.
+
+    `deadline_s` is the caller's whole budget for the call, in seconds (the router splits what is left of
+    it over its attempts and hands each engine its share as `ChatRequest.deadline_s`)."""
+
+    strategy: str | None = None  # routing strategy; None = the router's default
+    privacy: Privacy = Privacy.ANY
+    deployments: tuple[str, ...] = ()  # pinned: only these may serve (a model name that names deployments)
+    conversation: str = ""  # sticky decisions (rollout) per conversation
+    priority: int = 0  # higher is served first where calls queue for an engine
+    deadline_s: float | None = None  # the caller's budget; None = the router's default
+    difficulty: float | None = None  # 0 easy .. 1 hard, set by a caller that knows; None = the router estimates
+    caller: str = ""  # identity of the caller (an API key's id), for governance
+    team: str = ""
+    role: str = ""
+    budget_usd: float | None = None  # what this caller may still spend, when a budget applies
+
+    def with_(self, **changes: Any) -> "CallContext":
+        """A copy with some fields changed (the context itself is immutable)."""
+        return replace(self, **changes)
+
+
+DEFAULT_CONTEXT = CallContext()
+
+
+@dataclass(frozen=True, slots=True)
+class Served:
+    """Who served a call and why: typed fields the HTTP edge renders (`x-nlweb-route`), never parsed back."""
+
+    deployment: str
+    reason: str = ""
+    failover_from: tuple[str, ...] = ()  # deployments that failed before this one answered
+    model: str = ""  # the model name at the engine
+    model_version: str = ""  # a fingerprint of the model that answered (cache keys, rollbacks)
+
+    @property
+    def failover(self) -> bool:
+        """True when the router's first choice failed and another deployment answered."""
+        return bool(self.failover_from)
+
+    def header(self) -> str:
+        """The `x-nlweb-route` value: who served, why, and whom it replaced (ASCII-safe)."""
+        text = f"{self.deployment}; {self.reason}" if self.reason else self.deployment
+        if self.failover_from:
+            text += f"; after failover from {', '.join(self.failover_from)}"
+        return text.encode("ascii", "replace").decode("ascii")
+
+
 Role = Literal["system", "user", "assistant", "tool"]
 
 
@@ -67,7 +124,10 @@ class Message:
 
 @dataclass(slots=True)
 class ChatRequest:
-    """A provider-neutral chat request. `json_schema` asks for output matching that schema."""
+    """A provider-neutral chat request. `json_schema` asks for output matching that schema.
+
+    `deadline_s` is what the engine serving this attempt may take (set by the router from the caller's
+    `context.deadline_s`); engines that honour it say so with `Capabilities.enforces_deadline`."""
 
     messages: list[Message]
     model: str | None = None
@@ -83,8 +143,7 @@ class ChatRequest:
     tools: list[dict[str, Any]] | None = None  # OpenAI function-tool definitions, passed through where supported
     tool_choice: Any = None
     extra: dict[str, Any] = field(default_factory=dict)  # engine-specific body fields, passed through as they are
-    priority: int = 0  # higher is served first where calls queue for an engine (x-nlweb-priority)
-    difficulty: float | None = None  # 0 easy .. 1 hard, set by a caller that knows (the ranker's uncertain band); None = the router estimates
+    context: CallContext = DEFAULT_CONTEXT  # who asks and how the call must be served (frozen, shared by copies)
 
     def with_deadline(self, seconds: float | None) -> "ChatRequest":
         """A shallow copy with another deadline (the router's copy per attempt; ~5× cheaper than copy.copy)."""
@@ -123,7 +182,7 @@ class ChatChunk:
     finish_reason: str | None = None
     usage: Usage | None = None
     tool_calls: list[dict[str, Any]] | None = None  # OpenAI-style tool-call deltas
-    route: str | None = None  # set by the router on a stream's first chunk: "deployment; reason"
+    served: Served | None = None  # set by the router on a stream's first chunk
 
 
 @dataclass(slots=True)
@@ -134,7 +193,7 @@ class ChatResponse:
     model: str = ""
     deployment: str = ""
     tool_calls: list[dict[str, Any]] = field(default_factory=list)
-    route: str = ""  # which deployment served it and why (the x-nlweb-route header)
+    served: Served | None = None  # which deployment served it and why (set by the router)
 
 
 @dataclass(slots=True)
@@ -145,13 +204,20 @@ class EmbeddingResponse:
     deployment: str = ""
 
 
-class LabelProbs(dict):
-    """A classification answer: {label: probability}, plus who gave it. `failover` is true when the router's
-    first choice failed and another deployment answered — an answer a cache should not keep."""
+@dataclass(frozen=True, slots=True, eq=False)  # equality is the mapping's: the probabilities
+class LabelProbs(Mapping[str, float]):
+    """A classification answer: the probability of each label (read it as a mapping), and who gave it
+    (`served.failover` is true when the router's first choice failed and another deployment answered —
+    an answer a cache should not keep)."""
 
-    __slots__ = ("deployment", "failover")
+    probs: dict[str, float]
+    served: Served | None = None
 
-    def __init__(self, probs: dict[str, float], *, deployment: str = "", failover: bool = False):
-        super().__init__(probs)
-        self.deployment = deployment
-        self.failover = failover
+    def __getitem__(self, label: str) -> float:
+        return self.probs[label]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.probs)
+
+    def __len__(self) -> int:
+        return len(self.probs)

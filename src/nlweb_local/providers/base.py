@@ -1,16 +1,19 @@
 """The `Provider` protocol every engine adapter and every wrapper implements, and its shared types.
 
-A provider speaks one engine or vendor. Wrappers (router, breaker, cache, metrics) are providers too,
-so the gateway is a fold of wrappers over adapters. Capabilities describe what a deployment can do;
-`LoadSnapshot` is the one shape every engine's health and metrics are parsed into.
+A provider speaks one engine or vendor. Cross-cutting behaviour (metrics, tracing, and later caches and
+quotas) are wrappers that are providers too (`wrapper.WrapperProvider`), and the router is a provider
+over providers, so the gateway is a fold of wrappers over adapters (`wrapper.compose`). Capabilities
+describe what a deployment can do; `LoadSnapshot` is the one shape every engine's health and metrics
+are parsed into. What only some engines can do is an explicit protocol: `Classifier` (next-token label
+probabilities, announced by `Capabilities.classify`) and `ModelLifecycle` (load/unload/sleep/wake).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import AsyncIterator, Protocol, Sequence
+from typing import AsyncIterator, Protocol, Sequence, runtime_checkable
 
 from ..core.errors import BadRequestError
-from ..core.types import ChatChunk, ChatRequest, ChatResponse, EmbeddingResponse, Usage
+from ..core.types import ChatChunk, ChatRequest, ChatResponse, EmbeddingResponse, LabelProbs, Served, Usage
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,8 +40,6 @@ class LoadSnapshot:
     loading: bool = False  # up, but still loading a model
 
 
-Health = LoadSnapshot  # older name
-
 
 class Provider(Protocol):
     name: str  # the deployment's name
@@ -60,16 +61,38 @@ class Provider(Protocol):
     async def close(self) -> None: ...
 
 
+@runtime_checkable
+class Classifier(Protocol):
+    """Next-token label probabilities in one forward pass (`Capabilities.classify` says the engine can)."""
+
+    async def classify(self, request: ChatRequest, labels: Sequence[str]) -> LabelProbs: ...
+
+
+@runtime_checkable
+class ModelLifecycle(Protocol):
+    """Loading and unloading models, and freeing the accelerator without forgetting the model (sleep).
+    An engine that cannot do one of them raises `BadRequestError` saying so."""
+
+    async def load(self, model: str | None = None) -> None: ...
+
+    async def unload(self, model: str | None = None) -> None: ...
+
+    async def sleep(self, level: int = 1) -> None: ...
+
+    async def wake(self) -> None: ...
+
+    async def is_sleeping(self) -> bool: ...
+
+
 async def assemble(chunks: AsyncIterator[ChatChunk], *, deployment: str, model: str) -> ChatResponse:
     """The non-streamed answer is the assembled stream: one code path, so both always agree."""
     parts: list[str] = []
     finish, usage = "stop", None
     calls: dict[int, dict] = {}
-    route, served_by = "", deployment
+    served: Served | None = None
     async for ch in chunks:
-        if ch.route and not route:
-            route = ch.route
-            served_by = ch.route.split(";", 1)[0]
+        if ch.served is not None and served is None:
+            served = ch.served
         parts.append(ch.delta)
         if ch.finish_reason:
             finish = ch.finish_reason
@@ -77,8 +100,9 @@ async def assemble(chunks: AsyncIterator[ChatChunk], *, deployment: str, model: 
             usage = ch.usage
         for tc in ch.tool_calls or ():
             merge_tool_call_delta(calls, tc)
-    return ChatResponse("".join(parts), finish, usage or Usage(), model=model, deployment=served_by,
-                        tool_calls=[calls[i] for i in sorted(calls)], route=route)
+    return ChatResponse("".join(parts), finish, usage or Usage(), model=model,
+                        deployment=served.deployment if served is not None else deployment,
+                        tool_calls=[calls[i] for i in sorted(calls)], served=served)
 
 
 def merge_tool_call_delta(calls: dict[int, dict], delta: dict) -> None:

@@ -260,12 +260,12 @@ class ContinuousBatcher:
 
     def _take(self) -> tuple[list[ClassifyJob], list[GenerationJob]]:
         """Under the lock: all waiting classifications (up to a batch) and new sequences up to free slots,
-        higher `request.priority` first (a stable sort: FIFO within a priority)."""
+        higher `request.context.priority` first (a stable sort: FIFO within a priority)."""
         classify: list[ClassifyJob] = []
         fresh: list[GenerationJob] = []
         room = self.max_batch_size - sum(1 for j in self.batch.jobs if not j.cancelled)
         rest: deque = deque()
-        for job in sorted(self._inbox, key=lambda j: -j.request.priority):
+        for job in sorted(self._inbox, key=lambda j: -j.request.context.priority):
             if job.cancelled:
                 continue
             if isinstance(job, ClassifyJob) and len(classify) < self.max_batch_size:

@@ -1,7 +1,7 @@
 """llama.cpp in-process (llama-cpp-python): the embedded default engine.
 
 `llama_cpp.Llama` is not thread-safe, so every call runs on one dedicated worker thread; the event
-loop only awaits. Waiting calls take the model in priority order (`ChatRequest.priority`, the
+loop only awaits. Waiting calls take the model in priority order (`ChatRequest.context.priority`, the
 `x-nlweb-priority` header; FIFO within a priority, `PriorityGate`); calls beyond `max_queue` waiting
 are refused at once with `OverloadedError` (503 + Retry-After at the HTTP edge) instead of piling up. Prompts that share a prefix with the
 previous call reuse its KV cache (llama-cpp-python keeps the longest common prefix), so callers put
@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, AsyncIterator, Sequence
 
 from ..core.errors import BadRequestError, ContextLengthError, OverloadedError, ProviderError, ProviderTimeoutError
-from ..core.types import ChatChunk, ChatRequest, Usage
+from ..core.types import ChatChunk, ChatRequest, LabelProbs, Usage
 from .base import BaseProvider, Capabilities, LoadSnapshot
 from .priority import PriorityGate
 
@@ -182,7 +182,7 @@ class LlamaCppProvider(BaseProvider):
             raise ProviderError("no probability mass on any label", deployment=self.name)
         return {k: v / total for k, v in mass.items()}
 
-    async def classify(self, request: ChatRequest, labels: Sequence[str]) -> dict[str, float]:
+    async def classify(self, request: ChatRequest, labels: Sequence[str]) -> LabelProbs:
         """P(label) for the first token of the answer, renormalised over `labels`: one forward pass, no decoding."""
         if self._closed:
             raise ProviderError("the local model is shut down", deployment=self.name)
@@ -192,9 +192,9 @@ class LlamaCppProvider(BaseProvider):
         deadline = started + (request.deadline_s or self._timeout)
         fut: asyncio.Future | None = None
         try:
-            fut = await self._on_model(asyncio.get_running_loop(), deadline, request.priority, self._classify_sync,
+            fut = await self._on_model(asyncio.get_running_loop(), deadline, request.context.priority, self._classify_sync,
                                        request, labels)
-            return await asyncio.wait_for(asyncio.shield(fut), max(0.001, deadline - time.perf_counter()))
+            return LabelProbs(await asyncio.wait_for(asyncio.shield(fut), max(0.001, deadline - time.perf_counter())))
         except asyncio.TimeoutError:
             raise ProviderTimeoutError("local model classification timed out", deployment=self.name) from None
         finally:
@@ -217,7 +217,7 @@ class LlamaCppProvider(BaseProvider):
         usage: Usage | None = None
         pending_delta: tuple[str, str | None] | None = None
         try:
-            fut = await self._on_model(loop, deadline, request.priority, self._run, request, loop, queue, cancel)
+            fut = await self._on_model(loop, deadline, request.context.priority, self._run, request, loop, queue, cancel)
             while True:
                 remaining = deadline - time.perf_counter()
                 if remaining <= 0:

@@ -18,7 +18,7 @@ import orjson
 from ..config.settings import DeploymentSettings
 from ..core.errors import (BadRequestError, ModelNotFoundError, ModelOutputError, NlwebError, NotFoundError,
                            ProviderError)
-from ..core.types import ChatChunk, ChatRequest, ChatResponse, EmbeddingResponse, Usage
+from ..core.types import ChatChunk, ChatRequest, ChatResponse, EmbeddingResponse, LabelProbs, Usage
 from .base import BaseProvider, Capabilities, LoadSnapshot, merge_tool_call_delta
 from .http import HttpTransport, error_for_status, iter_sse
 from .profiles import EngineProfile, profile_for
@@ -225,7 +225,7 @@ class OpenAICompatProvider(BaseProvider):
         return ChatResponse(content, choice.get("finish_reason") or "stop", usage, model=self.model, deployment=self.name,
                             tool_calls=[calls[i] for i in sorted(calls)])
 
-    async def classify(self, request: ChatRequest, labels: Sequence[str]) -> dict[str, float]:
+    async def classify(self, request: ChatRequest, labels: Sequence[str]) -> LabelProbs:
         """P(label) as the first answer token, from the engine's top logprobs, renormalised over `labels`.
         Each label counts its spellings that differ only in case or a leading space ("Yes", " yes", ...)."""
         if not self.capabilities.classify:
@@ -252,7 +252,7 @@ class OpenAICompatProvider(BaseProvider):
         if total <= 0:
             raise ModelOutputError(f"{self.name}: none of {list(labels)} among the model's top "
                                    f"{len(top)} first tokens", deployment=self.name)
-        return {k: v / total for k, v in mass.items()}
+        return LabelProbs({k: v / total for k, v in mass.items()})
 
     async def embed(self, texts: Sequence[str]) -> EmbeddingResponse:
         obj = await self._post("embeddings", {"model": self._embedding_model, "input": list(texts)}, deadline_s=None,

@@ -15,7 +15,7 @@ from typing import Any, AsyncIterator, Iterable, Sequence
 
 from ..core.errors import ModelOutputError
 from ..core.item_text import item_text
-from ..core.types import ChatChunk, ChatRequest, Usage
+from ..core.types import ChatChunk, ChatRequest, LabelProbs, Usage
 from .base import BaseProvider, Capabilities
 
 
@@ -56,11 +56,11 @@ class ReplayProvider(BaseProvider):
         self.completion_tokens += completion_tokens
         return Usage(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens, time_to_first_token_s=0.0, total_s=0.0)
 
-    async def classify(self, request: ChatRequest, labels: Sequence[str]) -> dict[str, float]:
+    async def classify(self, request: ChatRequest, labels: Sequence[str]) -> LabelProbs:
         score, _ = self._lookup(request.messages[-1].content)
         self._account(request, 1)
         p = score / 100.0
-        return {labels[0]: p, **{lab: (1 - p) / max(1, len(labels) - 1) for lab in labels[1:]}}
+        return LabelProbs({labels[0]: p, **{lab: (1 - p) / max(1, len(labels) - 1) for lab in labels[1:]}})
 
     async def stream(self, request: ChatRequest) -> AsyncIterator[ChatChunk]:
         score, desc = self._lookup(request.messages[-1].content)

@@ -10,8 +10,8 @@ from typing import Any, Sequence
 
 from ..core.errors import ModelOutputError
 from ..core.json_coerce import coerce_to_schema
-from ..core.types import ChatRequest, Message, TaskKind
-from .base import Provider
+from ..core.types import DEFAULT_CONTEXT, CallContext, ChatRequest, LabelProbs, Message, TaskKind
+from .base import Classifier, Provider
 
 log = logging.getLogger(__name__)
 
@@ -27,16 +27,19 @@ def _trim_unfinished(text: str) -> str:
 
 
 class ProviderStructuredLLM:
-    def __init__(self, provider: Provider, *, system_prompt: str = SYSTEM_PROMPT):
+    """`context`: how this port's calls are to be served (e.g. pinned to `llm.search_deployment`)."""
+
+    def __init__(self, provider: Provider, *, system_prompt: str = SYSTEM_PROMPT, context: CallContext = DEFAULT_CONTEXT):
         self._provider = provider
         self._system = system_prompt
+        self._context = context
 
     def admit(self) -> None:
         self._provider.admit()
 
     async def write(self, task: TaskKind, prompt: str, *, max_tokens: int = 200) -> str:
         req = ChatRequest(messages=[Message("system", WRITER_PROMPT), Message("user", prompt)], max_tokens=max_tokens,
-                          temperature=0.0, task=task, repeat_penalty=1.15)
+                          temperature=0.0, task=task, repeat_penalty=1.15, context=self._context)
         resp = await self._provider.complete(req)
         text = _trim_unfinished(resp.content.strip()) if resp.finish_reason == "length" else resp.content.strip()
         if not text:
@@ -44,21 +47,23 @@ class ProviderStructuredLLM:
         return text
 
     async def classify(self, task: TaskKind, prompt: str, labels: Sequence[str], *,
-                       difficulty: float | None = None) -> dict[str, float]:
+                       difficulty: float | None = None) -> LabelProbs:
+        ctx = self._context if difficulty is None else self._context.with_(difficulty=difficulty)
         req = ChatRequest(messages=[Message("system", CLASSIFY_PROMPT), Message("user", prompt)], max_tokens=1,
-                          temperature=0.0, task=task, difficulty=difficulty)
-        if self._provider.capabilities.classify:
-            return await self._provider.classify(req, labels)  # type: ignore[attr-defined]
+                          temperature=0.0, task=task, context=ctx)
+        provider = self._provider
+        if provider.capabilities.classify and isinstance(provider, Classifier):
+            return await provider.classify(req, labels)
         schema = {"type": "object", "properties": {"answer": {"type": "string", "enum": list(labels)}}, "required": ["answer"]}
         out = await self.ask(task, prompt + f"\nAnswer as {{\"answer\": one of {list(labels)}}}.", schema, max_tokens=16)
         chosen = next((lab for lab in labels if lab.lower() == out["answer"].strip().lower()), None)
         if chosen is None:
             raise ModelOutputError(f"{task.value}: answer {out['answer']!r} is none of {list(labels)}", deployment=self._provider.name)
-        return {lab: 1.0 if lab == chosen else 0.0 for lab in labels}
+        return LabelProbs({lab: 1.0 if lab == chosen else 0.0 for lab in labels})
 
     async def ask(self, task: TaskKind, prompt: str, schema: dict[str, Any], *, max_tokens: int = 128) -> dict[str, Any]:
         req = ChatRequest(messages=[Message("system", self._system), Message("user", prompt)],
-                          max_tokens=max_tokens, temperature=0.0, json_schema=schema, task=task)
+                          max_tokens=max_tokens, temperature=0.0, json_schema=schema, task=task, context=self._context)
         resp = await self._provider.complete(req)
         try:
             return coerce_to_schema(resp.content, schema)

@@ -10,7 +10,7 @@ from typing import Any, Callable, Sequence
 
 from ..core.errors import ModelOutputError, OverloadedError
 from ..core.json_coerce import coerce_to_schema
-from ..core.types import TaskKind
+from ..core.types import LabelProbs, TaskKind
 
 AnswerFn = Callable[[TaskKind, str, dict[str, Any]], str]
 
@@ -35,13 +35,13 @@ class FunctionLLM:
         return text
 
     async def classify(self, task: TaskKind, prompt: str, labels: Sequence[str], *,
-                       difficulty: float | None = None) -> dict[str, float]:
+                       difficulty: float | None = None) -> LabelProbs:
         """The answer function's JSON, read as label probabilities: `{"yes": 0.9}`, or `{"score": 90}`
         for yes/no labels (P(first label) = score / 100)."""
         out = await self.ask(task, prompt, {"type": "object", "properties": {"score": {"type": "number", "minimum": 0,
                              "maximum": 100}}, "required": ["score"]})
         p = out["score"] / 100.0
-        return {labels[0]: p, **{lab: (1 - p) / max(1, len(labels) - 1) for lab in labels[1:]}}
+        return LabelProbs({labels[0]: p, **{lab: (1 - p) / max(1, len(labels) - 1) for lab in labels[1:]}})
 
     async def ask(self, task: TaskKind, prompt: str, schema: dict[str, Any], *, max_tokens: int = 128) -> dict[str, Any]:
         self.calls.append((task, prompt))
@@ -113,7 +113,7 @@ class ScriptedProvider:
         err = self._failure()
         if err is not None:
             raise err
-        return {lab: (1.0 if i == 0 else 0.0) for i, lab in enumerate(labels)}
+        return LabelProbs({lab: (1.0 if i == 0 else 0.0) for i, lab in enumerate(labels)})
 
     async def embed(self, texts):
         from ..core.types import EmbeddingResponse

@@ -29,7 +29,7 @@ from typing import Any, AsyncIterator, Mapping, Sequence
 
 from ..core.errors import (BadRequestError, ContextLengthError, ModelOutputError, NlwebError, OverloadedError,
                            ProviderConnectionError, ProviderError, RateLimitedError)
-from ..core.types import ChatChunk, ChatRequest, Message, Usage
+from ..core.types import ChatChunk, ChatRequest, LabelProbs, Message, Usage
 from .base import BaseProvider, Capabilities, LoadSnapshot
 from .http import HttpTransport, iter_sse
 from .load_parsers import tgi_snapshot
@@ -190,7 +190,7 @@ class TgiProvider(BaseProvider):
             raise _tgi_error(e) from None
         raise ProviderConnectionError(f"{self.name}: TGI's stream ended before its last token", deployment=self.name)
 
-    async def classify(self, request: ChatRequest, labels: Sequence[str]) -> dict[str, float]:
+    async def classify(self, request: ChatRequest, labels: Sequence[str]) -> LabelProbs:
         """P(label) from the first generated token's `top_n_tokens` alternatives, renormalised over `labels`."""
         await self.info(request.deadline_s)
         params = {"max_new_tokens": 1, "details": True, "do_sample": False, "top_n_tokens": self._top_n,
@@ -208,7 +208,7 @@ class TgiProvider(BaseProvider):
             seen = [c.get("text") for c in candidates]
             raise ModelOutputError(f"{self.name}: none of {list(labels)} among the top next tokens {seen}",
                                    deployment=self.name, body=json.dumps(out))
-        return {k: v / total for k, v in mass.items()}
+        return LabelProbs({k: v / total for k, v in mass.items()})
 
     async def health(self) -> LoadSnapshot:
         try:

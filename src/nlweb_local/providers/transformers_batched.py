@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, AsyncIterator, Sequence
 
 from ..core.errors import BadRequestError, OverloadedError, ProviderError, ProviderTimeoutError
-from ..core.types import ChatChunk, ChatRequest
+from ..core.types import ChatChunk, ChatRequest, LabelProbs
 from .base import BaseProvider, Capabilities, LoadSnapshot
 from .batching import ClassifyJob, ContinuousBatcher, GenerationJob, SchedulerStats
 
@@ -148,7 +148,7 @@ class TransformersBatchedProvider(BaseProvider):
             self._label_cache[key] = ids
         return self._label_cache[key]
 
-    async def classify(self, request: ChatRequest, labels: Sequence[str]) -> dict[str, float]:
+    async def classify(self, request: ChatRequest, labels: Sequence[str]) -> LabelProbs:
         """P(label) for the first token of the answer, renormalised over `labels`: one forward pass (shared
         with the other classifications waiting at that step), no decoding."""
         self.admit()
@@ -158,7 +158,7 @@ class TransformersBatchedProvider(BaseProvider):
         started = time.perf_counter()
         try:
             self._scheduler.submit(job)
-            return await asyncio.wait_for(asyncio.shield(job.future), request.deadline_s or self._timeout)
+            return LabelProbs(await asyncio.wait_for(asyncio.shield(job.future), request.deadline_s or self._timeout))
         except asyncio.TimeoutError:
             raise ProviderTimeoutError("local model classification timed out", deployment=self.name) from None
         finally:

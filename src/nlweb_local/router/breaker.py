@@ -12,13 +12,17 @@ other 4xx are the client's fault and count as successes of the deployment.
 from __future__ import annotations
 
 import enum
+import math
 import random
 import time
 from collections import deque
-from dataclasses import dataclass
-from typing import Callable
+from dataclasses import asdict, dataclass
+from typing import Any, Callable
 
-from ..core.errors import NlwebError, ProviderError, RateLimitedError
+from ..config.settings import BreakerSettings
+from ..core.errors import BadRequestError, NlwebError, ProviderError, RateLimitedError
+
+__all__ = ["BreakerSettings", "BreakerSnapshot", "BreakerState", "CircuitBreaker", "counts_as_failure"]
 
 
 class BreakerState(str, enum.Enum):
@@ -29,16 +33,19 @@ class BreakerState(str, enum.Enum):
 
 
 @dataclass(frozen=True, slots=True)
-class BreakerSettings:
-    window: int = 20  # last N calls
-    min_calls: int = 5
-    failure_rate: float = 0.5
-    slow_call_s: float = 30.0
-    slow_rate: float = 0.8
-    open_s: float = 30.0
-    probe_calls: int = 2
-    restore_shares: tuple[float, ...] = (0.1, 0.5)  # then 1.0 = closed
-    calls_per_stage: int = 10
+class BreakerSnapshot:
+    """A breaker as an operator sees it (GET /admin/breakers)."""
+
+    deployment: str
+    state: str
+    reason: str
+    share: float  # share of traffic it lets through now
+    retry_after_s: float
+    window_calls: int
+    failure_rate: float
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
 
 
 def counts_as_failure(error: BaseException | None) -> bool:
@@ -152,6 +159,8 @@ class CircuitBreaker:
 
     # -- admin --------------------------------------------------------------------------------
     def force_open(self, seconds: float | None = None, reason: str = "forced open by an operator") -> None:
+        if seconds is not None and not (math.isfinite(seconds) and 0 < seconds <= 86_400 * 365):
+            raise BadRequestError(f"seconds must be a number of seconds between 0 and one year, not {seconds!r}")
         self._open(reason, None, seconds)
 
     def reset(self) -> None:
@@ -159,12 +168,11 @@ class CircuitBreaker:
         self._probes_in_flight = self._stage = self._stage_ok = 0
         self._set(BreakerState.CLOSED, "reset by an operator")
 
-    def snapshot(self) -> dict:
+    def snapshot(self) -> BreakerSnapshot:
         self._advance()
         n = len(self._calls)
-        return {"deployment": self.name, "state": self.state.value, "reason": self.reason, "share": self.share(),
-                "retry_after_s": round(self.retry_after(), 3), "window_calls": n,
-                "failure_rate": round(sum(f for f, _ in self._calls) / n, 3) if n else 0.0}
+        return BreakerSnapshot(self.name, self.state.value, self.reason, self.share(), round(self.retry_after(), 3), n,
+                               round(self._n_failed / n, 3) if n else 0.0)
 
     # -- internals ----------------------------------------------------------------------------
     def _open(self, reason: str, error: BaseException | None, seconds: float | None = None) -> None:

@@ -1,19 +1,19 @@
 """What routing decides over: deployments (static facts), their live views, and a request's features."""
 from __future__ import annotations
 
-import enum
 from dataclasses import dataclass, field
 
-from ..core.types import TaskKind
+from ..core.types import Privacy, TaskKind
+from ..providers.base import Capabilities
 
-
-class Privacy(str, enum.Enum):
-    ANY = "any"
-    LOCAL_ONLY = "local_only"  # never leaves the machine: a hard guarantee
+__all__ = ["DeploymentInfo", "DeploymentView", "Privacy", "RequestFeatures", "RouteDecision"]
 
 
 @dataclass(frozen=True, slots=True)
 class DeploymentInfo:
+    """What routing knows of a deployment that does not change while it runs. Built from the adapter's
+    `Capabilities` plus the operator's settings by `DeploymentInfo.of` (the composition root does)."""
+
     name: str
     local: bool
     price_in_per_m: float = 0.0  # $ per 1M input tokens (local: amortised hardware + power)
@@ -23,6 +23,14 @@ class DeploymentInfo:
     json_schema: bool = True
     tools: bool = False
     tier: int = 0  # quality tier: higher is stronger
+    model: str = ""  # the model name at the engine
+    model_version: str = ""  # fingerprint of what this deployment serves (engine, model, URL)
+
+    @classmethod
+    def of(cls, name: str, caps: Capabilities, *, model: str = "", model_version: str = "", price_in_per_m: float = 0.0,
+           price_out_per_m: float = 0.0, max_concurrency: int = 64, tier: int = 0) -> "DeploymentInfo":
+        return cls(name, caps.local, price_in_per_m, price_out_per_m, caps.context_window, max_concurrency,
+                   caps.json_schema, caps.tools, tier, model, model_version)
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,7 +68,3 @@ class RouteDecision:
     ordered: tuple[str, ...]  # deployments to try, in order
     reason: str
     rejected: dict[str, str] = field(default_factory=dict)  # deployment -> why it cannot serve
-
-    def header(self) -> str:
-        """The `x-nlweb-route` value: first choice and the reason."""
-        return f"{self.ordered[0] if self.ordered else 'none'}; {self.reason}"

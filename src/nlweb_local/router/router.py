@@ -12,49 +12,30 @@ import asyncio
 import logging
 import random
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 from typing import Any, AsyncIterator, Callable, Iterator, Sequence
 
-from ..core.errors import (ContextLengthError, NlwebError, NoDeploymentError, ProviderError, ProviderTimeoutError,
-                           StreamInterruptedError)
-from ..core.types import ChatChunk, ChatRequest, ChatResponse, EmbeddingResponse, LabelProbs, TaskKind
-from ..providers.base import BaseProvider, Capabilities, LoadSnapshot, Provider
-from .breaker import CircuitBreaker
-from .model import DeploymentInfo, DeploymentView, Privacy, RequestFeatures, RouteDecision
+from ..core.errors import (BadRequestError, ContextLengthError, ModelNotFoundError, NlwebError, NoDeploymentError,
+                           NotFoundError, ProviderError, ProviderTimeoutError, StreamInterruptedError)
+from ..core.types import ChatChunk, ChatRequest, ChatResponse, EmbeddingResponse, LabelProbs, Served, TaskKind
+from ..providers.base import BaseProvider, Capabilities, Classifier, LoadSnapshot, Provider
+from .breaker import BreakerSnapshot, CircuitBreaker
+from .model import DeploymentInfo, DeploymentView, RequestFeatures, RouteDecision
+from .state import InProcessRouterState, RouterState
 from .strategies import STRATEGIES, Strategy
 
 log = logging.getLogger(__name__)
 
 
-@dataclass
+@dataclass(frozen=True, slots=True)
 class Route:
-    """One deployment the router may send calls to, with its live state."""
+    """One deployment the router may send calls to: what it is and the provider chain that serves it.
+    `breaker`, when given, is the breaker it starts with in the default in-process state (tests pass one
+    on a fake clock); its live state is the router's `RouterState`, never this object."""
 
     info: DeploymentInfo
     provider: Provider
-    breaker: CircuitBreaker
-    in_flight: int = 0
-    ewma_ttft_s: float | None = None
-    snapshot: LoadSnapshot = field(default_factory=lambda: LoadSnapshot(healthy=True))
-
-    def view(self) -> DeploymentView:
-        return DeploymentView(self.info, healthy=self.snapshot.healthy, admits=self.breaker.available(),
-                              breaker=self.breaker.state.value, in_flight=self.in_flight, waiting=self.snapshot.waiting,
-                              ewma_ttft_s=self.ewma_ttft_s)
-
-    def observe_ttft(self, seconds: float) -> None:
-        self.ewma_ttft_s = seconds if self.ewma_ttft_s is None else 0.8 * self.ewma_ttft_s + 0.2 * seconds
-
-
-@dataclass(frozen=True, slots=True)
-class RouteContext:
-    """Per-request routing inputs from the caller (HTTP headers, the /ask pipeline)."""
-
-    strategy: str | None = None
-    privacy: Privacy = Privacy.ANY
-    priority: int = 0
-    conversation: str = ""
-    deployments: tuple[str, ...] = ()  # restrict to these (a model name that names a deployment)
+    breaker: CircuitBreaker | None = None
 
 
 def estimate_tokens(req: ChatRequest) -> int:
@@ -70,9 +51,9 @@ def difficulty(req: ChatRequest) -> float:
     return min(1.0, score)
 
 
-def _route_text(name: str, d: RouteDecision, failures: dict[str, str]) -> str:
-    """What `x-nlweb-route` says: who served, why, and whom it replaced."""
-    return f"{name}; {d.reason}" + (f"; after failover from {', '.join(failures)}" if failures else "")
+def _served(info: DeploymentInfo, d: RouteDecision, failures: dict[str, str]) -> Served:
+    """Who served, why, and whom it replaced (rendered as `x-nlweb-route` at the HTTP edge)."""
+    return Served(info.name, d.reason, tuple(failures), info.model, info.model_version)
 
 
 async def _within(chunks: AsyncIterator[ChatChunk], seconds: float, name: str) -> AsyncIterator[ChatChunk]:
@@ -97,17 +78,26 @@ async def _within(chunks: AsyncIterator[ChatChunk], seconds: float, name: str) -
 
 
 class Router(BaseProvider):
+    """A provider over deployments. Its typed API for operators and the HTTP edge — `deployments()`,
+    `view()`, `load()`, `breakers()`, `breaker()`, `force_open()`, `reset()`, `aliases()`,
+    `resolve_model()`, `probe()` — is the only way in: nobody reaches into its routes or their state.
+    Breakers and live counters are router state, kept in a `RouterState` store."""
+
     name = "router"
 
     def __init__(self, routes: Sequence[Route], *, strategy: str = "local-first",
                  strategies: dict[str, Strategy] | None = None, rounds: int = 2, backoff_s: float = 0.05,
                  default_deadline_s: float = 120.0, rng: random.Random | None = None,
-                 clock: Callable[[], float] = time.monotonic, groups: dict[str, Sequence[str]] | None = None):
+                 clock: Callable[[], float] = time.monotonic, groups: dict[str, Sequence[str]] | None = None,
+                 state: RouterState | None = None):
         """`groups` maps a model alias or a task kind (rank, summarize, chat, ...) to the deployments
-        allowed to serve it; requests of a task without a group may go to any deployment."""
+        allowed to serve it; requests of a task without a group may go to any deployment. `state` holds
+        breakers and live counters (default: in this process, seeded with the routes' breakers)."""
         if not routes:
             raise ValueError("a router needs at least one deployment")
         self._routes = {r.info.name: r for r in routes}
+        self._state: RouterState = state if state is not None else InProcessRouterState(
+            seed=[r.breaker for r in routes if r.breaker is not None])
         self.groups = {k: tuple(v) for k, v in (groups or {}).items()}
         for key, members in self.groups.items():
             unknown = [m for m in members if m not in self._routes]
@@ -132,47 +122,100 @@ class Router(BaseProvider):
             local=all(r.provider.capabilities.local for r in rs),
             classify=any(r.provider.capabilities.classify for r in rs))
 
-    # -- inspection -----------------------------------------------------------------------------
-    @property
-    def routes(self) -> dict[str, Route]:
-        return self._routes
+    # -- the typed API: reading --------------------------------------------------------------------
+    def names(self) -> list[str]:
+        return list(self._routes)
 
-    def views(self) -> list[DeploymentView]:
-        return [r.view() for r in self._routes.values()]
+    def _view(self, r: Route) -> DeploymentView:
+        st = self._state.of(r.info.name)
+        return DeploymentView(r.info, healthy=st.load.healthy, admits=st.breaker.available(),
+                              breaker=st.breaker.state.value, in_flight=st.in_flight, waiting=st.load.waiting,
+                              ewma_ttft_s=st.ewma_ttft_s)
 
-    def decide(self, req: ChatRequest, ctx: RouteContext = RouteContext(), *,
-               only: Callable[[Route], bool] | None = None) -> RouteDecision:
+    def deployments(self) -> list[DeploymentView]:
+        """Every deployment as routing sees it now (health, breaker state, load)."""
+        return [self._view(r) for r in self._routes.values()]
+
+    def view(self, name: str) -> DeploymentView:
+        return self._view(self._route(name))
+
+    def provider(self, name: str) -> Provider:
+        """The provider chain that serves a deployment (its adapter inside the telemetry wrappers)."""
+        return self._route(name).provider
+
+    def load(self, name: str) -> LoadSnapshot:
+        """The deployment's last load snapshot (from the health probes)."""
+        return self._state.of(self._route(name).info.name).load
+
+    def breakers(self) -> list[BreakerSnapshot]:
+        return [self._state.of(n).breaker.snapshot() for n in self._routes]
+
+    def breaker(self, name: str) -> BreakerSnapshot:
+        return self._state.of(self._route(name).info.name).breaker.snapshot()
+
+    def aliases(self) -> dict[str, tuple[str, ...]]:
+        """Model aliases and task kinds, each with the deployments that may serve it (`llm.groups`)."""
+        return dict(self.groups)
+
+    def resolve_model(self, model: str | None) -> tuple[str, ...]:
+        """The deployments a request's `model` pins: an alias's members, or the deployment of that name;
+        () for `auto`, none, or a name the router does not know."""
+        if not model:
+            return ()
+        members = self.groups.get(model)
+        if members:
+            return members
+        return (model,) if model in self._routes else ()
+
+    # -- the typed API: commands -------------------------------------------------------------------
+    def force_open(self, name: str, seconds: float | None = None) -> BreakerSnapshot:
+        b = self._state.of(self._route(name).info.name).breaker
+        b.force_open(seconds)
+        return b.snapshot()
+
+    def reset(self, name: str) -> BreakerSnapshot:
+        b = self._state.of(self._route(name).info.name).breaker
+        b.reset()
+        return b.snapshot()
+
+    def _route(self, name: str) -> Route:
+        r = self._routes.get(name)
+        if r is None:
+            raise NotFoundError(f"no deployment {name!r} (deployments: {', '.join(self._routes)})")
+        return r
+
+    def decide(self, req: ChatRequest, *, only: Callable[[Route], bool] | None = None) -> RouteDecision:
+        ctx = req.context
         name = ctx.strategy or self.default_strategy
         strategy = self._strategies.get(name)
         if strategy is None:
-            from ..core.errors import BadRequestError
-
             raise BadRequestError(f"unknown routing strategy {name!r} (x-nlweb-strategy: one of {', '.join(self._strategies)})")
+        hardness = 0.0
+        if name == "quality":  # only the quality strategy reads it
+            hardness = ctx.difficulty if ctx.difficulty is not None else difficulty(req)
         f = RequestFeatures(task=req.task, prompt_tokens=estimate_tokens(req), max_tokens=req.max_tokens,
                             needs_json=req.json_schema is not None, needs_tools=bool(req.tools), privacy=ctx.privacy,
-                            difficulty=(req.difficulty if req.difficulty is not None else difficulty(req)) if name == "quality" else 0.0,  # only the quality strategy reads it
-                            conversation=ctx.conversation, priority=ctx.priority)
+                            difficulty=hardness, conversation=ctx.conversation, priority=ctx.priority)
         allowed = ctx.deployments or self.groups.get(req.task.value, ())
         if allowed and not any(a in self._routes for a in allowed):
-            from ..core.errors import ModelNotFoundError
-
             raise ModelNotFoundError(f"no deployment named {', '.join(allowed)} (GET /v1/models lists them)")
-        views = [r.view() for r in self._routes.values()
+        views = [self._view(r) for r in self._routes.values()
                  if (only is None or only(r)) and (not allowed or r.info.name in allowed)]
         return strategy(f, views, self._rng)
 
     def _nothing(self, d: RouteDecision, failures: dict[str, str]) -> NoDeploymentError:
         reasons = {**d.rejected, **failures}
-        waits = [r.breaker.retry_after() for r in self._routes.values() if r.breaker.retry_after() > 0]
+        waits = [w for w in (self._state.of(n).breaker.retry_after() for n in self._routes) if w > 0]
         return NoDeploymentError("no deployment can serve this request now", reasons=reasons,
                                  retry_after=max(1.0, min(waits)) if waits else 1.0, deployment="router")
 
     # -- calls ----------------------------------------------------------------------------------
     def _attempts(self, req: ChatRequest, d: RouteDecision) -> Iterator[tuple[Route, ChatRequest] | float]:
-        """Candidates in order, round after round, each with the time left; stops at the deadline.
-        Between rounds it yields a float: the backoff the caller sleeps before asking for the next one.
-        (A plain generator: no async-generator machinery per call on the hot path.)"""
-        deadline = self._clock() + (req.deadline_s or self._deadline_s)
+        """Candidates in order, round after round, each with the time left of the caller's deadline
+        (`context.deadline_s`); stops at the deadline. Between rounds it yields a float: the backoff the
+        caller sleeps before asking for the next one. (A plain generator: no async-generator machinery
+        per call on the hot path.)"""
+        deadline = self._clock() + (req.context.deadline_s or self._deadline_s)
         for rnd in range(self._rounds):
             if rnd:
                 yield min(self._backoff_s * (2 ** rnd) * (0.5 + self._rng.random()), max(0.0, deadline - self._clock()))
@@ -181,12 +224,11 @@ class Router(BaseProvider):
                 if left <= 0:
                     raise ProviderTimeoutError(f"request deadline passed while trying {', '.join(d.ordered)}",
                                                deployment="router")
-                route = self._routes[name]
-                if route.breaker.allows():
-                    yield route, req.with_deadline(left)
+                if self._state.of(name).breaker.allows():
+                    yield self._routes[name], req.with_deadline(left)
 
-    async def stream(self, request: ChatRequest, ctx: RouteContext = RouteContext()) -> AsyncIterator[ChatChunk]:
-        d = self.decide(request, ctx)
+    async def stream(self, request: ChatRequest) -> AsyncIterator[ChatChunk]:
+        d = self.decide(request)
         if not d.ordered:
             raise self._nothing(d, {})
         failures: dict[str, str] = {}
@@ -207,19 +249,20 @@ class Router(BaseProvider):
         """One deployment's attempt. A failure before the first token is noted in `failures` (the
         caller moves on); after it, `StreamInterruptedError`."""
         name = route.info.name
+        st = self._state.of(name)
         started, sent = self._clock(), False
-        route.in_flight += 1
+        st.begin()
         try:
             async for ch in _within(route.provider.stream(sub), sub.deadline_s or self._deadline_s, name):
                 if not sent:
                     sent = True
-                    route.observe_ttft(self._clock() - started)
-                    ch.route = _route_text(name, d, failures)
+                    st.observe_ttft(self._clock() - started)
+                    ch.served = _served(route.info, d, failures)
                 yield ch
-            route.breaker.record(None, self._clock() - started)
+            st.breaker.record(None, self._clock() - started)
             done.append(True)
         except NlwebError as e:
-            route.breaker.record(e, self._clock() - started)
+            st.breaker.record(e, self._clock() - started)
             if sent:
                 raise StreamInterruptedError(f"{name} failed after the answer had started: {e.message}",
                                              deployment=name, body=e.body) from e
@@ -228,11 +271,11 @@ class Router(BaseProvider):
             failures[name] = e.message[:200]
             log.info("route %s failed before its first token (%s); trying the next", name, type(e).__name__)
         finally:
-            route.in_flight -= 1
+            st.end()
 
-    async def _unary(self, request: ChatRequest, d: RouteDecision, call) -> tuple[Any, str, str]:
+    async def _unary(self, request: ChatRequest, d: RouteDecision, call) -> tuple[Any, Served]:
         """A call whose answer nobody has seen until it returns: any engine failure, even half-way
-        through, fails over to the next deployment. Returns (answer, deployment, route text)."""
+        through, fails over to the next deployment. Returns (answer, who served)."""
         if not d.ordered:
             raise self._nothing(d, {})
         failures: dict[str, str] = {}
@@ -246,11 +289,12 @@ class Router(BaseProvider):
         raise self._nothing(d, failures)
 
     async def _try_unary(self, route: Route, sub: ChatRequest, d: RouteDecision, call,
-                         failures: dict[str, str]) -> tuple[Any, str, str] | None:
+                         failures: dict[str, str]) -> tuple[Any, Served] | None:
         """One deployment's attempt: the answer, or None with the failure noted in `failures`."""
         name = route.info.name
+        st = self._state.of(name)
         started = self._clock()
-        route.in_flight += 1
+        st.begin()
         try:
             if route.provider.capabilities.enforces_deadline:
                 out = await call(route.provider, sub)
@@ -258,49 +302,52 @@ class Router(BaseProvider):
                 out = await asyncio.wait_for(call(route.provider, sub), sub.deadline_s or self._deadline_s)
         except asyncio.TimeoutError:
             err = ProviderTimeoutError(f"{name}: no answer within the request's deadline", deployment=name)
-            route.breaker.record(err, self._clock() - started)
+            st.breaker.record(err, self._clock() - started)
             failures[name] = err.message
             return None
         except NlwebError as e:
-            route.breaker.record(e, self._clock() - started)
+            st.breaker.record(e, self._clock() - started)
             if not isinstance(e, (ProviderError, ContextLengthError)):
                 raise
             failures[name] = e.message[:200]
             log.info("route %s failed (%s); trying the next", name, type(e).__name__)
             return None
         finally:
-            route.in_flight -= 1
+            st.end()
         elapsed = self._clock() - started
-        route.breaker.record(None, elapsed)
+        st.breaker.record(None, elapsed)
         ttft = getattr(getattr(out, "usage", None), "time_to_first_token_s", None)
-        route.observe_ttft(ttft if ttft is not None else elapsed)
-        return out, name, _route_text(name, d, failures)
+        st.observe_ttft(ttft if ttft is not None else elapsed)
+        return out, _served(route.info, d, failures)
 
-    async def complete(self, request: ChatRequest, ctx: RouteContext = RouteContext()) -> ChatResponse:
-        resp, name, text = await self._unary(request, self.decide(request, ctx), lambda p, r: p.complete(r))
-        resp.deployment, resp.route = name, text
+    async def complete(self, request: ChatRequest) -> ChatResponse:
+        resp, served = await self._unary(request, self.decide(request), _complete)
+        resp.deployment, resp.served = served.deployment, served
         return resp
 
-    async def classify(self, request: ChatRequest, labels: Sequence[str], ctx: RouteContext = RouteContext()) -> dict[str, float]:
-        d = self.decide(request, ctx, only=lambda r: r.provider.capabilities.classify)
-        out, name, _ = await self._unary(request, d, lambda p, r: p.classify(r, labels))
-        return LabelProbs(out, deployment=name, failover=name != d.ordered[0])
+    async def classify(self, request: ChatRequest, labels: Sequence[str]) -> LabelProbs:
+        d = self.decide(request, only=lambda r: r.provider.capabilities.classify and isinstance(r.provider, Classifier))
+        out, served = await self._unary(request, d, lambda p, r: p.classify(r, labels))
+        return replace(out, served=served)
 
     async def embed(self, texts: Sequence[str]) -> EmbeddingResponse:
-        for route in self._routes.values():
-            if route.provider.capabilities.embeddings and route.breaker.allows():
+        for name, route in self._routes.items():
+            breaker = self._state.of(name).breaker
+            if route.provider.capabilities.embeddings and breaker.allows():
                 try:
                     out = await route.provider.embed(texts)
-                    route.breaker.record(None)
+                    breaker.record(None)
                     return out
                 except ProviderError as e:
-                    route.breaker.record(e)
+                    breaker.record(e)
         return await super().embed(texts)
 
     def admit(self) -> None:
-        if not any(r.breaker.available() and r.snapshot.healthy for r in self._routes.values()):
-            raise self._nothing(RouteDecision((), "none available"), {n: f"breaker {r.breaker.state.value}" if not
-                                r.breaker.available() else "unhealthy" for n, r in self._routes.items()})
+        states = {n: self._state.of(n) for n in self._routes}
+        if not any(st.breaker.available() and st.load.healthy for st in states.values()):
+            raise self._nothing(RouteDecision((), "none available"), {
+                n: f"breaker {st.breaker.state.value}" if not st.breaker.available() else "unhealthy"
+                for n, st in states.items()})
         for r in self._routes.values():
             try:
                 r.provider.admit()
@@ -313,10 +360,11 @@ class Router(BaseProvider):
     async def probe(self, timeout_s: float = 5.0) -> None:
         """Refresh every deployment's load snapshot (engine-specific health/metrics)."""
         async def one(r: Route) -> None:
+            st = self._state.of(r.info.name)
             try:
-                r.snapshot = await asyncio.wait_for(r.provider.health(), timeout_s)
+                st.load = await asyncio.wait_for(r.provider.health(), timeout_s)
             except (NlwebError, asyncio.TimeoutError, OSError) as e:
-                r.snapshot = LoadSnapshot(healthy=False, detail=f"health probe failed: {e!r}"[:200])
+                st.load = LoadSnapshot(healthy=False, detail=f"health probe failed: {e!r}"[:200])
         await asyncio.gather(*(one(r) for r in self._routes.values()))
 
     async def probe_forever(self, interval_s: float = 10.0) -> None:
@@ -325,10 +373,15 @@ class Router(BaseProvider):
             await asyncio.sleep(interval_s)
 
     async def health(self) -> LoadSnapshot:
-        snaps = [r.snapshot for r in self._routes.values()]
-        return LoadSnapshot(healthy=any(s.healthy for s in snaps), detail=f"{sum(s.healthy for s in snaps)}/{len(snaps)} healthy",
-                            waiting=sum(s.waiting for s in snaps), running=sum(r.in_flight for r in self._routes.values()))
+        states = [self._state.of(n) for n in self._routes]
+        return LoadSnapshot(healthy=any(st.load.healthy for st in states),
+                            detail=f"{sum(st.load.healthy for st in states)}/{len(states)} healthy",
+                            waiting=sum(st.load.waiting for st in states), running=sum(st.in_flight for st in states))
 
     async def close(self) -> None:
         for r in self._routes.values():
             await r.provider.close()
+
+
+def _complete(provider: Provider, request: ChatRequest) -> Any:
+    return provider.complete(request)

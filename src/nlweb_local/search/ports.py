@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Any, Protocol, Sequence
 
-from ..core.types import TaskKind
+from ..core.types import LabelProbs, TaskKind
 from ..retrieval.base import Embedder, VectorStore
 
 __all__ = ["StructuredLLM", "Embedder", "VectorStore"]
@@ -23,7 +23,7 @@ class StructuredLLM(Protocol):
         ...
 
     async def classify(self, task: TaskKind, prompt: str, labels: Sequence[str], *,
-                       difficulty: float | None = None) -> dict[str, float]:
+                       difficulty: float | None = None) -> LabelProbs:
         """Probability of each label as the answer to `prompt` (summing to 1).
 
         `difficulty` (0..1), when the caller knows it, tells the router's quality strategy how much this

@@ -134,7 +134,7 @@ class Ranker:
                 stats.similarity_only += 1
                 stats.faulted.add(c.item.url)
                 return None
-        return float(probs[RANK_LABELS[0]]), bool(getattr(probs, "failover", False))
+        return float(probs.probs[RANK_LABELS[0]]), probs.served is not None and probs.served.failover
 
     async def rank(self, query: str, candidates: Sequence[ScoredItem], stats: RankStats) -> AsyncIterator[RankedItem]:
         """Yield ranked items as they are known: LLM-scored ones in completion order, then the rest."""

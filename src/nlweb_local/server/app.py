@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Mount, Route
@@ -15,12 +16,11 @@ from starlette.staticfiles import StaticFiles
 
 from .. import __version__
 from ..config.settings import Settings
-from ..core.cache import BoundedCache
-from ..core.errors import NlwebError
-from ..search.pipeline import AskPipeline
+from ..core.errors import BadRequestError, NlwebError
 from ..search.who import SiteDirectory
-from .ask import AskEndpoint, error_response
-from .components import Components, build_components, llm_version
+from .ask import AskEndpoint
+from .components import Components, build_components
+from .errors import nlweb_error
 from .mcp_tools import SearchTools
 
 log = logging.getLogger(__name__)
@@ -31,8 +31,7 @@ def create_app(settings: Settings, components: Components | None = None, *, clos
     """`components` None: build them from settings (and close them at shutdown)."""
     owned = components is None if close_components is None else close_components
     comp = components or build_components(settings)
-    pipeline = AskPipeline(comp.llm, comp.embedder, comp.store, settings.search,
-                           rank_cache=_rank_cache(settings, comp), model_version=llm_version(settings))
+    pipeline = comp.pipeline
     directory = SiteDirectory(comp.embedder, comp.store)
     ask = AskEndpoint(pipeline, settings)
 
@@ -43,7 +42,7 @@ def create_app(settings: Settings, components: Components | None = None, *, clos
     async def who(request: Request) -> Response:
         query = request.query_params.get("query", "").strip()
         if not query:
-            return error_response(_missing("query", "/who?query=vegetarian+recipes"))
+            return nlweb_error(_missing("query", "/who?query=vegetarian+recipes"))
         matches = await directory.who(query)
         return JSONResponse({"message_type": "who", "query": query, "sites": [
             {"site": m.site, "score": m.score, "description": m.description, "item_count": m.item_count} for m in matches]})
@@ -58,8 +57,8 @@ def create_app(settings: Settings, components: Components | None = None, *, clos
             checks["store"] = f"ok ({n} items)"
         except Exception as e:  # noqa: BLE001
             checks["store"] = f"failing: {e}"
-        if comp.provider is not None:
-            h = await comp.provider.health()
+        if comp.gateway is not None:
+            h = await comp.gateway.health()
             checks["llm"] = f"ok ({h.detail}, {h.waiting} queued)" if h.healthy else f"failing: {h.detail}"
         ok = all(v.startswith("ok") for v in checks.values())
         return JSONResponse({"status": "ready" if ok else "not_ready", "checks": checks}, status_code=200 if ok else 503)
@@ -71,7 +70,7 @@ def create_app(settings: Settings, components: Components | None = None, *, clos
 
     routes = [
         # /v1 first: the gateway's hot path should not be matched against every other route
-        *(gateway_routes(comp.router, comp.embedder) if comp.router is not None else []),
+        *(gateway_routes(comp, settings) if comp.router is not None else []),
         Route("/", index),
         Route("/ask", ask.handle, methods=["GET", "POST"]),
         Route("/sites", sites),
@@ -99,71 +98,37 @@ def create_app(settings: Settings, components: Components | None = None, *, clos
         if comp.telemetry is not None:
             await comp.telemetry.stop(alerts)  # (the ledger is flushed and closed by its closer)
         if owned:
-            if comp.provider is not None:
-                await comp.provider.close()
-            for close in comp.closers:
-                close()
+            await comp.close()
 
-    app = Starlette(routes=routes, lifespan=lifespan, middleware=_telemetry_middleware(comp))
-    app.state.components = comp
-    app.state.pipeline = pipeline
-    return app
-
-
-def _rank_cache(settings: Settings, comp: Components) -> BoundedCache | None:
-    n = settings.search.rank_cache_entries
-    if n <= 0:
-        return None
-    on_lookup = comp.telemetry.metrics.cache_lookups("ranking") if comp.telemetry is not None else None
-    return BoundedCache(n, on_lookup=on_lookup)
+    return Starlette(routes=routes, lifespan=lifespan, middleware=middleware(comp))
 
 
 def _telemetry_routes(comp: Components) -> list:
     """/metrics and /admin/stats (telemetry.endpoints)."""
-    from ..telemetry.endpoints import telemetry_routes
+    from .admin import telemetry_routes
 
     return telemetry_routes(comp.telemetry, comp.router)
 
 
-def _telemetry_middleware(comp: Components) -> list:
-    """An x-request-id per request, followed into every ledger row of that request; inside it, when
-    tracing is on, a span per request (telemetry.tracing)."""
-    if comp.telemetry is None:
-        return []
-    from starlette.middleware import Middleware
-
+def middleware(comp: Components) -> list[Middleware]:
+    """The one middleware list, outermost first: request id (an `x-request-id` per request, followed into
+    every ledger row and span of that request) → authentication (with governance) → tracing (a span per
+    request, when `telemetry.tracing` is on)."""
     from ..telemetry.context import RequestIdMiddleware
 
     tracing = getattr(comp.telemetry, "tracing", None)
     return [Middleware(RequestIdMiddleware), *([tracing.middleware()] if tracing is not None else [])]
 
 
-def gateway_routes(router, embedder) -> list:
-    """/v1/* (OpenAI-compatible) and /admin/breakers over the router."""
+def gateway_routes(comp: Components, settings: Settings) -> list:
+    """/v1/* (OpenAI-compatible) over the composed gateway, and /admin/breakers over the router's API."""
+    from .admin import breaker_routes
     from .gateway import Gateway
 
-    async def breakers(request: Request) -> Response:
-        return JSONResponse({"breakers": [r.breaker.snapshot() for r in router.routes.values()]})
-
-    async def breaker_action(request: Request) -> Response:
-        name, action = request.path_params["name"], request.path_params["action"]
-        route = router.routes.get(name)
-        if route is None:
-            return JSONResponse({"error": f"no deployment {name!r} ({', '.join(router.routes)})"}, status_code=404)
-        if action == "open":
-            seconds = float(request.query_params.get("seconds", "60"))
-            route.breaker.force_open(seconds)
-        elif action == "reset":
-            route.breaker.reset()
-        else:
-            return JSONResponse({"error": "action must be open or reset"}, status_code=400)
-        return JSONResponse(route.breaker.snapshot())
-
-    return [*Gateway(router, embedder).routes(), Route("/admin/breakers", breakers),
-            Route("/admin/breakers/{name}/{action}", breaker_action, methods=["POST"])]
+    assert comp.router is not None and comp.gateway is not None
+    gateway = Gateway(comp.gateway, comp.router, comp.embedder, max_body_bytes=settings.server.max_body_bytes)
+    return [*gateway.routes(), *breaker_routes(comp.router)]
 
 
 def _missing(name: str, example: str) -> NlwebError:
-    from ..core.errors import BadRequestError
-
     return BadRequestError(f"missing required parameter '{name}', e.g. {example}")

@@ -10,21 +10,15 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from ..config.settings import Settings
-from ..core.errors import NlwebError, OverloadedError
+from ..core.errors import NlwebError
 from ..search.events import End, Event, Failure
 from ..search.pipeline import AskPipeline
+from .errors import nlweb_error
 from .params import collect_params, parse_ask
 from .wire import Renderer, V05Renderer, V1Renderer, V3Renderer
 
 log = logging.getLogger(__name__)
 _RENDERERS = {"v3": V3Renderer, "v1": V1Renderer, "v0.5": V05Renderer}
-
-
-def error_response(e: NlwebError) -> JSONResponse:
-    headers = {}
-    if isinstance(e, OverloadedError):
-        headers["Retry-After"] = str(max(1, int(round(e.retry_after))))
-    return JSONResponse({"error": e.message, "status": e.status}, status_code=e.status, headers=headers)
 
 
 async def _guarded(events: AsyncIterator[Event]) -> AsyncIterator[Event]:
@@ -80,7 +74,7 @@ class AskEndpoint:
             parsed = parse_ask(params, raw, self._settings.search, self._settings.server.default_api)
             self._pipeline.admit()
         except NlwebError as e:
-            return error_response(e)
+            return nlweb_error(e)
         renderer: Renderer = _RENDERERS[parsed.api](parsed.ask)
         events = _guarded(self._pipeline.run(parsed.ask))
         log.info("ask %r sites=%s mode=%s api=%s", parsed.ask.query[:80], parsed.ask.sites or "all", parsed.ask.mode, parsed.api)

@@ -1,38 +1,72 @@
-"""Building the concrete parts from settings. Only the composition root and the CLI call this."""
+"""The composition root: every concrete part is built here, from settings, and nowhere else.
+
+`build_components(settings, **overrides)` is what `serve`, the CLI and the tests all call. Overrides
+inject parts instead of building them from settings — `embedder`, `store`, `providers` (an adapter per
+deployment name, e.g. a scripted one in a test), `telemetry`, `llm` (the /ask port), `state` (router
+state) — so a test runs the same composition as `serve` with only the parts it names replaced.
+
+The chain every LLM call goes through is built by one fold:
+
+    each deployment:  compose(adapter, telemetry.deployment_wrappers(...))   metered, then traced
+    the gateway:      compose(Router(routes, state), telemetry.router_wrappers())
+    /ask:             ProviderStructuredLLM(gateway, context pinned to llm.search_deployment if set)
+"""
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
-from ..config.settings import Settings
+from ..config.settings import DeploymentSettings, Settings
+from ..core.cache import BoundedCache
+from ..core.errors import BadRequestError
+from ..core.types import CallContext
 from ..providers.base import Provider
+from ..providers.wrapper import compose
 from ..retrieval.base import Embedder, VectorStore
+from ..router.router import Router
+from ..router.state import RouterState
+from ..search.pipeline import AskPipeline
 from ..search.ports import StructuredLLM
 
 log = logging.getLogger(__name__)
+_BUILD = object()  # an override left out: build the part from settings
 
 
 @dataclass
 class Components:
-    llm: StructuredLLM
+    """The parts of one running service. `close()` releases what they hold (engines, store, ledger)."""
+
+    settings: Settings
     embedder: Embedder
     store: VectorStore
-    provider: Provider | None = None  # what /ask's LLM calls go to (the router, or one provider in tests)
+    llm: StructuredLLM  # the /ask pipeline's LLM port
+    pipeline: AskPipeline  # /ask, /mcp's ask tool and `nlweb-local ask` share it
+    router: Router | None = None  # the typed router API (views, breakers, aliases)
+    gateway: Provider | None = None  # the composed chain over the router: every LLM call goes through it
+    telemetry: Any = None  # telemetry.Telemetry (None: not measured)
     closers: list[Callable[[], Any]] = field(default_factory=list)
-    router: Any = None  # router.Router over every deployment: the /v1 gateway
-    telemetry: Any = None  # telemetry.Telemetry: metrics, cost ledger, recent-call stats (None: not measured)
+
+    async def close(self) -> None:
+        if self.gateway is not None:
+            await self.gateway.close()  # the router closes every deployment's chain
+        for close in self.closers:
+            close()
 
 
 def llm_version(settings: Settings) -> str:
     """A fingerprint of the models that may answer: cached LLM answers are valid while it holds."""
-    import hashlib
-    import json
-
     llm = settings.llm
     what = [llm.model_path, llm.embedded_enabled, llm.search_deployment,
             sorted((d.name, d.engine, d.model, d.url) for d in llm.deployments)]
     return hashlib.blake2b(json.dumps(what, default=str).encode(), digest_size=8).hexdigest()
+
+
+def deployment_version(d: DeploymentSettings) -> str:
+    """A fingerprint of what one deployment serves (engine, model, URL)."""
+    return hashlib.blake2b(json.dumps([d.engine, d.model, d.url]).encode(), digest_size=6).hexdigest()
 
 
 def build_embedder(settings: Settings) -> Embedder:
@@ -49,67 +83,53 @@ def build_store(settings: Settings, dimension: int) -> VectorStore:
     return QdrantStore(dimension=dimension, collection=s.collection, path=settings.store_path, url=s.url, api_key=s.api_key)
 
 
-def build_provider(settings: Settings) -> Provider:
-    """One provider: `llm.search_deployment` when set, else the embedded llama.cpp engine."""
+def embedded_deployment(settings: Settings) -> DeploymentSettings | None:
+    """The embedded llama.cpp engine as an ordinary `llama_cpp` deployment (the `llm.*` keys are sugar)."""
     s = settings.llm
-    if s.search_deployment:
-        from ..core.errors import BadRequestError
-        from ..providers.registry import build_provider as build_deployment
-
-        chosen = next((d for d in s.deployments if d.name == s.search_deployment), None)
-        if chosen is None:
-            names = ", ".join(d.name for d in s.deployments) or "none configured"
-            raise BadRequestError(f"llm.search_deployment {s.search_deployment!r} is not among llm.deployments ({names})")
-        return build_deployment(chosen)
-    return build_embedded(settings)
+    if not s.embedded_enabled:
+        return None
+    return DeploymentSettings(name=s.embedded_name, engine="llama_cpp", model=s.model_path or "",
+                              timeout_s=s.call_timeout_s, context_window=s.n_ctx, max_concurrency=s.max_queue,
+                              options={"n_ctx": s.n_ctx, "n_threads": s.n_threads, "max_queue": s.max_queue,
+                                       "seed": s.seed})
 
 
-def build_embedded(settings: Settings) -> Provider:
-    from ..providers.llama_cpp import LlamaCppProvider
-
-    s = settings.llm
-    return LlamaCppProvider(s.model_path, n_ctx=s.n_ctx, n_threads=s.n_threads, max_queue=s.max_queue,
-                            call_timeout_s=s.call_timeout_s, seed=s.seed, name=s.embedded_name)
+def all_deployments(settings: Settings) -> list[DeploymentSettings]:
+    """The embedded deployment (when enabled) first, then `llm.deployments`."""
+    embedded = embedded_deployment(settings)
+    return ([embedded] if embedded is not None else []) + list(settings.llm.deployments)
 
 
-def build_router(settings: Settings, embedded: Provider | None, *, telemetry: Any = None):
-    """Every deployment behind one router: the embedded engine first (when given), then llm.deployments.
-    With `telemetry`, each deployment's provider is wrapped in a MeteredProvider priced for it."""
-    from ..core.errors import BadRequestError
-    from ..providers.registry import build_provider as build_deployment
-    from ..router.breaker import BreakerSettings, CircuitBreaker
+def build_router(settings: Settings, *, providers: Mapping[str, Provider] | None = None, telemetry: Any = None,
+                 state: RouterState | None = None) -> Router:
+    """Every deployment behind one router, each adapter composed with the telemetry wrappers.
+    `providers` replaces the adapter of the deployments it names (tests)."""
+    from ..providers.registry import build_provider
+    from ..router.breaker import CircuitBreaker
     from ..router.model import DeploymentInfo
-    from ..router.router import Route, Router
+    from ..router.router import Route
+    from ..router.state import InProcessRouterState
 
     s = settings.llm
-    b = s.breaker
-    bs = BreakerSettings(window=b.window, min_calls=b.min_calls, failure_rate=b.failure_rate, slow_call_s=b.slow_call_s,
-                         slow_rate=b.slow_rate, open_s=b.open_s, probe_calls=b.probe_calls,
-                         restore_shares=tuple(b.restore_shares), calls_per_stage=b.calls_per_stage)
-
-    def breaker(name: str) -> CircuitBreaker:
-        return CircuitBreaker(name, bs, on_change=lambda n, old, new, why: log.warning(
-            "breaker %s: %s -> %s (%s)", n, old.value, new.value, why))
-
-    routes = []
-    if embedded is not None:
-        if telemetry is not None:
-            embedded = telemetry.wrap(embedded, engine="llama_cpp")
-        routes.append(Route(DeploymentInfo(s.embedded_name, True, context_window=s.n_ctx, max_concurrency=s.max_queue,
-                                           json_schema=True, tools=False, tier=0), embedded, breaker(s.embedded_name)))
-    for d in s.deployments:
-        p = build_deployment(d)
-        if telemetry is not None:
-            p = telemetry.wrap(p, engine=d.engine, price_in_per_m=d.price_in_per_m, price_out_per_m=d.price_out_per_m)
-        routes.append(Route(DeploymentInfo(d.name, p.capabilities.local, price_in_per_m=d.price_in_per_m,
-                                           price_out_per_m=d.price_out_per_m, context_window=p.capabilities.context_window,
-                                           max_concurrency=d.max_concurrency, json_schema=p.capabilities.json_schema,
-                                           tools=p.capabilities.tools, tier=d.tier), p, breaker(d.name)))
-    if not routes:
+    given = dict(providers or {})
+    deployments = all_deployments(settings)
+    if not deployments:
         raise BadRequestError("no LLM deployment: enable llm.embedded_enabled or configure llm.deployments")
-    names = [r.info.name for r in routes]
+    names = [d.name for d in deployments]
     if len(set(names)) != len(names):
         raise BadRequestError(f"deployment names must be unique: {names}")
+    unknown = sorted(set(given) - set(names))
+    if unknown:
+        raise BadRequestError(f"providers given for deployments that are not configured: {unknown} (configured: {names})")
+    routes = []
+    for d in deployments:
+        adapter = given[d.name] if d.name in given else build_provider(d)
+        wrappers = (telemetry.deployment_wrappers(engine=d.engine, price_in_per_m=d.price_in_per_m,
+                                                  price_out_per_m=d.price_out_per_m) if telemetry is not None else [])
+        info = DeploymentInfo.of(d.name, adapter.capabilities, model=adapter.model, model_version=deployment_version(d),
+                                 price_in_per_m=d.price_in_per_m, price_out_per_m=d.price_out_per_m,
+                                 max_concurrency=d.max_concurrency, tier=d.tier)
+        routes.append(Route(info, compose(adapter, wrappers)))
     import functools
 
     from ..router.strategies import STRATEGIES, quality_optimised, with_rollout
@@ -120,38 +140,62 @@ def build_router(settings: Settings, embedded: Provider | None, *, telemetry: An
     tracing = getattr(telemetry, "tracing", None)  # telemetry.tracing: a span per routed call, with its decision
     if tracing is not None:
         strategies = tracing.strategies(strategies)
+    if state is None:
+        state = InProcessRouterState(lambda name: CircuitBreaker(name, s.breaker, on_change=_log_breaker))
     try:
-        router = Router(routes, strategy=s.strategy, strategies=strategies, groups=s.groups)
+        return Router(routes, strategy=s.strategy, strategies=strategies, groups=s.groups, state=state, rounds=s.rounds)
     except ValueError as e:
         raise BadRequestError(f"llm.groups: {e}") from None
-    return router if tracing is None else tracing.wrap_router(router)
 
 
-def build_components(settings: Settings) -> Components:
+def _log_breaker(name: str, old: Any, new: Any, why: str) -> None:
+    log.warning("breaker %s: %s -> %s (%s)", name, old.value, new.value, why)
+
+
+def build_pipeline(settings: Settings, llm: StructuredLLM, embedder: Embedder, store: VectorStore,
+                   telemetry: Any = None) -> AskPipeline:
+    """The /ask pipeline, with its ranking cache (counted in the metrics when telemetry is on)."""
+    n = settings.search.rank_cache_entries
+    cache = None
+    if n > 0:
+        on_lookup = telemetry.metrics.cache_lookups("ranking") if telemetry is not None else None
+        cache = BoundedCache(n, on_lookup=on_lookup)
+    return AskPipeline(llm, embedder, store, settings.search, rank_cache=cache, model_version=llm_version(settings))
+
+
+def build_components(settings: Settings, *, embedder: Any = _BUILD, store: Any = _BUILD,
+                     providers: Mapping[str, Provider] | None = None, telemetry: Any = _BUILD, llm: Any = _BUILD,
+                     state: RouterState | None = None) -> Components:
+    """Every part of the service from `settings`, except the ones given (see the module docstring).
+    `telemetry=None` turns measuring off; left out, it follows `telemetry.metrics`. `close()` closes what
+    it built and the deployments' engines; a given store or telemetry stays the caller's to close."""
     from ..providers.structured import ProviderStructuredLLM
-    from ..router.router import Router
 
-    embedder = build_embedder(settings)
-    store = build_store(settings, embedder.dimension)
-    s = settings.llm
-    telemetry = None
-    if settings.telemetry.metrics:
-        from ..telemetry import build_telemetry
+    closers: list[Callable[[], Any]] = []
+    if embedder is _BUILD:
+        embedder = build_embedder(settings)
+    if store is _BUILD:
+        store = build_store(settings, embedder.dimension)
+        closers.append(store.close)
+    if telemetry is _BUILD:
+        telemetry = None
+        if settings.telemetry.metrics:
+            from ..telemetry import build_telemetry
 
-        telemetry = build_telemetry(settings)
-    router = build_router(settings, build_embedded(settings) if s.embedded_enabled else None, telemetry=telemetry)
+            telemetry = build_telemetry(settings)
+            closers.append(telemetry.close)
+    router = build_router(settings, providers=providers, telemetry=telemetry, state=state)
     if telemetry is not None:
         telemetry.watch(router)
-    search = router
-    if s.search_deployment:
-        if s.search_deployment not in router.routes:
-            from ..core.errors import BadRequestError
-
-            raise BadRequestError(f"llm.search_deployment {s.search_deployment!r} is not a deployment "
-                                  f"({', '.join(router.routes)})")
-        search = Router([router.routes[s.search_deployment]])  # same route objects: breakers are shared
-        if telemetry is not None and telemetry.tracing is not None:
-            search = telemetry.tracing.wrap_router(search)
-    return Components(llm=ProviderStructuredLLM(search), embedder=embedder, store=store, provider=search,
-                      closers=[store.close] + ([telemetry.close] if telemetry is not None else []), router=router,
-                      telemetry=telemetry)
+    gateway = compose(router, telemetry.router_wrappers() if telemetry is not None else [])
+    if llm is _BUILD:
+        search = settings.llm.search_deployment
+        context = CallContext()
+        if search:
+            if search not in router.names():
+                raise BadRequestError(f"llm.search_deployment {search!r} is not a deployment ({', '.join(router.names())})")
+            context = CallContext(deployments=(search,))  # /ask's calls go to it alone, with its shared breaker
+        llm = ProviderStructuredLLM(gateway, context=context)
+    pipeline = build_pipeline(settings, llm, embedder, store, telemetry)
+    return Components(settings, embedder, store, llm, pipeline, router=router, gateway=gateway, telemetry=telemetry,
+                      closers=closers)

@@ -17,12 +17,13 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route as HttpRoute
 
-from ..core.errors import BadRequestError, NlwebError, OverloadedError, PayloadTooLargeError, RateLimitedError
-from ..core.types import ChatRequest, Message, TaskKind
+from ..core.errors import BadRequestError, NlwebError
+from ..core.types import CallContext, ChatRequest, Message, Privacy, Served, TaskKind
+from ..providers.base import Provider
 from ..retrieval.base import Embedder
-from ..router.model import Privacy
-from ..router.router import RouteContext, Router
-from .params import read_body
+from ..router.router import Router
+from .body import ClientGone, read_body, read_request_body
+from .errors import openai_error, send_json, send_openai_error
 
 log = logging.getLogger(__name__)
 _ROLES = {"system", "user", "assistant", "tool", "developer"}
@@ -30,7 +31,6 @@ _PRIVACY = {"any": Privacy.ANY, "local_only": Privacy.LOCAL_ONLY}
 # what the completion endpoints read from a request's headers (one pass over the ASGI scope)
 _READ_HEADERS = frozenset({b"content-length", b"x-nlweb-privacy", b"x-nlweb-strategy", b"x-nlweb-priority",
                            b"x-nlweb-conversation", b"x-nlweb-deadline-ms"})
-_JSON_TYPE = (b"content-type", b"application/json")
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 
 
@@ -41,38 +41,6 @@ class FastJSONResponse(JSONResponse):
         return orjson.dumps(content)
 
 
-def _error_parts(e: NlwebError) -> tuple[dict[str, Any], dict[str, str]]:
-    """The OpenAI-format body of an error and its headers (Retry-After when the error says when)."""
-    headers = {}
-    retry = getattr(e, "retry_after", None)
-    if isinstance(e, (OverloadedError, RateLimitedError)) and retry:
-        headers["retry-after"] = str(max(1, int(round(retry))))
-    code = getattr(e, "openai_code", None) or e.openai_type
-    return {"error": {"message": e.message, "type": e.openai_type, "param": getattr(e, "param", None),
-                      "code": code}}, headers
-
-
-def openai_error(e: NlwebError) -> JSONResponse:
-    body, headers = _error_parts(e)
-    return JSONResponse(body, status_code=e.status, headers=headers)
-
-
-async def send_json(send: Send, status: int, content: bytes, headers: list[tuple[bytes, bytes]] = ()) -> None:
-    """A JSON answer straight to ASGI: the headers a Starlette JSONResponse would send, without building one."""
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-length", b"%d" % len(content)), _JSON_TYPE, *headers]})
-    await send({"type": "http.response.body", "body": content})
-
-
-async def send_error(send: Send, e: NlwebError) -> None:
-    body, headers = _error_parts(e)
-    await send_json(send, e.status, orjson.dumps(body), [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()])
-
-
-class _ClientGone(Exception):
-    """The client disconnected before its request body arrived: nobody to answer."""
-
-
 def request_headers(scope: Mapping[str, Any]) -> dict[str, str]:
     """The headers the completion endpoints read (`_READ_HEADERS`), decoded; the first of repeats wins."""
     out: dict[str, str] = {}
@@ -80,28 +48,6 @@ def request_headers(scope: Mapping[str, Any]) -> dict[str, str]:
         if k in _READ_HEADERS:
             out.setdefault(k.decode("latin-1"), v.decode("latin-1"))
     return out
-
-
-async def read_asgi_body(receive: Callable[[], Awaitable[dict[str, Any]]], declared: str | None, limit: int) -> bytes:
-    """The request body from ASGI `receive`, at most `limit` bytes (`PayloadTooLargeError` past it)."""
-    if declared and declared.isdigit() and int(declared) > limit:
-        raise PayloadTooLargeError(f"request body is {declared} bytes; the limit is {limit} (server.max_body_bytes)")
-    chunks: list[bytes] = []
-    size = 0
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            raise _ClientGone()
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLargeError(f"request body exceeds {limit} bytes (server.max_body_bytes)")
-        if not message.get("more_body", False):
-            if not chunks:
-                return chunk  # the usual case: the whole body in one message
-            chunks.append(chunk)
-            return b"".join(chunks)
-        chunks.append(chunk)
 
 
 class _AsgiEndpoint:
@@ -162,20 +108,23 @@ def parse_chat(body: dict[str, Any]) -> ChatRequest:
                        task=TaskKind.JSON if schema else TaskKind.CHAT)
 
 
-def route_context(h: Mapping[str, str], model: str | None, router: Router) -> RouteContext:
-    """The routing inputs from a request's headers (`request_headers`) and its model name."""
+def call_context(h: Mapping[str, str], model: str | None, router: Router) -> CallContext:
+    """The call context from a request's headers (`request_headers`) and its model name."""
     privacy = _PRIVACY.get(h.get("x-nlweb-privacy", "any").strip().lower())
     if privacy is None:
         raise BadRequestError("x-nlweb-privacy must be 'local_only' or 'any'")
-    deployments = router.groups.get(model, ()) if model else ()
-    if model and not deployments and model in router.routes:
-        deployments = (model,)
     try:
         priority = int(h.get("x-nlweb-priority") or 0)
     except ValueError:
         raise BadRequestError("x-nlweb-priority must be an integer (higher is served first)") from None
-    return RouteContext(strategy=h.get("x-nlweb-strategy") or None, privacy=privacy, priority=priority,
-                        conversation=h.get("x-nlweb-conversation", ""), deployments=deployments)
+    return CallContext(strategy=h.get("x-nlweb-strategy") or None, privacy=privacy, priority=priority,
+                       conversation=h.get("x-nlweb-conversation", ""), deployments=router.resolve_model(model),
+                       deadline_s=_deadline(h))
+
+
+def route_header(served: Served | None) -> bytes:
+    """`x-nlweb-route`, rendered from the typed `Served` (ASCII: headers are latin-1 on the wire)."""
+    return served.header().encode("ascii") if served is not None else b""
 
 
 def _deadline(h: Mapping[str, str]) -> float | None:
@@ -189,8 +138,12 @@ def _deadline(h: Mapping[str, str]) -> float | None:
 
 
 class Gateway:
-    def __init__(self, router: Router, embedder: Embedder | None, *, max_body_bytes: int = 4_000_000,
+    """`provider`: the composed chain every call goes through (the router, wrapped); `router`: its typed
+    API (model names, aliases)."""
+
+    def __init__(self, provider: Provider, router: Router, embedder: Embedder | None, *, max_body_bytes: int,
                  embedder_name: str = "all-MiniLM-L6-v2", clock: Callable[[], float] = time.time):
+        self._provider = provider
         self._router = router
         self._embedder = embedder
         self._max_body = max_body_bytes
@@ -207,7 +160,7 @@ class Gateway:
                 HttpRoute("/v1/models", self.models, methods=["GET"])]
 
     async def _json(self, request: Request) -> dict[str, Any]:
-        return _json_object(await read_body(request, self._max_body))
+        return _json_object(await read_request_body(request, self._max_body))
 
     async def chat(self, scope, receive, send) -> None:
         await self._serve(scope, receive, send, "chat.completion", None)
@@ -228,20 +181,18 @@ class Gateway:
         """Both completion endpoints (ASGI): parse, route (streamed or not), answer in OpenAI's shape."""
         h = request_headers(scope)
         try:
-            body = _json_object(await read_asgi_body(receive, h.get("content-length"), self._max_body))
+            body = _json_object(await read_body(receive, h.get("content-length"), self._max_body))
             req = parse_chat(to_chat(body) if to_chat is not None else body)
-            req.deadline_s = _deadline(h)
-            ctx = route_context(h, req.model, self._router)
-            req.priority = ctx.priority
+            req.context = call_context(h, req.model, self._router)
             if body.get("stream"):
-                streamed = await self._stream_chat(req, ctx, body, "chat.completion.chunk" if obj == "chat.completion" else obj)
+                streamed = await self._stream_chat(req, body, "chat.completion.chunk" if obj == "chat.completion" else obj)
                 resp = None
             else:
-                resp = await self._router.complete(req, ctx)
+                resp = await self._provider.complete(req)
         except NlwebError as e:
-            await send_error(send, e)
+            await send_openai_error(send, e)
             return
-        except _ClientGone:
+        except ClientGone:
             return
         if resp is None:
             await streamed(scope, receive, send)
@@ -254,7 +205,7 @@ class Gateway:
                 message["tool_calls"] = resp.tool_calls
             choice = {"index": 0, "message": message, "finish_reason": resp.finish_reason}
         await send_json(send, 200, orjson.dumps(self._envelope(obj, req, resp.deployment, [choice], resp.usage)),
-                        [(b"x-nlweb-route", resp.route.encode("latin-1"))])
+                        [(b"x-nlweb-route", route_header(resp.served))])
 
     def _envelope(self, obj: str, req: ChatRequest, deployment: str, choices: list, usage=None) -> dict[str, Any]:
         out: dict[str, Any] = {"id": f"{'chatcmpl' if obj.startswith('chat') else 'cmpl'}-{self._id_prefix}{next(self._ids):x}",
@@ -265,9 +216,9 @@ class Gateway:
                             "total_tokens": usage.total_tokens}
         return out
 
-    async def _stream_chat(self, req: ChatRequest, ctx: RouteContext, body: dict[str, Any], obj: str) -> Response:
+    async def _stream_chat(self, req: ChatRequest, body: dict[str, Any], obj: str) -> Response:
         """Wait for the first chunk (the failover boundary) so the route is known before the headers go out."""
-        chunks = self._router.stream(req, ctx)
+        chunks = self._provider.stream(req)
         try:
             first = await chunks.__anext__()  # errors before the first token become a proper HTTP error
         except StopAsyncIteration:
@@ -275,8 +226,8 @@ class Gateway:
 
             raise ProviderError("the deployment closed the stream without answering", deployment="router") from None
         include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
-        route = first.route or ""
-        deployment = route.split(";", 1)[0]
+        route = route_header(first.served).decode("ascii")
+        deployment = first.served.deployment if first.served is not None else ""
         # every event of one stream shares its id, created and model: serialise that head once
         # (`choices` is the envelope's last key, so an event is head + choices + "}")
         envelope = self._envelope(obj, req, deployment, [])
@@ -324,8 +275,8 @@ class Gateway:
                 raise BadRequestError("'input' must be a string or a non-empty array of strings")
             if len(texts) > 2048:
                 raise BadRequestError("'input' may hold at most 2048 strings")
-            if self._router.capabilities.embeddings:
-                out = await self._router.embed(texts)
+            if self._provider.capabilities.embeddings:
+                out = await self._provider.embed(texts)
                 vectors, model, route = out.vectors, out.model, f"{out.deployment}; embedding deployment"
             elif self._embedder is not None:
                 import asyncio
@@ -344,12 +295,12 @@ class Gateway:
     async def models(self, request: Request) -> Response:
         created = int(self._clock())
         data = [{"id": "auto", "object": "model", "created": created, "owned_by": "nlweb-local"}]
-        for alias, members in self._router.groups.items():
+        for alias, members in self._router.aliases().items():
             data.append({"id": alias, "object": "model", "created": created, "owned_by": "nlweb-local",
                          "root": ",".join(members)})
-        for name, r in self._router.routes.items():
-            data.append({"id": name, "object": "model", "created": created,
-                         "owned_by": "local" if r.info.local else "cloud", "root": r.provider.model})
+        for v in self._router.deployments():
+            data.append({"id": v.name, "object": "model", "created": created,
+                         "owned_by": "local" if v.info.local else "cloud", "root": v.info.model})
         if self._embedder is not None:
             data.append({"id": self._embedder_name, "object": "model", "created": created, "owned_by": "local"})
         return JSONResponse({"object": "list", "data": data})

@@ -25,8 +25,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from ..core.errors import NlwebError
+from ..core.errors import NlwebError, PayloadTooLargeError
 from . import jsonrpc
+from .body import ClientGone, read_request_body
 from .jsonrpc import INVALID_PARAMS, INVALID_REQUEST, JsonRpcError
 
 log = logging.getLogger(__name__)
@@ -216,10 +217,6 @@ def _tool_result(text: str, *, is_error: bool) -> dict[str, Any]:
 
 # --- HTTP edge -----------------------------------------------------------------------------------
 
-class _BodyTooLarge(Exception):
-    pass
-
-
 class McpEndpoint:
     """The streamable HTTP transport, JSON responses only."""
 
@@ -235,8 +232,10 @@ class McpEndpoint:
         if refusal is not None:
             return refusal
         try:
-            body = await _read_body(request, self._max_body_bytes)
-        except _BodyTooLarge:
+            body = await read_request_body(request, self._max_body_bytes)
+        except ClientGone:
+            return Response(status_code=400)  # nobody is left to read it
+        except PayloadTooLargeError:
             message = f"Invalid Request: the body exceeds {self._max_body_bytes} bytes; send a smaller request"
             return _error(413, message)
         reply = await self._server.handle(body)
@@ -277,19 +276,6 @@ def mcp_routes(
     server = McpServer(tools, server_name=server_name, version=version)
     endpoint = McpEndpoint(server, max_body_bytes=max_body_bytes)
     return [Route("/mcp", endpoint.respond, methods=["POST", "GET", "DELETE"])]
-
-
-async def _read_body(request: Request, limit: int) -> bytes:
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit:
-        raise _BodyTooLarge
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise _BodyTooLarge
-        chunks.append(chunk)
-    return b"".join(chunks)
 
 
 def _error(status: int, message: str, *, code: int = INVALID_REQUEST, data: Any = None) -> Response:

@@ -13,8 +13,9 @@ from urllib.parse import parse_qsl
 from starlette.requests import Request
 
 from ..config.settings import SearchSettings
-from ..core.errors import BadRequestError, PayloadTooLargeError
+from ..core.errors import BadRequestError
 from ..search.events import AskRequest
+from .body import read_request_body
 
 MAX_QUERY_CHARS = 2000
 _MODES = {"list": "list", "none": "list", "": "list", "summarize": "summarize", "summary": "summarize", "generate": "generate"}
@@ -25,19 +26,6 @@ class ParsedAsk:
     ask: AskRequest
     streaming: bool
     api: str  # "v3" | "v1" | "v0.5"
-
-
-async def read_body(request: Request, limit: int) -> bytes:
-    declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > limit:
-        raise PayloadTooLargeError(f"request body is {declared} bytes; the limit is {limit} (server.max_body_bytes)")
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLargeError(f"request body exceeds {limit} bytes (server.max_body_bytes)")
-        chunks.append(chunk)
-    return b"".join(chunks)
 
 
 def _decode(body: bytes) -> str:
@@ -57,7 +45,7 @@ async def collect_params(request: Request, limit: int) -> tuple[dict[str, Any], 
     params = {k: v[0] if len(v) == 1 else v for k, v in params.items()}
     if request.method != "POST":
         return params, None
-    body = await read_body(request, limit)
+    body = await read_request_body(request, limit)
     if not body.strip():
         return params, None
     text = _decode(body)

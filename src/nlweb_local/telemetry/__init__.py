@@ -1,8 +1,9 @@
 """Metrics, cost ledger, stats and prices: what the gateway's LLM calls cost, save and how they behave.
 
 `Telemetry` bundles the parts one app uses; `build_telemetry(settings)` makes it (called by the
-composition root); `Telemetry.wrap(provider, ...)` puts a deployment's provider inside a
-`MeteredProvider` priced for that deployment.
+composition root). `Telemetry.deployment_wrappers(...)` are the wrappers every deployment's provider is
+composed with (a `MeteredProvider` priced for it, then a `TracedProvider` when tracing is on);
+`Telemetry.router_wrappers()` those around the router (a `TracedRouter` when tracing is on).
 """
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from ..providers.base import Provider
+from ..providers.wrapper import Wrapper, compose
 from .ledger import CallRecord, CostLedger
 from .metered import MeteredProvider
 from .metrics import GatewayMetrics, new_registry
@@ -36,17 +39,32 @@ class Telemetry:
     monitor: Any = None  # alerts.AlertMonitor, made by watch()
     tracing: Any = None  # tracing.Tracing when telemetry.tracing is on and OpenTelemetry is installed
 
-    def wrap(self, provider: Any, *, engine: str = "", price_in_per_m: float = 0.0,
-             price_out_per_m: float = 0.0) -> Any:
-        """A MeteredProvider priced for this deployment (inside a TracedProvider when tracing is on)."""
-        price = deployment_price(model=provider.model, engine=engine, local=provider.capabilities.local,
-                                 price_in_per_m=price_in_per_m, price_out_per_m=price_out_per_m, table=self.prices,
-                                 hardware=self.hardware)
-        metered = MeteredProvider(provider, self.metrics, ledger=self.ledger, window=self.window, price=price,
-                                  reference=self.reference, clock=self.clock, now=self.now)
-        if self.tracing is None:
-            return metered
-        return self.tracing.wrap(metered, engine=engine, ledger=self.ledger is not None)
+    def deployment_wrappers(self, *, engine: str = "", price_in_per_m: float = 0.0,
+                            price_out_per_m: float = 0.0) -> list[Wrapper]:
+        """Innermost first: a MeteredProvider priced for the deployment it wraps, then (tracing on) a
+        TracedProvider. For `compose(provider, ...)`."""
+        def metered(provider: Provider) -> Provider:
+            price = deployment_price(model=provider.model, engine=engine, local=provider.capabilities.local,
+                                     price_in_per_m=price_in_per_m, price_out_per_m=price_out_per_m,
+                                     table=self.prices, hardware=self.hardware)
+            return MeteredProvider(provider, self.metrics, ledger=self.ledger, window=self.window, price=price,
+                                   reference=self.reference, clock=self.clock, now=self.now)
+
+        out: list[Wrapper] = [metered]
+        if self.tracing is not None:
+            tracing, ledger = self.tracing, self.ledger is not None
+            out.append(lambda p: tracing.wrap(p, engine=engine, ledger=ledger))
+        return out
+
+    def router_wrappers(self) -> list[Wrapper]:
+        """Around the router: a TracedRouter (one route span per call) when tracing is on."""
+        return [self.tracing.wrap_router] if self.tracing is not None else []
+
+    def wrap(self, provider: Provider, *, engine: str = "", price_in_per_m: float = 0.0,
+             price_out_per_m: float = 0.0) -> Provider:
+        """`provider` composed with `deployment_wrappers(...)`."""
+        return compose(provider, self.deployment_wrappers(engine=engine, price_in_per_m=price_in_per_m,
+                                                          price_out_per_m=price_out_per_m))
 
     def watch(self, router: Any) -> None:
         """Export `router`'s breaker and queue state, and (when alerts are on) watch it for alerts."""

@@ -225,9 +225,8 @@ class AlertMonitor:
         stats = await asyncio.to_thread(summarize, rows, now=now, span_s=span, buckets=1)
         breakers, healthy = {}, {}
         if self._router is not None:
-            for name, r in self._router.routes.items():
-                r.breaker.available()
-                breakers[name], healthy[name] = r.breaker.state.value, r.snapshot.healthy
+            for v in self._router.deployments():
+                breakers[v.name], healthy[v.name] = v.breaker, v.healthy
         spend = None
         ledger = self._telemetry.ledger
         if ledger is not None and self.engine.thresholds.monthly_budget_usd:

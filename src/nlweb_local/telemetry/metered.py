@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any, AsyncIterator, Callable, Sequence
+from typing import Any, AsyncIterator, Awaitable, Callable
 
-from ..core.types import ChatChunk, ChatRequest, ChatResponse, EmbeddingResponse, Usage
-from ..providers.base import Capabilities, LoadSnapshot, Provider
+from ..core.types import ChatChunk, ChatRequest
+from ..providers.base import Provider
+from ..providers.wrapper import CallKind, StreamTally, WrapperProvider, answer_tokens, close_after_error
 from .context import current_request_id, new_request_id
 from .ledger import CallRecord
 from .metrics import CallSeries, GatewayMetrics
@@ -49,19 +50,15 @@ class ThroughputMeter:
         return self.tokens / busy if busy > 0 and self.tokens > 0 else None
 
 
-def _chars(request: ChatRequest) -> int:
-    return sum(len(m.content) for m in request.messages)
-
-
 def _error_class(e: BaseException) -> str:
     return "Cancelled" if isinstance(e, (asyncio.CancelledError, GeneratorExit)) else type(e).__name__
 
 
-class MeteredProvider:
+class MeteredProvider(WrapperProvider):
     def __init__(self, inner: Provider, metrics: GatewayMetrics, *, ledger: Any = None, window: Any = None,
                  price: PriceModel = FREE, reference: Price | None = None,
                  clock: Callable[[], float] = time.perf_counter, now: Callable[[], float] = time.time):
-        self._inner = inner
+        super().__init__(inner)
         self._metrics = metrics
         self._ledger = ledger
         self._window = window
@@ -70,21 +67,9 @@ class MeteredProvider:
         self.reference = reference
         self._clock = clock
         self._now = now
-        self.name: str = inner.name
-        self.model: str = inner.model
-        self.capabilities: Capabilities = inner.capabilities
         self._local = inner.capabilities.local
         self._series: dict[str, CallSeries] = {}
         self.meter = ThroughputMeter(clock)
-
-    @property
-    def inner(self) -> Provider:
-        return self._inner
-
-    def __getattr__(self, attr: str) -> Any:  # engine-specific extras (e.g. model lifecycle) pass through
-        if attr.startswith("__") or attr == "_inner":
-            raise AttributeError(attr)
-        return getattr(self._inner, attr)
 
     # -- bookkeeping --------------------------------------------------------------------------------
     def _begin(self, task: Any) -> tuple[CallSeries, float]:
@@ -131,12 +116,11 @@ class MeteredProvider:
         if self._window is not None:
             self._window.add(row)
 
-    # -- Provider -----------------------------------------------------------------------------------
-    async def stream(self, request: ChatRequest) -> AsyncIterator[ChatChunk]:
+    # -- the wrapper hooks --------------------------------------------------------------------------
+    async def around_stream(self, request: ChatRequest, chunks: AsyncIterator[ChatChunk]) -> AsyncIterator[ChatChunk]:
         s, t0 = self._begin(request.task)
         seen = StreamTally(self._clock, t0)
         error: BaseException | None = None
-        chunks = self._inner.stream(request)
         try:
             async for ch in chunks:
                 seen.see(ch)
@@ -149,81 +133,14 @@ class MeteredProvider:
             tin, tout = seen.tokens(request) if error is None else (0, 0)  # failed: not billed
             self._end(s, t0, tokens_in=tin, tokens_out=tout, ttft=seen.ttft, error=error)
 
-    async def complete(self, request: ChatRequest) -> ChatResponse:
-        s, t0 = self._begin(request.task)
+    async def around_call(self, kind: CallKind, subject: Any, run: Callable[[], Awaitable[Any]]) -> Any:
+        s, t0 = self._begin("embed" if kind == "embed" else subject.task)
         try:
-            resp = await self._inner.complete(request)
+            out = await run()
         except BaseException as e:
             self._end(s, t0, tokens_in=0, tokens_out=0, ttft=None, error=e)
             raise
-        tin, tout = _tokens(resp.usage, request, len(resp.content))
-        self._end(s, t0, tokens_in=tin, tokens_out=tout, ttft=resp.usage.time_to_first_token_s, error=None)
-        return resp
-
-    async def classify(self, request: ChatRequest, labels: Sequence[str]) -> dict[str, float]:
-        s, t0 = self._begin(request.task)
-        try:
-            out = await self._inner.classify(request, labels)  # type: ignore[attr-defined]
-        except BaseException as e:
-            self._end(s, t0, tokens_in=0, tokens_out=0, ttft=None, error=e)
-            raise
-        self._end(s, t0, tokens_in=_chars(request) // 4 + 1, tokens_out=1, ttft=None, error=None)
+        tin, tout = answer_tokens(kind, subject, out)
+        self._end(s, t0, tokens_in=tin, tokens_out=tout,
+                  ttft=out.usage.time_to_first_token_s if kind == "complete" else None, error=None)
         return out
-
-    async def embed(self, texts: Sequence[str]) -> EmbeddingResponse:
-        s, t0 = self._begin("embed")
-        try:
-            out = await self._inner.embed(texts)
-        except BaseException as e:
-            self._end(s, t0, tokens_in=0, tokens_out=0, ttft=None, error=e)
-            raise
-        self._end(s, t0, tokens_in=out.prompt_tokens or sum(len(t) for t in texts) // 4, tokens_out=0, ttft=None,
-                  error=None)
-        return out
-
-    async def health(self) -> LoadSnapshot:
-        return await self._inner.health()
-
-    def admit(self) -> None:
-        self._inner.admit()
-
-    async def close(self) -> None:
-        await self._inner.close()
-
-
-class StreamTally:
-    """What a wrapper sees of a stream it passes on: time to the first chunk, the usage the engine
-    reported, the characters sent (for an estimate when it reported none)."""
-
-    __slots__ = ("_clock", "_t0", "ttft", "usage", "out_chars")
-
-    def __init__(self, clock: Callable[[], float], t0: float | None = None):
-        self._clock = clock
-        self._t0 = clock() if t0 is None else t0
-        self.ttft: float | None = None
-        self.usage: Usage | None = None
-        self.out_chars = 0
-
-    def see(self, ch: ChatChunk) -> None:
-        if self.ttft is None:
-            self.ttft = self._clock() - self._t0
-        if ch.usage is not None:
-            self.usage = ch.usage
-        self.out_chars += len(ch.delta)
-
-    def tokens(self, request: ChatRequest) -> tuple[int, int]:
-        return _tokens(self.usage, request, self.out_chars)
-
-
-async def close_after_error(chunks: Any, error: BaseException | None) -> None:
-    """A wrapped stream that failed or was abandoned is closed at once (not left to the garbage collector)."""
-    aclose = getattr(chunks, "aclose", None)
-    if aclose is not None and error is not None:
-        await aclose()
-
-
-def _tokens(usage: Usage | None, request: ChatRequest, out_chars: int) -> tuple[int, int]:
-    """Reported usage, else an estimate (4 characters a token) so that a call is never free by omission."""
-    if usage is not None and (usage.prompt_tokens or usage.completion_tokens):
-        return usage.prompt_tokens, usage.completion_tokens
-    return _chars(request) // 4 + 1, (out_chars + 3) // 4

@@ -215,13 +215,12 @@ class RouterCollector:
         running = GaugeMetricFamily("nlweb_deployment_running", "calls the router has in flight", labels=("deployment",))
         healthy = GaugeMetricFamily("nlweb_deployment_healthy", "1 if the last health probe succeeded",
                                     labels=("deployment",))
-        for name, route in self._router.routes.items():
-            d = self._label(name)
-            route.breaker.available()  # let an expired OPEN period turn into HALF_OPEN before reading it
-            breaker.add_metric((d,), BREAKER_VALUES.get(route.breaker.state.value, -1))
-            waiting.add_metric((d,), route.snapshot.waiting)
-            running.add_metric((d,), route.in_flight)
-            healthy.add_metric((d,), 1.0 if route.snapshot.healthy else 0.0)
+        for v in self._router.deployments():  # (a view lets an expired OPEN period turn HALF_OPEN first)
+            d = self._label(v.name)
+            breaker.add_metric((d,), BREAKER_VALUES.get(v.breaker, -1))
+            waiting.add_metric((d,), v.waiting)
+            running.add_metric((d,), v.in_flight)
+            healthy.add_metric((d,), 1.0 if v.healthy else 0.0)
         return [breaker, waiting, running, healthy]
 
 

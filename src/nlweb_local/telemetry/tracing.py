@@ -21,14 +21,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Any, AsyncIterator, Callable, Sequence
+from typing import Any, AsyncIterator, Awaitable, Callable, Sequence
 
 from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
+from ..providers.wrapper import CallKind, StreamTally, WrapperProvider, answer_tokens, close_after_error
 from .context import current_request_id
-from .metered import StreamTally, _tokens, close_after_error
 
 log = logging.getLogger(__name__)
 
@@ -173,26 +173,14 @@ def _traced_strategy(name: str, fn: Callable) -> Callable:
     return decide
 
 
-class TracedRouter:
+class TracedRouter(WrapperProvider):
     """The router inside one `nlweb.route` span per call. Each deployment's `TracedProvider` appends
     (deployment, outcome) to the span's attempt list, from which the chosen deployment and the
     fallbacks tried are read when the call ends."""
 
     def __init__(self, inner: Any, tracing: Tracing):
-        self._inner = inner
+        super().__init__(inner)
         self._tracer = tracing.tracer
-        self.name = inner.name
-        self.model = inner.model
-        self.capabilities = inner.capabilities
-
-    @property
-    def inner(self) -> Any:
-        return self._inner
-
-    def __getattr__(self, attr: str) -> Any:  # routes, groups, probe_forever, default_strategy, ...
-        if attr.startswith("__") or attr == "_inner":
-            raise AttributeError(attr)
-        return getattr(self._inner, attr)
 
     def _start(self, task: Any) -> tuple[Any, Any, list]:
         attempts: list[tuple[str, str]] = []
@@ -212,11 +200,11 @@ class TracedRouter:
                 _fail(span, error)
         span.end()
 
-    async def _call(self, task: Any, call: Callable[[], Any]) -> Any:
-        span, ctx, attempts = self._start(task)
+    async def around_call(self, kind: CallKind, subject: Any, run: Callable[[], Awaitable[Any]]) -> Any:
+        span, ctx, attempts = self._start("embed" if kind == "embed" else subject.task)
         token = otel_context.attach(ctx)
         try:
-            out = await call()
+            out = await run()
         except BaseException as e:
             self._end(span, attempts, e)
             raise
@@ -225,20 +213,19 @@ class TracedRouter:
         self._end(span, attempts, None)
         return out
 
-    async def complete(self, request: Any, *args: Any, **kw: Any) -> Any:
-        return await self._call(request.task, lambda: self._inner.complete(request, *args, **kw))
+    def stream(self, request: Any) -> AsyncIterator[Any]:
+        return self._stream(request)
 
-    async def classify(self, request: Any, labels: Sequence[str], *args: Any, **kw: Any) -> Any:
-        return await self._call(request.task, lambda: self._inner.classify(request, labels, *args, **kw))
-
-    async def embed(self, texts: Sequence[str]) -> Any:
-        return await self._call("embed", lambda: self._inner.embed(texts))
-
-    async def stream(self, request: Any, *args: Any, **kw: Any) -> AsyncIterator[Any]:
+    async def _stream(self, request: Any) -> AsyncIterator[Any]:
         """The span is made current only while the router works on the next chunk (attached and detached
-        within one step), never across a `yield`: the consumer may resume the stream in another task."""
+        within one step), never across a `yield`: the consumer may resume the stream in another task.
+        (The inner stream is created inside the span too, so the strategy's decision lands on it.)"""
         span, ctx, attempts = self._start(request.task)
-        chunks = self._inner.stream(request, *args, **kw)
+        token = otel_context.attach(ctx)
+        try:
+            chunks = self.inner.stream(request)
+        finally:
+            otel_context.detach(token)
         error: BaseException | None = None
         try:
             while True:
@@ -261,39 +248,18 @@ class TracedRouter:
                 otel_context.detach(token)
                 self._end(span, attempts, error)
 
-    async def health(self) -> Any:
-        return await self._inner.health()
-
-    def admit(self) -> None:
-        self._inner.admit()
-
-    async def close(self) -> None:
-        await self._inner.close()
-
 
 # -- engine calls ------------------------------------------------------------------------------------
-class TracedProvider:
+class TracedProvider(WrapperProvider):
     """One CLIENT span per engine call of the (metered) deployment it wraps, a child of the route span."""
 
     def __init__(self, inner: Any, tracing: Tracing, *, engine: str = "", ledger: bool = False,
                  clock: Callable[[], float] = time.perf_counter):
-        self._inner = inner
+        super().__init__(inner)
         self._tracer = tracing.tracer
         self._engine = engine
         self._ledger = ledger
         self._clock = clock
-        self.name = inner.name
-        self.model = inner.model
-        self.capabilities = inner.capabilities
-
-    @property
-    def inner(self) -> Any:
-        return self._inner
-
-    def __getattr__(self, attr: str) -> Any:  # engine-specific extras (model lifecycle, price, meter) pass through
-        if attr.startswith("__") or attr == "_inner":
-            raise AttributeError(attr)
-        return getattr(self._inner, attr)
 
     def _start(self, task: Any) -> tuple[Any, list | None]:
         """The span, and the attempt list of the route span it belongs to (if any)."""
@@ -322,21 +288,25 @@ class TracedProvider:
                                                     "nlweb.deployment": self.name})
         span.end()
 
-    async def complete(self, request: Any) -> Any:
-        started = self._start(request.task)
+    async def around_call(self, kind: CallKind, subject: Any, run: Callable[[], Awaitable[Any]]) -> Any:
+        started = self._start("embed" if kind == "embed" else subject.task)
         try:
-            resp = await self._inner.complete(request)
+            out = await run()
         except BaseException as e:
             self._end(started, e)
             raise
-        self._end(started, None, _tokens(resp.usage, request, len(resp.content)), resp.usage.time_to_first_token_s)
-        return resp
+        if kind == "complete":
+            self._end(started, None, answer_tokens(kind, subject, out), out.usage.time_to_first_token_s)
+        elif kind == "embed":
+            self._end(started, None, (out.prompt_tokens or 0, 0))
+        else:
+            self._end(started, None)
+        return out
 
-    async def stream(self, request: Any) -> AsyncIterator[Any]:
+    async def around_stream(self, request: Any, chunks: AsyncIterator[Any]) -> AsyncIterator[Any]:
         started = self._start(request.task)
         seen = StreamTally(self._clock)
         error: BaseException | None = None
-        chunks = self._inner.stream(request)
         try:
             async for ch in chunks:
                 seen.see(ch)
@@ -347,32 +317,3 @@ class TracedProvider:
         finally:
             await close_after_error(chunks, error)
             self._end(started, error, seen.tokens(request) if error is None else None, seen.ttft)
-
-    async def classify(self, request: Any, labels: Sequence[str]) -> Any:
-        started = self._start(request.task)
-        try:
-            out = await self._inner.classify(request, labels)
-        except BaseException as e:
-            self._end(started, e)
-            raise
-        self._end(started, None)
-        return out
-
-    async def embed(self, texts: Sequence[str]) -> Any:
-        started = self._start("embed")
-        try:
-            out = await self._inner.embed(texts)
-        except BaseException as e:
-            self._end(started, e)
-            raise
-        self._end(started, None, (out.prompt_tokens or 0, 0))
-        return out
-
-    async def health(self) -> Any:
-        return await self._inner.health()
-
-    def admit(self) -> None:
-        self._inner.admit()
-
-    async def close(self) -> None:
-        await self._inner.close()
