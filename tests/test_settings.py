@@ -63,11 +63,15 @@ def test_search_deployment_must_exist(tmp_path):
         build_provider(load_settings(cfg, environ={}))
 
 
-def test_unknown_engine_is_rejected_with_the_choices(tmp_path):
+def test_unknown_engine_is_rejected_with_the_choices_when_built(tmp_path):
+    """Engines are a registry plugins extend, so the config takes any name; building the deployment checks it."""
+    from nlweb_local.providers.registry import build_provider as build_deployment
+
     cfg = tmp_path / "c.yaml"
     cfg.write_text("llm:\n  deployments:\n    - {name: x, engine: nope}\n")
-    with pytest.raises(BadRequestError, match="llm.deployments.0.engine"):
-        load_settings(cfg, environ={})
+    settings = load_settings(cfg, environ={})
+    with pytest.raises(BadRequestError, match="deployment 'x': unknown engine 'nope'; known engines: .*llama_cpp"):
+        build_deployment(settings.llm.deployments[0], {})
 
 
 def test_routing_settings_build_the_router(tmp_path):

@@ -33,15 +33,12 @@ class ServerSettings(_Section):
     autoload_demo: bool = Field(True, description="load the bundled demo site when the store is empty at start")
 
 
-ENGINES = ("llama_cpp", "openai", "azure_openai", "vllm", "llama_server", "llama_cpp_server", "ollama", "ollama_openai",
-           "tgi", "tgi_openai", "transformers", "anthropic")
-
-
 class DeploymentSettings(_Section):
     """One deployment: an engine serving a model at an endpoint (or in-process)."""
 
     name: str = Field(..., min_length=1, description="unique name, used in logs, metrics and routes")
-    engine: Literal[ENGINES] = Field(..., description="adapter: " + ", ".join(ENGINES))  # type: ignore[valid-type]
+    engine: str = Field(..., min_length=1, description="engine adapter: a built-in one (see the README's Engines) or one a "
+                        "plugin registers (entry-point group nlweb_local.engines); checked when the deployment is built")
     model: str = Field("", description="model name at the engine (a path or GGUF file for in-process engines)")
     url: str | None = Field(None, description="base URL of the engine's HTTP API")
     api_key: str | None = Field(None, description="API key (prefer api_key_env: keep secrets out of files)")
