@@ -74,6 +74,23 @@ def test_unknown_engine_is_rejected_with_the_choices_when_built(tmp_path):
         build_deployment(settings.llm.deployments[0], {})
 
 
+def test_the_embedded_keys_are_sugar_for_a_llama_cpp_deployment(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("llm:\n  model_path: /models/m.gguf\n  n_ctx: 4096\n  n_threads: 3\n  max_queue: 9\n"
+                   "  call_timeout_s: 42\n  seed: 7\n  embedded_name: cpu\n"
+                   "  deployments:\n    - {name: big, engine: vllm, model: q}\n")
+    llm = load_settings(cfg, environ={}).llm
+    d = llm.embedded_deployment()
+    assert (d.name, d.engine, d.model, d.timeout_s, d.context_window, d.max_concurrency) == \
+        ("cpu", "llama_cpp", "/models/m.gguf", 42, 4096, 9)
+    assert d.options == {"n_ctx": 4096, "n_threads": 3, "max_queue": 9, "seed": 7}
+    assert (d.price_in_per_m, d.price_out_per_m, d.tier) == (0, 0, 0)
+    assert [x.name for x in llm.all_deployments()] == ["cpu", "big"]
+    assert llm.model_copy(update={"embedded_enabled": False}).embedded_deployment() is None
+    assert [x.name for x in llm.model_copy(update={"embedded_enabled": False}).all_deployments()] == ["big"]
+    assert Settings().llm.embedded_deployment().model == ""  # the packaged SmolLM2
+
+
 def test_routing_settings_build_the_router(tmp_path):
     from nlweb_local.providers.testing import ScriptedProvider
     from nlweb_local.server.components import build_router

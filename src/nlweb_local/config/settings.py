@@ -86,6 +86,22 @@ class LLMSettings(_Section):
     rollout_local_share: float | None = Field(None, ge=0, le=1, description="migration phase: share of conversations sent local first (e.g. 0.05, 0.25, 0.75, 1.0); null = off")
     quality_threshold: float = Field(0.5, ge=0, le=1, description="quality strategy: difficulty at which a request escalates (calibrate with `nlweb-local router calibrate`)")
 
+    def embedded_deployment(self) -> DeploymentSettings | None:
+        """The embedded llama.cpp engine as the ordinary `llama_cpp` deployment the `llm.*` keys stand for
+        (model_path, n_ctx, n_threads, max_queue, call_timeout_s, seed, embedded_name); None when
+        `embedded_enabled` is off. Local hardware: no price, tier 0; at most `max_queue` calls admitted."""
+        if not self.embedded_enabled:
+            return None
+        return DeploymentSettings(name=self.embedded_name, engine="llama_cpp", model=self.model_path or "",
+                                  timeout_s=self.call_timeout_s, context_window=self.n_ctx, max_concurrency=self.max_queue,
+                                  options={"n_ctx": self.n_ctx, "n_threads": self.n_threads, "max_queue": self.max_queue,
+                                           "seed": self.seed})
+
+    def all_deployments(self) -> list[DeploymentSettings]:
+        """Every deployment the router serves: the embedded one first (when enabled), then `deployments`."""
+        embedded = self.embedded_deployment()
+        return ([embedded] if embedded is not None else []) + list(self.deployments)
+
 
 class EmbeddingSettings(_Section):
     backend: Literal["sentence_transformers"] = "sentence_transformers"
