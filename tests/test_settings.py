@@ -74,6 +74,28 @@ def test_unknown_engine_is_rejected_with_the_choices_when_built(tmp_path):
         build_deployment(settings.llm.deployments[0], {})
 
 
+@pytest.mark.parametrize("text,key", [
+    ("llm:\n  engine: llama_cpp\n", "llm.engine"),
+    ("embedding:\n  backend: sentence_transformers\n", "embedding.backend"),
+    ("store:\n  backend: qdrant\n", "store.backend"),
+])
+def test_keys_nothing_reads_any_more_load_with_a_warning(tmp_path, caplog, text, key):
+    """A file written for an older version still loads; the log says which line to delete."""
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(text)
+    with caplog.at_level("WARNING", logger="nlweb_local.config.settings"):
+        s = load_settings(cfg, environ={})
+    assert f"{key}" in caplog.text and "delete that line" in caplog.text
+    assert s == Settings()  # dropped, nothing else changed
+
+
+def test_removed_keys_are_gone_from_the_documented_file():
+    from nlweb_local.config.settings import documented_yaml
+
+    shipped = yaml.safe_load(documented_yaml())
+    assert "engine" not in shipped["llm"] and "backend" not in shipped["embedding"] and "backend" not in shipped["store"]
+
+
 def test_the_embedded_keys_are_sugar_for_a_llama_cpp_deployment(tmp_path):
     cfg = tmp_path / "c.yaml"
     cfg.write_text("llm:\n  model_path: /models/m.gguf\n  n_ctx: 4096\n  n_threads: 3\n  max_queue: 9\n"

