@@ -2,8 +2,10 @@
 import math
 
 from nlweb_local.providers.base import LoadSnapshot
-from nlweb_local.providers.load_parsers import (llama_server_snapshot, ollama_snapshot, parse_prometheus, tgi_snapshot,
-                                                vllm_snapshot)
+from nlweb_local.providers.load_parsers import (llama_server_snapshot, ollama_canonical, ollama_snapshot, parse_prometheus,
+                                                tgi_snapshot, vllm_snapshot)
+
+from fakes.openai_fake import LLAMA_SERVER_METRICS  # llama-server --metrics, as the fake serves it
 
 VLLM_METRICS = """\
 # HELP python_gc_objects_collected_total Objects collected during gc
@@ -78,33 +80,6 @@ tgi_request_queue_duration_count 1040
 # TYPE tgi_batch_inference_duration histogram
 tgi_batch_inference_duration_bucket{method="prefill",le="0.005"} 10
 tgi_batch_inference_duration_sum{method="decode"} 400.1
-"""
-
-LLAMA_SERVER_METRICS = """\
-# HELP llamacpp:prompt_tokens_total Number of prompt tokens processed.
-# TYPE llamacpp:prompt_tokens_total counter
-llamacpp:prompt_tokens_total 10234
-# HELP llamacpp:prompt_seconds_total Prompt process time
-# TYPE llamacpp:prompt_seconds_total counter
-llamacpp:prompt_seconds_total 29.1
-# HELP llamacpp:tokens_predicted_total Number of generation tokens processed.
-# TYPE llamacpp:tokens_predicted_total counter
-llamacpp:tokens_predicted_total 5120
-# HELP llamacpp:prompt_tokens_seconds Average prompt throughput in tokens/s.
-# TYPE llamacpp:prompt_tokens_seconds gauge
-llamacpp:prompt_tokens_seconds 351.68
-# HELP llamacpp:kv_cache_usage_ratio KV-cache usage. 1 means 100 percent usage.
-# TYPE llamacpp:kv_cache_usage_ratio gauge
-llamacpp:kv_cache_usage_ratio 0.25
-# HELP llamacpp:kv_cache_tokens KV-cache tokens.
-# TYPE llamacpp:kv_cache_tokens gauge
-llamacpp:kv_cache_tokens 1024
-# HELP llamacpp:requests_processing Number of requests processing.
-# TYPE llamacpp:requests_processing gauge
-llamacpp:requests_processing 2
-# HELP llamacpp:requests_deferred Number of requests deferred.
-# TYPE llamacpp:requests_deferred gauge
-llamacpp:requests_deferred 3
 """
 
 
@@ -250,6 +225,20 @@ def test_ollama_model_not_loaded_is_still_healthy():
     snap = ollama_snapshot(True, {"models": []}, "qwen2.5:0.5b")
     assert snap.healthy and "not loaded" in snap.detail
     assert "not loaded" in ollama_snapshot(True, PS, "llama3.2:1b").detail
+
+
+def test_ollama_detail_names_the_version_the_model_as_configured_and_what_is_in_memory():
+    snap = ollama_snapshot(True, PS, "llama3.2", version="0.6.5")
+    assert snap.detail.startswith("ollama 0.6.5: llama3.2 loaded until 2024-12-17T10:06:34.31-08:00")
+    assert snap.detail.endswith("1 model(s) in memory")
+    cpu = {"models": [dict(PS["models"][0], size_vram=0)]}
+    assert "on CPU" in ollama_snapshot(True, cpu, "llama3.2:latest").detail
+
+
+def test_ollama_canonical_names():
+    assert ollama_canonical("llama3.2") == "llama3.2:latest"
+    assert ollama_canonical("qwen2.5:0.5b") == "qwen2.5:0.5b"
+    assert ollama_canonical("host:5000/ns/m") == "host:5000/ns/m:latest"
 
 
 def test_ollama_down():

@@ -126,7 +126,7 @@ async def test_health_reports_whether_the_model_is_loaded(provider, models):
     assert h.healthy and "not loaded" in h.detail and "ollama 0.6.5" in h.detail
     await provider.complete(plain())
     h = await provider.health()
-    assert h.healthy and f"{MODEL} loaded until" in h.detail
+    assert h.healthy and f"{MODEL} loaded until" in h.detail and "in VRAM" in h.detail  # load_parsers.ollama_snapshot
 
 
 async def test_health_of_an_unreachable_server():

@@ -12,14 +12,14 @@ import urllib.request
 
 import pytest
 
-from fakes.openai_fake import FAULTS, OpenAIFake
+from fakes.openai_fake import FAULTS, LLAMA_SERVER_METRICS, VLLM_METRICS, OpenAIFake
 from nlweb_local.config.settings import DeploymentSettings
 from nlweb_local.core.errors import (AuthError, BadRequestError, ContextLengthError, ModelNotFoundError, ModelOutputError,
                                      OverloadedError, PayloadTooLargeError, ProviderError, ProviderTimeoutError,
                                      RateLimitedError)
 from nlweb_local.core.types import TaskKind
 from nlweb_local.providers.base import assemble, merge_tool_call_delta
-from nlweb_local.providers.openai_compat import OpenAICompatProvider, from_settings, parse_prometheus
+from nlweb_local.providers.openai_compat import OpenAICompatProvider, from_settings
 from nlweb_local.providers.profiles import PROFILES
 from nlweb_local.providers.registry import build_provider
 from nlweb_local.providers.structured import ProviderStructuredLLM
@@ -333,6 +333,67 @@ async def test_llama_server_health_loading_then_slots(fake):
     await p.close()
 
 
+@pytest.fixture()
+def engine_state(fake):
+    """The fake's load signals, restored after the test (the fake is shared by the module)."""
+    saved = (fake.metrics_text, fake.legacy_health, fake.slots, fake.loading)
+    yield fake
+    fake.metrics_text, fake.legacy_health, fake.slots, fake.loading = saved
+
+
+async def test_vllm_health_is_for_the_model_the_deployment_names(engine_state):
+    """/metrics of a vLLM serving another model: not this deployment (the old parser summed any model)."""
+    engine_state.metrics_text = VLLM_METRICS.replace('model_name="fake-model"', 'model_name="other/model"')
+    p = from_settings(deployment("vllm", engine_state.url + "/v1", model="fake-model"), {})
+    try:
+        h = await p.health()
+        assert not h.healthy and "other/model" in h.detail
+    finally:
+        await p.close()
+
+
+async def test_vllm_label_values_with_braces_and_escapes(engine_state):
+    """Label values may hold `}`, `,` and escaped quotes; a value after `NaN` lines still counts."""
+    engine_state.metrics_text = (
+        'vllm:num_requests_running{model_name="fake-model",note="a},b \\"c\\""} 2\n'
+        'vllm:num_requests_waiting{model_name="fake-model"} NaN\n'
+        'vllm:num_requests_waiting{model_name="fake-model",engine="1"} 4\n')
+    p = from_settings(deployment("vllm", engine_state.url + "/v1", model="fake-model"), {})
+    try:
+        h = await p.health()
+        assert h.healthy and (h.running, h.waiting) == (2, 4)
+    finally:
+        await p.close()
+
+
+async def test_llama_server_all_slots_busy_is_loaded_not_down(engine_state):
+    """An older llama-server answers /health 503 "no slot available" while every slot works: healthy and
+    busy (the old adapter called it unhealthy and the router stopped sending it anything)."""
+    engine_state.legacy_health = True
+    engine_state.metrics_text = None  # started without --metrics: 501
+    engine_state.slots = [{"id": 0, "state": 1}, {"id": 1, "state": 1}]
+    p = from_settings(deployment("llama_server", engine_state.url + "/v1"), {})
+    try:
+        h = await p.health()
+        assert h.healthy and not h.loading and h.running == 2 and "busy" in h.detail
+        engine_state.loading = True
+        h = await p.health()
+        assert not h.healthy and h.loading
+    finally:
+        await p.close()
+
+
+async def test_llama_server_metrics_give_queue_depth(engine_state):
+    """With --metrics, deferred requests are the queue (the old adapter read /slots only: waiting was 0)."""
+    engine_state.metrics_text = LLAMA_SERVER_METRICS
+    p = from_settings(deployment("llama_server", engine_state.url + "/v1"), {})
+    try:
+        h = await p.health()
+        assert h.healthy and (h.running, h.waiting, h.kv_cache_usage) == (2, 3, 0.25)
+    finally:
+        await p.close()
+
+
 async def test_unreachable_engine_is_unhealthy():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -341,12 +402,6 @@ async def test_unreachable_engine_is_unhealthy():
     h = await p.health()
     assert not h.healthy and "cannot reach" in h.detail
     await p.close()
-
-
-def test_prometheus_parser_sums_label_sets():
-    text = ('# HELP x\nvllm:num_requests_running{model_name="a",x="b c}"} 2\n'
-            'vllm:num_requests_running{model_name="b"} 1.5\nplain_metric 4 1700000000\nbroken{\n')
-    assert parse_prometheus(text) == {"vllm:num_requests_running": 3.5, "plain_metric": 4.0}
 
 
 # -- the real llama-cpp-python server -------------------------------------------------------------------------

@@ -64,11 +64,54 @@ def test_search_deployment_must_exist(tmp_path):
         scripted_service(load_settings(cfg, environ={}), {"local": ScriptedProvider("local")}, telemetry=None)
 
 
-def test_unknown_engine_is_rejected_with_the_choices(tmp_path):
+def test_unknown_engine_is_rejected_with_the_choices_when_built(tmp_path):
+    """Engines are a registry plugins extend, so the config takes any name; building the deployment checks it."""
+    from nlweb_local.providers.registry import build_provider as build_deployment
+
     cfg = tmp_path / "c.yaml"
     cfg.write_text("llm:\n  deployments:\n    - {name: x, engine: nope}\n")
-    with pytest.raises(BadRequestError, match="llm.deployments.0.engine"):
-        load_settings(cfg, environ={})
+    settings = load_settings(cfg, environ={})
+    with pytest.raises(BadRequestError, match="deployment 'x': unknown engine 'nope'; known engines: .*llama_cpp"):
+        build_deployment(settings.llm.deployments[0], {})
+
+
+@pytest.mark.parametrize("text,key", [
+    ("llm:\n  engine: llama_cpp\n", "llm.engine"),
+    ("embedding:\n  backend: sentence_transformers\n", "embedding.backend"),
+    ("store:\n  backend: qdrant\n", "store.backend"),
+])
+def test_keys_nothing_reads_any_more_load_with_a_warning(tmp_path, caplog, text, key):
+    """A file written for an older version still loads; the log says which line to delete."""
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(text)
+    with caplog.at_level("WARNING", logger="nlweb_local.config.settings"):
+        s = load_settings(cfg, environ={})
+    assert f"{key}" in caplog.text and "delete that line" in caplog.text
+    assert s == Settings()  # dropped, nothing else changed
+
+
+def test_removed_keys_are_gone_from_the_documented_file():
+    from nlweb_local.config.settings import documented_yaml
+
+    shipped = yaml.safe_load(documented_yaml())
+    assert "engine" not in shipped["llm"] and "backend" not in shipped["embedding"] and "backend" not in shipped["store"]
+
+
+def test_the_embedded_keys_are_sugar_for_a_llama_cpp_deployment(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("llm:\n  model_path: /models/m.gguf\n  n_ctx: 4096\n  n_threads: 3\n  max_queue: 9\n"
+                   "  call_timeout_s: 42\n  seed: 7\n  embedded_name: cpu\n"
+                   "  deployments:\n    - {name: big, engine: vllm, model: q}\n")
+    llm = load_settings(cfg, environ={}).llm
+    d = llm.embedded_deployment()
+    assert (d.name, d.engine, d.model, d.timeout_s, d.context_window, d.max_concurrency) == \
+        ("cpu", "llama_cpp", "/models/m.gguf", 42, 4096, 9)
+    assert d.options == {"n_ctx": 4096, "n_threads": 3, "max_queue": 9, "seed": 7}
+    assert (d.price_in_per_m, d.price_out_per_m, d.tier) == (0, 0, 0)
+    assert [x.name for x in llm.all_deployments()] == ["cpu", "big"]
+    assert llm.model_copy(update={"embedded_enabled": False}).embedded_deployment() is None
+    assert [x.name for x in llm.model_copy(update={"embedded_enabled": False}).all_deployments()] == ["big"]
+    assert Settings().llm.embedded_deployment().model == ""  # the packaged SmolLM2
 
 
 async def test_routing_settings_build_the_router(tmp_path):

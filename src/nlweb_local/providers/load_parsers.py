@@ -7,7 +7,7 @@ same shape, so a router compares engines without knowing them.
     vllm_snapshot(metrics_text, model=None)
     tgi_snapshot(metrics_text)
     llama_server_snapshot(metrics_text=None, health_status=None, health_body=None, slots=None)
-    ollama_snapshot(version_ok, ps_json, model)
+    ollama_snapshot(version_ok, ps_json, model, version="")
 """
 from __future__ import annotations
 
@@ -188,19 +188,23 @@ def llama_server_snapshot(metrics_text: str | None = None, health_status: int | 
                         kv_cache_usage=_max(samples, ("llamacpp:kv_cache_usage_ratio",)))
 
 
-def _ollama_name(name: str) -> str:
+def ollama_canonical(name: str) -> str:
+    """`llama3.2` → `llama3.2:latest`; a name that has a tag (`qwen2.5:0.5b`, `host:5000/ns/m:q4`) is kept."""
     return name if ":" in name.rsplit("/", 1)[-1] else f"{name}:latest"
 
 
-def ollama_snapshot(version_ok: bool, ps_json: Mapping[str, Any] | None, model: str) -> LoadSnapshot:
-    """Ollama: up when /api/version answered; /api/ps says whether `model` is loaded (else the first call
-    pays the load time). Ollama exposes no queue depth, so waiting/running stay 0."""
+def ollama_snapshot(version_ok: bool, ps_json: Mapping[str, Any] | None, model: str, *, version: str = "") -> LoadSnapshot:
+    """Ollama: up when /api/version answered (`version`: what it said); /api/ps says whether `model` is
+    loaded (else the first call pays the load time). Ollama exposes no queue depth, so waiting/running stay 0."""
     if not version_ok:
         return LoadSnapshot(healthy=False, detail="Ollama is not answering /api/version")
-    wanted = _ollama_name(model)
-    for m in (ps_json or {}).get("models") or ():
-        if _ollama_name(str(m.get("name") or m.get("model") or "")) == wanted:
+    wanted = ollama_canonical(model)
+    loaded = (ps_json or {}).get("models") or ()
+    head = f"ollama {version}: " if version else ""
+    tail = f"; {len(loaded)} model(s) in memory"
+    for m in loaded:
+        if ollama_canonical(str(m.get("name") or m.get("model") or "")) == wanted:
             vram = m.get("size_vram") or 0
             where = f"{vram / 2**30:.1f} GiB in VRAM" if vram else "on CPU"
-            return LoadSnapshot(healthy=True, detail=f"{wanted} loaded ({where}, until {m.get('expires_at', '?')})")
-    return LoadSnapshot(healthy=True, detail=f"{wanted} not loaded: the next call loads it first")
+            return LoadSnapshot(healthy=True, detail=f"{head}{model} loaded until {m.get('expires_at', '?')} ({where}){tail}")
+    return LoadSnapshot(healthy=True, detail=f"{head}{model} not loaded: the next call loads it first{tail}")

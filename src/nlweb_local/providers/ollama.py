@@ -7,7 +7,8 @@ already yielded stay with the caller, then `ProviderError`. A JSON schema become
 (constrained decoding); tool calls come back whole in `message.tool_calls` and are converted to the
 OpenAI-style deltas `core.types` uses. Ollama exposes no logprobs reliably across versions, so
 `classify` is not offered: the structured layer falls back to a constrained one-word answer.
-Ollama has no /metrics: health is `/api/version` (alive) plus `/api/ps` (is the model in memory).
+Ollama has no /metrics: health is `/api/version` (alive) plus `/api/ps` (is the model in memory), read by
+`load_parsers.ollama_snapshot`.
 """
 from __future__ import annotations
 
@@ -19,7 +20,8 @@ from ..core.errors import BadRequestError, ModelNotFoundError, NlwebError, Provi
 from ..core.types import ChatChunk, ChatRequest, EmbeddingResponse, Usage
 from .base import BaseProvider, Capabilities, LoadSnapshot
 from .http import HttpTransport, iter_ndjson
-from .ollama_models import DEFAULT_URL, OllamaModels, same_model
+from .load_parsers import ollama_snapshot
+from .ollama_models import DEFAULT_URL, OllamaModels
 
 DEFAULT_CONTEXT = 2048  # Ollama's historical default num_ctx; set num_ctx (or context_window) to use more
 _FINISH = {"length": "length", "stop": "stop", "load": "stop", "unload": "stop"}
@@ -125,12 +127,10 @@ class OllamaProvider(BaseProvider):
     async def health(self) -> LoadSnapshot:
         try:
             version = await self.models.version()
-            loaded = await self.models.loaded()
+            ps = await self.models.ps(deadline_s=min(self._timeout_s, 5.0))
         except NlwebError as e:
             return LoadSnapshot(healthy=False, detail=f"{self.name}: {e.message}")
-        here = next((m for m in loaded if same_model(m.name, self.model)), None)
-        state = f"loaded until {here.expires_at}" if here else "not loaded (loads on the first call)"
-        return LoadSnapshot(healthy=True, detail=f"ollama {version}: {self.model} {state}; {len(loaded)} model(s) in memory")
+        return ollama_snapshot(True, ps, self.model, version=version)
 
     async def close(self) -> None:
         await self._http.close()

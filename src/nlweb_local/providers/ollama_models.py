@@ -12,15 +12,13 @@ from typing import Any, AsyncIterator, Awaitable, Callable
 
 from ..core.errors import ProviderError
 from .http import HttpTransport, iter_ndjson
+from .load_parsers import ollama_canonical
 
 DEFAULT_URL = "http://127.0.0.1:11434"
 PULL_TIMEOUT_S = 6 * 3600.0  # a pull downloads gigabytes; the per-call deadline of chats does not apply
 
 
-def canonical(name: str) -> str:
-    """`llama3.2` → `llama3.2:latest`; a name that has a tag (`qwen2.5:0.5b`, `host:5000/ns/m:q4`) is kept."""
-    last = name.rsplit("/", 1)[-1]
-    return name if ":" in last else f"{name}:latest"
+canonical = ollama_canonical  # `llama3.2` → `llama3.2:latest`; a tagged name is kept
 
 
 def same_model(a: str, b: str) -> bool:
@@ -98,9 +96,12 @@ class OllamaModels:
         data = await self._http.json("GET", "/api/tags", deadline_s=self._timeout_s)
         return [InstalledModel.from_wire(m) for m in (data or {}).get("models") or []]
 
+    async def ps(self, *, deadline_s: float | None = None) -> dict[str, Any]:
+        """`/api/ps` as Ollama sends it (`load_parsers.ollama_snapshot` reads it)."""
+        return await self._http.json("GET", "/api/ps", deadline_s=deadline_s or self._timeout_s) or {}
+
     async def loaded(self) -> list[LoadedModel]:
-        data = await self._http.json("GET", "/api/ps", deadline_s=self._timeout_s)
-        return [LoadedModel.from_wire(m) for m in (data or {}).get("models") or []]
+        return [LoadedModel.from_wire(m) for m in (await self.ps()).get("models") or []]
 
     async def is_installed(self, name: str) -> bool:
         return any(same_model(m.name, name) for m in await self.installed())

@@ -21,6 +21,7 @@ from ..core.errors import (BadRequestError, ModelNotFoundError, ModelOutputError
 from ..core.types import ChatChunk, ChatRequest, ChatResponse, EmbeddingResponse, LabelProbs, Usage
 from .base import BaseProvider, Capabilities, LoadSnapshot, merge_tool_call_delta
 from .http import HttpTransport, error_for_status, iter_sse
+from .load_parsers import llama_server_snapshot, vllm_snapshot
 from .profiles import EngineProfile, profile_for
 
 DEFAULT_AZURE_API_VERSION = "2024-10-21"
@@ -31,33 +32,6 @@ class EstimatedUsage(Usage):
 
     __slots__ = ()
     estimated = True
-
-
-def parse_prometheus(text: str) -> dict[str, float]:
-    """Prometheus text → {metric name: value summed over its label sets}. Comments and junk are skipped."""
-    out: dict[str, float] = {}
-    for line in text.splitlines():
-        line = line.strip()
-        if not line or line.startswith("#"):
-            continue
-        if "{" in line:
-            end = line.rfind("}")
-            if end < 0:
-                continue
-            name, rest = line[: line.index("{")], line[end + 1:]
-        else:
-            name, _, rest = line.partition(" ")
-        try:
-            out[name] = out.get(name, 0.0) + float(rest.split()[0])
-        except (IndexError, ValueError):
-            continue
-    return out
-
-
-def snapshot_from_vllm_metrics(metrics: Mapping[str, float], detail: str = "") -> LoadSnapshot:
-    kv = metrics.get("vllm:kv_cache_usage_perc", metrics.get("vllm:gpu_cache_usage_perc"))
-    return LoadSnapshot(healthy=True, detail=detail, waiting=int(metrics.get("vllm:num_requests_waiting", 0)),
-                        running=int(metrics.get("vllm:num_requests_running", 0)), kv_cache_usage=kv)
 
 
 def response_format(profile: EngineProfile, schema: dict[str, Any]) -> dict[str, Any] | None:
@@ -263,12 +237,16 @@ class OpenAICompatProvider(BaseProvider):
 
     # -- load and health -------------------------------------------------------------------------
     async def health(self) -> LoadSnapshot:
+        """The engine's load as `load_parsers` reads it: vLLM from /health + /metrics, llama-server from
+        /health + /metrics (with --metrics) + /slots; any other profile is up when /models answers."""
         deadline = min(self._timeout_s, 5.0)
         try:
             if self.profile.health == "vllm":
                 await self._http.text("GET", f"{self._root}/health", deadline_s=deadline)
                 status, text = await self._http.text("GET", f"{self._root}/metrics", deadline_s=deadline, ok=(404,))
-                return snapshot_from_vllm_metrics(parse_prometheus(text) if status == 200 else {}, self.model)
+                if status != 200:  # up (its /health said so), behind something that hides /metrics
+                    return LoadSnapshot(healthy=True, detail=f"{self.model} (no /metrics: load unknown)")
+                return vllm_snapshot(text, self.model)
             if self.profile.health == "llama_server":
                 return await self._llama_server_health(deadline)
             models = "/openai/models" if self.profile.azure else "/models"
@@ -278,14 +256,19 @@ class OpenAICompatProvider(BaseProvider):
             return LoadSnapshot(healthy=False, detail=e.message)
 
     async def _llama_server_health(self, deadline: float) -> LoadSnapshot:
-        status, text = await self._http.text("GET", f"{self._root}/health", deadline_s=deadline, ok=(503,))
-        if status == 503:
-            loading = "loading" in text.lower()
-            return LoadSnapshot(healthy=False, loading=loading, detail="loading model" if loading else text[:200])
-        status, text = await self._http.text("GET", f"{self._root}/slots", deadline_s=deadline, ok=(404, 501))
-        slots = orjson.loads(text) if status == 200 and text else []
-        running = sum(1 for s in slots if s.get("is_processing", s.get("state", 0) != 0))
-        return LoadSnapshot(healthy=True, detail=self.model, running=running)
+        """503 from /health is "Loading model" (not healthy yet) or, on older servers, "no slot available"
+        (healthy, all slots busy): `llama_server_snapshot` tells them apart. /metrics answers only with
+        --metrics and /slots only without --no-slots (else 501); each is read when there."""
+        health_status, health = await self._http.text("GET", f"{self._root}/health", deadline_s=deadline, ok=(503,))
+        status, metrics = await self._http.text("GET", f"{self._root}/metrics", deadline_s=deadline, ok=(404, 501, 503))
+        status_s, slots_text = await self._http.text("GET", f"{self._root}/slots", deadline_s=deadline,
+                                                     ok=(404, 501, 503))
+        try:
+            slots = orjson.loads(slots_text) if status_s == 200 and slots_text else None
+        except orjson.JSONDecodeError:
+            slots = None
+        return llama_server_snapshot(metrics if status == 200 else None, health_status, health,
+                                     slots if isinstance(slots, list) else None)
 
     # -- vLLM's dev-mode lifecycle (server started with VLLM_SERVER_DEV_MODE=1 and --enable-sleep-mode) --
     async def sleep(self, level: int = 1) -> None:

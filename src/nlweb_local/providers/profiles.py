@@ -33,7 +33,7 @@ class EngineProfile:
     classify: bool = False  # first-token logprobs with top_logprobs: one-token label probabilities
     top_logprobs: int = 20
     embeddings: bool = False  # declared capability; embed() is always attempted when called
-    health: HealthKind = "models"  # models: GET /models; vllm: /health + /metrics; llama_server: /health + /slots
+    health: HealthKind = "models"  # models: GET /models; vllm: /health + /metrics; llama_server: /health + /metrics + /slots (read by load_parsers)
     repeat_penalty_key: str | None = None  # body field for `ChatRequest.repeat_penalty`; None: not sent
     max_tokens_key: str = "max_tokens"
     stream_usage: bool = True  # ask for usage in the last streamed chunk (stream_options.include_usage)

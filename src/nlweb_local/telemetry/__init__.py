@@ -71,11 +71,9 @@ class Telemetry:
         self.metrics.watch_router(router)
         a = self.alert_settings
         if a is not None and a.enabled:
-            from .alerts import AlertEngine, AlertMonitor, AlertThresholds, WebhookNotifier
+            from .alerts import AlertEngine, AlertMonitor, WebhookNotifier
 
-            thresholds = AlertThresholds(a.error_rate, a.min_calls, a.p95_latency_s, a.monthly_budget_usd,
-                                         a.budget_share, a.memory_percent, a.cloud_share_info)
-            engine = AlertEngine(thresholds, notify=[WebhookNotifier(a.webhooks)] if a.webhooks else [], clock=self.now)
+            engine = AlertEngine(a, notify=[WebhookNotifier(a.webhooks)] if a.webhooks else [], clock=self.now)
             self.monitor = AlertMonitor(engine, self, router, window_s=a.window_s, interval_s=a.interval_s)
 
     def start(self) -> "asyncio.Task | None":

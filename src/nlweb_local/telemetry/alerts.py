@@ -24,6 +24,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Sequence
 
+from ..config.settings import AlertSettings
+
 log = logging.getLogger(__name__)
 SEVERITIES = ("critical", "warning", "info")
 
@@ -49,21 +51,10 @@ class Signals:
     memory_percent: float | None = None
 
 
-@dataclass(frozen=True)
-class AlertThresholds:
-    error_rate: float = 0.2
-    min_calls: int = 20
-    p95_latency_s: float = 30.0
-    monthly_budget_usd: float | None = None
-    budget_share: float = 0.8
-    memory_percent: float = 90.0
-    cloud_share_info: float | None = None
+Rule = Callable[[Signals, AlertSettings], list[Alert]]  # the thresholds are the config section itself
 
 
-Rule = Callable[[Signals, AlertThresholds], list[Alert]]
-
-
-def service_down(s: Signals, t: AlertThresholds) -> list[Alert]:
+def service_down(s: Signals, t: AlertSettings) -> list[Alert]:
     names = set(s.breakers) | set(s.healthy)
     if names and all(s.breakers.get(n) == "open" or not s.healthy.get(n, True) for n in names):
         return [Alert("service_down", "service_down", "critical", "no deployment can take calls: every breaker is "
@@ -71,7 +62,7 @@ def service_down(s: Signals, t: AlertThresholds) -> list[Alert]:
     return []
 
 
-def deployment_down(s: Signals, t: AlertThresholds) -> list[Alert]:
+def deployment_down(s: Signals, t: AlertSettings) -> list[Alert]:
     out = []
     for name in sorted(set(s.breakers) | set(s.healthy)):
         why = [w for w, bad in (("breaker open", s.breakers.get(name) == "open"),
@@ -82,7 +73,7 @@ def deployment_down(s: Signals, t: AlertThresholds) -> list[Alert]:
     return out
 
 
-def error_rate(s: Signals, t: AlertThresholds) -> list[Alert]:
+def error_rate(s: Signals, t: AlertSettings) -> list[Alert]:
     calls, errors = s.stats.get("calls", 0), s.stats.get("errors", 0)
     if calls >= t.min_calls and errors / calls >= t.error_rate:
         rate = errors / calls
@@ -91,7 +82,7 @@ def error_rate(s: Signals, t: AlertThresholds) -> list[Alert]:
     return []
 
 
-def p95_latency(s: Signals, t: AlertThresholds) -> list[Alert]:
+def p95_latency(s: Signals, t: AlertSettings) -> list[Alert]:
     p95 = (s.stats.get("latency_s") or {}).get("p95")
     if p95 is not None and p95 > t.p95_latency_s:
         return [Alert("p95_latency", "p95_latency", "warning", f"p95 latency {p95:.2f}s is above {t.p95_latency_s:g}s",
@@ -99,7 +90,7 @@ def p95_latency(s: Signals, t: AlertThresholds) -> list[Alert]:
     return []
 
 
-def budget(s: Signals, t: AlertThresholds) -> list[Alert]:
+def budget(s: Signals, t: AlertSettings) -> list[Alert]:
     if not t.monthly_budget_usd or s.month_spend_usd is None:
         return []
     limit = t.monthly_budget_usd * t.budget_share
@@ -110,14 +101,14 @@ def budget(s: Signals, t: AlertThresholds) -> list[Alert]:
     return []
 
 
-def memory(s: Signals, t: AlertThresholds) -> list[Alert]:
+def memory(s: Signals, t: AlertSettings) -> list[Alert]:
     if s.memory_percent is not None and s.memory_percent >= t.memory_percent:
         return [Alert("memory", "memory", "warning", f"machine memory {s.memory_percent:.0f}% in use",
                       s.memory_percent, t.memory_percent)]
     return []
 
 
-def cloud_share(s: Signals, t: AlertThresholds) -> list[Alert]:
+def cloud_share(s: Signals, t: AlertSettings) -> list[Alert]:
     local = (s.stats.get("share") or {}).get("local_calls")
     if t.cloud_share_info is None or local is None or s.stats.get("calls", 0) < t.min_calls:
         return []
@@ -165,7 +156,7 @@ class WebhookNotifier:
 class AlertEngine:
     """Turns each evaluation's firing alerts into firing/resolved notices, once per change."""
 
-    def __init__(self, thresholds: AlertThresholds, *, rules: Sequence[Rule] = RULES,
+    def __init__(self, thresholds: AlertSettings, *, rules: Sequence[Rule] = RULES,
                  notify: Sequence[Callable[[str, Alert, float], Any]] = (), clock: Callable[[], float] = time.time):
         self.thresholds = thresholds
         self._rules = rules
