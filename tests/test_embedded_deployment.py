@@ -1,5 +1,5 @@
 """The `llm.*` keys of the embedded engine are sugar for an ordinary `llama_cpp` deployment: built through
-the engine registry, it gets exactly the parameters `server.components.build_embedded` gives the engine."""
+the engine registry (as `build_components` does), it gets exactly the parameters the keys name."""
 from __future__ import annotations
 
 import inspect
@@ -10,7 +10,6 @@ from nlweb_local.config.settings import DeploymentSettings, load_settings
 from nlweb_local.core.errors import BadRequestError
 from nlweb_local.providers import llama_cpp
 from nlweb_local.providers.registry import build_provider
-from nlweb_local.server.components import build_embedded
 
 REAL = llama_cpp.LlamaCppProvider
 
@@ -35,16 +34,19 @@ def made(monkeypatch):
     "llm:\n  model_path: /models/m.gguf\n  n_ctx: 4096\n  n_threads: 3\n  max_queue: 9\n  call_timeout_s: 42\n"
     "  seed: 7\n  embedded_name: cpu\n",
 ])
-def test_the_sugar_builds_what_build_embedded_builds(made, tmp_path, yaml_text):
+def test_the_sugar_builds_the_engine_the_keys_name(made, tmp_path, yaml_text):
+    from nlweb_local.server.components import build_router
+
     cfg = tmp_path / "c.yaml"
     cfg.write_text(yaml_text or "{}\n")
     settings = load_settings(cfg, environ={})
-    build_embedded(settings)
+    with pytest.raises(AttributeError):  # the recorder is no provider: the router refuses it, after it was built
+        build_router(settings)
     build_provider(settings.llm.embedded_deployment(), {})
-    before, after = made
-    assert after == before
+    composed, direct = made
+    assert composed == direct
     s = settings.llm
-    assert before == {"model_path": s.model_path, "n_ctx": s.n_ctx, "n_threads": s.n_threads, "max_queue": s.max_queue,
+    assert direct == {"model_path": s.model_path, "n_ctx": s.n_ctx, "n_threads": s.n_threads, "max_queue": s.max_queue,
                       "call_timeout_s": s.call_timeout_s, "seed": s.seed, "name": s.embedded_name}
 
 

@@ -12,7 +12,7 @@ from conftest import LiveServer
 from nlweb_local.core.errors import ProviderConnectionError
 from nlweb_local.providers.testing import ScriptedProvider
 from nlweb_local.server.app import create_app
-from stand_ins import NoEmbedder, scripted_service, service_settings
+from stand_ins import scripted_service, service_settings
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,6 @@
 import logging
 import random
 
-import pytest
 import pytest_asyncio
 from aiohttp import web
 

@@ -125,7 +125,7 @@ async def _run(args: argparse.Namespace, settings: Settings) -> int:
     from ..providers.structured import ProviderStructuredLLM
     from ..search.pipeline import AskPipeline
     from ..providers.registry import build_provider
-    from ..server.components import build_embedder, embedded_deployment
+    from ..server.components import build_embedder
 
     groups = _read(Path(args.data))
     s = settings.search.model_copy()
@@ -137,7 +137,7 @@ async def _run(args: argparse.Namespace, settings: Settings) -> int:
         s.llm_weight = 1.0 if args.llm_weight is None else args.llm_weight
         s.calibrate_llm = False  # the recorded scores are on NLWeb's 0-100 scale already
     elif args.strategy == "local":
-        embedded = embedded_deployment(settings)
+        embedded = settings.llm.embedded_deployment()
         if embedded is None:
             raise SourceError("eval rank --strategy local ranks with the embedded engine; set llm.embedded_enabled: true")
         provider = build_provider(embedded)

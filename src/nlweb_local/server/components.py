@@ -83,23 +83,6 @@ def build_store(settings: Settings, dimension: int) -> VectorStore:
     return QdrantStore(dimension=dimension, collection=s.collection, path=settings.store_path, url=s.url, api_key=s.api_key)
 
 
-def embedded_deployment(settings: Settings) -> DeploymentSettings | None:
-    """The embedded llama.cpp engine as an ordinary `llama_cpp` deployment (the `llm.*` keys are sugar)."""
-    s = settings.llm
-    if not s.embedded_enabled:
-        return None
-    return DeploymentSettings(name=s.embedded_name, engine="llama_cpp", model=s.model_path or "",
-                              timeout_s=s.call_timeout_s, context_window=s.n_ctx, max_concurrency=s.max_queue,
-                              options={"n_ctx": s.n_ctx, "n_threads": s.n_threads, "max_queue": s.max_queue,
-                                       "seed": s.seed})
-
-
-def all_deployments(settings: Settings) -> list[DeploymentSettings]:
-    """The embedded deployment (when enabled) first, then `llm.deployments`."""
-    embedded = embedded_deployment(settings)
-    return ([embedded] if embedded is not None else []) + list(settings.llm.deployments)
-
-
 def build_router(settings: Settings, *, providers: Mapping[str, Provider] | None = None, telemetry: Any = None,
                  state: RouterState | None = None) -> Router:
     """Every deployment behind one router, each adapter composed with the telemetry wrappers.
@@ -112,7 +95,7 @@ def build_router(settings: Settings, *, providers: Mapping[str, Provider] | None
 
     s = settings.llm
     given = dict(providers or {})
-    deployments = all_deployments(settings)
+    deployments = s.all_deployments()
     if not deployments:
         raise BadRequestError("no LLM deployment: enable llm.embedded_enabled or configure llm.deployments")
     names = [d.name for d in deployments]
