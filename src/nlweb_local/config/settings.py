@@ -34,7 +34,7 @@ class ServerSettings(_Section):
 
 
 ENGINES = ("llama_cpp", "openai", "azure_openai", "vllm", "llama_server", "llama_cpp_server", "ollama", "ollama_openai",
-           "tgi", "tgi_openai", "transformers", "anthropic")
+           "tgi", "tgi_openai", "transformers", "anthropic", "sentence_transformers")
 
 
 class DeploymentSettings(_Section):

@@ -26,6 +26,7 @@ ADAPTERS: dict[str, str] = {
     "tgi": "nlweb_local.providers.tgi",
     "transformers": "nlweb_local.providers.transformers_batched",
     "anthropic": "nlweb_local.providers.anthropic",
+    "sentence_transformers": "nlweb_local.providers.sentence_transformers",
 }
 
 
