@@ -11,7 +11,9 @@ vocabulary: `embed(texts) -> EmbeddingResponse`.
 
 Both take one lock around the model (torch modules are not safe to call from several threads at once)
 and encode in batches of `batch_size`. Vectors are unit-normalised. Chat is not served: `stream` and
-`complete` raise `BadRequestError`.
+`complete` raise `BadRequestError`. Known gap: the router does not yet leave embedding-only deployments
+out of chat candidates (only its context-window check does, for prompts past 256 tokens), so as an
+`llm.deployments` entry this engine is for /v1/embeddings behind a router that filters on capabilities.
 """
 from __future__ import annotations
 
