@@ -233,3 +233,16 @@ async def test_search_deployment_pins_the_pipelines_calls(tmp_path):
     settings.llm.search_deployment = "ghost"
     with pytest.raises(BadRequestError, match="'ghost' is not a deployment"):
         scripted_service(settings, {"local": ScriptedProvider("local")}, telemetry=None)
+
+
+async def test_an_embedding_only_deployment_is_never_offered_a_chat_call():
+    from nlweb_local.providers.base import Capabilities
+
+    embedder = ScriptedProvider("minilm")
+    embedder.capabilities = Capabilities(context_window=256, embeddings=True, streaming=False, chat=False)
+    chat = ScriptedProvider("chat", "an answer", local=False)
+    router = Router([Route(DeploymentInfo("minilm", True), embedder), Route(DeploymentInfo("chat", False), chat)],
+                    rng=random.Random(0))
+    r = await router.complete(req("hi", max_tokens=10))  # local-first would have picked the local one
+    assert r.served.deployment == "chat" and embedder.calls == 0
+    assert (await router.embed(["abc"])).deployment == "minilm"

@@ -26,6 +26,7 @@ class Capabilities:
     local: bool = True
     classify: bool = False  # next-token label probabilities (logprobs) in one forward pass
     enforces_deadline: bool = False  # honours ChatRequest.deadline_s itself (the router then adds no timer task)
+    chat: bool = True  # answers chat/completion calls (False: an embedding-only model)
 
 
 @dataclass(frozen=True, slots=True)

@@ -46,6 +46,7 @@ BUILTIN_ENGINES: dict[str, str] = {
     "tgi": "nlweb_local.providers.tgi:from_settings",
     "transformers": "nlweb_local.providers.transformers_batched:from_settings",
     "anthropic": "nlweb_local.providers.anthropic:from_settings",
+    "sentence_transformers": "nlweb_local.providers.sentence_transformers:from_settings",
 }
 
 

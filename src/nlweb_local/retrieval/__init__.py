@@ -1,1 +1,1 @@
-"""Embedders and vector stores behind two small protocols."""
+"""Vector stores and the embedder adapter (over an embedding provider) behind two small protocols."""

@@ -1,4 +1,7 @@
-"""The `Embedder` and `VectorStore` ports. Both are synchronous; async callers use a worker thread."""
+"""The `Embedder` and `VectorStore` ports. Both are synchronous; async callers use a worker thread.
+
+The default `Embedder` (`embedder.ProviderEmbedder`) is an adapter over an embedding provider
+(`providers.sentence_transformers`), the one model /v1/embeddings and caches use too."""
 from __future__ import annotations
 
 from dataclasses import dataclass

@@ -199,8 +199,8 @@ class Router(BaseProvider):
         allowed = ctx.deployments or self.groups.get(req.task.value, ())
         if allowed and not any(a in self._routes for a in allowed):
             raise ModelNotFoundError(f"no deployment named {', '.join(allowed)} (GET /v1/models lists them)")
-        views = [self._view(r) for r in self._routes.values()
-                 if (only is None or only(r)) and (not allowed or r.info.name in allowed)]
+        views = [self._view(r) for r in self._routes.values()  # (embedding-only deployments never chat)
+                 if r.provider.capabilities.chat and (only is None or only(r)) and (not allowed or r.info.name in allowed)]
         return strategy(f, views, self._rng)
 
     def _nothing(self, d: RouteDecision, failures: dict[str, str]) -> NoDeploymentError:

@@ -8,7 +8,7 @@ import time
 from typing import AsyncIterator, Sequence
 
 from ..config.settings import SearchSettings
-from ..core.cache import BoundedCache
+from ..core.cache import BoundedCache, Cache
 from ..core.errors import NlwebError, NoDeploymentError, OverloadedError, ProviderError
 from ..core.item_text import item_text
 from ..core.types import ScoredItem, TaskKind
@@ -46,9 +46,9 @@ def plausible_rewrite(rewrite: str, query: str, prev: list[str]) -> bool:
 
 class AskPipeline:
     def __init__(self, llm: StructuredLLM, embedder: Embedder, store: VectorStore, settings: SearchSettings, *,
-                 rank_cache: BoundedCache[tuple[str, str, str], float] | None = None, model_version: str = ""):
-        """`rank_cache`: LLM ranking answers by (question, item text hash, `model_version`); None = a private
-        one of `settings.rank_cache_entries` (0 = no cache)."""
+                 rank_cache: Cache[float] | None = None, model_version: str = ""):
+        """`rank_cache`: a `core.cache.Cache` of LLM ranking answers by (question, item text hash,
+        `model_version`); None = a private in-process one of `settings.rank_cache_entries` (0 = no cache)."""
         self._llm = llm
         self._embedder = embedder
         self._store = store

@@ -20,9 +20,10 @@ the model did not read should not outrank one it read and judged (measured on ..
 replay model: 0.935 vs 0.899 NDCG@10 for a band of 25). The band size is calibrated from a labelled
 file to a target share of cloud tokens with `nlweb-local eval curve`.
 
-LLM answers are cached by (question, item text hash, model version), bounded, so a repeated question
-or a follow-up over the same items costs no second call. An answer from a fallback deployment (the
-router's first choice failed) is used for that request but not kept.
+LLM answers are cached by (question, item text hash, model version) in a `core.cache.Cache` (bounded,
+in-process by default; awaited, so a shared backend fits), so a repeated question or a follow-up over
+the same items costs no second call. An answer from a fallback deployment (the router's first choice
+failed) is used for that request but not kept.
 """
 from __future__ import annotations
 
@@ -35,7 +36,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import AsyncIterator, Sequence
 
-from ..core.cache import BoundedCache
+from ..core.cache import Cache
 from ..core.errors import ModelOutputError, ProviderError
 from ..core.item_text import item_text
 from ..core.types import ScoredItem, TaskKind
@@ -61,6 +62,12 @@ def _fallback_description(c: ScoredItem) -> str:
     return (desc if isinstance(desc, str) else "")[:200]
 
 
+def rank_cache_key(query: str, text: str, model_version: str) -> str:
+    """The ranking cache's key: model version, a hash of the item text the model read, the question
+    (last, so no separator inside it can make two keys collide)."""
+    return f"rank\x1f{model_version}\x1f{hashlib.blake2b(text.encode(), digest_size=12).hexdigest()}\x1f{query}"
+
+
 @dataclass
 class RankStats:
     llm_scored: int = 0
@@ -75,7 +82,7 @@ class RankStats:
 class Ranker:
     def __init__(self, llm: StructuredLLM, *, llm_rank_limit: int = 10, llm_weight: float = 0.5,
                  calibrate: bool = True, concurrency: int = 4, item_chars: int = 480,
-                 cache: BoundedCache[tuple[str, str, str], float] | None = None, model_version: str = ""):
+                 cache: Cache[float] | None = None, model_version: str = ""):
         self._llm = llm
         self._cache = cache
         self._version = model_version
@@ -99,8 +106,8 @@ class Ranker:
     async def _score_one(self, query: str, c: ScoredItem, sem: asyncio.Semaphore, stats: RankStats) -> RankedItem | None:
         sim = similarity_score(c.similarity)
         text = item_text(c.item.schema_object, self._item_chars)
-        key = (query, hashlib.blake2b(text.encode(), digest_size=12).hexdigest(), self._version)
-        p_yes = self._cache.get(key) if self._cache is not None else None
+        key = rank_cache_key(query, text, self._version)
+        p_yes = await self._cache.get(key) if self._cache is not None else None
         if p_yes is not None:
             stats.cache_hits += 1
         else:
@@ -109,7 +116,7 @@ class Ranker:
                 return RankedItem(c.item, sim, _fallback_description(c), c.similarity) if c.item.url in stats.faulted else None
             p_yes, failover = answer
             if self._cache is not None and not failover:  # a stand-in deployment's answer is used once, not kept
-                self._cache.put(key, p_yes)
+                await self._cache.set(key, p_yes)
         stats.llm_scored += 1
         llm_score = self._calibrated(p_yes) if self._calibrate else 100.0 * p_yes
         score = int(round(self._w * llm_score + (1 - self._w) * sim))

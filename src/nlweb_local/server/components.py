@@ -70,10 +70,13 @@ def deployment_version(d: DeploymentSettings) -> str:
 
 
 def build_embedder(settings: Settings) -> Embedder:
-    from ..retrieval.sentence_embedder import SentenceTransformerEmbedder
+    """Retrieval's embedder: an adapter over the in-process embedding provider (`embedder.provider`), the
+    one model that /v1/embeddings and caches embed with too."""
+    from ..providers.sentence_transformers import SentenceTransformersProvider
+    from ..retrieval.embedder import ProviderEmbedder
 
     e = settings.embedding
-    return SentenceTransformerEmbedder(e.model_path, device=e.device, batch_size=e.batch_size)
+    return ProviderEmbedder(SentenceTransformersProvider.load(e.model_path, device=e.device, batch_size=e.batch_size))
 
 
 def build_store(settings: Settings, dimension: int) -> VectorStore:

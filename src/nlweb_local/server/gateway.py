@@ -279,10 +279,16 @@ class Gateway:
                 out = await self._provider.embed(texts)
                 vectors, model, route = out.vectors, out.model, f"{out.deployment}; embedding deployment"
             elif self._embedder is not None:
-                import asyncio
+                provider = getattr(self._embedder, "provider", None)  # retrieval's embedder adapts a provider
+                if provider is not None:
+                    out = await provider.embed(texts)  # the model runs in the provider's worker thread
+                    vectors, model = out.vectors, out.model or self._embedder_name
+                else:  # an Embedder that is no provider adapter (test stand-ins)
+                    import asyncio
 
-                vectors = await asyncio.to_thread(self._embedder.embed, texts)
-                model, route = self._embedder_name, "embedded; in-process sentence-transformers"
+                    vectors = await asyncio.to_thread(self._embedder.embed, texts)
+                    model = self._embedder_name
+                route = "embedded; in-process sentence-transformers"
             else:
                 raise BadRequestError("no embedding model is configured")
         except NlwebError as e:
