@@ -6,7 +6,6 @@ import threading
 
 import httpx
 import pytest
-from starlette.applications import Starlette
 
 from nlweb_local.core.errors import BadRequestError
 from nlweb_local.core.types import ChatRequest, Message
@@ -111,11 +110,10 @@ def test_a_sentence_transformers_deployment_builds_through_the_engine_registry()
 
 
 async def test_v1_embeddings_are_served_by_the_embedding_provider(embedder, provider, monkeypatch):
+    from nlweb_local.config.settings import load_settings
     from nlweb_local.providers.testing import ScriptedProvider
-    from nlweb_local.router.breaker import CircuitBreaker
-    from nlweb_local.router.model import DeploymentInfo
-    from nlweb_local.router.router import Route, Router
-    from nlweb_local.server.gateway import Gateway
+    from nlweb_local.server.app import create_app
+    from stand_ins import scripted_service
 
     calls = []
     real = provider.embed
@@ -125,8 +123,9 @@ async def test_v1_embeddings_are_served_by_the_embedding_provider(embedder, prov
         return await real(texts)
 
     monkeypatch.setattr(provider, "embed", spy)
-    router = Router([Route(DeploymentInfo("local", True), ScriptedProvider("local"), CircuitBreaker("local"))])
-    app = Starlette(routes=Gateway(router, embedder).routes())
+    settings = load_settings(environ={})
+    comp = scripted_service(settings, {"local": ScriptedProvider("local")}, embedder=embedder, telemetry=None)
+    app = create_app(settings, comp, close_components=False)  # as serve composes it
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as client:
         r = await client.post("/v1/embeddings", json={"input": ["vegetarian curry", "tent"]})
     assert r.status_code == 200, r.text
