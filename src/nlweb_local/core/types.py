@@ -161,6 +161,7 @@ class Usage:
     completion_tokens: int = 0
     time_to_first_token_s: float | None = None
     total_s: float | None = None
+    queue_s: float = 0.0  # time spent waiting in nlweb-local's own queue for an in-process engine (not service time)
 
     @property
     def total_tokens(self) -> int:
@@ -212,6 +213,7 @@ class LabelProbs(Mapping[str, float]):
 
     probs: dict[str, float]
     served: Served | None = None
+    queue_s: float = 0.0  # time spent waiting in nlweb-local's own queue (see `Usage.queue_s`)
 
     def __getitem__(self, label: str) -> float:
         return self.probs[label]

@@ -6,6 +6,7 @@ aiohttp, not httpx: measured 3–10× faster as an upstream client on this proje
 from __future__ import annotations
 
 import asyncio
+import math
 import json
 from contextlib import asynccontextmanager
 from typing import Any, AsyncIterator, Mapping
@@ -37,19 +38,24 @@ def error_message(body: str) -> str:
 
 
 def retry_after_s(headers: Mapping[str, str]) -> float | None:
+    """The upstream's Retry-After (or retry-after-ms) in seconds; None when absent or not a finite,
+    non-negative number (NaN, inf, negative and HTTP dates are treated as unknown)."""
     ms = headers.get("retry-after-ms")
     if ms:
-        try:
-            return float(ms) / 1000.0
-        except ValueError:
-            pass
-    value = headers.get("retry-after")
-    if value:
-        try:
-            return float(value)
-        except ValueError:
-            return None  # an HTTP date: rare for these APIs; treat as unknown
-    return None
+        value = finite_seconds(ms, scale=1e-3)
+        if value is not None:
+            return value
+    return finite_seconds(headers.get("retry-after"))
+
+
+def finite_seconds(text: str | None, *, scale: float = 1.0) -> float | None:
+    if not text:
+        return None
+    try:
+        value = float(text) * scale
+    except ValueError:
+        return None  # an HTTP date: rare for these APIs; treat as unknown
+    return value if math.isfinite(value) and value >= 0 else None
 
 
 def error_for_status(status: int, body: str, headers: Mapping[str, str], *, deployment: str) -> NlwebError:

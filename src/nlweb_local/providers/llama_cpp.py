@@ -2,10 +2,15 @@
 
 `llama_cpp.Llama` is not thread-safe, so every call runs on one dedicated worker thread; the event
 loop only awaits. Waiting calls take the model in priority order (`ChatRequest.context.priority`, the
-`x-nlweb-priority` header; FIFO within a priority, `PriorityGate`); calls beyond `max_queue` waiting
-are refused at once with `OverloadedError` (503 + Retry-After at the HTTP edge) instead of piling up. Prompts that share a prefix with the
-previous call reuse its KV cache (llama-cpp-python keeps the longest common prefix), so callers put
-the shared part (instructions, question) first.
+`x-nlweb-priority` header; FIFO within a priority and ageing, `PriorityGate`).
+
+Back-pressure is honest: the model's drain rate is measured (an EWMA of each call's *service* time on
+the model thread, queue wait excluded). A call is refused at once with `QueueFullError` (503 +
+Retry-After at the HTTP edge) when `max_queue` calls already wait, or when the calls ahead of it would
+not let it start before its deadline; Retry-After is the measured time until the queue drains. Calls
+report the time they waited (`Usage.queue_s`), so the router judges the engine on service time only.
+Prompts that share a prefix with the previous call reuse its KV cache (llama-cpp-python keeps the
+longest common prefix), so callers put the shared part (instructions, question) first.
 """
 from __future__ import annotations
 
@@ -19,7 +24,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, AsyncIterator, Sequence
 
-from ..core.errors import BadRequestError, ContextLengthError, OverloadedError, ProviderError, ProviderTimeoutError
+from ..core.errors import BadRequestError, ContextLengthError, ProviderError, ProviderTimeoutError, QueueFullError
 from ..core.types import ChatChunk, ChatRequest, LabelProbs, Usage
 from .base import BaseProvider, Capabilities, LoadSnapshot
 from .priority import PriorityGate
@@ -42,7 +47,8 @@ def packaged_smollm2_path() -> Path:
 
 class LlamaCppProvider(BaseProvider):
     def __init__(self, model_path: str | Path | None = None, *, n_ctx: int = 2048, n_threads: int | None = None,
-                 max_queue: int = 64, call_timeout_s: float = 60.0, seed: int = 0, name: str = "llama_cpp"):
+                 max_queue: int = 64, call_timeout_s: float = 60.0, seed: int = 0, name: str = "llama_cpp",
+                 priority_ageing_s: float = 10.0):
         from llama_cpp import Llama
 
         path = Path(model_path) if model_path else packaged_smollm2_path()
@@ -58,10 +64,10 @@ class LlamaCppProvider(BaseProvider):
                                          enforces_deadline=True)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="llama")
         self._max_queue = max_queue
-        self._timeout = call_timeout_s
+        self._timeout_s = call_timeout_s
         self._pending = 0  # calls admitted and not finished (running + waiting); touched on the loop only
-        self._gate = PriorityGate(capacity=1, max_waiting=max_queue)  # who gets the model next
-        self._avg_call_s = 1.0
+        self._gate = PriorityGate(capacity=1, max_waiting=max_queue, ageing_s=priority_ageing_s)  # who goes next
+        self._service_s = 1.0  # EWMA of one call's time on the model thread: the measured drain rate is 1/this
         self._closed = False
         self._label_cache: dict[tuple[str, ...], dict[str, set[int]]] = {}
         from llama_cpp.llama_chat_format import Jinja2ChatFormatter
@@ -74,24 +80,47 @@ class LlamaCppProvider(BaseProvider):
         self._formatter = Jinja2ChatFormatter(template, eos_token=eos, bos_token=bos)
 
     # -- admission --------------------------------------------------------------------------
-    def admit(self) -> None:
+    def drain_s(self) -> float:
+        """Measured seconds until every admitted call has been served."""
+        return self._pending * self._service_s
+
+    def admit(self, request: ChatRequest | None = None) -> None:
+        """Refuse (`QueueFullError`, with the measured drain time as Retry-After) when `max_queue` calls
+        are admitted, or when `request` could not start before its deadline behind the calls ahead of it."""
         if self._pending >= self._max_queue:
-            raise OverloadedError(
-                f"the local model has {self._pending} calls queued (limit llm.max_queue={self._max_queue}); retry shortly",
-                retry_after=max(1.0, round(self._pending * self._avg_call_s, 1)), deployment=self.name)
+            raise QueueFullError(
+                f"the local model has {self._pending} calls queued (limit llm.max_queue={self._max_queue}); "
+                f"it drains in about {self.drain_s():.0f}s", retry_after=max(1.0, self.drain_s()), deployment=self.name)
+        if request is not None:
+            ahead = self._gate.running + self._gate.ahead(request.context.priority)
+            wait = ahead * self._service_s
+            budget = request.deadline_s or self._timeout_s
+            if ahead and wait >= budget:
+                raise QueueFullError(
+                    f"the local model cannot start this call within its deadline ({budget:.1f}s): {ahead} calls are "
+                    f"ahead of it (about {wait:.1f}s)", retry_after=max(1.0, wait - budget), deployment=self.name)
+
+    def _timed(self, fn, *args):
+        """On the model thread: run `fn` and fold its service time into the drain-rate estimate."""
+        t0 = time.perf_counter()
+        try:
+            return fn(*args)
+        finally:
+            self._service_s = 0.8 * self._service_s + 0.2 * (time.perf_counter() - t0)
 
     async def _on_model(self, loop: asyncio.AbstractEventLoop, deadline: float, priority: int, fn, *args) -> asyncio.Future:
         """Wait for the model (highest priority first, within the deadline), then run `fn` on its
         thread. The caller calls `self._gate.release()` when done with the returned future (on the loop:
-        the next waiter's job queues behind this one on the single model thread)."""
+        the next waiter's job queues behind this one on the single model thread). Not getting a turn in
+        time is back-pressure (`QueueFullError`), not a fault of the engine."""
         try:
             async with asyncio.timeout(max(0.0, deadline - time.perf_counter())):
                 await self._gate.acquire(priority)
         except TimeoutError:
-            raise ProviderTimeoutError("no turn on the local model within the call's deadline (queue wait)",
-                                       deployment=self.name) from None
+            raise QueueFullError("no turn on the local model within the call's deadline (queue wait)",
+                                 retry_after=max(1.0, self.drain_s()), deployment=self.name) from None
         try:
-            fut = loop.run_in_executor(self._executor, fn, *args)
+            fut = loop.run_in_executor(self._executor, self._timed, fn, *args)
         except BaseException:
             self._gate.release()
             raise
@@ -182,57 +211,74 @@ class LlamaCppProvider(BaseProvider):
             raise ProviderError("no probability mass on any label", deployment=self.name)
         return {k: v / total for k, v in mass.items()}
 
-    async def classify(self, request: ChatRequest, labels: Sequence[str]) -> LabelProbs:
-        """P(label) for the first token of the answer, renormalised over `labels`: one forward pass, no decoding."""
+    def _check(self, request: ChatRequest) -> None:
+        """What the engine would refuse, refused before the call is queued (a client error, never a fault)."""
         if self._closed:
             raise ProviderError("the local model is shut down", deployment=self.name)
-        self.admit()
+        stop = request.stop
+        if stop and (isinstance(stop, str) or not all(isinstance(s, str) for s in stop)):
+            raise BadRequestError("'stop' must be a list of strings", deployment=self.name)
+        self.admit(request)
+
+    def _timeout(self, started: float, turn: float | None, what: str) -> ProviderTimeoutError:
+        """A deadline that passed while the call ran; `queue_s` says how much of it went to waiting."""
+        err = ProviderTimeoutError(f"{what} exceeded its {time.perf_counter() - started:.1f}s deadline"
+                                   + (f" ({turn - started:.1f}s of it waiting for the model)" if turn else ""),
+                                   deployment=self.name)
+        err.queue_s = (turn - started) if turn else 0.0
+        return err
+
+    async def classify(self, request: ChatRequest, labels: Sequence[str]) -> LabelProbs:
+        """P(label) for the first token of the answer, renormalised over `labels`: one forward pass, no decoding."""
+        self._check(request)
         self._pending += 1
         started = time.perf_counter()
-        deadline = started + (request.deadline_s or self._timeout)
+        deadline = started + (request.deadline_s or self._timeout_s)
         fut: asyncio.Future | None = None
+        turn: float | None = None
         try:
             fut = await self._on_model(asyncio.get_running_loop(), deadline, request.context.priority, self._classify_sync,
                                        request, labels)
-            return LabelProbs(await asyncio.wait_for(asyncio.shield(fut), max(0.001, deadline - time.perf_counter())))
+            turn = time.perf_counter()
+            probs = await asyncio.wait_for(asyncio.shield(fut), max(0.001, deadline - turn))
+            return LabelProbs(probs, queue_s=turn - started)
         except asyncio.TimeoutError:
-            raise ProviderTimeoutError("local model classification timed out", deployment=self.name) from None
+            raise self._timeout(started, turn, "local model classification") from None
         finally:
             if fut is not None:
                 self._gate.release()
             self._pending -= 1
-            self._avg_call_s = 0.8 * self._avg_call_s + 0.2 * (time.perf_counter() - started)
 
     async def stream(self, request: ChatRequest) -> AsyncIterator[ChatChunk]:
-        if self._closed:
-            raise ProviderError("the local model is shut down", deployment=self.name)
-        self.admit()
+        self._check(request)
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue = asyncio.Queue()
         cancel = threading.Event()
         self._pending += 1
         started = time.perf_counter()
-        deadline = started + (request.deadline_s or self._timeout)
+        deadline = started + (request.deadline_s or self._timeout_s)
         fut: asyncio.Future | None = None
+        turn: float | None = None
         usage: Usage | None = None
         pending_delta: tuple[str, str | None] | None = None
         try:
             fut = await self._on_model(loop, deadline, request.context.priority, self._run, request, loop, queue, cancel)
+            turn = time.perf_counter()
             while True:
                 remaining = deadline - time.perf_counter()
                 if remaining <= 0:
-                    raise ProviderTimeoutError(f"local model call exceeded {deadline - started:.0f}s", deployment=self.name)
+                    raise self._timeout(started, turn, "local model call")
                 try:
                     got = await asyncio.wait_for(queue.get(), remaining)
                 except asyncio.TimeoutError:
-                    raise ProviderTimeoutError(f"local model call exceeded {deadline - started:.0f}s (queue wait included)",
-                                               deployment=self.name) from None
+                    raise self._timeout(started, turn, "local model call") from None
                 if got is _DONE:
                     break
                 if isinstance(got, Exception):
                     raise got
                 if isinstance(got, Usage):
                     usage = got
+                    usage.queue_s = turn - started
                     continue
                 if pending_delta is not None:
                     yield ChatChunk(pending_delta[0], pending_delta[1])
@@ -244,8 +290,6 @@ class LlamaCppProvider(BaseProvider):
             if fut is not None:
                 self._gate.release()
             self._pending -= 1
-            elapsed = time.perf_counter() - started
-            self._avg_call_s = 0.8 * self._avg_call_s + 0.2 * elapsed
             if fut is not None and not fut.done():
                 fut.add_done_callback(lambda f: f.exception())
 
@@ -258,13 +302,14 @@ class LlamaCppProvider(BaseProvider):
         self._executor.shutdown(wait=False, cancel_futures=True)
 
 
-OPTIONS = frozenset({"n_ctx", "n_threads", "max_queue", "seed"})
+OPTIONS = frozenset({"n_ctx", "n_threads", "max_queue", "seed", "priority_ageing_s"})
 
 
 def from_settings(d, environ) -> LlamaCppProvider:
     """A `llama_cpp` deployment: `model` is a GGUF path (empty = the packaged SmolLM2); `timeout_s` is the
     longest one call may wait and run; options: n_ctx (default: context_window, else 2048), n_threads
-    (null = all cores), max_queue (calls waiting beyond it are refused; default 64), seed (default 0).
+    (null = all cores), max_queue (calls waiting beyond it are refused; default 64), seed (default 0),
+    priority_ageing_s (a waiting call gains one priority level per this many seconds; default 10).
     The `llm.*` keys of the embedded engine produce such a deployment (`LLMSettings.embedded_deployment`)."""
     o = d.options
     unknown = set(o) - OPTIONS
@@ -273,4 +318,4 @@ def from_settings(d, environ) -> LlamaCppProvider:
                               f"llama_cpp; known: {', '.join(sorted(OPTIONS))}", deployment=d.name)
     return LlamaCppProvider(d.model or None, n_ctx=d.context_window or o.get("n_ctx") or 2048,
                             n_threads=o.get("n_threads"), max_queue=o.get("max_queue", 64), call_timeout_s=d.timeout_s,
-                            seed=o.get("seed", 0), name=d.name)
+                            seed=o.get("seed", 0), name=d.name, priority_ageing_s=o.get("priority_ageing_s", 10.0))

@@ -5,12 +5,22 @@
     HALF_OPEN ──(probe_calls probes all succeed)──► RESTORING ──(each stage's calls succeed)──► CLOSED
     HALF_OPEN / RESTORING ──(any failure)──► OPEN
 
-RESTORING admits a growing share of traffic (e.g. 10 % → 50 % → 100 %) instead of a flood. What counts
-as a failure: 5xx, timeouts, connection errors and 429 (the caller decides with `counts_as_failure`);
-other 4xx are the client's fault and count as successes of the deployment.
+RESTORING admits a growing share of traffic (e.g. 10 % → 50 % → 100 %) instead of a flood.
+
+The breaker judges the deployment, not the caller or the gateway (`outcome`):
+- a failure: 5xx, connection errors, 429, and timeouts of calls that had a fair time (at least
+  `slow_call_s`) to answer;
+- not counted at all: nlweb-local's own back-pressure (`QueueFullError`: the queue in front of an
+  in-process engine), timeouts under a deadline the client chose shorter than `slow_call_s`, a call the
+  client abandoned (cancelled);
+- a success: every other answer, including 4xx (the request's fault, not the deployment's).
+Slowness is judged on service time: callers pass the duration without the time spent waiting in
+nlweb-local's own queue. An upstream's Retry-After lengthens the open period up to `max_retry_after_s`;
+NaN, infinite and negative values are ignored.
 """
 from __future__ import annotations
 
+import asyncio
 import enum
 import math
 import random
@@ -20,9 +30,11 @@ from dataclasses import asdict, dataclass
 from typing import Any, Callable
 
 from ..config.settings import BreakerSettings
-from ..core.errors import BadRequestError, NlwebError, ProviderError, RateLimitedError
+from ..core.errors import (BadRequestError, NlwebError, ProviderError, ProviderTimeoutError, QueueFullError,
+                           RateLimitedError)
 
-__all__ = ["BreakerSettings", "BreakerSnapshot", "BreakerState", "CircuitBreaker", "counts_as_failure"]
+__all__ = ["BreakerSettings", "BreakerSnapshot", "BreakerState", "CircuitBreaker", "Outcome", "counts_as_failure",
+           "outcome"]
 
 
 class BreakerState(str, enum.Enum):
@@ -46,6 +58,24 @@ class BreakerSnapshot:
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+class Outcome(str, enum.Enum):
+    OK = "ok"
+    FAILURE = "failure"
+    IGNORED = "ignored"  # says nothing about the deployment
+
+
+def outcome(error: BaseException | None, *, budget_s: float | None = None, fair_s: float = 30.0) -> Outcome:
+    """What a call's result says about the deployment. `budget_s`: the time the call was given (a
+    timeout under a budget shorter than `fair_s` is the client's deadline, not the deployment's fault)."""
+    if error is None:
+        return Outcome.OK
+    if isinstance(error, (QueueFullError, asyncio.CancelledError, GeneratorExit)):
+        return Outcome.IGNORED
+    if isinstance(error, ProviderTimeoutError) and budget_s is not None and budget_s < fair_s:
+        return Outcome.IGNORED
+    return Outcome.FAILURE if counts_as_failure(error) else Outcome.OK
 
 
 def counts_as_failure(error: BaseException | None) -> bool:
@@ -113,8 +143,16 @@ class CircuitBreaker:
         return 0.0
 
     # -- outcomes -----------------------------------------------------------------------------
-    def record(self, error: BaseException | None, duration_s: float = 0.0) -> None:
-        failed = counts_as_failure(error)
+    def record(self, error: BaseException | None, duration_s: float = 0.0, *, budget_s: float | None = None) -> None:
+        """One call's result. `duration_s`: its service time (without waiting in nlweb-local's own
+        queue); `budget_s`: the time it was given (see `outcome`)."""
+        verdict = outcome(error, budget_s=budget_s, fair_s=self._s.slow_call_s)
+        if verdict is Outcome.IGNORED:
+            self._advance()
+            if self.state is BreakerState.HALF_OPEN:  # a probe that proved nothing frees its slot
+                self._probes_in_flight = max(0, self._probes_in_flight - 1)
+            return
+        failed = verdict is Outcome.FAILURE
         slow = duration_s >= self._s.slow_call_s
         self._advance()
         if self.state is BreakerState.HALF_OPEN:
@@ -178,6 +216,9 @@ class CircuitBreaker:
     def _open(self, reason: str, error: BaseException | None, seconds: float | None = None) -> None:
         now = self._clock()
         hint = getattr(error, "retry_after", None) or 0.0
+        if not isinstance(hint, (int, float)) or not math.isfinite(hint) or hint < 0:
+            hint = 0.0
+        hint = min(hint, self._s.max_retry_after_s)  # an upstream cannot keep it open for hours
         self._opened_at = now
         self._open_until = now + max(seconds if seconds is not None else self._s.open_s, hint)
         self._probes_in_flight = self._stage = self._stage_ok = 0

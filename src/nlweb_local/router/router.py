@@ -9,6 +9,7 @@ with the earliest Retry-After.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import time
@@ -57,17 +58,20 @@ def _served(info: DeploymentInfo, d: RouteDecision, failures: dict[str, str]) ->
 
 
 async def _within(chunks: AsyncIterator[ChatChunk], seconds: float, name: str) -> AsyncIterator[ChatChunk]:
-    """Guard a deployment's stream with the request's deadline even if the engine ignores it."""
+    """Guard a deployment's stream with the request's deadline even if the engine ignores it. The next
+    chunk is awaited in this task (no helper task per chunk), and the engine's stream is always closed
+    here, never left to the garbage collector (which could close it while another task runs it)."""
     loop = asyncio.get_running_loop()
     end = loop.time() + seconds
     it = chunks.__aiter__()
     try:
         while True:
             try:
-                ch = await asyncio.wait_for(it.__anext__(), max(0.0, end - loop.time()))
+                async with asyncio.timeout_at(end):
+                    ch = await it.__anext__()
             except StopAsyncIteration:
                 return
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 raise ProviderTimeoutError(f"{name}: no answer within the request's deadline ({seconds:.1f}s)",
                                            deployment=name) from None
             yield ch
@@ -238,8 +242,9 @@ class Router(BaseProvider):
                 continue
             route, sub = step
             done: list[bool] = []
-            async for ch in self._try_stream(route, sub, d, failures, done):
-                yield ch
+            async with contextlib.aclosing(self._try_stream(route, sub, d, failures, done)) as attempt:
+                async for ch in attempt:  # (closed here even when our consumer stops early)
+                    yield ch
             if done:
                 return
         raise self._nothing(d, failures)
@@ -250,19 +255,23 @@ class Router(BaseProvider):
         caller moves on); after it, `StreamInterruptedError`."""
         name = route.info.name
         st = self._state.of(name)
-        started, sent = self._clock(), False
+        started, sent, queue_s = self._clock(), False, 0.0
+        budget = sub.deadline_s or self._deadline_s
         st.begin()
+        chunks = _within(route.provider.stream(sub), budget, name)
         try:
-            async for ch in _within(route.provider.stream(sub), sub.deadline_s or self._deadline_s, name):
+            async for ch in chunks:
                 if not sent:
                     sent = True
                     st.observe_ttft(self._clock() - started)
                     ch.served = _served(route.info, d, failures)
+                if ch.usage is not None:
+                    queue_s = ch.usage.queue_s
                 yield ch
-            st.breaker.record(None, self._clock() - started)
+            st.breaker.record(None, self._clock() - started - queue_s, budget_s=budget)
             done.append(True)
-        except NlwebError as e:
-            st.breaker.record(e, self._clock() - started)
+        except NlwebError as e:  # (a timeout's budget is what was left after waiting in our own queue)
+            st.breaker.record(e, self._clock() - started, budget_s=budget - getattr(e, "queue_s", 0.0))
             if sent:
                 raise StreamInterruptedError(f"{name} failed after the answer had started: {e.message}",
                                              deployment=name, body=e.body) from e
@@ -271,6 +280,7 @@ class Router(BaseProvider):
             failures[name] = e.message[:200]
             log.info("route %s failed before its first token (%s); trying the next", name, type(e).__name__)
         finally:
+            await chunks.aclose()  # closed here, in this task, whatever ended the attempt
             st.end()
 
     async def _unary(self, request: ChatRequest, d: RouteDecision, call) -> tuple[Any, Served]:
@@ -294,19 +304,20 @@ class Router(BaseProvider):
         name = route.info.name
         st = self._state.of(name)
         started = self._clock()
+        budget = sub.deadline_s or self._deadline_s
         st.begin()
         try:
             if route.provider.capabilities.enforces_deadline:
                 out = await call(route.provider, sub)
             else:  # guard engines that might ignore the deadline (costs a timer task per call)
-                out = await asyncio.wait_for(call(route.provider, sub), sub.deadline_s or self._deadline_s)
+                out = await asyncio.wait_for(call(route.provider, sub), budget)
         except asyncio.TimeoutError:
             err = ProviderTimeoutError(f"{name}: no answer within the request's deadline", deployment=name)
-            st.breaker.record(err, self._clock() - started)
+            st.breaker.record(err, self._clock() - started, budget_s=budget)
             failures[name] = err.message
             return None
         except NlwebError as e:
-            st.breaker.record(e, self._clock() - started)
+            st.breaker.record(e, self._clock() - started, budget_s=budget - getattr(e, "queue_s", 0.0))
             if not isinstance(e, (ProviderError, ContextLengthError)):
                 raise
             failures[name] = e.message[:200]
@@ -315,8 +326,10 @@ class Router(BaseProvider):
         finally:
             st.end()
         elapsed = self._clock() - started
-        st.breaker.record(None, elapsed)
-        ttft = getattr(getattr(out, "usage", None), "time_to_first_token_s", None)
+        usage = getattr(out, "usage", None)
+        queue_s = usage.queue_s if usage is not None else getattr(out, "queue_s", 0.0)
+        st.breaker.record(None, elapsed - queue_s, budget_s=budget)  # slowness is service time, not our queue
+        ttft = getattr(usage, "time_to_first_token_s", None)
         st.observe_ttft(ttft if ttft is not None else elapsed)
         return out, _served(route.info, d, failures)
 
