@@ -83,6 +83,7 @@ class Failure:
 class End:
     error: bool = False
     stats: dict[str, Any] = field(default_factory=dict)
+    degraded: bool = False  # the LLM could not rank (down or overloaded): some items are ordered by similarity only
 
 
 Event = Union[Begin, Decontextualized, Results, Summary, Generated, NoResults, Notice, Failure, End]

@@ -136,7 +136,8 @@ class AskPipeline:
                 yield Generated(answer, used)
             yield End(stats={"seconds": round(time.perf_counter() - started, 3), "llm_scored": stats.llm_scored,
                              "cache_hits": stats.cache_hits, "similarity_only": stats.similarity_only,
-                             "dropped": stats.dropped_bad_output})
+                             "dropped": stats.dropped_bad_output, "engine_faults": stats.engine_faults},
+                      degraded=stats.engine_faults > 0)
         except OverloadedError as e:
             yield Failure(f"The service is busy: {e.message}", 503)
             yield End(error=True)

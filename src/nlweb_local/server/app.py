@@ -33,7 +33,11 @@ def create_app(settings: Settings, components: Components | None = None, *, clos
     comp = components or build_components(settings)
     pipeline = comp.pipeline
     directory = SiteDirectory(comp.embedder, comp.store)
-    ask = AskEndpoint(pipeline, settings)
+    outcome = None
+    if comp.telemetry is not None:
+        answers = comp.telemetry.metrics.ask_answers
+        outcome = lambda what: answers.labels(what).inc()  # noqa: E731
+    ask = AskEndpoint(pipeline, settings, outcome=outcome)
 
     async def sites(request: Request) -> Response:
         infos = await asyncio.to_thread(comp.store.sites)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, Callable
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
@@ -21,15 +21,21 @@ log = logging.getLogger(__name__)
 _RENDERERS = {"v3": V3Renderer, "v1": V1Renderer, "v0.5": V05Renderer}
 
 
-async def _guarded(events: AsyncIterator[Event]) -> AsyncIterator[Event]:
-    """A bug in the pipeline becomes an error message followed by the end message, never a broken stream."""
+async def _guarded(events: AsyncIterator[Event], outcome: Callable[[str], None] | None = None) -> AsyncIterator[Event]:
+    """A bug in the pipeline becomes an error message followed by the end message, never a broken stream.
+    Each answer's outcome (ok, degraded, error) goes to `outcome` (the metrics)."""
     try:
         async for ev in events:
             if isinstance(ev, End):
-                log.info("ask finished%s: %s", " with an error" if ev.error else "", ev.stats)
+                what = "error" if ev.error else "degraded" if ev.degraded else "ok"
+                log.info("ask finished%s: %s", "" if what == "ok" else f" ({what})", ev.stats)
+                if outcome is not None:
+                    outcome(what)
             yield ev
     except Exception:  # noqa: BLE001
         log.exception("ask pipeline crashed")
+        if outcome is not None:
+            outcome("error")
         yield Failure("internal error while answering; see the server log", 500)
         yield End(error=True)
 
@@ -64,9 +70,12 @@ def _sse(msg: dict[str, Any]) -> bytes:
 
 
 class AskEndpoint:
-    def __init__(self, pipeline: AskPipeline, settings: Settings):
+    """`outcome(name)` counts each answer: ok, degraded (similarity only where the LLM was unavailable), error."""
+
+    def __init__(self, pipeline: AskPipeline, settings: Settings, *, outcome: Callable[[str], None] | None = None):
         self._pipeline = pipeline
         self._settings = settings
+        self._outcome = outcome
 
     async def handle(self, request: Request) -> Response:
         try:
@@ -76,7 +85,7 @@ class AskEndpoint:
         except NlwebError as e:
             return nlweb_error(e)
         renderer: Renderer = _RENDERERS[parsed.api](parsed.ask)
-        events = _guarded(self._pipeline.run(parsed.ask))
+        events = _guarded(self._pipeline.run(parsed.ask), self._outcome)
         log.info("ask %r sites=%s mode=%s api=%s", parsed.ask.query[:80], parsed.ask.sites or "all", parsed.ask.mode, parsed.api)
         if parsed.streaming:
             return StreamingResponse(self._stream(events, renderer), media_type="text/event-stream",

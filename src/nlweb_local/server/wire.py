@@ -71,10 +71,12 @@ class V3Renderer:
                 return [self._msg(message_type="intermediate_message", message=t)]
             case Failure(message=m, status=s):
                 return [self._msg(message_type="error", error=m, status=s)]
-            case End(error=err):
+            case End(error=err, degraded=degraded):
                 end = {"message_type": "end-nlweb-response", "conversation_id": r.conversation_id, "timestamp": _now_ms()}
                 if err:
                     end["error"] = True
+                if degraded:
+                    end["degraded"] = True  # ranked by similarity only where the LLM was unavailable
                 return [end]
         return []
 
@@ -103,8 +105,8 @@ class V1Renderer:
                 return [{"message_type": "intermediate_message", "message": t, "query_id": qid}]
             case Failure(message=m, status=s):
                 return [{"message_type": "error", "message": m, "status": s, "query_id": qid}]
-            case End():
-                return [{"message_type": "complete", "query_id": qid}]
+            case End(degraded=degraded):
+                return [{"message_type": "complete", "query_id": qid, **({"degraded": True} if degraded else {})}]
         return []
 
     def body(self, messages: list[dict[str, Any]]) -> Any:
@@ -121,6 +123,8 @@ class V1Renderer:
                 out["decontextualized_query"] = m["decontextualized_query"]
             elif t in ("error", "no_results"):
                 out[t] = {"message": m["message"]}
+            elif t == "complete" and m.get("degraded"):
+                out["degraded"] = True
         out["results"].sort(key=lambda i: -i["score"])
         return out
 
@@ -140,6 +144,7 @@ class V05Renderer:
     def __init__(self, req: AskRequest):
         self._req = req
         self.failed = False
+        self.degraded = False
 
     def render(self, event: Event) -> list[dict[str, Any]]:
         match event:
@@ -156,8 +161,10 @@ class V05Renderer:
                 self.failed = True
                 return [{"_meta": {"version": "0.5", "response_type": "Failure"},
                          "error": {"code": "SERVICE_UNAVAILABLE" if s == 503 else "INTERNAL_ERROR", "message": m}}]
-            case End():
-                return [{"_meta": {"version": "0.5", "nlweb/streaming_status": "finished"}}]
+            case End(degraded=degraded):
+                self.degraded = degraded
+                meta = {"version": "0.5", "nlweb/streaming_status": "finished"}
+                return [{"_meta": {**meta, "degraded": True} if degraded else meta}]
         return []
 
     def body(self, messages: list[dict[str, Any]]) -> Any:
@@ -165,4 +172,5 @@ class V05Renderer:
             if m.get("_meta", {}).get("response_type") == "Failure":
                 return m
         results = [r for m in messages for r in m.get("results", [])]
-        return {"_meta": {"version": "0.5", "response_type": "Answer"}, "results": results}
+        meta = {"version": "0.5", "response_type": "Answer"}
+        return {"_meta": {**meta, "degraded": True} if self.degraded else meta, "results": results}

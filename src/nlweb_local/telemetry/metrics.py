@@ -124,6 +124,9 @@ class GatewayMetrics:
         self.cache_label = BoundedLabel(32)
         self._caches: dict[str, CacheTally] = {}
         registry.register(CacheCollector(self._caches))
+        self.ask_answers = Counter("nlweb_ask_answers", "/ask answers by outcome: ok, degraded (the LLM was "
+                                   "unavailable or overloaded: some items ordered by similarity only), error", ["outcome"],
+                                   registry=registry)
 
     def for_call(self, deployment: str, task: str, local: bool) -> CallSeries:
         """The series of one (deployment, task) pair; the same object for every call of that pair."""
