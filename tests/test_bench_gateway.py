@@ -1,18 +1,22 @@
-"""`nlweb-local bench gateway`: the harness pieces (wrk report parsing, figures, the kit check) and one
-very short run when wrk and the kit are present. Nothing here is timed: the figures are only checked
-for shape, not for speed."""
-import argparse
+"""benchmarks/bench_gateway.py: the harness pieces (wrk report parsing, figures, the kit check, the
+composition of the gateway under test) and one very short run when wrk and the kit are present. Nothing
+here is timed: the figures are only checked for shape, not for speed."""
 import json
+import os
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
 
-from nlweb_local.cli import bench_gateway as bg
-from nlweb_local.config.settings import Settings
-from nlweb_local.core.errors import BadRequestError
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
-KIT = Path(__file__).resolve().parents[2] / "shared" / "bench" / "gateway"
+import bench_gateway as bg  # noqa: E402
+from nlweb_local.config.settings import Settings  # noqa: E402
+from nlweb_local.core.errors import BadRequestError  # noqa: E402
+
+KIT = Path(os.environ.get("NLWEB_BENCH_GATEWAY_KIT") or ROOT.parent / "shared" / "bench" / "gateway")  # env: from a worktree
 
 WRK_OUT = """Running 2s test @ http://127.0.0.1:40000/v1/chat/completions
   1 threads and 16 connections
@@ -52,13 +56,14 @@ def test_wrk_durations(text, ms):
     assert bg.duration_ms(text) == pytest.approx(ms)
 
 
-def _results(gw_p50: float, gw_rps: float, litellm: bool) -> dict:
-    def runs(p50: float, rps: float) -> dict:
-        return {c: bg.WrkResult(rps, {"50": p50, "75": p50, "90": p50, "99": 4 * p50}, int(rps * 2), 0, cpu_s=0.5)
-                for c in bg.CONCURRENCY}
+def _runs(p50: float, rps: float, cpu_s: float = 0.5) -> dict:
+    return {c: bg.WrkResult(rps, {"50": p50, "75": p50, "90": p50, "99": 4 * p50}, int(rps * 2), 0, cpu_s=cpu_s)
+            for c in bg.CONCURRENCY}
 
-    return {"mock": runs(0.01, 100_000), "floor": runs(0.31, 6000), "nlweb-local": runs(gw_p50, gw_rps),
-            "litellm": runs(8.0, 110) if litellm else None}
+
+def _results(gw_p50: float, gw_rps: float, litellm: bool) -> dict:
+    return {"mock": _runs(0.01, 100_000), "floor": _runs(0.31, 6000), "nlweb-local": _runs(gw_p50, gw_rps),
+            "litellm": _runs(8.0, 110) if litellm else None}
 
 
 def test_figures_ratios_and_verdicts():
@@ -92,6 +97,27 @@ def test_gateway_settings_hold_one_openai_deployment_at_the_mock(tmp_path):
     assert Settings.model_validate_json(s.model_dump_json()) == s  # what the gateway process reads back
 
 
+def test_gateway_app_is_composed_by_injection_not_by_patching(tmp_path, monkeypatch):
+    """gateway_app hands inert stand-ins to build_components: the module's builders are never called
+    (nor replaced), and the app serves the one mock deployment."""
+    from starlette.testclient import TestClient
+
+    from nlweb_local.server import components
+
+    def refuse(*a, **k):
+        raise AssertionError("the benchmark gateway must not build a real embedder or store")
+
+    monkeypatch.setattr(components, "build_embedder", refuse)
+    monkeypatch.setattr(components, "build_store", refuse)
+    cfg = tmp_path / "settings.json"
+    cfg.write_text(bg.gateway_settings(Settings(), 9, tmp_path / "data").model_dump_json())  # port 9: never called here
+    monkeypatch.setenv(bg.SETTINGS_ENV, str(cfg))
+    with TestClient(bg.gateway_app()) as client:
+        models = client.get("/v1/models").json()
+    assert components.build_embedder is refuse and components.build_store is refuse
+    assert bg.MODEL in [m["id"] for m in models["data"]]
+
+
 def test_litellm_config_points_at_the_mock():
     cfg = json.loads(bg.litellm_config(40000, "sk-x"))
     (entry,) = cfg["model_list"]
@@ -102,8 +128,7 @@ def test_litellm_config_points_at_the_mock():
 @pytest.mark.skipif(shutil.which("wrk") is None or not KIT.is_dir(), reason="needs wrk and ../shared/bench/gateway")
 def test_one_very_short_run(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)  # nothing may be written in the working folder
-    args = argparse.Namespace(kit=str(KIT), duration=1.0, quick=False, soak=1.0, no_litellm=True, litellm_venv=None,
-                              litellm_spec="litellm[proxy]")
+    args = bg.build_parser().parse_args(["--kit", str(KIT), "--duration", "1", "--soak", "1", "--no-litellm"])
     assert bg.run(args, Settings()) == 0
     last = capsys.readouterr().out.strip().splitlines()[-1]
     f = json.loads(last)

@@ -1,19 +1,24 @@
-"""`nlweb-local bench gateway`: what the /v1 gateway adds over a zero-delay upstream, measured in one
-run next to the floor a Python gateway can reach and next to LiteLLM (the `../shared/bench/gateway` kit).
+"""What the /v1 gateway adds over a zero-delay upstream, measured in one run next to the floor a Python
+gateway can reach and next to LiteLLM (the `../shared/bench/gateway` kit).
+
+    python benchmarks/bench_gateway.py [--kit ../shared/bench/gateway] [--quick | --duration S] [--soak S]
+        [--no-litellm] [--config FILE]
 
 Everything listens on 127.0.0.1. The proxy under test runs on one core, the mock and `wrk` on another
 (`taskset`, when the machine has two cores). Targets, each measured with `wrk --latency` at
-concurrency 1, 16 and 64 after a short warm-up:
+concurrency 1, 16 and 64 after a short warm-up, interleaved (c=1 for all, then c=16, ...):
 
 - mock        the kit's raw-asyncio mock, called directly (the zero of "added latency");
 - floor       the kit's Starlette + aiohttp pass-through;
-- nlweb-local this project's gateway, full path (settings → `build_router` → `create_app`, breaker and
-              routing included) over one `openai`-engine deployment pointing at the mock. The embedder and
-              the store are inert stand-ins (the /v1 chat path never touches them) and the embedded
-              llama.cpp engine is off;
-- litellm     LiteLLM's proxy, one worker, installed by this command in its own virtual environment
+- nlweb-local this checkout's gateway, full path (settings -> `build_components` -> `create_app`: router,
+              breaker, telemetry, ledger, middleware) over one `openai`-engine deployment pointing at the
+              mock. The embedder and the store are inert stand-ins given to `build_components` (the /v1
+              chat path never touches them) and the embedded llama.cpp engine is off;
+- litellm     LiteLLM's proxy, one worker, installed by this script in its own virtual environment
               under the cache folder (null figures, with the reason, when that is not possible).
 
+The gateway's settings are the user's (--config, $NLWEB_LOCAL_CONFIG or ./nlweb-local.yaml, and
+NLWEB_LOCAL_* variables) with the LLM side replaced by the mock. Needs `wrk` (apt-get install -y wrk).
 The last line printed is one JSON object with the figures and the ratios to quote.
 """
 from __future__ import annotations
@@ -36,6 +41,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))  # measure this checkout's package (also in the gateway process, which imports this file)
+
 DEFAULT_KIT = "../shared/bench/gateway"
 KIT_FILES = ("mock_upstream.py", "floor_proxy.py", "post.lua")
 CONCURRENCY = (1, 16, 64)
@@ -46,16 +54,32 @@ TARGETS = {"c1_added_ratio_vs_floor": 1.5, "c16_rps_ratio_vs_floor": 0.70, "rps_
            "soak_rss_growth_pct": 5.0}
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("bench gateway")
-    g.add_argument("--kit", default=DEFAULT_KIT, help=f"folder with {', '.join(KIT_FILES)} (default {DEFAULT_KIT})")
-    g.add_argument("--duration", type=float, default=8.0, help="seconds per wrk run (default 8)")
-    g.add_argument("--quick", action="store_true", help="2-second runs (noisy; for a first look)")
-    g.add_argument("--soak", type=float, default=0.0, metavar="SECONDS",
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="bench_gateway.py", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--kit", default=DEFAULT_KIT, help=f"folder with {', '.join(KIT_FILES)} (default {DEFAULT_KIT})")
+    p.add_argument("--duration", type=float, default=8.0, metavar="SECONDS", help="seconds per wrk run (default 8)")
+    p.add_argument("--quick", action="store_true", help="2-second runs (noisy; for a first look)")
+    p.add_argument("--soak", type=float, default=0.0, metavar="SECONDS",
                    help="then load the gateway at c=16 this long, sampling its RSS every 10 s (target: < 5%% growth)")
-    g.add_argument("--no-litellm", action="store_true", help="skip LiteLLM (its figures are null)")
-    g.add_argument("--litellm-venv", help="LiteLLM's virtual environment (default: <cache>/nlweb-bench/litellm-venv)")
-    g.add_argument("--litellm-spec", default="litellm[proxy]", help="what pip installs there (default litellm[proxy])")
+    p.add_argument("--no-litellm", action="store_true", help="skip LiteLLM (its figures are null)")
+    p.add_argument("--litellm-venv", help="LiteLLM's virtual environment (default: <cache>/nlweb-bench/litellm-venv)")
+    p.add_argument("--litellm-spec", default="litellm[proxy]", help="what pip installs there (default litellm[proxy])")
+    p.add_argument("--config", metavar="FILE",
+                   help="settings file (default: $NLWEB_LOCAL_CONFIG or ./nlweb-local.yaml)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    from nlweb_local.config.settings import load_settings
+    from nlweb_local.core.errors import NlwebError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return run(args, load_settings(args.config))
+    except NlwebError as e:
+        print(f"bench_gateway.py: error: {e.message}", file=sys.stderr)
+        return 2 if e.status == 400 else 1
 
 
 # -- wrk ------------------------------------------------------------------------------------------
@@ -232,11 +256,11 @@ def lua_body(kit: Path) -> bytes:
     return (m.group(1) if m else json.dumps({"model": MODEL, "messages": [{"role": "user", "content": "hi"}]})).encode()
 
 
-# -- the gateway under test (runs in its own process: `uvicorn --factory ...:gateway_app`) ----------
+# -- the gateway under test (its own process: `uvicorn --factory --app-dir benchmarks bench_gateway:gateway_app`)
 def gateway_settings(settings, mock_port: int, data_dir: Path):
     """The user's settings, with the LLM side replaced by one `openai` deployment at the mock and
     everything the server writes (the cost ledger) under `data_dir`."""
-    from ..config.settings import DeploymentSettings
+    from nlweb_local.config.settings import DeploymentSettings
 
     s = settings.model_copy(deep=True)
     s.data_dir = str(data_dir)
@@ -273,17 +297,16 @@ class _EmptyStore:
 
 
 def gateway_app():
-    """The app exactly as `serve` composes it (`build_components` → `create_app`: router, breakers,
+    """The app exactly as `serve` composes it (`build_components` -> `create_app`: router, breakers,
     telemetry wrappers, ledger, middleware), except that the embedder and the store, which the /v1 chat
     path never touches, are inert stand-ins instead of sentence-transformers and Qdrant."""
-    from ..config.settings import Settings
-    from ..server import components
-    from ..server.app import create_app
+    from nlweb_local.config.settings import Settings
+    from nlweb_local.server.app import create_app
+    from nlweb_local.server.components import build_components
 
     settings = Settings.model_validate_json(Path(os.environ[SETTINGS_ENV]).read_text())
-    components.build_embedder = lambda _settings: _InertEmbedder()  # this process only: it serves the benchmark
-    components.build_store = lambda _settings, _dimension: _EmptyStore()
-    return create_app(settings, components.build_components(settings), close_components=True)
+    components = build_components(settings, embedder=_InertEmbedder(), store=_EmptyStore())
+    return create_app(settings, components, close_components=True)
 
 
 # -- LiteLLM ---------------------------------------------------------------------------------------
@@ -329,13 +352,13 @@ def litellm_version(venv: Path) -> str:
 
 # -- the run ---------------------------------------------------------------------------------------
 def check_kit(kit: Path) -> None:
-    from ..core.errors import BadRequestError
+    from nlweb_local.core.errors import BadRequestError
 
     missing = [f for f in KIT_FILES if not (kit / f).is_file()]
     if missing:
         raise BadRequestError(f"the gateway benchmark kit is not at {kit.resolve()} (missing {', '.join(missing)}); "
                               f"pass --kit PATH to the folder with {', '.join(KIT_FILES)} (it lives in the project's "
-                              f"shared bench folder, ../shared/bench/gateway, not in the package)")
+                              f"shared bench folder, ../shared/bench/gateway, not in this repository)")
     if shutil.which("wrk") is None:
         raise BadRequestError("the load generator wrk is not installed (Debian/Ubuntu: apt-get install -y wrk; "
                               "macOS: brew install wrk)")
@@ -356,7 +379,7 @@ def run(args: argparse.Namespace, settings) -> int:
     try:
         results, notes, duration = measure_all(args, settings, kit)
     except RuntimeError as e:
-        print(f"nlweb-local bench gateway: {e}", file=sys.stderr)
+        print(f"bench_gateway.py: {e}", file=sys.stderr)
         return 1
     finally:
         signal.signal(signal.SIGTERM, previous)
@@ -389,22 +412,14 @@ def measure_all(args: argparse.Namespace, settings, kit: Path) -> tuple[dict, di
                                              str(bench.kit), "--host", "127.0.0.1", "--port", str(port), *UVICORN_FAST],
                           port, logs, env={"UPSTREAM": mock_url})
             floor_url = f"http://127.0.0.1:{port}/v1/chat/completions"
-            port = free_port()
             (logs / "data").mkdir()
             cfg = logs / "gateway-settings.json"
             cfg.write_text(gateway_settings(settings, mock_port, logs / "data").model_dump_json())
-            gw = start(proxies, "gateway", [*proxy_cpu, py, "-m", "uvicorn", "--factory", f"{__name__}:gateway_app",
-                                            "--host", "127.0.0.1", "--port", str(port), *UVICORN_FAST], port, logs,
-                       env={SETTINGS_ENV: str(cfg)})
-            gw_url = f"http://127.0.0.1:{port}/v1/chat/completions"
-            status, headers, answer = post_once(gw_url, body)
-            if status != 200:
-                raise RuntimeError(f"the gateway answered {status}: {answer[:300]!r}; log: {tail(logs / 'gateway.log')}")
-            notes["gateway_route"] = {k.lower(): v for k, v in headers.items()}.get("x-nlweb-route")
-            notes["gateway_rss_mb_before"] = rss_mb(gw.pid)
-            print("  mock, floor proxy, nlweb-local gateway (interleaved) ...", flush=True)
-            results: dict[str, dict[int, WrkResult] | None] = dict(bench.measure(
-                [Target("mock", mock_url), Target("floor", floor_url, floor.pid), Target("nlweb-local", gw_url, gw.pid)]))
+            gw, gw_url = start_gateway(proxies, bench, "gateway", ["--factory", "--app-dir", str(Path(__file__).resolve().parent),
+                                                                   "bench_gateway:gateway_app"], {SETTINGS_ENV: str(cfg)}, body, notes)
+            targets = [Target("mock", mock_url), Target("floor", floor_url, floor.pid), Target("nlweb-local", gw_url, gw.pid)]
+            print(f"  {', '.join(t.name for t in targets)} (interleaved) ...", flush=True)
+            results: dict[str, dict[int, WrkResult] | None] = dict(bench.measure(targets))
             notes["gateway_rss_mb_after"] = rss_mb(gw.pid)
             if args.soak > 0:
                 notes.update(soak(bench, gw_url, gw.pid, args.soak))
@@ -419,6 +434,22 @@ def measure_all(args: argparse.Namespace, settings, kit: Path) -> tuple[dict, di
                 notes["litellm_error"] = str(e)[:500]
                 print(f"  litellm could not be measured: {e}", flush=True)
     return results, notes, duration
+
+
+def start_gateway(stack: ExitStack, bench: Bench, name: str, app: list[str], env: dict[str, str], body: bytes,
+                  notes: dict[str, Any]) -> tuple[subprocess.Popen, str]:
+    """A gateway process (`uvicorn` + `app`, the factory's arguments) on the proxy core; checks that it
+    answers the benchmark's request and notes its route header and RSS (`<name>_route`, `<name>_rss_mb_before`)."""
+    port = free_port()
+    proc = start(stack, name, [*bench.proxy_cpu, sys.executable, "-m", "uvicorn", *app, "--host", "127.0.0.1",
+                               "--port", str(port), *UVICORN_FAST], port, bench.workdir, env=env)
+    url = f"http://127.0.0.1:{port}/v1/chat/completions"
+    status, headers, answer = post_once(url, body)
+    if status != 200:
+        raise RuntimeError(f"the {name} answered {status}: {answer[:300]!r}; log: {tail(bench.workdir / f'{name}.log')}")
+    notes[f"{name}_route"] = {k.lower(): v for k, v in headers.items()}.get("x-nlweb-route")
+    notes[f"{name}_rss_mb_before"] = rss_mb(proc.pid)
+    return proc, url
 
 
 def run_litellm(args: argparse.Namespace, bench: Bench, mock_port: int, body: bytes) -> tuple[dict[int, WrkResult], str]:
@@ -543,3 +574,7 @@ def print_table(results: dict[str, dict[int, WrkResult] | None], f: dict[str, An
           + (f"; soak growth {f['soak_rss_growth_pct']} % (target < 5 %): {verdict('soak_growth_lt_5pct')}"
              if "soak_rss_growth_pct" in f else ""))
     print(f"gateway route: {f.get('gateway_route')}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
