@@ -1,4 +1,4 @@
-"""Where the gateway's time goes under load: py-spy samples the `bench gateway` gateway process (or
+"""Where the gateway's time goes under load: py-spy samples the bench_gateway.py gateway process (or
 the kit's floor proxy, `--target floor`, to compare) while wrk drives it, then prints CPU µs per
 request by package (self time: py-spy's share of the samples × the process's measured CPU time per
 request) and the hottest functions.
@@ -21,10 +21,10 @@ import time
 from contextlib import ExitStack
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "src"))
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))  # bench_gateway.py, which puts this checkout's src/ first on the path
 
-from nlweb_local.cli import bench_gateway as bg  # noqa: E402
+import bench_gateway as bg  # noqa: E402
 from nlweb_local.config.settings import load_settings  # noqa: E402
 
 
@@ -97,7 +97,7 @@ def main() -> int:
         (logs / "data").mkdir()
         cfg.write_text(bg.gateway_settings(load_settings(environ={}), mock_port, logs / "data").model_dump_json())
         app = (["floor_proxy:app", "--app-dir", str(kit)] if args.target == "floor"
-               else ["--factory", "nlweb_local.cli.bench_gateway:gateway_app"])
+               else ["--factory", "--app-dir", str(HERE), "bench_gateway:gateway_app"])
         proc = bg.start(stack, args.target, [*proxy_cpu, sys.executable, "-m", "uvicorn", *app, "--host", "127.0.0.1",
                                              "--port", str(port), *bg.UVICORN_FAST], port, logs,
                         env={bg.SETTINGS_ENV: str(cfg), "UPSTREAM": f"http://127.0.0.1:{mock_port}/v1/chat/completions"})

@@ -1,4 +1,5 @@
-"""`nlweb-local bench ask`: time to first result and to the end of /ask on the demo site, and ingestion speed."""
+"""`nlweb-local bench ask`: time to first result and to the end of /ask on the demo site, and ingestion speed.
+(The gateway's overhead benchmark is a developer tool: `python benchmarks/bench_gateway.py`.)"""
 from __future__ import annotations
 
 import argparse
@@ -10,7 +11,6 @@ import time
 from pathlib import Path
 
 from ..config.settings import Settings
-from . import bench_gateway
 
 QUESTIONS = [
     "vegetarian dinner that is quick to make",
@@ -28,12 +28,11 @@ QUESTIONS = [
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("bench", help="benchmarks that print figures")
-    p.add_argument("what", choices=["ask", "gateway"], help="ask: /ask latency on the demo site plus ingestion items/s; "
-                   "gateway: what /v1 adds over a zero-delay upstream, vs the floor proxy and LiteLLM")
+    p.add_argument("what", choices=["ask"], help="ask: /ask latency on the demo site plus ingestion items/s "
+                   "(the gateway's overhead: python benchmarks/bench_gateway.py --help, in a checkout)")
     p.add_argument("--mode", choices=["list", "summarize", "generate"], default="list")
     p.add_argument("--questions", type=int, default=len(QUESTIONS), help="how many of the fixed questions to run")
     p.add_argument("--json", action="store_true", help="print the figures as one JSON object")
-    bench_gateway.add_arguments(p)
     p.set_defaults(func=run)
 
 
@@ -61,9 +60,6 @@ async def _ask(url: str, q: str, mode: str) -> tuple[float | None, float, int]:
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
-    if args.what == "gateway":
-        return bench_gateway.run(args, settings)
-
     from ..ingest.demo import DEMO_SITE, demo_source
     from ..ingest.pipeline import Ingestor
     from ..server.app import create_app

@@ -1,24 +1,34 @@
-"""`nlweb-local bench gateway`: what the /v1 gateway adds over a zero-delay upstream, measured in one
-run next to the floor a Python gateway can reach and next to LiteLLM (the `../shared/bench/gateway` kit).
+"""What the /v1 gateway adds over a zero-delay upstream, measured in one run next to the floor a Python
+gateway can reach, next to LiteLLM and, with --baseline, next to the gateway of another git revision
+(the `../shared/bench/gateway` kit).
+
+    python benchmarks/bench_gateway.py [--kit ../shared/bench/gateway] [--quick | --duration S] [--soak S]
+        [--no-litellm] [--baseline REV] [--config FILE]
 
 Everything listens on 127.0.0.1. The proxy under test runs on one core, the mock and `wrk` on another
 (`taskset`, when the machine has two cores). Targets, each measured with `wrk --latency` at
-concurrency 1, 16 and 64 after a short warm-up:
+concurrency 1, 16 and 64 after a short warm-up, interleaved (c=1 for all, then c=16, ...):
 
 - mock        the kit's raw-asyncio mock, called directly (the zero of "added latency");
 - floor       the kit's Starlette + aiohttp pass-through;
-- nlweb-local this project's gateway, full path (settings → `build_router` → `create_app`, breaker and
-              routing included) over one `openai`-engine deployment pointing at the mock. The embedder and
-              the store are inert stand-ins (the /v1 chat path never touches them) and the embedded
-              llama.cpp engine is off;
-- litellm     LiteLLM's proxy, one worker, installed by this command in its own virtual environment
+- nlweb-local this checkout's gateway, full path (settings -> `build_components` -> `create_app`: router,
+              breaker, telemetry, ledger, middleware) over one `openai`-engine deployment pointing at the
+              mock. The embedder and the store are inert stand-ins given to `build_components` (the /v1
+              chat path never touches them) and the embedded llama.cpp engine is off;
+- baseline    with --baseline REV: the same, built by that revision's own code (its settings schema, its
+              factory), exported with `git archive` into a temporary folder; its ratios are printed next
+              to this checkout's, plus this checkout's throughput as a multiple of the baseline's;
+- litellm     LiteLLM's proxy, one worker, installed by this script in its own virtual environment
               under the cache folder (null figures, with the reason, when that is not possible).
 
+The gateway's settings are the user's (--config, $NLWEB_LOCAL_CONFIG or ./nlweb-local.yaml, and
+NLWEB_LOCAL_* variables) with the LLM side replaced by the mock. Needs `wrk` (apt-get install -y wrk).
 The last line printed is one JSON object with the figures and the ratios to quote.
 """
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
 import re
@@ -27,6 +37,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tarfile
 import tempfile
 import time
 import urllib.error
@@ -35,6 +46,9 @@ from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))  # measure this checkout's package (also in the gateway process, which imports this file)
 
 DEFAULT_KIT = "../shared/bench/gateway"
 KIT_FILES = ("mock_upstream.py", "floor_proxy.py", "post.lua")
@@ -46,16 +60,35 @@ TARGETS = {"c1_added_ratio_vs_floor": 1.5, "c16_rps_ratio_vs_floor": 0.70, "rps_
            "soak_rss_growth_pct": 5.0}
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("bench gateway")
-    g.add_argument("--kit", default=DEFAULT_KIT, help=f"folder with {', '.join(KIT_FILES)} (default {DEFAULT_KIT})")
-    g.add_argument("--duration", type=float, default=8.0, help="seconds per wrk run (default 8)")
-    g.add_argument("--quick", action="store_true", help="2-second runs (noisy; for a first look)")
-    g.add_argument("--soak", type=float, default=0.0, metavar="SECONDS",
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="bench_gateway.py", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--kit", default=DEFAULT_KIT, help=f"folder with {', '.join(KIT_FILES)} (default {DEFAULT_KIT})")
+    p.add_argument("--duration", type=float, default=8.0, metavar="SECONDS", help="seconds per wrk run (default 8)")
+    p.add_argument("--quick", action="store_true", help="2-second runs (noisy; for a first look)")
+    p.add_argument("--soak", type=float, default=0.0, metavar="SECONDS",
                    help="then load the gateway at c=16 this long, sampling its RSS every 10 s (target: < 5%% growth)")
-    g.add_argument("--no-litellm", action="store_true", help="skip LiteLLM (its figures are null)")
-    g.add_argument("--litellm-venv", help="LiteLLM's virtual environment (default: <cache>/nlweb-bench/litellm-venv)")
-    g.add_argument("--litellm-spec", default="litellm[proxy]", help="what pip installs there (default litellm[proxy])")
+    p.add_argument("--baseline", metavar="REV",
+                   help="also measure the gateway of this git revision (e.g. main, b351c47), interleaved with the "
+                        "others, and print its ratios next to this checkout's")
+    p.add_argument("--no-litellm", action="store_true", help="skip LiteLLM (its figures are null)")
+    p.add_argument("--litellm-venv", help="LiteLLM's virtual environment (default: <cache>/nlweb-bench/litellm-venv)")
+    p.add_argument("--litellm-spec", default="litellm[proxy]", help="what pip installs there (default litellm[proxy])")
+    p.add_argument("--config", metavar="FILE",
+                   help="settings file (default: $NLWEB_LOCAL_CONFIG or ./nlweb-local.yaml); the baseline reads it too")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    from nlweb_local.config.settings import load_settings
+    from nlweb_local.core.errors import NlwebError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return run(args, load_settings(args.config))
+    except NlwebError as e:
+        print(f"bench_gateway.py: error: {e.message}", file=sys.stderr)
+        return 2 if e.status == 400 else 1
 
 
 # -- wrk ------------------------------------------------------------------------------------------
@@ -232,11 +265,11 @@ def lua_body(kit: Path) -> bytes:
     return (m.group(1) if m else json.dumps({"model": MODEL, "messages": [{"role": "user", "content": "hi"}]})).encode()
 
 
-# -- the gateway under test (runs in its own process: `uvicorn --factory ...:gateway_app`) ----------
+# -- the gateway under test (its own process: `uvicorn --factory --app-dir benchmarks bench_gateway:gateway_app`)
 def gateway_settings(settings, mock_port: int, data_dir: Path):
     """The user's settings, with the LLM side replaced by one `openai` deployment at the mock and
     everything the server writes (the cost ledger) under `data_dir`."""
-    from ..config.settings import DeploymentSettings
+    from nlweb_local.config.settings import DeploymentSettings
 
     s = settings.model_copy(deep=True)
     s.data_dir = str(data_dir)
@@ -273,17 +306,16 @@ class _EmptyStore:
 
 
 def gateway_app():
-    """The app exactly as `serve` composes it (`build_components` → `create_app`: router, breakers,
+    """The app exactly as `serve` composes it (`build_components` -> `create_app`: router, breakers,
     telemetry wrappers, ledger, middleware), except that the embedder and the store, which the /v1 chat
     path never touches, are inert stand-ins instead of sentence-transformers and Qdrant."""
-    from ..config.settings import Settings
-    from ..server import components
-    from ..server.app import create_app
+    from nlweb_local.config.settings import Settings
+    from nlweb_local.server.app import create_app
+    from nlweb_local.server.components import build_components
 
     settings = Settings.model_validate_json(Path(os.environ[SETTINGS_ENV]).read_text())
-    components.build_embedder = lambda _settings: _InertEmbedder()  # this process only: it serves the benchmark
-    components.build_store = lambda _settings, _dimension: _EmptyStore()
-    return create_app(settings, components.build_components(settings), close_components=True)
+    components = build_components(settings, embedder=_InertEmbedder(), store=_EmptyStore())
+    return create_app(settings, components, close_components=True)
 
 
 # -- LiteLLM ---------------------------------------------------------------------------------------
@@ -327,15 +359,123 @@ def litellm_version(venv: Path) -> str:
     return done.stdout.strip() or "?"
 
 
+# -- the baseline: another revision's gateway, built by that revision's own code --------------------
+@dataclass(frozen=True)
+class Baseline:
+    rev: str  # as given
+    commit: str
+    root: Path  # the revision's files
+    app: list[str]  # uvicorn's arguments that name its factory
+    settings_env: str  # the variable its factory reads the settings file's path from
+    settings_json: str  # its own Settings, from its own gateway_settings()
+
+
+def export_revision(repo: Path, rev: str, dest: Path) -> str:
+    """The files of `rev` under `dest` (`git archive`: the repository and its worktrees stay as they are,
+    and removing `dest` is the whole clean-up); returns the commit id. RuntimeError why not."""
+    try:
+        found = subprocess.run(["git", "-C", str(repo), "rev-parse", "--verify", "--quiet", f"{rev}^{{commit}}"],
+                               capture_output=True, text=True, timeout=60)
+        if found.returncode != 0 or not found.stdout.strip():
+            raise RuntimeError(f"--baseline {rev!r} is not a commit of the repository at {repo} "
+                               "(a shallow clone may lack it: git fetch --unshallow)")
+        commit = found.stdout.strip()
+        tar = subprocess.run(["git", "-C", str(repo), "archive", "--format=tar", commit], capture_output=True, timeout=300)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        raise RuntimeError(f"--baseline {rev!r}: git failed ({e})") from None
+    if tar.returncode != 0:
+        raise RuntimeError(f"--baseline {rev!r}: git archive failed: {tar.stderr.decode(errors='replace').strip()[-300:]}")
+    dest.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(fileobj=io.BytesIO(tar.stdout)) as archive:
+        archive.extractall(dest, **({"filter": "data"} if hasattr(tarfile, "data_filter") else {}))
+    return commit
+
+
+def baseline_factory(root: Path) -> tuple[str, list[str]]:
+    """Where the gateway benchmark of the revision at `root` lives: (the module with its gateway_settings,
+    uvicorn's arguments for its gateway_app). benchmarks/bench_gateway.py since it moved there; the
+    package module `nlweb_local.cli.bench_gateway` before (e.g. b351c47)."""
+    bench_dir = root / "benchmarks"
+    if (bench_dir / "bench_gateway.py").is_file():
+        return "bench_gateway", ["--factory", "--app-dir", str(bench_dir), "bench_gateway:gateway_app"]
+    if (root / "src" / "nlweb_local" / "cli" / "bench_gateway.py").is_file():
+        return "nlweb_local.cli.bench_gateway", ["--factory", "nlweb_local.cli.bench_gateway:gateway_app"]
+    raise RuntimeError(f"the baseline at {root} has no gateway benchmark "
+                       "(neither benchmarks/bench_gateway.py nor src/nlweb_local/cli/bench_gateway.py)")
+
+
+# Runs with PYTHONPATH=<root>/src: the user's settings as the baseline's own load_settings reads them,
+# turned into the benchmark's by the baseline's own gateway_settings (its Settings schema may differ).
+_BASELINE_SETTINGS = """
+import importlib, json, sys
+from pathlib import Path
+root, module, config, port, data = sys.argv[1:]  # config: an absolute path, or '' for none
+if "." not in module:
+    sys.path.insert(0, str(Path(root) / "benchmarks"))
+bg = importlib.import_module(module)
+import nlweb_local
+from nlweb_local.config.settings import load_settings
+s = bg.gateway_settings(load_settings(config or None), int(port), Path(data))
+print(json.dumps({"package": nlweb_local.__file__, "settings_env": bg.SETTINGS_ENV, "settings": s.model_dump_json()}))
+"""
+
+
+def baseline_env(root: Path) -> dict[str, str]:
+    """The environment additions for the baseline's processes: its package first, not this checkout's."""
+    return {"PYTHONPATH": str(root / "src")}
+
+
+def baseline_config(config: str | None, root: Path, checkout: Path = ROOT, environ: dict[str, str] | None = None) -> str:
+    """The settings file the baseline at `root` reads, as an absolute path ('' for none): the user's (--config,
+    else $NLWEB_LOCAL_CONFIG, else ./nlweb-local.yaml), except this checkout's own nlweb-local.yaml (every
+    key with its default, in this revision's schema, which an older schema may refuse): for that one the
+    baseline reads its own copy, if it has one."""
+    environ = os.environ if environ is None else environ
+    path = config or environ.get("NLWEB_LOCAL_CONFIG") or ("nlweb-local.yaml" if Path("nlweb-local.yaml").is_file() else None)
+    if not path:
+        return ""
+    if Path(path).resolve() == (checkout / "nlweb-local.yaml").resolve():
+        own = root / "nlweb-local.yaml"
+        return str(own.resolve()) if own.is_file() else ""
+    return str(Path(path).resolve())
+
+
+def baseline_settings(root: Path, module: str, config: str, mock_port: int, data_dir: Path,
+                      python: str = sys.executable) -> tuple[str, str]:
+    """(the variable its factory reads, the settings JSON), both from the baseline's own code, run in
+    `root` with its package first on the path; `config` as `baseline_config` gives it."""
+    env = {k: v for k, v in os.environ.items() if k != "NLWEB_LOCAL_CONFIG"}  # `config` says which file, if any
+    done = subprocess.run([python, "-c", _BASELINE_SETTINGS, str(root), module, config, str(mock_port), str(data_dir)],
+                          capture_output=True, text=True, timeout=120, cwd=root, env={**env, **baseline_env(root)})
+    if done.returncode != 0 or not done.stdout.strip():
+        raise RuntimeError(f"the baseline's settings could not be built ({done.returncode}): {done.stderr.strip()[-600:]}")
+    out = json.loads(done.stdout.strip().splitlines()[-1])
+    src = (root / "src").resolve()
+    if src not in Path(out["package"]).resolve().parents:
+        raise RuntimeError(f"the baseline's settings were built by {out['package']}, not by the package under {src}")
+    return out["settings_env"], out["settings"]
+
+
+def prepare_baseline(rev: str, workdir: Path, config: str | None, mock_port: int, repo: Path = ROOT) -> Baseline:
+    """`rev` exported under `workdir`, its factory found and its settings built by its own code."""
+    root = workdir / "baseline-src"
+    commit = export_revision(repo, rev, root)
+    module, app = baseline_factory(root)
+    (workdir / "baseline-data").mkdir()
+    env, settings_json = baseline_settings(root, module, baseline_config(config, root, repo), mock_port,
+                                           workdir / "baseline-data")
+    return Baseline(rev, commit, root, app, env, settings_json)
+
+
 # -- the run ---------------------------------------------------------------------------------------
 def check_kit(kit: Path) -> None:
-    from ..core.errors import BadRequestError
+    from nlweb_local.core.errors import BadRequestError
 
     missing = [f for f in KIT_FILES if not (kit / f).is_file()]
     if missing:
         raise BadRequestError(f"the gateway benchmark kit is not at {kit.resolve()} (missing {', '.join(missing)}); "
                               f"pass --kit PATH to the folder with {', '.join(KIT_FILES)} (it lives in the project's "
-                              f"shared bench folder, ../shared/bench/gateway, not in the package)")
+                              f"shared bench folder, ../shared/bench/gateway, not in this repository)")
     if shutil.which("wrk") is None:
         raise BadRequestError("the load generator wrk is not installed (Debian/Ubuntu: apt-get install -y wrk; "
                               "macOS: brew install wrk)")
@@ -356,7 +496,7 @@ def run(args: argparse.Namespace, settings) -> int:
     try:
         results, notes, duration = measure_all(args, settings, kit)
     except RuntimeError as e:
-        print(f"nlweb-local bench gateway: {e}", file=sys.stderr)
+        print(f"bench_gateway.py: {e}", file=sys.stderr)
         return 1
     finally:
         signal.signal(signal.SIGTERM, previous)
@@ -381,31 +521,36 @@ def measure_all(args: argparse.Namespace, settings, kit: Path) -> tuple[dict, di
         print(f"gateway benchmark: {duration:g} s per run at c={', '.join(map(str, CONCURRENCY))}; {pin_note}", flush=True)
         mock_port = free_port()
         mock_url = f"http://127.0.0.1:{mock_port}/v1/chat/completions"
+        baseline = None
+        if args.baseline:
+            print(f"  baseline {args.baseline}: exporting it, its settings from its own code ...", flush=True)
+            baseline = prepare_baseline(args.baseline, logs, args.config, mock_port)
+            notes["baseline_rev"], notes["baseline_commit"] = baseline.rev, baseline.commit
         start(stack, "mock", [*load_cpu, py, str(bench.kit / "mock_upstream.py"), str(mock_port)], mock_port, logs)
         body = lua_body(bench.kit)
-        with ExitStack() as proxies:  # the floor and the gateway, measured turn about, then stopped
+        with ExitStack() as proxies:  # the floor and the gateway(s), measured turn about, then stopped
             port = free_port()
             floor = start(proxies, "floor", [*proxy_cpu, py, "-m", "uvicorn", "floor_proxy:app", "--app-dir",
                                              str(bench.kit), "--host", "127.0.0.1", "--port", str(port), *UVICORN_FAST],
                           port, logs, env={"UPSTREAM": mock_url})
             floor_url = f"http://127.0.0.1:{port}/v1/chat/completions"
-            port = free_port()
             (logs / "data").mkdir()
             cfg = logs / "gateway-settings.json"
             cfg.write_text(gateway_settings(settings, mock_port, logs / "data").model_dump_json())
-            gw = start(proxies, "gateway", [*proxy_cpu, py, "-m", "uvicorn", "--factory", f"{__name__}:gateway_app",
-                                            "--host", "127.0.0.1", "--port", str(port), *UVICORN_FAST], port, logs,
-                       env={SETTINGS_ENV: str(cfg)})
-            gw_url = f"http://127.0.0.1:{port}/v1/chat/completions"
-            status, headers, answer = post_once(gw_url, body)
-            if status != 200:
-                raise RuntimeError(f"the gateway answered {status}: {answer[:300]!r}; log: {tail(logs / 'gateway.log')}")
-            notes["gateway_route"] = {k.lower(): v for k, v in headers.items()}.get("x-nlweb-route")
-            notes["gateway_rss_mb_before"] = rss_mb(gw.pid)
-            print("  mock, floor proxy, nlweb-local gateway (interleaved) ...", flush=True)
-            results: dict[str, dict[int, WrkResult] | None] = dict(bench.measure(
-                [Target("mock", mock_url), Target("floor", floor_url, floor.pid), Target("nlweb-local", gw_url, gw.pid)]))
+            gw, gw_url = start_gateway(proxies, bench, "gateway", ["--factory", "--app-dir", str(Path(__file__).resolve().parent),
+                                                                   "bench_gateway:gateway_app"], {SETTINGS_ENV: str(cfg)}, body, notes)
+            targets = [Target("mock", mock_url), Target("floor", floor_url, floor.pid), Target("nlweb-local", gw_url, gw.pid)]
+            if baseline is not None:
+                cfg = logs / "baseline-settings.json"
+                cfg.write_text(baseline.settings_json)
+                bl, bl_url = start_gateway(proxies, bench, "baseline", baseline.app,
+                                           {baseline.settings_env: str(cfg), **baseline_env(baseline.root)}, body, notes)
+                targets.append(Target("baseline", bl_url, bl.pid))
+            print(f"  {', '.join(t.name for t in targets)} (interleaved) ...", flush=True)
+            results: dict[str, dict[int, WrkResult] | None] = dict(bench.measure(targets))
             notes["gateway_rss_mb_after"] = rss_mb(gw.pid)
+            if baseline is not None:
+                notes["baseline_rss_mb_after"] = rss_mb(bl.pid)
             if args.soak > 0:
                 notes.update(soak(bench, gw_url, gw.pid, args.soak))
         results["litellm"] = None
@@ -419,6 +564,22 @@ def measure_all(args: argparse.Namespace, settings, kit: Path) -> tuple[dict, di
                 notes["litellm_error"] = str(e)[:500]
                 print(f"  litellm could not be measured: {e}", flush=True)
     return results, notes, duration
+
+
+def start_gateway(stack: ExitStack, bench: Bench, name: str, app: list[str], env: dict[str, str], body: bytes,
+                  notes: dict[str, Any]) -> tuple[subprocess.Popen, str]:
+    """A gateway process (`uvicorn` + `app`, the factory's arguments) on the proxy core; checks that it
+    answers the benchmark's request and notes its route header and RSS (`<name>_route`, `<name>_rss_mb_before`)."""
+    port = free_port()
+    proc = start(stack, name, [*bench.proxy_cpu, sys.executable, "-m", "uvicorn", *app, "--host", "127.0.0.1",
+                               "--port", str(port), *UVICORN_FAST], port, bench.workdir, env=env)
+    url = f"http://127.0.0.1:{port}/v1/chat/completions"
+    status, headers, answer = post_once(url, body)
+    if status != 200:
+        raise RuntimeError(f"the {name} answered {status}: {answer[:300]!r}; log: {tail(bench.workdir / f'{name}.log')}")
+    notes[f"{name}_route"] = {k.lower(): v for k, v in headers.items()}.get("x-nlweb-route")
+    notes[f"{name}_rss_mb_before"] = rss_mb(proc.pid)
+    return proc, url
 
 
 def run_litellm(args: argparse.Namespace, bench: Bench, mock_port: int, body: bytes) -> tuple[dict[int, WrkResult], str]:
@@ -473,7 +634,8 @@ def _ratio(a: float | None, b: float | None, digits: int = 2) -> float | None:
 def summarize(results: dict[str, dict[int, WrkResult] | None], notes: dict[str, Any], duration: float) -> dict[str, Any]:
     mock_p50 = results["mock"][1].p50
     out: dict[str, Any] = {"duration_s": duration, "mock_c1_p50_ms": round(mock_p50, 4)}
-    for name, prefix in (("nlweb-local", ""), ("floor", "floor_"), ("litellm", "litellm_"), ("mock", "mock_")):
+    for name, prefix in (("nlweb-local", ""), ("floor", "floor_"), ("baseline", "baseline_"), ("litellm", "litellm_"),
+                         ("mock", "mock_")):
         r = results.get(name)
         for c in CONCURRENCY:
             w = r[c] if r else None
@@ -486,13 +648,19 @@ def summarize(results: dict[str, dict[int, WrkResult] | None], notes: dict[str, 
                 cpu = w.cpu_us_per_request if w else None
                 out[f"{prefix}c{c}_cpu_us_per_req"] = round(cpu, 1) if cpu is not None else None
         out[f"{prefix}errors"] = sum(w.errors for w in r.values()) if r else None
-    out["c1_added_ratio_vs_floor"] = _ratio(out["c1_p50_added_ms"], out["floor_c1_p50_added_ms"])
-    out["c16_rps_ratio_vs_floor"] = _ratio(out["c16_rps"], out["floor_c16_rps"])
-    out["c64_rps_ratio_vs_floor"] = _ratio(out["c64_rps"], out["floor_c64_rps"])
-    out["c16_cpu_ratio_vs_floor"] = _ratio(out["c16_cpu_us_per_req"], out["floor_c16_cpu_us_per_req"])
+    for prefix in ("", "baseline_"):
+        out[f"{prefix}c1_added_ratio_vs_floor"] = _ratio(out[f"{prefix}c1_p50_added_ms"], out["floor_c1_p50_added_ms"])
+        out[f"{prefix}c16_rps_ratio_vs_floor"] = _ratio(out[f"{prefix}c16_rps"], out["floor_c16_rps"])
+        out[f"{prefix}c64_rps_ratio_vs_floor"] = _ratio(out[f"{prefix}c64_rps"], out["floor_c64_rps"])
+        out[f"{prefix}c16_cpu_ratio_vs_floor"] = _ratio(out[f"{prefix}c16_cpu_us_per_req"], out["floor_c16_cpu_us_per_req"])
+    out["rps_ratio_vs_baseline"] = _ratio(out["c16_rps"], out["baseline_c16_rps"])
+    out["c64_rps_ratio_vs_baseline"] = _ratio(out["c64_rps"], out["baseline_c64_rps"])
+    out["c1_added_ratio_vs_baseline"] = _ratio(out["c1_p50_added_ms"], out["baseline_c1_p50_added_ms"])
+    out["c16_cpu_ratio_vs_baseline"] = _ratio(out["c16_cpu_us_per_req"], out["baseline_c16_cpu_us_per_req"])
     out["rps_ratio_vs_litellm"] = _ratio(out["c16_rps"], out["litellm_c16_rps"], 1)
     out["c64_rps_ratio_vs_litellm"] = _ratio(out["c64_rps"], out["litellm_c64_rps"], 1)
     out.update(notes)
+    out["baseline_rev"] = notes.get("baseline_rev")
     out["litellm_error"] = notes.get("litellm_error")
     out["targets_met"] = targets_met(out)
     return out
@@ -533,13 +701,28 @@ def print_table(results: dict[str, dict[int, WrkResult] | None], f: dict[str, An
     def ratio(key: str, unit: str = "x") -> str:
         return "—" if f[key] is None else f"{f[key]}{unit}"
 
+    def also(key: str, unit: str = "x") -> str:  # the baseline's figure next to this checkout's
+        return "" if results.get("baseline") is None else f"; baseline {f['baseline_rev']}: {ratio('baseline_' + key, unit)}"
+
     print()
-    print(f"added p50 at c=1 vs floor: {ratio('c1_added_ratio_vs_floor')} (target <= 1.5x): {verdict('c1_added_le_1.5x_floor')}")
+    print(f"added p50 at c=1 vs floor: {ratio('c1_added_ratio_vs_floor')} (target <= 1.5x): {verdict('c1_added_le_1.5x_floor')}"
+          + also("c1_added_ratio_vs_floor"))
     print(f"c=16 req/s vs floor:       {ratio('c16_rps_ratio_vs_floor', '')} (target >= 0.70): "
-          f"{verdict('c16_rps_ge_70pct_floor')}")
-    print(f"c=16 CPU/request vs floor: {ratio('c16_cpu_ratio_vs_floor')} (the proxy's own CPU time: steadier on a busy machine)")
+          f"{verdict('c16_rps_ge_70pct_floor')}" + also("c16_rps_ratio_vs_floor", ""))
+    print(f"c=16 CPU/request vs floor: {ratio('c16_cpu_ratio_vs_floor')} (the proxy's own CPU time: steadier on a busy machine)"
+          + also("c16_cpu_ratio_vs_floor"))
+    if results.get("baseline") is not None:
+        print(f"vs baseline {f['baseline_rev']}: c=16 req/s "
+              f"{ratio('rps_ratio_vs_baseline')}, c=64 req/s {ratio('c64_rps_ratio_vs_baseline')}, added p50 at c=1 "
+              f"{ratio('c1_added_ratio_vs_baseline')}, c=16 CPU/request {ratio('c16_cpu_ratio_vs_baseline')}")
     print(f"c=16 req/s vs LiteLLM:     {ratio('rps_ratio_vs_litellm')} (target >= 10x): {verdict('ge_10x_litellm')}")
     print(f"gateway RSS before/after:  {f.get('gateway_rss_mb_before')} / {f.get('gateway_rss_mb_after')} MB"
           + (f"; soak growth {f['soak_rss_growth_pct']} % (target < 5 %): {verdict('soak_growth_lt_5pct')}"
              if "soak_rss_growth_pct" in f else ""))
-    print(f"gateway route: {f.get('gateway_route')}")
+    print(f"gateway route: {f.get('gateway_route')}"
+          + (f"; baseline {f['baseline_rev']} ({f.get('baseline_commit', '')[:12]}) route: {f.get('baseline_route')}"
+             if results.get("baseline") is not None else ""))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
