@@ -169,3 +169,38 @@ def test_the_gate_refuses_nonsense_ageing():
 async def test_a_context_priority_orders_waiting_calls_without_a_header():
     ctx = CallContext(priority=5)
     assert ChatRequest([Message("user", "x")], context=ctx).with_deadline(3.0).context.priority == 5
+
+
+def test_degraded_answers_are_marked_in_every_dialect_and_counted(store, embedder, tmp_path):
+    import json
+
+    from starlette.testclient import TestClient
+
+    from nlweb_local.core.types import Item
+    from nlweb_local.server.app import create_app
+    from stand_ins import scripted_service, service_settings
+
+    names = ["Chickpea curry", "Lemon tart"]
+    store.upsert([Item(f"https://d.example/{i}", n, "d", json.dumps({"@type": "Recipe", "name": n}))
+                  for i, n in enumerate(names)], embedder.embed(names))
+    settings = service_settings(tmp_path)
+    settings.llm.breaker.min_calls = 1000
+    settings.search.rank_cache_entries = 0  # every answer asks the LLM
+    local = ScriptedProvider("local", classify=True)
+    comp = scripted_service(settings, {"local": local}, embedder=embedder, store=store)
+    q = {"query": "curry", "streaming": "false", "min_score": 0}
+    with TestClient(create_app(settings, comp, close_components=False)) as c:
+        ok = c.get("/ask", params=q).json()
+        local.fail_with = QueueFullError("queue full", retry_after=3.0, deployment="local")
+        v3 = c.get("/ask", params=q).json()
+        v1 = c.get("/ask", params={**q, "api": "v1"}).json()
+        v05 = c.post("/ask", json={"query": {"text": "curry"}, "prefer": {"streaming": False}}).json()
+        metrics = c.get("/metrics").text
+    assert "degraded" not in ok[-1] and ok[-1]["message_type"] == "end-nlweb-response"
+    assert v3[-1]["message_type"] == "end-nlweb-response" and v3[-1]["degraded"] is True
+    assert v3[-1].get("error") is None and [m for m in v3 if m["message_type"] == "result"]  # still an answer
+    assert v1["degraded"] is True and v1["results"]
+    assert v05["_meta"]["degraded"] is True and v05["_meta"]["response_type"] == "Answer"
+    assert 'nlweb_ask_answers_total{outcome="ok"} 1.0' in metrics
+    assert 'nlweb_ask_answers_total{outcome="degraded"} 3.0' in metrics
+    comp.telemetry.close()
