@@ -77,6 +77,33 @@ async def test_full_queue_refuses_at_once_with_retry_after():
     await p.close()
 
 
+async def test_back_pressure_is_measured_and_refuses_what_cannot_start_in_time():
+    """Retry-After is the measured drain time (service time, queue wait excluded); a call that cannot
+    start before its deadline is refused at once; every call says how long it waited in our queue."""
+    import time
+
+    from nlweb_local.core.errors import QueueFullError
+    from nlweb_local.core.types import CallContext
+
+    p = LlamaCppProvider(n_ctx=512, max_queue=4)
+    t0 = time.perf_counter()
+    calls = [asyncio.create_task(p.complete(req("Count to twenty.", max_tokens=32))) for _ in range(3)]
+    await asyncio.sleep(0.05)  # all three admitted: one runs, two wait
+    with pytest.raises(QueueFullError, match="cannot start this call within its deadline"):
+        p.admit(req("Hurry.", context=CallContext(deadline_s=0.5)).with_deadline(0.5))  # 3 ahead of it
+    calls.append(asyncio.create_task(p.complete(req("Count to twenty.", max_tokens=32))))
+    await asyncio.sleep(0.05)
+    with pytest.raises(QueueFullError, match="calls queued") as full:
+        await p.complete(req("One more."))
+    done = await asyncio.gather(*calls)
+    wall = time.perf_counter() - t0
+    assert 1.0 <= full.value.retry_after <= max(2.0, 3 * wall)  # the backlog of four calls, not minutes
+    waits = sorted(r.usage.queue_s for r in done)
+    assert waits[0] < 0.2 and waits[-1] > waits[0]  # the last one waited for the two before it
+    assert p.drain_s() == 0.0
+    await p.close()
+
+
 async def test_call_deadline():
     p = LlamaCppProvider(n_ctx=512, call_timeout_s=0.05)
     with pytest.raises(ProviderTimeoutError):

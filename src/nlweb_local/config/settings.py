@@ -154,6 +154,7 @@ class SearchSettings(_Section):
     min_score: int = Field(51, ge=0, le=100, description="default min_score: keep items scoring strictly above")
     max_results: int = Field(10, ge=1, le=100, description="default max_results")
     rank_cache_entries: int = Field(20_000, ge=0, description="LLM ranking answers kept by (question, item, model version); 0 = no cache")
+    llm_deadline_s: float = Field(10.0, gt=0, description="longest one of /ask's LLM calls may wait and run; a call that cannot start in time is refused at once (that item keeps its similarity score, the answer says it is degraded), and /ask itself answers 503 + Retry-After when none could")
     summary_max_tokens: int = Field(160, ge=16)
     generate_max_tokens: int = Field(220, ge=16)
 

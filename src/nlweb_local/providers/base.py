@@ -55,8 +55,9 @@ class Provider(Protocol):
 
     async def health(self) -> LoadSnapshot: ...
 
-    def admit(self) -> None:
-        """Raise `OverloadedError` if the provider cannot take another call now."""
+    def admit(self, request: ChatRequest | None = None) -> None:
+        """Raise `OverloadedError` if the provider cannot take another call now — or, given `request`,
+        cannot start it before its deadline (`request.deadline_s`)."""
         ...
 
     async def close(self) -> None: ...
@@ -139,7 +140,7 @@ class BaseProvider:
     async def health(self) -> LoadSnapshot:
         return LoadSnapshot(healthy=True, detail=self.model)
 
-    def admit(self) -> None:
+    def admit(self, request: ChatRequest | None = None) -> None:
         return None
 
     async def close(self) -> None:

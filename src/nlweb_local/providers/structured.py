@@ -35,7 +35,9 @@ class ProviderStructuredLLM:
         self._context = context
 
     def admit(self) -> None:
-        self._provider.admit()
+        """Refuse a new request up front when the provider could not start one of this port's calls
+        before its deadline (`context.deadline_s`)."""
+        self._provider.admit(ChatRequest(messages=[], max_tokens=1, context=self._context))
 
     async def write(self, task: TaskKind, prompt: str, *, max_tokens: int = 200) -> str:
         req = ChatRequest(messages=[Message("system", WRITER_PROMPT), Message("user", prompt)], max_tokens=max_tokens,

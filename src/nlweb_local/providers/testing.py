@@ -125,7 +125,7 @@ class ScriptedProvider:
 
         return LoadSnapshot(healthy=self.healthy, detail=self.model)
 
-    def admit(self) -> None:
+    def admit(self, request=None) -> None:
         return None
 
     async def close(self) -> None:

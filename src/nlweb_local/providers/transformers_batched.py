@@ -97,7 +97,7 @@ class TransformersBatchedProvider(BaseProvider):
         return self._scheduler.stats
 
     # -- admission ------------------------------------------------------------------------------
-    def admit(self) -> None:
+    def admit(self, request: ChatRequest | None = None) -> None:
         """Up to `max_batch_size` run; `max_queue` more wait; beyond that, refuse at once."""
         if self._closed:
             raise ProviderError("the local model is shut down", deployment=self.name)

@@ -64,8 +64,8 @@ class WrapperProvider:
     async def health(self) -> LoadSnapshot:
         return await self.inner.health()
 
-    def admit(self) -> None:
-        self.inner.admit()
+    def admit(self, request: ChatRequest | None = None) -> None:
+        self.inner.admit(request)
 
     async def close(self) -> None:
         await self.inner.close()

@@ -355,19 +355,25 @@ class Router(BaseProvider):
                     breaker.record(e)
         return await super().embed(texts)
 
-    def admit(self) -> None:
+    def admit(self, request: ChatRequest | None = None) -> None:
+        """Refuse at once (503 with when to come back) when no deployment could take `request` (or any
+        call) now: every breaker open or deployment unhealthy, or every engine's queue too full to start
+        it before its deadline (the caller's `context.deadline_s`, else the router's default)."""
+        if request is not None:
+            request = request.with_deadline(request.context.deadline_s or self._deadline_s)
         states = {n: self._state.of(n) for n in self._routes}
         if not any(st.breaker.available() and st.load.healthy for st in states.values()):
             raise self._nothing(RouteDecision((), "none available"), {
                 n: f"breaker {st.breaker.state.value}" if not st.breaker.available() else "unhealthy"
                 for n, st in states.items()})
+        refusals: list[NlwebError] = []
         for r in self._routes.values():
             try:
-                r.provider.admit()
+                r.provider.admit(request)
                 return
-            except NlwebError:
-                continue
-        self._routes[next(iter(self._routes))].provider.admit()  # all full: raise the first one's error
+            except NlwebError as e:
+                refusals.append(e)
+        raise refusals[0]  # all full: the first choice's refusal (with its Retry-After)
 
     # -- health -----------------------------------------------------------------------------------
     async def probe(self, timeout_s: float = 5.0) -> None:

@@ -35,5 +35,6 @@ class StructuredLLM(Protocol):
         ...
 
     def admit(self) -> None:
-        """Raise `OverloadedError` (with retry_after) if a new request should not start now."""
+        """Raise `OverloadedError` (with retry_after) if a new request should not start now (the LLM could
+        not start its calls within their deadline)."""
         ...

@@ -176,11 +176,11 @@ def build_components(settings: Settings, *, embedder: Any = _BUILD, store: Any =
     gateway = compose(router, telemetry.router_wrappers() if telemetry is not None else [])
     if llm is _BUILD:
         search = settings.llm.search_deployment
-        context = CallContext()
+        context = CallContext(deadline_s=settings.search.llm_deadline_s)
         if search:
             if search not in router.names():
                 raise BadRequestError(f"llm.search_deployment {search!r} is not a deployment ({', '.join(router.names())})")
-            context = CallContext(deployments=(search,))  # /ask's calls go to it alone, with its shared breaker
+            context = context.with_(deployments=(search,))  # /ask's calls go to it alone, with its shared breaker
         llm = ProviderStructuredLLM(gateway, context=context)
     pipeline = build_pipeline(settings, llm, embedder, store, telemetry)
     return Components(settings, embedder, store, llm, pipeline, router=router, gateway=gateway, telemetry=telemetry,
