@@ -1,4 +1,7 @@
-"""Shared fixtures. Heavy things (embedding model, LLM, a served app) load once per session."""
+"""Shared fixtures and test-wide rules. Heavy things (embedding model, LLM, a served app) load once per session.
+
+Rules for every test: no connection leaves the machine (tests/network_guard.py).
+"""
 from __future__ import annotations
 
 import os
@@ -7,6 +10,8 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+pytest_plugins = ["network_guard", "pytester"]
 
 
 @pytest.fixture(scope="session")
