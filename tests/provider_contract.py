@@ -2,7 +2,8 @@
 `ProviderContract` (real engine or wire-faithful fake) and provides:
 
 - fixture `provider`: the adapter under test, pointed at its engine or fake;
-- fixture `faults` (fakes only): `faults(kind)` makes the fake's NEXT request fail in that way;
+- fixture `faults` (fakes only; `FakeEngineContract` supplies it from fixture `fake`): `faults(kind)` makes the
+  fake's NEXT request fail in that way;
   class attribute `FAULTS` lists the kinds the fake supports, among:
   "rate_limit"   429 with `retry-after: 7` (OpenAI-style error body)
   "overloaded"   the engine's overload answer (503, or 529 for Anthropic), with `retry-after: 2`
@@ -135,6 +136,17 @@ class ProviderContract:
                     raise
         r = await provider.complete(plain())
         assert r.content.strip()
+
+
+class FakeEngineContract(ProviderContract):
+    """The contract against a wire-faithful fake (tests/fakes): the module supplies fixture `fake` (a FakeEngine)
+    besides `provider`, and the class lists in `FAULTS` the faults to test; each test starts with a reset fake."""
+
+    @pytest.fixture()
+    def faults(self, fake):
+        fake.reset()
+        yield fake.fault
+        fake.clear_faults()
 
 
 def sse(obj) -> bytes:

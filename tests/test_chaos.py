@@ -55,7 +55,7 @@ async def test_kill_the_local_engine_under_load_then_restore(tmp_path):
 
     port = free_port()
     engine = start_engine(port, tmp_path / "engine.log")
-    cloud = await OpenAIFake().start()
+    cloud = OpenAIFake().start()
     settings = load_settings(environ={})
     settings.llm.embedded_enabled = False
     settings.llm.health_interval_s = 0.5
@@ -129,7 +129,7 @@ async def test_kill_the_local_engine_under_load_then_restore(tmp_path):
         except ProcessLookupError:
             pass
         srv.stop()
-        await cloud.close()
+        cloud.stop()
         store.close()
 
     after = [d for t, d in served if t > back_at]

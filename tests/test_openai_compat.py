@@ -12,6 +12,7 @@ import urllib.request
 
 import pytest
 
+from fakes.base import fake_fixtures
 from fakes.openai_fake import FAULTS, OpenAIFake
 from nlweb_local.config.settings import DeploymentSettings
 from nlweb_local.core.errors import (AuthError, BadRequestError, ContextLengthError, ModelNotFoundError, ModelOutputError,
@@ -24,7 +25,7 @@ from nlweb_local.providers.profiles import PROFILES
 from nlweb_local.providers.registry import build_provider
 from nlweb_local.providers.structured import ProviderStructuredLLM
 
-from provider_contract import CITY_SCHEMA, ProviderContract, plain
+from provider_contract import CITY_SCHEMA, FakeEngineContract, ProviderContract, plain
 
 # One event loop for the module: the fake server and the providers' pooled sessions live in it. The
 # mark also lands on the contract's few sync tests, which pytest-asyncio warns about; that is harmless.
@@ -51,18 +52,7 @@ OPENAI_ENV = {"TEST_OPENAI_KEY": "sk-test"}
 AZURE_ENV = {"AZURE_OPENAI_API_KEY": "azure-test"}
 
 
-@pytest.fixture(scope="module")
-async def fake():
-    f = await OpenAIFake().start()
-    yield f
-    await f.close()
-
-
-@pytest.fixture()
-def clean(fake):
-    fake.clear_faults()
-    yield fake
-    fake.clear_faults()
+fake, clean = fake_fixtures(OpenAIFake)
 
 
 @pytest.fixture(scope="module")
@@ -87,12 +77,8 @@ async def vllm_p(fake):
 
 
 # -- the contract, against the fake -------------------------------------------------------------------
-class _FakeContract(ProviderContract):
+class _FakeContract(FakeEngineContract):
     FAULTS = FAULTS
-
-    @pytest.fixture()
-    def faults(self, clean):
-        return clean.fault
 
 
 class TestOpenAIContract(_FakeContract):
