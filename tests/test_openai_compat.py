@@ -5,10 +5,7 @@ from __future__ import annotations
 
 import math
 import socket
-import subprocess
-import sys
 import time
-import urllib.request
 
 import pytest
 
@@ -25,6 +22,7 @@ from nlweb_local.providers.profiles import PROFILES
 from nlweb_local.providers.registry import build_provider
 from nlweb_local.providers.structured import ProviderStructuredLLM
 
+from llama_server import LlamaServer
 from provider_contract import CITY_SCHEMA, FakeEngineContract, ProviderContract, plain
 
 # One event loop for the module: the fake server and the providers' pooled sessions live in it. The
@@ -320,11 +318,11 @@ async def test_llama_server_health_loading_then_slots(fake):
 
 
 async def test_unreachable_engine_is_unhealthy():
-    with socket.socket() as s:
+    with socket.socket() as s:  # bound and not listening for the whole test: connections to it are refused
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    p = from_settings(deployment("ollama_openai", f"http://127.0.0.1:{port}/v1", model="m"), {})
-    h = await p.health()
+        p = from_settings(deployment("ollama_openai", f"http://127.0.0.1:{port}/v1", model="m"), {})
+        h = await p.health()
     assert not h.healthy and "cannot reach" in h.detail
     await p.close()
 
@@ -336,44 +334,10 @@ def test_prometheus_parser_sums_label_sets():
 
 
 # -- the real llama-cpp-python server -------------------------------------------------------------------------
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def llama_cpp_server(tmp_path_factory):
-    pytest.importorskip("llama_cpp.server.app", reason="pip install 'llama-cpp-python[server]'")
-    from nlweb_local.providers.llama_cpp import packaged_smollm2_path
-
-    port = _free_port()
-    log = tmp_path_factory.mktemp("llama_cpp_server") / "server.log"
-    with open(log, "wb") as out:  # a file, not a pipe: the model loader's chatter would fill a pipe and block it
-        proc = subprocess.Popen([sys.executable, "-m", "llama_cpp.server", "--model", str(packaged_smollm2_path()),
-                                 "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "1024", "--model_alias", "smollm2"],
-                                stdout=out, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 90
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"llama_cpp.server exited: {log.read_text(errors='replace')[-2000:]}")
-            try:
-                urllib.request.urlopen(url + "/v1/models", timeout=1).read()
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    pytest.fail(f"llama_cpp.server did not answer within 90 s: {log.read_text(errors='replace')[-2000:]}")
-                time.sleep(0.3)
-        yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    with LlamaServer(tmp_path_factory.mktemp("llama_cpp_server") / "server.log", n_ctx=1024) as engine:
+        yield engine.url
 
 
 @pytest.fixture(scope="module")
