@@ -1,4 +1,8 @@
-"""Shared fixtures. Heavy things (embedding model, LLM, a served app) load once per session."""
+"""Shared fixtures and test-wide rules. Heavy things (embedding model, LLM, a served app) load once per session.
+
+Rules for every test: no connection leaves the machine (tests/network_guard.py); contract tests of a fault
+that the class cannot simulate are deselected, not skipped (`simulated_fault`, tests/provider_contract.py).
+"""
 from __future__ import annotations
 
 import os
@@ -7,6 +11,24 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+pytest_plugins = ["network_guard", "pytester"]
+
+
+def pytest_collection_modifyitems(config, items):
+    """Deselect a `simulated_fault(kind)` test where its class's FAULTS lacks the kind (a bare mark: FAULTS is empty),
+    e.g. every fault test of a contract run against a real engine: it cannot apply there, so it is not a skip."""
+    keep, drop = [], []
+    for item in items:
+        mark = item.get_closest_marker("simulated_fault")
+        simulated = getattr(item.cls, "FAULTS", ())
+        if mark is not None and (mark.args[0] not in simulated if mark.args else not simulated):
+            drop.append(item)
+        else:
+            keep.append(item)
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+        items[:] = keep
 
 
 @pytest.fixture(scope="session")

@@ -2,8 +2,9 @@
 `ProviderContract` (real engine or wire-faithful fake) and provides:
 
 - fixture `provider`: the adapter under test, pointed at its engine or fake;
-- fixture `faults` (fakes only): `faults(kind)` makes the fake's NEXT request fail in that way;
-  class attribute `FAULTS` lists the kinds the fake supports, among:
+- fixture `faults` (fakes only; `FakeEngineContract` supplies it from fixture `fake`): `faults(kind)` makes the
+  fake's NEXT request fail in that way;
+  class attribute `FAULTS` lists the kinds the fake supports (empty for a real engine), among:
   "rate_limit"   429 with `retry-after: 7` (OpenAI-style error body)
   "overloaded"   the engine's overload answer (503, or 529 for Anthropic), with `retry-after: 2`
   "mid_stream"   200, a few tokens, then the engine's in-stream error framing (or a cut connection)
@@ -12,6 +13,10 @@
   "bad_json"     a JSON-mode request answered with text that is not JSON at all
 - Fakes answer "Hello! I am a fake model." (in several chunks) to a plain request and
   `{"city": "Paris"}` to a request that asks for JSON output.
+
+The failure-mode tests carry `@pytest.mark.simulated_fault(kind)`; tests/conftest.py deselects each one
+whose kind the class's `FAULTS` does not list (all of them for a real engine), so that a run reports
+them as deselected and a real skip stands out.
 """
 from __future__ import annotations
 
@@ -39,7 +44,7 @@ class ProviderContract:
 
     @pytest.fixture()
     def faults(self):
-        pytest.skip("faults are simulated by wire-faithful fakes only; this is a real engine")
+        pytest.fail(f"{type(self).__name__} simulates no faults: its simulated_fault tests should have been deselected")
 
     # -- behaviour every adapter has ------------------------------------------------------------
     async def test_complete_has_content_and_usage(self, provider):
@@ -73,27 +78,23 @@ class ProviderContract:
         assert isinstance(provider.capabilities, Capabilities) and provider.capabilities.context_window > 0
         assert provider.name and provider.model
 
-    # -- failure modes (wire-faithful fakes) ------------------------------------------------------
-    def _need(self, kind):
-        if kind not in self.FAULTS:
-            pytest.skip(f"{kind} is not simulated for this adapter")
-
+    # -- failure modes (wire-faithful fakes; deselected where FAULTS lacks the kind) -------------------
+    @pytest.mark.simulated_fault("rate_limit")
     async def test_rate_limit_carries_retry_after(self, provider, faults):
-        self._need("rate_limit")
         faults("rate_limit")
         with pytest.raises(RateLimitedError) as e:
             await provider.complete(plain())
         assert e.value.retry_after == 7 and e.value.retryable and e.value.deployment == provider.name
 
+    @pytest.mark.simulated_fault("overloaded")
     async def test_overload_is_retryable_with_retry_after(self, provider, faults):
-        self._need("overloaded")
         faults("overloaded")
         with pytest.raises(OverloadedError) as e:
             await provider.complete(plain())
         assert e.value.retry_after == 2 and e.value.retryable
 
+    @pytest.mark.simulated_fault("mid_stream")
     async def test_error_in_the_middle_of_a_stream(self, provider, faults):
-        self._need("mid_stream")
         faults("mid_stream")
         got = []
         with pytest.raises(ProviderError):
@@ -101,26 +102,27 @@ class ProviderContract:
                 got.append(ch.delta)
         assert "".join(got), "tokens before the error must reach the caller"
 
+    @pytest.mark.simulated_fault("hang")
     async def test_hanging_engine_hits_the_deadline(self, provider, faults):
-        self._need("hang")
         faults("hang")
         t0 = time.monotonic()
         with pytest.raises(ProviderTimeoutError):
             await provider.complete(plain(deadline_s=0.5))
         assert time.monotonic() - t0 < 3
 
+    @pytest.mark.simulated_fault("model_missing")
     async def test_missing_model(self, provider, faults):
-        self._need("model_missing")
         faults("model_missing")
         with pytest.raises(ModelNotFoundError):
             await provider.complete(plain())
 
+    @pytest.mark.simulated_fault("bad_json")
     async def test_malformed_json_from_the_model(self, provider, faults):
-        self._need("bad_json")
         faults("bad_json")
         with pytest.raises(ModelOutputError):
             await ProviderStructuredLLM(provider).ask(TaskKind.JSON, "Name a city as JSON.", CITY_SCHEMA)
 
+    @pytest.mark.simulated_fault
     async def test_still_serves_after_faults(self, provider, faults):
         for kind in self.FAULTS:
             if kind == "hang":
@@ -135,6 +137,17 @@ class ProviderContract:
                     raise
         r = await provider.complete(plain())
         assert r.content.strip()
+
+
+class FakeEngineContract(ProviderContract):
+    """The contract against a wire-faithful fake (tests/fakes): the module supplies fixture `fake` (a FakeEngine)
+    besides `provider`, and the class lists in `FAULTS` the faults to test; each test starts with a reset fake."""
+
+    @pytest.fixture()
+    def faults(self, fake):
+        fake.reset()
+        yield fake.fault
+        fake.clear_faults()
 
 
 def sse(obj) -> bytes:

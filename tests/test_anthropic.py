@@ -12,7 +12,8 @@ from nlweb_local.providers.registry import build_provider
 from nlweb_local.providers.structured import ProviderStructuredLLM
 
 from fakes.anthropic_fake import AnthropicFake
-from provider_contract import CITY_SCHEMA, ProviderContract, plain
+from fakes.base import fake_fixtures
+from provider_contract import CITY_SCHEMA, FakeEngineContract, plain
 
 ALL_FAULTS = ("rate_limit", "overloaded", "mid_stream", "hang", "model_missing", "bad_json")
 ENV = {"ANTHROPIC_API_KEY": AnthropicFake.api_key}
@@ -20,19 +21,7 @@ TOOLS = [{"type": "function", "function": {"name": "get_weather", "description":
                                            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}]
 
 
-@pytest.fixture(scope="module")
-def fake():
-    f = AnthropicFake().start()
-    yield f
-    f.stop()
-
-
-@pytest.fixture()
-def clean(fake):
-    fake._faults.clear()
-    fake.requests.clear()
-    yield fake
-    fake._faults.clear()
+fake, clean = fake_fixtures(AnthropicFake)
 
 
 def settings(fake, **kw):
@@ -46,16 +35,12 @@ async def claude(clean):
     await p.close()
 
 
-class TestAnthropicContract(ProviderContract):
+class TestAnthropicContract(FakeEngineContract):
     FAULTS = ALL_FAULTS
 
     @pytest.fixture()
     def provider(self, claude):
         return claude
-
-    @pytest.fixture()
-    def faults(self, clean):
-        return clean.fault
 
 
 def test_cloud_capabilities_and_default_url(fake):

@@ -4,14 +4,14 @@ The local deployment is the real llama-cpp-python server (SmolLM2) in its own pr
 fallback is the wire-faithful OpenAI fake. Clients call the real gateway over HTTP with the official
 SDK. While the fallback exists no client request may fail; after the engine returns, traffic comes
 back gradually (probe, then a share, then all of it).
+
+No step waits a fixed time: each waits, with a bound, for what it needs (requests served, a breaker
+transition, which the gateway logs as "breaker NAME: OLD -> NEW (why)").
 """
 import asyncio
-import os
-import signal
-import subprocess
-import sys
+import logging
+import re
 import time
-import urllib.request
 from collections import Counter
 
 import openai
@@ -19,62 +19,75 @@ import pytest
 
 from conftest import LiveServer
 from fakes.openai_fake import OpenAIFake
+from llama_server import LlamaServer
 from nlweb_local.config.settings import load_settings
 from nlweb_local.server.app import create_app
 from nlweb_local.server.components import build_components
-from nlweb_local.server.threaded import free_port
 from stand_ins import NoEmbedder
 
 pytestmark = pytest.mark.slow
+TRANSITION = re.compile(r"^breaker (\S+): (\S+) -> (\S+) ")
 
 
-def start_engine(port: int, log_path) -> subprocess.Popen:
-    from nlweb_local.providers.llama_cpp import packaged_smollm2_path
+class Timeline(logging.Handler):
+    """What happened, in order: requests served (by which deployment) and the engine breaker's states, read from
+    the gateway's log in whatever thread logs them; `until(predicate)` waits for a change, not for a time."""
 
-    with open(log_path, "ab") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "llama_cpp.server", "--model", str(packaged_smollm2_path()),
-                                 "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "512", "--model_alias", "smollm2"],
-                                stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-    deadline = time.monotonic() + 90
-    while True:
-        if proc.poll() is not None:
-            pytest.fail(f"llama_cpp.server exited: {log_path.read_text(errors='replace')[-2000:]}")
+    def __init__(self, loop: asyncio.AbstractEventLoop, deployment: str):
+        super().__init__(logging.WARNING)
+        self.loop, self.deployment = loop, deployment
+        self.served: list[tuple[float, str]] = []
+        self.states = ["closed"]
+        self._changed = asyncio.Event()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        m = TRANSITION.match(record.getMessage())
+        if m and m.group(1) == self.deployment:
+            self.states.append(m.group(3))
+            self.loop.call_soon_threadsafe(self._changed.set)
+
+    def serve(self, deployment: str) -> None:
+        self.served.append((time.monotonic(), deployment))
+        self._changed.set()
+
+    def count(self, deployment: str, since: int = 0) -> int:
+        return sum(d == deployment for _, d in self.served[since:])
+
+    async def until(self, predicate, timeout_s: float, what: str) -> None:
         try:
-            urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/models", timeout=1).read()
-            return proc
-        except OSError:
-            if time.monotonic() > deadline:
-                pytest.fail("llama_cpp.server did not start within 90 s")
-            time.sleep(0.2)
+            async with asyncio.timeout(timeout_s):
+                while not predicate():
+                    self._changed.clear()
+                    if not predicate():
+                        await self._changed.wait()
+        except TimeoutError:
+            pytest.fail(f"{what} did not happen within {timeout_s:.0f} s; breaker states {self.states}, "
+                        f"served {dict(Counter(d for _, d in self.served))}")
 
 
 async def test_kill_the_local_engine_under_load_then_restore(tmp_path):
-    pytest.importorskip("llama_cpp.server.app")
+    from nlweb_local.config.settings import DeploymentSettings
     from nlweb_local.retrieval.qdrant_store import QdrantStore
 
-    port = free_port()
-    engine = start_engine(port, tmp_path / "engine.log")
-    cloud = await OpenAIFake().start()
+    engine = LlamaServer(tmp_path / "engine.log", n_ctx=512).start()
+    cloud = OpenAIFake().start()
     settings = load_settings(environ={})
     settings.llm.embedded_enabled = False
     settings.llm.health_interval_s = 0.5
     settings.llm.breaker = settings.llm.breaker.model_copy(update=dict(
         window=6, min_calls=2, failure_rate=0.5, open_s=2.0, probe_calls=1, restore_shares=[0.1, 0.5], calls_per_stage=4))
-    from nlweb_local.config.settings import DeploymentSettings
-
     settings.llm.deployments = [
-        DeploymentSettings(name="engine", engine="llama_cpp_server", model="smollm2", url=f"http://127.0.0.1:{port}/v1",
-                           timeout_s=20),
+        DeploymentSettings(name="engine", engine="llama_cpp_server", model="smollm2", url=f"{engine.url}/v1", timeout_s=20),
         DeploymentSettings(name="cloud", engine="openai", model="fake-model", url=f"{cloud.url}/v1", api_key="sk-test",
                            price_in_per_m=2.5, price_out_per_m=10),
     ]
     store = QdrantStore(dimension=2, path=tmp_path / "q")
     comp = build_components(settings, embedder=NoEmbedder(), store=store, telemetry=None)  # as serve composes it
+    timeline = Timeline(asyncio.get_running_loop(), "engine")
+    logging.getLogger("nlweb_local").addHandler(timeline)
     srv = LiveServer(create_app(settings, comp, close_components=False))
     client = openai.AsyncOpenAI(base_url=f"{srv.url}/v1", api_key="unused", max_retries=0, timeout=60)
-    served: list[tuple[float, str]] = []
     failures: list[str] = []
-    states: list[str] = []
     stop = asyncio.Event()
 
     async def user(i: int) -> None:
@@ -82,56 +95,42 @@ async def test_kill_the_local_engine_under_load_then_restore(tmp_path):
             try:
                 raw = await client.chat.completions.with_raw_response.create(
                     model="auto", messages=[{"role": "user", "content": f"Say hi to user {i}."}], max_tokens=4, temperature=0)
-                served.append((time.monotonic(), raw.headers["x-nlweb-route"].split(";")[0]))
+                timeline.serve(raw.headers["x-nlweb-route"].split(";")[0])
             except Exception as e:  # noqa: BLE001 - every failure is recorded and fails the test below
                 failures.append(repr(e))
-            await asyncio.sleep(0.02)
-
-    async def watch() -> None:
-        import httpx
-
-        async with httpx.AsyncClient() as h:
-            while not stop.is_set():
-                snap = (await h.get(f"{srv.url}/admin/breakers")).json()["breakers"]
-                state = next(b["state"] for b in snap if b["deployment"] == "engine")
-                if not states or states[-1] != state:
-                    states.append(state)
-                await asyncio.sleep(0.05)
+            await asyncio.sleep(0.02)  # a user's think time
 
     try:
-        tasks = [asyncio.create_task(user(i)) for i in range(4)] + [asyncio.create_task(watch())]
-        await asyncio.sleep(3)
-        before_kill = Counter(d for _, d in served)
+        tasks = [asyncio.create_task(user(i)) for i in range(4)]
+        await timeline.until(lambda: len(timeline.served) >= 12, 60, "12 requests served before the kill")
+        before_kill = Counter(d for _, d in timeline.served)
         assert before_kill["engine"] > 0 and before_kill["cloud"] == 0  # local-first while the engine is up
 
-        os.killpg(engine.pid, signal.SIGKILL)  # the chaos: the local engine dies under load
-        engine.wait()
-        killed_at = time.monotonic()
-        await asyncio.sleep(3)
-        assert "open" in states
-        during = Counter(d for t, d in served if t > killed_at + 0.5)
+        engine.kill()  # the chaos: the local engine dies under load
+        await timeline.until(lambda: "open" in timeline.states, 30, "the engine's breaker opening")
+        opened = len(timeline.served)
+        await timeline.until(lambda: timeline.count("cloud", opened) >= 8, 30, "8 requests served by the cloud")
+        during = Counter(d for _, d in timeline.served[opened:])
         assert during["cloud"] > 0 and during["engine"] == 0
 
-        engine = start_engine(port, tmp_path / "engine.log")  # it comes back
-        back_at = time.monotonic()
-        deadline = back_at + 60
-        while states[-1] != "closed" and time.monotonic() < deadline:
-            await asyncio.sleep(0.2)
-        await asyncio.sleep(1.5)
+        await asyncio.to_thread(engine.start)  # it comes back, on the same port (traffic goes on meanwhile)
+        back = len(timeline.served)
+        await timeline.until(lambda: timeline.states[-1] == "closed", 60, "the engine's breaker closing again")
+        closed = len(timeline.served)
+        await timeline.until(lambda: len(timeline.served) >= closed + 8, 30, "8 requests served after it closed")
         stop.set()
         await asyncio.gather(*tasks)
     finally:
         stop.set()
-        try:
-            os.killpg(engine.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+        logging.getLogger("nlweb_local").removeHandler(timeline)
+        engine.close()
         srv.stop()
-        await cloud.close()
+        cloud.stop()
         store.close()
 
-    after = [d for t, d in served if t > back_at]
-    print(f"\nchaos: {len(served)} requests, {len(failures)} failed; before kill {dict(before_kill)}; "
+    states = timeline.states
+    after = [d for _, d in timeline.served[back:]]
+    print(f"\nchaos: {len(timeline.served)} requests, {len(failures)} failed; before kill {dict(before_kill)}; "
           f"after kill {dict(during)}; after restart {dict(Counter(after))}; breaker states {states}")
     assert failures == [], f"{len(failures)} client requests failed: {failures[:3]}"
     # the breaker went open → half-open (probe) → restoring (a share) → closed, not straight back to full traffic

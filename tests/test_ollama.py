@@ -13,16 +13,14 @@ from nlweb_local.providers.ollama import OllamaProvider, from_settings
 from nlweb_local.providers.ollama_models import OllamaModels, PullProgress, canonical, context_length
 from nlweb_local.providers.registry import build_provider
 
+from fakes.base import fake_fixtures
 from fakes.ollama_fake import ANSWER, OllamaFake
-from provider_contract import CITY_SCHEMA, ProviderContract, plain
+from provider_contract import CITY_SCHEMA, FakeEngineContract, plain
 
 MODEL = "fake-model"
 
 
-@pytest.fixture(scope="module")
-def fake():
-    with OllamaFake(models=[MODEL, "fake-embed"]) as f:
-        yield f
+fake, clean = fake_fixtures(lambda: OllamaFake(models=[MODEL, "fake-embed"]))
 
 
 # one provider per test, in the test's own event loop (its aiohttp session belongs to that loop)
@@ -40,12 +38,8 @@ async def models(fake):
     await m.close()
 
 
-class TestOllamaContract(ProviderContract):
+class TestOllamaContract(FakeEngineContract):
     FAULTS = ("rate_limit", "overloaded", "mid_stream", "hang", "model_missing", "bad_json")
-
-    @pytest.fixture()
-    def faults(self, fake):
-        return fake.fault
 
 
 # -- chat -------------------------------------------------------------------------------------------

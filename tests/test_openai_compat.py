@@ -5,13 +5,11 @@ from __future__ import annotations
 
 import math
 import socket
-import subprocess
-import sys
 import time
-import urllib.request
 
 import pytest
 
+from fakes.base import fake_fixtures
 from fakes.openai_fake import FAULTS, LLAMA_SERVER_METRICS, VLLM_METRICS, OpenAIFake
 from nlweb_local.config.settings import DeploymentSettings
 from nlweb_local.core.errors import (AuthError, BadRequestError, ContextLengthError, ModelNotFoundError, ModelOutputError,
@@ -24,7 +22,8 @@ from nlweb_local.providers.profiles import PROFILES
 from nlweb_local.providers.registry import build_provider
 from nlweb_local.providers.structured import ProviderStructuredLLM
 
-from provider_contract import CITY_SCHEMA, ProviderContract, plain
+from llama_server import LlamaServer
+from provider_contract import CITY_SCHEMA, FakeEngineContract, ProviderContract, plain
 
 # One event loop for the module: the fake server and the providers' pooled sessions live in it. The
 # mark also lands on the contract's few sync tests, which pytest-asyncio warns about; that is harmless.
@@ -51,18 +50,7 @@ OPENAI_ENV = {"TEST_OPENAI_KEY": "sk-test"}
 AZURE_ENV = {"AZURE_OPENAI_API_KEY": "azure-test"}
 
 
-@pytest.fixture(scope="module")
-async def fake():
-    f = await OpenAIFake().start()
-    yield f
-    await f.close()
-
-
-@pytest.fixture()
-def clean(fake):
-    fake.clear_faults()
-    yield fake
-    fake.clear_faults()
+fake, clean = fake_fixtures(OpenAIFake)
 
 
 @pytest.fixture(scope="module")
@@ -87,12 +75,8 @@ async def vllm_p(fake):
 
 
 # -- the contract, against the fake -------------------------------------------------------------------
-class _FakeContract(ProviderContract):
+class _FakeContract(FakeEngineContract):
     FAULTS = FAULTS
-
-    @pytest.fixture()
-    def faults(self, clean):
-        return clean.fault
 
 
 class TestOpenAIContract(_FakeContract):
@@ -395,54 +379,20 @@ async def test_llama_server_metrics_give_queue_depth(engine_state):
 
 
 async def test_unreachable_engine_is_unhealthy():
-    with socket.socket() as s:
+    with socket.socket() as s:  # bound and not listening for the whole test: connections to it are refused
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    p = from_settings(deployment("ollama_openai", f"http://127.0.0.1:{port}/v1", model="m"), {})
-    h = await p.health()
+        p = from_settings(deployment("ollama_openai", f"http://127.0.0.1:{port}/v1", model="m"), {})
+        h = await p.health()
     assert not h.healthy and "cannot reach" in h.detail
     await p.close()
 
 
 # -- the real llama-cpp-python server -------------------------------------------------------------------------
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def llama_cpp_server(tmp_path_factory):
-    pytest.importorskip("llama_cpp.server.app", reason="pip install 'llama-cpp-python[server]'")
-    from nlweb_local.providers.llama_cpp import packaged_smollm2_path
-
-    port = _free_port()
-    log = tmp_path_factory.mktemp("llama_cpp_server") / "server.log"
-    with open(log, "wb") as out:  # a file, not a pipe: the model loader's chatter would fill a pipe and block it
-        proc = subprocess.Popen([sys.executable, "-m", "llama_cpp.server", "--model", str(packaged_smollm2_path()),
-                                 "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "1024", "--model_alias", "smollm2"],
-                                stdout=out, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 90
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"llama_cpp.server exited: {log.read_text(errors='replace')[-2000:]}")
-            try:
-                urllib.request.urlopen(url + "/v1/models", timeout=1).read()
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    pytest.fail(f"llama_cpp.server did not answer within 90 s: {log.read_text(errors='replace')[-2000:]}")
-                time.sleep(0.3)
-        yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    with LlamaServer(tmp_path_factory.mktemp("llama_cpp_server") / "server.log", n_ctx=1024) as engine:
+        yield engine.url
 
 
 @pytest.fixture(scope="module")

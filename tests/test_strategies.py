@@ -2,57 +2,120 @@
 import random
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
 from nlweb_local.router.model import DeploymentInfo, DeploymentView, Privacy, RequestFeatures
 from nlweb_local.router.strategies import (STRATEGIES, calibrate_threshold, cost_optimised, latency_optimised,
                                            local_first, quality_optimised, sticky_bucket, with_rollout)
 
+likely = st.sampled_from([True, True, True, False])  # most deployments can serve, so most orders have several
 views_st = st.lists(
     st.builds(
         DeploymentView,
         info=st.builds(DeploymentInfo, name=st.uuids().map(str), local=st.booleans(),
                        price_in_per_m=st.floats(0, 30), price_out_per_m=st.floats(0, 60),
                        context_window=st.sampled_from([2048, 8192, 128000]), max_concurrency=st.integers(1, 64),
-                       json_schema=st.booleans(), tools=st.booleans(), tier=st.integers(0, 3)),
-        healthy=st.booleans(), admits=st.booleans(), breaker=st.sampled_from(["closed", "open", "half_open"]),
-        in_flight=st.integers(0, 70), waiting=st.integers(0, 20),
+                       json_schema=likely, tools=likely, tier=st.integers(0, 3)),
+        healthy=likely, admits=likely, breaker=st.sampled_from(["closed", "open", "half_open"]),
+        in_flight=st.one_of(st.integers(0, 2), st.integers(0, 70)), waiting=st.integers(0, 20),
         ewma_ttft_s=st.one_of(st.none(), st.floats(0.01, 10))),
-    min_size=0, max_size=8, unique_by=lambda v: v.name)
-features_st = st.builds(RequestFeatures, prompt_tokens=st.integers(0, 10000), max_tokens=st.integers(1, 4000),
-                        needs_json=st.booleans(), needs_tools=st.booleans(), privacy=st.sampled_from(list(Privacy)),
-                        difficulty=st.floats(0, 1), conversation=st.text(max_size=8))
-all_strategies = st.sampled_from(list(STRATEGIES.values()) + [with_rollout(local_first, 0.25), with_rollout(cost_optimised, 0.75)])
+    min_size=0, max_size=10, unique_by=lambda v: v.name)
+rarely = st.sampled_from([False, False, False, True])
+features_st = st.builds(RequestFeatures, prompt_tokens=st.one_of(st.integers(0, 1000), st.integers(0, 10000)),
+                        max_tokens=st.one_of(st.integers(1, 500), st.integers(1, 4000)), needs_json=rarely,
+                        needs_tools=rarely, privacy=st.sampled_from([Privacy.ANY, Privacy.ANY, Privacy.LOCAL_ONLY]),
+                        difficulty=st.floats(0, 1), conversation=st.one_of(st.just(""), st.text(min_size=1, max_size=8)))
 
 
+def can_serve(f: RequestFeatures, v: DeploymentView) -> bool:
+    """The hard rules, restated here (not imported) so that the property checks the strategies against them."""
+    return ((v.info.local or f.privacy is not Privacy.LOCAL_ONLY) and (v.info.json_schema or not f.needs_json)
+            and (v.info.tools or not f.needs_tools) and f.prompt_tokens + f.max_tokens <= v.info.context_window
+            and v.healthy and v.admits and v.in_flight < v.info.max_concurrency)
+
+
+def cost(f, v):
+    return (f.prompt_tokens * v.info.price_in_per_m + f.max_tokens * v.info.price_out_per_m) / 1e6
+
+
+def load(v):
+    return (v.in_flight + v.waiting) / max(1, v.info.max_concurrency)
+
+
+def latency(v):
+    return (v.ewma_ttft_s if v.ewma_ttft_s is not None else 1.0) * (1 + v.waiting + v.in_flight / max(1, v.info.max_concurrency))
+
+
+def non_decreasing(xs) -> bool:
+    return all(a <= b for a, b in zip(xs, xs[1:]))
+
+
+def local_first_order(f, order, views, seed):
+    """Every local before every cloud; locals by load, clouds by estimated cost."""
+    local = [v for v in order if v.info.local]
+    assert order[:len(local)] == local, "a cloud deployment comes before a local one"
+    assert non_decreasing([load(v) for v in local]) and non_decreasing([cost(f, v) for v in order[len(local):]])
+
+
+def cost_order(f, order, views, seed):
+    assert non_decreasing([(cost(f, v), load(v)) for v in order])
+
+
+def latency_order(f, order, views, seed, close=1.25):
+    """By expected latency, except that the first may be any one within `close`× of the best (two random choices)."""
+    if order:
+        assert latency(order[0]) <= min(latency(v) for v in order) * close
+        assert non_decreasing([latency(v) for v in order[1:]])
+
+
+def quality_order(f, order, views, seed, threshold=0.5):
+    """Hard requests: strongest tier first, then cheapest; easy ones: local first, then lowest tier, then cheapest."""
+    if f.difficulty >= threshold:
+        assert non_decreasing([(-v.info.tier, cost(f, v)) for v in order])
+    else:
+        assert non_decreasing([(not v.info.local, v.info.tier, cost(f, v)) for v in order])
+
+
+def rollout_order(inner_name, share):
+    """One side (local or cloud) first, that side being the conversation's sticky one; the inner order kept within
+    each side."""
+    def check(f, order, views, seed):
+        inner = STRATEGIES[inner_name](f, views, random.Random(seed)).ordered  # the rollout's inner call sees this rng
+        sides = [v.info.local for v in order]
+        assert sides == sorted(sides, key=lambda local: local != sides[0]), "local and cloud interleave"
+        if f.conversation and sides:
+            assert sides[0] == (sticky_bucket(f.conversation) < share) or len(set(sides)) == 1
+        rank = {n: i for i, n in enumerate(inner)}
+        for side in (True, False):
+            names = [v.name for v in order if v.info.local is side and v.name in rank]
+            assert names == sorted(names, key=rank.__getitem__), "the inner strategy's order is not kept"
+    return check
+
+
+NAMED = {"local-first": (local_first, local_first_order), "cost": (cost_optimised, cost_order),
+         "latency": (latency_optimised, latency_order), "quality": (quality_optimised, quality_order),
+         "rollout 25% local-first": (with_rollout(local_first, 0.25), rollout_order("local-first", 0.25)),
+         "rollout 75% cost": (with_rollout(cost_optimised, 0.75), rollout_order("cost", 0.75))}
+
+
+@pytest.mark.parametrize("name", list(NAMED))
 @settings(max_examples=300, deadline=None)
-@given(features_st, views_st, all_strategies, st.integers(0, 2**32))
-def test_every_strategy_keeps_the_hard_rules(f, views, strategy, seed):
+@given(f=features_st, views=views_st, seed=st.integers(0, 2**32))
+def test_every_strategy_keeps_the_hard_rules_and_its_order(name, f, views, seed):
+    strategy, ordered_as_promised = NAMED[name]
     d = strategy(f, views, random.Random(seed))
     by_name = {v.name: v for v in views}
     assert len(set(d.ordered)) == len(d.ordered) and set(d.ordered) <= set(by_name)
-    assert set(d.ordered).isdisjoint(d.rejected)
-    for name in d.ordered:
-        v = by_name[name]
-        if f.privacy is Privacy.LOCAL_ONLY:
-            assert v.info.local, "local_only must never yield a cloud deployment"
-        assert v.admits, "an open breaker is never chosen"
-        assert v.healthy
-        assert f.prompt_tokens + f.max_tokens <= v.info.context_window
-    assert set(d.ordered) | set(d.rejected) == set(by_name) or strategy is not local_first
+    order = [by_name[n] for n in d.ordered]
+    # exactly the deployments that can serve are candidates; every other one is rejected with a reason
+    assert {v.name for v in order} == {v.name for v in views if can_serve(f, v)}
+    assert set(d.rejected) == set(by_name) - set(d.ordered) and all(d.rejected.values())
+    if f.privacy is Privacy.LOCAL_ONLY:
+        assert all(v.info.local for v in order), "local_only must never yield a cloud deployment"
+    ordered_as_promised(f, order, views, seed)
     assert d.reason
-
-
-@settings(max_examples=200, deadline=None)
-@given(features_st, views_st, st.integers(0, 2**32))
-def test_local_first_never_sends_to_cloud_while_a_local_can_serve(f, views, seed):
-    d = local_first(f, views, random.Random(seed))
-    by_name = {v.name: v for v in views}
-    if any(by_name[n].info.local for n in d.ordered):
-        # locals first; cloud only as the tail of the fallback chain
-        kinds = [by_name[n].info.local for n in d.ordered]
-        assert kinds[0] and kinds == sorted(kinds, reverse=True)
+    event(f"{len(order)} candidates" if len(order) < 3 else "3+ candidates")  # see --hypothesis-show-statistics
 
 
 def view(name, local=True, **kw):

@@ -31,21 +31,21 @@ def test_rows_round_trip_and_query_by_time(tmp_path):
 def test_writes_are_batched_off_the_callers_thread(tmp_path, monkeypatch):
     ledger = CostLedger(tmp_path / "l.sqlite", batch_size=50, flush_interval_s=60)
     writers: set[str] = set()
+    wrote = threading.Event()
     real = ledger._write
 
     def spy(conn, batch):
         writers.add(threading.current_thread().name)
         real(conn, batch)
+        wrote.set()
 
     monkeypatch.setattr(ledger, "_write", spy)
     for i in range(49):
         ledger.record(row(i))
-    time.sleep(0.1)
+    time.sleep(0.1)  # a wrong early write would have a chance to happen here (a negative cannot be awaited)
     assert ledger.written == 0 and ledger.pending == 49  # under a batch and before the interval: nothing written yet
     ledger.record(row(49))  # the 50th fills a batch and wakes the writer
-    deadline = time.time() + 5
-    while ledger.written < 50 and time.time() < deadline:
-        time.sleep(0.01)
+    assert wrote.wait(10)
     assert ledger.written == 50
     assert writers == {"cost-ledger-writer"}
     ledger.close()
@@ -57,11 +57,19 @@ def test_record_does_not_wait_for_a_stalled_disk_and_the_bound_holds(tmp_path):
     path = tmp_path / "l.sqlite"
     metrics = GatewayMetrics(new_registry())
     ledger = CostLedger(path, metrics=metrics, max_queue=100, batch_size=10, flush_interval_s=0.01)
+    writing = threading.Event()
+    real = ledger._write
+
+    def spy(conn, batch):
+        writing.set()
+        real(conn, batch)
+
+    ledger._write = spy
     blocker = sqlite3.connect(path, timeout=0)
     blocker.execute("BEGIN IMMEDIATE")  # hold the write lock: the writer's inserts wait
     try:
         ledger.record(row(0))
-        time.sleep(0.1)  # the writer has taken that row and is now stuck on the lock
+        assert writing.wait(10)  # the writer has taken that row and is now stuck on the lock
         t0 = time.perf_counter()
         for i in range(1, 301):
             ledger.record(row(i))

@@ -10,26 +10,14 @@ from nlweb_local.providers.registry import build_provider
 from nlweb_local.providers.structured import ProviderStructuredLLM
 from nlweb_local.providers.tgi import TgiProvider, label_mass, render_prompt
 
+from fakes.base import fake_fixtures
 from fakes.tgi_fake import TgiFake
-from provider_contract import CITY_SCHEMA, ProviderContract, plain
+from provider_contract import CITY_SCHEMA, FakeEngineContract, plain
 
 ALL_FAULTS = ("rate_limit", "overloaded", "mid_stream", "hang", "model_missing", "bad_json")
 
 
-@pytest.fixture(scope="module")
-def fake():
-    f = TgiFake().start()
-    yield f
-    f.stop()
-
-
-@pytest.fixture()
-def clean(fake):
-    fake._faults.clear()
-    fake.requests.clear()
-    fake.healthy, fake.queue_size, fake.batch_size = True, 0, 0
-    yield fake
-    fake._faults.clear()
+fake, clean = fake_fixtures(TgiFake)
 
 
 def settings(fake, **kw):
@@ -43,16 +31,12 @@ async def tgi(clean):
     await p.close()
 
 
-class TestTgiContract(ProviderContract):
+class TestTgiContract(FakeEngineContract):
     FAULTS = ALL_FAULTS
 
     @pytest.fixture()
     def provider(self, tgi):
         return tgi
-
-    @pytest.fixture()
-    def faults(self, clean):
-        return clean.fault
 
 
 # -- request mapping --------------------------------------------------------------------------------

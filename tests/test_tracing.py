@@ -41,11 +41,10 @@ async def app_client(settings, exporter=None):
     return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gw"), tel, comp
 
 
-@pytest_asyncio.fixture(loop_scope="function")
-async def fake():
-    f = await OpenAIFake().start()
-    yield f
-    await f.close()
+@pytest.fixture()
+def fake():
+    with OpenAIFake() as f:
+        yield f
 
 
 @pytest_asyncio.fixture(loop_scope="function")

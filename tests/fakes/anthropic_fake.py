@@ -11,7 +11,8 @@
 
 Canned answers: "Hello! I am a fake model."; the forced tool's input `{"city": "Paris"}`; with tools
 offered and not forced, "Let me check." then a call of the first tool with `{"city": "Paris"}`.
-`fault(kind)`: rate_limit, overloaded (529), mid_stream, hang, model_missing, bad_json.
+`fault(kind)`: rate_limit, overloaded (529), mid_stream, hang, model_missing, bad_json (serving and faults:
+`FakeEngine`, tests/fakes/base.py).
 """
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ from typing import Any
 
 from aiohttp import web
 
-from .tgi_fake import ThreadedFake
+from .base import FakeEngine
 
 TEXT = ["Hello", "! I am", " a fake", " model."]
 JSON_PARTS = ["", '{"city', '": "Par', 'is"}']
@@ -37,13 +38,24 @@ def _event(kind: str, data: dict[str, Any]) -> bytes:
     return f"event: {kind}\ndata: {json.dumps({'type': kind, **data})}\n\n".encode()
 
 
-class AnthropicFake(ThreadedFake):
+class AnthropicFake(FakeEngine):
+    FAULTS = ("rate_limit", "overloaded", "mid_stream", "hang", "model_missing", "bad_json")
     api_key = "sk-ant-test"
 
-    def app(self) -> web.Application:
-        app = web.Application()
+    def routes(self, app: web.Application) -> None:
         app.router.add_post("/v1/messages", self.messages)
-        return app
+
+    def fault_reply(self, kind: str, request: web.Request, body: Any) -> web.StreamResponse | None:
+        if kind == "rate_limit":
+            return _error(429, "rate_limit_error", "This request would exceed the rate limit for your organization "
+                                                   "of 50 requests per minute.", {"retry-after": "7"})
+        if kind == "overloaded":
+            return _error(529, "overloaded_error", "Overloaded", {"retry-after": "2"})
+        if kind == "model_missing":
+            return _error(404, "not_found_error", f"model: {body.get('model')}")
+        if kind == "hang":
+            return web.Response(status=504)
+        return None
 
     def validate(self, request: web.Request, body: dict[str, Any]) -> web.Response | None:
         if request.headers.get("x-api-key") != self.api_key:
@@ -87,19 +99,10 @@ class AnthropicFake(ThreadedFake):
         return [("text", {"type": "text", "text": ""}, TEXT)], "end_turn"
 
     async def messages(self, request: web.Request) -> web.StreamResponse:
-        body = await request.json()
-        self.record(request, body)
-        fault = self.next_fault()
-        if fault == "rate_limit":
-            return _error(429, "rate_limit_error", "This request would exceed the rate limit for your organization "
-                                                   "of 50 requests per minute.", {"retry-after": "7"})
-        if fault == "overloaded":
-            return _error(529, "overloaded_error", "Overloaded", {"retry-after": "2"})
-        if fault == "model_missing":
-            return _error(404, "not_found_error", f"model: {body.get('model')}")
-        if fault == "hang":
-            await self.hang()
-            return web.Response(status=504)
+        body = await self.read(request)
+        if not isinstance(body, dict):
+            return _error(400, "invalid_request_error", "There was an error parsing the body of your request.")
+        fault = await self.take_fault(request, body)
         invalid = self.validate(request, body)
         if invalid is not None:
             return invalid

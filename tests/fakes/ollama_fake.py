@@ -15,7 +15,7 @@ answer (done_reason "length"), `options.stop` cuts it before a stop string.
 `fault(kind)` makes the NEXT generation request (/api/chat, /api/generate, /api/embed; never the health
 or lifecycle endpoints) fail: rate_limit, overloaded, mid_stream, hang, model_missing, bad_json, cut.
 
-It runs on 127.0.0.1:0 in its own thread and event loop, so it serves whatever loop a test runs in:
+Serving, faults and the request record are `FakeEngine`'s (tests/fakes/base.py):
 
     with OllamaFake(models=["fake-model"]) as fake:
         ... OllamaProvider("fake-model", url=fake.url) ...
@@ -27,12 +27,13 @@ import hashlib
 import json
 import math
 import re
-import threading
 import time
 from datetime import datetime, timedelta, timezone
 from typing import Any, Iterable
 
 from aiohttp import web
+
+from .base import FakeEngine
 
 VERSION = "0.6.5"
 ANSWER = "Hello! I am a fake model."
@@ -84,41 +85,26 @@ def _error(status: int, message: str, headers: dict[str, str] | None = None) -> 
     return web.json_response({"error": message}, status=status, headers=headers)
 
 
-class OllamaFake:
+class OllamaFake(FakeEngine):
+    FAULTS = FAULTS
+
     def __init__(self, models: Iterable[str] = ("fake-model",), *, pullable: Iterable[str] | None = None,
                  context_length: int = 8192):
+        super().__init__()
         self.installed: dict[str, dict[str, Any]] = {canonical(m): _tags_entry(canonical(m)) for m in models}
         self.expires: dict[str, float] = {}  # loaded model -> monotonic expiry (inf = forever)
         # names /api/pull can find; None = any name except those containing "nonexistent"
         self.pullable = None if pullable is None else {canonical(m) for m in pullable}
         self.context_length = context_length
-        self.requests: list[tuple[str, str, Any]] = []  # (method, path, JSON body) in arrival order
-        self._faults: list[str] = []
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._release: asyncio.Event | None = None
-        self._runner: web.AppRunner | None = None
-        self._thread: threading.Thread | None = None
-        self.url = ""
-
-    # -- test hooks -----------------------------------------------------------------------------
-    def fault(self, kind: str) -> None:
-        if kind not in FAULTS:
-            raise ValueError(f"unknown fault {kind!r}; one of {FAULTS}")
-        self._faults.append(kind)
-
-    def last(self, path: str) -> Any:
-        """The JSON body of the latest request to `path`."""
-        return next(body for _, p, body in reversed(self.requests) if p == path)
 
     def loaded(self) -> list[str]:
         now = time.monotonic()
         return [m for m, t in self.expires.items() if t > now]
 
     # -- app --------------------------------------------------------------------------------------
-    def make_app(self) -> web.Application:
-        app = web.Application()
-        app.router.add_get("/", lambda r: web.Response(text="Ollama is running"))
-        app.router.add_get("/api/version", lambda r: web.json_response({"version": VERSION}))
+    def routes(self, app: web.Application) -> None:
+        app.router.add_get("/", self._root)
+        app.router.add_get("/api/version", self._version)
         app.router.add_post("/api/chat", self._chat)
         app.router.add_post("/api/generate", self._generate)
         app.router.add_get("/api/tags", self._tags)
@@ -127,40 +113,27 @@ class OllamaFake:
         app.router.add_post("/api/pull", self._pull)
         app.router.add_delete("/api/delete", self._delete)
         app.router.add_post("/api/embed", self._embed)
-        return app
 
-    async def _body(self, request: web.Request) -> Any:
-        raw = await request.read()
-        try:
-            body = json.loads(raw) if raw else {}
-        except json.JSONDecodeError:
-            body = None
-        self.requests.append((request.method, request.path, body))
-        return body
+    async def _root(self, request: web.Request) -> web.Response:
+        return web.Response(text="Ollama is running")
+
+    async def _version(self, request: web.Request) -> web.Response:
+        return web.json_response({"version": VERSION})
 
     def _missing(self, name: str) -> web.Response:
         return _error(404, f"model '{name}' not found, try pulling it first")
 
-    async def _fault_response(self, name: str) -> web.Response | str | None:
-        """The response for a pending fault, or the fault's name when it shapes a 200 answer."""
-        if not self._faults:
-            return None
-        kind = self._faults.pop(0)
+    def fault_reply(self, kind: str, request: web.Request, body: Any) -> web.StreamResponse | None:
         if kind == "rate_limit":  # Ollama itself does not rate-limit; a proxy in front of it (LiteLLM, nginx) does
             return web.json_response({"error": {"message": "Rate limit reached; try again in 7s", "type": "rate_limit_error",
                                                 "code": "rate_limit_exceeded"}}, status=429, headers={"retry-after": "7"})
         if kind == "overloaded":  # past OLLAMA_MAX_QUEUE; real Ollama sends no Retry-After (the adapter then assumes 1 s)
             return _error(503, "server busy, please try again.  maximum pending requests exceeded", {"retry-after": "2"})
         if kind == "model_missing":
-            return self._missing(name)
+            return self._missing(body.get("model") or "")
         if kind == "hang":
-            assert self._release is not None
-            try:
-                await asyncio.wait_for(self._release.wait(), 30)
-            except asyncio.TimeoutError:
-                pass
             return _error(500, "hung request released")
-        return kind
+        return None
 
     def _touch(self, name: str, keep_alive: Any) -> None:
         seconds = keep_alive_s(keep_alive)
@@ -177,15 +150,13 @@ class OllamaFake:
         return await self._answer(request, chat=False)
 
     async def _answer(self, request: web.Request, *, chat: bool) -> web.StreamResponse:
-        body = await self._body(request)
+        body = await self.read(request)
         if not isinstance(body, dict):
             return _error(400, "invalid character 'x' looking for beginning of value")
         name = body.get("model") or ""
         if not name:
             return _error(400, "model is required")
-        fault = await self._fault_response(name)
-        if isinstance(fault, web.StreamResponse):
-            return fault
+        fault = await self.take_fault(request, body)
         model = canonical(name)
         if model not in self.installed:
             return self._missing(name)
@@ -283,7 +254,7 @@ class OllamaFake:
         return web.json_response({"models": models})
 
     async def _show(self, request: web.Request) -> web.Response:
-        body = await self._body(request) or {}
+        body = await self.read(request) or {}
         name = body.get("model") or body.get("name") or ""
         entry = self.installed.get(canonical(name))
         if entry is None:
@@ -296,7 +267,7 @@ class OllamaFake:
             "modified_at": entry["modified_at"]})
 
     async def _pull(self, request: web.Request) -> web.StreamResponse:
-        body = await self._body(request) or {}
+        body = await self.read(request) or {}
         name = body.get("model") or body.get("name") or ""
         model = canonical(name)
         known = "nonexistent" not in name if self.pullable is None else model in self.pullable
@@ -328,7 +299,7 @@ class OllamaFake:
         return resp
 
     async def _delete(self, request: web.Request) -> web.Response:
-        body = await self._body(request) or {}
+        body = await self.read(request) or {}
         name = body.get("model") or body.get("name") or ""
         if self.installed.pop(canonical(name), None) is None:
             return _error(404, f"model '{name}' not found")
@@ -336,13 +307,11 @@ class OllamaFake:
         return web.Response(status=200)
 
     async def _embed(self, request: web.Request) -> web.Response:
-        body = await self._body(request)
+        body = await self.read(request)
         if not isinstance(body, dict):
             return _error(400, "invalid request body")
         name = body.get("model") or ""
-        fault = await self._fault_response(name)
-        if isinstance(fault, web.StreamResponse):
-            return fault
+        await self.take_fault(request, body)  # only the faults that answer by themselves apply to embeddings
         if canonical(name) not in self.installed:
             return self._missing(name)
         texts = body.get("input")
@@ -358,54 +327,3 @@ class OllamaFake:
         raw = [b - 127.5 for b in hashlib.sha256(text.encode()).digest()[:EMBED_DIM]]
         norm = math.sqrt(sum(x * x for x in raw)) or 1.0
         return [x / norm for x in raw]
-
-    # -- serving ----------------------------------------------------------------------------------
-    def start(self) -> str:
-        ready = threading.Event()
-
-        def run() -> None:
-            loop = asyncio.new_event_loop()
-            self._loop = loop
-            asyncio.set_event_loop(loop)
-
-            async def serve() -> None:
-                self._release = asyncio.Event()
-                self._runner = web.AppRunner(self.make_app(), handler_cancellation=True, access_log=None)
-                await self._runner.setup()
-                site = web.TCPSite(self._runner, "127.0.0.1", 0, shutdown_timeout=0.5)
-                await site.start()
-                port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-                self.url = f"http://127.0.0.1:{port}"
-
-            loop.run_until_complete(serve())
-            ready.set()
-            loop.run_forever()
-            loop.close()
-
-        self._thread = threading.Thread(target=run, name="ollama-fake", daemon=True)
-        self._thread.start()
-        if not ready.wait(10):
-            raise RuntimeError("the fake Ollama did not start")
-        return self.url
-
-    def stop(self) -> None:
-        if self._loop is None or self._thread is None:
-            return
-        loop = self._loop
-
-        async def shutdown() -> None:
-            assert self._release is not None and self._runner is not None
-            self._release.set()
-            await self._runner.cleanup()
-
-        asyncio.run_coroutine_threadsafe(shutdown(), loop).result(10)
-        loop.call_soon_threadsafe(loop.stop)
-        self._thread.join(10)
-        self._loop = self._thread = None
-
-    def __enter__(self) -> "OllamaFake":
-        self.start()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.stop()

@@ -18,21 +18,21 @@ Canned answers (tests/provider_contract.py): "Hello! I am a fake model." in seve
 with `logprobs: true`, first-token top logprobs that favour the Yes/No word in the last message.
 
 `fault(kind)` makes the NEXT chat request fail: rate_limit, overloaded, mid_stream, hang,
-model_missing, bad_json. Run it in the test's event loop:
+model_missing, bad_json. Serving, faults and the request record are `FakeEngine`'s (tests/fakes/base.py):
 
-    fake = OpenAIFake(); await fake.start(); ... fake.url ...; await fake.close()
+    fake = OpenAIFake().start(); ... fake.url ...; fake.stop()     # or: with OpenAIFake() as fake: ...
 """
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import json
 import math
 import time
-from collections import deque
 from typing import Any
 
 from aiohttp import web
+
+from .base import FakeEngine
 
 ANSWER = ["Hello", "!", " I", " am", " a", " fake", " model", "."]
 JSON_ANSWER = ['{"city"', ': "', 'Paris', '"}']
@@ -92,26 +92,22 @@ def _sse(obj: Any) -> bytes:
     return b"data: " + (obj if isinstance(obj, bytes) else json.dumps(obj).encode()) + b"\n\n"
 
 
-class OpenAIFake:
+class OpenAIFake(FakeEngine):
+    FAULTS = FAULTS
+
     def __init__(self, *, api_key: str = "sk-test", model: str = "fake-model", azure_deployment: str = "gpt-fake",
                  azure_key: str = "azure-test"):
+        super().__init__()
         self.api_key, self.model = api_key, model
         self.azure_deployment, self.azure_key = azure_deployment, azure_key
-        self.requests: deque[dict[str, Any]] = deque(maxlen=200)  # what arrived, for assertions
         self.loading = False
         self.sleeping_level = 0
         self.slots = [{"id": 0, "is_processing": True}, {"id": 1, "is_processing": False}]
         self.metrics_text: str | None = VLLM_METRICS
         self.legacy_health = False
-        self._faults: list[str] = []
         self._canned: tuple[int, Any, dict[str, str]] | None = None
-        self._release = asyncio.Event()
-        self._runner: web.AppRunner | None = None
-        self.url = ""
 
-    # -- lifecycle ---------------------------------------------------------------------------
-    async def start(self) -> "OpenAIFake":
-        app = web.Application()
+    def routes(self, app: web.Application) -> None:
         app.router.add_post("/v1/chat/completions", self._chat)
         app.router.add_post("/v1/embeddings", self._embeddings)
         app.router.add_get("/v1/models", self._models)
@@ -120,17 +116,30 @@ class OpenAIFake:
         app.router.add_get("/openai/models", self._models)
         app.router.add_get("/health", self._health)
         app.router.add_get("/metrics", self._metrics)
-        app.router.add_get("/slots", lambda r: web.json_response(self.slots))
+        app.router.add_get("/slots", self._slots)
         app.router.add_post("/sleep", self._sleep)  # vLLM dev mode (VLLM_SERVER_DEV_MODE=1, --enable-sleep-mode)
         app.router.add_post("/wake_up", self._wake)
-        app.router.add_get("/is_sleeping", lambda r: web.json_response({"is_sleeping": self.sleeping_level > 0}))
-        self._runner = web.AppRunner(app, shutdown_timeout=0.1, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-        self.url = f"http://127.0.0.1:{port}"
-        return self
+        app.router.add_get("/is_sleeping", self._is_sleeping)
+
+    def fault_reply(self, kind: str, request: web.Request, body: Any) -> web.StreamResponse | None:
+        if kind == "rate_limit":
+            return error(429, "Rate limit reached for requests. Please try again in 7s.", "requests",
+                         "rate_limit_exceeded", headers={"retry-after": "7"})
+        if kind == "overloaded":
+            return error(503, "The engine is currently overloaded, please try again later", "server_error",
+                         headers={"retry-after": "2"})
+        if kind == "model_missing":
+            return self._missing(request, body)
+        if kind == "hang":
+            return error(504, "hung", "server_error")
+        return None
+
+
+    async def _slots(self, request: web.Request) -> web.Response:
+        return web.json_response(self.slots)
+
+    async def _is_sleeping(self, request: web.Request) -> web.Response:
+        return web.json_response({"is_sleeping": self.sleeping_level > 0})
 
     async def _sleep(self, request: web.Request) -> web.Response:
         self.sleeping_level = int(request.query.get("level", "1"))
@@ -140,17 +149,8 @@ class OpenAIFake:
         self.sleeping_level = 0
         return web.Response(status=200)
 
-    async def close(self) -> None:
-        self._release.set()
-        if self._runner is not None:
-            await self._runner.cleanup()
-
-    def fault(self, kind: str) -> None:
-        assert kind in FAULTS, kind
-        self._faults.append(kind)
-
     def clear_faults(self) -> None:
-        self._faults.clear()
+        super().clear_faults()
         self._canned = None
 
     def answer_next(self, status: int, body: Any, headers: dict[str, str] | None = None) -> None:
@@ -160,6 +160,8 @@ class OpenAIFake:
     # -- checks ------------------------------------------------------------------------------
     def _refuse(self, request: web.Request, body: dict[str, Any]) -> web.Response | None:
         """The vendor's own answer to a bad key, version, deployment or model; None when all is well."""
+        if not isinstance(body, dict):
+            return error(400, "We could not parse the JSON body of your request.", "invalid_request_error")
         deployment = request.match_info.get("deployment")
         if deployment is not None or request.path.startswith("/openai/"):
             if "api-version" not in request.query:
@@ -190,15 +192,9 @@ class OpenAIFake:
         return error(404, f"The model `{body.get('model')}` does not exist or you do not have access to it.",
                      "invalid_request_error", "model_not_found")
 
-    async def _read(self, request: web.Request) -> dict[str, Any]:
-        body = await request.json()
-        self.requests.append({"path": request.path, "query": dict(request.query), "headers": dict(request.headers),
-                              "body": body})
-        return body
-
     # -- chat ----------------------------------------------------------------------------------
     async def _chat(self, request: web.Request) -> web.StreamResponse:
-        body = await self._read(request)
+        body = await self.read(request)
         refused = self._refuse(request, body)
         if refused is not None:
             return refused
@@ -207,21 +203,7 @@ class OpenAIFake:
             if isinstance(canned, bytes):
                 return web.Response(status=status, body=canned, headers={"content-type": "text/event-stream", **headers})
             return web.json_response(canned, status=status, headers=headers)
-        fault = self._faults.pop(0) if self._faults else None
-        if fault == "rate_limit":
-            return error(429, "Rate limit reached for requests. Please try again in 7s.", "requests",
-                         "rate_limit_exceeded", headers={"retry-after": "7"})
-        if fault == "overloaded":
-            return error(503, "The engine is currently overloaded, please try again later", "server_error",
-                         headers={"retry-after": "2"})
-        if fault == "model_missing":
-            return self._missing(request, body)
-        if fault == "hang":
-            try:
-                await asyncio.wait_for(self._release.wait(), 60)
-            except asyncio.TimeoutError:
-                pass
-            return error(504, "hung", "server_error")
+        fault = await self.take_fault(request, body)
         prompt_tokens = 1 + sum(len(str(m.get("content") or "")) for m in body.get("messages", ())) // 4
         tools = bool(body.get("tools")) and body.get("tool_choice") != "none"
         pieces = NOT_JSON if fault == "bad_json" else JSON_ANSWER if body.get("response_format") else ANSWER
@@ -297,7 +279,7 @@ class OpenAIFake:
 
     # -- the rest --------------------------------------------------------------------------------
     async def _embeddings(self, request: web.Request) -> web.Response:
-        body = await self._read(request)
+        body = await self.read(request)
         refused = self._refuse(request, body)
         if refused is not None:
             return refused

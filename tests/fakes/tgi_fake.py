@@ -1,6 +1,4 @@
-"""A wire-faithful fake of Hugging Face TGI's native API, plus `ThreadedFake`, the scaffolding it shares
-with the other fakes: an aiohttp.web app served from its own thread and event loop on 127.0.0.1:0,
-so one server per test module works whatever event loop each test runs in.
+"""A wire-faithful fake of Hugging Face TGI's native API (serving and faults: `FakeEngine`, tests/fakes/base.py).
 
 Framing as TGI (router/src/server.rs) writes it: axum SSE `data:{json}\\n\\n` events, one per token, the
 last with `generated_text` and `details`; errors `{"error": ..., "error_type": ...}` with 422/424/429/500,
@@ -10,82 +8,16 @@ from __future__ import annotations
 
 import asyncio
 import json
-import threading
 from typing import Any
 
 from aiohttp import web
+
+from .base import FakeEngine
 
 PLAIN = ["Hello", "!", " I", " am", " a", " fake", " model", "."]
 JSON_ANSWER = ['{"', "city", '":', ' "', "Paris", '"}']
 NOT_JSON = ["I", " cannot", " answer", " in", " JSON", " today", "."]
 EOS = {"id": 2, "text": "</s>", "logprob": -0.01, "special": True}
-
-
-class ThreadedFake:
-    """Serve `self.app()` in a background thread; `fault(kind)` arms the next generation request."""
-
-    def __init__(self) -> None:
-        self.requests: list[dict[str, Any]] = []  # {"path", "headers", "body"} of each generation request
-        self._faults: list[str] = []
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._runner: web.AppRunner | None = None
-        self._release: asyncio.Event | None = None
-        self.url = ""
-
-    def app(self) -> web.Application:  # pragma: no cover - abstract
-        raise NotImplementedError
-
-    def fault(self, kind: str) -> None:
-        self._faults.append(kind)
-
-    def next_fault(self) -> str | None:
-        return self._faults.pop(0) if self._faults else None
-
-    def record(self, request: web.Request, body: Any) -> None:
-        self.requests.append({"path": request.path, "headers": dict(request.headers), "body": body})
-
-    async def hang(self) -> None:
-        assert self._release is not None
-        try:
-            await asyncio.wait_for(self._release.wait(), 60)
-        except asyncio.TimeoutError:
-            pass
-
-    def start(self) -> "ThreadedFake":
-        ready = threading.Event()
-
-        async def serve() -> None:
-            self._release = asyncio.Event()
-            self._runner = web.AppRunner(self.app(), shutdown_timeout=1.0)
-            await self._runner.setup()
-            site = web.TCPSite(self._runner, "127.0.0.1", 0)
-            await site.start()
-            port = self._runner.addresses[0][1]
-            self.url = f"http://127.0.0.1:{port}"
-            ready.set()
-
-        def run() -> None:
-            self._loop = asyncio.new_event_loop()
-            self._loop.run_until_complete(serve())
-            self._loop.run_forever()
-            self._loop.close()
-
-        self._thread = threading.Thread(target=run, daemon=True, name=type(self).__name__)
-        self._thread.start()
-        if not ready.wait(10):
-            raise RuntimeError(f"{type(self).__name__} did not start")
-        return self
-
-    def stop(self) -> None:
-        async def shutdown() -> None:
-            assert self._release is not None and self._runner is not None
-            self._release.set()
-            await self._runner.cleanup()
-
-        assert self._loop is not None
-        asyncio.run_coroutine_threadsafe(shutdown(), self._loop).result(10)
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(10)
 
 
 def _token(i: int, text: str, logprob: float = -0.05) -> dict[str, Any]:
@@ -107,8 +39,11 @@ YES_NO_TOP = [{"id": 7566, "text": "Yes", "logprob": -0.12, "special": False},
               {"id": 13, "text": "\n", "logprob": -5.0, "special": False}]
 
 
-class TgiFake(ThreadedFake):
+class TgiFake(FakeEngine):
     """TGI 3.x serving a 2048-token model. `queue_size`, `batch_size` and `healthy` shape /metrics and /health."""
+
+    FAULTS = ("rate_limit", "overloaded", "queue_full", "generation_error", "model_missing", "hang", "mid_stream",
+              "stream_overloaded", "bad_json")
 
     model_id = "HuggingFaceTB/SmolLM2-1.7B-Instruct"
     max_input_tokens, max_total_tokens = 1024, 2048
@@ -117,14 +52,16 @@ class TgiFake(ThreadedFake):
         super().__init__()
         self.queue_size, self.batch_size, self.healthy = 0, 0, True
 
-    def app(self) -> web.Application:
-        app = web.Application()
+    def reset(self) -> None:
+        super().reset()
+        self.queue_size, self.batch_size, self.healthy = 0, 0, True
+
+    def routes(self, app: web.Application) -> None:
         app.router.add_post("/generate_stream", self.generate_stream)
         app.router.add_post("/generate", self.generate)
         app.router.add_get("/info", self.info)
         app.router.add_get("/health", self.health)
         app.router.add_get("/metrics", self.metrics)
-        return app
 
     # -- read-only endpoints --------------------------------------------------------------------
     async def info(self, request: web.Request) -> web.Response:
@@ -186,31 +123,26 @@ class TgiFake(ThreadedFake):
                 return out, "stop_sequence"  # TGI keeps the stop sequence in the text
         return out, "eos_token"
 
-    async def pre_generation(self, request: web.Request, body: dict[str, Any], fault: str | None) -> web.StreamResponse | None:
-        if fault == "rate_limit":  # a rate limiter in front of TGI (HF Inference Endpoints)
+    def fault_reply(self, kind: str, request: web.Request, body: Any) -> web.StreamResponse | None:
+        if kind == "rate_limit":  # a rate limiter in front of TGI (HF Inference Endpoints)
             return web.json_response({"error": "Rate limit reached. You reached the per-minute limit; retry later."},
                                      status=429, headers={"retry-after": "7"})
-        if fault == "overloaded":  # a load balancer in front of TGI, no replica ready
+        if kind == "overloaded":  # a load balancer in front of TGI, no replica ready
             return _error(503, "Model is overloaded", "overloaded", {"retry-after": "2"})
-        if fault == "queue_full":  # TGI's own answer when its queue is full
+        if kind == "queue_full":  # TGI's own answer when its queue is full
             return _error(429, "Model is overloaded", "overloaded")
-        if fault == "generation_error":
+        if kind == "generation_error":
             return _error(424, "Request failed during generation: Server error: unhandled exception", "generation")
-        if fault == "model_missing":  # HF's router in front of TGI: no such model
+        if kind == "model_missing":  # HF's router in front of TGI: no such model
             return web.json_response({"error": f"Model {self.model_id}-missing does not exist"}, status=404)
-        if fault == "hang":
-            await self.hang()
+        if kind == "hang":
             return web.Response(status=504)
         return None
 
     # -- generation -----------------------------------------------------------------------------
     async def generate_stream(self, request: web.Request) -> web.StreamResponse:
-        body = await request.json()
-        self.record(request, body)
-        fault = self.next_fault()
-        early = await self.pre_generation(request, body, fault)
-        if early is not None:
-            return early
+        body = await self.read(request) or {}
+        fault = await self.take_fault(request, body)
         invalid, n_in = self.validate(body)
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
                                            "x-compute-type": "gpu+optimized", "X-Accel-Buffering": "no"})
@@ -244,12 +176,8 @@ class TgiFake(ThreadedFake):
         return resp
 
     async def generate(self, request: web.Request) -> web.StreamResponse:
-        body = await request.json()
-        self.record(request, body)
-        fault = self.next_fault()
-        early = await self.pre_generation(request, body, fault)
-        if early is not None:
-            return early
+        body = await self.read(request) or {}
+        fault = await self.take_fault(request, body)
         invalid, n_in = self.validate(body)
         if invalid is not None:
             return invalid

@@ -140,10 +140,17 @@ def _get_json(url: str) -> Any:
         return json.loads(r.read())
 
 
-def start_server(tmp: Path, settings_env: dict[str, str], log: Path) -> tuple[subprocess.Popen, str]:
-    from ..server.threaded import free_port
+def _free_port() -> int:
+    """A port that was free a moment ago (the serve process binds it by number: a small race, retried)."""
+    import socket
 
-    port = free_port()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(tmp: Path, settings_env: dict[str, str], log: Path) -> tuple[subprocess.Popen, str]:
+    port = _free_port()
     env = {**os.environ, "NLWEB_LOCAL_DATA_DIR": str(tmp), **settings_env}
     out = open(log, "wb")
     proc = subprocess.Popen([sys.executable, "-m", "nlweb_local.cli.main", "serve", "--port", str(port)],

@@ -1,4 +1,8 @@
-"""Serve an ASGI app with uvicorn on a free loopback port in a background thread (benchmarks, tests)."""
+"""Serve an ASGI app with uvicorn on a loopback port in a background thread (benchmarks, tests).
+
+The server binds its socket itself (port 0) and hands it to uvicorn, so the port it reports is the one it
+holds: no port is picked, freed and then taken again, which another process could take in between.
+"""
 from __future__ import annotations
 
 import socket
@@ -7,28 +11,25 @@ import time
 from typing import Any
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class ThreadedServer:
     def __init__(self, app: Any, *, start_timeout_s: float = 30.0):
         import uvicorn
 
-        self.port = free_port()
+        self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self._sock.bind(("127.0.0.1", 0))
+        self.port = self._sock.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}"
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning",
-                                                    lifespan="on"))
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self._sock]}, daemon=True)
         self.thread.start()
         deadline = time.monotonic() + start_timeout_s
-        while not self.server.started:
+        while not self.server.started:  # uvicorn offers no event for this
             if time.monotonic() > deadline or not self.thread.is_alive():
+                self._sock.close()
                 raise RuntimeError(f"the server on port {self.port} did not start")
             time.sleep(0.05)
 
     def stop(self) -> None:
         self.server.should_exit = True
         self.thread.join(timeout=10)
+        self._sock.close()
