@@ -91,11 +91,12 @@ async def drive(url: str, concurrency: int, overload_s: float, calm_s: float) ->
                     await asyncio.sleep(0.05)  # a refused client retries soon (a worst case: it ignores Retry-After)
 
         await asyncio.gather(*(client(i) for i in range(concurrency)))
-        overload_end = time.perf_counter() - clock0
+        overload_end = end  # no request started after this
         drained_at = max((x.t1 for x in overload), default=overload_end)  # the backlog's last answer
+        calm_start = time.perf_counter() - clock0
         i = 0
         tasks = []
-        while time.perf_counter() - clock0 < overload_end + calm_s:
+        while time.perf_counter() - clock0 < calm_start + calm_s:
             tasks.append(asyncio.create_task(_ask(s, url, QUESTIONS[i % len(QUESTIONS)] + f" calm {i}", clock0)))
             i += 1
             await asyncio.sleep(1.0)

@@ -98,7 +98,7 @@ class LlamaCppProvider(BaseProvider):
             if ahead and wait >= budget:
                 raise QueueFullError(
                     f"the local model cannot start this call within its deadline ({budget:.1f}s): {ahead} calls are "
-                    f"ahead of it (about {wait:.1f}s)", retry_after=max(1.0, wait - budget), deployment=self.name)
+                    f"ahead of it (about {wait:.1f}s)", retry_after=max(1.0, self.drain_s()), deployment=self.name)
 
     def _timed(self, fn, *args):
         """On the model thread: run `fn` and fold its service time into the drain-rate estimate."""
@@ -119,6 +119,10 @@ class LlamaCppProvider(BaseProvider):
         except TimeoutError:
             raise QueueFullError("no turn on the local model within the call's deadline (queue wait)",
                                  retry_after=max(1.0, self.drain_s()), deployment=self.name) from None
+        if deadline - time.perf_counter() < 0.5 * self._service_s:  # it would time out: do not waste the model on it
+            self._gate.release()
+            raise QueueFullError("the call's turn on the local model came too late to finish before its deadline",
+                                 retry_after=max(1.0, self.drain_s()), deployment=self.name)
         try:
             fut = loop.run_in_executor(self._executor, self._timed, fn, *args)
         except BaseException:
