@@ -126,7 +126,7 @@ def gateway_routes(comp: Components, settings: Settings) -> list:
     from .gateway import Gateway
 
     assert comp.router is not None and comp.gateway is not None
-    gateway = Gateway(comp.gateway, comp.router, comp.embedder, max_body_bytes=settings.server.max_body_bytes)
+    gateway = Gateway(comp.gateway, comp.router, comp.embedder, server=settings.server)
     return [*gateway.routes(), *breaker_routes(comp.router)]
 
 
