@@ -260,7 +260,7 @@ def slow_body_server(tmp_path_factory):
     srv.stop()
 
 
-@pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/embeddings", "/ask"])
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/embeddings", "/ask", "/mcp"])
 def test_a_body_that_trickles_in_gets_408(slow_body_server, path):
     with socket.create_connection(("127.0.0.1", slow_body_server.port), timeout=20) as s:
         s.sendall(f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"

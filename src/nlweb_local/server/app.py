@@ -78,7 +78,8 @@ def create_app(settings: Settings, components: Components | None = None, *, clos
         Route("/health", health),
         Route("/ready", ready),
         *mcp_routes(SearchTools(pipeline, comp.store, directory), version=__version__,
-                    max_body_bytes=settings.server.max_body_bytes),
+                    max_body_bytes=settings.server.max_body_bytes, body_timeout_s=settings.server.body_timeout_s,
+                    max_batch=settings.server.mcp_max_batch),
         *(_telemetry_routes(comp) if comp.telemetry is not None else []),
         Mount("/static", app=StaticFiles(directory=STATIC), name="static"),
     ]
