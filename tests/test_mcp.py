@@ -4,6 +4,7 @@ The tools behind the endpoint are a plain fake: this endpoint is an adapter, the
 """
 from __future__ import annotations
 
+import asyncio
 import json
 import socket
 import threading
@@ -412,3 +413,165 @@ def test_malformed_session_id_is_400(client):
 )
 def test_odd_bodies_never_500(client, body):
     assert post(client, content=body).status_code < 500
+
+
+# --- (c) bounded work: batch size, batch admission, cancellation on disconnect ----------------------
+
+def ask_call(i: int, query: str = "soup") -> dict:
+    return rpc("tools/call", {"name": "ask", "arguments": {"query": f"{query} {i}"}}, id=i)
+
+
+class AdmittingTools(FakeTools):
+    """FakeTools with admission: room for `room` ask calls."""
+
+    def __init__(self, room: int):
+        super().__init__()
+        self.room = room
+        self.admitted: list[int] = []
+
+    def admit(self, calls: int) -> None:
+        if calls > self.room:
+            raise OverloadedError(f"{calls} searches asked for, room for {self.room}", retry_after=2.5)
+        self.admitted.append(calls)
+
+
+def test_a_batch_over_the_limit_runs_nothing():
+    tools = AdmittingTools(room=100)
+    with TestClient(make_app(tools, max_batch=4)) as client:
+        assert_error(post(client, [ask_call(i) for i in range(5)]), 400, INVALID_REQUEST)
+        assert tools.calls == [] and tools.admitted == []
+        assert post(client, [ask_call(i) for i in range(4)]).status_code == 200
+    assert len(tools.calls) == 4 and tools.admitted == [4]
+
+
+def test_the_default_batch_limit_is_small():
+    assert jsonrpc.MAX_BATCH <= 16  # one 64-call batch occupied the model for 215 s
+
+
+def test_a_batch_of_asks_is_admitted_as_a_whole_or_refused_as_a_whole():
+    tools = AdmittingTools(room=2)
+    with TestClient(make_app(tools)) as client:
+        batch = [ask_call(1), rpc("ping", id="p"), ask_call(2), ask_call(3),
+                 {"jsonrpc": "2.0", "method": "notifications/initialized"}]
+        response = post(client, batch)
+        assert response.status_code == 200 and response.headers["retry-after"] == "3"
+        body = response.json()
+        assert [r["id"] for r in body] == [1, "p", 2, 3]  # every request answered, the notification not
+        assert all(r["error"]["code"] == jsonrpc.SERVER_BUSY and r["error"]["data"] == {"retry_after": 3} for r in body)
+        assert "none of the 3" in body[0]["error"]["message"]
+        assert tools.calls == []  # nothing ran, not even the ping
+        response = post(client, [ask_call(1), rpc("ping", id="p"), ask_call(2)])
+        assert response.status_code == 200 and "retry-after" not in response.headers
+        assert [("error" in r) for r in response.json()] == [False, False, False]
+        assert tools.admitted == [2] and len(tools.calls) == 2
+        # a single call is a batch of one
+        single = post(client, ask_call(9))
+        assert single.status_code == 200 and single.json()["result"]["isError"] is False
+
+
+def test_search_tools_admit_through_the_pipeline(tmp_path):
+    """The real tools over the real pipeline: a full queue refuses the batch before any search."""
+    from nlweb_local.config.settings import load_settings
+    from nlweb_local.providers.testing import FunctionLLM
+    from nlweb_local.retrieval.qdrant_store import QdrantStore
+    from nlweb_local.search.pipeline import AskPipeline
+    from nlweb_local.search.who import SiteDirectory
+    from nlweb_local.server.mcp_tools import SearchTools
+    from stand_ins import NoEmbedder
+
+    llm = FunctionLLM(lambda t, p, s: '{"score": 90, "description": "x"}', max_queue=0)
+    store = QdrantStore(dimension=2, path=tmp_path / "q")
+    pipeline = AskPipeline(llm, NoEmbedder(), store, load_settings(environ={}).search)
+    tools = SearchTools(pipeline, store, SiteDirectory(NoEmbedder(), store))
+    with TestClient(make_app(tools)) as client:
+        response = post(client, [ask_call(1), ask_call(2)])
+    store.close()
+    assert response.headers["retry-after"] == "2"
+    assert [r["error"]["code"] for r in response.json()] == [jsonrpc.SERVER_BUSY] * 2
+    assert llm.calls == []
+
+
+class SlowTools(FakeTools):
+    def __init__(self):
+        super().__init__()
+        self.started = asyncio.Event()
+        self.cancelled = False
+
+    async def ask(self, query, sites, generate_mode):
+        self.started.set()
+        try:
+            await asyncio.sleep(60)
+        except asyncio.CancelledError:
+            self.cancelled = True
+            raise
+        return "too late"
+
+
+async def call_then_leave(app, body: bytes, left: asyncio.Event) -> list[dict]:
+    """One POST /mcp over raw ASGI whose client disconnects once `left` is set; the messages sent back."""
+    messages = iter([{"type": "http.request", "body": body, "more_body": False}])
+    sent: list[dict] = []
+
+    async def receive():
+        message = next(messages, None)
+        if message is not None:
+            return message
+        await left.wait()
+        return {"type": "http.disconnect"}
+
+    async def send(message):
+        sent.append(message)
+
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
+             "path": "/mcp", "raw_path": b"/mcp", "query_string": b"", "root_path": "",
+             "headers": [(b"content-type", b"application/json"), (b"accept", b"application/json"),
+                         (b"content-length", str(len(body)).encode())],
+             "client": ("127.0.0.1", 5), "server": ("127.0.0.1", 80)}
+    await asyncio.wait_for(app(scope, receive, send), 30)  # (a guard: without cancellation it would take 60 s)
+    return sent
+
+
+async def test_a_client_that_disconnects_cancels_its_running_tool_call():
+    tools = SlowTools()
+    left = asyncio.Event()
+
+    async def leave_when_started():
+        await tools.started.wait()
+        left.set()
+
+    leaving = asyncio.create_task(leave_when_started())
+    await call_then_leave(make_app(tools), json.dumps(ask_call(1)).encode(), left)
+    await leaving
+    assert tools.cancelled
+
+
+async def test_a_disconnect_cancels_a_slow_search_in_the_pipeline(tmp_path):
+    """Through the real tools and pipeline: the LLM call in flight is cancelled, the queue is freed."""
+    from nlweb_local.config.settings import load_settings
+    from nlweb_local.core.types import Item
+    from nlweb_local.providers.testing import FunctionLLM
+    from nlweb_local.retrieval.qdrant_store import QdrantStore
+    from nlweb_local.search.pipeline import AskPipeline
+    from nlweb_local.search.who import SiteDirectory
+    from nlweb_local.server.mcp_tools import SearchTools
+    from stand_ins import NoEmbedder
+
+    llm = FunctionLLM(lambda t, p, s: '{"score": 90, "description": "x"}', delay_s=60)
+    store = QdrantStore(dimension=2, path=tmp_path / "q")
+    store.upsert([Item("https://e.example/a", "Apple pie", "e", json.dumps({"name": "Apple pie"}))], [[1.0, 0.0]])
+    pipeline = AskPipeline(llm, NoEmbedder(), store, load_settings(environ={}).search)
+    tools = SearchTools(pipeline, store, SiteDirectory(NoEmbedder(), store))
+    left = asyncio.Event()
+
+    async def leave_when_the_model_runs():
+        while llm.pending == 0:
+            await asyncio.sleep(0.01)
+        left.set()
+
+    leaving = asyncio.create_task(leave_when_the_model_runs())
+    try:
+        await call_then_leave(make_app(tools), json.dumps(ask_call(1)).encode(), left)
+    finally:
+        await leaving
+        store.close()
+    assert llm.calls and llm.pending == 0  # the call started, and was cancelled rather than left running

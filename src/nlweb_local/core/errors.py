@@ -3,6 +3,7 @@
     NlwebError
     ├── BadRequestError            400  invalid_request_error   (not retryable)
     │   ├── PayloadTooLargeError   413
+    │   ├── RequestTimeoutError    408  the request body did not arrive in time (server.body_timeout_s)
     │   └── ContextLengthError     400  context_length_exceeded
     ├── AuthError                  401  authentication_error     (also 403 upstream)
     ├── NotFoundError              404  not_found_error          (model, site, ...)
@@ -46,6 +47,12 @@ class BadRequestError(NlwebError):
 
 class PayloadTooLargeError(BadRequestError):
     status = 413
+
+
+class RequestTimeoutError(BadRequestError):
+    """The client did not send its whole request body within `server.body_timeout_s`."""
+
+    status = 408
 
 
 class ContextLengthError(BadRequestError):

@@ -82,7 +82,8 @@ def create_app(settings: Settings, components: Components | None = None, *, clos
         Route("/health", health),
         Route("/ready", ready),
         *mcp_routes(SearchTools(pipeline, comp.store, directory), version=__version__,
-                    max_body_bytes=settings.server.max_body_bytes),
+                    max_body_bytes=settings.server.max_body_bytes, body_timeout_s=settings.server.body_timeout_s,
+                    max_batch=settings.server.mcp_max_batch),
         *(_telemetry_routes(comp) if comp.telemetry is not None else []),
         Mount("/static", app=StaticFiles(directory=STATIC), name="static"),
     ]
@@ -130,7 +131,7 @@ def gateway_routes(comp: Components, settings: Settings) -> list:
     from .gateway import Gateway
 
     assert comp.router is not None and comp.gateway is not None
-    gateway = Gateway(comp.gateway, comp.router, comp.embedder, max_body_bytes=settings.server.max_body_bytes)
+    gateway = Gateway(comp.gateway, comp.router, comp.embedder, server=settings.server)
     return [*gateway.routes(), *breaker_routes(comp.router)]
 
 

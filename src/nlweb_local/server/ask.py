@@ -13,6 +13,7 @@ from ..config.settings import Settings
 from ..core.errors import NlwebError
 from ..search.events import End, Event, Failure
 from ..search.pipeline import AskPipeline
+from .body import ClientGone
 from .errors import nlweb_error
 from .params import collect_params, parse_ask
 from .wire import Renderer, V05Renderer, V1Renderer, V3Renderer
@@ -79,11 +80,14 @@ class AskEndpoint:
 
     async def handle(self, request: Request) -> Response:
         try:
-            params, raw = await collect_params(request, self._settings.server.max_body_bytes)
+            server = self._settings.server
+            params, raw = await collect_params(request, server.max_body_bytes, server.body_timeout_s)
             parsed = parse_ask(params, raw, self._settings.search, self._settings.server.default_api)
             self._pipeline.admit()
         except NlwebError as e:
             return nlweb_error(e)
+        except ClientGone:
+            return Response(status_code=400)  # nobody is left to read it
         renderer: Renderer = _RENDERERS[parsed.api](parsed.ask)
         events = _guarded(self._pipeline.run(parsed.ask), self._outcome)
         log.info("ask %r sites=%s mode=%s api=%s", parsed.ask.query[:80], parsed.ask.sites or "all", parsed.ask.mode, parsed.api)

@@ -1,28 +1,52 @@
-"""The one request-body reader: bounded by `server.max_body_bytes`, over raw ASGI `receive`.
+"""The one request-body reader: bounded in size by `server.max_body_bytes` and in time by
+`server.body_timeout_s`, over raw ASGI `receive`.
 
 Every endpoint reads its body through `read_body` — the raw ASGI gateway endpoints directly, Starlette
-endpoints with `read_request_body(request, limit)` — so the limit and its error are the same everywhere.
+endpoints with `read_request_body(request, limit, timeout_s)` — so the limits and their errors are the
+same everywhere: 413 (`PayloadTooLargeError`) past the size, 408 (`RequestTimeoutError`) when the whole
+body has not arrived in time (a client trickling a byte now and then holds a connection no longer).
+
+`parse_json` is the one JSON parser for what a client sends: strict JSON (no NaN/Infinity, no number
+that overflows a double) nested at most `MAX_JSON_DEPTH` levels, so nothing downstream recurses past
+Python's limit (a `RecursionError` deep in a renderer or an engine adapter would be a 500).
 """
 from __future__ import annotations
 
+import asyncio
+import re
 from typing import Any, Awaitable, Callable
 
+import orjson
 from starlette.requests import Request
 
-from ..core.errors import PayloadTooLargeError
+from ..core.errors import BadRequestError, PayloadTooLargeError, RequestTimeoutError
 
 Receive = Callable[[], Awaitable[dict[str, Any]]]
+MAX_JSON_DEPTH = 32
+"""Arrays and objects nested deeper than this are refused (400): no real request needs more."""
 
 
 class ClientGone(Exception):
     """The client disconnected before its request body arrived: nobody to answer."""
 
 
-async def read_body(receive: Receive, declared: str | None, limit: int) -> bytes:
+async def read_body(receive: Receive, declared: str | None, limit: int, timeout_s: float | None = None) -> bytes:
     """The body from ASGI `receive`, at most `limit` bytes (`PayloadTooLargeError` past it, at once when
-    the declared Content-Length says so); `ClientGone` if the client left first."""
+    the declared Content-Length says so), all of it within `timeout_s` seconds (`RequestTimeoutError`
+    after; None: no limit); `ClientGone` if the client left first."""
     if declared and declared.isdigit() and int(declared) > limit:
         raise PayloadTooLargeError(f"request body is {declared} bytes; the limit is {limit} (server.max_body_bytes)")
+    if timeout_s is None:
+        return await _read(receive, limit)
+    try:
+        async with asyncio.timeout(timeout_s):
+            return await _read(receive, limit)
+    except TimeoutError:
+        raise RequestTimeoutError(f"the request body did not arrive within {timeout_s:g} s (server.body_timeout_s); "
+                                  "send the whole body at once") from None
+
+
+async def _read(receive: Receive, limit: int) -> bytes:
     chunks: list[bytes] = []
     size = 0
     while True:
@@ -41,6 +65,47 @@ async def read_body(receive: Receive, declared: str | None, limit: int) -> bytes
         chunks.append(chunk)
 
 
-async def read_request_body(request: Request, limit: int) -> bytes:
+async def read_request_body(request: Request, limit: int, timeout_s: float | None = None) -> bytes:
     """`read_body` for a Starlette endpoint (the body must not have been read yet)."""
-    return await read_body(request.receive, request.headers.get("content-length"), limit)
+    return await read_body(request.receive, request.headers.get("content-length"), limit, timeout_s)
+
+
+def parse_json(raw: bytes | str, what: str = "request body", *, max_depth: int = MAX_JSON_DEPTH) -> Any:
+    """`raw` as JSON, or `BadRequestError` naming `what`: not JSON, a non-finite number, or nested deeper
+    than `max_depth` arrays/objects."""
+    try:
+        value = orjson.loads(raw)
+    except orjson.JSONDecodeError as e:
+        if e.msg.startswith("depth limit"):
+            raise BadRequestError(f"{what} nests arrays/objects deeper than {max_depth} levels; flatten it") from None
+        raise BadRequestError(f"{what} is not valid JSON: {e.msg}{_where(raw, e.pos)}") from None
+    opened = raw.count(b"[") + raw.count(b"{") if isinstance(raw, bytes) else raw.count("[") + raw.count("{")
+    if opened > max_depth and _deeper_than(value, max_depth):  # (too few brackets to nest that deep: no walk)
+        raise BadRequestError(f"{what} nests arrays/objects deeper than {max_depth} levels; flatten it")
+    return value
+
+
+def _where(raw: bytes | str, pos: int) -> str:
+    """Where a JSON error is: the member it is in, when one precedes it (e.g. at 'max_results')."""
+    head = raw[max(0, pos - 200):pos]
+    text = head.decode("utf-8", "replace") if isinstance(head, bytes) else head
+    keys = _MEMBER.findall(text)
+    return f" (in '{keys[-1]}', at character {pos})" if keys else f" (at character {pos})"
+
+
+_MEMBER = re.compile(r'"([^"\\]{1,64})"\s*:')
+
+
+def _deeper_than(value: Any, limit: int) -> bool:
+    """True when `value` holds containers nested more than `limit` levels (iterative: no recursion)."""
+    if not isinstance(value, (list, dict)):
+        return False
+    stack = [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > limit:
+            return True
+        for child in (node.values() if isinstance(node, dict) else node):
+            if isinstance(child, (list, dict)):
+                stack.append((child, depth + 1))
+    return False

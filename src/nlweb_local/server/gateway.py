@@ -6,8 +6,10 @@ Every request goes through the router; every answer says which deployment served
 """
 from __future__ import annotations
 
+import asyncio
 import itertools
 import logging
+import math
 import os
 import time
 from typing import Any, AsyncIterator, Awaitable, Callable, Mapping
@@ -17,16 +19,20 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route as HttpRoute
 
-from ..core.errors import BadRequestError, NlwebError
-from ..core.types import CallContext, ChatRequest, Message, Privacy, Served, TaskKind
+from ..config.settings import ServerSettings
+from ..core.errors import BadRequestError, ContextLengthError, ModelNotFoundError, NlwebError, ProviderError
+from ..core.types import CallContext, ChatRequest, Privacy, Served
 from ..providers.base import Provider
 from ..retrieval.base import Embedder
-from ..router.router import Router
-from .body import ClientGone, read_body, read_request_body
+from ..router.model import DeploymentInfo
+from ..router.router import Router, estimate_tokens
+from .body import ClientGone, parse_json, read_body, read_request_body
 from .errors import openai_error, send_json, send_openai_error
+from .openai_schema import ChatCompletionRequest, CompletionRequest, EmbeddingRequest, validate
 
 log = logging.getLogger(__name__)
-_ROLES = {"system", "user", "assistant", "tool", "developer"}
+DEFAULT_MAX_TOKENS = 512  # what a request that names no max_tokens may generate (less when its prompt is long)
+MAX_DEADLINE_MS = 86_400_000.0  # a day
 _PRIVACY = {"any": Privacy.ANY, "local_only": Privacy.LOCAL_ONLY}
 # what the completion endpoints read from a request's headers (one pass over the ASGI scope)
 _READ_HEADERS = frozenset({b"content-length", b"x-nlweb-privacy", b"x-nlweb-strategy", b"x-nlweb-priority",
@@ -63,63 +69,34 @@ class _AsgiEndpoint:
         return self.handle(scope, receive, send)
 
 
-def _content(value: Any, i: int) -> str:
-    if isinstance(value, str):
-        return value
-    if value is None:
-        return ""
-    if isinstance(value, list):  # content parts: keep the text ones
-        return "".join(p.get("text", "") for p in value if isinstance(p, dict) and p.get("type") in ("text", "input_text"))
-    raise BadRequestError(f"messages[{i}].content must be a string or a list of content parts")
-
-
-def parse_chat(body: dict[str, Any]) -> ChatRequest:
-    msgs = body.get("messages")
-    if not isinstance(msgs, list) or not msgs:
-        raise BadRequestError("'messages' must be a non-empty array of {role, content}")
-    messages = []
-    for i, m in enumerate(msgs):
-        if not isinstance(m, dict) or m.get("role") not in _ROLES:
-            raise BadRequestError(f"messages[{i}].role must be one of {', '.join(sorted(_ROLES))}")
-        role = "system" if m["role"] == "developer" else m["role"]
-        calls = m.get("tool_calls") or ()
-        if not isinstance(calls, (list, tuple)):
-            raise BadRequestError(f"messages[{i}].tool_calls must be an array")
-        messages.append(Message(role, _content(m.get("content"), i), tool_calls=tuple(calls),
-                                tool_call_id=m.get("tool_call_id"), name=m.get("name")))
-    fmt = body.get("response_format") or {}
-    schema = None
-    if isinstance(fmt, dict) and fmt.get("type") == "json_schema":
-        schema = (fmt.get("json_schema") or {}).get("schema")
-        if not isinstance(schema, dict):
-            raise BadRequestError("response_format.json_schema.schema must be a JSON Schema object")
-    elif isinstance(fmt, dict) and fmt.get("type") == "json_object":
-        schema = {"type": "object"}
-    max_tokens = body.get("max_completion_tokens", body.get("max_tokens", 512))
-    if not isinstance(max_tokens, int) or max_tokens < 1:
-        raise BadRequestError("'max_tokens' must be a positive integer")
-    temperature = body.get("temperature", 1.0)
-    if not isinstance(temperature, (int, float)) or not 0 <= temperature <= 2:
-        raise BadRequestError("'temperature' must be a number between 0 and 2")
-    stop = body.get("stop")
-    return ChatRequest(messages=messages, model=body.get("model"), max_tokens=max_tokens, temperature=float(temperature),
-                       json_schema=schema, stop=[stop] if isinstance(stop, str) else stop, top_p=body.get("top_p"),
-                       seed=body.get("seed"), tools=body.get("tools"), tool_choice=body.get("tool_choice"),
-                       task=TaskKind.JSON if schema else TaskKind.CHAT)
-
-
 def call_context(h: Mapping[str, str], model: str | None, router: Router) -> CallContext:
-    """The call context from a request's headers (`request_headers`) and its model name."""
+    """The call context from a request's headers (`request_headers`) and its model name: a model that is
+    neither `auto`, an alias nor a deployment is `ModelNotFoundError` (404 `model_not_found`)."""
     privacy = _PRIVACY.get(h.get("x-nlweb-privacy", "any").strip().lower())
     if privacy is None:
-        raise BadRequestError("x-nlweb-privacy must be 'local_only' or 'any'")
+        raise _bad_header("x-nlweb-privacy must be 'local_only' or 'any'", "x-nlweb-privacy")
     try:
         priority = int(h.get("x-nlweb-priority") or 0)
     except ValueError:
-        raise BadRequestError("x-nlweb-priority must be an integer (higher is served first)") from None
+        raise _bad_header("x-nlweb-priority must be an integer (higher is served first)", "x-nlweb-priority") from None
     return CallContext(strategy=h.get("x-nlweb-strategy") or None, privacy=privacy, priority=priority,
-                       conversation=h.get("x-nlweb-conversation", ""), deployments=router.resolve_model(model),
+                       conversation=h.get("x-nlweb-conversation", ""), deployments=resolve_model(router, model),
                        deadline_s=_deadline(h))
+
+
+def resolve_model(router: Router, model: str | None, also: tuple[str, ...] = ()) -> tuple[str, ...]:
+    """The deployments `model` pins (() for none or `auto`); `ModelNotFoundError` for a name that is no
+    alias or deployment (nor one of `also`)."""
+    if not model or model == "auto" or model in also:
+        return ()
+    pinned = router.resolve_model(model)
+    if not pinned:
+        known = ["auto", *router.aliases(), *router.names(), *also]
+        err = ModelNotFoundError(f"the model {model!r} does not exist here; use one of {', '.join(known)} "
+                                 "(GET /v1/models lists them)")
+        err.param = "model"  # type: ignore[attr-defined]
+        raise err
+    return pinned
 
 
 def route_header(served: Served | None) -> bytes:
@@ -132,25 +109,51 @@ def _deadline(h: Mapping[str, str]) -> float | None:
     if not ms:
         return None
     try:
-        return max(0.001, float(ms) / 1000.0)
+        value = float(ms)
     except ValueError:
-        raise BadRequestError("x-nlweb-deadline-ms must be a number of milliseconds") from None
+        value = math.nan
+    if not 0 < value <= MAX_DEADLINE_MS:  # (NaN fails the comparison too)
+        raise _bad_header(f"x-nlweb-deadline-ms must be a number of milliseconds in (0, {MAX_DEADLINE_MS:.0f}], "
+                          f"got {ms[:40]!r}", "x-nlweb-deadline-ms")
+    return value / 1000.0
+
+
+def _bad_param(message: str, name: str, error: type[BadRequestError] = BadRequestError) -> BadRequestError:
+    """A 400 whose OpenAI `param` names the field (or header) at fault."""
+    err = error(message)
+    err.param = name  # type: ignore[attr-defined]
+    return err
+
+
+_bad_header = _bad_param
+
+
+def _too_long(message: str, name: str) -> BadRequestError:
+    return _bad_param(message, name, ContextLengthError)
+
+
+def _ascii(text: str) -> str:
+    return text.encode("ascii", "replace").decode("ascii")
 
 
 class Gateway:
     """`provider`: the composed chain every call goes through (the router, wrapped); `router`: its typed
     API (model names, aliases)."""
 
-    def __init__(self, provider: Provider, router: Router, embedder: Embedder | None, *, max_body_bytes: int,
+    def __init__(self, provider: Provider, router: Router, embedder: Embedder | None, *, server: ServerSettings,
                  embedder_name: str = "all-MiniLM-L6-v2", clock: Callable[[], float] = time.time):
+        """`server`: the edge's limits (body size and read timeout, embedding inputs and tokens)."""
         self._provider = provider
         self._router = router
         self._embedder = embedder
-        self._max_body = max_body_bytes
+        self._limits = server
         self._embedder_name = embedder_name
         self._clock = clock
         self._id_prefix = os.urandom(6).hex()  # ids: a per-process random prefix + a counter (cheaper than uuid4)
         self._ids = itertools.count(1)
+        # what never changes while the router runs: the chat deployments, for the checks no deployment would pass
+        self._chat: dict[str, DeploymentInfo] = {v.name: v.info for v in router.deployments()
+                                                 if router.provider(v.name).capabilities.chat}
 
     def routes(self) -> list[HttpRoute]:
         """The completion endpoints are raw ASGI (the hot path: no Request/Response objects per call)."""
@@ -160,32 +163,29 @@ class Gateway:
                 HttpRoute("/v1/models", self.models, methods=["GET"])]
 
     async def _json(self, request: Request) -> dict[str, Any]:
-        return _json_object(await read_request_body(request, self._max_body))
+        raw = await read_request_body(request, self._limits.max_body_bytes, self._limits.body_timeout_s)
+        return _json_object(raw)
 
     async def chat(self, scope, receive, send) -> None:
-        await self._serve(scope, receive, send, "chat.completion", None)
+        await self._serve(scope, receive, send, "chat.completion", ChatCompletionRequest)
 
     async def completions(self, scope, receive, send) -> None:
-        def as_chat(body: dict[str, Any]) -> dict[str, Any]:
-            prompt = body.get("prompt")
-            if isinstance(prompt, list) and len(prompt) == 1:
-                prompt = prompt[0]
-            if not isinstance(prompt, str):
-                raise BadRequestError("'prompt' must be a string")
-            return {**body, "messages": [{"role": "user", "content": prompt}]}
-
-        await self._serve(scope, receive, send, "text_completion", as_chat)
+        await self._serve(scope, receive, send, "text_completion", CompletionRequest)
 
     async def _serve(self, scope, receive, send: Send, obj: str,
-                     to_chat: Callable[[dict[str, Any]], dict[str, Any]] | None) -> None:
+                     schema: type[ChatCompletionRequest] | type[CompletionRequest]) -> None:
         """Both completion endpoints (ASGI): parse, route (streamed or not), answer in OpenAI's shape."""
         h = request_headers(scope)
         try:
-            body = _json_object(await read_body(receive, h.get("content-length"), self._max_body))
-            req = parse_chat(to_chat(body) if to_chat is not None else body)
+            raw = await read_body(receive, h.get("content-length"), self._limits.max_body_bytes,
+                                  self._limits.body_timeout_s)
+            wire = validate(schema, _json_object(raw))
+            req = wire.chat_request()
             req.context = call_context(h, req.model, self._router)
-            if body.get("stream"):
-                streamed = await self._stream_chat(req, body, "chat.completion.chunk" if obj == "chat.completion" else obj)
+            self._check_servable(req)
+            if wire.stream:
+                streamed = await self._stream_chat(req, wire.include_usage,
+                                                   "chat.completion.chunk" if obj == "chat.completion" else obj)
                 resp = None
             else:
                 resp = await self._provider.complete(req)
@@ -207,6 +207,44 @@ class Gateway:
         await send_json(send, 200, orjson.dumps(self._envelope(obj, req, resp.deployment, [choice], resp.usage)),
                         [(b"x-nlweb-route", route_header(resp.served))])
 
+    def _check_servable(self, req: ChatRequest) -> None:
+        """Refuse (4xx) what no deployment the request may use could serve however idle it were — the
+        router would only say "no deployment can serve this now" (503, which clients retry) — and give a
+        request that named no `max_tokens` what fits: `DEFAULT_MAX_TOKENS`, less when its prompt is long.
+        Mirrors the router's static eligibility (privacy, JSON output, tools, context window)."""
+        ctx = req.context
+        names = ctx.deployments or self._router.aliases().get(req.task.value) or tuple(self._chat)
+        infos = [self._chat[n] for n in names if n in self._chat]
+        if not infos:  # (e.g. an alias of embedding deployments: the router says why)
+            req.max_tokens = req.max_tokens or DEFAULT_MAX_TOKENS
+            return
+        if ctx.privacy is Privacy.LOCAL_ONLY:
+            infos = [i for i in infos if i.local]
+            if not infos:
+                raise _bad_header("no local deployment may serve this request; drop x-nlweb-privacy: local_only "
+                                  "or pick a local model (GET /v1/models)", "x-nlweb-privacy")
+        if req.json_schema is not None:
+            infos = [i for i in infos if i.json_schema]
+            if not infos:
+                raise _bad_param("no deployment this request may use gives JSON-schema output; drop response_format "
+                                 "or pick another model", "response_format")
+        if req.tools:
+            infos = [i for i in infos if i.tools]
+            if not infos:
+                raise _bad_param("no deployment this request may use calls tools; drop 'tools' or pick another model",
+                                 "tools")
+        window = max(i.context_window for i in infos)
+        prompt = estimate_tokens(req)
+        if not req.max_tokens:  # the client named none
+            req.max_tokens = max(1, min(DEFAULT_MAX_TOKENS, window - prompt))
+        if req.max_tokens > window:
+            raise _too_long(f"max_tokens is {req.max_tokens}, but the largest context window of the deployments this "
+                            f"request may use is {window} tokens; lower max_tokens", "max_tokens")
+        if prompt + req.max_tokens > window:
+            raise _too_long(f"the messages (~{prompt} tokens at ~4 characters a token) plus max_tokens "
+                            f"({req.max_tokens}) exceed the largest context window of the deployments this request "
+                            f"may use ({window} tokens); shorten the messages or lower max_tokens", "messages")
+
     def _envelope(self, obj: str, req: ChatRequest, deployment: str, choices: list, usage=None) -> dict[str, Any]:
         out: dict[str, Any] = {"id": f"{'chatcmpl' if obj.startswith('chat') else 'cmpl'}-{self._id_prefix}{next(self._ids):x}",
                                "object": obj, "created": int(self._clock()), "model": req.model or deployment,
@@ -216,16 +254,13 @@ class Gateway:
                             "total_tokens": usage.total_tokens}
         return out
 
-    async def _stream_chat(self, req: ChatRequest, body: dict[str, Any], obj: str) -> Response:
+    async def _stream_chat(self, req: ChatRequest, include_usage: bool, obj: str) -> Response:
         """Wait for the first chunk (the failover boundary) so the route is known before the headers go out."""
         chunks = self._provider.stream(req)
         try:
             first = await chunks.__anext__()  # errors before the first token become a proper HTTP error
         except StopAsyncIteration:
-            from ..core.errors import ProviderError
-
             raise ProviderError("the deployment closed the stream without answering", deployment="router") from None
-        include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
         route = route_header(first.served).decode("ascii")
         deployment = first.served.deployment if first.served is not None else ""
         # every event of one stream shares its id, created and model: serialise that head once
@@ -268,13 +303,10 @@ class Gateway:
 
     async def embeddings(self, request: Request) -> Response:
         try:
-            body = await self._json(request)
-            inp = body.get("input")
-            texts = [inp] if isinstance(inp, str) else inp
-            if not isinstance(texts, list) or not texts or not all(isinstance(t, str) for t in texts):
-                raise BadRequestError("'input' must be a string or a non-empty array of strings")
-            if len(texts) > 2048:
-                raise BadRequestError("'input' may hold at most 2048 strings")
+            wire = validate(EmbeddingRequest, await self._json(request))
+            texts = wire.texts
+            self._check_embedding_limits(texts)
+            resolve_model(self._router, wire.model, also=(self._embedder_name,))
             if self._provider.capabilities.embeddings:
                 out = await self._provider.embed(texts)
                 vectors, model, route = out.vectors, out.model, f"{out.deployment}; embedding deployment"
@@ -284,8 +316,6 @@ class Gateway:
                     out = await provider.embed(texts)  # the model runs in the provider's worker thread
                     vectors, model = out.vectors, out.model or self._embedder_name
                 else:  # an Embedder that is no provider adapter (test stand-ins)
-                    import asyncio
-
                     vectors = await asyncio.to_thread(self._embedder.embed, texts)
                     model = self._embedder_name
                 route = "embedded; in-process sentence-transformers"
@@ -294,9 +324,23 @@ class Gateway:
         except NlwebError as e:
             return openai_error(e)
         tokens = sum(len(t) for t in texts) // 4
-        return FastJSONResponse({"object": "list", "model": body.get("model") or model,
+        return FastJSONResponse({"object": "list", "model": wire.model or model,
                              "data": [{"object": "embedding", "index": i, "embedding": v} for i, v in enumerate(vectors)],
-                             "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}, headers={"x-nlweb-route": route})
+                             "usage": {"prompt_tokens": tokens, "total_tokens": tokens}},
+                                headers={"x-nlweb-route": _ascii(route)})
+
+    def _check_embedding_limits(self, texts: list[str]) -> None:
+        """At most `server.max_embedding_inputs` inputs and `server.max_embedding_tokens` tokens (~4
+        characters each) per request: the in-process model embeds them all before anyone else gets a turn."""
+        most = self._limits.max_embedding_inputs
+        if len(texts) > most:
+            raise _bad_param(f"'input' holds {len(texts)} strings; at most {most} per request "
+                             "(server.max_embedding_inputs): send several requests", "input")
+        tokens = sum(len(t) for t in texts) // 4
+        if tokens > self._limits.max_embedding_tokens:
+            raise _bad_param(f"'input' holds ~{tokens} tokens (~4 characters each); at most "
+                             f"{self._limits.max_embedding_tokens} per request (server.max_embedding_tokens): "
+                             "send several requests", "input")
 
     async def models(self, request: Request) -> Response:
         created = int(self._clock())
@@ -313,10 +357,7 @@ class Gateway:
 
 
 def _json_object(raw: bytes) -> dict[str, Any]:
-    try:
-        body = orjson.loads(raw or b"{}")
-    except orjson.JSONDecodeError as e:
-        raise BadRequestError(f"request body is not valid JSON: {e}") from None
+    body = parse_json(raw or b"{}")
     if not isinstance(body, dict):
         raise BadRequestError("request body must be a JSON object")
     return body

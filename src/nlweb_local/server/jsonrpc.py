@@ -3,8 +3,12 @@
 `handle(body, handlers)` returns a `Reply` whose `status` is the HTTP status an HTTP edge should send:
 
     400  the body is not JSON (-32700), or is not a JSON-RPC message or batch (-32600)
-    200  one or more responses (results, or errors such as -32601 / -32602 inside a valid request)
+    200  one or more responses (results, or errors such as -32601 / -32602 inside a valid request, or
+         -32000 SERVER_BUSY for requests the `admit` hook refused; `Reply.retry_after` then says when to retry)
     202  only notifications or client responses: nothing to send back
+
+A batch holds at most `max_batch` messages (more: -32600, nothing runs). Before any request of a body
+runs, `admit(requests)` sees all of its well-formed requests and may refuse them all at once.
 
 Ids follow MCP, which is stricter than JSON-RPC: a string or an integer, never null.
 Params must be an object when present (MCP sends no positional params).
@@ -24,11 +28,15 @@ INVALID_REQUEST = -32600
 METHOD_NOT_FOUND = -32601
 INVALID_PARAMS = -32602
 INTERNAL_ERROR = -32603
+SERVER_BUSY = -32000
+"""(implementation-defined server error) refused for now: `data.retry_after` says after how many seconds."""
 
-MAX_BATCH = 64
+MAX_BATCH = 16
 """A batch longer than this is refused whole: each request may run a search."""
 
 Handler = Callable[[dict[str, Any]], Awaitable[Any]]
+Admission = Callable[[list[dict[str, Any]]], None]
+"""Sees a body's requests (method + params, well-formed) before any runs; raises `Busy` to refuse them all."""
 
 
 class JsonRpcError(Exception):
@@ -47,6 +55,14 @@ class JsonRpcError(Exception):
         return error
 
 
+class Busy(JsonRpcError):
+    """Every request of the body is refused for now (SERVER_BUSY); retry after `retry_after` seconds."""
+
+    def __init__(self, message: str, retry_after: float):
+        super().__init__(SERVER_BUSY, message, {"retry_after": retry_after})
+        self.retry_after = retry_after
+
+
 @dataclass(frozen=True)
 class Reply:
     status: int
@@ -54,6 +70,8 @@ class Reply:
     """None when there is nothing to send (status 202)."""
     answered: tuple[str, ...] = ()
     """Methods answered with a result, in order (the HTTP edge adds headers for some, e.g. initialize)."""
+    retry_after: float | None = None
+    """Set when the requests were refused as busy (the HTTP edge sends Retry-After)."""
 
 
 def error_response(error: JsonRpcError, id: str | int | None = None) -> dict[str, Any]:
@@ -76,13 +94,26 @@ def decode(body: bytes) -> Any:
         raise JsonRpcError(PARSE_ERROR, f"Parse error: the body is not valid UTF-8 JSON ({_short(e)})") from None
 
 
-async def handle(body: bytes, handlers: Mapping[str, Handler]) -> Reply:
-    """Answer one HTTP body: a single message or a batch. Notifications and client responses are accepted
-    and ignored (the caller keeps no state that they could change)."""
+async def handle(body: bytes, handlers: Mapping[str, Handler], *, max_batch: int = MAX_BATCH,
+                 admit: Admission | None = None) -> Reply:
+    """Answer one HTTP body: a single message or a batch of at most `max_batch`. Notifications and client
+    responses are accepted and ignored (the caller keeps no state that they could change)."""
     try:
         document = decode(body)
     except JsonRpcError as e:
         return Reply(400, error_response(e))
+    messages = document if isinstance(document, list) else [document]
+    if isinstance(document, list):
+        if not document:
+            return Reply(400, error_response(JsonRpcError(INVALID_REQUEST, "Invalid Request: empty batch")))
+        if len(document) > max_batch:
+            message = f"Invalid Request: a batch holds at most {max_batch} messages; send fewer at a time"
+            return Reply(400, error_response(JsonRpcError(INVALID_REQUEST, message)))
+    if admit is not None:
+        try:
+            admit([m for m in messages if _is_request(m)])
+        except Busy as e:
+            return _refuse(messages, e, batch=isinstance(document, list))
     if isinstance(document, list):
         return await _handle_batch(document, handlers)
     response, method = await _answer(document, handlers)
@@ -92,12 +123,21 @@ async def handle(body: bytes, handlers: Mapping[str, Handler]) -> Reply:
     return Reply(400 if bad_request else 200, response, (method,) if method else ())
 
 
+def _is_request(message: Any) -> bool:
+    """A well-formed request that would run (it has an id, so it is answered)."""
+    return (isinstance(message, dict) and message.get("jsonrpc") == "2.0" and _is_id(message.get("id"))
+            and isinstance(message.get("method"), str) and isinstance(message.get("params", {}), dict))
+
+
+def _refuse(messages: list[Any], e: Busy, *, batch: bool) -> Reply:
+    """Every request answered with the refusal; nothing ran."""
+    responses = [error_response(e, m["id"]) for m in messages if _is_request(m)]
+    if not responses:
+        return Reply(202, None)
+    return Reply(200, responses if batch else responses[0], retry_after=e.retry_after)
+
+
 async def _handle_batch(batch: list[Any], handlers: Mapping[str, Handler]) -> Reply:
-    if not batch:
-        return Reply(400, error_response(JsonRpcError(INVALID_REQUEST, "Invalid Request: empty batch")))
-    if len(batch) > MAX_BATCH:
-        message = f"Invalid Request: a batch holds at most {MAX_BATCH} messages; send fewer at a time"
-        return Reply(400, error_response(JsonRpcError(INVALID_REQUEST, message)))
     responses, answered = [], []
     for message in batch:  # one at a time: each request may run a search, and the order is the client's
         response, method = await _answer(message, handlers)

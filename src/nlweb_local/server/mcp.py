@@ -5,7 +5,10 @@ Two layers, each testable alone:
 - `McpServer`: the MCP methods (initialize, ping, tools/list, tools/call) as JSON-RPC handlers;
   `await McpServer(...).handle(body)` answers one body with no HTTP involved.
 - `mcp_routes(...)`: the HTTP edge. It checks size, Content-Type, Accept and the MCP headers, then
-  hands the body to `McpServer`.
+  hands the body to `McpServer`, and cancels that work if the client disconnects before the answer.
+
+Bounded work: a batch holds at most `max_batch` messages, and its `ask` calls are admitted as a whole
+before any runs (`McpTools.admit(calls)`): all start, or all are refused with -32000 and `retry_after`.
 
 The server is stateless: it issues an `Mcp-Session-Id` on `initialize` and accepts any well-formed id
 back, but keeps nothing per session (so several workers can serve one client). Hence GET (no
@@ -14,8 +17,10 @@ Checking Host/Origin against DNS rebinding is left to the app's middleware (Trus
 """
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
+import math
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -25,9 +30,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from ..core.errors import NlwebError, PayloadTooLargeError
+from ..core.errors import NlwebError, OverloadedError, PayloadTooLargeError, RequestTimeoutError
 from . import jsonrpc
-from .body import ClientGone, read_request_body
+from .body import ClientGone, Receive, read_request_body
 from .jsonrpc import INVALID_PARAMS, INVALID_REQUEST, JsonRpcError
 
 log = logging.getLogger(__name__)
@@ -44,6 +49,9 @@ VERSION_HEADER = "mcp-protocol-version"
 
 
 class McpTools(Protocol):
+    """The backend. It may also offer `admit(calls: int) -> None`: raise `OverloadedError` unless `calls`
+    more ask calls may start now (the server asks before running any of a body's ask calls)."""
+
     async def ask(self, query: str, sites: list[str] | None, generate_mode: str) -> str:
         """The text answer to `query`, searching `sites` (None: all sites)."""
         ...
@@ -155,8 +163,10 @@ TOOLS: tuple[McpTool, ...] = (
 class McpServer:
     """The MCP methods as JSON-RPC handlers. Pure: no HTTP, no per-session state."""
 
-    def __init__(self, tools: McpTools, *, server_name: str = "nlweb-local", version: str):
+    def __init__(self, tools: McpTools, *, server_name: str = "nlweb-local", version: str,
+                 max_batch: int = jsonrpc.MAX_BATCH):
         self._tools = tools
+        self._max_batch = max_batch
         self._server_info = {"name": server_name, "version": version}
         self._by_name = {tool.name: tool for tool in TOOLS}
         self.handlers: dict[str, jsonrpc.Handler] = {
@@ -167,7 +177,20 @@ class McpServer:
         }
 
     async def handle(self, body: bytes) -> jsonrpc.Reply:
-        return await jsonrpc.handle(body, self.handlers)
+        return await jsonrpc.handle(body, self.handlers, max_batch=self._max_batch, admit=self.admit)
+
+    def admit(self, requests: list[dict[str, Any]]) -> None:
+        """All of a body's ask calls start, or none does (`jsonrpc.Busy`, with when to retry)."""
+        asks = sum(1 for r in requests if r["method"] == "tools/call" and r.get("params", {}).get("name") == "ask")
+        admit = getattr(self._tools, "admit", None)
+        if not asks or admit is None:
+            return
+        try:
+            admit(asks)
+        except OverloadedError as e:
+            wait = max(1, math.ceil(e.retry_after)) if math.isfinite(e.retry_after) else 1
+            raise jsonrpc.Busy(f"Server busy: {e.message}; none of the {asks} ask call(s) ran, retry after {wait} s",
+                               wait) from None
 
     async def initialize(self, params: dict[str, Any]) -> dict[str, Any]:
         requested = params.get("protocolVersion")
@@ -220,9 +243,10 @@ def _tool_result(text: str, *, is_error: bool) -> dict[str, Any]:
 class McpEndpoint:
     """The streamable HTTP transport, JSON responses only."""
 
-    def __init__(self, server: McpServer, *, max_body_bytes: int):
+    def __init__(self, server: McpServer, *, max_body_bytes: int, body_timeout_s: float | None = None):
         self._server = server
         self._max_body_bytes = max_body_bytes
+        self._body_timeout_s = body_timeout_s
 
     async def respond(self, request: Request) -> Response:
         if request.method != "POST":
@@ -232,14 +256,20 @@ class McpEndpoint:
         if refusal is not None:
             return refusal
         try:
-            body = await read_request_body(request, self._max_body_bytes)
+            body = await read_request_body(request, self._max_body_bytes, self._body_timeout_s)
         except ClientGone:
             return Response(status_code=400)  # nobody is left to read it
         except PayloadTooLargeError:
             message = f"Invalid Request: the body exceeds {self._max_body_bytes} bytes; send a smaller request"
             return _error(413, message)
-        reply = await self._server.handle(body)
+        except RequestTimeoutError as e:
+            return _error(408, f"Invalid Request: {e.message}")
+        reply = await _unless_client_leaves(request.receive, self._server.handle(body))
+        if reply is None:
+            return Response(status_code=400)  # the client left; its work was cancelled
         headers = {}
+        if reply.retry_after is not None:
+            headers["Retry-After"] = str(max(1, math.ceil(reply.retry_after)))
         if "initialize" in reply.answered:
             headers["Mcp-Session-Id"] = uuid.uuid4().hex
         elif SESSION_HEADER in request.headers:
@@ -270,11 +300,38 @@ class McpEndpoint:
         return None
 
 
+async def _unless_client_leaves(receive: Receive, work: Awaitable[jsonrpc.Reply]) -> jsonrpc.Reply | None:
+    """`work`'s result, or None when the client disconnected first (the work is then cancelled: nobody
+    would read its answer). Call after the whole body was read: `receive` then only reports a disconnect."""
+    task = asyncio.ensure_future(work)
+    watch = asyncio.ensure_future(_disconnected(receive))
+    try:
+        await asyncio.wait({task, watch}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watch.cancel()
+        if not task.done():
+            task.cancel()
+    if task.cancelled() or not task.done():
+        try:
+            await task  # let the cancelled work unwind (its finally blocks run) before answering
+        except asyncio.CancelledError:
+            pass
+        log.info("MCP client disconnected; its request was cancelled")
+        return None
+    return task.result()
+
+
+async def _disconnected(receive: Receive) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
+
+
 def mcp_routes(
-    tools: McpTools, *, server_name: str = "nlweb-local", version: str, max_body_bytes: int = 1_000_000
+    tools: McpTools, *, server_name: str = "nlweb-local", version: str, max_body_bytes: int = 1_000_000,
+    body_timeout_s: float | None = None, max_batch: int = jsonrpc.MAX_BATCH,
 ) -> list[BaseRoute]:
-    server = McpServer(tools, server_name=server_name, version=version)
-    endpoint = McpEndpoint(server, max_body_bytes=max_body_bytes)
+    server = McpServer(tools, server_name=server_name, version=version, max_batch=max_batch)
+    endpoint = McpEndpoint(server, max_body_bytes=max_body_bytes, body_timeout_s=body_timeout_s)
     return [Route("/mcp", endpoint.respond, methods=["POST", "GET", "DELETE"])]
 
 

@@ -1,4 +1,8 @@
-"""The MCP tools (`ask`, `list_sites`, `who`) over the search pipeline, as text for agents."""
+"""The MCP tools (`ask`, `list_sites`, `who`) over the search pipeline, as text for agents.
+
+Admission is the MCP server's: it calls `admit(calls)` once for all the ask calls of a request body
+before any runs, so `ask` itself does not ask again (a batch admitted as a whole is not refused half-way).
+"""
 from __future__ import annotations
 
 import asyncio
@@ -16,9 +20,13 @@ class SearchTools:
         self._store = store
         self._directory = directory
 
+    def admit(self, calls: int) -> None:
+        """`OverloadedError` unless `calls` searches may start now (the pipeline's admission, per call)."""
+        for _ in range(calls):
+            self._pipeline.admit()
+
     async def ask(self, query: str, sites: list[str] | None, generate_mode: str) -> str:
         mode = generate_mode if generate_mode in ("list", "summarize", "generate") else "list"
-        self._pipeline.admit()
         lines: list[str] = []
         results = []
         async for ev in self._pipeline.run(AskRequest(query=query, sites=list(sites or []), mode=mode)):  # type: ignore[arg-type]

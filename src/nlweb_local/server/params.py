@@ -1,10 +1,12 @@
 """Parse an /ask request (query string, merged with a JSON or form body) into an `AskRequest`.
 
-Bad input raises `BadRequestError` / `PayloadTooLargeError` with a message that names the parameter.
+Bad input raises `BadRequestError` / `PayloadTooLargeError` / `RequestTimeoutError` with a message that
+names the parameter. JSON (a body, or a parameter holding a JSON array) is parsed by `body.parse_json`:
+strict, finite numbers only, nested at most `MAX_JSON_DEPTH` levels.
 """
 from __future__ import annotations
 
-import json
+import math
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -15,7 +17,7 @@ from starlette.requests import Request
 from ..config.settings import SearchSettings
 from ..core.errors import BadRequestError
 from ..search.events import AskRequest
-from .body import read_request_body
+from .body import parse_json, read_request_body
 
 MAX_QUERY_CHARS = 2000
 _MODES = {"list": "list", "none": "list", "": "list", "summarize": "summarize", "summary": "summarize", "generate": "generate"}
@@ -37,15 +39,17 @@ def _decode(body: bytes) -> str:
         raise BadRequestError("request body is not valid UTF-8 text; send JSON or form-encoded text") from None
 
 
-async def collect_params(request: Request, limit: int) -> tuple[dict[str, Any], dict[str, Any] | None]:
-    """Merged parameters, plus the raw JSON body when it was a JSON object (for dialect detection)."""
+async def collect_params(request: Request, limit: int,
+                         timeout_s: float | None = None) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """Merged parameters, plus the raw JSON body when it was a JSON object (for dialect detection). The
+    body: at most `limit` bytes, within `timeout_s` seconds."""
     params: dict[str, Any] = {}
     for k, v in request.query_params.multi_items():
         params.setdefault(k, []).append(v)
     params = {k: v[0] if len(v) == 1 else v for k, v in params.items()}
     if request.method != "POST":
         return params, None
-    body = await read_request_body(request, limit)
+    body = await read_request_body(request, limit, timeout_s)
     if not body.strip():
         return params, None
     text = _decode(body)
@@ -54,10 +58,7 @@ async def collect_params(request: Request, limit: int) -> tuple[dict[str, Any], 
         for k, v in parse_qsl(text, keep_blank_values=True):
             params[k] = v
         return params, None
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise BadRequestError(f"request body is not valid JSON ({e.msg} at line {e.lineno} column {e.colno})") from None
+    data = parse_json(text, "request body")
     if not isinstance(data, dict):
         raise BadRequestError("request body must be a JSON object of /ask parameters")
     params.update(data)
@@ -81,9 +82,9 @@ def _str_list(v: Any, name: str) -> list[str]:
     s = v.strip()
     if s.startswith("["):
         try:
-            arr = json.loads(s)
-        except json.JSONDecodeError:
-            raise BadRequestError(f"parameter '{name}' looks like a JSON array but does not parse") from None
+            arr = parse_json(s, f"parameter '{name}'")
+        except BadRequestError as e:
+            raise BadRequestError(f"parameter '{name}' looks like a JSON array but does not parse: {e.message}") from None
         return [str(x) for x in arr if str(x).strip()]
     return [p.strip() for p in s.split(",") if p.strip()]
 
@@ -93,12 +94,20 @@ def _int(v: Any, name: str, default: int, lo: int, hi: int) -> int:
     if v is None or v == "":
         return default
     try:
-        n = int(float(v))
-    except (TypeError, ValueError):
-        raise BadRequestError(f"parameter '{name}' must be a whole number, got {v!r}") from None
+        f = float(v)
+    except (TypeError, ValueError, OverflowError):
+        f = math.nan
+    if not math.isfinite(f):  # (also "inf", "nan", "1e400" and numbers too big for a float)
+        raise BadRequestError(f"parameter '{name}' must be a whole number between {lo} and {hi}, got {_short(v)}")
+    n = int(f)
     if not lo <= n <= hi:
         raise BadRequestError(f"parameter '{name}' must be between {lo} and {hi}, got {n}")
     return n
+
+
+def _short(v: Any) -> str:
+    text = repr(v)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def _bool(v: Any, default: bool) -> bool:
@@ -114,9 +123,9 @@ def _last_ans(v: Any) -> list[dict[str, Any]]:
     v = _first(v) if not isinstance(v, list) or (v and isinstance(v[0], str)) else v
     if isinstance(v, str):
         try:
-            v = json.loads(v)
-        except json.JSONDecodeError:
-            return [{"title": v}]
+            v = parse_json(v, "parameter 'last_ans'")
+        except BadRequestError:  # not JSON (or absurdly nested): the title of the last answer
+            return [{"title": v[:MAX_QUERY_CHARS]}]
     if isinstance(v, list):
         return [x for x in v if isinstance(x, dict)][:10]
     return []
