@@ -31,7 +31,8 @@ from .sources import SourceReader
 
 _SUMMARY_PROBLEMS = 10
 # Test-only: after this many staged batches, say so on stderr and wait (to be killed). Unset in normal use.
-TEST_HOLD_ENV = "NLWEB_LOCAL_TEST_HOLD_WRITE_AFTER_BATCHES"
+# (Not NLWEB_LOCAL_*: that prefix is read as settings.)
+TEST_HOLD_ENV = "NLWEB_TEST_HOLD_WRITE_AFTER_BATCHES"
 TEST_HOLD_LINE = "nlweb-local test hook: holding the write"
 
 
@@ -113,7 +114,7 @@ class Ingestor:
 
 
 def _test_hold(site: str, batches: int) -> None:
-    """The kill-during-ingest test's hook: off unless `NLWEB_LOCAL_TEST_HOLD_WRITE_AFTER_BATCHES` is set."""
+    """The kill-during-ingest test's hook: off unless `NLWEB_TEST_HOLD_WRITE_AFTER_BATCHES` is set."""
     hold = os.environ.get(TEST_HOLD_ENV)
     if hold and hold.isdigit() and int(hold) == batches:
         print(f"{TEST_HOLD_LINE} of site {site!r} after {batches} batches", file=sys.stderr, flush=True)
