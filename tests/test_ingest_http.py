@@ -24,6 +24,7 @@ class Route:
     location: str | None = None
     hang: bool = False
     send_length: bool = True
+    trickle: str | None = None  # "headers" or "body": sent a byte every 0.2 s from there on
 
 
 class LocalSite:
@@ -33,6 +34,8 @@ class LocalSite:
         self.routes: dict[str, Route] = {}
         self.requests: list[tuple[str, str]] = []
         self.release = threading.Event()
+        self.trickled: dict[str, tuple[int, int]] = {}  # path -> (bytes sent, bytes in the response)
+        self.trickle_done = threading.Event()
         site = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -45,6 +48,9 @@ class LocalSite:
                 if route.hang:
                     site.release.wait(10)
                     return
+                if route.trickle:
+                    self.send_trickle(route)
+                    return
                 self.send_response(route.status)
                 if route.location:
                     self.send_header("Location", route.location)
@@ -53,6 +59,22 @@ class LocalSite:
                     self.send_header("Content-Length", str(len(route.body)))
                 self.end_headers()
                 self.wfile.write(route.body)
+
+            def send_trickle(self, route):
+                head = (f"HTTP/1.1 200 OK\r\nContent-Type: {route.content_type}\r\n"
+                        f"Content-Length: {len(route.body)}\r\nConnection: close\r\n\r\n").encode()
+                raw = head + route.body
+                sent = 0 if route.trickle == "headers" else len(head)
+                try:
+                    self.wfile.write(raw[:sent])
+                    while sent < len(raw) and not site.release.is_set():
+                        self.wfile.write(raw[sent:sent + 1])
+                        sent += 1
+                        time.sleep(0.2)
+                except OSError:  # the client hung up
+                    pass
+                site.trickled[self.path] = (sent, len(raw))
+                site.trickle_done.set()
 
             def log_message(self, *args):
                 pass
@@ -213,3 +235,31 @@ def test_jsonld_document_by_url_uses_the_url_for_itemless_urls(web, embedder, st
                                        "application/ld+json")
     make_ingestor(embedder, store).ingest(web.url("/data.jsonld"), "ld")
     assert names(store, "ld") == {web.url("/data.jsonld"): "A", web.url("/data.jsonld") + "#1": "B"}
+
+
+@pytest.mark.parametrize("phase", ["headers", "body"])
+def test_a_trickling_server_is_cut_off_at_the_fetch_deadline(web, phase):
+    """A byte every 0.2 s never trips a per-read timeout; the fetch deadline covers the whole document."""
+    web.routes["/trickle"] = Route(page({"@type": "Thing", "name": "Slow"}), trickle=phase)
+    with pytest.raises(SourceError) as caught:
+        Fetcher(IngestSettings(fetch_timeout_s=1)).fetch(web.url("/trickle"))
+    what = "no answer" if phase == "headers" else "not fully received"
+    assert caught.value.message == f"{web.url('/trickle')}: {what} within 1 s (ingest.fetch_timeout_s)"
+    assert web.trickle_done.wait(10)
+    sent, total = web.trickled["/trickle"]
+    assert sent < total, "the client read the whole trickle instead of giving up at its deadline"
+
+
+def test_a_sitemap_crawl_stops_at_its_deadline(web, embedder, store):
+    b = web.base
+    slow = [f"/t/{i}" for i in range(6)]
+    web.routes["/sitemap.xml"] = Route(("<urlset>" + "".join(f"<url><loc>{b}{p}</loc></url>" for p in ["/fast", *slow])
+                                        + "</urlset>").encode(), "text/xml")
+    web.routes["/fast"] = Route(page({"@type": "Thing", "name": "Quick page"}))
+    for p in slow:
+        web.routes[p] = Route(page({"@type": "Thing", "name": f"Slow {p}"}), trickle="body")
+    report = make_ingestor(embedder, store, fetch_timeout_s=30, crawl_timeout_s=1).ingest(web.url("/sitemap.xml"), "c")
+    assert report.loaded == 1 and names(store, "c") == {f"{b}/fast": "Quick page"}
+    skipped = dict(report.skipped)
+    assert set(skipped) == {b + p for p in slow}
+    assert all("1 s" in why and "ingest.crawl_timeout_s" in why for why in skipped.values()), skipped

@@ -134,15 +134,31 @@ def test_gzipped_file(ingestor, store, tmp_path):
 
 
 class _Recorder:
-    """Wraps a store; `on_upsert(n)` runs after the n-th batch is written."""
+    """Wraps a store; `on_write(n)` runs after the n-th batch is staged, `on_commit()` before the commit."""
 
-    def __init__(self, inner, on_upsert):
-        self._inner, self._on_upsert, self.batches = inner, on_upsert, 0
+    def __init__(self, inner, on_write, on_commit=lambda: None):
+        self._inner, self._on_write, self._on_commit, self.batches = inner, on_write, on_commit, 0
 
-    def upsert(self, items, vectors):
-        self._inner.upsert(items, vectors)
-        self.batches += 1
-        self._on_upsert(self.batches)
+    def begin(self, site):
+        recorder, inner = self, self._inner.begin(site)
+
+        class Write:
+            def __enter__(self):
+                return self
+
+            def __exit__(self, *exc):
+                return inner.__exit__(*exc)
+
+            def write(self, items, vectors):
+                inner.write(items, vectors)
+                recorder.batches += 1
+                recorder._on_write(recorder.batches)
+
+            def commit(self):
+                recorder._on_commit()
+                inner.commit()
+
+        return Write()
 
     def __getattr__(self, name):
         return getattr(self._inner, name)

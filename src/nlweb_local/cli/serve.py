@@ -19,12 +19,20 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def load_demo_if_empty(settings: Settings, components) -> None:
-    if components.store.count() > 0:
-        return
+    """Load the demo into an empty store. A load that was killed left nothing visible (writes are
+    all-or-nothing) and its leftovers were removed when the store opened, so the store is empty again
+    and the load is redone."""
     from ..ingest.demo import DEMO_SITE, demo_source
     from ..ingest.pipeline import Ingestor
 
-    log.info("the store is empty: loading the demo site %r (once)", DEMO_SITE)
+    interrupted = [r for r in getattr(components.store, "recovered", ()) if r.site == DEMO_SITE]
+    if components.store.count() > 0:
+        return
+    if interrupted:
+        log.warning("an earlier load of the demo site %r was interrupted (%d uncommitted items removed): "
+                    "loading it again", DEMO_SITE, interrupted[0].uncommitted)
+    else:
+        log.info("the store is empty: loading the demo site %r (once)", DEMO_SITE)
     report = Ingestor(components.embedder, components.store, settings.ingest).ingest(str(demo_source()), DEMO_SITE)
     log.info("demo site loaded: %s", report.summary().splitlines()[0])
 

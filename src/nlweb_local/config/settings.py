@@ -165,9 +165,10 @@ class SearchSettings(_Section):
 
 class IngestSettings(_Section):
     batch_size: int = Field(64, ge=1, description="items embedded and written per batch")
-    fetch_timeout_s: float = Field(20.0, gt=0, description="timeout of one HTTP fetch")
+    fetch_timeout_s: float = Field(20.0, gt=0, description="deadline of one HTTP fetch: connect, headers and body in total")
     max_fetch_bytes: int = Field(20_000_000, ge=1024, description="largest document fetched")
     max_pages: int = Field(1000, ge=1, description="most pages fetched from one sitemap")
+    crawl_timeout_s: float = Field(600.0, gt=0, description="deadline of a whole sitemap crawl; pages not fetched by then are skipped (and reported)")
 
 
 class AlertSettings(_Section):

@@ -2,12 +2,17 @@
 
 `Fetcher.fetch(url)` follows redirects, sends a clear User-Agent, refuses bodies over
 ``max_fetch_bytes`` (by Content-Length when given, else while reading) and gives up after
-``fetch_timeout_s`` in total, also against a server that trickles bytes. Every failure is a
-`SourceError` whose message names the URL and says what happened.
+``fetch_timeout_s`` in total: connect, headers and body (redirects included) share one deadline.
+A per-read socket timeout cannot enforce that against a server that trickles a byte now and then,
+so a `Deadline` timer shuts the fetch's sockets down when the time is up, which ends any read at
+once. A caller may give a tighter `Deadline` (a sitemap crawl's). Every failure is a `SourceError`
+whose message names the URL and says what happened. (Name resolution is not covered by the timer.)
 """
 from __future__ import annotations
 
+import http.client
 import socket
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -46,49 +51,137 @@ def decode_body(body: bytes, content_type: str = "") -> str:
     return text.lstrip("\ufeff")
 
 
+class Deadline:
+    """A point in time (monotonic) and the setting that set it, for the messages."""
+
+    def __init__(self, seconds: float, setting: str):
+        self.seconds, self.setting = seconds, setting
+        self.at = time.monotonic() + seconds
+
+    def left(self) -> float:
+        return self.at - time.monotonic()
+
+    @property
+    def passed(self) -> bool:
+        return self.left() <= 0
+
+
+class _SocketTimer:
+    """Shuts down every socket it tracks when `deadline` passes, waking any read blocked on them."""
+
+    def __init__(self, deadline: Deadline):
+        self.expired = False
+        self._sockets: list[socket.socket] = []
+        self._lock = threading.Lock()
+        self._timer = threading.Timer(max(deadline.left(), 0.0), self._expire)
+        self._timer.daemon = True
+        self._timer.start()
+
+    def track(self, sock: socket.socket) -> socket.socket:
+        with self._lock:
+            self._sockets.append(sock)
+            if self.expired:
+                _shutdown(sock)
+        return sock
+
+    def _expire(self) -> None:
+        with self._lock:
+            self.expired = True
+            for sock in self._sockets:
+                _shutdown(sock)
+
+    def cancel(self) -> None:
+        self._timer.cancel()
+
+
+def _shutdown(sock: socket.socket) -> None:
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+
+
+def _timed(conn_class: type[http.client.HTTPConnection], timer: _SocketTimer):
+    """A connection factory for `AbstractHTTPHandler.do_open` whose sockets `timer` can cut."""
+    def make(host, **kwargs):
+        conn = conn_class(host, **kwargs)
+        create = conn._create_connection
+        conn._create_connection = lambda *a, **kw: timer.track(create(*a, **kw))
+        return conn
+    return make
+
+
+class _HTTPHandler(urllib.request.HTTPHandler):
+    def __init__(self, timer: _SocketTimer):
+        super().__init__()
+        self._timer = timer
+
+    def http_open(self, req):
+        return self.do_open(_timed(http.client.HTTPConnection, self._timer), req)
+
+
+class _HTTPSHandler(urllib.request.HTTPSHandler):
+    def __init__(self, timer: _SocketTimer):
+        super().__init__()
+        self._timer = timer
+
+    def https_open(self, req):
+        return self.do_open(_timed(http.client.HTTPSConnection, self._timer), req, context=self._context)
+
+
 class Fetcher:
-    def __init__(self, settings: IngestSettings, *, opener: urllib.request.OpenerDirector | None = None):
+    def __init__(self, settings: IngestSettings):
         self._timeout = settings.fetch_timeout_s
         self._max_bytes = settings.max_fetch_bytes
-        self._opener = opener or urllib.request.build_opener()
 
     @property
     def max_bytes(self) -> int:
         return self._max_bytes
 
-    def fetch(self, url: str) -> Fetched:
+    def fetch(self, url: str, *, within: Deadline | None = None) -> Fetched:
+        """GET `url` within `ingest.fetch_timeout_s`, or within `within` when that ends sooner."""
         if urlsplit(url).scheme not in ("http", "https"):
             raise SourceError(f"{url}: only http and https URLs can be fetched")
-        deadline = time.monotonic() + self._timeout
+        deadline = Deadline(self._timeout, "ingest.fetch_timeout_s")
+        if within is not None and within.at < deadline.at:
+            deadline = within
+        if deadline.passed:
+            raise SourceError(f"{url}: not fetched, the {deadline.seconds:g} s of {deadline.setting} had passed")
+        timer = _SocketTimer(deadline)
+        opener = urllib.request.build_opener(_HTTPHandler(timer), _HTTPSHandler(timer))
         request = urllib.request.Request(url, headers={"User-Agent": USER_AGENT, "Accept": "*/*"})
+        answered = False
         try:
-            with self._opener.open(request, timeout=self._timeout) as resp:
+            with opener.open(request, timeout=max(deadline.left(), 0.001)) as resp:
+                answered = True
                 length = resp.headers.get("Content-Length")
                 if length and length.isdigit() and int(length) > self._max_bytes:
                     raise SourceError(f"{url} is {int(length)} bytes, over the limit of {self._max_bytes} "
                                       "(raise ingest.max_fetch_bytes to allow it)")
-                body = self._read_bounded(resp, url, deadline)
+                body = self._read_bounded(resp, url)
+                if timer.expired:  # the cut may look like the end of a body without a length
+                    raise TimeoutError
                 return Fetched(url, resp.geturl(), resp.headers.get("Content-Type", ""), body)
-        except urllib.error.HTTPError as e:
-            raise SourceError(f"{url}: HTTP {e.code} {e.reason}") from e
-        except urllib.error.URLError as e:
-            if isinstance(e.reason, (socket.timeout, TimeoutError)):
-                raise SourceError(f"{url}: no answer within {self._timeout:g} s (ingest.fetch_timeout_s)") from e
-            raise SourceError(f"{url}: cannot connect ({e.reason})") from e
-        except (socket.timeout, TimeoutError) as e:
-            raise SourceError(f"{url}: no answer within {self._timeout:g} s (ingest.fetch_timeout_s)") from e
-        except (OSError, ValueError) as e:  # connection reset, bad status line, malformed URL ...
+        except SourceError:
+            raise
+        except (urllib.error.URLError, OSError, ValueError, http.client.HTTPException) as e:
+            if timer.expired or _is_timeout(e):
+                what = "not fully received" if answered else "no answer"
+                raise SourceError(f"{url}: {what} within {deadline.seconds:g} s ({deadline.setting})") from e
+            if isinstance(e, urllib.error.HTTPError):
+                raise SourceError(f"{url}: HTTP {e.code} {e.reason}") from e
+            if isinstance(e, urllib.error.URLError):
+                raise SourceError(f"{url}: cannot connect ({e.reason})") from e
+            # connection reset, bad status line, malformed URL ...
             raise SourceError(f"{url}: fetch failed ({type(e).__name__}: {e})") from e
+        finally:
+            timer.cancel()
 
-    def _read_bounded(self, resp, url: str, deadline: float) -> bytes:
+    def _read_bounded(self, resp, url: str) -> bytes:
         chunks: list[bytes] = []
         total = 0
         while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise SourceError(f"{url}: not fully received within {self._timeout:g} s (ingest.fetch_timeout_s)")
-            _set_read_timeout(resp, remaining)
-            chunk = resp.read(min(_CHUNK, self._max_bytes + 1 - total))
+            chunk = resp.read1(min(_CHUNK, self._max_bytes + 1 - total))
             if not chunk:
                 return b"".join(chunks)
             chunks.append(chunk)
@@ -98,11 +191,6 @@ class Fetcher:
                                   "(raise ingest.max_fetch_bytes to allow it)")
 
 
-def _set_read_timeout(resp, seconds: float) -> None:
-    """Shrink the socket timeout to what is left of the overall deadline (best effort)."""
-    sock = getattr(getattr(getattr(resp, "fp", None), "raw", None), "_sock", None)
-    if sock is not None:
-        try:
-            sock.settimeout(max(seconds, 0.001))
-        except OSError:
-            pass
+def _is_timeout(e: BaseException) -> bool:
+    reason = getattr(e, "reason", None)
+    return isinstance(e, (socket.timeout, TimeoutError)) or isinstance(reason, (socket.timeout, TimeoutError))

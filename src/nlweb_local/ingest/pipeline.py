@@ -1,12 +1,16 @@
 """Load a source into the vector store: read → items → embed → write.
 
-Everything is embedded before anything is written, and the write phase holds off Ctrl-C until it is
-done, so an interrupted ingest leaves the store as it was or fully updated, never half-written.
+Everything is embedded before anything is written, and the write is one all-or-nothing write of the
+store (`VectorStore.begin(site)` … `commit()`): the new items, and the end of the items they replace,
+become visible at one instant, so an ingest that is interrupted — Ctrl-C, an error, even `kill -9` —
+leaves the site as it was or fully updated, never half-written. Ctrl-C during the write phase is
+held until the commit is done.
 What gets embedded is `core.item_text.item_text` of each item (the trimmed, type-aware reading),
 never the raw JSON. Re-loading a URL replaces its item (the store keys by URL).
 """
 from __future__ import annotations
 
+import os
 import sys
 import time
 from array import array
@@ -26,6 +30,10 @@ from .items import build_items
 from .sources import SourceReader
 
 _SUMMARY_PROBLEMS = 10
+# Test-only: after this many staged batches, say so on stderr and wait (to be killed). Unset in normal use.
+# (Not NLWEB_LOCAL_*: that prefix is read as settings.)
+TEST_HOLD_ENV = "NLWEB_TEST_HOLD_WRITE_AFTER_BATCHES"
+TEST_HOLD_LINE = "nlweb-local test hook: holding the write"
 
 
 @dataclass(slots=True)
@@ -97,7 +105,17 @@ class Ingestor:
 
     def _write(self, items: Sequence[Item], vectors: Sequence[array], site: str) -> None:
         with DeferredInterrupt(), tqdm(total=len(items), desc=f"writing {site}", unit="item", file=sys.stderr,
-                                       disable=not self._progress, leave=False) as bar:
-            for start, batch in self._batches(items):
-                self._store.upsert(batch, vectors[start:start + len(batch)])
+                                       disable=not self._progress, leave=False) as bar, self._store.begin(site) as write:
+            for n, (start, batch) in enumerate(self._batches(items), start=1):
+                write.write(batch, vectors[start:start + len(batch)])
                 bar.update(len(batch))
+                _test_hold(site, n)
+            write.commit()
+
+
+def _test_hold(site: str, batches: int) -> None:
+    """The kill-during-ingest test's hook: off unless `NLWEB_TEST_HOLD_WRITE_AFTER_BATCHES` is set."""
+    hold = os.environ.get(TEST_HOLD_ENV)
+    if hold and hold.isdigit() and int(hold) == batches:
+        print(f"{TEST_HOLD_LINE} of site {site!r} after {batches} batches", file=sys.stderr, flush=True)
+        time.sleep(120)

@@ -2,8 +2,10 @@
 
 `SourceReader.read` opens the source (reading the file or fetching the URL), unpacks gzip, picks the
 parser (`detect.py`, unless a format is named) and, for a sitemap, fetches the pages it lists
-(a sitemap index: its child sitemaps first), at most ``max_pages`` of them, a few at a time. A
-source that cannot be opened or parsed at all raises `SourceError`; a page that fails is a problem.
+(a sitemap index: its child sitemaps first), at most ``max_pages`` of them, a few at a time, all
+within ``crawl_timeout_s`` (counted from the first fetch; each fetch also within ``fetch_timeout_s``).
+A source that cannot be opened or parsed at all raises `SourceError`; a page that fails, or that the
+crawl's deadline leaves unfetched, is a problem.
 """
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ from ..config.settings import IngestSettings
 from ..core.errors import SourceError
 from .detect import FORMATS, detect_format
 from .feeds import parse_feed
-from .fetch import Fetcher, decode_body
+from .fetch import Deadline, Fetcher, decode_body
 from .html_jsonld import parse_html
 from .jsonld import parse_jsonl, parse_jsonld_document, parse_tsv
 from .records import Parsed, Problem
@@ -34,12 +36,14 @@ class SourceReader:
         self._fetcher = fetcher or Fetcher(settings)
         self._max_bytes = settings.max_fetch_bytes
         self._max_pages = settings.max_pages
+        self._crawl_timeout = settings.crawl_timeout_s
         self._concurrency = max(1, concurrency)
 
     def read(self, source: str, *, fmt: str | None = None, default_type: str = "Thing") -> Parsed:
         if fmt is not None and fmt not in FORMATS:
             raise SourceError(f"unknown format {fmt!r} for {source}; use one of {', '.join(FORMATS)}")
         url = source if is_url(source) else None
+        crawl = Deadline(self._crawl_timeout, "ingest.crawl_timeout_s")
         data, content_type = self._open(source)
         text = decode_body(data, content_type)
         fmt = fmt or detect_format(source, text, content_type)
@@ -47,7 +51,7 @@ class SourceReader:
             raise SourceError(f"cannot tell the format of {source}: give it an extension "
                               f"({', '.join(sorted({'.tsv', '.jsonl', '.json', '.csv', '.xml', '.html'}))}) or name the format")
         if fmt == "sitemap":
-            return self._crawl(data, source)
+            return self._crawl(data, source, crawl)
         return _parse(fmt, text, data, source, url=url, default_type=default_type)
 
     def _open(self, source: str) -> tuple[bytes, str]:
@@ -67,10 +71,10 @@ class SourceReader:
 
     # -- sitemaps -------------------------------------------------------------------------------
 
-    def _crawl(self, data: bytes, origin: str) -> Parsed:
+    def _crawl(self, data: bytes, origin: str, deadline: Deadline) -> Parsed:
         out = Parsed()
         pages: list[str] = []
-        self._collect_pages(data, origin, pages, out, depth=0)
+        self._collect_pages(data, origin, pages, out, 0, deadline)
         if len(pages) > self._max_pages:
             out.problems.append(Problem(origin, f"lists {len(pages)} pages; only the first {self._max_pages} "
                                                 "were fetched (raise ingest.max_pages to load more)"))
@@ -78,11 +82,12 @@ class SourceReader:
         if not pages:
             raise SourceError(f"{origin} is a sitemap with no usable page URLs")
         with ThreadPoolExecutor(self._concurrency, thread_name_prefix="ingest-fetch") as pool:
-            for result in pool.map(self._read_page, pages):
+            for result in pool.map(lambda page: self._read_page(page, deadline), pages):
                 out.extend(result)
         return out
 
-    def _collect_pages(self, data: bytes, origin: str, pages: list[str], out: Parsed, depth: int) -> None:
+    def _collect_pages(self, data: bytes, origin: str, pages: list[str], out: Parsed, depth: int,
+                       deadline: Deadline) -> None:
         sitemap = parse_sitemap(data, origin)
         out.problems.extend(sitemap.problems)
         if sitemap.kind == "urlset":
@@ -97,14 +102,14 @@ class SourceReader:
                 out.problems.append(Problem(child, "not fetched: the page limit (ingest.max_pages) was reached"))
                 continue
             try:
-                body = gunzip_bounded(self._fetcher.fetch(child).body, child, self._max_bytes)
-                self._collect_pages(body, child, pages, out, depth + 1)
+                body = gunzip_bounded(self._fetcher.fetch(child, within=deadline).body, child, self._max_bytes)
+                self._collect_pages(body, child, pages, out, depth + 1, deadline)
             except SourceError as e:
                 out.problems.append(Problem(child, e.message))
 
-    def _read_page(self, url: str) -> Parsed:
+    def _read_page(self, url: str, deadline: Deadline) -> Parsed:
         try:
-            fetched = self._fetcher.fetch(url)
+            fetched = self._fetcher.fetch(url, within=deadline)
             text = fetched.text()
             fmt = detect_format(url, text, fetched.content_type) or "html"
             if fmt == "sitemap":

@@ -24,9 +24,29 @@ class SiteInfo:
     item_count: int
 
 
+class SiteWrite(Protocol):
+    """An all-or-nothing write into one site (a context manager: leaving it uncommitted rolls back)."""
+
+    def __enter__(self) -> "SiteWrite": ...
+
+    def __exit__(self, *exc: object) -> None: ...
+
+    def write(self, items: Sequence[Item], vectors: Sequence[Sequence[float]]) -> None:
+        """Stage items of the site; nothing is visible before `commit()`."""
+        ...
+
+    def commit(self) -> None:
+        """Make every staged item visible, and the items they replace (same url) invisible, at once."""
+        ...
+
+
 class VectorStore(Protocol):
+    def begin(self, site: str) -> SiteWrite:
+        """Start an all-or-nothing write into `site`."""
+        ...
+
     def upsert(self, items: Sequence[Item], vectors: Sequence[Sequence[float]]) -> None:
-        """Insert or replace items (keyed by url)."""
+        """Insert or replace items (keyed by url), committed at once."""
         ...
 
     def existing_urls(self, urls: Sequence[str]) -> set[str]: ...

@@ -1,12 +1,30 @@
 """Qdrant as the vector store: embedded on-disk mode by default, a server or cluster by URL.
 
-One point per item; the point id is derived from the item's url, so re-loading a url replaces it.
-The payload is NLWeb's `{url, name, site, schema_json}`.
+The payload is NLWeb's `{url, name, site, schema_json}` plus the bookkeeping that makes a site's
+writes all-or-nothing (crash-consistent, also against `kill -9`):
+
+- every write into a site belongs to a *generation* `N` of that site: its points carry `gen: N` and
+  a point id derived from (site, url, N), so they never overwrite what is visible now;
+- a point that the write replaces (same url, any site) is marked `{dead: N, dead_site: site}`;
+- one small record per site in the `<collection>_generations` collection holds the site's committed
+  generation `C` and whether the site is `dirty` (a write or its clean-up may be under way).
+
+While a site is dirty, reads hide its points with `gen > C` (not yet committed) and the points that
+its committed generations replaced (`dead <= C`). Committing is one write — the record's `C` becomes
+`N` — so the new items and the end of the replaced ones become visible at the same instant. After
+that the replaced points are deleted and the record is marked clean; a clean site costs reads nothing.
+An interrupted write leaves a dirty record: the leftovers stay hidden and are removed by `recover()`,
+which the embedded store runs when it opens and every write runs for its site first.
+
+Points written before generations existed have no `gen` and count as committed.
+One writer per site at a time (a second concurrent ingest into the same site is not supported).
 """
 from __future__ import annotations
 
+import logging
 import threading
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -17,9 +35,48 @@ from ..core.errors import StoreBusyError
 from ..core.types import Item, ScoredItem
 from .base import SiteInfo
 
+log = logging.getLogger("nlweb_local.store")
+_PAGE = 1000
 
-def point_id(url: str) -> str:
-    return str(uuid.uuid5(uuid.NAMESPACE_URL, url))
+
+def point_id(url: str, site: str = "", gen: int = 0) -> str:
+    """The id of `url`'s point in generation `gen` of `site` (gen 0: the id used before generations)."""
+    key = url if gen == 0 else f"{site}\x00{url}\x00{gen}"
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, key))
+
+
+def _record_id(site: str) -> str:
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, f"nlweb-local:site-generation:{site}"))
+
+
+@dataclass(frozen=True, slots=True)
+class SiteRecord:
+    gen: int = 0  # committed generation
+    dirty: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Recovery:
+    """What `recover()` did for one site: staged points of an unfinished write removed, replaced points purged."""
+    site: str
+    uncommitted: int
+    purged: int
+
+
+def _match(key: str, value) -> qm.FieldCondition:
+    return qm.FieldCondition(key=key, match=qm.MatchValue(value=value))
+
+
+def _uncommitted(site: str, gen: int) -> qm.Filter:
+    return qm.Filter(must=[_match("site", site), qm.FieldCondition(key="gen", range=qm.Range(gt=gen))])
+
+
+def _replaced(site: str, gen: int) -> qm.Filter:
+    return qm.Filter(must=[_match("dead_site", site), qm.FieldCondition(key="dead", range=qm.Range(lte=gen))])
+
+
+def _pending_marks(site: str, gen: int) -> qm.Filter:
+    return qm.Filter(must=[_match("dead_site", site), qm.FieldCondition(key="dead", range=qm.Range(gt=gen))])
 
 
 class QdrantStore:
@@ -39,83 +96,230 @@ class QdrantStore:
                 ) from e
             raise
         self._collection = collection
+        self._records_collection = f"{collection}_generations"
         self._lock = threading.Lock()  # embedded mode is not thread-safe
+        self._shared = bool(url)  # a server may have other writers: read the records each time
         self.dimension = dimension
         self.location = url or str(path)
         if not self._client.collection_exists(collection):
             self._client.create_collection(collection, vectors_config=qm.VectorParams(size=dimension, distance=qm.Distance.COSINE))
-            if url:
-                self._client.create_payload_index(collection, "site", qm.PayloadSchemaType.KEYWORD)
-                self._client.create_payload_index(collection, "url", qm.PayloadSchemaType.KEYWORD)
+        if not self._client.collection_exists(self._records_collection):
+            self._client.create_collection(self._records_collection,
+                                           vectors_config=qm.VectorParams(size=1, distance=qm.Distance.DOT))
+        if url:
+            for key, schema in (("site", qm.PayloadSchemaType.KEYWORD), ("url", qm.PayloadSchemaType.KEYWORD),
+                                ("dead_site", qm.PayloadSchemaType.KEYWORD), ("gen", qm.PayloadSchemaType.INTEGER),
+                                ("dead", qm.PayloadSchemaType.INTEGER)):
+                self._client.create_payload_index(collection, key, schema)  # idempotent
+        self._records: dict[str, SiteRecord] = self._load_records()
+        self.recovered: list[Recovery] = [] if self._shared else self.recover()
 
-    @staticmethod
-    def _site_filter(sites: Sequence[str] | None) -> qm.Filter | None:
-        if not sites:
+    # -- the per-site records --------------------------------------------------------------------
+
+    def _load_records(self) -> dict[str, SiteRecord]:
+        out: dict[str, SiteRecord] = {}
+        offset = None
+        while True:
+            pts, offset = self._client.scroll(self._records_collection, limit=_PAGE, offset=offset, with_payload=True)
+            for p in pts:
+                out[p.payload["site"]] = SiteRecord(int(p.payload.get("gen", 0)), bool(p.payload.get("dirty")))
+            if offset is None:
+                return out
+
+    def _current_records(self) -> dict[str, SiteRecord]:
+        if self._shared:
+            self._records = self._load_records()
+        return self._records
+
+    def _put_record(self, site: str, record: SiteRecord) -> None:
+        self._client.upsert(self._records_collection, wait=True, points=[qm.PointStruct(
+            id=_record_id(site), vector=[1.0], payload={"site": site, "gen": record.gen, "dirty": record.dirty})])
+        self._records[site] = record
+
+    def _visible(self, sites: Sequence[str] | None = None, *, extra: Sequence[qm.Condition] = ()) -> qm.Filter | None:
+        """Reads see committed items only: dirty sites hide their staged and their replaced points."""
+        hidden: list[qm.Condition] = []
+        for site, rec in self._current_records().items():
+            if rec.dirty:
+                hidden += [_uncommitted(site, rec.gen), _replaced(site, rec.gen)]
+        must: list[qm.Condition] = list(extra)
+        if sites:
+            must.append(qm.FieldCondition(key="site", match=qm.MatchAny(any=list(sites))))
+        if not must and not hidden:
             return None
-        return qm.Filter(must=[qm.FieldCondition(key="site", match=qm.MatchAny(any=list(sites)))])
+        return qm.Filter(must=must or None, must_not=hidden or None)
+
+    def _count(self, flt: qm.Filter) -> int:
+        return self._client.count(self._collection, count_filter=flt, exact=True).count
+
+    def _delete(self, flt: qm.Filter) -> int:
+        n = self._count(flt)
+        if n:
+            self._client.delete(self._collection, points_selector=qm.FilterSelector(filter=flt), wait=True)
+        return n
+
+    def _recover_site(self, site: str) -> Recovery | None:
+        rec = self._current_records().get(site)
+        if rec is None or not rec.dirty:
+            return None
+        purged = self._delete(_replaced(site, rec.gen))
+        uncommitted = self._delete(_uncommitted(site, rec.gen))
+        if self._count(_pending_marks(site, rec.gen)):
+            self._client.delete_payload(self._collection, keys=["dead", "dead_site"], wait=True,
+                                        points=qm.FilterSelector(filter=_pending_marks(site, rec.gen)))
+        self._put_record(site, SiteRecord(rec.gen, dirty=False))
+        return Recovery(site, uncommitted, purged)
+
+    def recover(self, site: str | None = None) -> list[Recovery]:
+        """Finish what interrupted writes left (of `site`, or of every site): remove the points of an
+        uncommitted generation, clear the marks it put on points it would have replaced, and delete the
+        points that a committed generation replaced. Visible items do not change."""
+        with self._lock:
+            sites = [site] if site is not None else sorted(self._current_records())
+            done = [r for r in (self._recover_site(s) for s in sites) if r is not None]
+        for r in done:
+            log.warning("site %r: an interrupted write was cleaned up (%d uncommitted items removed, %d replaced "
+                        "items purged)", r.site, r.uncommitted, r.purged)
+        return done
+
+    # -- writing ---------------------------------------------------------------------------------
+
+    def begin(self, site: str) -> "SiteWrite":
+        """Start an all-or-nothing write into `site`: nothing it writes is visible before `commit()`."""
+        self.recover(site)
+        with self._lock:
+            committed = self._current_records().get(site, SiteRecord()).gen
+            self._put_record(site, SiteRecord(committed, dirty=True))
+        return SiteWrite(self, site, committed + 1)
 
     def upsert(self, items: Sequence[Item], vectors: Sequence[Sequence[float]]) -> None:
-        points = [
-            qm.PointStruct(id=point_id(it.url), vector=list(v),
-                           payload={"url": it.url, "name": it.name, "site": it.site, "schema_json": it.schema_json})
-            for it, v in zip(items, vectors, strict=True)
-        ]
-        with self._lock:
-            self._client.upsert(self._collection, points=points, wait=True)
+        """Insert or replace items (keyed by url), each site's items in one committed write."""
+        by_site: dict[str, list[int]] = {}
+        for i, it in enumerate(items):
+            by_site.setdefault(it.site, []).append(i)
+        for site, idx in by_site.items():
+            with self.begin(site) as write:
+                write.write([items[i] for i in idx], [vectors[i] for i in idx])
+                write.commit()
 
     def existing_urls(self, urls: Sequence[str]) -> set[str]:
         if not urls:
             return set()
+        cond = qm.FieldCondition(key="url", match=qm.MatchAny(any=list(urls)))
         with self._lock:
-            got = self._client.retrieve(self._collection, ids=[point_id(u) for u in urls], with_payload=["url"])
-        return {p.payload["url"] for p in got if p.payload}
+            pts = self._scroll(self._visible(extra=[cond]), ["url"])
+        return {p.payload["url"] for p in pts if p.payload}
+
+    def _scroll(self, flt: qm.Filter | None, with_payload, limit: int | None = None) -> list[qm.Record]:
+        out: list[qm.Record] = []
+        offset = None
+        while True:
+            page = _PAGE if limit is None else min(_PAGE, limit - len(out))
+            pts, offset = self._client.scroll(self._collection, scroll_filter=flt, limit=page, offset=offset,
+                                              with_payload=with_payload)
+            out.extend(pts)
+            if offset is None or (limit is not None and len(out) >= limit):
+                return out
+
+    # -- reading ---------------------------------------------------------------------------------
 
     def search(self, vector: Sequence[float], sites: Sequence[str] | None, limit: int) -> list[ScoredItem]:
         with self._lock:
-            res = self._client.query_points(self._collection, query=list(vector), query_filter=self._site_filter(sites),
+            res = self._client.query_points(self._collection, query=list(vector), query_filter=self._visible(sites),
                                             limit=limit, with_payload=True)
-        return [ScoredItem(Item(p.payload["url"], p.payload.get("name", ""), p.payload.get("site", ""),
-                                p.payload.get("schema_json", "{}")), float(p.score)) for p in res.points]
+        return [ScoredItem(_item(p.payload), float(p.score)) for p in res.points]
+
+    def sites(self) -> list[SiteInfo]:
+        with self._lock:
+            flt = self._visible()
+            try:
+                res = self._client.facet(self._collection, key="site", facet_filter=flt, limit=10_000, exact=True)
+                return sorted((SiteInfo(h.value, h.count) for h in res.hits), key=lambda s: s.name)
+            except Exception:  # facet needs a payload index on servers; count by scrolling instead
+                counts: dict[str, int] = {}
+                for p in self._scroll(flt, ["site"]):
+                    s = p.payload.get("site", "")
+                    counts[s] = counts.get(s, 0) + 1
+                return [SiteInfo(k, v) for k, v in sorted(counts.items())]
+
+    def sample(self, site: str, limit: int) -> list[Item]:
+        with self._lock:
+            pts, _ = self._client.scroll(self._collection, scroll_filter=self._visible([site]), limit=limit, with_payload=True)
+        return [_item(p.payload) for p in pts]
+
+    def count(self) -> int:
+        with self._lock:
+            return self._client.count(self._collection, count_filter=self._visible(), exact=True).count
+
+    # -- deleting --------------------------------------------------------------------------------
 
     def delete_site(self, site: str) -> int:
-        flt = self._site_filter([site])
+        self.recover(site)
         with self._lock:
-            n = self._client.count(self._collection, count_filter=flt, exact=True).count
-            if n:
-                self._client.delete(self._collection, points_selector=qm.FilterSelector(filter=flt), wait=True)
+            n = self._count(self._visible([site]))
+            self._delete(qm.Filter(must=[_match("site", site)]))
+            if site in self._records:
+                self._client.delete(self._records_collection, points_selector=qm.PointIdsList(points=[_record_id(site)]),
+                                    wait=True)
+                del self._records[site]
         return n
 
     def delete_urls(self, urls: Sequence[str]) -> None:
         if urls:
             with self._lock:
-                self._client.delete(self._collection, points_selector=qm.PointIdsList(points=[point_id(u) for u in urls]), wait=True)
-
-    def sites(self) -> list[SiteInfo]:
-        with self._lock:
-            try:
-                res = self._client.facet(self._collection, key="site", limit=10_000, exact=True)
-                return sorted((SiteInfo(h.value, h.count) for h in res.hits), key=lambda s: s.name)
-            except Exception:  # facet needs a payload index on servers; count by scrolling instead
-                counts: dict[str, int] = {}
-                offset = None
-                while True:
-                    pts, offset = self._client.scroll(self._collection, limit=1000, offset=offset, with_payload=["site"])
-                    for p in pts:
-                        s = p.payload.get("site", "")
-                        counts[s] = counts.get(s, 0) + 1
-                    if offset is None:
-                        break
-                return [SiteInfo(k, v) for k, v in sorted(counts.items())]
-
-    def sample(self, site: str, limit: int) -> list[Item]:
-        with self._lock:
-            pts, _ = self._client.scroll(self._collection, scroll_filter=self._site_filter([site]), limit=limit, with_payload=True)
-        return [Item(p.payload["url"], p.payload.get("name", ""), p.payload.get("site", ""), p.payload.get("schema_json", "{}")) for p in pts]
-
-    def count(self) -> int:
-        with self._lock:
-            return self._client.count(self._collection, exact=True).count
+                self._delete(qm.Filter(must=[qm.FieldCondition(key="url", match=qm.MatchAny(any=list(urls)))]))
 
     def close(self) -> None:
         with self._lock:
             self._client.close()
+
+
+def _item(payload: dict) -> Item:
+    return Item(payload["url"], payload.get("name", ""), payload.get("site", ""), payload.get("schema_json", "{}"))
+
+
+class SiteWrite:
+    """One generation of one site, from `QdrantStore.begin(site)`: `write()` batches, then `commit()`.
+    Leaving the `with` block without committing rolls the write back (a crash leaves it to `recover()`)."""
+
+    def __init__(self, store: QdrantStore, site: str, gen: int):
+        self._store, self.site, self.gen = store, site, gen
+        self.finished = False
+
+    def __enter__(self) -> "SiteWrite":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if not self.finished:
+            self.abort()
+
+    def write(self, items: Sequence[Item], vectors: Sequence[Sequence[float]]) -> None:
+        """Stage items (hidden until commit); the visible points they replace are marked, not touched."""
+        if any(it.site != self.site for it in items):
+            raise ValueError(f"a write into site {self.site!r} got items of another site")
+        points = [qm.PointStruct(id=point_id(it.url, self.site, self.gen), vector=list(v),
+                                 payload={"url": it.url, "name": it.name, "site": it.site, "schema_json": it.schema_json,
+                                          "gen": self.gen})
+                  for it, v in zip(items, vectors, strict=True)]
+        s = self._store
+        with s._lock:
+            s._client.upsert(s._collection, points=points, wait=True)
+            urls = qm.FieldCondition(key="url", match=qm.MatchAny(any=[it.url for it in items]))
+            old = [p.id for p in s._scroll(s._visible(extra=[urls]), False)]
+            if old:
+                s._client.set_payload(s._collection, payload={"dead": self.gen, "dead_site": self.site},
+                                      points=qm.PointIdsList(points=old), wait=True)
+
+    def commit(self) -> None:
+        """Make every staged item visible, and every item they replace invisible, in one write."""
+        s = self._store
+        with s._lock:
+            s._put_record(self.site, SiteRecord(self.gen, dirty=True))  # the switch
+            self.finished = True
+            s._delete(_replaced(self.site, self.gen))
+            s._put_record(self.site, SiteRecord(self.gen, dirty=False))
+
+    def abort(self) -> None:
+        """Drop what was staged; the visible items stay as they were."""
+        self.finished = True
+        self._store.recover(self.site)
