@@ -204,3 +204,27 @@ def test_degraded_answers_are_marked_in_every_dialect_and_counted(store, embedde
     assert 'nlweb_ask_answers_total{outcome="ok"} 1.0' in metrics
     assert 'nlweb_ask_answers_total{outcome="degraded"} 3.0' in metrics
     comp.telemetry.close()
+
+
+async def test_a_stream_its_consumer_abandons_is_closed_at_once_in_its_own_task():
+    """A client that goes away mid-stream: every layer closes its stream right there (not later, from the
+    garbage collector in another task — the old "aclose(): asynchronous generator is already running")."""
+    from nlweb_local.providers.wrapper import WrapperProvider, compose
+
+    closed: list[str] = []
+
+    class Engine(ScriptedProvider):
+        async def stream(self, request):
+            try:
+                async for ch in super().stream(request):
+                    yield ch
+            finally:
+                closed.append("engine")
+
+    engine = Engine("local", "one two three four")
+    router = Router([Route(DeploymentInfo("local", True), compose(engine, [WrapperProvider]))], rng=random.Random(0))
+    chunks = router.stream(ChatRequest([Message("user", "hi")]))
+    assert (await chunks.__anext__()).served.deployment == "local"
+    assert router.view("local").in_flight == 1
+    await chunks.aclose()
+    assert closed == ["engine"] and router.view("local").in_flight == 0

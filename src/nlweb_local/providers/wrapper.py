@@ -110,6 +110,26 @@ class StreamTally:
         return call_tokens(self.usage, request, self.out_chars)
 
 
+async def observed(chunks: AsyncIterator[ChatChunk], clock: Callable[[], float], begin: Callable[[], T],
+                   end: Callable[[T, StreamTally, BaseException | None], None]) -> AsyncIterator[ChatChunk]:
+    """Hand `chunks` on while tallying them: `begin()` when the stream starts (its result goes to `end`),
+    `end(started, tally, error)` however it ends — finished, failed, or abandoned by the consumer (then
+    `error` is the GeneratorExit/CancelledError and the inner stream is closed at once)."""
+    started = begin()
+    seen = StreamTally(clock)
+    error: BaseException | None = None
+    try:
+        async for ch in chunks:
+            seen.see(ch)
+            yield ch
+    except BaseException as e:
+        error = e
+        raise
+    finally:
+        await close_after_error(chunks, error)
+        end(started, seen, error)
+
+
 async def close_after_error(chunks: Any, error: BaseException | None) -> None:
     """A wrapped stream that failed or was abandoned is closed at once (not left to the garbage collector)."""
     aclose = getattr(chunks, "aclose", None)

@@ -14,7 +14,7 @@ from typing import Any, AsyncIterator, Awaitable, Callable
 
 from ..core.types import ChatChunk, ChatRequest
 from ..providers.base import Provider
-from ..providers.wrapper import CallKind, StreamTally, WrapperProvider, answer_tokens, close_after_error
+from ..providers.wrapper import CallKind, StreamTally, WrapperProvider, answer_tokens, observed
 from .context import current_request_id, new_request_id
 from .ledger import CallRecord
 from .metrics import CallSeries, GatewayMetrics
@@ -117,21 +117,12 @@ class MeteredProvider(WrapperProvider):
             self._window.add(row)
 
     # -- the wrapper hooks --------------------------------------------------------------------------
-    async def around_stream(self, request: ChatRequest, chunks: AsyncIterator[ChatChunk]) -> AsyncIterator[ChatChunk]:
-        s, t0 = self._begin(request.task)
-        seen = StreamTally(self._clock, t0)
-        error: BaseException | None = None
-        try:
-            async for ch in chunks:
-                seen.see(ch)
-                yield ch
-        except BaseException as e:
-            error = e
-            raise
-        finally:
-            await close_after_error(chunks, error)
+    def around_stream(self, request: ChatRequest, chunks: AsyncIterator[ChatChunk]) -> AsyncIterator[ChatChunk]:
+        def end(started: tuple[CallSeries, float], seen: StreamTally, error: BaseException | None) -> None:
             tin, tout = seen.tokens(request) if error is None else (0, 0)  # failed: not billed
-            self._end(s, t0, tokens_in=tin, tokens_out=tout, ttft=seen.ttft, error=error)
+            self._end(*started, tokens_in=tin, tokens_out=tout, ttft=seen.ttft, error=error)
+
+        return observed(chunks, self._clock, lambda: self._begin(request.task), end)
 
     async def around_call(self, kind: CallKind, subject: Any, run: Callable[[], Awaitable[Any]]) -> Any:
         s, t0 = self._begin("embed" if kind == "embed" else subject.task)

@@ -27,7 +27,7 @@ from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
-from ..providers.wrapper import CallKind, StreamTally, WrapperProvider, answer_tokens, close_after_error
+from ..providers.wrapper import CallKind, StreamTally, WrapperProvider, answer_tokens, observed
 from .context import current_request_id
 
 log = logging.getLogger(__name__)
@@ -303,17 +303,8 @@ class TracedProvider(WrapperProvider):
             self._end(started, None)
         return out
 
-    async def around_stream(self, request: Any, chunks: AsyncIterator[Any]) -> AsyncIterator[Any]:
-        started = self._start(request.task)
-        seen = StreamTally(self._clock)
-        error: BaseException | None = None
-        try:
-            async for ch in chunks:
-                seen.see(ch)
-                yield ch
-        except BaseException as e:
-            error = e
-            raise
-        finally:
-            await close_after_error(chunks, error)
+    def around_stream(self, request: Any, chunks: AsyncIterator[Any]) -> AsyncIterator[Any]:
+        def end(started: tuple[Any, list | None], seen: StreamTally, error: BaseException | None) -> None:
             self._end(started, error, seen.tokens(request) if error is None else None, seen.ttft)
+
+        return observed(chunks, self._clock, lambda: self._start(request.task), end)
