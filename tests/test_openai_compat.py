@@ -442,9 +442,14 @@ async def test_vllm_sleep_and_wake(vllm_p, openai_p, fake):
     assert await vllm_p.is_sleeping() is False
     await vllm_p.sleep(level=2)
     assert fake.sleeping_level == 2 and await vllm_p.is_sleeping() is True
-    await vllm_p.wake_up()
+    await vllm_p.wake()
     assert await vllm_p.is_sleeping() is False
     from nlweb_local.core.errors import BadRequestError
+    from nlweb_local.providers.base import ModelLifecycle
+
+    assert isinstance(vllm_p, ModelLifecycle)  # the explicit capability protocol, not a pass-through
+    with pytest.raises(BadRequestError, match="loads its model when the server starts"):
+        await vllm_p.load("other")
 
     with pytest.raises(BadRequestError, match="vLLM endpoint"):
         await openai_p.sleep()

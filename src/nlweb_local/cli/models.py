@@ -131,13 +131,19 @@ async def _vllm(args: argparse.Namespace, settings: Settings) -> int:
     if d is None or d.engine != "vllm":
         raise BadRequestError(f"models {args.action} needs --deployment naming a vllm deployment "
                               f"({', '.join(x.name for x in settings.llm.deployments if x.engine == 'vllm') or 'none configured'})")
+    from ..providers.base import ModelLifecycle
+    from ..providers.wrapper import find
+
     provider = build_provider(d)
     try:
+        lifecycle = find(provider, ModelLifecycle)
+        if lifecycle is None:
+            raise BadRequestError(f"deployment {d.name!r} ({d.engine}) has no model lifecycle (sleep/wake)")
         if args.action == "sleep":
-            await provider.sleep(args.level)  # type: ignore[attr-defined]
+            await lifecycle.sleep(args.level)
         else:
-            await provider.wake_up()  # type: ignore[attr-defined]
-        print(f"{d.name}: {'sleeping' if await provider.is_sleeping() else 'awake'}")  # type: ignore[attr-defined]
+            await lifecycle.wake()
+        print(f"{d.name}: {'sleeping' if await lifecycle.is_sleeping() else 'awake'}")
     finally:
         await provider.close()
     return 0

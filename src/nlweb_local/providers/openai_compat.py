@@ -276,9 +276,18 @@ class OpenAICompatProvider(BaseProvider):
         self._need_vllm("sleep")
         await self._http.text("POST", f"{self._root}/sleep", params={"level": str(level)}, deadline_s=self._timeout_s)
 
-    async def wake_up(self) -> None:
+    async def wake(self) -> None:
+        """Load the weights back after `sleep` (vLLM's /wake_up)."""
         self._need_vllm("wake_up")
         await self._http.text("POST", f"{self._root}/wake_up", deadline_s=self._timeout_s)
+
+    async def load(self, model: str | None = None) -> None:
+        raise BadRequestError(f"deployment {self.name!r} ({self.d_engine}) loads its model when the server starts; "
+                              "start it with the model (e.g. vllm serve MODEL), or use sleep/wake", deployment=self.name)
+
+    async def unload(self, model: str | None = None) -> None:
+        raise BadRequestError(f"deployment {self.name!r} ({self.d_engine}) cannot unload its model; use sleep "
+                              "(vLLM dev mode) to free the accelerator", deployment=self.name)
 
     async def is_sleeping(self) -> bool:
         self._need_vllm("is_sleeping")
