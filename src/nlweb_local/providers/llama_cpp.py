@@ -113,13 +113,16 @@ class LlamaCppProvider(BaseProvider):
         thread. The caller calls `self._gate.release()` when done with the returned future (on the loop:
         the next waiter's job queues behind this one on the single model thread). Not getting a turn in
         time is back-pressure (`QueueFullError`), not a fault of the engine."""
+        asked = time.perf_counter()
         try:
-            async with asyncio.timeout(max(0.0, deadline - time.perf_counter())):
+            async with asyncio.timeout(max(0.0, deadline - asked)):
                 await self._gate.acquire(priority)
         except TimeoutError:
             raise QueueFullError("no turn on the local model within the call's deadline (queue wait)",
                                  retry_after=max(1.0, self.drain_s()), deployment=self.name) from None
-        if deadline - time.perf_counter() < 0.5 * self._service_s:  # it would time out: do not waste the model on it
+        now = time.perf_counter()
+        if now - asked > 0.001 and deadline - now < 0.5 * self._service_s:  # waited, and would now time out:
+            # do not spend the model on a call that cannot finish (a call that never waited still runs)
             self._gate.release()
             raise QueueFullError("the call's turn on the local model came too late to finish before its deadline",
                                  retry_after=max(1.0, self.drain_s()), deployment=self.name)
