@@ -277,3 +277,33 @@ def test_a_body_that_trickles_in_gets_408(slow_body_server, path):
                 break
     assert answer.startswith(b"HTTP/1.1 408"), answer[:200]
     assert b"server.body_timeout_s" in answer
+
+
+@pytest.mark.parametrize("body", [
+    {"model": "auto", "messages": [{"role": "user", "content": "hi"}]},
+    {"messages": [{"role": "system", "content": "be brief"}, {"role": "user", "content": ""}], "stream": True},
+    {"model": "local", "messages": [{"role": "assistant", "content": "x"}], "max_tokens": 7, "temperature": 0},
+    {"messages": [{"role": "user", "content": "x"}], "max_completion_tokens": 9, "max_tokens": 3, "temperature": 1.5,
+     "user": "u-1"},
+])
+def test_the_fast_path_gives_exactly_what_the_full_validation_gives(body):
+    from nlweb_local.server.openai_schema import ChatCompletionRequest, simple_chat, validate
+
+    fast = simple_chat(body)
+    assert fast is not None and fast == validate(ChatCompletionRequest, body).chat_request()
+
+
+@pytest.mark.parametrize("body", [
+    {"messages": [{"role": "user", "content": "x"}], "max_tokens": True},
+    {"messages": [{"role": "user", "content": "x"}], "temperature": 3},
+    {"messages": [{"role": "user", "content": ["x"]}]},
+    {"messages": [{"role": "tool", "content": "x"}]},
+    {"messages": [{"role": "user", "content": "x", "name": "n"}]},
+    {"messages": [{"role": "user", "content": "x"}], "n": 2},
+    {"messages": [{"role": "user", "content": "x"}], "model": ["a"]},
+    {"messages": []},
+])
+def test_anything_else_takes_the_full_validation(body):
+    from nlweb_local.server.openai_schema import simple_chat
+
+    assert simple_chat(body) is None

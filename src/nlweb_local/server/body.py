@@ -30,20 +30,76 @@ class ClientGone(Exception):
     """The client disconnected before its request body arrived: nobody to answer."""
 
 
-async def read_body(receive: Receive, declared: str | None, limit: int, timeout_s: float | None = None) -> bytes:
+class BodyDeadlines:
+    """Body-read deadlines for a hot endpoint without a timer per request: each read is one dict entry,
+    and one watcher task per event loop cancels the reads past their deadline (checked every `tick_s`, so
+    a read may overrun its deadline by up to one tick)."""
+
+    def __init__(self, tick_s: float = 0.5):
+        self._tick_s = tick_s
+        self._reads: dict[asyncio.Task, float] = {}
+        self._expired: set[asyncio.Task] = set()
+        self._watcher: asyncio.Task | None = None
+
+    def watch(self, task: asyncio.Task, deadline: float) -> None:
+        self._reads[task] = deadline
+        w = self._watcher
+        if w is None or w.done() or w.get_loop() is not task.get_loop():
+            self._watcher = task.get_loop().create_task(self._run())
+
+    def unwatch(self, task: asyncio.Task) -> bool:
+        """Stop watching `task`; True when it was cancelled for being late."""
+        self._reads.pop(task, None)
+        if task in self._expired:
+            self._expired.discard(task)
+            return True
+        return False
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while self._reads:
+            await asyncio.sleep(self._tick_s)
+            now = loop.time()
+            for task, deadline in list(self._reads.items()):
+                if deadline <= now:
+                    del self._reads[task]
+                    self._expired.add(task)
+                    task.cancel()
+
+
+async def read_body(receive: Receive, declared: str | None, limit: int, timeout_s: float | None = None,
+                    deadlines: BodyDeadlines | None = None) -> bytes:
     """The body from ASGI `receive`, at most `limit` bytes (`PayloadTooLargeError` past it, at once when
     the declared Content-Length says so), all of it within `timeout_s` seconds (`RequestTimeoutError`
-    after; None: no limit); `ClientGone` if the client left first."""
+    after; None: no limit); `ClientGone` if the client left first. With `deadlines` the timeout costs a
+    dict entry instead of a timer (the gateway's hot path)."""
     if declared and declared.isdigit() and int(declared) > limit:
         raise PayloadTooLargeError(f"request body is {declared} bytes; the limit is {limit} (server.max_body_bytes)")
     if timeout_s is None:
         return await _read(receive, limit)
+    if deadlines is not None:
+        task = asyncio.current_task()
+        assert task is not None
+        deadlines.watch(task, task.get_loop().time() + timeout_s)
+        try:
+            return await _read(receive, limit)
+        except asyncio.CancelledError:
+            if deadlines.unwatch(task):  # cancelled by the watcher, not by anyone else
+                task.uncancel()
+                raise _late(timeout_s) from None
+            raise
+        finally:
+            deadlines.unwatch(task)
     try:
         async with asyncio.timeout(timeout_s):
             return await _read(receive, limit)
     except TimeoutError:
-        raise RequestTimeoutError(f"the request body did not arrive within {timeout_s:g} s (server.body_timeout_s); "
-                                  "send the whole body at once") from None
+        raise _late(timeout_s) from None
+
+
+def _late(timeout_s: float) -> RequestTimeoutError:
+    return RequestTimeoutError(f"the request body did not arrive within {timeout_s:g} s (server.body_timeout_s); "
+                               "send the whole body at once")
 
 
 async def _read(receive: Receive, limit: int) -> bytes:

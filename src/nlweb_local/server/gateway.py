@@ -26,9 +26,9 @@ from ..providers.base import Provider
 from ..retrieval.base import Embedder
 from ..router.model import DeploymentInfo
 from ..router.router import Router, estimate_tokens
-from .body import ClientGone, parse_json, read_body, read_request_body
+from .body import BodyDeadlines, ClientGone, parse_json, read_body, read_request_body
 from .errors import openai_error, send_json, send_openai_error
-from .openai_schema import ChatCompletionRequest, CompletionRequest, EmbeddingRequest, validate
+from .openai_schema import ChatCompletionRequest, CompletionRequest, EmbeddingRequest, simple_chat, validate
 
 log = logging.getLogger(__name__)
 DEFAULT_MAX_TOKENS = 512  # what a request that names no max_tokens may generate (less when its prompt is long)
@@ -154,6 +154,8 @@ class Gateway:
         # what never changes while the router runs: the chat deployments, for the checks no deployment would pass
         self._chat: dict[str, DeploymentInfo] = {v.name: v.info for v in router.deployments()
                                                  if router.provider(v.name).capabilities.chat}
+        self._deadlines = BodyDeadlines()  # body-read timeouts without a timer per request
+        self._plain: dict[str | None, CallContext] = {}  # the context of a request without x-nlweb-* headers, by model
 
     def routes(self) -> list[HttpRoute]:
         """The completion endpoints are raw ASGI (the hot path: no Request/Response objects per call)."""
@@ -165,6 +167,17 @@ class Gateway:
     async def _json(self, request: Request) -> dict[str, Any]:
         raw = await read_request_body(request, self._limits.max_body_bytes, self._limits.body_timeout_s)
         return _json_object(raw)
+
+    def _context(self, h: Mapping[str, str], model: str | None) -> CallContext:
+        """`call_context`, remembered per model for requests that carry no x-nlweb-* header (most of them)."""
+        if len(h) > ("content-length" in h):
+            return call_context(h, model, self._router)
+        ctx = self._plain.get(model)
+        if ctx is None:
+            ctx = call_context(h, model, self._router)  # (an unknown model raises: never remembered)
+            if len(self._plain) < 256:
+                self._plain[model] = ctx
+        return ctx
 
     async def chat(self, scope, receive, send) -> None:
         await self._serve(scope, receive, send, "chat.completion", ChatCompletionRequest)
@@ -178,13 +191,18 @@ class Gateway:
         h = request_headers(scope)
         try:
             raw = await read_body(receive, h.get("content-length"), self._limits.max_body_bytes,
-                                  self._limits.body_timeout_s)
-            wire = validate(schema, _json_object(raw))
-            req = wire.chat_request()
-            req.context = call_context(h, req.model, self._router)
+                                  self._limits.body_timeout_s, self._deadlines)
+            body = _json_object(raw)
+            plain = simple_chat(body) if schema is ChatCompletionRequest else None  # the common shape, ~10x cheaper
+            if plain is not None:
+                req, stream, include_usage = plain, body.get("stream") is True, False
+            else:
+                wire = validate(schema, body)
+                req, stream, include_usage = wire.chat_request(), bool(wire.stream), wire.include_usage
+            req.context = self._context(h, req.model)
             self._check_servable(req)
-            if wire.stream:
-                streamed = await self._stream_chat(req, wire.include_usage,
+            if stream:
+                streamed = await self._stream_chat(req, include_usage,
                                                    "chat.completion.chunk" if obj == "chat.completion" else obj)
                 resp = None
             else:

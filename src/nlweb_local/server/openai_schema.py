@@ -164,6 +164,47 @@ class EmbeddingRequest(_Wire):
         return [self.input] if isinstance(self.input, str) else self.input
 
 
+_SIMPLE_KEYS = frozenset({"model", "messages", "max_tokens", "max_completion_tokens", "temperature", "stream", "user"})
+_SIMPLE_ROLES = frozenset({"system", "user", "assistant"})
+
+
+def simple_chat(body: dict[str, Any]) -> ChatRequest | None:
+    """The gateway's hot path: the request a chat body of the most common shape stands for — `model`,
+    plain `{role, content}` messages with text content, and at most `max_tokens`, `temperature`,
+    `stream` and `user` — exactly as `ChatCompletionRequest` would give it, without building the models.
+    None for anything else, which `validate` then checks in full (and names the field at fault)."""
+    if not body.keys() <= _SIMPLE_KEYS:
+        return None
+    msgs = body.get("messages")
+    if type(msgs) is not list or not msgs:
+        return None
+    messages = []
+    for m in msgs:
+        if type(m) is not dict or len(m) != 2:
+            return None
+        role, content = m.get("role"), m.get("content")
+        if type(role) is not str or role not in _SIMPLE_ROLES or type(content) is not str:
+            return None
+        messages.append(Message(role, content))
+    model = body.get("model")
+    temperature = body.get("temperature")
+    stream = body.get("stream")
+    if (model is not None and type(model) is not str) or (stream is not None and type(stream) is not bool):
+        return None
+    if temperature is not None and (type(temperature) not in (int, float) or not 0 <= temperature <= 2):
+        return None  # (NaN fails the comparison; orjson gives no infinities)
+    limits = (body.get("max_completion_tokens"), body.get("max_tokens"))
+    for value in limits:
+        if value is not None and (type(value) is not int or not 1 <= value < INT64):
+            return None
+    max_tokens = limits[0] or limits[1] or 0
+    user = body.get("user")
+    if user is not None and type(user) is not str:
+        return None
+    return ChatRequest(messages=messages, model=model, max_tokens=max_tokens,
+                       temperature=1.0 if temperature is None else float(temperature))
+
+
 W = TypeVar("W", bound=BaseModel)
 
 
