@@ -20,6 +20,8 @@ Per-call series (added to by `MeteredProvider` as plain numbers, turned into fam
 Caches (`core.cache.BoundedCache`, reporting through `cache_lookups(name)`):
 
     nlweb_cache_requests_total{cache,result}                 lookups; result: hit|miss
+    nlweb_cache_errors_total{cache,error}                    a shared backend's failures (cache.redis.RedisCache):
+                                                             unavailable|rejected|corrupt|encode
 
 Pulled at scrape time from the router (`RouterCollector`): breaker state, queue depth, running calls,
 health per deployment. The ledger adds its queue depth and dropped rows.
@@ -150,9 +152,10 @@ class GatewayMetrics:
         return tally
 
     def cache_stats(self) -> dict[str, dict[str, Any]]:
-        """{cache: {hits, misses, hit_ratio}} for /admin/stats."""
+        """{cache: {hits, misses, hit_ratio[, errors: {kind: n}]}} for /admin/stats."""
         return {t.cache: {"hits": t.hits, "misses": t.misses,
-                          "hit_ratio": t.hits / (t.hits + t.misses) if t.hits + t.misses else None}
+                          "hit_ratio": t.hits / (t.hits + t.misses) if t.hits + t.misses else None,
+                          **({"errors": dict(t.errors)} if t.errors else {})}
                 for t in list(self._caches.values())}
 
 
@@ -285,11 +288,16 @@ class CacheTally:
     """Hits and misses of one named cache, as plain numbers (a call is one addition, no lock: exact on the
     event loop; caches used from several threads at once may, rarely, lose a count)."""
 
-    __slots__ = ("cache", "hits", "misses")
+    __slots__ = ("cache", "hits", "misses", "errors")
 
     def __init__(self, cache: str):
         self.cache = cache
         self.hits = self.misses = 0
+        self.errors: dict[str, int] = {}  # by kind; the kinds are a fixed set (see cache.redis)
+
+    def error(self, kind: str) -> None:
+        """The `on_error(kind)` callback of a shared cache."""
+        self.errors[kind] = self.errors.get(kind, 0) + 1
 
     def __call__(self, hit: bool) -> None:
         if hit:
@@ -308,10 +316,14 @@ class CacheCollector:
     def collect(self) -> Iterable:
         fam = CounterMetricFamily("nlweb_cache_requests", "cache lookups, by cache and result (hit or miss)",
                                   labels=("cache", "result"))
+        errors = CounterMetricFamily("nlweb_cache_errors", "failures of a shared cache backend (the lookup is a miss, "
+                                     "the store is dropped), by kind", labels=("cache", "error"))
         for t in list(self._caches.values()):
             fam.add_metric((t.cache, "hit"), t.hits)
             fam.add_metric((t.cache, "miss"), t.misses)
-        return [fam]
+            for kind, n in list(t.errors.items()):
+                errors.add_metric((t.cache, kind), n)
+        return [fam, errors]
 
 
 def new_registry() -> CollectorRegistry:
