@@ -11,6 +11,8 @@ Per-call series (added to by `MeteredProvider` as plain numbers, turned into fam
     nlweb_llm_time_to_first_token_seconds{deployment,task}   histogram
     nlweb_llm_request_duration_seconds{deployment,task}      histogram, whole call
     nlweb_llm_tokens_total{deployment,task,direction}        direction: in|out
+    nlweb_prompt_tokens_total{deployment,kind}               prompt tokens of calls whose engine says how many it
+                                                             took from its KV/prompt cache; kind: reused|computed
     nlweb_llm_output_tokens_per_second{deployment,task}      histogram, generation speed per call
     nlweb_llm_in_flight{deployment}                          gauge
     nlweb_llm_cost_usd_total{deployment,route}               what the calls cost
@@ -89,11 +91,13 @@ class CallSeries:
     call costs a handful of additions instead of a dozen lock round trips."""
 
     __slots__ = ("deployment", "task", "route", "requests", "in_flight", "tokens_in", "tokens_out", "cost",
-                 "reference_cost", "ttft", "duration", "speed", "errors", "_error_label")
+                 "reference_cost", "ttft", "duration", "speed", "errors", "_error_label", "prompt_reported",
+                 "prompt_reused")
 
     def __init__(self, deployment: str, task: str, route: str, error_label: BoundedLabel):
         self.deployment, self.task, self.route = deployment, task, route
         self.requests = self.in_flight = self.tokens_in = self.tokens_out = 0
+        self.prompt_reported = self.prompt_reused = 0  # prompt tokens of calls that said what they reused; reused
         self.cost = self.reference_cost = 0.0
         self.ttft = Histogram(LATENCY_BUCKETS)
         self.duration = Histogram(LATENCY_BUCKETS)
@@ -182,7 +186,10 @@ class CallCollector:
         ref = CounterMetricFamily("nlweb_llm_reference_cost_usd", "what the reference cloud model would have charged "
                                   "for the same tokens (savings = reference - cost)", labels=("deployment", "route"))
         in_flight = GaugeMetricFamily("nlweb_llm_in_flight", "LLM calls in progress", labels=("deployment",))
+        prompt = CounterMetricFamily("nlweb_prompt_tokens", "prompt tokens of calls whose engine reports its prompt "
+                                     "(KV) cache: reused from it, or computed", labels=("deployment", "kind"))
         by_deployment: dict[tuple[str, str], list[float]] = {}
+        reuse: dict[str, list[int]] = {}
         for s in list(self._series.values()):
             labels = (s.deployment, s.task)
             requests.add_metric((*labels, s.route), s.requests)
@@ -196,11 +203,18 @@ class CallCollector:
             acc[0] += s.cost
             acc[1] += s.reference_cost
             acc[2] += s.in_flight
+            if s.prompt_reported:
+                r = reuse.setdefault(s.deployment, [0, 0])
+                r[0] += s.prompt_reused
+                r[1] += s.prompt_reported - s.prompt_reused
         for (d, route), (c, r, f) in by_deployment.items():
             cost.add_metric((d, route), c)
             ref.add_metric((d, route), r)
             in_flight.add_metric((d,), f)
-        return [requests, errors, tokens, ttft, duration, speed, cost, ref, in_flight]
+        for d, (reused, computed) in reuse.items():
+            prompt.add_metric((d, "reused"), reused)
+            prompt.add_metric((d, "computed"), computed)
+        return [requests, errors, tokens, ttft, duration, speed, cost, ref, in_flight, prompt]
 
 
 class RouterCollector:
