@@ -53,7 +53,9 @@ class CorruptEntry(ValueError):
 
 
 def encode(value: Any, compress_over: int) -> bytes:
-    raw = orjson.dumps(value)
+    """`value` as stored: JSON (numpy numbers and arrays as JSON numbers and lists; a tuple comes back as a
+    list), zlib-compressed above `compress_over` bytes. TypeError for what JSON cannot hold."""
+    raw = orjson.dumps(value, option=orjson.OPT_SERIALIZE_NUMPY)
     if len(raw) > compress_over:
         return ZLIB + zlib.compress(raw, 6)
     return PLAIN + raw
