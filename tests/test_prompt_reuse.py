@@ -51,3 +51,28 @@ async def test_reused_and_computed_prompt_tokens_are_counted_per_deployment():
     # the classification's tokens in are the engine's count, not an estimate from characters
     assert metrics.registry.get_sample_value("nlweb_llm_tokens_total",
                                              {"deployment": "local", "task": "rank", "direction": "in"}) == 100
+
+
+async def test_an_engines_own_prefix_cache_counters_are_exported_from_its_last_probe(tmp_path):
+    """vLLM's prefix-cache counters, as its health probe reads them into the load snapshot, on /metrics."""
+    from nlweb_local.providers.base import LoadSnapshot
+    from nlweb_local.providers.load_parsers import vllm_snapshot
+    from nlweb_local.telemetry import build_telemetry
+
+    from stand_ins import scripted_service, service_settings
+    from test_load_parsers import VLLM_PREFIX_CACHE_METRICS
+
+    class VllmLike(ScriptedProvider):
+        async def health(self) -> LoadSnapshot:
+            return vllm_snapshot(VLLM_PREFIX_CACHE_METRICS)
+
+    settings = service_settings(tmp_path, {"name": "gpu", "engine": "openai", "url": "http://127.0.0.1:9/v1"})
+    tel = build_telemetry(settings, ledger=False)
+    comp = scripted_service(settings, {"local": ScriptedProvider("local"), "gpu": VllmLike("gpu")}, telemetry=tel)
+    await comp.router.probe()
+    get = lambda d, kind: tel.metrics.registry.get_sample_value("nlweb_engine_prefix_cache_tokens",  # noqa: E731
+                                                                 {"deployment": d, "kind": kind})
+    assert (get("gpu", "queried"), get("gpu", "hit")) == (16000, 10024)
+    assert get("local", "queried") is None  # reports nothing: not exported
+    await comp.close()
+    tel.close()

@@ -26,7 +26,8 @@ Caches (`core.cache.BoundedCache`, reporting through `cache_lookups(name)`):
                                                              unavailable|rejected|corrupt|encode
 
 Pulled at scrape time from the router (`RouterCollector`): breaker state, queue depth, running calls,
-health per deployment. The ledger adds its queue depth and dropped rows.
+health per deployment, and the engine's own prefix-cache counters where it reports them
+(nlweb_engine_prefix_cache_tokens{deployment,kind=queried|hit}, from `LoadSnapshot.prompt_cache`). The ledger adds its queue depth and dropped rows.
 """
 from __future__ import annotations
 
@@ -235,13 +236,20 @@ class RouterCollector:
         running = GaugeMetricFamily("nlweb_deployment_running", "calls the router has in flight", labels=("deployment",))
         healthy = GaugeMetricFamily("nlweb_deployment_healthy", "1 if the last health probe succeeded",
                                     labels=("deployment",))
+        prefix = GaugeMetricFamily("nlweb_engine_prefix_cache_tokens", "an engine's own prefix (KV) cache since the "
+                                   "engine started, from its metrics at the last probe: prompt tokens looked up "
+                                   "(queried) and found there (hit)", labels=("deployment", "kind"))
         for v in self._router.deployments():  # (a view lets an expired OPEN period turn HALF_OPEN first)
             d = self._label(v.name)
             breaker.add_metric((d,), BREAKER_VALUES.get(v.breaker, -1))
             waiting.add_metric((d,), v.waiting)
             running.add_metric((d,), v.in_flight)
             healthy.add_metric((d,), 1.0 if v.healthy else 0.0)
-        return [breaker, waiting, running, healthy]
+            cache = self._router.load(v.name).prompt_cache
+            if cache is not None:
+                prefix.add_metric((d, "queried"), cache.queried_tokens)
+                prefix.add_metric((d, "hit"), cache.hit_tokens)
+        return [breaker, waiting, running, healthy, prefix]
 
 
 class ResourceCollector:
