@@ -67,6 +67,28 @@ async def test_classify_reads_the_next_token_distribution(provider):
     assert again["No"] > 0.7
 
 
+async def test_prompt_prefix_reuse_is_counted_exactly(provider):
+    """Each call says how many prompt tokens came from the KV cache of the previous call (`Usage.cached_tokens`):
+    a ranking prompt for another item of the same question reuses the shared head (template, question)."""
+    head = "Question: which tent suits two hikers on a long trail?\nItem: "
+    a = head + "Ridge 2 tent. A two-person backpacking tent.\nIs this item a good answer to the question? Answer Yes or No."
+    b = head + "Pocket stove. A small camping stove.\nIs this item a good answer to the question? Answer Yes or No."
+    first = await provider.classify(req(a), ["Yes", "No"])
+    second = await provider.classify(req(b), ["Yes", "No"])
+    toks = [provider._llama.tokenize(provider._formatter(messages=[{"role": "user", "content": p}]).prompt.encode(),
+                                     add_bos=False, special=True) for p in (a, b)]
+    shared = next(i for i, (x, y) in enumerate(zip(*toks)) if x != y)
+    assert first.usage.prompt_tokens == len(toks[0]) and 0 <= first.usage.cached_tokens < len(toks[0])
+    assert second.usage.prompt_tokens == len(toks[1]) and second.usage.cached_tokens == shared > 15
+    again = await provider.classify(req(b), ["Yes", "No"])  # the same prompt: all but the token that yields logits
+    assert again.usage.cached_tokens == len(toks[1]) - 1
+    # generation (llama-cpp-python's own prefix matching) reports the same way
+    r1 = await provider.complete(req("Name a fruit."))
+    r2 = await provider.complete(req("Name a fruit."))
+    assert r1.usage.prompt_tokens == r2.usage.prompt_tokens > 5
+    assert r2.usage.cached_tokens >= r2.usage.prompt_tokens - 1
+
+
 async def test_full_queue_refuses_at_once_with_retry_after():
     p = LlamaCppProvider(n_ctx=512, max_queue=1)
     results = await asyncio.gather(*(p.complete(req("Count to twenty.", max_tokens=40)) for _ in range(3)),

@@ -1,7 +1,7 @@
 """The pure load-snapshot parsers, on metrics text shaped like each engine's real exposition."""
 import math
 
-from nlweb_local.providers.base import LoadSnapshot
+from nlweb_local.providers.base import LoadSnapshot, PromptCacheCounters
 from nlweb_local.providers.load_parsers import (llama_server_snapshot, ollama_canonical, ollama_snapshot, parse_prometheus,
                                                 tgi_snapshot, vllm_snapshot)
 
@@ -153,6 +153,48 @@ def test_vllm_no_metrics():
     assert not vllm_snapshot("").healthy
 
 
+# vLLM V1 with --enable-prefix-caching: counters in tokens (prometheus_client adds the _created samples)
+VLLM_PREFIX_CACHE_METRICS = """\
+# HELP vllm:num_requests_running Number of requests in model execution batches.
+# TYPE vllm:num_requests_running gauge
+vllm:num_requests_running{engine="0",model_name="Qwen/Qwen2.5-0.5B-Instruct"} 1.0
+vllm:num_requests_running{engine="1",model_name="Qwen/Qwen2.5-0.5B-Instruct"} 0.0
+# HELP vllm:num_requests_waiting Number of requests waiting to be processed.
+# TYPE vllm:num_requests_waiting gauge
+vllm:num_requests_waiting{engine="0",model_name="Qwen/Qwen2.5-0.5B-Instruct"} 0.0
+vllm:num_requests_waiting{engine="1",model_name="Qwen/Qwen2.5-0.5B-Instruct"} 0.0
+# HELP vllm:prefix_cache_queries_total Prefix cache queries, in terms of number of queried tokens.
+# TYPE vllm:prefix_cache_queries_total counter
+vllm:prefix_cache_queries_total{engine="0",model_name="Qwen/Qwen2.5-0.5B-Instruct"} 12000.0
+vllm:prefix_cache_queries_total{engine="1",model_name="Qwen/Qwen2.5-0.5B-Instruct"} 4000.0
+# HELP vllm:prefix_cache_queries_created Prefix cache queries, in terms of number of queried tokens.
+# TYPE vllm:prefix_cache_queries_created gauge
+vllm:prefix_cache_queries_created{engine="0",model_name="Qwen/Qwen2.5-0.5B-Instruct"} 1.7325e+09
+# HELP vllm:prefix_cache_hits_total Prefix cache hits, in terms of number of cached tokens.
+# TYPE vllm:prefix_cache_hits_total counter
+vllm:prefix_cache_hits_total{engine="0",model_name="Qwen/Qwen2.5-0.5B-Instruct"} 9024.0
+vllm:prefix_cache_hits_total{engine="1",model_name="Qwen/Qwen2.5-0.5B-Instruct"} 1000.0
+"""
+
+
+def test_vllm_prefix_cache_hits_in_tokens_summed_over_engines():
+    snap = vllm_snapshot(VLLM_PREFIX_CACHE_METRICS, model="Qwen/Qwen2.5-0.5B-Instruct")
+    assert snap.healthy and snap.prompt_cache == PromptCacheCounters(queried_tokens=16000, hit_tokens=10024)
+    assert snap.prompt_cache.hit_ratio == 10024 / 16000
+
+
+def test_vllm_prefix_cache_under_the_gpu_names_and_absent_when_not_reported():
+    text = VLLM_PREFIX_CACHE_METRICS.replace("vllm:prefix_cache_", "vllm:gpu_prefix_cache_")
+    assert vllm_snapshot(text).prompt_cache == PromptCacheCounters(queried_tokens=16000, hit_tokens=10024)
+    assert vllm_snapshot(VLLM_METRICS).prompt_cache is None  # queries without hits: not a reading
+    assert vllm_snapshot(VLLM_OLD_METRICS).prompt_cache is None
+    other = vllm_snapshot(VLLM_PREFIX_CACHE_METRICS.replace("Qwen/Qwen2.5-0.5B-Instruct", "m"), model="m")
+    assert other.prompt_cache.queried_tokens == 16000
+    nothing_yet = VLLM_PREFIX_CACHE_METRICS.replace("12000.0", "0.0").replace("4000.0", "0.0") \
+        .replace("9024.0", "0.0").replace("1000.0", "0.0")
+    assert vllm_snapshot(nothing_yet).prompt_cache.hit_ratio is None
+
+
 # -- TGI ---------------------------------------------------------------------------------------------
 
 def test_tgi_queue_and_batch():
@@ -200,6 +242,16 @@ def test_llama_server_metrics_win_over_slots_and_newer_servers_lack_kv_ratio():
     text = LLAMA_SERVER_METRICS.replace("llamacpp:kv_cache_usage_ratio 0.25", "")
     snap = llama_server_snapshot(text, 200, "", slots=[{"id": 0, "is_processing": True}])
     assert snap.running == 2 and snap.kv_cache_usage is None
+
+
+def test_llama_server_prompt_cache_where_the_build_counts_cached_tokens():
+    assert llama_server_snapshot(LLAMA_SERVER_METRICS, 200, "").prompt_cache is None  # upstream: per answer only
+    text = LLAMA_SERVER_METRICS + (
+        "# HELP llamacpp:prompt_tokens_cached_total Number of prompt tokens reused from the cache\n"
+        "# TYPE llamacpp:prompt_tokens_cached_total counter\n"
+        "llamacpp:prompt_tokens_cached_total 30702\n")
+    snap = llama_server_snapshot(text, 200, "")
+    assert snap.prompt_cache == PromptCacheCounters(queried_tokens=10234 + 30702, hit_tokens=30702)
 
 
 def test_llama_server_nothing_known():

@@ -215,6 +215,18 @@ class TelemetrySettings(_Section):
     alerts: AlertSettings = AlertSettings()
 
 
+class CacheBackendSettings(_Section):
+    """Where caches keep their entries (the ranking cache, the response caches): in process, or in Redis so
+    that several gateway replicas share them."""
+
+    redis_url: str | None = Field(None, description="Redis URL (e.g. redis://127.0.0.1:6379/0; rediss:// for TLS) shared by every replica; null = each process keeps its own in-memory caches. A Redis outage turns caching off (one warning), never into errors")
+    redis_timeout_s: float = Field(0.25, gt=0, description="longest wait for a Redis connection, a connect or a reply; slower counts as Redis being down")
+    redis_retry_s: float = Field(5.0, ge=0, description="after a Redis failure, seconds without trying it (every lookup is a miss meanwhile), so an outage adds no latency to requests")
+    redis_max_connections: int = Field(32, ge=1, description="Redis connections per process (a call waits at most redis_timeout_s for one)")
+    redis_default_ttl_s: float = Field(86_400.0, gt=0, description="expiry of Redis entries stored without a TTL (bound the server's memory with its maxmemory and an allkeys-lru policy)")
+    redis_compress_over: int = Field(1024, ge=0, description="values larger than this many bytes (serialised) are stored zlib-compressed")
+
+
 class Settings(_Section):
     data_dir: str = Field("data", description="everything the service writes lives under here")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
@@ -225,6 +237,7 @@ class Settings(_Section):
     search: SearchSettings = SearchSettings()
     ingest: IngestSettings = IngestSettings()
     telemetry: TelemetrySettings = TelemetrySettings()
+    cache_store: CacheBackendSettings = CacheBackendSettings()
 
     @property
     def data_path(self) -> Path:

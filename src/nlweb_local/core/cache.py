@@ -63,10 +63,14 @@ class BoundedCache(Generic[K, V]):
     """In-process `Cache`: bounded LRU, optional per-entry expiry on an injectable monotonic clock."""
 
     def __init__(self, max_entries: int, *, on_lookup: Callable[[bool], None] | None = None,
-                 clock: Callable[[], float] = time.monotonic):
+                 clock: Callable[[], float] = time.monotonic, default_ttl_s: float | None = None):
+        """`default_ttl_s`: the expiry of entries set without a `ttl_s` (None: until evicted)."""
         if max_entries < 1:
             raise ValueError("max_entries must be at least 1")
+        if default_ttl_s is not None and default_ttl_s <= 0:
+            raise ValueError("default_ttl_s must be positive (or None: until evicted)")
         self.max_entries = max_entries
+        self.default_ttl_s = default_ttl_s
         self._on_lookup = on_lookup
         self._clock = clock
         self._data: OrderedDict[K, V] = OrderedDict()
@@ -94,6 +98,8 @@ class BoundedCache(Generic[K, V]):
             raise ValueError("a cache cannot hold None (get returns None for a miss)")
         if ttl_s is not None and ttl_s <= 0:
             raise ValueError("ttl_s must be positive (or None: until evicted)")
+        if ttl_s is None:
+            ttl_s = self.default_ttl_s
         with self._lock:
             self._data[key] = value
             self._data.move_to_end(key)

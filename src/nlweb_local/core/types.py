@@ -162,6 +162,9 @@ class Usage:
     time_to_first_token_s: float | None = None
     total_s: float | None = None
     queue_s: float = 0.0  # time spent waiting in nlweb-local's own queue for an in-process engine (not service time)
+    # prompt tokens the engine took from its KV/prompt cache instead of computing them (of prompt_tokens);
+    # None: the engine did not say
+    cached_tokens: int | None = None
 
     @property
     def total_tokens(self) -> int:
@@ -214,6 +217,7 @@ class LabelProbs(Mapping[str, float]):
     probs: dict[str, float]
     served: Served | None = None
     queue_s: float = 0.0  # time spent waiting in nlweb-local's own queue (see `Usage.queue_s`)
+    usage: Usage | None = None  # the prompt's tokens (and how many came from the KV cache), where the engine says
 
     def __getitem__(self, label: str) -> float:
         return self.probs[label]

@@ -30,6 +30,19 @@ class Capabilities:
 
 
 @dataclass(frozen=True, slots=True)
+class PromptCacheCounters:
+    """An engine's own prompt (prefix/KV) cache, cumulative since the engine started: prompt tokens it
+    looked up and prompt tokens it found there (so it did not compute them again)."""
+
+    queried_tokens: int
+    hit_tokens: int
+
+    @property
+    def hit_ratio(self) -> float | None:
+        return self.hit_tokens / self.queried_tokens if self.queried_tokens > 0 else None
+
+
+@dataclass(frozen=True, slots=True)
 class LoadSnapshot:
     """How loaded and how well a deployment is, from whatever the engine exposes (metrics, health, slots)."""
 
@@ -39,6 +52,7 @@ class LoadSnapshot:
     running: int = 0  # requests being processed
     kv_cache_usage: float | None = None  # 0..1
     loading: bool = False  # up, but still loading a model
+    prompt_cache: PromptCacheCounters | None = None  # where the engine reports its prefix-cache hits
 
 
 

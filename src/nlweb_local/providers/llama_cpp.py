@@ -10,11 +10,14 @@ Retry-After at the HTTP edge) when `max_queue` calls already wait, or when the c
 not let it start before its deadline; Retry-After is the measured time until the queue drains. Calls
 report the time they waited (`Usage.queue_s`), so the router judges the engine on service time only.
 Prompts that share a prefix with the previous call reuse its KV cache (llama-cpp-python keeps the
-longest common prefix), so callers put the shared part (instructions, question) first.
+longest common prefix), so callers put the shared part (instructions, question) first. Each call reports
+how much of its prompt was reused: `Usage.cached_tokens` (on a classification, `LabelProbs.usage`), read
+from the model's own state when it starts evaluating the prompt (`_PrefillCounting`), not estimated.
 """
 from __future__ import annotations
 
 import asyncio
+import functools
 import importlib.util
 import logging
 import os
@@ -45,12 +48,35 @@ def packaged_smollm2_path() -> Path:
     return path
 
 
+@functools.cache
+def _prefill_counting_llama() -> type:
+    """`llama_cpp.Llama`, noting what the first `eval` of each call was given: by then llama-cpp-python has
+    kept the prefix it shares with the previous prompt (`n_tokens`) and passes only the rest, so
+    `prefill` = (tokens reused from the KV cache, tokens computed). Set `prefill = None` before a call."""
+    from llama_cpp import Llama
+
+    class _PrefillCounting(Llama):
+        prefill: tuple[int, int] | None = None
+
+        def eval(self, tokens):  # noqa: ANN001 - llama-cpp-python's signature
+            if self.prefill is None:
+                self.prefill = (int(self.n_tokens), len(tokens))
+            return super().eval(tokens)
+
+    return _PrefillCounting
+
+
+def _prefill_usage(llama: Any) -> Usage:
+    """The prompt's tokens and how many of them the KV cache held (zeros when no prompt was evaluated)."""
+    reused, computed = llama.prefill or (0, 0)
+    return Usage(prompt_tokens=reused + computed, cached_tokens=reused)
+
+
 class LlamaCppProvider(BaseProvider):
     def __init__(self, model_path: str | Path | None = None, *, n_ctx: int = 2048, n_threads: int | None = None,
                  max_queue: int = 64, call_timeout_s: float = 60.0, seed: int = 0, name: str = "llama_cpp",
                  priority_ageing_s: float = 10.0):
-        from llama_cpp import Llama
-
+        Llama = _prefill_counting_llama()
         path = Path(model_path) if model_path else packaged_smollm2_path()
         if not path.exists():
             raise BadRequestError(f"GGUF model {path} does not exist (check llm.model_path)")
@@ -156,6 +182,7 @@ class LlamaCppProvider(BaseProvider):
         start = time.perf_counter()
         first: float | None = None
         n = 0
+        self._llama.prefill = None
         try:
             for chunk in self._llama.create_chat_completion(**self._kwargs(req)):
                 if cancel.is_set():
@@ -170,8 +197,9 @@ class LlamaCppProvider(BaseProvider):
                 if delta or finish:
                     put((delta, finish))
             total = time.perf_counter() - start
-            prompt_tokens = max(0, int(self._llama.n_tokens) - n)
-            put(Usage(prompt_tokens=prompt_tokens, completion_tokens=n, time_to_first_token_s=first, total_s=total))
+            usage = _prefill_usage(self._llama)
+            usage.completion_tokens, usage.time_to_first_token_s, usage.total_s = n, first, total
+            put(usage)
             put(_DONE)
         except ValueError as e:
             msg = str(e)
@@ -195,7 +223,7 @@ class LlamaCppProvider(BaseProvider):
             self._label_cache[key] = ids
         return self._label_cache[key]
 
-    def _classify_sync(self, req: ChatRequest, labels: Sequence[str]) -> dict[str, float]:
+    def _classify_sync(self, req: ChatRequest, labels: Sequence[str]) -> tuple[dict[str, float], Usage]:
         import numpy as np
 
         prompt = self._formatter(messages=[{"role": m.role, "content": m.content} for m in req.messages]).prompt
@@ -209,6 +237,7 @@ class LlamaCppProvider(BaseProvider):
         while n < limit and cached[n] == toks[n]:
             n += 1
         self._llama.n_tokens = n
+        self._llama.prefill = None
         self._llama.eval(toks[n:])
         logits = np.ctypeslib.as_array(self._llama._ctx.get_logits_ith(-1), shape=(self._llama.n_vocab(),))
         z = np.exp(logits - logits.max())
@@ -216,7 +245,7 @@ class LlamaCppProvider(BaseProvider):
         total = sum(mass.values())
         if total <= 0:
             raise ProviderError("no probability mass on any label", deployment=self.name)
-        return {k: v / total for k, v in mass.items()}
+        return {k: v / total for k, v in mass.items()}, _prefill_usage(self._llama)
 
     def _check(self, request: ChatRequest) -> None:
         """What the engine would refuse, refused before the call is queued (a client error, never a fault)."""
@@ -247,8 +276,9 @@ class LlamaCppProvider(BaseProvider):
             fut = await self._on_model(asyncio.get_running_loop(), deadline, request.context.priority, self._classify_sync,
                                        request, labels)
             turn = time.perf_counter()
-            probs = await asyncio.wait_for(asyncio.shield(fut), max(0.001, deadline - turn))
-            return LabelProbs(probs, queue_s=turn - started)
+            probs, usage = await asyncio.wait_for(asyncio.shield(fut), max(0.001, deadline - turn))
+            usage.queue_s = turn - started
+            return LabelProbs(probs, queue_s=usage.queue_s, usage=usage)
         except asyncio.TimeoutError:
             raise self._timeout(started, turn, "local model classification") from None
         finally:

@@ -4,7 +4,7 @@ No I/O and no state: adapters fetch, these functions read. One function per engi
 same shape, so a router compares engines without knowing them.
 
     parse_prometheus(text) -> {metric name: [(labels, value), ...]}
-    vllm_snapshot(metrics_text, model=None)
+    vllm_snapshot(metrics_text, model=None)           (with prefix-cache hits, when vLLM reports them)
     tgi_snapshot(metrics_text)
     llama_server_snapshot(metrics_text=None, health_status=None, health_body=None, slots=None)
     ollama_snapshot(version_ok, ps_json, model, version="")
@@ -16,7 +16,7 @@ import math
 import re
 from typing import Any, Iterable, Mapping
 
-from .base import LoadSnapshot
+from .base import LoadSnapshot, PromptCacheCounters
 
 Samples = dict[str, list[tuple[dict[str, str], float]]]
 
@@ -117,6 +117,23 @@ def _max(samples: Samples, names: Iterable[str], where: Mapping[str, str] | None
     return None
 
 
+def _prompt_cache(samples: Samples, queries: str, hits: str,
+                  where: Mapping[str, str] | None = None) -> PromptCacheCounters | None:
+    q, h = _total(samples, queries, where), _total(samples, hits, where)
+    return PromptCacheCounters(queried_tokens=q, hit_tokens=min(h, q)) if q is not None and h is not None else None
+
+
+def vllm_prompt_cache(samples: Samples, where: Mapping[str, str] | None = None) -> PromptCacheCounters | None:
+    """vLLM's prefix-cache counters (tokens): `vllm:prefix_cache_queries_total`/`_hits_total` (V1 engine), or
+    the `vllm:gpu_prefix_cache_*` names of the releases between; None where prefix caching reports nothing
+    (off, or the V0 engine's hit-rate gauge only)."""
+    for prefix in ("vllm:prefix_cache_", "vllm:gpu_prefix_cache_"):
+        found = _prompt_cache(samples, prefix + "queries_total", prefix + "hits_total", where)
+        if found is not None:
+            return found
+    return None
+
+
 def vllm_snapshot(metrics_text: str, model: str | None = None) -> LoadSnapshot:
     """vLLM's /metrics: requests running and waiting, KV-cache usage (0..1), for `model_name` = model if given."""
     samples = parse_prometheus(metrics_text)
@@ -129,7 +146,8 @@ def vllm_snapshot(metrics_text: str, model: str | None = None) -> LoadSnapshot:
             return LoadSnapshot(healthy=False, detail=f"vLLM serves {', '.join(served)}, not {model!r}")
         return LoadSnapshot(healthy=False, detail="no vLLM load metrics in /metrics")
     kv = _max(samples, ("vllm:kv_cache_usage_perc", "vllm:gpu_cache_usage_perc"), where)
-    return LoadSnapshot(healthy=True, detail=model or "vllm", waiting=waiting or 0, running=running or 0, kv_cache_usage=kv)
+    return LoadSnapshot(healthy=True, detail=model or "vllm", waiting=waiting or 0, running=running or 0, kv_cache_usage=kv,
+                        prompt_cache=vllm_prompt_cache(samples, where))
 
 
 def tgi_snapshot(metrics_text: str) -> LoadSnapshot:
@@ -185,7 +203,18 @@ def llama_server_snapshot(metrics_text: str | None = None, health_status: int | 
         return LoadSnapshot(healthy=False, detail="no /health, /metrics or /slots answer from llama-server")
     detail = "all slots busy" if "no slot" in message.lower() else "llama-server"
     return LoadSnapshot(healthy=True, detail=detail, waiting=waiting or 0, running=running or 0,
-                        kv_cache_usage=_max(samples, ("llamacpp:kv_cache_usage_ratio",)))
+                        kv_cache_usage=_max(samples, ("llamacpp:kv_cache_usage_ratio",)),
+                        prompt_cache=llama_server_prompt_cache(samples))
+
+
+def llama_server_prompt_cache(samples: Samples) -> PromptCacheCounters | None:
+    """llama-server builds that export `llamacpp:prompt_tokens_cached_total` (prompt tokens reused from the
+    cache; `llamacpp:prompt_tokens_total` then counts only those computed). Upstream llama-server reports
+    reuse per answer instead (`usage.prompt_tokens_details.cached_tokens`, read into `Usage.cached_tokens`)."""
+    cached, computed = _total(samples, "llamacpp:prompt_tokens_cached_total"), _total(samples, "llamacpp:prompt_tokens_total")
+    if cached is None or computed is None:
+        return None
+    return PromptCacheCounters(queried_tokens=cached + computed, hit_tokens=cached)
 
 
 def ollama_canonical(name: str) -> str:

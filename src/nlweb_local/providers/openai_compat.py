@@ -48,7 +48,10 @@ def response_format(profile: EngineProfile, schema: dict[str, Any]) -> dict[str,
 def _usage(raw: Mapping[str, Any] | None, *, ttft: float | None, total: float) -> Usage | None:
     if not raw:
         return None
-    return Usage(int(raw.get("prompt_tokens") or 0), int(raw.get("completion_tokens") or 0), ttft, total)
+    details = raw.get("prompt_tokens_details")  # OpenAI, vLLM, llama-server: how much of the prompt was cached
+    cached = details.get("cached_tokens") if isinstance(details, Mapping) else None
+    return Usage(int(raw.get("prompt_tokens") or 0), int(raw.get("completion_tokens") or 0), ttft, total,
+                 cached_tokens=int(cached) if isinstance(cached, (int, float)) and cached >= 0 else None)
 
 
 def _estimate(req: ChatRequest, completion_tokens: int, *, ttft: float | None, total: float) -> EstimatedUsage:

@@ -153,5 +153,6 @@ def answer_tokens(kind: CallKind, subject: Any, out: Any) -> tuple[int, int]:
     if kind == "complete":
         return call_tokens(out.usage, subject, len(out.content))
     if kind == "classify":
-        return prompt_chars(subject) // 4 + 1, 1
+        usage = getattr(out, "usage", None)
+        return (usage.prompt_tokens if usage is not None and usage.prompt_tokens else prompt_chars(subject) // 4 + 1), 1
     return out.prompt_tokens or sum(len(t) for t in subject) // 4, 0

@@ -14,13 +14,14 @@ The chain every LLM call goes through is built by one fold:
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import logging
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
 from ..config.settings import DeploymentSettings, Settings
-from ..core.cache import BoundedCache
+from ..core.cache import BoundedCache, Cache
 from ..core.errors import BadRequestError
 from ..core.types import CallContext
 from ..providers.base import Provider
@@ -53,7 +54,9 @@ class Components:
         if self.gateway is not None:
             await self.gateway.close()  # the router closes every deployment's chain
         for close in self.closers:
-            close()
+            done = close()
+            if inspect.isawaitable(done):  # an async closer (a Redis cache's connections)
+                await done
 
 
 def llm_version(settings: Settings) -> str:
@@ -138,14 +141,35 @@ def _log_breaker(name: str, old: Any, new: Any, why: str) -> None:
     log.warning("breaker %s: %s -> %s (%s)", name, old.value, new.value, why)
 
 
+def build_cache(name: str, settings: Settings, metrics: Any = None, max_entries: int = 10_000,
+                ttl_s: float | None = None) -> Cache:
+    """The cache called `name`: in process (`BoundedCache` of `max_entries`) by default, in Redis when
+    `cache_store.redis_url` is set, so every replica shares it (entries are bounded there by the server's
+    maxmemory and by their expiry). `ttl_s`: the expiry of entries set without one (None: until evicted;
+    in Redis `cache_store.redis_default_ttl_s`). `metrics` (a `GatewayMetrics`, or None) counts its lookups
+    (nlweb_cache_requests_total) and, in Redis, its failures (nlweb_cache_errors_total)."""
+    tally = metrics.cache_lookups(name) if metrics is not None else None
+    c = settings.cache_store
+    if not c.redis_url:
+        return BoundedCache(max_entries, on_lookup=tally, default_ttl_s=ttl_s)
+    from ..cache.redis import RedisCache
+
+    return RedisCache(c.redis_url, name, timeout_s=c.redis_timeout_s, retry_s=c.redis_retry_s,
+                      max_connections=c.redis_max_connections, default_ttl_s=ttl_s or c.redis_default_ttl_s,
+                      compress_over=c.redis_compress_over, on_lookup=tally,
+                      on_error=tally.error if tally is not None else None)
+
+
 def build_pipeline(settings: Settings, llm: StructuredLLM, embedder: Embedder, store: VectorStore,
-                   telemetry: Any = None) -> AskPipeline:
-    """The /ask pipeline, with its ranking cache (counted in the metrics when telemetry is on)."""
+                   telemetry: Any = None, closers: list[Callable[[], Any]] | None = None) -> AskPipeline:
+    """The /ask pipeline, with its ranking cache (in process or in Redis: `build_cache`; counted in the
+    metrics when telemetry is on). A cache that holds connections adds its `close` to `closers`."""
     n = settings.search.rank_cache_entries
     cache = None
     if n > 0:
-        on_lookup = telemetry.metrics.cache_lookups("ranking") if telemetry is not None else None
-        cache = BoundedCache(n, on_lookup=on_lookup)
+        cache = build_cache("ranking", settings, telemetry.metrics if telemetry is not None else None, n)
+        if closers is not None and hasattr(cache, "close"):
+            closers.append(cache.close)
     return AskPipeline(llm, embedder, store, settings.search, rank_cache=cache, model_version=llm_version(settings))
 
 
@@ -182,6 +206,6 @@ def build_components(settings: Settings, *, embedder: Any = _BUILD, store: Any =
                 raise BadRequestError(f"llm.search_deployment {search!r} is not a deployment ({', '.join(router.names())})")
             context = context.with_(deployments=(search,))  # /ask's calls go to it alone, with its shared breaker
         llm = ProviderStructuredLLM(gateway, context=context)
-    pipeline = build_pipeline(settings, llm, embedder, store, telemetry)
+    pipeline = build_pipeline(settings, llm, embedder, store, telemetry, closers)
     return Components(settings, embedder, store, llm, pipeline, router=router, gateway=gateway, telemetry=telemetry,
                       closers=closers)

@@ -84,7 +84,8 @@ class MeteredProvider(WrapperProvider):
         return s, t0
 
     def _end(self, s: CallSeries, t0: float, *, tokens_in: int, tokens_out: int, ttft: float | None,
-             error: BaseException | None) -> None:
+             error: BaseException | None, reused: int | None = None) -> None:
+        """`reused`: prompt tokens the engine took from its KV cache (None: it did not say)."""
         t1 = self._clock()
         elapsed = t1 - t0
         s.in_flight -= 1
@@ -97,6 +98,9 @@ class MeteredProvider(WrapperProvider):
                 s.ttft.observe(ttft)
             s.tokens_in += tokens_in
             s.tokens_out += tokens_out
+            if reused is not None:
+                s.prompt_reported += tokens_in
+                s.prompt_reused += min(reused, tokens_in)
             gen = elapsed - (ttft or 0.0)
             if tokens_out and gen > 0:
                 s.speed.observe(tokens_out / gen)
@@ -120,7 +124,8 @@ class MeteredProvider(WrapperProvider):
     def around_stream(self, request: ChatRequest, chunks: AsyncIterator[ChatChunk]) -> AsyncIterator[ChatChunk]:
         def end(started: tuple[CallSeries, float], seen: StreamTally, error: BaseException | None) -> None:
             tin, tout = seen.tokens(request) if error is None else (0, 0)  # failed: not billed
-            self._end(*started, tokens_in=tin, tokens_out=tout, ttft=seen.ttft, error=error)
+            self._end(*started, tokens_in=tin, tokens_out=tout, ttft=seen.ttft, error=error,
+                      reused=seen.usage.cached_tokens if seen.usage is not None else None)
 
         return observed(chunks, self._clock, lambda: self._begin(request.task), end)
 
@@ -132,6 +137,8 @@ class MeteredProvider(WrapperProvider):
             self._end(s, t0, tokens_in=0, tokens_out=0, ttft=None, error=e)
             raise
         tin, tout = answer_tokens(kind, subject, out)
+        usage = getattr(out, "usage", None)  # a ChatResponse's, a LabelProbs' (may be None); embeddings have none
         self._end(s, t0, tokens_in=tin, tokens_out=tout,
-                  ttft=out.usage.time_to_first_token_s if kind == "complete" else None, error=None)
+                  ttft=out.usage.time_to_first_token_s if kind == "complete" else None, error=None,
+                  reused=usage.cached_tokens if usage is not None else None)
         return out

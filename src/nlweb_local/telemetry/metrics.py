@@ -11,6 +11,8 @@ Per-call series (added to by `MeteredProvider` as plain numbers, turned into fam
     nlweb_llm_time_to_first_token_seconds{deployment,task}   histogram
     nlweb_llm_request_duration_seconds{deployment,task}      histogram, whole call
     nlweb_llm_tokens_total{deployment,task,direction}        direction: in|out
+    nlweb_prompt_tokens_total{deployment,kind}               prompt tokens of calls whose engine says how many it
+                                                             took from its KV/prompt cache; kind: reused|computed
     nlweb_llm_output_tokens_per_second{deployment,task}      histogram, generation speed per call
     nlweb_llm_in_flight{deployment}                          gauge
     nlweb_llm_cost_usd_total{deployment,route}               what the calls cost
@@ -20,9 +22,12 @@ Per-call series (added to by `MeteredProvider` as plain numbers, turned into fam
 Caches (`core.cache.BoundedCache`, reporting through `cache_lookups(name)`):
 
     nlweb_cache_requests_total{cache,result}                 lookups; result: hit|miss
+    nlweb_cache_errors_total{cache,error}                    a shared backend's failures (cache.redis.RedisCache):
+                                                             unavailable|rejected|corrupt|encode
 
 Pulled at scrape time from the router (`RouterCollector`): breaker state, queue depth, running calls,
-health per deployment. The ledger adds its queue depth and dropped rows.
+health per deployment, and the engine's own prefix-cache counters where it reports them
+(nlweb_engine_prefix_cache_tokens{deployment,kind=queried|hit}, from `LoadSnapshot.prompt_cache`). The ledger adds its queue depth and dropped rows.
 """
 from __future__ import annotations
 
@@ -87,11 +92,13 @@ class CallSeries:
     call costs a handful of additions instead of a dozen lock round trips."""
 
     __slots__ = ("deployment", "task", "route", "requests", "in_flight", "tokens_in", "tokens_out", "cost",
-                 "reference_cost", "ttft", "duration", "speed", "errors", "_error_label")
+                 "reference_cost", "ttft", "duration", "speed", "errors", "_error_label", "prompt_reported",
+                 "prompt_reused")
 
     def __init__(self, deployment: str, task: str, route: str, error_label: BoundedLabel):
         self.deployment, self.task, self.route = deployment, task, route
         self.requests = self.in_flight = self.tokens_in = self.tokens_out = 0
+        self.prompt_reported = self.prompt_reused = 0  # prompt tokens of calls that said what they reused; reused
         self.cost = self.reference_cost = 0.0
         self.ttft = Histogram(LATENCY_BUCKETS)
         self.duration = Histogram(LATENCY_BUCKETS)
@@ -150,9 +157,10 @@ class GatewayMetrics:
         return tally
 
     def cache_stats(self) -> dict[str, dict[str, Any]]:
-        """{cache: {hits, misses, hit_ratio}} for /admin/stats."""
+        """{cache: {hits, misses, hit_ratio[, errors: {kind: n}]}} for /admin/stats."""
         return {t.cache: {"hits": t.hits, "misses": t.misses,
-                          "hit_ratio": t.hits / (t.hits + t.misses) if t.hits + t.misses else None}
+                          "hit_ratio": t.hits / (t.hits + t.misses) if t.hits + t.misses else None,
+                          **({"errors": dict(t.errors)} if t.errors else {})}
                 for t in list(self._caches.values())}
 
 
@@ -179,7 +187,10 @@ class CallCollector:
         ref = CounterMetricFamily("nlweb_llm_reference_cost_usd", "what the reference cloud model would have charged "
                                   "for the same tokens (savings = reference - cost)", labels=("deployment", "route"))
         in_flight = GaugeMetricFamily("nlweb_llm_in_flight", "LLM calls in progress", labels=("deployment",))
+        prompt = CounterMetricFamily("nlweb_prompt_tokens", "prompt tokens of calls whose engine reports its prompt "
+                                     "(KV) cache: reused from it, or computed", labels=("deployment", "kind"))
         by_deployment: dict[tuple[str, str], list[float]] = {}
+        reuse: dict[str, list[int]] = {}
         for s in list(self._series.values()):
             labels = (s.deployment, s.task)
             requests.add_metric((*labels, s.route), s.requests)
@@ -193,11 +204,18 @@ class CallCollector:
             acc[0] += s.cost
             acc[1] += s.reference_cost
             acc[2] += s.in_flight
+            if s.prompt_reported:
+                r = reuse.setdefault(s.deployment, [0, 0])
+                r[0] += s.prompt_reused
+                r[1] += s.prompt_reported - s.prompt_reused
         for (d, route), (c, r, f) in by_deployment.items():
             cost.add_metric((d, route), c)
             ref.add_metric((d, route), r)
             in_flight.add_metric((d,), f)
-        return [requests, errors, tokens, ttft, duration, speed, cost, ref, in_flight]
+        for d, (reused, computed) in reuse.items():
+            prompt.add_metric((d, "reused"), reused)
+            prompt.add_metric((d, "computed"), computed)
+        return [requests, errors, tokens, ttft, duration, speed, cost, ref, in_flight, prompt]
 
 
 class RouterCollector:
@@ -218,13 +236,20 @@ class RouterCollector:
         running = GaugeMetricFamily("nlweb_deployment_running", "calls the router has in flight", labels=("deployment",))
         healthy = GaugeMetricFamily("nlweb_deployment_healthy", "1 if the last health probe succeeded",
                                     labels=("deployment",))
+        prefix = GaugeMetricFamily("nlweb_engine_prefix_cache_tokens", "an engine's own prefix (KV) cache since the "
+                                   "engine started, from its metrics at the last probe: prompt tokens looked up "
+                                   "(queried) and found there (hit)", labels=("deployment", "kind"))
         for v in self._router.deployments():  # (a view lets an expired OPEN period turn HALF_OPEN first)
             d = self._label(v.name)
             breaker.add_metric((d,), BREAKER_VALUES.get(v.breaker, -1))
             waiting.add_metric((d,), v.waiting)
             running.add_metric((d,), v.in_flight)
             healthy.add_metric((d,), 1.0 if v.healthy else 0.0)
-        return [breaker, waiting, running, healthy]
+            cache = self._router.load(v.name).prompt_cache
+            if cache is not None:
+                prefix.add_metric((d, "queried"), cache.queried_tokens)
+                prefix.add_metric((d, "hit"), cache.hit_tokens)
+        return [breaker, waiting, running, healthy, prefix]
 
 
 class ResourceCollector:
@@ -285,11 +310,16 @@ class CacheTally:
     """Hits and misses of one named cache, as plain numbers (a call is one addition, no lock: exact on the
     event loop; caches used from several threads at once may, rarely, lose a count)."""
 
-    __slots__ = ("cache", "hits", "misses")
+    __slots__ = ("cache", "hits", "misses", "errors")
 
     def __init__(self, cache: str):
         self.cache = cache
         self.hits = self.misses = 0
+        self.errors: dict[str, int] = {}  # by kind; the kinds are a fixed set (see cache.redis)
+
+    def error(self, kind: str) -> None:
+        """The `on_error(kind)` callback of a shared cache."""
+        self.errors[kind] = self.errors.get(kind, 0) + 1
 
     def __call__(self, hit: bool) -> None:
         if hit:
@@ -308,10 +338,14 @@ class CacheCollector:
     def collect(self) -> Iterable:
         fam = CounterMetricFamily("nlweb_cache_requests", "cache lookups, by cache and result (hit or miss)",
                                   labels=("cache", "result"))
+        errors = CounterMetricFamily("nlweb_cache_errors", "failures of a shared cache backend (the lookup is a miss, "
+                                     "the store is dropped), by kind", labels=("cache", "error"))
         for t in list(self._caches.values()):
             fam.add_metric((t.cache, "hit"), t.hits)
             fam.add_metric((t.cache, "miss"), t.misses)
-        return [fam]
+            for kind, n in list(t.errors.items()):
+                errors.add_metric((t.cache, kind), n)
+        return [fam, errors]
 
 
 def new_registry() -> CollectorRegistry:
