@@ -1,7 +1,9 @@
 """`nlweb-local eval cache`: the semantic cache's precision and hit rate along the similarity threshold.
 
 Input: JSON lines {"a": text, "b": text, "same": true|false, "kind": "paraphrase|constraint|negation|..."}
-(the repository's set: benchmarks/data/cache_pairs.jsonl; it is not shipped in the wheel). Each pair is
+(the repository's sets, not shipped in the wheel: benchmarks/data/cache_pairs.jsonl, 294 pairs, on which
+the vetoes and the threshold were chosen, and cache_pairs_heldout.jsonl, 60 pairs written after they were
+fixed, to check that they carry over). Each pair is
 one question stored in the cache (a) and one asked later (b): the cache *hits* when the two texts' cosine
 similarity reaches the threshold and, with the vetoes, no lexical veto (`cache.lexical`) fires.
 
