@@ -121,7 +121,7 @@ was were do does did can could would should will shall may might must have has h
 list give tell recommend suggest help i i'm im my me we our you your please the a an good best top great easy
 quick simple cheap looking need want searching search get make cook bake buy rent where's hey hi hello ok okay so
 and also there this that these those it its one two three name explain describe compare summarize summarise
-define translate write plan whats's upcoming next local nearby new free family kid kids vegan vegetarian
+define translate write plan upcoming next local nearby new free family kid kids vegan vegetarian
 gluten healthy recipes recipe ideas events podcasts podcast gear tents tent boots hiking trails cheapest
 latest weekend tonight today tomorrow""".split())
 
