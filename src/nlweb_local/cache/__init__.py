@@ -1,1 +1,3 @@
-"""Caches of answers, behind the `core.cache.Cache` port: `redis.RedisCache` (shared by replicas)."""
+"""The cache layer, behind the `core.cache.Cache` port: `redis.RedisCache` (entries shared by replicas),
+`semantic.SemanticIndex` (near-duplicate questions by embedding similarity, with lexical vetoes).
+"""

@@ -1,4 +1,5 @@
-"""`nlweb-local eval rank|curve`: rank fixed candidates with exactly the code /ask uses, for scoring.
+"""`nlweb-local eval rank|curve|cache`: rank fixed candidates with exactly the code /ask uses, for scoring;
+measure the semantic cache (`cache`: see cli/eval_cache.py).
 
 Input: JSON lines, one per (query, candidate): {query, prev, url, site, name, schema_object, label?}.
 
@@ -31,11 +32,17 @@ from ..core.errors import SourceError
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("eval", help="evaluate ranking on labelled candidates (for ../shared/eval/score.py)",
+    p = sub.add_parser("eval", help="evaluate ranking on labelled candidates, or the semantic cache's precision",
                        description="rank: for each query in --data, rank its given candidates with the /ask ranking "
-                       "code and write one line per query to --out.")
-    p.add_argument("what", choices=["rank", "curve"], help="rank: write rankings; curve: hybrid NDCG@10 against cloud share")
-    p.add_argument("--data", required=True, help="JSON lines {query, prev, url, site, name, schema_object, label?}")
+                       "code and write one line per query to --out. curve: hybrid ranking's NDCG@10 against cloud "
+                       "share. cache: the semantic cache's precision and hit rate along the similarity threshold, "
+                       "with and without the lexical vetoes, over labelled question pairs (e.g. "
+                       "benchmarks/data/cache_pairs.jsonl); the last line is JSON with the configured threshold's "
+                       "precision and hit_rate.")
+    p.add_argument("what", choices=["rank", "curve", "cache"],
+                   help="rank: write rankings; curve: hybrid NDCG@10 against cloud share; cache: semantic cache precision")
+    p.add_argument("--data", required=True, help="JSON lines: rank/curve {query, prev, url, site, name, schema_object, "
+                   "label?}; cache {a, b, same, kind}")
     p.add_argument("--out", help="rankings file to write (rank; required there)")
     p.add_argument("--bands", default="0,5,10,15,20,25,30,40,50",
                    help="curve: band sizes (candidates per query sent to the cloud model), comma-separated")
@@ -47,7 +54,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "(stands in for the cloud model, priced as gpt-4.1); similarity: embeddings only")
     p.add_argument("--llm-rank-limit", type=int, help="candidates the LLM scores (default: search.llm_rank_limit)")
     p.add_argument("--llm-weight", type=float, help="share of the LLM score (default: search.llm_weight; replay: 1.0)")
-    p.add_argument("--limit", type=int, help="only the first N queries")
+    p.add_argument("--limit", type=int, help="only the first N queries (cache: pairs)")
+    p.add_argument("--thresholds", default="0.70:0.98:0.02",
+                   help="cache: similarity thresholds, LOW:HIGH:STEP or comma-separated (the configured one is added)")
+    p.add_argument("--target", type=float, default=0.98,
+                   help="cache: least precision the recommended threshold must keep (default 0.98)")
     p.set_defaults(func=run)
 
 
@@ -119,6 +130,10 @@ async def _rank(pipeline, llm, q: str, rows: list[dict], cands) -> list:
 async def _run(args: argparse.Namespace, settings: Settings) -> int:
     if args.what == "curve":
         return await _curve(args, settings)
+    if args.what == "cache":
+        from .eval_cache import run_cache_eval
+
+        return await run_cache_eval(args, settings)
     if not args.out:
         raise SourceError("eval rank needs --out FILE (the rankings to write)")
     from ..providers.replay import ReplayProvider

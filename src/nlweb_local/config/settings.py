@@ -227,6 +227,33 @@ class CacheBackendSettings(_Section):
     redis_compress_over: int = Field(1024, ge=0, description="values larger than this many bytes (serialised) are stored zlib-compressed")
 
 
+class SemanticCacheSettings(_Section):
+    """The semantic response cache (cache.semantic): a question that means what a cached one meant is answered
+    from the cache. Precision measured by `nlweb-local eval cache` (see the README)."""
+
+    enabled: bool = Field(False, description="look near-duplicate questions up by embedding similarity (/ask queries, "
+                          "and chat requests that are one standalone question); off: exact matches only")
+    threshold: float = Field(0.8, gt=0, le=1, description="least cosine similarity of a semantic hit (all-MiniLM-L6-v2 with "
+                             "the lexical vetoes: precision 1.0, hit rate 0.36 on the 294 benchmark pairs; measure "
+                             "with nlweb-local eval cache)")
+    thresholds: dict[str, float] = Field(default_factory=dict, description="per namespace: a namespace or its leading "
+                                         "part (e.g. ask, chat, ask:mysite) -> its threshold; the longest match wins")
+    lexical_vetoes: bool = Field(True, description="refuse a hit when the two texts differ in numbers or dates, negation, "
+                                 "mutually exclusive words (indoor/outdoor, vegan/vegetarian, ...), names, or by one "
+                                 "or two swapped content words (off: cosine alone, precision 0.51 at 0.8)")
+    max_entries: int = Field(10_000, ge=1, description="most questions kept, all namespaces together (least recently "
+                             "used goes first); ~2 KB each")
+    max_entries_per_namespace: int = Field(5_000, ge=1, description="most questions kept in one namespace")
+    max_chars: int = Field(300, ge=16, description="longer texts are never looked up or stored semantically")
+
+    @model_validator(mode="after")
+    def _thresholds_in_range(self) -> "SemanticCacheSettings":
+        bad = {k: v for k, v in self.thresholds.items() if not 0 < v <= 1}
+        if bad:
+            raise ValueError(f"thresholds must lie in (0, 1]: {bad}")
+        return self
+
+
 class Settings(_Section):
     data_dir: str = Field("data", description="everything the service writes lives under here")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
@@ -238,6 +265,7 @@ class Settings(_Section):
     ingest: IngestSettings = IngestSettings()
     telemetry: TelemetrySettings = TelemetrySettings()
     cache_store: CacheBackendSettings = CacheBackendSettings()
+    semantic_cache: SemanticCacheSettings = SemanticCacheSettings()
 
     @property
     def data_path(self) -> Path:
