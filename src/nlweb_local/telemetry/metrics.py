@@ -20,6 +20,8 @@ Per-call series (added to by `MeteredProvider` as plain numbers, turned into fam
 Caches (`core.cache.BoundedCache`, reporting through `cache_lookups(name)`):
 
     nlweb_cache_requests_total{cache,result}                 lookups; result: hit|miss
+    nlweb_cache_corrupt_entries_total{cache}                 stored values dropped because they did not read back
+    nlweb_cache_saved_usd_total{cache}                       what the calls that hits replaced had cost
 
 Pulled at scrape time from the router (`RouterCollector`): breaker state, queue depth, running calls,
 health per deployment. The ledger adds its queue depth and dropped rows.
@@ -150,9 +152,10 @@ class GatewayMetrics:
         return tally
 
     def cache_stats(self) -> dict[str, dict[str, Any]]:
-        """{cache: {hits, misses, hit_ratio}} for /admin/stats."""
+        """{cache: {hits, misses, hit_ratio, corrupt, saved_usd}} for /admin/stats."""
         return {t.cache: {"hits": t.hits, "misses": t.misses,
-                          "hit_ratio": t.hits / (t.hits + t.misses) if t.hits + t.misses else None}
+                          "hit_ratio": t.hits / (t.hits + t.misses) if t.hits + t.misses else None,
+                          "corrupt": t.corrupt, "saved_usd": t.saved_usd}
                 for t in list(self._caches.values())}
 
 
@@ -285,11 +288,12 @@ class CacheTally:
     """Hits and misses of one named cache, as plain numbers (a call is one addition, no lock: exact on the
     event loop; caches used from several threads at once may, rarely, lose a count)."""
 
-    __slots__ = ("cache", "hits", "misses")
+    __slots__ = ("cache", "hits", "misses", "corrupt", "saved_usd")
 
     def __init__(self, cache: str):
         self.cache = cache
-        self.hits = self.misses = 0
+        self.hits = self.misses = self.corrupt = 0
+        self.saved_usd = 0.0
 
     def __call__(self, hit: bool) -> None:
         if hit:
@@ -311,7 +315,14 @@ class CacheCollector:
         for t in list(self._caches.values()):
             fam.add_metric((t.cache, "hit"), t.hits)
             fam.add_metric((t.cache, "miss"), t.misses)
-        return [fam]
+        corrupt = CounterMetricFamily("nlweb_cache_corrupt_entries", "cached values dropped because they did not "
+                                      "read back as an entry", labels=("cache",))
+        saved = CounterMetricFamily("nlweb_cache_saved_usd", "what the calls answered from a cache would have cost",
+                                    labels=("cache",))
+        for t in list(self._caches.values()):
+            corrupt.add_metric((t.cache,), t.corrupt)
+            saved.add_metric((t.cache,), t.saved_usd)
+        return [fam, corrupt, saved]
 
 
 def new_registry() -> CollectorRegistry:
