@@ -260,7 +260,7 @@ async def test_bad_controls_are_400s_naming_the_field(gw, body, headers, param):
     assert r.status_code == 400, r.text
     err = r.json()["error"]
     if param is not None:
-        assert err["param"] == param and param in err["message"]
+        assert err["param"] == param and param in err["message"].lower()
     assert local.calls == 0
     e = await client.post("/v1/embeddings", content=json.dumps({"input": "x", **body}).replace("Infinity", "1e400"),
                           headers={"content-type": "application/json", **headers})
@@ -294,3 +294,30 @@ async def test_a_semantic_index_plugs_in_and_is_said_with_its_similarity(tmp_pat
     near = await cache.complete(ask("tell me the capital of France"))
     assert near.served.cache == "semantic-hit; similarity=0.97" and near.content == "Paris" and engine.calls == 1
     assert (await cache.complete(ask("what is the capital of Spain"))).served.cache == "miss"
+
+
+def test_the_key_names_the_model_versions_that_would_serve():
+    from nlweb_local.cache.keys import ServingVersions, cacheable, chat_key
+    from nlweb_local.core.types import CacheControl, CallContext, ChatRequest, Message
+    from nlweb_local.router.model import DeploymentInfo
+    from nlweb_local.router.router import Route, Router
+
+    def router(version_b, groups=None):
+        return Router([Route(DeploymentInfo("a", True, model_version="a1"), ScriptedProvider("a")),
+                       Route(DeploymentInfo("b", False, model_version=version_b), ScriptedProvider("b", local=False))],
+                      groups=groups or {})
+
+    def key(r, **ctx):
+        req = ChatRequest([Message("user", "hi")], context=CallContext(**ctx))
+        return chat_key(req, ServingVersions(r).for_request(req))
+
+    assert key(router("b1")) == key(router("b1"))
+    assert key(router("b1")) != key(router("b2"))  # a model change anywhere the request may go
+    assert key(router("b1"), deployments=("a",)) == key(router("b2"), deployments=("a",))  # pinned elsewhere
+    assert key(router("b1", {"fast": ["a"]}), deployments=("a",)) != key(router("b1"))
+    assert key(router("b1"), cache=CacheControl(namespace="x")) != key(router("b1"))
+    assert key(router("b1"), caller="key-1") != key(router("b1"), caller="key-2")  # tenants never share
+    assert not cacheable(ChatRequest([Message("user", "hi")], temperature=0.3))
+    assert cacheable(ChatRequest([Message("user", "hi")], temperature=0.3, context=CallContext(cache=CacheControl(ttl_s=5))))
+    assert not cacheable(ChatRequest([Message("user", "hi")], context=CallContext(
+        cache=CacheControl(no_cache=True, no_store=True))))

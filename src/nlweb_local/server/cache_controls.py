@@ -55,8 +55,7 @@ def _body(raw: Any) -> dict[str, Any]:
         elif key == "namespace":
             out[key] = _namespace(value, param)
         else:
-            raise _bad(f"unknown cache control {str(key)[:40]!r}; the cache object takes {', '.join(_BODY_KEYS)}",
-                       param)
+            raise _bad(f"unknown cache control {param[:46]!r}; the cache object takes {', '.join(_BODY_KEYS)}", param)
     return out
 
 
