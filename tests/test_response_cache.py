@@ -321,3 +321,24 @@ def test_the_key_names_the_model_versions_that_would_serve():
     assert cacheable(ChatRequest([Message("user", "hi")], temperature=0.3, context=CallContext(cache=CacheControl(ttl_s=5))))
     assert not cacheable(ChatRequest([Message("user", "hi")], context=CallContext(
         cache=CacheControl(no_cache=True, no_store=True))))
+
+
+def test_hits_are_reported_apart_from_llm_calls():
+    from nlweb_local.telemetry.ledger import CallRecord
+    from nlweb_local.telemetry.prices import HardwareCost, Price
+    from nlweb_local.telemetry.report import Assumptions, build_report, render_csv, render_table
+    from nlweb_local.telemetry.stats import summarize
+
+    call = CallRecord(100.0, "r1", "cloud", False, "chat", 100, 50, 2.0, 0.5, 0.003, 0.004, 0.001)
+    hits = [CallRecord(101.0 + i, f"r{i + 2}", "cloud", False, "chat", 100, 50, 0.001, None, 0.0, 0.004, 0.004, "",
+                       "response", 0.003) for i in range(3)]
+    s = summarize([call, *hits], now=110.0, span_s=60.0)
+    assert s["calls"] == 1 and s["requests"] == 4 and s["cost_usd"] == pytest.approx(0.003)
+    assert s["latency_s"]["p50"] == 2.0  # hits do not flatter the deployments' latency
+    assert s["cache_hits"]["response"]["hits"] == 3
+    assert s["cache_hits"]["response"]["saved_usd"] == pytest.approx(0.009)
+    rep = build_report([call, *hits], Assumptions("gpt-4o", Price(2.5, 10), HardwareCost(1500, 3, 100, 0.15)))
+    assert rep["routes"]["hybrid"]["calls"] == 1
+    assert rep["caches"]["response"] == {"hits": 3, "saved_usd": pytest.approx(0.009),
+                                         "reference_usd": pytest.approx(0.012)}
+    assert "Answered from caches" in render_table(rep) and "cache,response,hits,3" in render_csv(rep)
