@@ -342,3 +342,35 @@ def test_hits_are_reported_apart_from_llm_calls():
     assert rep["caches"]["response"] == {"hits": 3, "saved_usd": pytest.approx(0.009),
                                          "reference_usd": pytest.approx(0.012)}
     assert "Answered from caches" in render_table(rep) and "cache,response,hits,3" in render_csv(rep)
+
+
+async def test_entries_survive_a_backend_that_stores_json():
+    """A shared backend (Redis) holds values as bytes: every entry must come back from JSON the same."""
+    from nlweb_local.config.settings import CacheSettings
+    from nlweb_local.core.types import ChatRequest, Message
+
+    class JsonCache:
+        def __init__(self):
+            self.data = {}
+
+        async def get(self, key):
+            raw = self.data.get(key)
+            return None if raw is None else json.loads(raw)
+
+        async def set(self, key, value, ttl_s=None):
+            self.data[key] = json.dumps(value)
+
+        async def delete(self, key):
+            self.data.pop(key, None)
+
+    engine = ScriptedProvider("local", "one two three")
+    cache = ResponseCache(engine, JsonCache(), CacheSettings())
+    req = ChatRequest([Message("user", "count")], max_tokens=5)
+    original = [c async for c in cache.stream(req)]
+    replayed = [c async for c in cache.stream(req)]
+    assert engine.calls == 1 and replayed[0].served.cache == "hit"
+    strip = lambda cs: [(c.delta, c.finish_reason, c.tool_calls, c.usage) for c in cs]  # noqa: E731
+    assert strip(replayed) == strip(original)
+    assert (await cache.complete(req)).content == "one two three" and engine.calls == 1
+    first, again = await cache.embed(["a", "bcd"]), await cache.embed(["a", "bcd"])
+    assert again.cache == "hit" and again.vectors == first.vectors
