@@ -29,9 +29,9 @@ from ..providers.base import Provider
 from ..retrieval.base import Embedder
 from ..router.model import DeploymentInfo
 from ..router.router import Router, estimate_tokens
+from .body import ClientGone, parse_json, read_body, read_request_body
 from .cache_controls import HEADERS as CACHE_HEADERS
 from .cache_controls import cache_control
-from .body import ClientGone, parse_json, read_body, read_request_body
 from .errors import openai_error, send_json, send_openai_error
 from .openai_schema import ChatCompletionRequest, CompletionRequest, EmbeddingRequest, validate
 
