@@ -114,3 +114,35 @@ async def test_a_corrupt_answer_is_dropped_and_counted(ask_app):
     assert r.headers["x-nlweb-cache"] == "miss" and results(r.json())
     assert cache.corrupt == 1
     assert (await client.get("/ask", params=params)).headers["x-nlweb-cache"] == "hit"
+
+
+async def test_a_semantic_index_plugs_into_the_answer_cache():
+    """The semantic index is another part's; a stand-in that knows one paraphrase shows the seam."""
+    from nlweb_local.core.cache import BoundedCache
+    from nlweb_local.core.types import Item
+    from nlweb_local.search.answer_cache import AnswerCache
+    from nlweb_local.search.events import AskRequest, RankedItem
+
+    class Paraphrases:
+        def __init__(self):
+            self.keys = {}
+
+        async def lookup(self, namespace, text):
+            key = self.keys.get((namespace, text.replace("meatless", "vegetarian")))
+            return (key, 0.91) if key else None
+
+        async def add(self, namespace, text, key):
+            self.keys[(namespace, text)] = key
+
+    version = ["v1"]
+    cache = AnswerCache(BoundedCache(10), lambda sites: version[0], semantic=Paraphrases())
+    item = RankedItem(Item("https://x/1", "Dal", "s", "{}"), 80, "lentils", 0.5)
+    answer = [Begin("vegetarian dinner", cache="miss"), Results([item]), End(stats={"seconds": 1.0})]
+    k = await cache.key(AskRequest("vegetarian dinner", ["s"]))
+    assert await cache.lookup(k) is None
+    await cache.keep(k, answer, (0.0, 0.0))
+    events, _ = await cache.lookup(await cache.key(AskRequest("meatless dinner", ["s"])))
+    assert events[0].cache == "semantic-hit; similarity=0.91" and events[1].items[0].item.name == "Dal"
+    assert await cache.lookup(await cache.key(AskRequest("meatless dinner", ["s"], mode="summarize"))) is None
+    version[0] = "v2"  # an ingest: the namespace moves on with the index version
+    assert await cache.lookup(await cache.key(AskRequest("meatless dinner", ["s"]))) is None

@@ -109,15 +109,16 @@ def chat_key(req: ChatRequest, versions: Versions) -> str | None:
 
 def semantic_subject(req: ChatRequest, versions: Versions) -> tuple[str, str] | None:
     """(namespace, text) for a semantic index: the last user message as the text, everything else about
-    the request as the namespace (so only paraphrases of that message, asked the same way of the same
-    models by the same tenant, can match). None: not a candidate (no trailing user message, tools)."""
+    the request as the namespace, "chat:TENANT/NAMESPACE:DIGEST" (so only paraphrases of that message,
+    asked the same way of the same models by the same tenant, can match; per-prefix thresholds can key on
+    "chat:"). None: not a candidate (no trailing user message, tools)."""
     if not req.messages or req.messages[-1].role != "user" or req.tools or req.task is not TaskKind.CHAT:
         return None
     try:
         rest = digest(_material(req, versions, _messages(req, -1)))
     except TypeError:
         return None
-    return f"{namespace(req.context)}:{rest}", req.messages[-1].content
+    return f"chat:{namespace(req.context)}:{rest}", req.messages[-1].content
 
 
 def embed_key(texts: Sequence[str], model: Versions, control: CacheControl | None) -> str:

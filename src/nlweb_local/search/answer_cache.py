@@ -6,6 +6,10 @@ the models that answer (`model_version`) and the store's index version of those 
 (`VectorStore.index_version`): ingesting into a site commits a new generation, which changes the
 version, so that site's answers are never served again (and age out of the bounded cache).
 
+A semantic index (`cache.semantic.SemanticIndex`: `lookup(namespace, text)`, `add(namespace, text,
+key)`) may be given: a question missed exactly is then looked up by meaning, in the namespace
+"ask:" + everything in the key but the query (sites, mode, parameters, models, index version).
+
 Only non-personalised questions (no `prev`) are cached, and only answers that completed cleanly (no
 failure, not degraded). Entries are JSON-able dicts (a shared backend can hold them); one that does
 not read back is dropped and counted, never served. `accounting` (telemetry's `CacheAccounts`) counts
@@ -18,6 +22,7 @@ import hashlib
 import json
 import logging
 import time
+from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 from ..core.cache import Cache
@@ -31,6 +36,13 @@ VERSION = 1
 
 class CorruptAnswer(ValueError):
     pass
+
+
+@dataclass(frozen=True, slots=True)
+class AnswerKey:
+    key: str  # the exact key
+    namespace: str  # a semantic index's namespace: everything in the key but the query
+    query: str
 
 
 def _ranked(r: RankedItem) -> list[Any]:
@@ -94,8 +106,8 @@ def decode_event(raw: Any) -> Event:
 
 class AnswerCache:
     def __init__(self, store: Cache[dict], index_version: Callable[[Sequence[str]], str], *, model_version: str = "",
-                 ttl_s: float = 3600.0, accounting: Any = None, clock: Callable[[], float] = time.time,
-                 timer: Callable[[], float] = time.perf_counter):
+                 ttl_s: float = 3600.0, accounting: Any = None, semantic: Any = None,
+                 clock: Callable[[], float] = time.time, timer: Callable[[], float] = time.perf_counter):
         """`index_version(sites)`: the store's `index_version`; `accounting`: telemetry's `CacheAccounts`
         (lookup, corrupt, spent, hit), or None."""
         self._store = store
@@ -103,6 +115,7 @@ class AnswerCache:
         self._model_version = model_version
         self._ttl = ttl_s
         self._accounting = accounting
+        self._semantic = semantic
         self._clock = clock
         self._timer = timer
         self.hits = self.misses = self.corrupt = 0
@@ -112,20 +125,34 @@ class AnswerCache:
         """Non-personalised questions only: no conversation history."""
         return not req.prev
 
-    async def key(self, req: AskRequest) -> str:
+    async def key(self, req: AskRequest) -> AnswerKey:
         version = await asyncio.to_thread(self._index_version, sorted(req.sites))
         query = " ".join((req.decontextualized_query or req.query).split())
-        material = [VERSION, query, sorted(req.sites), req.mode, req.min_score, req.max_results, self._model_version,
-                    version]
-        return "ask:" + hashlib.blake2b(json.dumps(material).encode(), digest_size=16).hexdigest()
+        scope = [VERSION, sorted(req.sites), req.mode, req.min_score, req.max_results, self._model_version, version]
+        key = "ask:" + hashlib.blake2b(json.dumps([query, scope]).encode(), digest_size=16).hexdigest()
+        return AnswerKey(key, "ask:" + hashlib.blake2b(json.dumps(scope).encode(), digest_size=8).hexdigest(), query)
 
-    async def lookup(self, key: str) -> tuple[list[Event], dict[str, Any]] | None:
-        """The stored answer's events (Begin says "hit") and the entry, or None (counted as a miss)."""
+    async def _get(self, key: str) -> Any:
         try:
-            raw = await self._store.get(key)
+            return await self._store.get(key)
         except Exception as e:  # noqa: BLE001  (the cache never fails an answer)
             log.warning("answer cache: lookup failed (%s)", e)
-            raw = None
+            return None
+
+    async def lookup(self, k: AnswerKey) -> tuple[list[Event], dict[str, Any]] | None:
+        """The stored answer's events (Begin says "hit", or "semantic-hit; similarity=S") and the entry, or
+        None (counted as a miss)."""
+        key, outcome = k.key, "hit"
+        raw = await self._get(key)
+        if raw is None and self._semantic is not None:
+            try:
+                near = await self._semantic.lookup(k.namespace, k.query)
+            except Exception as e:  # noqa: BLE001
+                log.warning("answer cache: semantic lookup failed (%s)", e)
+                near = None
+            if near is not None:
+                key, outcome = near[0], f"semantic-hit; similarity={near[1]:.2f}"
+                raw = await self._get(key)
         events = None
         if raw is not None:
             try:
@@ -134,6 +161,7 @@ class AnswerCache:
                 events = [decode_event(e) for e in raw["ev"]]
                 if not events or not isinstance(events[0], Begin) or not isinstance(events[-1], End):
                     raise CorruptAnswer("an answer must begin and end")
+                events[0].cache = outcome
                 for k in ("c", "r"):
                     if not isinstance(raw.get(k), (int, float)):
                         raise CorruptAnswer(f"entry field {k!r} is missing")
@@ -163,7 +191,7 @@ class AnswerCache:
             self._accounting.hit(deployment="", local=True, task="ask", tokens_in=0, tokens_out=0,
                                  latency_s=seconds, saved_usd=float(entry["c"]), reference_usd=float(entry["r"]))
 
-    async def keep(self, key: str, events: list[Event], spent_before: tuple[float, float]) -> None:
+    async def keep(self, k: AnswerKey, events: list[Event], spent_before: tuple[float, float]) -> None:
         """Store a completed answer (not one that failed or was degraded)."""
         end = events[-1] if events else None
         if not isinstance(end, End) or end.error or end.degraded or any(isinstance(e, Failure) for e in events):
@@ -172,6 +200,8 @@ class AnswerCache:
         try:
             entry = {"v": VERSION, "ts": self._clock(), "ev": [encode_event(e) for e in events],
                      "c": max(0.0, cost - spent_before[0]), "r": max(0.0, ref - spent_before[1])}
-            await self._store.set(key, entry, ttl_s=self._ttl)
+            await self._store.set(k.key, entry, ttl_s=self._ttl)
+            if self._semantic is not None:
+                await self._semantic.add(k.namespace, k.query, k.key)
         except Exception as e:  # noqa: BLE001
             log.warning("answer cache: could not store an answer (%s)", e)

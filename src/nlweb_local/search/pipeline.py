@@ -112,7 +112,7 @@ class AskPipeline:
             events, entry = found
             end = events[-1]
             assert isinstance(end, End)
-            end.stats = {**end.stats, "seconds": round(time.perf_counter() - started, 4), "cache": "hit"}
+            end.stats = {**end.stats, "seconds": round(time.perf_counter() - started, 4), "cache": events[0].cache}
             cache.record_hit(entry, time.perf_counter() - started)
             for ev in events:
                 yield ev

@@ -180,8 +180,10 @@ def build_response_cache(settings: Settings, router: Router, telemetry: Any = No
     return wrap
 
 
-def build_answer_cache(settings: Settings, store: VectorStore, telemetry: Any = None) -> AnswerCache | None:
-    """/ask's answer cache, or None (off, or a store that cannot say its index version)."""
+def build_answer_cache(settings: Settings, store: VectorStore, telemetry: Any = None, *,
+                       semantic: Any = None) -> AnswerCache | None:
+    """/ask's answer cache, or None (off, or a store that cannot say its index version); `semantic`: a
+    `cache.semantic.SemanticIndex` for paraphrased questions (None: exact only)."""
     c = settings.cache
     index_version = getattr(store, "index_version", None)
     if not (c.enabled and c.ask_enabled) or index_version is None:
@@ -190,7 +192,7 @@ def build_answer_cache(settings: Settings, store: VectorStore, telemetry: Any = 
                                          sort_keys=True).encode(), digest_size=8).hexdigest()
     accounting = telemetry.cache_accounts("ask") if telemetry is not None else None
     return AnswerCache(build_cache_store(settings, "ask", c.ask_max_entries), index_version, model_version=version,
-                       ttl_s=c.ask_ttl_s, accounting=accounting)
+                       ttl_s=c.ask_ttl_s, accounting=accounting, semantic=semantic)
 
 
 def build_components(settings: Settings, *, embedder: Any = _BUILD, store: Any = _BUILD,
