@@ -74,6 +74,7 @@ async def test_kill_the_local_engine_under_load_then_restore(tmp_path):
     settings = load_settings(environ={})
     settings.llm.embedded_enabled = False
     settings.llm.health_interval_s = 0.5
+    settings.cache.enabled = False  # the test watches routing: each user repeats its question, every one must be routed
     settings.llm.breaker = settings.llm.breaker.model_copy(update=dict(
         window=6, min_calls=2, failure_rate=0.5, open_s=2.0, probe_calls=1, restore_shares=[0.1, 0.5], calls_per_stage=4))
     settings.llm.deployments = [

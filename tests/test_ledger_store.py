@@ -45,9 +45,10 @@ def v0_file(path, rows):
     conn = sqlite3.connect(path)
     conn.execute("PRAGMA journal_mode=WAL")
     conn.executescript(V0_SCHEMA)
+    v0 = COLUMNS[:13]  # the columns version 0 had
     with conn:
-        conn.executemany(f"INSERT INTO llm_calls ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})",
-                         [tuple(r) for r in rows])
+        conn.executemany(f"INSERT INTO llm_calls ({', '.join(v0)}) VALUES ({', '.join('?' * len(v0))})",
+                         [tuple(r)[:13] for r in rows])
     conn.close()
 
 
@@ -104,7 +105,7 @@ def test_a_failing_migration_changes_nothing(tmp_path):
 
     steps = (*MIGRATIONS, Migration("add a column", ("ALTER TABLE llm_calls ADD COLUMN team TEXT",)),
              Migration("fails", boom))
-    with pytest.raises(LedgerStoreError, match="schema version 3.*disk on fire"):
+    with pytest.raises(LedgerStoreError, match=f"schema version {len(steps)}.*disk on fire"):
         SqliteLedgerStore(path, migrations=steps)
     assert user_version(path) == 0  # every step of that open rolled back, the version too
     with sql(path) as conn:
@@ -128,7 +129,8 @@ def test_rows_are_written_by_column_name_not_by_position(tmp_path):
     shuffled = ", ".join(f"{c} {t}" for c, t in reversed([
         ("ts", "REAL"), ("request_id", "TEXT"), ("deployment", "TEXT"), ("local", "INTEGER"), ("task", "TEXT"),
         ("tokens_in", "INTEGER"), ("tokens_out", "INTEGER"), ("latency_s", "REAL"), ("ttft_s", "REAL"),
-        ("cost_usd", "REAL"), ("reference_usd", "REAL"), ("savings_usd", "REAL"), ("error", "TEXT")]))
+        ("cost_usd", "REAL"), ("reference_usd", "REAL"), ("savings_usd", "REAL"), ("error", "TEXT"),
+        ("cache", "TEXT"), ("saved_usd", "REAL")]))
     with sql(path) as conn:
         conn.execute(f"CREATE TABLE llm_calls (note TEXT DEFAULT 'n/a', {shuffled}, id INTEGER PRIMARY KEY)")
         conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")

@@ -186,6 +186,7 @@ def test_degraded_answers_are_marked_in_every_dialect_and_counted(store, embedde
     settings = service_settings(tmp_path)
     settings.llm.breaker.min_calls = 1000
     settings.search.rank_cache_entries = 0  # every answer asks the LLM
+    settings.cache.ask_enabled = False  # (and is not the answer kept from the first time)
     local = ScriptedProvider("local", classify=True)
     comp = scripted_service(settings, {"local": local}, embedder=embedder, store=store)
     q = {"query": "curry", "streaming": "false", "min_score": 0}

@@ -171,6 +171,20 @@ class IngestSettings(_Section):
     crawl_timeout_s: float = Field(600.0, gt=0, description="deadline of a whole sitemap crawl; pages not fetched by then are skipped (and reported)")
 
 
+class CacheSettings(_Section):
+    """The response cache of the gateway (/v1/*, and /ask's own LLM calls) and the /ask answer cache."""
+
+    enabled: bool = Field(True, description="answer repeated deterministic requests (temperature 0, or a request that opts in with a cache ttl) from the response cache; off: no caching of answers at all (ask_enabled too)")
+    max_entries: int = Field(10_000, ge=1, description="most responses kept (least recently used go first)")
+    ttl_s: float = Field(3600.0, gt=0, description="how long a response is kept unless the request says otherwise (cache.ttl)")
+    max_ttl_s: float = Field(86_400.0, gt=0, description="the longest ttl a request may ask for; longer is cut to this")
+    max_stream_chunks: int = Field(8192, ge=1, description="a longer stream is passed on but not kept")
+    local_only_reads_cloud: bool = Field(False, description="let local_only requests be answered from entries a cloud deployment produced")
+    ask_enabled: bool = Field(True, description="answer repeated /ask questions (no conversation history) from the answer cache; ingesting into a site invalidates its entries")
+    ask_max_entries: int = Field(2_000, ge=1, description="most /ask answers kept")
+    ask_ttl_s: float = Field(3600.0, gt=0, description="how long an /ask answer is kept")
+
+
 class AlertSettings(_Section):
     """Alert rules evaluated in the background; notices go to the log and to the webhooks."""
 
@@ -263,6 +277,7 @@ class Settings(_Section):
     store: StoreSettings = StoreSettings()
     search: SearchSettings = SearchSettings()
     ingest: IngestSettings = IngestSettings()
+    cache: CacheSettings = CacheSettings()
     telemetry: TelemetrySettings = TelemetrySettings()
     cache_store: CacheBackendSettings = CacheBackendSettings()
     semantic_cache: SemanticCacheSettings = SemanticCacheSettings()

@@ -49,6 +49,19 @@ class Privacy(str, enum.Enum):
 
 
 @dataclass(frozen=True, slots=True)
+class CacheControl:
+    """A caller's say over the response cache, per request (the gateway reads it from the body's `cache`
+    object and the `Cache-Control` / `x-nlweb-cache-namespace` headers)."""
+
+    no_cache: bool = False  # do not answer from the cache (the answer may still be stored)
+    no_store: bool = False  # do not keep this answer
+    ttl_s: float | None = None  # keep this answer this long (None: the cache's default); also opts a
+    #                             non-deterministic request (temperature > 0) in
+    max_age_s: float | None = None  # answer only from an entry at most this old
+    namespace: str = ""  # entries are shared only within a namespace
+
+
+@dataclass(frozen=True, slots=True)
 class CallContext:
     """Who asks and how one call must be served: set once where the request enters (the HTTP edge, the
     /ask pipeline) and carried, unchanged, on the `ChatRequest` through every wrapper to the engine.
@@ -67,6 +80,7 @@ class CallContext:
     team: str = ""
     role: str = ""
     budget_usd: float | None = None  # what this caller may still spend, when a budget applies
+    cache: CacheControl | None = None  # the caller's cache controls; None = the defaults
 
     def with_(self, **changes: Any) -> "CallContext":
         """A copy with some fields changed (the context itself is immutable)."""
@@ -85,6 +99,7 @@ class Served:
     failover_from: tuple[str, ...] = ()  # deployments that failed before this one answered
     model: str = ""  # the model name at the engine
     model_version: str = ""  # a fingerprint of the model that answered (cache keys, rollbacks)
+    cache: str = ""  # the response cache's outcome (`x-nlweb-cache`): "hit", "miss", "semantic-hit; similarity=0.97"; "" = not looked up
 
     @property
     def failover(self) -> bool:
@@ -206,6 +221,7 @@ class EmbeddingResponse:
     model: str = ""
     prompt_tokens: int = 0
     deployment: str = ""
+    cache: str = ""  # the response cache's outcome, as `Served.cache`
 
 
 @dataclass(frozen=True, slots=True, eq=False)  # equality is the mapping's: the probabilities

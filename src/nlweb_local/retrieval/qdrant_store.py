@@ -53,6 +53,7 @@ def _record_id(site: str) -> str:
 class SiteRecord:
     gen: int = 0  # committed generation
     dirty: bool = False
+    stamp: str = ""  # new at every commit: tells a re-created site's generation 1 from its former one
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,6 +113,7 @@ class QdrantStore:
                                 ("dead", qm.PayloadSchemaType.INTEGER)):
                 self._client.create_payload_index(collection, key, schema)  # idempotent
         self._records: dict[str, SiteRecord] = self._load_records()
+        self._epoch = 0  # bumped by delete_urls (which no site record tracks)
         self.recovered: list[Recovery] = [] if self._shared else self.recover()
 
     # -- the per-site records --------------------------------------------------------------------
@@ -122,7 +124,8 @@ class QdrantStore:
         while True:
             pts, offset = self._client.scroll(self._records_collection, limit=_PAGE, offset=offset, with_payload=True)
             for p in pts:
-                out[p.payload["site"]] = SiteRecord(int(p.payload.get("gen", 0)), bool(p.payload.get("dirty")))
+                out[p.payload["site"]] = SiteRecord(int(p.payload.get("gen", 0)), bool(p.payload.get("dirty")),
+                                                    str(p.payload.get("stamp", "")))
             if offset is None:
                 return out
 
@@ -133,7 +136,8 @@ class QdrantStore:
 
     def _put_record(self, site: str, record: SiteRecord) -> None:
         self._client.upsert(self._records_collection, wait=True, points=[qm.PointStruct(
-            id=_record_id(site), vector=[1.0], payload={"site": site, "gen": record.gen, "dirty": record.dirty})])
+            id=_record_id(site), vector=[1.0], payload={"site": site, "gen": record.gen, "dirty": record.dirty,
+                                                        "stamp": record.stamp})])
         self._records[site] = record
 
     def _visible(self, sites: Sequence[str] | None = None, *, extra: Sequence[qm.Condition] = ()) -> qm.Filter | None:
@@ -167,7 +171,7 @@ class QdrantStore:
         if self._count(_pending_marks(site, rec.gen)):
             self._client.delete_payload(self._collection, keys=["dead", "dead_site"], wait=True,
                                         points=qm.FilterSelector(filter=_pending_marks(site, rec.gen)))
-        self._put_record(site, SiteRecord(rec.gen, dirty=False))
+        self._put_record(site, SiteRecord(rec.gen, dirty=False, stamp=rec.stamp))
         return Recovery(site, uncommitted, purged)
 
     def recover(self, site: str | None = None) -> list[Recovery]:
@@ -188,8 +192,9 @@ class QdrantStore:
         """Start an all-or-nothing write into `site`: nothing it writes is visible before `commit()`."""
         self.recover(site)
         with self._lock:
-            committed = self._current_records().get(site, SiteRecord()).gen
-            self._put_record(site, SiteRecord(committed, dirty=True))
+            rec = self._current_records().get(site, SiteRecord())
+            committed = rec.gen
+            self._put_record(site, SiteRecord(committed, dirty=True, stamp=rec.stamp))
         return SiteWrite(self, site, committed + 1)
 
     def upsert(self, items: Sequence[Item], vectors: Sequence[Sequence[float]]) -> None:
@@ -247,6 +252,16 @@ class QdrantStore:
             pts, _ = self._client.scroll(self._collection, scroll_filter=self._visible([site]), limit=limit, with_payload=True)
         return [_item(p.payload) for p in pts]
 
+    def index_version(self, sites: Sequence[str] | None = None) -> str:
+        """What reads of `sites` (None or empty: every site) see, as a string that changes whenever a
+        write into one of them commits, a site is deleted or re-created, or urls are deleted: the /ask
+        answer cache keys on it, so ingesting into a site invalidates that site's answers. A server's
+        records are re-read (another process may have written)."""
+        records = dict(self._current_records())
+        names = sorted(set(sites)) if sites else sorted(records)
+        parts = [f"{s}={records[s].gen}.{records[s].stamp}" if s in records else f"{s}=-" for s in names]
+        return f"{self._epoch}|" + ";".join(parts)
+
     def count(self) -> int:
         with self._lock:
             return self._client.count(self._collection, count_filter=self._visible(), exact=True).count
@@ -266,6 +281,7 @@ class QdrantStore:
 
     def delete_urls(self, urls: Sequence[str]) -> None:
         if urls:
+            self._epoch += 1  # (not site-scoped: every answer of this process is invalidated)
             with self._lock:
                 self._delete(qm.Filter(must=[qm.FieldCondition(key="url", match=qm.MatchAny(any=list(urls)))]))
 
@@ -314,10 +330,11 @@ class SiteWrite:
         """Make every staged item visible, and every item they replace invisible, in one write."""
         s = self._store
         with s._lock:
-            s._put_record(self.site, SiteRecord(self.gen, dirty=True))  # the switch
+            stamp = uuid.uuid4().hex[:12]
+            s._put_record(self.site, SiteRecord(self.gen, dirty=True, stamp=stamp))  # the switch
             self.finished = True
             s._delete(_replaced(self.site, self.gen))
-            s._put_record(self.site, SiteRecord(self.gen, dirty=False))
+            s._put_record(self.site, SiteRecord(self.gen, dirty=False, stamp=stamp))
 
     def abort(self) -> None:
         """Drop what was staged; the visible items stay as they were."""

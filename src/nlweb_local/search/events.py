@@ -37,6 +37,7 @@ class RankedItem:
 @dataclass(slots=True)
 class Begin:
     query: str
+    cache: str = ""  # the answer cache's outcome: "hit" (the events that follow are a stored answer), "miss", "" (not looked up)
 
 
 @dataclass(slots=True)

@@ -12,6 +12,7 @@ from ..core.cache import BoundedCache, Cache
 from ..core.errors import NlwebError, NoDeploymentError, OverloadedError, ProviderError
 from ..core.item_text import item_text
 from ..core.types import ScoredItem, TaskKind
+from .answer_cache import AnswerCache
 from .events import (AskRequest, Begin, Decontextualized, End, Event, Failure, Generated, NoResults, Notice, RankedItem,
                      Results, Summary)
 from .ports import Embedder, StructuredLLM, VectorStore
@@ -46,9 +47,12 @@ def plausible_rewrite(rewrite: str, query: str, prev: list[str]) -> bool:
 
 class AskPipeline:
     def __init__(self, llm: StructuredLLM, embedder: Embedder, store: VectorStore, settings: SearchSettings, *,
-                 rank_cache: Cache[float] | None = None, model_version: str = ""):
+                 rank_cache: Cache[float] | None = None, model_version: str = "",
+                 answer_cache: AnswerCache | None = None):
         """`rank_cache`: a `core.cache.Cache` of LLM ranking answers by (question, item text hash,
-        `model_version`); None = a private in-process one of `settings.rank_cache_entries` (0 = no cache)."""
+        `model_version`); None = a private in-process one of `settings.rank_cache_entries` (0 = no cache).
+        `answer_cache`: whole answers to non-personalised questions, replayed (None: none)."""
+        self._answers = answer_cache
         self._llm = llm
         self._embedder = embedder
         self._store = store
@@ -94,8 +98,35 @@ class AskPipeline:
         return f"{req.prev[-1]} {req.query}"
 
     async def run(self, req: AskRequest) -> AsyncIterator[Event]:
+        """The answer's events: from the answer cache when it holds this question (the first event,
+        `Begin`, says "hit" or "miss"), else computed (and kept, if it completes cleanly)."""
+        cache = self._answers
+        if cache is None or not cache.applies(req):
+            async for ev in self._run(req, Begin(req.query)):
+                yield ev
+            return
         started = time.perf_counter()
-        yield Begin(req.query)
+        key = await cache.key(req)
+        found = await cache.lookup(key)
+        if found is not None:
+            events, entry = found
+            end = events[-1]
+            assert isinstance(end, End)
+            end.stats = {**end.stats, "seconds": round(time.perf_counter() - started, 4), "cache": events[0].cache}
+            cache.record_hit(entry, time.perf_counter() - started)
+            for ev in events:
+                yield ev
+            return
+        spent = cache.spent()
+        kept: list[Event] = []
+        async for ev in self._run(req, Begin(req.query, cache="miss")):
+            kept.append(ev)
+            yield ev
+        await cache.keep(key, kept, spent)
+
+    async def _run(self, req: AskRequest, begin: Begin) -> AsyncIterator[Event]:
+        started = time.perf_counter()
+        yield begin
         stats = RankStats()
         try:
             query = await self._decontextualize(req)

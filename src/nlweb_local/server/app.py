@@ -131,7 +131,7 @@ def gateway_routes(comp: Components, settings: Settings) -> list:
     from .gateway import Gateway
 
     assert comp.router is not None and comp.gateway is not None
-    gateway = Gateway(comp.gateway, comp.router, comp.embedder, server=settings.server)
+    gateway = Gateway(comp.gateway, comp.router, comp.embedder, server=settings.server, embeddings=comp.embeddings)
     return [*gateway.routes(), *breaker_routes(comp.router)]
 
 

@@ -11,7 +11,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from ..config.settings import Settings
 from ..core.errors import NlwebError
-from ..search.events import End, Event, Failure
+from ..search.events import Begin, End, Event, Failure
 from ..search.pipeline import AskPipeline
 from .body import ClientGone
 from .errors import nlweb_error
@@ -39,6 +39,12 @@ async def _guarded(events: AsyncIterator[Event], outcome: Callable[[str], None] 
             outcome("error")
         yield Failure("internal error while answering; see the server log", 500)
         yield End(error=True)
+
+
+async def _after(first: Event, rest: AsyncIterator[Event]) -> AsyncIterator[Event]:
+    yield first
+    async for ev in rest:
+        yield ev
 
 
 async def _with_keepalive(events: AsyncIterator[Event], interval: float) -> AsyncIterator[Event | None]:
@@ -91,16 +97,19 @@ class AskEndpoint:
         renderer: Renderer = _RENDERERS[parsed.api](parsed.ask)
         events = _guarded(self._pipeline.run(parsed.ask), self._outcome)
         log.info("ask %r sites=%s mode=%s api=%s", parsed.ask.query[:80], parsed.ask.sites or "all", parsed.ask.mode, parsed.api)
+        first = await events.__anext__()  # `Begin` (at once): says whether the answer comes from the cache
+        cache = {"x-nlweb-cache": first.cache} if isinstance(first, Begin) and first.cache else {}
+        events = _after(first, events)
         if parsed.streaming:
             return StreamingResponse(self._stream(events, renderer), media_type="text/event-stream",
-                                     headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+                                     headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no", **cache})
         messages: list[dict[str, Any]] = []
         status = 200
         async for ev in events:
             if isinstance(ev, Failure):
                 status = ev.status
             messages.extend(renderer.render(ev))
-        return JSONResponse(renderer.body(messages), status_code=status)
+        return JSONResponse(renderer.body(messages), status_code=status, headers=cache)
 
     async def _stream(self, events: AsyncIterator[Event], renderer: Renderer) -> AsyncIterator[bytes]:
         async for ev in _with_keepalive(events, self._settings.server.keepalive_s):

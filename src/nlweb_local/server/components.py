@@ -8,8 +8,9 @@ state) — so a test runs the same composition as `serve` with only the parts it
 The chain every LLM call goes through is built by one fold:
 
     each deployment:  compose(adapter, telemetry.deployment_wrappers(...))   metered, then traced
-    the gateway:      compose(Router(routes, state), telemetry.router_wrappers())
-    /ask:             ProviderStructuredLLM(gateway, context pinned to llm.search_deployment if set)
+    the gateway:      compose(Router(routes, state), [*telemetry.router_wrappers(), response cache])
+    /ask:             ProviderStructuredLLM(gateway, context pinned to llm.search_deployment if set),
+                      and the pipeline's answer cache (search.answer_cache) keyed on the store's index version
 """
 from __future__ import annotations
 
@@ -29,6 +30,7 @@ from ..providers.wrapper import compose
 from ..retrieval.base import Embedder, VectorStore
 from ..router.router import Router
 from ..router.state import RouterState
+from ..search.answer_cache import AnswerCache
 from ..search.pipeline import AskPipeline
 from ..search.ports import StructuredLLM
 
@@ -47,6 +49,7 @@ class Components:
     pipeline: AskPipeline  # /ask, /mcp's ask tool and `nlweb-local ask` share it
     router: Router | None = None  # the typed router API (views, breakers, aliases)
     gateway: Provider | None = None  # the composed chain over the router: every LLM call goes through it
+    embeddings: Provider | None = None  # what serves /v1/embeddings when no deployment embeds: the in-process model, cached
     telemetry: Any = None  # telemetry.Telemetry (None: not measured)
     closers: list[Callable[[], Any]] = field(default_factory=list)
 
@@ -170,7 +173,52 @@ def build_pipeline(settings: Settings, llm: StructuredLLM, embedder: Embedder, s
         cache = build_cache("ranking", settings, telemetry.metrics if telemetry is not None else None, n)
         if closers is not None and hasattr(cache, "close"):
             closers.append(cache.close)
-    return AskPipeline(llm, embedder, store, settings.search, rank_cache=cache, model_version=llm_version(settings))
+    return AskPipeline(llm, embedder, store, settings.search, rank_cache=cache, model_version=llm_version(settings),
+                       answer_cache=build_answer_cache(settings, store, telemetry))
+
+
+def build_cache_store(settings: Settings, name: str, max_entries: int) -> Cache[dict]:
+    """Where the response and answer caches keep their entries: in-process, bounded. (Not yet through
+    `build_cache`/Redis: these caches count their own lookups, and their entries must first be checked
+    to serialise for a shared backend.)"""
+    return BoundedCache(max_entries)
+
+
+def build_response_cache(settings: Settings, router: Router, telemetry: Any = None, *,
+                         semantic: Any = None) -> Callable[..., Provider] | None:
+    """The response cache as a wrapper (for the gateway's fold), or None when `cache.enabled` is off."""
+    from ..cache.keys import ServingVersions
+    from ..cache.response import ResponseCache
+
+    c = settings.cache
+    if not c.enabled:
+        return None
+    store = build_cache_store(settings, "response", c.max_entries)
+    accounting = telemetry.cache_accounts("response", router=router) if telemetry is not None else None
+    versions = ServingVersions(router)
+
+    def wrap(inner: Provider, *, routed: bool = True) -> Provider:
+        """`routed`: `inner` is the router chain (keys name the deployments that may serve); else a lone
+        provider (the in-process embedding model: its own name and model make the version)."""
+        return ResponseCache(inner, store, c, versions=versions if routed else None, accounting=accounting,
+                             semantic=semantic if routed else None)
+
+    return wrap
+
+
+def build_answer_cache(settings: Settings, store: VectorStore, telemetry: Any = None, *,
+                       semantic: Any = None) -> AnswerCache | None:
+    """/ask's answer cache, or None (off, or a store that cannot say its index version); `semantic`: a
+    `cache.semantic.SemanticIndex` for paraphrased questions (None: exact only)."""
+    c = settings.cache
+    index_version = getattr(store, "index_version", None)
+    if not (c.enabled and c.ask_enabled) or index_version is None:
+        return None
+    version = hashlib.blake2b(json.dumps([llm_version(settings), settings.search.model_dump(mode="json")],
+                                         sort_keys=True).encode(), digest_size=8).hexdigest()
+    accounting = telemetry.cache_accounts("ask") if telemetry is not None else None
+    return AnswerCache(build_cache_store(settings, "ask", c.ask_max_entries), index_version, model_version=version,
+                       ttl_s=c.ask_ttl_s, accounting=accounting, semantic=semantic)
 
 
 def build_components(settings: Settings, *, embedder: Any = _BUILD, store: Any = _BUILD,
@@ -197,7 +245,11 @@ def build_components(settings: Settings, *, embedder: Any = _BUILD, store: Any =
     router = build_router(settings, providers=providers, telemetry=telemetry, state=state)
     if telemetry is not None:
         telemetry.watch(router)
-    gateway = compose(router, telemetry.router_wrappers() if telemetry is not None else [])
+    cached = build_response_cache(settings, router, telemetry)
+    wrappers = [*(telemetry.router_wrappers() if telemetry is not None else []), *([cached] if cached else [])]
+    gateway = compose(router, wrappers)
+    in_process = getattr(embedder, "provider", None)  # retrieval's embedder adapts a provider: /v1/embeddings uses it
+    embeddings = cached(in_process, routed=False) if cached is not None and in_process is not None else in_process
     if llm is _BUILD:
         search = settings.llm.search_deployment
         context = CallContext(deadline_s=settings.search.llm_deadline_s)
@@ -207,5 +259,5 @@ def build_components(settings: Settings, *, embedder: Any = _BUILD, store: Any =
             context = context.with_(deployments=(search,))  # /ask's calls go to it alone, with its shared breaker
         llm = ProviderStructuredLLM(gateway, context=context)
     pipeline = build_pipeline(settings, llm, embedder, store, telemetry, closers)
-    return Components(settings, embedder, store, llm, pipeline, router=router, gateway=gateway, telemetry=telemetry,
-                      closers=closers)
+    return Components(settings, embedder, store, llm, pipeline, router=router, gateway=gateway, embeddings=embeddings,
+                      telemetry=telemetry, closers=closers)

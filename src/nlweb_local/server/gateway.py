@@ -2,7 +2,9 @@
 
 Every request goes through the router; every answer says which deployment served it and why
 (`x-nlweb-route`). Per request: `x-nlweb-strategy`, `x-nlweb-privacy: local_only`,
-`x-nlweb-deadline-ms`, `x-nlweb-priority`, `x-nlweb-conversation`. Errors use OpenAI's format.
+`x-nlweb-deadline-ms`, `x-nlweb-priority`, `x-nlweb-conversation`; the response cache's controls
+(`cache` in the body, `Cache-Control`, `x-nlweb-cache-namespace`: server/cache_controls.py), and its
+outcome in `x-nlweb-cache` (hit, miss, semantic-hit; similarity=0.97). Errors use OpenAI's format.
 """
 from __future__ import annotations
 
@@ -21,12 +23,15 @@ from starlette.routing import Route as HttpRoute
 
 from ..config.settings import ServerSettings
 from ..core.errors import BadRequestError, ContextLengthError, ModelNotFoundError, NlwebError, ProviderError
-from ..core.types import CallContext, ChatRequest, Privacy, Served
+from ..cache.response import ResponseCache
+from ..core.types import CacheControl, CallContext, ChatRequest, EmbeddingResponse, Privacy, Served
 from ..providers.base import Provider
 from ..retrieval.base import Embedder
 from ..router.model import DeploymentInfo
 from ..router.router import Router, estimate_tokens
 from .body import BodyDeadlines, ClientGone, parse_json, read_body, read_request_body
+from .cache_controls import HEADERS as CACHE_HEADERS
+from .cache_controls import cache_control
 from .errors import openai_error, send_json, send_openai_error
 from .openai_schema import ChatCompletionRequest, CompletionRequest, EmbeddingRequest, simple_chat, validate
 
@@ -36,7 +41,7 @@ MAX_DEADLINE_MS = 86_400_000.0  # a day
 _PRIVACY = {"any": Privacy.ANY, "local_only": Privacy.LOCAL_ONLY}
 # what the completion endpoints read from a request's headers (one pass over the ASGI scope)
 _READ_HEADERS = frozenset({b"content-length", b"x-nlweb-privacy", b"x-nlweb-strategy", b"x-nlweb-priority",
-                           b"x-nlweb-conversation", b"x-nlweb-deadline-ms"})
+                           b"x-nlweb-conversation", b"x-nlweb-deadline-ms", *CACHE_HEADERS})
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 
 
@@ -69,9 +74,11 @@ class _AsgiEndpoint:
         return self.handle(scope, receive, send)
 
 
-def call_context(h: Mapping[str, str], model: str | None, router: Router) -> CallContext:
-    """The call context from a request's headers (`request_headers`) and its model name: a model that is
-    neither `auto`, an alias nor a deployment is `ModelNotFoundError` (404 `model_not_found`)."""
+def call_context(h: Mapping[str, str], model: str | None, router: Router,
+                 cache: CacheControl | None = None) -> CallContext:
+    """The call context from a request's headers (`request_headers`), its model name and its cache
+    controls: a model that is neither `auto`, an alias nor a deployment is `ModelNotFoundError` (404
+    `model_not_found`)."""
     privacy = _PRIVACY.get(h.get("x-nlweb-privacy", "any").strip().lower())
     if privacy is None:
         raise _bad_header("x-nlweb-privacy must be 'local_only' or 'any'", "x-nlweb-privacy")
@@ -81,7 +88,7 @@ def call_context(h: Mapping[str, str], model: str | None, router: Router) -> Cal
         raise _bad_header("x-nlweb-priority must be an integer (higher is served first)", "x-nlweb-priority") from None
     return CallContext(strategy=h.get("x-nlweb-strategy") or None, privacy=privacy, priority=priority,
                        conversation=h.get("x-nlweb-conversation", ""), deployments=resolve_model(router, model),
-                       deadline_s=_deadline(h))
+                       deadline_s=_deadline(h), cache=cache)
 
 
 def resolve_model(router: Router, model: str | None, also: tuple[str, ...] = ()) -> tuple[str, ...]:
@@ -102,6 +109,14 @@ def resolve_model(router: Router, model: str | None, also: tuple[str, ...] = ())
 def route_header(served: Served | None) -> bytes:
     """`x-nlweb-route`, rendered from the typed `Served` (ASCII: headers are latin-1 on the wire)."""
     return served.header().encode("ascii") if served is not None else b""
+
+
+def answer_headers(served: Served | None) -> list[tuple[bytes, bytes]]:
+    """`x-nlweb-route`, and `x-nlweb-cache` when the response cache looked the request up."""
+    out = [(b"x-nlweb-route", route_header(served))]
+    if served is not None and served.cache:
+        out.append((b"x-nlweb-cache", served.cache.encode("ascii", "replace")))
+    return out
 
 
 def _deadline(h: Mapping[str, str]) -> float | None:
@@ -141,9 +156,12 @@ class Gateway:
     API (model names, aliases)."""
 
     def __init__(self, provider: Provider, router: Router, embedder: Embedder | None, *, server: ServerSettings,
-                 embedder_name: str = "all-MiniLM-L6-v2", clock: Callable[[], float] = time.time):
-        """`server`: the edge's limits (body size and read timeout, embedding inputs and tokens)."""
+                 embedder_name: str = "all-MiniLM-L6-v2", clock: Callable[[], float] = time.time,
+                 embeddings: Provider | None = None):
+        """`server`: the edge's limits (body size and read timeout, embedding inputs and tokens);
+        `embeddings`: what serves /v1/embeddings when no deployment embeds (None: the embedder's provider)."""
         self._provider = provider
+        self._embeddings = embeddings if embeddings is not None else getattr(embedder, "provider", None)
         self._router = router
         self._embedder = embedder
         self._limits = server
@@ -193,13 +211,16 @@ class Gateway:
             raw = await read_body(receive, h.get("content-length"), self._limits.max_body_bytes,
                                   self._limits.body_timeout_s, self._deadlines)
             body = _json_object(raw)
+            control = cache_control(body.pop("cache", None), h) if "cache" in body or _has_cache_headers(h) else None
             plain = simple_chat(body) if schema is ChatCompletionRequest else None  # the common shape, ~10x cheaper
             if plain is not None:
                 req, stream, include_usage = plain, body.get("stream") is True, False
             else:
                 wire = validate(schema, body)
                 req, stream, include_usage = wire.chat_request(), bool(wire.stream), wire.include_usage
-            req.context = self._context(h, req.model)
+            # (the context remembered per model never carries one request's cache controls)
+            req.context = self._context(h, req.model) if control is None else call_context(h, req.model, self._router,
+                                                                                           control)
             self._check_servable(req)
             if stream:
                 streamed = await self._stream_chat(req, include_usage,
@@ -223,7 +244,7 @@ class Gateway:
                 message["tool_calls"] = resp.tool_calls
             choice = {"index": 0, "message": message, "finish_reason": resp.finish_reason}
         await send_json(send, 200, orjson.dumps(self._envelope(obj, req, resp.deployment, [choice], resp.usage)),
-                        [(b"x-nlweb-route", route_header(resp.served))])
+                        answer_headers(resp.served))
 
     def _check_servable(self, req: ChatRequest) -> None:
         """Refuse (4xx) what no deployment the request may use could serve however idle it were — the
@@ -316,23 +337,28 @@ class Gateway:
                 yield _sse({"error": {"message": e.message, "type": e.openai_type, "code": "stream_interrupted"}})
             yield b"data: [DONE]\n\n"
 
-        return StreamingResponse(events(), media_type="text/event-stream",
-                                 headers={"x-nlweb-route": route, "cache-control": "no-cache"})
+        headers = {"x-nlweb-route": route, "cache-control": "no-cache"}
+        if first.served is not None and first.served.cache:
+            headers["x-nlweb-cache"] = _ascii(first.served.cache)
+        return StreamingResponse(events(), media_type="text/event-stream", headers=headers)
 
     async def embeddings(self, request: Request) -> Response:
         try:
-            wire = validate(EmbeddingRequest, await self._json(request))
+            body = await self._json(request)
+            control = cache_control(body.pop("cache", None), request.headers)
+            wire = validate(EmbeddingRequest, body)
             texts = wire.texts
             self._check_embedding_limits(texts)
             resolve_model(self._router, wire.model, also=(self._embedder_name,))
+            cache = ""
             if self._provider.capabilities.embeddings:
-                out = await self._provider.embed(texts)
-                vectors, model, route = out.vectors, out.model, f"{out.deployment}; embedding deployment"
+                out = await _embed(self._provider, texts, control)
+                vectors, model, route, cache = out.vectors, out.model, f"{out.deployment}; embedding deployment", out.cache
             elif self._embedder is not None:
-                provider = getattr(self._embedder, "provider", None)  # retrieval's embedder adapts a provider
+                provider = self._embeddings  # retrieval's embedder adapts a provider (cached by the composition root)
                 if provider is not None:
-                    out = await provider.embed(texts)  # the model runs in the provider's worker thread
-                    vectors, model = out.vectors, out.model or self._embedder_name
+                    out = await _embed(provider, texts, control)  # the model runs in the provider's worker thread
+                    vectors, model, cache = out.vectors, out.model or self._embedder_name, out.cache
                 else:  # an Embedder that is no provider adapter (test stand-ins)
                     vectors = await asyncio.to_thread(self._embedder.embed, texts)
                     model = self._embedder_name
@@ -342,10 +368,12 @@ class Gateway:
         except NlwebError as e:
             return openai_error(e)
         tokens = sum(len(t) for t in texts) // 4
+        headers = {"x-nlweb-route": _ascii(route)}
+        if cache:
+            headers["x-nlweb-cache"] = _ascii(cache)
         return FastJSONResponse({"object": "list", "model": wire.model or model,
                              "data": [{"object": "embedding", "index": i, "embedding": v} for i, v in enumerate(vectors)],
-                             "usage": {"prompt_tokens": tokens, "total_tokens": tokens}},
-                                headers={"x-nlweb-route": _ascii(route)})
+                             "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}, headers=headers)
 
     def _check_embedding_limits(self, texts: list[str]) -> None:
         """At most `server.max_embedding_inputs` inputs and `server.max_embedding_tokens` tokens (~4
@@ -372,6 +400,17 @@ class Gateway:
         if self._embedder is not None:
             data.append({"id": self._embedder_name, "object": "model", "created": created, "owned_by": "local"})
         return JSONResponse({"object": "list", "data": data})
+
+
+def _has_cache_headers(h: Mapping[str, str]) -> bool:
+    return "cache-control" in h or "x-nlweb-cache-namespace" in h
+
+
+async def _embed(provider: Provider, texts: list[str], control: CacheControl | None) -> EmbeddingResponse:
+    """`provider.embed`, with the request's cache controls when it is the response cache."""
+    if isinstance(provider, ResponseCache):
+        return await provider.embed(texts, control)
+    return await provider.embed(texts)
 
 
 def _json_object(raw: bytes) -> dict[str, Any]:

@@ -60,6 +60,13 @@ class Telemetry:
         """Around the router: a TracedRouter (one route span per call) when tracing is on."""
         return [self.tracing.wrap_router] if self.tracing is not None else []
 
+    def cache_accounts(self, cache: str, *, router: Any = None) -> Any:
+        """How the cache named `cache` reports: lookups, corrupt entries, prices, hits as ledger rows
+        (`cache_accounting.CacheAccounts`; `router` prices hits with its deployments' prices)."""
+        from .cache_accounting import CacheAccounts
+
+        return CacheAccounts(self, cache, router=router)
+
     def wrap(self, provider: Provider, *, engine: str = "", price_in_per_m: float = 0.0,
              price_out_per_m: float = 0.0) -> Provider:
         """`provider` composed with `deployment_wrappers(...)`."""

@@ -14,11 +14,29 @@ from contextvars import ContextVar
 from typing import Any
 
 REQUEST_ID: ContextVar[str] = ContextVar("nlweb_request_id", default="")
+
+
+class RequestSpend:
+    """What the LLM calls of one HTTP request have cost so far (added to by `MeteredProvider`; read by the
+    /ask cache to remember what an answer cost). One object per request: tasks the request starts copy
+    the context, and with it this same object."""
+
+    __slots__ = ("cost_usd", "reference_usd")
+
+    def __init__(self) -> None:
+        self.cost_usd = self.reference_usd = 0.0
+
+
+SPEND: ContextVar[RequestSpend | None] = ContextVar("nlweb_request_spend", default=None)
 _SAFE = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 
 
 def current_request_id() -> str:
     return REQUEST_ID.get()
+
+
+def current_spend() -> RequestSpend | None:
+    return SPEND.get()
 
 
 _PREFIX = os.urandom(4).hex() + "-"
@@ -58,6 +76,7 @@ class RequestIdMiddleware:
         if not rid:
             rid = new_request_id()
         token = REQUEST_ID.set(rid)
+        spend = SPEND.set(RequestSpend())
         header = (b"x-request-id", rid.encode())
 
         async def send_with_id(message) -> None:
@@ -68,4 +87,5 @@ class RequestIdMiddleware:
         try:
             await self.app(scope, receive, send_with_id)
         finally:
+            SPEND.reset(spend)
             REQUEST_ID.reset(token)

@@ -7,6 +7,7 @@ process opening the same file at the same time waits for the lock, then finds th
 
     version 0   the table as nlweb-local wrote it before versions existed (no user_version set)
     version 1   llm_calls and its ts index (CREATE ... IF NOT EXISTS: a version-0 file keeps its rows)
+    version 2   cache hits: columns `cache` (which cache answered; '' for an LLM call) and `saved_usd`
 
 To change the schema, append a `Migration` (plain SQL, so the PostgreSQL store can follow the same
 steps); never edit one that has shipped. A file newer than this code is refused rather than guessed at.
@@ -44,6 +45,10 @@ MIGRATIONS: tuple[Migration, ...] = (
   latency_s REAL NOT NULL, ttft_s REAL, cost_usd REAL NOT NULL, reference_usd REAL NOT NULL,
   savings_usd REAL NOT NULL, error TEXT NOT NULL)""",
         "CREATE INDEX IF NOT EXISTS llm_calls_ts ON llm_calls(ts)",
+    )),
+    Migration("llm_calls: cache hits (which cache answered, what the call it replaced cost)", (
+        "ALTER TABLE llm_calls ADD COLUMN cache TEXT NOT NULL DEFAULT ''",
+        "ALTER TABLE llm_calls ADD COLUMN saved_usd REAL NOT NULL DEFAULT 0",
     )),
 )
 SCHEMA_VERSION = len(MIGRATIONS)

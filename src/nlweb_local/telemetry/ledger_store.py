@@ -36,6 +36,9 @@ class CallRecord(NamedTuple):
     reference_usd: float  # what the reference cloud model would have charged for the same tokens
     savings_usd: float  # reference_usd - cost_usd
     error: str = ""  # error class name; "" when the call succeeded
+    cache: str = ""  # "" for an LLM call; the cache's name ("response", "ask") for an answer a cache gave
+    #                  (then cost_usd is 0, and the fields below say what the original call cost)
+    saved_usd: float = 0.0  # a cache hit: what the call it replaced cost
 
     @property
     def ok(self) -> bool:

@@ -15,7 +15,7 @@ from typing import Any, AsyncIterator, Awaitable, Callable
 from ..core.types import ChatChunk, ChatRequest
 from ..providers.base import Provider
 from ..providers.wrapper import CallKind, StreamTally, WrapperProvider, answer_tokens, observed
-from .context import current_request_id, new_request_id
+from .context import current_request_id, current_spend, new_request_id
 from .ledger import CallRecord
 from .metrics import CallSeries, GatewayMetrics
 from .prices import FREE, Price, PriceModel
@@ -71,6 +71,11 @@ class MeteredProvider(WrapperProvider):
         self._series: dict[str, CallSeries] = {}
         self.meter = ThroughputMeter(clock)
 
+    def cost(self, tokens_in: int, tokens_out: int) -> tuple[float, float]:
+        """(what a call of that size costs on this deployment now, what the reference model would charge)."""
+        cost = self.price.cost_at(tokens_in, tokens_out, self.meter.tokens_per_s() if self._by_throughput else None)
+        return cost, self.reference.cost(tokens_in, tokens_out) if self.reference is not None else 0.0
+
     # -- bookkeeping --------------------------------------------------------------------------------
     def _begin(self, task: Any) -> tuple[CallSeries, float]:
         """`task`: a TaskKind (a str enum) or a plain string; its series is looked up once per kind."""
@@ -104,10 +109,13 @@ class MeteredProvider(WrapperProvider):
             gen = elapsed - (ttft or 0.0)
             if tokens_out and gen > 0:
                 s.speed.observe(tokens_out / gen)
-            cost = self.price.cost_at(tokens_in, tokens_out, self.meter.tokens_per_s() if self._by_throughput else None)
-            ref = self.reference.cost(tokens_in, tokens_out) if self.reference is not None else 0.0
+            cost, ref = self.cost(tokens_in, tokens_out)
             s.cost += cost
             s.reference_cost += ref
+            spend = current_spend()
+            if spend is not None:
+                spend.cost_usd += cost
+                spend.reference_usd += ref
         else:
             err = _error_class(error)
             s.error(err)

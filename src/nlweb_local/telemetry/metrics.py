@@ -24,6 +24,8 @@ Caches (`core.cache.BoundedCache`, reporting through `cache_lookups(name)`):
     nlweb_cache_requests_total{cache,result}                 lookups; result: hit|miss
     nlweb_cache_errors_total{cache,error}                    a shared backend's failures (cache.redis.RedisCache):
                                                              unavailable|rejected|corrupt|encode
+    nlweb_cache_corrupt_entries_total{cache}                 stored values dropped because they did not read back
+    nlweb_cache_saved_usd_total{cache}                       what the calls that hits replaced had cost
 
 Pulled at scrape time from the router (`RouterCollector`): breaker state, queue depth, running calls,
 health per deployment, and the engine's own prefix-cache counters where it reports them
@@ -157,9 +159,10 @@ class GatewayMetrics:
         return tally
 
     def cache_stats(self) -> dict[str, dict[str, Any]]:
-        """{cache: {hits, misses, hit_ratio[, errors: {kind: n}]}} for /admin/stats."""
+        """{cache: {hits, misses, hit_ratio, corrupt, saved_usd[, errors: {kind: n}]}} for /admin/stats."""
         return {t.cache: {"hits": t.hits, "misses": t.misses,
                           "hit_ratio": t.hits / (t.hits + t.misses) if t.hits + t.misses else None,
+                          "corrupt": t.corrupt, "saved_usd": t.saved_usd,
                           **({"errors": dict(t.errors)} if t.errors else {})}
                 for t in list(self._caches.values())}
 
@@ -310,11 +313,12 @@ class CacheTally:
     """Hits and misses of one named cache, as plain numbers (a call is one addition, no lock: exact on the
     event loop; caches used from several threads at once may, rarely, lose a count)."""
 
-    __slots__ = ("cache", "hits", "misses", "errors")
+    __slots__ = ("cache", "hits", "misses", "errors", "corrupt", "saved_usd")
 
     def __init__(self, cache: str):
         self.cache = cache
-        self.hits = self.misses = 0
+        self.hits = self.misses = self.corrupt = 0
+        self.saved_usd = 0.0
         self.errors: dict[str, int] = {}  # by kind; the kinds are a fixed set (see cache.redis)
 
     def error(self, kind: str) -> None:
@@ -345,7 +349,14 @@ class CacheCollector:
             fam.add_metric((t.cache, "miss"), t.misses)
             for kind, n in list(t.errors.items()):
                 errors.add_metric((t.cache, kind), n)
-        return [fam, errors]
+        corrupt = CounterMetricFamily("nlweb_cache_corrupt_entries", "cached values dropped because they did not "
+                                      "read back as an entry", labels=("cache",))
+        saved = CounterMetricFamily("nlweb_cache_saved_usd", "what the calls answered from a cache would have cost",
+                                    labels=("cache",))
+        for t in list(self._caches.values()):
+            corrupt.add_metric((t.cache,), t.corrupt)
+            saved.add_metric((t.cache,), t.saved_usd)
+        return [fam, errors, corrupt, saved]
 
 
 def new_registry() -> CollectorRegistry:

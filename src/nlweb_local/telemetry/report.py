@@ -29,6 +29,7 @@ from typing import Any, Iterable
 
 from .ledger import CallRecord
 from .prices import HardwareCost, Price
+from .stats import cache_hits
 
 DAYS_PER_MONTH = 365.25 / 12
 HOURS_PER_MONTH = 24 * DAYS_PER_MONTH
@@ -158,6 +159,10 @@ def projection(m: dict[str, Any], a: Assumptions) -> list[dict[str, Any]]:
 
 def build_report(rows: list[CallRecord], a: Assumptions, *, since: float | None = None,
                  until: float | None = None) -> dict[str, Any]:
+    """Answers a cache gave (rows with `cache` set) are reported apart (`caches`); the rest is LLM calls."""
+    hits = [r for r in rows if r.cache]
+    if hits:
+        rows = [r for r in rows if not r.cache]
     m = measured(rows, a)
     hw = a.hardware
     return {
@@ -166,6 +171,8 @@ def build_report(rows: list[CallRecord], a: Assumptions, *, since: float | None 
         "measured": m,
         "projection": projection(m, a),
         "daily": daily(rows),
+        "caches": {k: {"hits": v["hits"], "saved_usd": v["saved_usd"], "reference_usd": v["reference_usd"]}
+                   for k, v in cache_hits(hits).items()},
         "assumptions": {
             "reference_model": a.reference_model, "reference_price": asdict(a.reference),
             "price_table_as_of": a.price_table_as_of,
@@ -197,6 +204,11 @@ def render_table(rep: dict[str, Any]) -> str:
         lines.append(f"{route:<8}{t['calls']:>8}{t['errors']:>8}{t['tokens_in']:>12}{t['tokens_out']:>12}"
                      f"{_money(t['cost_usd']):>14}{_money(t['cost_per_1k_tokens']):>13}{_money(t['reference_usd']):>14}"
                      f"{_money(t['savings_usd']):>14}")
+    if rep.get("caches"):
+        lines += ["", "Answered from caches (cost nothing; saved = what the calls they replaced had cost)"]
+        for name, c in rep["caches"].items():
+            lines.append(f"  {name:<10}{c['hits']:>8} hits   saved {_money(c['saved_usd'])}   "
+                         f"reference {_money(c['reference_usd'])}")
     m = rep["measured"]
     tps = m["local_tokens_per_s"]
     lines += ["", "Measured", f"  successful calls {m['ok_calls']}, local share {m['local_share']:.1%}, "
@@ -244,6 +256,9 @@ def render_csv(rep: dict[str, Any]) -> str:
         for k, v in p.items():
             if k != "scale":
                 w.writerow(["projection", p["scale"], k, "never" if v is None else v])
+    for name, c in rep.get("caches", {}).items():
+        for k, v in c.items():
+            w.writerow(["cache", name, k, v])
     for d in rep.get("daily", ()):
         for k, v in d.items():
             if k != "day":

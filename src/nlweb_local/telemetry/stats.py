@@ -54,11 +54,16 @@ class RecentCalls:
 
 def summarize(rows: list[CallRecord], *, now: float, span_s: float, buckets: int = 30,
               bucket_s: float | None = None) -> dict[str, Any]:
-    """Figures over `rows` (the calls of the last `span_s` seconds before `now`)."""
-    ok = [r for r in rows if r.ok]
+    """Figures over `rows` (the calls of the last `span_s` seconds before `now`). Answers a cache gave
+    (rows with `cache` set) count as requests served, and apart, in `cache_hits`; every other figure is
+    about LLM calls."""
     by_request: dict[str, bool] = {}
     for r in rows:
         by_request[r.request_id] = by_request.get(r.request_id, False) or r.ok
+    hits = [r for r in rows if r.cache]
+    if hits:
+        rows = [r for r in rows if not r.cache]
+    ok = [r for r in rows if r.ok]
     local_ok = [r for r in ok if r.local]
     tokens_in = sum(r.tokens_in for r in ok)
     tokens_out = sum(r.tokens_out for r in ok)
@@ -93,8 +98,20 @@ def summarize(rows: list[CallRecord], *, now: float, span_s: float, buckets: int
         "cost_usd": cost, "reference_usd": ref, "savings_usd": ref - cost,
         "errors_by_class": errors,
         "deployments": deployments,
+        "cache_hits": cache_hits(hits),
         "series": series(rows, now=now, span_s=span_s, buckets=buckets, bucket_s=bucket_s),
     }
+
+
+def cache_hits(hits: list[CallRecord]) -> dict[str, dict[str, Any]]:
+    """Per cache: answers it gave, what the calls they replaced had cost (`saved_usd`) and what the
+    reference model would have charged, and how long a hit took."""
+    out: dict[str, dict[str, Any]] = {}
+    for name in sorted({r.cache for r in hits}):
+        mine = [r for r in hits if r.cache == name]
+        out[name] = {"hits": len(mine), "saved_usd": sum(r.saved_usd for r in mine),
+                     "reference_usd": sum(r.reference_usd for r in mine), "latency_s": _pcts(r.latency_s for r in mine)}
+    return out
 
 
 def series(rows: list[CallRecord], *, now: float, span_s: float, buckets: int = 30,
