@@ -374,3 +374,27 @@ async def test_entries_survive_a_backend_that_stores_json():
     assert (await cache.complete(req)).content == "one two three" and engine.calls == 1
     first, again = await cache.embed(["a", "bcd"]), await cache.embed(["a", "bcd"])
     assert again.cache == "hit" and again.vectors == first.vectors
+
+
+async def test_the_semantic_cache_when_enabled_answers_a_paraphrase_and_refuses_a_near_miss(tmp_path, embedder):
+    """Composed as `serve` does with `semantic_cache.enabled`: the real MiniLM index behind the response cache."""
+    local = ScriptedProvider("local", "Chickpeas, spinach and coconut milk.")
+    settings = service_settings(tmp_path)
+    settings.semantic_cache.enabled = True
+    comp = scripted_service(settings, {"local": local}, embedder=embedder)
+    app = create_app(settings, comp, close_components=False)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gw") as client:
+        first = await client.post("/v1/chat/completions", json=chat("How do I make a quick vegetarian curry?"))
+        para = await client.post("/v1/chat/completions", json=chat("How can I make a quick vegetarian curry?"))
+        other = await client.post("/v1/chat/completions", json=chat("How do I make a quick vegan curry?"))
+        follow = await client.post("/v1/chat/completions", json={**chat("What about that one?"),
+                                   "messages": [{"role": "user", "content": "How do I make a quick vegetarian curry?"},
+                                                {"role": "assistant", "content": "Chickpeas."},
+                                                {"role": "user", "content": "How do I make a quick vegetarian curry?"}]})
+    await comp.close()
+    assert first.headers["x-nlweb-cache"] == "miss"
+    assert para.headers["x-nlweb-cache"].startswith("semantic-hit; similarity=")
+    assert para.json()["choices"][0]["message"]["content"] == first.json()["choices"][0]["message"]["content"]
+    assert other.headers["x-nlweb-cache"] == "miss"  # vegan is not vegetarian: a veto, not a hit
+    assert follow.headers["x-nlweb-cache"] == "miss"  # a conversation is no standalone question
+    assert local.calls == 3

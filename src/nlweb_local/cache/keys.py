@@ -114,6 +114,10 @@ def semantic_subject(req: ChatRequest, versions: Versions) -> tuple[str, str] | 
     "chat:"). None: not a candidate (no trailing user message, tools)."""
     if not req.messages or req.messages[-1].role != "user" or req.tools or req.task is not TaskKind.CHAT:
         return None
+    from .semantic import standalone_question  # (numpy and the vetoes load only when a semantic index is on)
+
+    if not standalone_question(req.messages, tools=req.tools, json_schema=req.json_schema):
+        return None  # a follow-up, pasted material, a long text: only an exact hit may answer it
     try:
         rest = digest(_material(req, versions, _messages(req, -1)))
     except TypeError:

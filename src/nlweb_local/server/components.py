@@ -164,7 +164,8 @@ def build_cache(name: str, settings: Settings, metrics: Any = None, max_entries:
 
 
 def build_pipeline(settings: Settings, llm: StructuredLLM, embedder: Embedder, store: VectorStore,
-                   telemetry: Any = None, closers: list[Callable[[], Any]] | None = None) -> AskPipeline:
+                   telemetry: Any = None, closers: list[Callable[[], Any]] | None = None, *,
+                   semantic: Any = None) -> AskPipeline:
     """The /ask pipeline, with its ranking cache (in process or in Redis: `build_cache`; counted in the
     metrics when telemetry is on). A cache that holds connections adds its `close` to `closers`."""
     n = settings.search.rank_cache_entries
@@ -174,7 +175,7 @@ def build_pipeline(settings: Settings, llm: StructuredLLM, embedder: Embedder, s
         if closers is not None and hasattr(cache, "close"):
             closers.append(cache.close)
     return AskPipeline(llm, embedder, store, settings.search, rank_cache=cache, model_version=llm_version(settings),
-                       answer_cache=build_answer_cache(settings, store, telemetry))
+                       answer_cache=build_answer_cache(settings, store, telemetry, semantic=semantic))
 
 
 def build_cache_store(settings: Settings, name: str, max_entries: int) -> Cache[dict]:
@@ -245,7 +246,12 @@ def build_components(settings: Settings, *, embedder: Any = _BUILD, store: Any =
     router = build_router(settings, providers=providers, telemetry=telemetry, state=state)
     if telemetry is not None:
         telemetry.watch(router)
-    cached = build_response_cache(settings, router, telemetry)
+    semantic = None
+    if settings.semantic_cache.enabled:  # paraphrased questions answered from the cache (off by default)
+        from ..cache.semantic import SemanticIndex
+
+        semantic = SemanticIndex(getattr(embedder, "provider", embedder), settings.semantic_cache)
+    cached = build_response_cache(settings, router, telemetry, semantic=semantic)
     wrappers = [*(telemetry.router_wrappers() if telemetry is not None else []), *([cached] if cached else [])]
     gateway = compose(router, wrappers)
     in_process = getattr(embedder, "provider", None)  # retrieval's embedder adapts a provider: /v1/embeddings uses it
@@ -258,6 +264,6 @@ def build_components(settings: Settings, *, embedder: Any = _BUILD, store: Any =
                 raise BadRequestError(f"llm.search_deployment {search!r} is not a deployment ({', '.join(router.names())})")
             context = context.with_(deployments=(search,))  # /ask's calls go to it alone, with its shared breaker
         llm = ProviderStructuredLLM(gateway, context=context)
-    pipeline = build_pipeline(settings, llm, embedder, store, telemetry, closers)
+    pipeline = build_pipeline(settings, llm, embedder, store, telemetry, closers, semantic=semantic)
     return Components(settings, embedder, store, llm, pipeline, router=router, gateway=gateway, embeddings=embeddings,
                       telemetry=telemetry, closers=closers)
