@@ -27,7 +27,7 @@ from ..config.settings import CacheSettings
 from ..core.cache import Cache
 from ..core.types import CacheControl, ChatChunk, ChatRequest, ChatResponse, EmbeddingResponse, Privacy, Served
 from ..providers.base import Provider
-from ..providers.wrapper import WrapperProvider, call_tokens, close_after_error
+from ..providers.wrapper import StreamTally, WrapperProvider, call_tokens, close_after_error
 from . import entries
 from .entries import CorruptEntry
 from .keys import ServingVersions, Versions, cacheable, chat_key, embed_key, semantic_subject
@@ -238,7 +238,7 @@ class ResponseCache(WrapperProvider):
         chunks = self.inner.stream(request)
         kept: list[list[Any]] | None = []
         served: Served | None = None
-        first, out_chars, usage = True, 0, None
+        first, seen = True, StreamTally(self._timer)  # what was sent: usage, or the characters to estimate it
         error: BaseException | None = None
         try:
             async for ch in chunks:
@@ -250,8 +250,7 @@ class ResponseCache(WrapperProvider):
                     kept.append(entries.encode_chunk(ch))
                     if len(kept) > self._s.max_stream_chunks:
                         kept = None
-                out_chars += len(ch.delta)
-                usage = ch.usage or usage
+                seen.see(ch)
                 yield ch
         except BaseException as e:
             error = e
@@ -259,7 +258,7 @@ class ResponseCache(WrapperProvider):
         finally:
             await close_after_error(chunks, error)
         if plan.write and kept:  # the stream ended normally: keep it
-            tokens = call_tokens(usage, request, out_chars)
+            tokens = seen.tokens(request)
             await self._put(plan, self._chat_entry(request, served, kept, tokens))
 
     async def embed(self, texts: Sequence[str], control: CacheControl | None = None) -> EmbeddingResponse:
