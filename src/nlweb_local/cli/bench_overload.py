@@ -1,8 +1,9 @@
 """`nlweb-local bench overload`: an operator's worst two minutes, replayed against a real `serve`.
 
 A real `nlweb-local serve` process (embedded model, the demo site, a temporary data folder) gets
-closed-loop `/ask` traffic at `--concurrency` for `--overload-s` seconds, then one request per second
-for `--calm-s` seconds. Printed: requests served and refused, the p95 time of admitted requests, how
+closed-loop `/ask` traffic at `--concurrency` for `--overload-s` seconds, then, for `--calm-s` seconds,
+one user asking one question at a time with a second between answer and next question (calm means below
+the engine's capacity on any machine: an open-loop 1/s would itself overload a slow CPU). Printed: requests served and refused, the p95 time of admitted requests, how
 honest the 503s' Retry-After was (its median over the last seconds of the overload, divided by the
 measured time the backlog then took to drain; target 0.5–2), the share of degraded answers (ordered by
 similarity only because the LLM was unavailable), and the seconds from the end of the overload until an
@@ -37,7 +38,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("bench overload")
     g.add_argument("--concurrency", type=int, default=32, help="closed-loop /ask clients during the overload (default 32)")
     g.add_argument("--overload-s", type=float, default=60.0, help="seconds of overload (default 60)")
-    g.add_argument("--calm-s", type=float, default=60.0, help="seconds of one request per second afterwards (default 60)")
+    g.add_argument("--calm-s", type=float, default=60.0, help="seconds of one user asking one question at a time, a second apart, afterwards (default 60)")
     g.add_argument("--max-queue", type=int, help="llm.max_queue of the server under test (default: the configured one)")
     g.add_argument("--server", metavar="URL", help="load this running server instead of starting one (its data is "
                    "not touched; /admin/breakers must be reachable)")
@@ -71,7 +72,7 @@ async def _ask(session: Any, url: str, q: str, clock0: float) -> Shot:
 
 
 async def drive(url: str, concurrency: int, overload_s: float, calm_s: float) -> dict[str, Any]:
-    """Closed-loop overload, then one request per second. Returns the figures (see the module docstring)."""
+    """Closed-loop overload, then one user asking one question at a time. Returns the figures (see the module docstring)."""
     import aiohttp
 
     clock0 = time.perf_counter()
@@ -95,12 +96,10 @@ async def drive(url: str, concurrency: int, overload_s: float, calm_s: float) ->
         drained_at = max((x.t1 for x in overload), default=overload_end)  # the backlog's last answer
         calm_start = time.perf_counter() - clock0
         i = 0
-        tasks = []
         while time.perf_counter() - clock0 < calm_start + calm_s:
-            tasks.append(asyncio.create_task(_ask(s, url, QUESTIONS[i % len(QUESTIONS)] + f" calm {i}", clock0)))
+            calm.append(await _ask(s, url, QUESTIONS[i % len(QUESTIONS)] + f" calm {i}", clock0))
             i += 1
             await asyncio.sleep(1.0)
-        calm = list(await asyncio.gather(*tasks))
     return figures(overload, calm, overload_end, drained_at)
 
 
@@ -180,8 +179,8 @@ def run(args: argparse.Namespace, settings: Any) -> int:
             print("starting nlweb-local serve (embedded model, demo site) ...", flush=True)
             proc, url = start_server(Path(tmp), env, Path(tmp) / "serve.log")
         try:
-            print(f"overload: {args.concurrency} closed-loop /ask clients for {args.overload_s:g} s, then 1 request/s "
-                  f"for {args.calm_s:g} s against {url}", flush=True)
+            print(f"overload: {args.concurrency} closed-loop /ask clients for {args.overload_s:g} s, then one question "
+                  f"at a time, a second apart, for {args.calm_s:g} s against {url}", flush=True)
             f = asyncio.run(drive(url, args.concurrency, args.overload_s, args.calm_s))
             f["breakers_after"] = {b["deployment"]: b["state"] for b in _get_json(f"{url}/admin/breakers")["breakers"]}
         finally:
