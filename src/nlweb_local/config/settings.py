@@ -71,6 +71,9 @@ class DeploymentSettings(_Section):
     tier: int = Field(0, ge=0, description="quality tier for the quality strategy: higher is stronger")
     max_concurrency: int = Field(64, ge=1, description="most calls in flight at once")
     options: dict[str, Any] = Field(default_factory=dict, description="engine-specific options (see the README)")
+    serves: str | None = Field(None, pattern=r"^[^@\s]+@[^@\s]+$", description="NAME@VERSION of the model registry "
+                               "this deployment serves: a request for a registry alias pointing at that version goes "
+                               "here, and x-nlweb-route and the ledger name the version; model empty = the version's file")
 
     def key(self, environ: Mapping[str, str]) -> str | None:
         return self.api_key or (environ.get(self.api_key_env) if self.api_key_env else None)
@@ -268,6 +271,16 @@ class SemanticCacheSettings(_Section):
         return self
 
 
+class RegistrySettings(_Section):
+    """The model registry (models, versions, aliases; `nlweb-local models register|alias|promote|rollback`)."""
+
+    database_url: str | None = Field(None, description="postgresql://user@host/db to share the registry between replicas "
+                                     "(pip install 'nlweb-local[postgres]'), or sqlite:///PATH; null = SQLite at "
+                                     "<data_dir>/registry.sqlite")
+    poll_s: float = Field(2.0, gt=0, description="how often a server looks for registry changes made elsewhere (another "
+                          "replica, the CLI); changes through this server's /admin/registry apply at once")
+
+
 class Settings(_Section):
     data_dir: str = Field("data", description="everything the service writes lives under here")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
@@ -281,6 +294,7 @@ class Settings(_Section):
     telemetry: TelemetrySettings = TelemetrySettings()
     cache_store: CacheBackendSettings = CacheBackendSettings()
     semantic_cache: SemanticCacheSettings = SemanticCacheSettings()
+    registry: RegistrySettings = RegistrySettings()
 
     @property
     def data_path(self) -> Path:

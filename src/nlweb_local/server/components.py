@@ -51,6 +51,7 @@ class Components:
     gateway: Provider | None = None  # the composed chain over the router: every LLM call goes through it
     embeddings: Provider | None = None  # what serves /v1/embeddings when no deployment embeds: the in-process model, cached
     telemetry: Any = None  # telemetry.Telemetry (None: not measured)
+    registry: Any = None  # registry.ModelRegistry: models, versions, aliases (its `view`: the router's)
     closers: list[Callable[[], Any]] = field(default_factory=list)
 
     async def close(self) -> None:
@@ -93,9 +94,11 @@ def build_store(settings: Settings, dimension: int) -> VectorStore:
 
 
 def build_router(settings: Settings, *, providers: Mapping[str, Provider] | None = None, telemetry: Any = None,
-                 state: RouterState | None = None) -> Router:
+                 state: RouterState | None = None, registry: Any = None) -> Router:
     """Every deployment behind one router, each adapter composed with the telemetry wrappers.
-    `providers` replaces the adapter of the deployments it names (tests)."""
+    `providers` replaces the adapter of the deployments it names (tests). `registry` (a
+    `registry.ModelRegistry` with its `view`): deployments that `serve` a registered version are
+    checked against it, and the router resolves its aliases per request."""
     from ..providers.registry import build_provider
     from ..router.breaker import CircuitBreaker
     from ..router.model import DeploymentInfo
@@ -115,12 +118,18 @@ def build_router(settings: Settings, *, providers: Mapping[str, Provider] | None
         raise BadRequestError(f"providers given for deployments that are not configured: {unknown} (configured: {names})")
     routes = []
     for d in deployments:
+        if d.serves:
+            if registry is None:
+                raise BadRequestError(f"deployment {d.name!r} serves {d.serves}, but no model registry was given")
+            d = registry.deployment(d)
         adapter = given[d.name] if d.name in given else build_provider(d)
+        version = d.serves or deployment_version(d)
         wrappers = (telemetry.deployment_wrappers(engine=d.engine, price_in_per_m=d.price_in_per_m,
-                                                  price_out_per_m=d.price_out_per_m) if telemetry is not None else [])
-        info = DeploymentInfo.of(d.name, adapter.capabilities, model=adapter.model, model_version=deployment_version(d),
+                                                  price_out_per_m=d.price_out_per_m, model_version=version)
+                    if telemetry is not None else [])
+        info = DeploymentInfo.of(d.name, adapter.capabilities, model=adapter.model, model_version=version,
                                  price_in_per_m=d.price_in_per_m, price_out_per_m=d.price_out_per_m,
-                                 max_concurrency=d.max_concurrency, tier=d.tier)
+                                 max_concurrency=d.max_concurrency, tier=d.tier, serves=d.serves or "")
         routes.append(Route(info, compose(adapter, wrappers)))
     import functools
 
@@ -135,9 +144,25 @@ def build_router(settings: Settings, *, providers: Mapping[str, Provider] | None
     if state is None:
         state = InProcessRouterState(lambda name: CircuitBreaker(name, s.breaker, on_change=_log_breaker))
     try:
-        return Router(routes, strategy=s.strategy, strategies=strategies, groups=s.groups, state=state, rounds=s.rounds)
+        return Router(routes, strategy=s.strategy, strategies=strategies, groups=s.groups, state=state, rounds=s.rounds,
+                      registry=getattr(registry, "view", None))
     except ValueError as e:
         raise BadRequestError(f"llm.groups: {e}") from None
+
+
+def build_model_registry(settings: Settings) -> Any:
+    """The model registry (`registry.database_url`), with its `view`: the in-memory aliases the router resolves
+    requests with, reloaded at once by a change made through this registry, else by polling."""
+    from ..registry import RegistryAliases, build_registry
+
+    registry = build_registry(settings)
+    try:
+        registry.view = RegistryAliases(registry.store, poll_s=settings.registry.poll_s)
+    except BaseException:
+        registry.close()
+        raise
+    registry.on_change = registry.view.reload
+    return registry
 
 
 def _log_breaker(name: str, old: Any, new: Any, why: str) -> None:
@@ -243,7 +268,9 @@ def build_components(settings: Settings, *, embedder: Any = _BUILD, store: Any =
 
             telemetry = build_telemetry(settings)
             closers.append(telemetry.close)
-    router = build_router(settings, providers=providers, telemetry=telemetry, state=state)
+    registry = build_model_registry(settings)
+    closers.append(registry.close)
+    router = build_router(settings, providers=providers, telemetry=telemetry, state=state, registry=registry)
     if telemetry is not None:
         telemetry.watch(router)
     semantic = None
@@ -266,4 +293,4 @@ def build_components(settings: Settings, *, embedder: Any = _BUILD, store: Any =
         llm = ProviderStructuredLLM(gateway, context=context)
     pipeline = build_pipeline(settings, llm, embedder, store, telemetry, closers, semantic=semantic)
     return Components(settings, embedder, store, llm, pipeline, router=router, gateway=gateway, embeddings=embeddings,
-                      telemetry=telemetry, closers=closers)
+                      telemetry=telemetry, registry=registry, closers=closers)
