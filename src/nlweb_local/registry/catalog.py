@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Callable, Collection
 
 from ..config.settings import DeploymentSettings
-from ..core.errors import BadRequestError
+from ..core.errors import BadRequestError, NotFoundError
 from .artifacts import checked_sha256, quantisation_of, sha256_file
 from .records import Alias, AliasChange, ModelVersion, version_key
 from .store import RegistryStore
@@ -121,6 +121,11 @@ class ModelRegistry:
                                   "pick another name")
         key = version_key(name, version)
         if not force and self._served is not None and key not in self._served:
+            if self.store.get_version(name, version) is None:  # (say the plainer fault first)
+                known = [v.version for v in self.store.versions(name)]
+                raise NotFoundError(f"{key} is not registered" + (f" (versions of {name}: {', '.join(known)})" if known
+                                                                  else f" (nlweb-local models register {name} {version} "
+                                                                  "--file PATH)"))
             raise BadRequestError(f"no configured deployment serves {key}: add one to llm.deployments with "
                                   f"`serves: {key}` (and restart), or pass --force to point {alias} at it anyway")
         change = self.store.set_alias(alias, name, version, action=action, at=self._clock(), by=by,
