@@ -257,3 +257,39 @@ def test_quantisation_from_file_names():
     assert quantisation_of("model.f16.gguf") == "F16"
     assert quantisation_of("llama-IQ3_XS.gguf") == "IQ3_XS"
     assert quantisation_of("model.gguf") == ""
+
+
+def test_postgres_reconnects_after_losing_its_connection():
+    import psycopg
+
+    url, drop = pg_schema()
+    store = PostgresRegistryStore(url)
+    try:
+        with psycopg.connect(PG, autocommit=True) as admin:  # the server drops the registry's connection
+            admin.execute("SELECT pg_terminate_backend(%s)", (store._conn.info.backend_pid,))
+        with pytest.raises(RegistryStoreError):
+            store.version()  # the call that meets the dead connection fails, saying where
+        assert store.version() == 0  # the next one reconnects
+    finally:
+        store.close()
+        drop()
+
+
+def test_the_alias_view_reads_memory_and_polls_the_version_when_due(tmp_path):
+    from nlweb_local.registry import RegistryAliases
+
+    store, other = SqliteRegistryStore(tmp_path / "r.sqlite"), SqliteRegistryStore(tmp_path / "r.sqlite")
+    store.add_version(version())
+    now = [0.0]
+    view = RegistryAliases(store, poll_s=5.0, clock=lambda: now[0])
+    assert view.target("chat") is None and view.generation == 0
+    other.set_alias("chat", "smol", "v1", action="set", at=1.0, by="cli")  # another process
+    now[0] = 4.9
+    assert view.target("chat") is None and view.polls == 0  # not due: memory only
+    now[0] = 5.0
+    assert view.target("chat") == "smol@v1" and view.generation == 1 and view.polls == 1  # (no event loop: read now)
+    now[0] = 10.0
+    assert view.current() == 1 and view.polls == 2  # due again, nothing changed: same generation
+    assert view.targets() == {"chat": "smol@v1"}
+    store.close()
+    other.close()

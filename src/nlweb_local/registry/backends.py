@@ -72,8 +72,9 @@ class PostgresRegistryStore(SqlRegistryStore):
                                      "pip install 'nlweb-local[postgres]'") from e
         self.where = _redacted(url)
         self._errors = (psycopg.Error,)
+        self._connect = lambda: psycopg.connect(url, autocommit=True, connect_timeout=10)
         try:
-            self._conn = psycopg.connect(url, autocommit=True)
+            self._conn = self._connect()
         except psycopg.Error as e:
             raise RegistryStoreError(f"cannot connect to the model registry at {self.where}: {e}") from e
         try:
@@ -84,6 +85,11 @@ class PostgresRegistryStore(SqlRegistryStore):
 
     def __repr__(self) -> str:
         return f"PostgresRegistryStore({self.where!r})"
+
+    def _connected(self) -> None:
+        if self._conn.closed or self._conn.broken:  # (the server restarted, the network dropped): once more
+            self._conn.close()
+            self._conn = self._connect()
 
     @contextmanager
     def _transaction(self) -> Iterator[None]:

@@ -129,10 +129,14 @@ class SqlRegistryStore:
         with self._guard():
             yield
 
+    def _connected(self) -> None:
+        """Before each use: reconnect if the connection was lost (a backend that can)."""
+
     @contextmanager
     def _guard(self) -> Iterator[None]:
         with self._lock:
             try:
+                self._connected()
                 yield
             except self._errors as e:
                 raise RegistryStoreError(f"model registry {self.where}: {e}") from e
