@@ -9,6 +9,7 @@
     ├── NotFoundError              404  not_found_error          (model, site, ...)
     │   └── ModelNotFoundError     404  invalid_request_error, code model_not_found (as OpenAI)
     ├── SourceError                     an ingestion source that cannot be read or parsed
+    │   └── SiteConflictError      409  its items are already in another site (a url is in one site)
     ├── StoreBusyError                  the embedded vector store is held by another process
     └── ProviderError              500  server_error             (retryable)
         ├── ProviderTimeoutError   504  timeout
@@ -80,6 +81,13 @@ class SourceError(NlwebError):
 
     status = 400
     openai_type = "invalid_request_error"
+
+
+class SiteConflictError(SourceError):
+    """Loading a source into a site would move items out of another site (a url belongs to one site):
+    refused unless the caller confirms (`nlweb-local ingest --force`)."""
+
+    status = 409
 
 
 class StoreBusyError(NlwebError):

@@ -208,12 +208,16 @@ class QdrantStore:
                 write.commit()
 
     def existing_urls(self, urls: Sequence[str]) -> set[str]:
+        return set(self.url_sites(urls))
+
+    def url_sites(self, urls: Sequence[str]) -> dict[str, str]:
+        """The site each of `urls` is visible in now (a url is in one site at most); absent ones are left out."""
         if not urls:
-            return set()
+            return {}
         cond = qm.FieldCondition(key="url", match=qm.MatchAny(any=list(urls)))
         with self._lock:
-            pts = self._scroll(self._visible(extra=[cond]), ["url"])
-        return {p.payload["url"] for p in pts if p.payload}
+            pts = self._scroll(self._visible(extra=[cond]), ["url", "site"])
+        return {p.payload["url"]: p.payload.get("site", "") for p in pts if p.payload}
 
     def _scroll(self, flt: qm.Filter | None, with_payload, limit: int | None = None) -> list[qm.Record]:
         out: list[qm.Record] = []
