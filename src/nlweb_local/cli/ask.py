@@ -75,6 +75,8 @@ async def _local(args: argparse.Namespace, settings: Settings, raw: bool) -> boo
 
     comp = build_components(settings)
     try:
+        if not _has_items(comp, settings):
+            return False
         pipeline = comp.pipeline  # the same pipeline the server runs
         req = AskRequest(query=args.query, sites=[s for s in (args.site or "").split(",") if s and s != "all"],
                          prev=args.prev, mode=args.mode, min_score=settings.search.min_score,
@@ -88,6 +90,24 @@ async def _local(args: argparse.Namespace, settings: Settings, raw: bool) -> boo
         return ok
     finally:
         await comp.close()
+
+
+def _has_items(comp, settings: Settings) -> bool:
+    """An empty store gets the demo site, as `serve` gives it (server.autoload_demo); with that off, say
+    what to run instead of answering "no results"."""
+    if comp.store.count() > 0:
+        return True
+    if not settings.server.autoload_demo:
+        print(f"nlweb-local: nothing is loaded in {settings.data_path}: load a site first with "
+              "`nlweb-local ingest FILE_OR_URL --site NAME` (or set server.autoload_demo to get the demo site)",
+              file=sys.stderr)
+        return False
+    from .serve import load_demo_if_empty
+
+    print("The store is empty: loading the demo site 'cedarvalley' first (once; `nlweb-local ingest FILE --site "
+          "NAME` loads your own)...", file=sys.stderr, flush=True)
+    load_demo_if_empty(settings, comp)
+    return True
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
