@@ -256,9 +256,9 @@ async def test_when_the_search_deployment_is_down_ask_falls_back_to_the_embedded
     comp.router.reset("cloud")
     assert await comp.llm.write(TaskKind.SUMMARIZE, "Summarize: tea") == "cloud summary."  # back when it is
     before = local.calls
-    cloud.fail_with = ModelOutputError("not JSON", deployment="cloud")
-    with pytest.raises(ModelOutputError):
-        await comp.llm.write(TaskKind.SUMMARIZE, "Summarize: tea")
+    with pytest.raises(ModelOutputError):  # "cloud summary." is no {"score": ...} object: its answer, not retried
+        await comp.llm.ask(TaskKind.RANK, "Score tea", {"type": "object", "properties": {"score": {"type": "integer"}},
+                                                        "required": ["score"]})
     assert local.calls == before
 
 
