@@ -155,3 +155,31 @@ def test_first_hour_ask_on_a_fresh_data_dir_then_a_server_on_its_own_port(tmp_pa
             proc.kill()
             proc.wait()
     assert not record_path(data).exists()  # removed on exit
+
+
+def test_a_held_store_fails_before_any_model_loads_naming_the_server(env, capsys, monkeypatch):
+    """`ingest` (and `ask`/`sites` without a server to talk to) while another process holds the embedded
+    store: refused at once, naming the recorded server when it is the one holding it."""
+    from nlweb_local.config.settings import load_settings
+    from nlweb_local.retrieval.qdrant_store import QdrantStore
+
+    import nlweb_local.server.components as components
+
+    def no_model(*a, **k):
+        raise AssertionError("a model was loaded before the store was checked")
+
+    monkeypatch.setattr(components, "build_embedder", no_model)
+    settings = load_settings()
+    holder = QdrantStore(dimension=2, path=settings.store_path)
+    source = Path(__file__).parent / "data" / "fixture_site.jsonl"
+    try:
+        assert main(["ingest", str(source), "--site", "fx"]) != 0
+        assert "is in use by another nlweb-local process" in capsys.readouterr().err
+        record = write_record(env, f"http://127.0.0.1:{closed_port()}")
+        try:
+            assert main(["ingest", str(source), "--site", "fx"]) != 0
+            assert f"`nlweb-local serve` (pid {os.getpid()}, {record.url}) holds the store" in capsys.readouterr().err
+        finally:
+            remove_record(record)
+    finally:
+        holder.close()

@@ -11,7 +11,7 @@ import urllib.request
 from typing import Any, Iterable
 
 from ..config.settings import Settings
-from .remote import server_url
+from .remote import check_store_free, server_url
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -73,6 +73,7 @@ async def _local(args: argparse.Namespace, settings: Settings, raw: bool) -> boo
     from ..server.components import build_components
     from ..server.wire import V3Renderer
 
+    check_store_free(settings)  # (before the models load)
     comp = build_components(settings)
     try:
         if not _has_items(comp, settings):

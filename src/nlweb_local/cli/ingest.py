@@ -55,7 +55,9 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         raise SourceError(f"{args.source}: no such file (give a path to a file, or an http(s) URL)")
     from ..ingest.pipeline import Ingestor
     from ..server.components import build_embedder, build_store
+    from .remote import check_store_free
 
+    check_store_free(settings)  # (before the embedding model loads)
     embedder = build_embedder(settings)
     store = build_store(settings, embedder.dimension)
     try:

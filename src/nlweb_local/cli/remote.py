@@ -47,3 +47,21 @@ def server_url(explicit: str | None, settings: Settings) -> str | None:
                              "or stop it")
     url = configured_url(settings)
     return url if healthy(url) else None
+
+
+def check_store_free(settings: Settings) -> None:
+    """Before loading any model: `StoreBusyError` at once when another process holds the embedded store,
+    naming the recorded server when it is the one (`ingest` while `serve` runs)."""
+    if settings.store.url:
+        return
+    from ..retrieval.qdrant_store import check_free
+
+    try:
+        check_free(settings.store_path)
+    except StoreBusyError:
+        record = read_record(settings.data_path)
+        if record is None:
+            raise
+        raise StoreBusyError(f"`nlweb-local serve` (pid {record.pid}, {record.url}) holds the store in "
+                             f"{settings.store_path}: stop it first (or point store.url at a Qdrant server, which "
+                             "several processes can share)") from None

@@ -8,6 +8,7 @@ import socket
 import sys
 
 from ..config.settings import Settings
+from .remote import check_store_free
 from .server_record import remove_record, write_record
 
 log = logging.getLogger("nlweb_local.serve")
@@ -80,6 +81,11 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     shown = host if host not in ("0.0.0.0", "::") else "127.0.0.1"
     url = f"http://{f'[{shown}]' if ':' in shown else shown}:{port}"
     settings.data_path.mkdir(parents=True, exist_ok=True)
+    try:
+        check_store_free(settings)  # another process's store: fail now, not after loading the models
+    except BaseException:
+        sock.close()
+        raise
     record = write_record(settings.data_path, url)  # `ask` and `sites` find this server (and know it is starting)
     try:
         log.info("loading models and the store (data in %s)", settings.data_path.resolve())

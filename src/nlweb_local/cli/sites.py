@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 
 from ..config.settings import Settings
-from .remote import server_url
+from .remote import check_store_free, server_url
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -25,6 +25,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         return 0
     from ..server.components import build_embedder, build_store
 
+    check_store_free(settings)  # (before the embedding model loads)
     embedder = build_embedder(settings)
     store = build_store(settings, embedder.dimension)
     try:
