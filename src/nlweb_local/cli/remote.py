@@ -54,7 +54,7 @@ def check_store_free(settings: Settings) -> None:
     naming the recorded server when it is the one (`ingest` while `serve` runs)."""
     if settings.store.url:
         return
-    from ..retrieval.qdrant_store import check_free
+    from ..retrieval.store_lock import check_free
 
     try:
         check_free(settings.store_path)

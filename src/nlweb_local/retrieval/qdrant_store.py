@@ -34,6 +34,7 @@ from qdrant_client import models as qm
 from ..core.errors import StoreBusyError
 from ..core.types import Item, ScoredItem
 from .base import SiteInfo
+from .store_lock import busy_message
 
 log = logging.getLogger("nlweb_local.store")
 _PAGE = 1000
@@ -80,27 +81,6 @@ def _pending_marks(site: str, gen: int) -> qm.Filter:
     return qm.Filter(must=[_match("dead_site", site), qm.FieldCondition(key="dead", range=qm.Range(gt=gen))])
 
 
-def _busy_message(path) -> str:
-    return (f"the vector store at {path} is in use by another nlweb-local process (`serve` or `ingest`); stop it "
-            "first, or point store.url at a Qdrant server to share one store")
-
-
-def check_free(path: str | Path) -> None:
-    """`StoreBusyError` at once when another process holds the embedded store at `path` (the lock that
-    Qdrant's local mode takes), so a command fails before it spends seconds loading models."""
-    import portalocker
-
-    lock = Path(path) / ".lock"
-    if not lock.exists():
-        return
-    with open(lock, "r+") as f:
-        try:
-            portalocker.lock(f, portalocker.LockFlags.EXCLUSIVE | portalocker.LockFlags.NON_BLOCKING)
-        except portalocker.exceptions.LockException:
-            raise StoreBusyError(_busy_message(path)) from None
-        portalocker.unlock(f)
-
-
 class QdrantStore:
     def __init__(self, *, dimension: int, collection: str = "nlweb_items", path: str | Path | None = None,
                  url: str | None = None, api_key: str | None = None):
@@ -112,7 +92,7 @@ class QdrantStore:
                 self._client = QdrantClient(path=str(path))
         except RuntimeError as e:
             if "already accessed" in str(e):
-                raise StoreBusyError(_busy_message(path)) from e
+                raise StoreBusyError(busy_message(path)) from e
             raise
         self._collection = collection
         self._records_collection = f"{collection}_generations"
