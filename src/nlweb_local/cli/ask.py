@@ -16,14 +16,15 @@ from .remote import check_store_free, server_url
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("ask", help="ask a question and stream the answer to the terminal",
-                       description="Uses a running server when one answers (the configured one, or --server); "
-                       "otherwise loads the models in this process.")
+                       description="Uses a running server when one answers (--server, the one `serve` recorded in the "
+                       "data directory, or the configured one); otherwise loads the models in this process (and the "
+                       "demo site into an empty store). Only the answer goes to stdout.")
     p.add_argument("query", help="the question")
     p.add_argument("--site", help="site name or comma list (default: all)")
     p.add_argument("--mode", choices=["list", "summarize", "generate"], default="list")
     p.add_argument("--prev", action="append", default=[], metavar="Q", help="an earlier question of the conversation (repeatable)")
     p.add_argument("--max-results", type=int, help="at most this many results")
-    p.add_argument("--server", metavar="URL", help="server to ask (default: the configured one if it runs)")
+    p.add_argument("--server", metavar="URL", help="server to ask (default: the running one, if any)")
     p.add_argument("--json", action="store_true", help="print the raw v3 messages as JSON lines")
     p.set_defaults(func=run)
 

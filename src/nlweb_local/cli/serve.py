@@ -73,7 +73,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         sock = bind(host, settings.server.port)
     except OSError as e:
         busy = e.errno == errno.EADDRINUSE
-        reason = "is already in use (another nlweb-local serve? `nlweb-local sites` finds it)" if busy else f"cannot be used: {e.strerror}"
+        reason = ("is already in use (another nlweb-local serve? `nlweb-local sites` finds it)" if busy
+                  else f"cannot be used: {e.strerror}")
         print(f"nlweb-local: error: port {settings.server.port} on {host} {reason}; "
               f"pick another with --port, e.g. --port {settings.server.port + 1}", file=sys.stderr)
         return 1
