@@ -103,7 +103,7 @@ class LLMSettings(_Section):
     call_timeout_s: float = Field(60.0, gt=0, description="longest a single LLM call may wait and run")
     seed: int = Field(0, description="sampling seed (temperature is 0 for ranking anyway)")
     deployments: list[DeploymentSettings] = Field(default_factory=list, description="more engines (local or cloud); see the README")
-    search_deployment: str | None = Field(None, description="deployment that serves /ask's LLM calls; null = routed like any call")
+    search_deployment: str | None = Field(None, description="deployment that serves /ask's LLM calls (the embedded engine, when it cannot); null = routed like any call")
     strategy: Literal["local-first", "cost", "latency", "quality"] = Field("local-first", description="default routing strategy (per request: x-nlweb-strategy)")
     embedded_name: str = Field("local", description="deployment name of the embedded llama.cpp engine")
     embedded_enabled: bool = Field(True, description="serve the embedded llama.cpp engine (off: only llm.deployments)")

@@ -9,7 +9,8 @@ The chain every LLM call goes through is built by one fold:
 
     each deployment:  compose(adapter, telemetry.deployment_wrappers(...))   metered, then traced
     the gateway:      compose(Router(routes, state), [*telemetry.router_wrappers(), response cache])
-    /ask:             ProviderStructuredLLM(gateway, context pinned to llm.search_deployment if set),
+    /ask:             ProviderStructuredLLM(gateway); with llm.search_deployment, pinned to it and falling
+                      back to the embedded engine when it cannot serve (FallbackStructuredLLM),
                       and the pipeline's answer cache (search.answer_cache) keyed on the store's index version
 """
 from __future__ import annotations
@@ -247,7 +248,7 @@ def build_components(settings: Settings, *, embedder: Any = _BUILD, store: Any =
     """Every part of the service from `settings`, except the ones given (see the module docstring).
     `telemetry=None` turns measuring off; left out, it follows `telemetry.metrics`. `close()` closes what
     it built and the deployments' engines; a given store or telemetry stays the caller's to close."""
-    from ..providers.structured import ProviderStructuredLLM
+    from ..providers.structured import FallbackStructuredLLM, ProviderStructuredLLM
 
     closers: list[Callable[[], Any]] = []
     if embedder is _BUILD:
@@ -278,11 +279,16 @@ def build_components(settings: Settings, *, embedder: Any = _BUILD, store: Any =
     if llm is _BUILD:
         search = settings.llm.search_deployment
         context = CallContext(deadline_s=settings.search.llm_deadline_s)
+        llm = ProviderStructuredLLM(gateway, context=context)
         if search:
             if search not in router.names():
                 raise BadRequestError(f"llm.search_deployment {search!r} is not a deployment ({', '.join(router.names())})")
-            context = context.with_(deployments=(search,))  # /ask's calls go to it alone, with its shared breaker
-        llm = ProviderStructuredLLM(gateway, context=context)
+            # /ask's calls go to it (with its shared breaker) and, when it cannot serve, to the embedded
+            # engine (or wherever the router sends any call) rather than degrading to similarity
+            local = settings.llm.embedded_name
+            fallback = context.with_(deployments=(local,)) if local in router.names() and local != search else context
+            llm = FallbackStructuredLLM(ProviderStructuredLLM(gateway, context=context.with_(deployments=(search,))),
+                                        ProviderStructuredLLM(gateway, context=fallback), name=search)
     pipeline = build_pipeline(settings, llm, embedder, store, telemetry, closers, semantic=semantic)
     return Components(settings, embedder, store, llm, pipeline, router=router, gateway=gateway, embeddings=embeddings,
                       telemetry=telemetry, closers=closers)
