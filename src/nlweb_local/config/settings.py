@@ -106,7 +106,7 @@ class LLMSettings(_Section):
     call_timeout_s: float = Field(60.0, gt=0, description="longest a single LLM call may wait and run")
     seed: int = Field(0, description="sampling seed (temperature is 0 for ranking anyway)")
     deployments: list[DeploymentSettings] = Field(default_factory=list, description="more engines (local or cloud); see the README")
-    search_deployment: str | None = Field(None, description="deployment that serves /ask's LLM calls; null = routed like any call")
+    search_deployment: str | None = Field(None, description="deployment that serves /ask's LLM calls (the embedded engine, when it cannot); null = routed like any call")
     strategy: Literal["local-first", "cost", "latency", "quality"] = Field("local-first", description="default routing strategy (per request: x-nlweb-strategy)")
     embedded_name: str = Field("local", description="deployment name of the embedded llama.cpp engine")
     embedded_enabled: bool = Field(True, description="serve the embedded llama.cpp engine (off: only llm.deployments)")
@@ -186,6 +186,9 @@ class CacheSettings(_Section):
     ask_enabled: bool = Field(True, description="answer repeated /ask questions (no conversation history) from the answer cache; ingesting into a site invalidates its entries")
     ask_max_entries: int = Field(2_000, ge=1, description="most /ask answers kept")
     ask_ttl_s: float = Field(3600.0, gt=0, description="how long an /ask answer is kept")
+    redis_url: str | None = Field(None, description="another name for cache_store.redis_url (where the other Redis "
+                                  "settings are): keep these caches and the ranking cache in Redis, shared by every "
+                                  "replica; set one of the two")
 
 
 class AlertSettings(_Section):
@@ -242,6 +245,7 @@ class CacheBackendSettings(_Section):
     redis_max_connections: int = Field(32, ge=1, description="Redis connections per process (a call waits at most redis_timeout_s for one)")
     redis_default_ttl_s: float = Field(86_400.0, gt=0, description="expiry of Redis entries stored without a TTL (bound the server's memory with its maxmemory and an allkeys-lru policy)")
     redis_compress_over: int = Field(1024, ge=0, description="values larger than this many bytes (serialised) are stored zlib-compressed")
+    redis_max_value_bytes: int = Field(4 << 20, ge=1024, description="a value larger than this once compressed is not stored (counted in nlweb_cache_errors_total{error=\"too_large\"})")
 
 
 class SemanticCacheSettings(_Section):
@@ -295,6 +299,15 @@ class Settings(_Section):
     cache_store: CacheBackendSettings = CacheBackendSettings()
     semantic_cache: SemanticCacheSettings = SemanticCacheSettings()
     registry: RegistrySettings = RegistrySettings()
+
+    @model_validator(mode="after")
+    def _one_redis_url(self) -> "Settings":
+        """`cache.redis_url` is a second name for `cache_store.redis_url`: either may be set, both only alike."""
+        mine, store = self.cache.redis_url, self.cache_store.redis_url
+        if mine and store and mine != store:
+            raise ValueError(f"cache.redis_url ({mine!r}) and cache_store.redis_url ({store!r}) name the same setting: "
+                             "set one of them")
+        return self
 
     @property
     def data_path(self) -> Path:
