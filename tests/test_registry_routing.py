@@ -238,3 +238,37 @@ def test_a_deployment_without_a_model_gets_the_versions_file(tmp_path):
         assert v.sha256 == hashlib.sha256(b"weights v1").hexdigest()
     finally:
         registry.close()
+
+
+async def test_two_replicas_share_a_postgresql_registry(tmp_path):
+    """Two gateways on one PostgreSQL registry: an alias moved through one replica's /admin/registry serves
+    the new version there at once, and on the other replica as soon as its poll sees the change."""
+    from test_registry_store import pg_schema
+
+    url, drop = pg_schema()
+    comps = []
+    try:
+        settings = settings_for(tmp_path)
+        settings.registry.database_url = url
+        registered(tmp_path, settings)
+        for _ in range(2):
+            comps.append(scripted_service(settings, {"smol-v1": ScriptedProvider("smol-v1", "one"),
+                                                     "smol-v2": ScriptedProvider("smol-v2", "two")}))
+        clients = [httpx.AsyncClient(transport=httpx.ASGITransport(app=create_app(settings, c, close_components=False)),
+                                     base_url="http://gw") for c in comps]
+        a, b = clients
+        assert (await ask(b))[0].endswith("version=smol@v1")
+        r = await a.post("/admin/registry/aliases/chat-default", json={"name": "smol", "version": "v2"})
+        assert r.status_code == 200 and r.json()["from"] == "smol@v1"
+        assert (await ask(a))[0].endswith("version=smol@v2")  # at once on the replica that made the change
+        for _ in range(200):  # the other one polls registry.poll_s = 0.05 s
+            if (await ask(b))[0].endswith("version=smol@v2"):
+                break
+            await asyncio.sleep(0.02)
+        assert (await ask(b))[0].endswith("version=smol@v2")
+        for c in clients:
+            await c.aclose()
+    finally:
+        for c in comps:
+            await c.close()
+        drop()
