@@ -131,6 +131,17 @@ def _last_ans(v: Any) -> list[dict[str, Any]]:
     return []
 
 
+def implied_api(method: str, accept: str, default_api: str, eventsource_api: str) -> str:
+    """The dialect of an /ask that names no `api=` (the parameter always wins).
+
+    A GET whose Accept lists text/event-stream is what a browser's EventSource sends, and every NLWeb page
+    that opens /ask with an EventSource (2025: index.html, str_chat.html, debug.html, the August chat page)
+    reads v1: `result_batch`, `summary`, `nlws`, and `complete`, without which an EventSource reconnects and
+    asks again. Such a request gets `eventsource_api` (v1); anything else gets `default_api` (v3)."""
+    types = {part.split(";")[0].strip().lower() for part in accept.split(",")}
+    return eventsource_api if method == "GET" and "text/event-stream" in types else default_api
+
+
 def parse_ask(params: dict[str, Any], raw_json: dict[str, Any] | None, s: SearchSettings, default_api: str) -> ParsedAsk:
     if raw_json is not None and isinstance(raw_json.get("query"), dict):
         return _parse_v05(raw_json, s)
