@@ -11,6 +11,7 @@ The app is the one `serve` composes, with a scripted LLM and an inert embedder o
 from __future__ import annotations
 
 import json
+from contextlib import contextmanager
 
 import pytest
 from starlette.testclient import TestClient
@@ -36,8 +37,9 @@ def answer(task: TaskKind, prompt: str, schema) -> str:
     return "Bake the apple pie [1]."
 
 
-@pytest.fixture()
-def client(tmp_path):
+@contextmanager
+def kitchen_app(tmp_path):
+    """The served app over a four-item site `kitchen`, scored by `answer`."""
     from nlweb_local.retrieval.qdrant_store import QdrantStore
 
     settings = service_settings(tmp_path)
@@ -49,9 +51,16 @@ def client(tmp_path):
              for i, name in enumerate(SCORES)]
     store.upsert(items, embedder.embed([i.name for i in items]))
     comp = scripted_service(settings, {}, embedder=embedder, store=store, telemetry=None, llm=FunctionLLM(answer))
-    with TestClient(create_app(settings, comp, close_components=False), raise_server_exceptions=False) as c:
+    try:
+        yield create_app(settings, comp, close_components=False)
+    finally:
+        store.close()
+
+
+@pytest.fixture()
+def client(tmp_path):
+    with kitchen_app(tmp_path) as app, TestClient(app, raise_server_exceptions=False) as c:
         yield c
-    store.close()
 
 
 def sse(response) -> list[dict]:
