@@ -103,6 +103,8 @@ def test_chat_sse_answers_in_nlweb_chat_framing(client):
     assert msgs[0] == {"type": "message_ack", "message_id": "msg_1764180000001_abcdefghi",
                        "conversation_id": "1764180000000"}
     assert msgs[1]["message_type"] == "begin-nlweb-response" and msgs[1]["query"] == "apple desserts"
+    # site "all": which sites are searched (the page clears its first spinner only on this message)
+    assert msgs[2]["message_type"] == "asking_sites" and msgs[2]["sites"] == [{"domain": "kitchen", "name": "kitchen"}]
     assert msgs[-1]["message_type"] == "end-nlweb-response" and "error" not in msgs[-1]
     assert all(m["conversation_id"] == "1764180000000" for m in msgs)  # the page files every message by it
     for m in msgs[2:-1]:
@@ -133,6 +135,7 @@ def test_chat_sse_summary_and_generate_are_what_the_page_reads(client):
 
 def test_chat_sse_follow_up_uses_prev_queries_and_site(client):
     msgs = sse(chat_sse(client, chat_envelope("only vegan ones", site="kitchen", prev=["apple pie recipes"])))
+    assert "asking_sites" not in [m.get("message_type") for m in msgs]  # one site named
     dq = [m for m in msgs if m.get("message_type") == "decontextualized_query"]
     assert dq and dq[0]["original_query"] == "only vegan ones"
     assert dq[0]["decontextualized_query"] == "vegan apple pie"

@@ -7,9 +7,10 @@ NLWeb's chat page (`chat-interface-unified.js`) sends one chat message per quest
      "sender_info": {"id": "...", "name": "..."}}
 
 and reads back, per question, the /ask answer framed by `begin-nlweb-response` ... `end-nlweb-response`
-(v3 messages, each with `conversation_id`, `message_id`, `timestamp`, `sender_info`), preceded by a
-`{"type": "message_ack"}`. Over SSE the stream then ends; over a WebSocket the connection stays open for the
-next question (it opens with `{"type": "connected"}` and also answers `ping`, `sites_request`, `join`, `leave`).
+(v3 messages, each with `conversation_id`, `message_id`, `timestamp`, `sender_info`; for site "all" an
+`asking_sites` message first), preceded by a `{"type": "message_ack"}`. Over SSE the stream then ends;
+over a WebSocket the connection stays open for the next question (it opens with `{"type": "connected"}`
+and also answers `ping`, `sites_request`, `join`, `leave`).
 
 Each message is translated into an /ask request (content.query, site, mode, prev_queries → query, site,
 generate_mode, prev) and answered by the same pipeline; the chat dialect differs from v3 only where that page
@@ -34,7 +35,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from ..config.settings import Settings
 from ..core.errors import BadRequestError, NlwebError
-from ..search.events import AskRequest, Event, Failure, NoResults, Results, Summary
+from ..search.events import AskRequest, Begin, Event, Failure, NoResults, Results, Summary
 from ..search.pipeline import AskPipeline
 from ..search.ports import VectorStore
 from .ask import guarded, sse_frame, with_keepalive
@@ -52,6 +53,10 @@ MAX_PREV = 10
 
 class ChatRenderer(V3Renderer):
     """v3 messages, with the fields NLWeb's chat page reads (see the module docstring)."""
+
+    def asking_sites(self, names: list[str]) -> dict[str, Any]:
+        return self._msg(message_type="asking_sites", query=self._req.query, content=", ".join(names),
+                         sites=[{"domain": n, "name": n} for n in names])
 
     def render(self, event: Event) -> list[dict[str, Any]]:
         match event:
@@ -141,6 +146,14 @@ class ChatEndpoint:
                 continue
             for msg in renderer.render(ev):
                 yield msg
+            if isinstance(ev, Begin) and not ask.sites:
+                yield await self._asking_sites(renderer)
+
+    async def _asking_sites(self, renderer: ChatRenderer) -> dict[str, Any]:
+        """Which sites "all" searches. The page shows them, and only this message clears its first spinner
+        when the question is for all sites."""
+        names = [s.name for s in await asyncio.to_thread(self._store.sites)]
+        return renderer.asking_sites(names)
 
     # --- SSE -------------------------------------------------------------------------------------
 
