@@ -133,6 +133,16 @@ def test_chat_sse_summary_and_generate_are_what_the_page_reads(client):
     assert kinds[-1] == "end-nlweb-response"
 
 
+def test_v05_body_with_chat_style_prev(client):
+    """NLWeb's newest page posts a v0.5-style body whose context.prev holds its prev_queries objects."""
+    body = {"query": {"text": "only vegan ones", "site": "kitchen"}, "prefer": {"streaming": False, "mode": "list"},
+            "context": {"prev": [{"query": "apple pie, with cream", "user_id": "u", "timestamp": "t"}]},
+            "meta": {"version": "0.55"}}
+    r = client.post("/ask", json=body)
+    assert r.status_code == 200, r.text
+    assert r.json()["results"]
+
+
 def test_chat_sse_follow_up_uses_prev_queries_and_site(client):
     msgs = sse(chat_sse(client, chat_envelope("only vegan ones", site="kitchen", prev=["apple pie recipes"])))
     assert "asking_sites" not in [m.get("message_type") for m in msgs]  # one site named

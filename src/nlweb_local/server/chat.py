@@ -41,14 +41,13 @@ from ..search.ports import VectorStore
 from .ask import guarded, sse_frame, with_keepalive
 from .body import parse_json
 from .errors import nlweb_error
-from .params import parse_ask
+from .params import parse_ask, prev_texts
 from .wire import V3Renderer
 
 log = logging.getLogger(__name__)
 
 MAX_QUEUED = 4
 """Questions one WebSocket may have waiting behind the one being answered; more are refused (`queue_full`)."""
-MAX_PREV = 10
 
 
 class ChatRenderer(V3Renderer):
@@ -77,22 +76,6 @@ class ChatMessage:
     message_id: str
 
 
-def _prev_queries(value: Any) -> list[str]:
-    """Earlier questions: strings, or `{"query": "..."}` objects (the page sends those), oldest first."""
-    if value is None:
-        return []
-    if not isinstance(value, list):
-        raise BadRequestError("content.prev_queries must be a list of earlier questions")
-    out: list[str] = []
-    for entry in value:
-        text = entry.get("query") if isinstance(entry, dict) else entry
-        if isinstance(text, dict):
-            text = text.get("query")
-        if isinstance(text, str) and text.strip():
-            out.append(text.strip())
-    return out[-MAX_PREV:]
-
-
 def chat_message(data: Any, settings: Settings) -> ChatMessage:
     """The /ask request a chat message stands for; `BadRequestError` saying what to fix."""
     example = ('{"conversation_id": "c1", "type": "message", "content": {"query": "spicy snacks", "site": "all", '
@@ -118,7 +101,10 @@ def chat_message(data: Any, settings: Settings) -> ChatMessage:
             params[key] = content[key]
     params = {k: v if isinstance(v, (str, list)) or v is None else str(v) for k, v in params.items()}
     ask = parse_ask(params, None, settings.search, "v3").ask
-    ask.prev = _prev_queries(content.get("prev_queries", content.get("prev")))
+    prev = content.get("prev_queries", content.get("prev"))
+    if prev is not None and not isinstance(prev, (list, str)):
+        raise BadRequestError("content.prev_queries must be a list of earlier questions")
+    ask.prev = prev_texts(prev, "content.prev_queries")
     return ChatMessage(ask, str(data.get("message_id") or ask.query_id))
 
 

@@ -89,6 +89,16 @@ def _str_list(v: Any, name: str) -> list[str]:
     return [p.strip() for p in s.split(",") if p.strip()]
 
 
+def prev_texts(v: Any, name: str) -> list[str]:
+    """Earlier questions, oldest first: strings (or a JSON array / comma list of them), or objects whose
+    `query` holds the text, as NLWeb's chat page sends them (`{"query": ..., "user_id": ..., "timestamp": ...}`)."""
+    if isinstance(v, list):  # (each entry is one question, commas and all)
+        texts = [x.get("query") if isinstance(x, dict) else x for x in v]
+        texts = [t.get("query") if isinstance(t, dict) else t for t in texts]  # {"query": {"query": ...}}
+        return [t.strip() for t in texts if isinstance(t, str) and t.strip()][-10:]
+    return _str_list(v, name)[-10:]
+
+
 def _int(v: Any, name: str, default: int, lo: int, hi: int) -> int:
     v = _first(v)
     if v is None or v == "":
@@ -184,7 +194,7 @@ def _parse_v05(body: dict[str, Any], s: SearchSettings) -> ParsedAsk:
     ask = AskRequest(
         query=text.strip()[:MAX_QUERY_CHARS],
         sites=[x for x in _str_list(q.get("site"), "query.site") if x.lower() != "all"],
-        prev=_str_list(ctx.get("prev"), "context.prev")[-10:],
+        prev=prev_texts(ctx.get("prev"), "context.prev"),
         decontextualized_query=q.get("decontextualized_query") if isinstance(q.get("decontextualized_query"), str) else None,
         mode=_MODES.get(mode, "list"),  # type: ignore[arg-type]
         min_score=s.min_score,
