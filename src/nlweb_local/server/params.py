@@ -93,6 +93,8 @@ def prev_texts(v: Any, name: str) -> list[str]:
     """Earlier questions, oldest first: strings (or a JSON array / comma list of them), or objects whose
     `query` holds the text, as NLWeb's chat page sends them (`{"query": ..., "user_id": ..., "timestamp": ...}`)."""
     if isinstance(v, list):  # (each entry is one question, commas and all)
+        if not all(isinstance(x, (str, dict)) for x in v):
+            raise BadRequestError(f"parameter '{name}' must list earlier questions as strings (or objects with 'query')")
         texts = [x.get("query") if isinstance(x, dict) else x for x in v]
         texts = [t.get("query") if isinstance(t, dict) else t for t in texts]  # {"query": {"query": ...}}
         return [t.strip() for t in texts if isinstance(t, str) and t.strip()][-10:]
@@ -169,7 +171,7 @@ def parse_ask(params: dict[str, Any], raw_json: dict[str, Any] | None, s: Search
         raise BadRequestError(f"parameter 'api' must be v1 or v3, got {api!r}")
     dq = _first(params.get("decontextualized_query"))
     ask = AskRequest(
-        query=query.strip(), sites=sites, prev=_str_list(params.get("prev"), "prev")[-10:],
+        query=query.strip(), sites=sites, prev=prev_texts(params.get("prev"), "prev"),
         last_ans=_last_ans(params.get("last_ans")),
         decontextualized_query=dq.strip() if isinstance(dq, str) and dq.strip() else None,
         mode=_MODES[mode_raw],  # type: ignore[arg-type]
