@@ -126,6 +126,16 @@ async def check_tools(session) -> None:
     assert result.is_error is True
     assert "the search backend exploded" in result.content[0].text
 
+    result = await session.call_tool("ask", {"query": "ramen", "site": "seriouseats"})  # NLWeb's clients send a string
+    assert result.content[0].text == "answer to ramen from seriouseats (list)"
+
+    prompts = {p.name: p for p in (await session.list_prompts()).prompts}
+    assert set(prompts) == {"search", "find_site"}
+    assert [(a.name, a.required) for a in prompts["search"].arguments] == [("query", True), ("site", False)]
+    got = await session.get_prompt("search", {"query": "ramen", "site": "seriouseats"})
+    assert got.messages[0].role == "user"
+    assert "ramen" in got.messages[0].content.text and "`ask`" in got.messages[0].content.text
+
 
 async def test_official_sdk_session_over_streamable_http(mcp_url):
     """The low-level SDK path: streamable HTTP transport + ClientSession, initialize handshake."""
@@ -197,7 +207,7 @@ def test_initialize_echoes_a_supported_version(client, version):
     assert response.status_code == 200
     result = response.json()["result"]
     assert result["protocolVersion"] == version
-    assert result["capabilities"] == {"tools": {}}
+    assert result["capabilities"] == {"tools": {}, "prompts": {}}
     assert result["serverInfo"] == {"name": "nlweb-local", "version": "1.2.3"}
     assert response.headers["mcp-session-id"]
 
@@ -337,13 +347,13 @@ def test_unknown_method(client):
         {"name": "ask", "arguments": {}},
         {"name": "ask", "arguments": {"query": ""}},
         {"name": "ask", "arguments": {"query": 42}},
-        {"name": "ask", "arguments": {"query": "x", "site": "seriouseats"}},
+        {"name": "ask", "arguments": {"query": "x", "site": 5}},
         {"name": "ask", "arguments": {"query": "x", "site": ["a", 1]}},
         {"name": "ask", "arguments": {"query": "x", "generate_mode": "poem"}},
         {"name": "ask", "arguments": ["x"]},
         {"name": "who", "arguments": {"q": "x"}},
     ],
-    ids=["unknown-tool", "no-name", "no-arguments", "no-query", "empty-query", "query-int", "site-string",
+    ids=["unknown-tool", "no-name", "no-arguments", "no-query", "empty-query", "query-int", "site-number",
          "site-mixed", "bad-mode", "arguments-list", "who-no-query"],
 )
 def test_bad_tool_params(client, params):
@@ -389,6 +399,57 @@ def test_content_type_with_charset_is_fine(client):
 
 def test_accept_without_json_is_406(client):
     assert_error(post(client, rpc("ping"), headers={"Accept": "text/html"}), 406, INVALID_REQUEST)
+
+
+@pytest.mark.parametrize("accept", ["text/event-stream", "text/event-stream;q=1.0", "application/json, text/event-stream",
+                                    "*/*", "application/json"])
+def test_streaming_accept_is_never_406(client, accept):
+    """The transport lets the server answer a POST with JSON or with an SSE stream; a client that accepts only
+    the stream gets the same response as one `message` event."""
+    response = post(client, rpc("tools/call", {"name": "who", "arguments": {"query": "ramen"}}, id=4),
+                     headers={"Accept": accept})
+    assert response.status_code == 200
+    if response.headers["content-type"].startswith("text/event-stream"):
+        assert accept.startswith("text/event-stream")
+        assert response.text.startswith("event: message\ndata: ") and response.text.endswith("\n\n")
+        body = json.loads(response.text.split("data: ", 1)[1])
+    else:
+        body = response.json()
+    assert body["id"] == 4 and body["result"]["content"][0]["text"].startswith("seriouseats")
+
+
+def test_site_as_string_comma_list_or_all(client):
+    tools = FakeTools()
+    with TestClient(make_app(tools)) as c:
+        for site in ("seriouseats", "seriouseats, imdb", "all", ["all"], []):
+            post(c, rpc("tools/call", {"name": "ask", "arguments": {"query": "q", "site": site}}))
+    assert [call[2] for call in tools.calls] == [["seriouseats"], ["seriouseats", "imdb"], None, None, None]
+
+
+def test_prompts_over_http(client):
+    listed = post(client, rpc("prompts/list")).json()["result"]["prompts"]
+    assert [p["name"] for p in listed] == ["search", "find_site"]
+    body = post(client, rpc("prompts/get", {"name": "find_site", "arguments": {"query": "ramen"}})).json()
+    assert "`who`" in body["result"]["messages"][0]["content"]["text"]
+    bad = assert_error(post(client, rpc("prompts/get", {"name": "find_site"}, id=5)), 200, BAD_PARAMS, 5)
+    assert '"query"' in bad["error"]["message"]
+    bad = assert_error(post(client, rpc("prompts/get", {"name": "nope"}, id=6)), 200, BAD_PARAMS, 6)
+    assert "search, find_site" in bad["error"]["message"]
+
+
+@pytest.mark.parametrize(("name", "method", "params"), [
+    ("ask", "tools/call", {"name": "ask", "arguments": {"query": "ramen", "site": ["seriouseats"]}}),
+    ("get_sites", "tools/call", {"name": "list_sites", "arguments": {}}),
+    ("list_tools", "tools/list", {}),
+])
+def test_legacy_function_call_body_says_what_to_send(client, name, method, params):
+    arguments = json.dumps(params.get("arguments", {}))
+    response = post(client, {"function_call": {"name": name, "arguments": arguments}})
+    body = assert_error(response, 400, INVALID_REQUEST)
+    assert "function_call" in body["error"]["message"] and method in body["error"]["message"]
+    assert body["error"]["data"]["send_instead"] == {"jsonrpc": "2.0", "id": 1, "method": method, "params": params}
+    # what it says to send works
+    assert post(client, body["error"]["data"]["send_instead"]).json()["id"] == 1
 
 
 def test_unsupported_protocol_version_header_is_400(client):

@@ -50,6 +50,8 @@ class ServerSettings(_Section):
     max_embedding_tokens: int = Field(100_000, ge=1, description="most input tokens (~4 characters each) in one /v1/embeddings request; more gets 400")
     mcp_max_batch: int = Field(16, ge=1, description="most messages in one MCP (JSON-RPC) batch; a longer batch is refused whole")
     default_api: Literal["v3", "v1"] = Field("v3", description="wire format of /ask when the request names none")
+    eventsource_api: Literal["v1", "v3"] = Field("v1", description="wire format of a GET /ask that asks for "
+                                                 "text/event-stream (as every EventSource does) and names no api=")
     keepalive_s: float = Field(15.0, gt=0, description="SSE keep-alive comment interval (NLWeb requires <= 30 s)")
     autoload_demo: bool = Field(True, description="load the bundled demo site when the store is empty at start")
 

@@ -16,12 +16,12 @@ from starlette.staticfiles import StaticFiles
 
 from .. import __version__
 from ..config.settings import Settings
-from ..core.errors import BadRequestError, NlwebError
 from ..search.who import SiteDirectory
 from .ask import AskEndpoint
+from .chat import ChatEndpoint
 from .components import Components, build_components
-from .errors import nlweb_error
 from .mcp_tools import SearchTools
+from .who_endpoint import WhoEndpoint
 
 log = logging.getLogger(__name__)
 STATIC = Path(__file__).parent / "static"
@@ -42,14 +42,6 @@ def create_app(settings: Settings, components: Components | None = None, *, clos
     async def sites(request: Request) -> Response:
         infos = await asyncio.to_thread(comp.store.sites)
         return JSONResponse({"message-type": "sites", "sites": [s.name for s in infos]})
-
-    async def who(request: Request) -> Response:
-        query = request.query_params.get("query", "").strip()
-        if not query:
-            return nlweb_error(_missing("query", "/who?query=vegetarian+recipes"))
-        matches = await directory.who(query)
-        return JSONResponse({"message_type": "who", "query": query, "sites": [
-            {"site": m.site, "score": m.score, "description": m.description, "item_count": m.item_count} for m in matches]})
 
     async def health(request: Request) -> Response:
         return JSONResponse({"status": "healthy", "version": __version__})
@@ -78,7 +70,8 @@ def create_app(settings: Settings, components: Components | None = None, *, clos
         Route("/", index),
         Route("/ask", ask.handle, methods=["GET", "POST"]),
         Route("/sites", sites),
-        Route("/who", who),
+        Route("/who", WhoEndpoint(directory).handle),
+        *ChatEndpoint(pipeline, comp.store, settings, outcome=outcome).routes(),
         Route("/health", health),
         Route("/ready", ready),
         *mcp_routes(SearchTools(pipeline, comp.store, directory), version=__version__,
@@ -140,6 +133,3 @@ def gateway_routes(comp: Components, settings: Settings) -> list:
         routes += registry_routes(comp.registry, comp.router)
     return routes
 
-
-def _missing(name: str, example: str) -> NlwebError:
-    return BadRequestError(f"missing required parameter '{name}', e.g. {example}")

@@ -15,14 +15,14 @@ from ..search.events import Begin, End, Event, Failure
 from ..search.pipeline import AskPipeline
 from .body import ClientGone
 from .errors import nlweb_error
-from .params import collect_params, parse_ask
+from .params import collect_params, implied_api, parse_ask
 from .wire import Renderer, V05Renderer, V1Renderer, V3Renderer
 
 log = logging.getLogger(__name__)
 _RENDERERS = {"v3": V3Renderer, "v1": V1Renderer, "v0.5": V05Renderer}
 
 
-async def _guarded(events: AsyncIterator[Event], outcome: Callable[[str], None] | None = None) -> AsyncIterator[Event]:
+async def guarded(events: AsyncIterator[Event], outcome: Callable[[str], None] | None = None) -> AsyncIterator[Event]:
     """A bug in the pipeline becomes an error message followed by the end message, never a broken stream.
     Each answer's outcome (ok, degraded, error) goes to `outcome` (the metrics)."""
     try:
@@ -47,7 +47,7 @@ async def _after(first: Event, rest: AsyncIterator[Event]) -> AsyncIterator[Even
         yield ev
 
 
-async def _with_keepalive(events: AsyncIterator[Event], interval: float) -> AsyncIterator[Event | None]:
+async def with_keepalive(events: AsyncIterator[Event], interval: float) -> AsyncIterator[Event | None]:
     """Yield events; yield None whenever `interval` seconds pass without one."""
     it = events.__aiter__()
     nxt: asyncio.Future = asyncio.ensure_future(it.__anext__())
@@ -72,7 +72,7 @@ async def _with_keepalive(events: AsyncIterator[Event], interval: float) -> Asyn
                 pass
 
 
-def _sse(msg: dict[str, Any]) -> bytes:
+def sse_frame(msg: dict[str, Any]) -> bytes:
     return b"data: " + json.dumps(msg, ensure_ascii=False).encode() + b"\n\n"
 
 
@@ -88,14 +88,16 @@ class AskEndpoint:
         try:
             server = self._settings.server
             params, raw = await collect_params(request, server.max_body_bytes, server.body_timeout_s)
-            parsed = parse_ask(params, raw, self._settings.search, self._settings.server.default_api)
+            dialect = implied_api(request.method, request.headers.get("accept", ""), server.default_api,
+                                  server.eventsource_api)
+            parsed = parse_ask(params, raw, self._settings.search, dialect)
             self._pipeline.admit()
         except NlwebError as e:
             return nlweb_error(e)
         except ClientGone:
             return Response(status_code=400)  # nobody is left to read it
         renderer: Renderer = _RENDERERS[parsed.api](parsed.ask)
-        events = _guarded(self._pipeline.run(parsed.ask), self._outcome)
+        events = guarded(self._pipeline.run(parsed.ask), self._outcome)
         log.info("ask %r sites=%s mode=%s api=%s", parsed.ask.query[:80], parsed.ask.sites or "all", parsed.ask.mode, parsed.api)
         first = await events.__anext__()  # `Begin` (at once): says whether the answer comes from the cache
         cache = {"x-nlweb-cache": first.cache} if isinstance(first, Begin) and first.cache else {}
@@ -112,9 +114,9 @@ class AskEndpoint:
         return JSONResponse(renderer.body(messages), status_code=status, headers=cache)
 
     async def _stream(self, events: AsyncIterator[Event], renderer: Renderer) -> AsyncIterator[bytes]:
-        async for ev in _with_keepalive(events, self._settings.server.keepalive_s):
+        async for ev in with_keepalive(events, self._settings.server.keepalive_s):
             if ev is None:
                 yield b": keepalive\n\n"
                 continue
             for msg in renderer.render(ev):
-                yield _sse(msg)
+                yield sse_frame(msg)

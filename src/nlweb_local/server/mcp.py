@@ -1,8 +1,10 @@
-"""`POST /mcp`: MCP (JSON-RPC 2.0) over the streamable HTTP transport, answered with plain JSON.
+"""`POST /mcp`: MCP (JSON-RPC 2.0) over the streamable HTTP transport, answered with plain JSON (or, to a
+client that accepts only `text/event-stream`, the same responses as one short SSE stream).
 
 Two layers, each testable alone:
 
-- `McpServer`: the MCP methods (initialize, ping, tools/list, tools/call) as JSON-RPC handlers;
+- `McpServer`: the MCP methods (initialize, ping, tools/list, tools/call, prompts/list, prompts/get) as
+  JSON-RPC handlers;
   `await McpServer(...).handle(body)` answers one body with no HTTP involved.
 - `mcp_routes(...)`: the HTTP edge. It checks size, Content-Type, Accept and the MCP headers, then
   hands the body to `McpServer`, and cancels that work if the client disconnects before the answer.
@@ -34,6 +36,7 @@ from ..core.errors import NlwebError, OverloadedError, PayloadTooLargeError, Req
 from . import jsonrpc
 from .body import ClientGone, Receive, read_request_body
 from .jsonrpc import INVALID_PARAMS, INVALID_REQUEST, JsonRpcError
+from .mcp_prompts import PROMPTS, get_prompt
 
 log = logging.getLogger(__name__)
 
@@ -89,11 +92,15 @@ def _query(arguments: dict[str, Any]) -> str:
 
 
 def _sites(arguments: dict[str, Any]) -> list[str] | None:
+    """An array of site names, or (as NLWeb's own server accepts) one name or a comma list; "all" = every site."""
     sites = arguments.get("site")
     if sites is None:
         return None
+    if isinstance(sites, str):
+        sites = sites.split(",")
     if not isinstance(sites, list) or not all(isinstance(s, str) for s in sites):
-        raise _bad_params('"site" must be an array of strings, e.g. ["example.com"]')
+        raise _bad_params('"site" must be an array of strings (or one string), e.g. ["example.com"]')
+    sites = [s.strip() for s in sites if s.strip() and s.strip().lower() != "all"]
     return sites or None
 
 
@@ -174,9 +181,14 @@ class McpServer:
             "ping": self.ping,
             "tools/list": self.list_tools,
             "tools/call": self.call_tool,
+            "prompts/list": self.list_prompts,
+            "prompts/get": self.get_prompt,
         }
 
     async def handle(self, body: bytes) -> jsonrpc.Reply:
+        legacy = legacy_function_call(body)
+        if legacy is not None:
+            return jsonrpc.Reply(400, jsonrpc.error_response(legacy))
         return await jsonrpc.handle(body, self.handlers, max_batch=self._max_batch, admit=self.admit)
 
     def admit(self, requests: list[dict[str, Any]]) -> None:
@@ -198,7 +210,7 @@ class McpServer:
             raise _bad_params('"protocolVersion" is required and must be a string, e.g. "2025-06-18"')
         return {
             "protocolVersion": requested if requested in PROTOCOL_VERSIONS else PROTOCOL_VERSIONS[0],
-            "capabilities": {"tools": {}},
+            "capabilities": {"tools": {}, "prompts": {}},
             "serverInfo": self._server_info,
             "instructions": "Search the sites indexed by this NLWeb server: call list_sites to see "
             "them, who to pick sites for a query, and ask to search and answer.",
@@ -209,6 +221,12 @@ class McpServer:
 
     async def list_tools(self, params: dict[str, Any]) -> dict[str, Any]:
         return {"tools": [tool.listing() for tool in TOOLS]}
+
+    async def list_prompts(self, params: dict[str, Any]) -> dict[str, Any]:
+        return {"prompts": [prompt.listing() for prompt in PROMPTS]}
+
+    async def get_prompt(self, params: dict[str, Any]) -> dict[str, Any]:
+        return get_prompt(params)
 
     async def call_tool(self, params: dict[str, Any]) -> dict[str, Any]:
         name = params.get("name")
@@ -236,6 +254,43 @@ class McpServer:
 
 def _tool_result(text: str, *, is_error: bool) -> dict[str, Any]:
     return {"content": [{"type": "text", "text": text}], "isError": is_error}
+
+
+_LEGACY_METHODS = {"ask": ("tools/call", "ask"), "ask_nlw": ("tools/call", "ask"), "query": ("tools/call", "ask"),
+                   "search": ("tools/call", "ask"), "get_sites": ("tools/call", "list_sites"),
+                   "list_tools": ("tools/list", None), "list_prompts": ("prompts/list", None),
+                   "get_prompt": ("prompts/get", None)}
+
+
+def legacy_function_call(body: bytes) -> JsonRpcError | None:
+    """NLWeb's pre-MCP body `{"function_call": {"name": ..., "arguments": "<JSON>"}}` → an Invalid Request
+    error whose message says what to send instead, with that JSON-RPC request in `data.send_instead`."""
+    if b'"function_call"' not in body:
+        return None
+    try:
+        doc = jsonrpc.decode(body)
+    except JsonRpcError:
+        return None
+    if not isinstance(doc, dict) or "jsonrpc" in doc or not isinstance(doc.get("function_call"), dict):
+        return None
+    call = doc["function_call"]
+    arguments = call.get("arguments", {})
+    if isinstance(arguments, str):
+        try:
+            arguments = json.loads(arguments)
+        except ValueError:
+            arguments = {}
+    method, tool = _LEGACY_METHODS.get(str(call.get("name")), ("tools/call", "ask"))
+    params: dict[str, Any] = {}
+    if tool is not None:
+        params = {"name": tool, "arguments": arguments if isinstance(arguments, dict) else {}}
+    elif method == "prompts/get" and isinstance(arguments, dict):
+        params = {"name": arguments.get("prompt_id", arguments.get("name", "search")), "arguments": {}}
+    instead = {"jsonrpc": "2.0", "id": 1, "method": method, "params": params}
+    return JsonRpcError(INVALID_REQUEST, "Invalid Request: the legacy {\"function_call\": ...} body is not supported; "
+                        "this endpoint speaks MCP (JSON-RPC 2.0, streamable HTTP). Send " + json.dumps(instead)
+                        + " (an MCP client sends initialize first), or POST the question to /ask.",
+                        {"send_instead": instead})
 
 
 # --- HTTP edge -----------------------------------------------------------------------------------
@@ -276,6 +331,8 @@ class McpEndpoint:
             headers["Mcp-Session-Id"] = request.headers[SESSION_HEADER]
         if reply.body is None:
             return Response(status_code=202, headers=headers)
+        if not _accepts_json(request.headers.get("accept", "*/*")):  # it accepts only an event stream
+            return Response(_as_events(reply.body), reply.status, headers, media_type="text/event-stream")
         return Response(jsonrpc.encode(reply.body), reply.status, headers, media_type="application/json")
 
     @staticmethod
@@ -284,8 +341,9 @@ class McpEndpoint:
         if media_type != "application/json":
             return _error(415, "Invalid Request: send the JSON-RPC message with Content-Type: application/json")
         accept = request.headers.get("accept")
-        if accept is not None and not _accepts_json(accept):
-            return _error(406, "Invalid Request: this server answers application/json; add it to Accept")
+        if accept is not None and not _accepts_json(accept) and not _accepts_event_stream(accept):
+            return _error(406, "Invalid Request: this server answers application/json or text/event-stream; "
+                          "add one to Accept")
         version = request.headers.get(VERSION_HEADER)
         if version is not None and version not in PROTOCOL_VERSIONS:
             # -32022 with the supported list is how MCP says it; an SDK client probing a newer,
@@ -340,9 +398,23 @@ def _error(status: int, message: str, *, code: int = INVALID_REQUEST, data: Any 
     return Response(jsonrpc.encode(body), status, media_type="application/json")
 
 
+def _media_types(accept: str) -> set[str]:
+    return {part.split(";")[0].strip().lower() for part in accept.split(",")}
+
+
 def _accepts_json(accept: str) -> bool:
-    types = {part.split(";")[0].strip().lower() for part in accept.split(",")}
+    types = _media_types(accept)
     return bool(types & {"application/json", "application/*", "*/*"}) or not any(types)
+
+
+def _accepts_event_stream(accept: str) -> bool:
+    return bool(_media_types(accept) & {"text/event-stream", "text/*"})
+
+
+def _as_events(body: dict[str, Any] | list[dict[str, Any]]) -> bytes:
+    """The reply as the transport's SSE stream: one `message` event per JSON-RPC response, then the end."""
+    messages = body if isinstance(body, list) else [body]
+    return b"".join(b"event: message\ndata: " + jsonrpc.encode(m) + b"\n\n" for m in messages)
 
 
 def _is_session_id(value: str) -> bool:

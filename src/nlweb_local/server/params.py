@@ -89,6 +89,18 @@ def _str_list(v: Any, name: str) -> list[str]:
     return [p.strip() for p in s.split(",") if p.strip()]
 
 
+def prev_texts(v: Any, name: str) -> list[str]:
+    """Earlier questions, oldest first: strings (or a JSON array / comma list of them), or objects whose
+    `query` holds the text, as NLWeb's chat page sends them (`{"query": ..., "user_id": ..., "timestamp": ...}`)."""
+    if isinstance(v, list):  # (each entry is one question, commas and all)
+        if not all(isinstance(x, (str, dict)) for x in v):
+            raise BadRequestError(f"parameter '{name}' must list earlier questions as strings (or objects with 'query')")
+        texts = [x.get("query") if isinstance(x, dict) else x for x in v]
+        texts = [t.get("query") if isinstance(t, dict) else t for t in texts]  # {"query": {"query": ...}}
+        return [t.strip() for t in texts if isinstance(t, str) and t.strip()][-10:]
+    return _str_list(v, name)[-10:]
+
+
 def _int(v: Any, name: str, default: int, lo: int, hi: int) -> int:
     v = _first(v)
     if v is None or v == "":
@@ -131,6 +143,17 @@ def _last_ans(v: Any) -> list[dict[str, Any]]:
     return []
 
 
+def implied_api(method: str, accept: str, default_api: str, eventsource_api: str) -> str:
+    """The dialect of an /ask that names no `api=` (the parameter always wins).
+
+    A GET whose Accept lists text/event-stream is what a browser's EventSource sends, and every NLWeb page
+    that opens /ask with an EventSource (2025: index.html, str_chat.html, debug.html, the August chat page)
+    reads v1: `result_batch`, `summary`, `nlws`, and `complete`, without which an EventSource reconnects and
+    asks again. Such a request gets `eventsource_api` (v1); anything else gets `default_api` (v3)."""
+    types = {part.split(";")[0].strip().lower() for part in accept.split(",")}
+    return eventsource_api if method == "GET" and "text/event-stream" in types else default_api
+
+
 def parse_ask(params: dict[str, Any], raw_json: dict[str, Any] | None, s: SearchSettings, default_api: str) -> ParsedAsk:
     if raw_json is not None and isinstance(raw_json.get("query"), dict):
         return _parse_v05(raw_json, s)
@@ -148,7 +171,7 @@ def parse_ask(params: dict[str, Any], raw_json: dict[str, Any] | None, s: Search
         raise BadRequestError(f"parameter 'api' must be v1 or v3, got {api!r}")
     dq = _first(params.get("decontextualized_query"))
     ask = AskRequest(
-        query=query.strip(), sites=sites, prev=_str_list(params.get("prev"), "prev")[-10:],
+        query=query.strip(), sites=sites, prev=prev_texts(params.get("prev"), "prev"),
         last_ans=_last_ans(params.get("last_ans")),
         decontextualized_query=dq.strip() if isinstance(dq, str) and dq.strip() else None,
         mode=_MODES[mode_raw],  # type: ignore[arg-type]
@@ -173,7 +196,7 @@ def _parse_v05(body: dict[str, Any], s: SearchSettings) -> ParsedAsk:
     ask = AskRequest(
         query=text.strip()[:MAX_QUERY_CHARS],
         sites=[x for x in _str_list(q.get("site"), "query.site") if x.lower() != "all"],
-        prev=_str_list(ctx.get("prev"), "context.prev")[-10:],
+        prev=prev_texts(ctx.get("prev"), "context.prev"),
         decontextualized_query=q.get("decontextualized_query") if isinstance(q.get("decontextualized_query"), str) else None,
         mode=_MODES.get(mode, "list"),  # type: ignore[arg-type]
         min_score=s.min_score,

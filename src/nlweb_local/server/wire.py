@@ -85,14 +85,20 @@ class V3Renderer:
 
 
 class V1Renderer:
+    """NLWeb's 2025 format. In generate mode the items travel once, inside `nlws`: NLWeb's pages keep every
+    `result_batch` item and add the `nlws` items to them, so sending both would show each card twice."""
+
     def __init__(self, req: AskRequest):
         self._req = req
 
     def render(self, event: Event) -> list[dict[str, Any]]:
         qid = self._req.query_id
         match event:
-            case Decontextualized(decontextualized=d):
-                return [{"message_type": "decontextualized_query", "decontextualized_query": d, "query_id": qid}]
+            case Decontextualized(original=o, decontextualized=d):
+                return [{"message_type": "decontextualized_query", "decontextualized_query": d, "original_query": o,
+                         "query_id": qid}]
+            case Results() if self._req.mode == "generate":
+                return []
             case Results(items=items):
                 return [{"message_type": "result_batch", "results": [item_json(i) for i in items], "query_id": qid}]
             case Summary(text=t):
@@ -119,6 +125,8 @@ class V1Renderer:
                 out["summary"] = {"message": m["message"]}
             elif t == "nlws":
                 out["nlws"] = {"answer": m["answer"], "items": m["items"]}
+                if self._req.mode == "generate":
+                    out["results"].extend(m["items"])
             elif t == "decontextualized_query":
                 out["decontextualized_query"] = m["decontextualized_query"]
             elif t in ("error", "no_results"):

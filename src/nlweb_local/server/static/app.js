@@ -701,6 +701,7 @@
         generate_mode: m,
         prev: JSON.stringify(state.prev),
         conversation_id: state.conversationId,
+        api: "v3", // this page reads v3 (a bare GET asking for an event stream would get v1)
       });
       state.prev.push(query);
       const controller = new AbortController();
