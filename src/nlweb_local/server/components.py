@@ -96,7 +96,6 @@ def build_router(settings: Settings, *, providers: Mapping[str, Provider] | None
                  state: RouterState | None = None) -> Router:
     """Every deployment behind one router, each adapter composed with the telemetry wrappers.
     `providers` replaces the adapter of the deployments it names (tests)."""
-    from ..providers.registry import build_provider
     from ..router.breaker import CircuitBreaker
     from ..router.model import DeploymentInfo
     from ..router.router import Route
@@ -115,7 +114,7 @@ def build_router(settings: Settings, *, providers: Mapping[str, Provider] | None
         raise BadRequestError(f"providers given for deployments that are not configured: {unknown} (configured: {names})")
     routes = []
     for d in deployments:
-        adapter = given[d.name] if d.name in given else build_provider(d)
+        adapter = given[d.name] if d.name in given else build_adapter(d, s.breaker)
         wrappers = (telemetry.deployment_wrappers(engine=d.engine, price_in_per_m=d.price_in_per_m,
                                                   price_out_per_m=d.price_out_per_m) if telemetry is not None else [])
         info = DeploymentInfo.of(d.name, adapter.capabilities, model=adapter.model, model_version=deployment_version(d),
@@ -138,6 +137,26 @@ def build_router(settings: Settings, *, providers: Mapping[str, Provider] | None
         return Router(routes, strategy=s.strategy, strategies=strategies, groups=s.groups, state=state, rounds=s.rounds)
     except ValueError as e:
         raise BadRequestError(f"llm.groups: {e}") from None
+
+
+IN_PROCESS_ENGINES = frozenset({"llama_cpp", "transformers", "sentence_transformers"})
+
+
+def build_adapter(d: DeploymentSettings, breaker: Any) -> Provider:
+    """A deployment's engine adapter: one for its `url`; with `instances`, a `fleet.Fleet` over one adapter per
+    URL, each with its own breaker (`breaker`: the `BreakerSettings` of llm.breaker)."""
+    from ..providers.registry import build_provider
+
+    if not d.instances:
+        return build_provider(d)
+    from ..fleet.fleet import Fleet
+    from ..router.breaker import CircuitBreaker
+
+    if d.engine in IN_PROCESS_ENGINES:
+        raise BadRequestError(f"deployment {d.name!r}: engine {d.engine!r} runs inside nlweb-local and has no instances; "
+                              "list the URLs of HTTP engines (llama_server, vllm, ollama, tgi, ...)", deployment=d.name)
+    members = [(url, build_provider(d.model_copy(update={"url": url, "instances": []}))) for url in d.instances]
+    return Fleet(d.name, members, d.fleet, breaker=lambda name: CircuitBreaker(name, breaker, on_change=_log_breaker))
 
 
 def _log_breaker(name: str, old: Any, new: Any, why: str) -> None:
