@@ -48,13 +48,41 @@ async def test_calls_spread_over_the_instances():
 async def test_an_instance_failing_before_its_first_token_is_replaced_and_its_breaker_opens():
     fleet, (a, b), clock = scripted_fleet(2, "round-robin")
     a.fail_with = ProviderConnectionError("engine: cannot reach http://i0: refused", deployment="engine")
-    texts = [(await fleet.complete(ask())).content for _ in range(6)]
+    a.healthy = False  # dead: its scrape fails too
+    texts = [(await fleet.complete(ask())).content]
+    await asyncio.sleep(0.01)  # the scrape the refused call triggered
+    i0 = fleet.status()[0]
+    assert not i0.up and not i0.healthy and i0.scrape_age_s is not None  # down after one failed call
+    texts += [(await fleet.complete(ask())).content for _ in range(5)]
     texts += ["".join([c.delta async for c in fleet.stream(ask())]) for _ in range(4)]
     assert set(texts) == {"from i1"}  # no call failed
-    i0 = fleet.status()[0]
-    assert not i0.up and not i0.healthy and "refused" in i0.detail  # a refused connection marks it down at once
-    assert a.calls == 1  # ... so it left the pool after one failed call
-    assert fleet.status()[1].up
+    assert a.calls == 1 and fleet.status()[1].up
+
+
+async def test_a_dropped_keep_alive_connection_does_not_take_a_live_instance_out():
+    fleet, (a, b), _ = scripted_fleet(2, "round-robin")
+    a.fail_with = lambda: ProviderConnectionError("engine: Server disconnected", deployment="engine") if a.calls == 1 else None
+    texts = [(await fleet.complete(ask())).content for _ in range(2)]
+    await asyncio.sleep(0.01)  # the scrape says it is up
+    assert fleet.status()[0].up and fleet.status()[0].scrape_age_s is not None
+    texts += [(await fleet.complete(ask())).content for _ in range(4)]
+    assert "from i0" in texts[2:]  # it takes traffic again
+
+
+async def test_a_failed_scrape_of_a_busy_instance_is_not_a_death():
+    fleet, (a, b), _ = scripted_fleet(2, "round-robin")
+    a.token_delay_s = 0.05
+    call = asyncio.create_task(fleet.complete(ask()))  # goes to i0 (round robin) and stays in flight
+    await asyncio.sleep(0.01)
+    a.healthy = False  # its health endpoint does not answer while it works
+    await fleet.health()
+    assert fleet.status()[0].up and "busy" in fleet.status()[0].detail
+    await call
+    a.healthy = False
+    await fleet.health()  # it answered since: still busy, not dead
+    assert fleet.status()[0].up
+    await fleet.health()  # nothing in flight, no answer since the last scrape: down
+    assert not fleet.status()[0].up
 
 
 async def test_a_5xx_instance_opens_its_breaker_then_returns_after_probes():

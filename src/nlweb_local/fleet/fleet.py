@@ -9,17 +9,20 @@ URLs) that picks the instance of each call.
   timeout) moves the call to the next instance within what is left of its deadline; after the first
   token the error goes up as it is (the router turns it into `StreamInterruptedError`). Only when every
   instance failed does the deployment's own breaker see a failure.
-- Health: each instance has its own `CircuitBreaker` (the router's breaker, same settings); a refused
-  connection marks it down at once. `health()` — which the router's probe loop calls every
+- Health: each instance has its own `CircuitBreaker` (the router's breaker, same settings); a call
+  whose connection failed triggers a scrape of its instance at once. `health()` — which the router's probe loop calls every
   `llm.health_interval_s` — scrapes every instance concurrently with its adapter's `health()` (the
   `load_parsers` snapshot: llama-server /health + /metrics + /slots, vLLM /metrics, ...), so a down
   instance returns when a scrape passes (and its breaker's half-open probes succeed). A scrape older
   than `stale_s` is ignored: the instance counts as healthy, with only this gateway's in-flight calls
-  as its load.
+  as its load. A failed scrape of an instance that has calls in flight, or answered some since the
+  previous scrape, marks it busy, not down (engines that serve one request at a time answer their
+  health endpoint only between requests).
 """
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import random
 import time
@@ -71,6 +74,7 @@ class Fleet(BaseProvider):
         self._clock = clock
         self._rng = rng or random.Random()
         self._sequence = 0
+        self._rescrapes: dict[str, asyncio.Task] = {}  # at most one scrape per instance triggered by a failed call
 
     # -- reading -----------------------------------------------------------------------------------
     def status(self) -> list[InstanceStatus]:
@@ -78,11 +82,11 @@ class Fleet(BaseProvider):
         return [i.status(now, self._s.stale_s) for i in self._instances]
 
     def pick(self, request: ChatRequest | None) -> Pick:
-        self._sequence += 1
         key = affinity_key(request, self._s.affinity_prefix_chars) if request is not None else ""
         now = self._clock()
         views = [i.view(now, self._s.stale_s) for i in self._instances]
-        return self._policy(PickFeatures(key, self._sequence), views, self._rng)
+        self._sequence += 1
+        return self._policy(PickFeatures(key, self._sequence - 1), views, self._rng)
 
     def _down(self) -> OverloadedError:
         now = self._clock()
@@ -101,9 +105,12 @@ class Fleet(BaseProvider):
     def _failed(self, inst: Instance, error: BaseException, seconds: float, budget: float | None) -> None:
         inst.failed += 1
         inst.breaker.record(error, seconds, budget_s=budget)
-        if isinstance(error, ProviderConnectionError) and inst.load.healthy:  # refused or cut: down until a scrape passes
-            inst.load, inst.scraped_at = LoadSnapshot(healthy=False, detail=str(error)[:200]), self._clock()
-            log.warning("fleet %s: instance %s down (%s)", self.name, inst.id, error)
+        if isinstance(error, ProviderConnectionError) and inst.id not in self._rescrapes:
+            # refused, or a connection dropped: scrape it now (a dead engine is out within milliseconds; a
+            # keep-alive connection the engine had just closed proves nothing, and the scrape says so)
+            task = asyncio.get_running_loop().create_task(self._scrape(inst))
+            self._rescrapes[inst.id] = task
+            task.add_done_callback(lambda _: self._rescrapes.pop(inst.id, None))
 
     def _left(self, request: ChatRequest | None, started: float) -> float | None:
         if request is None or request.deadline_s is None:
@@ -218,6 +225,12 @@ class Fleet(BaseProvider):
             snap = await asyncio.wait_for(inst.provider.health(), SCRAPE_TIMEOUT_S)
         except (NlwebError, asyncio.TimeoutError, OSError) as e:
             snap = LoadSnapshot(healthy=False, detail=f"health probe failed: {e!r}"[:200])
+        answered, inst.served_at_scrape = inst.served > inst.served_at_scrape, inst.served
+        if not snap.healthy and (answered or inst.in_flight) and not snap.loading and inst.load.healthy:
+            # it has calls on it or answered some since the last scrape: busy (an engine that serves one
+            # request at a time answers its health endpoint only between them), not known dead; the calls
+            # themselves tell (a refused one triggers another scrape, failures open its breaker)
+            snap = dataclasses.replace(snap, healthy=True, detail=f"busy ({inst.in_flight} in flight; {snap.detail})"[:200])
         if snap.healthy != inst.load.healthy:
             log.warning("fleet %s: instance %s %s (%s)", self.name, inst.id, "up" if snap.healthy else "down",
                         snap.detail)
@@ -239,5 +252,7 @@ class Fleet(BaseProvider):
                                                              sum(c.hit_tokens for c in caches)) if caches else None)
 
     async def close(self) -> None:
+        for task in list(self._rescrapes.values()):
+            task.cancel()
         for inst in self._instances:
             await inst.provider.close()

@@ -36,7 +36,8 @@ class InstanceStatus:
 
 
 class Instance:
-    __slots__ = ("id", "provider", "breaker", "in_flight", "ewma_s", "load", "scraped_at", "served", "failed")
+    __slots__ = ("id", "provider", "breaker", "in_flight", "ewma_s", "load", "scraped_at", "served", "failed",
+                 "served_at_scrape")
 
     def __init__(self, url: str, provider: Provider, breaker: CircuitBreaker):
         self.id = url
@@ -48,6 +49,7 @@ class Instance:
         self.scraped_at: float | None = None
         self.served = 0
         self.failed = 0
+        self.served_at_scrape = 0  # `served` when it was last scraped (answers since then prove it alive)
 
     def observe(self, seconds: float) -> None:
         self.ewma_s = seconds if self.ewma_s is None else (1 - EWMA_WEIGHT) * self.ewma_s + EWMA_WEIGHT * seconds
