@@ -23,12 +23,22 @@ async def until(predicate, timeout_s: float, what: str, status) -> None:
         await asyncio.sleep(0.05)
 
 
+async def warm_up(url: str) -> None:
+    import aiohttp
+
+    async with aiohttp.ClientSession() as s:
+        async with s.post(f"{url}/v1/chat/completions", json={"model": "smollm2", "max_tokens": 1,
+                                                               "messages": [{"role": "user", "content": "Hi"}]}) as r:
+            assert r.status == 200, await r.text()
+
+
 async def test_two_real_engines_balance_fail_over_and_return(tmp_path):
     a = LlamaServer(tmp_path / "a.log", n_ctx=512, n_threads=1).start()  # one core each
     b = LlamaServer(tmp_path / "b.log", n_ctx=512, n_threads=1).start()
     d = DeploymentSettings(name="engine", engine="llama_cpp_server", model="smollm2", timeout_s=30,
                            instances=[f"{a.url}/v1", f"{b.url}/v1"], fleet=FleetSettings(policy="least-outstanding"))
-    fleet = build_adapter(d, BreakerSettings(window=6, min_calls=2, open_s=1.0, probe_calls=1, restore_shares=[]))
+    fleet = build_adapter(d, BreakerSettings(window=6, min_calls=3, open_s=1.0, probe_calls=1, restore_shares=[]))
+    await asyncio.gather(*(warm_up(e.url) for e in (a, b)))  # a fresh engine's first call is slow (seconds)
     failures: list[str] = []
     stop = asyncio.Event()
 
