@@ -66,11 +66,13 @@ class Fleet(BaseProvider):
         self.name = name
         self._instances = [Instance(url, p, breaker(f"{name}@{url}")) for url, p in members]
         self._by_id = {i.id: i for i in self._instances}
+        self._single = self._instances[0] if len(self._instances) == 1 else None
         first = members[0][1]
         self.model, self.capabilities = first.model, first.capabilities
         self._s = settings
         self.policy_name = settings.policy if policy is None else getattr(policy, "__name__", "custom")
         self._policy = policy or policy_named(settings.policy, spill=settings.affinity_spill)
+        self._keyed = policy is not None or settings.policy == "affinity"  # only affinity reads the key
         self._clock = clock
         self._rng = rng or random.Random()
         self._sequence = 0
@@ -82,7 +84,7 @@ class Fleet(BaseProvider):
         return [i.status(now, self._s.stale_s) for i in self._instances]
 
     def pick(self, request: ChatRequest | None) -> Pick:
-        key = affinity_key(request, self._s.affinity_prefix_chars) if request is not None else ""
+        key = affinity_key(request, self._s.affinity_prefix_chars) if request is not None and self._keyed else ""
         now = self._clock()
         views = [i.view(now, self._s.stale_s) for i in self._instances]
         self._sequence += 1
@@ -97,6 +99,11 @@ class Fleet(BaseProvider):
                                retry_after=max(1.0, min(waits)) if waits else 1.0, deployment=self.name)
 
     def _candidates(self, request: ChatRequest | None) -> list[Instance]:
+        if self._single is not None:  # a fleet of one has nothing to pick (its breaker still decides)
+            inst = self._single
+            if inst.load.healthy or not inst.fresh(self._clock(), self._s.stale_s):
+                return self._instances
+            raise self._down()
         order = self.pick(request).order
         if not order:
             raise self._down()
