@@ -256,3 +256,14 @@ async def test_admin_fleet_lists_every_instance(tmp_path, two_engines):
     assert sum(i["served"] for i in pool["instances"]) == 1
     assert {"healthy", "breaker", "in_flight", "waiting", "ewma_latency_s", "scrape_age_s"} <= set(pool["instances"][0])
     assert single["deployment"] == "single" and len(single["instances"]) == 1 and single["policy"] is None
+
+
+async def test_models_list_describes_a_fleet_by_its_instances(two_engines):
+    from nlweb_local.cli.models import _describe
+
+    a, b = two_engines
+    b.stop()
+    d = DeploymentSettings(name="pool", engine="llama_server", model="fake-model", api_key="sk-test",
+                           instances=[f"{a.url}/v1", f"{b.url}/v1"])
+    row = await _describe(d)
+    assert row["healthy"] and "1/2 instances up" in row["detail"] and a.url in row["url"] and b.url in row["url"]
