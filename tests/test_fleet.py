@@ -7,7 +7,7 @@ import pytest
 
 from fakes.openai_fake import LLAMA_SERVER_METRICS, OpenAIFake
 from nlweb_local.config.settings import BreakerSettings, DeploymentSettings, FleetSettings
-from nlweb_local.core.errors import BadRequestError, OverloadedError, ProviderConnectionError, StreamInterruptedError
+from nlweb_local.core.errors import BadRequestError, OverloadedError, ProviderConnectionError
 from nlweb_local.core.types import CallContext, ChatRequest, Message
 from nlweb_local.fleet.fleet import Fleet
 from nlweb_local.providers.testing import ScriptedProvider
