@@ -33,10 +33,10 @@ TOKENS = (16, 96)
 def add_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("bench fleet")
     g.add_argument("--instances", type=int, default=3, help="simulated engines, one of them 3x slower (default 3)")
-    g.add_argument("--requests", type=int, default=1500, help="calls per policy (default 1500)")
+    g.add_argument("--calls", type=int, default=1500, help="calls per policy (default 1500)")
     g.add_argument("--load", type=float, default=0.6, help="arrival rate as a share of the fleet's capacity (default 0.6)")
     g.add_argument("--overhead-calls", type=int, default=20000, help="calls per overhead run (default 20000)")
-    g.add_argument("--seed", type=int, default=7)
+    g.add_argument("--fleet-seed", type=int, default=7, help="seed of the arrivals and call sizes (default 7)")
 
 
 def _pct(xs: list[float], p: float) -> float:
@@ -195,9 +195,9 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     if args.instances < 2:
         raise SystemExit("nlweb-local bench fleet: --instances must be at least 2 (one of them is the slow one)")
     figures: dict[str, Any] = {"instances": args.instances, "slowdown": SLOWDOWN, "load": args.load,
-                               "requests": args.requests}
+                               "calls": args.calls}
     for policy in ("p2c", "round-robin"):
-        out = asyncio.run(_heterogeneous(policy, args.instances, args.requests, args.load, args.seed))
+        out = asyncio.run(_heterogeneous(policy, args.instances, args.calls, args.load, args.fleet_seed))
         figures[policy] = out
         print(f"  {policy:12s} p50 {out['p50_s'] * 1000:7.1f} ms  p95 {out['p95_s'] * 1000:7.1f} ms  "
               f"slow instance share {out['slow_instance_share']:.0%}  ({out['offered_rps']} calls/s offered, "
