@@ -139,10 +139,10 @@ async def test_a_semantic_index_plugs_into_the_answer_cache():
     item = RankedItem(Item("https://x/1", "Dal", "s", "{}"), 80, "lentils", 0.5)
     answer = [Begin("vegetarian dinner", cache="miss"), Results([item]), End(stats={"seconds": 1.0})]
     k = await cache.key(AskRequest("vegetarian dinner", ["s"]))
-    assert await cache.lookup(k) is None
+    assert await cache.find(k) is None
     await cache.keep(k, answer, (0.0, 0.0))
-    events, _ = await cache.lookup(await cache.key(AskRequest("meatless dinner", ["s"])))
+    events = (await cache.find(await cache.key(AskRequest("meatless dinner", ["s"])))).value
     assert events[0].cache == "semantic-hit; similarity=0.91" and events[1].items[0].item.name == "Dal"
-    assert await cache.lookup(await cache.key(AskRequest("meatless dinner", ["s"], mode="summarize"))) is None
+    assert await cache.find(await cache.key(AskRequest("meatless dinner", ["s"], mode="summarize"))) is None
     version[0] = "v2"  # an ingest: the namespace moves on with the index version
-    assert await cache.lookup(await cache.key(AskRequest("meatless dinner", ["s"]))) is None
+    assert await cache.find(await cache.key(AskRequest("meatless dinner", ["s"]))) is None

@@ -100,6 +100,10 @@ def canned_stream(query: str, mode: str, prev: list[str]) -> tuple[int, str, str
                                              {**end, "error": True})
     if query == "nothing":
         return 200, "text/event-stream", sse(begin, _msg("no_results", message="No results found."), end)
+    if query == "llm down":  # what the server sends when the LLM could not rank
+        return 200, "text/event-stream", sse(begin, _msg("intermediate_message", message=DEGRADED),
+                                             _msg("result", sender_type="assistant", content=[TENT]),
+                                             {**end, "degraded": True})
     msgs: list = [begin, ": keepalive\n\n"]
     if prev:
         msgs.append(_msg("decontextualized_query", decontextualized_query=f"{query} ({prev[-1]})",
@@ -122,6 +126,7 @@ def canned_stream(query: str, mode: str, prev: list[str]) -> tuple[int, str, str
     return 200, "text/event-stream; charset=utf-8", body
 
 
+DEGRADED = "The language model is unavailable (NoDeploymentError); some results are ordered by similarity only."
 GIF = base64.b64decode("R0lGODlhAQABAIAAAP///wAAACH5BAEAAAAALAAAAAABAAEAAAICRAEAOw==")
 
 
@@ -196,6 +201,7 @@ def test_chat_page_renders_stream(context):
     expect(cards.nth(4).locator("a")).to_have_count(0)  # javascript: URL is not made a link
     assert page.evaluate("window.__pwned") is None
     expect(turn.locator(".notice")).to_contain_text("I will remember that you like curry")
+    expect(turn.locator(".notice")).to_have_count(1)  # progress ("Ranking 24 candidates") is not kept
     expect(turn.locator(".turn-footer")).to_contain_text(re.compile(r"5 results · Answered in \d+\.\d s"))
     expect(turn.locator(".decontext")).to_be_hidden()
     assert watch.ask_params(0)["site"] == "fixture"
@@ -235,6 +241,13 @@ def test_chat_page_renders_stream(context):
     turn = wait_turn_finished(page, 6)
     expect(turn.locator(".empty-state")).to_contain_text("No matching results")
     expect(page.get_by_label("Your question")).to_be_enabled()
+
+    # --- an answer ranked by similarity only keeps saying so after it ends
+    ask(page, "llm down")
+    turn = wait_turn_finished(page, 7)
+    assert turn.get_attribute("data-state") == "done"
+    expect(turn.locator(".result-card")).to_have_count(1)
+    expect(turn.locator(".notice-warn")).to_have_text(DEGRADED)
 
     # --- new conversation clears the chat and the history
     cid = watch.ask_params(0)["conversation_id"]

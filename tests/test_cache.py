@@ -97,7 +97,7 @@ async def test_metrics_count_hits_and_misses_per_cache_with_bounded_labels():
     assert len({line.split('cache="')[1].split('"')[0] for line in text.splitlines()
                 if line.startswith("nlweb_cache_requests_total")}) == 32 + 1  # + "other"
     assert m.cache_stats()["ranking"] == {"hits": 2, "misses": 1, "hit_ratio": pytest.approx(2 / 3), "corrupt": 0,
-                                          "saved_usd": 0.0}
+                                          "saved_usd": None}  # a cache of scores, not costs: not priced
 
 
 async def test_admin_stats_shows_cache_hit_ratios(tmp_path):
@@ -109,7 +109,7 @@ async def test_admin_stats_shows_cache_hit_ratios(tmp_path):
     app = Starlette(routes=telemetry_routes(tel))
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as client:
         stats = (await client.get("/admin/stats")).json()
-    assert stats["caches"] == {"ranking": {"hits": 3, "misses": 1, "hit_ratio": 0.75, "corrupt": 0, "saved_usd": 0.0}}
+    assert stats["caches"] == {"ranking": {"hits": 3, "misses": 1, "hit_ratio": 0.75, "corrupt": 0, "saved_usd": None}}
 
 
 async def test_an_expired_entry_is_a_miss_and_leaves():

@@ -76,6 +76,22 @@ async def test_large_values_are_compressed_and_round_trip(redis_server):
     await c.close()
 
 
+async def test_a_value_over_the_size_bound_is_not_stored_and_is_counted(redis_server, caplog):
+    import os
+
+    c, tally = cache_on(redis_server, max_value_bytes=2048)
+    await c.set("fits", {"text": "a b c " * 2_000})  # 12 KB that compresses far below the bound
+    await c.set("too big", {"text": os.urandom(4096).hex()})  # 8 KB that does not compress
+    await c.set("too big again", {"text": os.urandom(4096).hex()})
+    assert await c.get("fits") == {"text": "a b c " * 2_000}
+    assert await c.get("too big") is None and redis_server.client().exists(c.redis_key("too big")) == 0
+    assert tally.errors == ["too_large", "too_large"]
+    assert len([m for m in warnings_of(caplog) if "max_value_bytes" in m]) == 1  # logged once
+    with pytest.raises(ValueError):
+        RedisCache(redis_server.url, "x", max_value_bytes=0)
+    await c.close()
+
+
 @pytest.mark.parametrize("stored", [b"j{not json", b"z" + b"not zlib at all", b"?unknown marker", b""])
 async def test_an_entry_that_does_not_decode_is_deleted_and_counted_never_served(redis_server, stored):
     c, tally = cache_on(redis_server)
@@ -211,6 +227,7 @@ async def test_two_app_instances_share_ranking_answers_through_redis(redis_serve
     settings = service_settings(tmp_path)
     settings.cache_store.redis_url = redis_server.url
     settings.search.llm_rank_limit = 3
+    settings.cache.ask_enabled = False  # whole answers would be shared too (test_cache_shared.py): watch the ranking
 
     def answer(task, prompt, schema):
         if task is TaskKind.RANK:

@@ -62,6 +62,25 @@ def test_ingest_sites_delete_round_trip(env, capsys):
     assert "no sites loaded" in capsys.readouterr().out
 
 
+def test_a_site_typo_neither_moves_items_nor_deletes_quietly(env, capsys):
+    """`ingest --site` with a mistyped name would take the real site's items (a url is in one site): refused
+    (non-zero, nothing moved) unless --force; `--delete-site` of an unknown site fails listing the sites."""
+    assert main(["ingest", str(FIXTURE), "--site", "fx", "--no-progress"]) == 0
+    capsys.readouterr()
+    assert main(["ingest", str(FIXTURE), "--site", "fxx", "--no-progress"]) != 0
+    err = capsys.readouterr().err
+    assert "24 in site 'fx'" in err and "did you mean 'fx'" in err and "--force" in err
+    assert main(["ingest", "--delete-site", "fxx"]) != 0
+    err = capsys.readouterr().err
+    assert "no site 'fxx'" in err and "fx" in err.split("the sites are:")[1]
+    assert main(["sites"]) == 0
+    assert "fx\t24 items" in capsys.readouterr().out
+    assert main(["ingest", str(FIXTURE), "--site", "fxx", "--no-progress", "--force"]) == 0
+    assert "24 moved from site 'fx'" in capsys.readouterr().out
+    assert main(["sites"]) == 0
+    assert capsys.readouterr().out.strip() == "fxx\t24 items"
+
+
 def test_unparseable_source_is_a_non_zero_exit(env, capsys):
     bad = env / "bad.json"
     bad.write_text("{this is not json")

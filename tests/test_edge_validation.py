@@ -101,13 +101,38 @@ def test_a_stream_with_bad_stream_options_fails_before_the_model_starts(gw):
 @pytest.mark.parametrize("path,body", [("/v1/chat/completions", CHAT),
                                        ("/v1/completions", {"model": "auto", "prompt": "hi"}),
                                        ("/v1/embeddings", {"input": "hi"})])
-def test_an_unknown_model_is_404_model_not_found(gw, path, body):
+@pytest.mark.parametrize("model", ["gpt-4o", "gpt-4o-mini"])
+def test_an_unknown_model_is_404_model_not_found(gw, path, body, model):
+    """OpenAI's own answer: 404 {"error": {"type": "invalid_request_error", "code": "model_not_found", ...}};
+    the message lists what is there to use instead."""
     c, local, cloud, embedder = gw
-    r = c.post(path, json={**body, "model": "gpt-4o-mini"})
+    r = c.post(path, json={**body, "model": model})
     assert r.status_code == 404
-    assert r.json()["error"]["code"] == "model_not_found" and r.json()["error"]["param"] == "model"
-    assert "gpt-4o-mini" in r.json()["error"]["message"] and "/v1/models" in r.json()["error"]["message"]
+    error = r.json()["error"]
+    assert (error["type"], error["code"], error["param"]) == ("invalid_request_error", "model_not_found", "model")
+    assert f"'{model}'" in error["message"] and "/v1/models" in error["message"]
+    for available in ("auto", "local", "cloud"):
+        assert available in error["message"]
+    if path == "/v1/embeddings":
+        assert "all-MiniLM-L6-v2" in error["message"]
     assert local.calls == cloud.calls == embedder.calls == 0
+
+
+def test_the_openai_client_raises_not_found_for_an_unknown_model(tmp_path):
+    """What an OpenAI SDK user sees: `openai.NotFoundError` carrying code model_not_found (not an answer by
+    the local model with the unknown name echoed back)."""
+    settings = service_settings(tmp_path)
+    comp = scripted_service(settings, {"local": ScriptedProvider("local", "local says hi")}, telemetry=None)
+    srv = LiveServer(create_app(settings, comp, close_components=False))
+    try:
+        client = openai.OpenAI(base_url=f"{srv.url}/v1", api_key="unused", max_retries=0)
+        with pytest.raises(openai.NotFoundError) as e:
+            client.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "hi"}])
+        assert e.value.code == "model_not_found" and e.value.param == "model"
+        assert client.chat.completions.create(messages=[{"role": "user", "content": "hi"}],
+                                              model="auto").choices[0].message.content == "local says hi"
+    finally:
+        srv.stop()
 
 
 def test_known_models_and_aliases_are_served(gw):

@@ -256,8 +256,9 @@ def test_mcp(app, data):
 
 
 GETS = ["/sites", "/who", "/v1/models", "/admin/breakers", "/admin/stats", "/metrics", "/health", "/ready", "/",
-        "/ask", "/dashboard", "/static/../../etc/passwd", "/v1/chat/completions", "/nowhere"]
-QUERY = st.dictionaries(st.sampled_from(["query", "window", "buckets", "seconds", "site"]) | AWKWARD_TEXT,
+        "/ask", "/dashboard", "/static/../../etc/passwd", "/v1/chat/completions", "/nowhere", "/admin/registry",
+        "/admin/registry/aliases/chat", "/admin/registry/aliases/chat/rollback"]
+QUERY = st.dictionaries(st.sampled_from(["query", "window", "buckets", "seconds", "site", "history"]) | AWKWARD_TEXT,
                         AWKWARD_TEXT | NUMBERS.map(str), max_size=3)
 
 

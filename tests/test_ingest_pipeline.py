@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from nlweb_local.config.settings import IngestSettings
-from nlweb_local.core.errors import SourceError
+from nlweb_local.core.errors import NotFoundError, SiteConflictError, SourceError
 from nlweb_local.core.item_text import item_text
 from nlweb_local.ingest import IngestReport, Ingestor
 from nlweb_local.ingest.demo import DEMO_SITE, demo_source
@@ -57,7 +57,35 @@ def test_reingest_replaces_and_delete_site(ingestor, store):
     assert "24 replaced" in again.summary()
     assert ingestor.delete_site("fixture") == 24
     assert store.count() == 1 and [s.name for s in store.sites()] == ["other"]
-    assert ingestor.delete_site("fixture") == 0
+    with pytest.raises(NotFoundError, match=r"no site 'fixture' to delete.*the sites are: other"):
+        ingestor.delete_site("fixture")
+    assert store.count() == 1
+
+
+def test_a_mistyped_site_does_not_take_the_items_of_the_real_one(ingestor, store):
+    """Loading urls that site 'fixture' holds into 'fixtrue' would move them: refused before anything is
+    embedded or written, naming the site they are in; the real site keeps all its items."""
+    ingestor.ingest(str(FIXTURE), "fixture")
+    with pytest.raises(SiteConflictError) as e:
+        ingestor.ingest(str(FIXTURE), "fixtrue")
+    assert "24 in site 'fixture'" in e.value.message and "did you mean 'fixture'" in e.value.message
+    assert "new site 'fixtrue'" in e.value.message and "--force" in e.value.message
+    assert [(s.name, s.item_count) for s in store.sites()] == [("fixture", 24)]
+    asked = []
+    with pytest.raises(SiteConflictError):  # a "no" at the prompt refuses too
+        ingestor.ingest(str(FIXTURE), "fixtrue", confirm_move=lambda q: asked.append(q) or False)
+    assert len(asked) == 1 and [s.name for s in store.sites()] == ["fixture"]
+
+
+def test_a_confirmed_move_takes_the_items_and_says_so(ingestor, store, tmp_path):
+    ingestor.ingest(str(FIXTURE), "fixture")
+    src = write(tmp_path, "mix.jsonl", "\n".join([
+        json.dumps({"url": "https://fixture.example/recipes/gingerless-cardamom-chai", "@type": "Recipe", "name": "Chai"}),
+        json.dumps({"url": "https://new.example/1", "@type": "Thing", "name": "New"})]))
+    report = ingestor.ingest(src, "tea", confirm_move=lambda q: True)
+    assert report.moved == {"fixture": 1} and report.replaced == 0
+    assert "1 new, 0 replaced, 1 moved from site 'fixture'" in report.summary()
+    assert {s.name: s.item_count for s in store.sites()} == {"fixture": 23, "tea": 2}
 
 
 def test_reingest_with_changed_content_updates_the_item(ingestor, store, tmp_path):

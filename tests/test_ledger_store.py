@@ -130,7 +130,7 @@ def test_rows_are_written_by_column_name_not_by_position(tmp_path):
         ("ts", "REAL"), ("request_id", "TEXT"), ("deployment", "TEXT"), ("local", "INTEGER"), ("task", "TEXT"),
         ("tokens_in", "INTEGER"), ("tokens_out", "INTEGER"), ("latency_s", "REAL"), ("ttft_s", "REAL"),
         ("cost_usd", "REAL"), ("reference_usd", "REAL"), ("savings_usd", "REAL"), ("error", "TEXT"),
-        ("cache", "TEXT"), ("saved_usd", "REAL")]))
+        ("cache", "TEXT"), ("saved_usd", "REAL"), ("model_version", "TEXT")]))
     with sql(path) as conn:
         conn.execute(f"CREATE TABLE llm_calls (note TEXT DEFAULT 'n/a', {shuffled}, id INTEGER PRIMARY KEY)")
         conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")

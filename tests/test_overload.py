@@ -229,3 +229,31 @@ async def test_a_stream_its_consumer_abandons_is_closed_at_once_in_its_own_task(
     assert router.view("local").in_flight == 1
     await chunks.aclose()
     assert closed == ["engine"] and router.view("local").in_flight == 0
+
+
+def test_a_search_deployment_that_is_down_leaves_ask_ranked_by_the_embedded_engine(store, embedder, tmp_path):
+    """`llm.search_deployment` names a deployment that refuses connections: /ask's answers are still
+    LLM-ranked (by the embedded engine), not degraded to similarity order."""
+    import json
+
+    from starlette.testclient import TestClient
+
+    from nlweb_local.core.errors import ProviderConnectionError
+    from nlweb_local.core.types import Item
+    from nlweb_local.server.app import create_app
+    from stand_ins import scripted_service, service_settings
+
+    names = ["Chickpea curry", "Lemon tart"]
+    store.upsert([Item(f"https://f.example/{i}", n, "f", json.dumps({"@type": "Recipe", "name": n}))
+                  for i, n in enumerate(names)], embedder.embed(names))
+    settings = service_settings(tmp_path, {"name": "big", "engine": "ollama", "model": "llama3.2:3b"},
+                                search_deployment="big")
+    settings.cache.ask_enabled = False
+    local, big = ScriptedProvider("local", classify=True), ScriptedProvider("big", classify=True)
+    big.fail_with = ProviderConnectionError("big: connection refused", deployment="big")
+    comp = scripted_service(settings, {"local": local, "big": big}, embedder=embedder, store=store, telemetry=None)
+    with TestClient(create_app(settings, comp, close_components=False)) as c:
+        answer = c.get("/ask", params={"query": "curry", "streaming": "false", "min_score": 0}).json()
+    assert answer[-1]["message_type"] == "end-nlweb-response" and "degraded" not in answer[-1]
+    assert not [m for m in answer if m["message_type"] == "intermediate_message"]  # no "LLM unavailable" note
+    assert [m for m in answer if m["message_type"] == "result"] and local.calls > 0 and big.calls > 0

@@ -340,7 +340,7 @@ def test_hits_are_reported_apart_from_llm_calls():
     rep = build_report([call, *hits], Assumptions("gpt-4o", Price(2.5, 10), HardwareCost(1500, 3, 100, 0.15)))
     assert rep["routes"]["hybrid"]["calls"] == 1
     assert rep["caches"]["response"] == {"hits": 3, "saved_usd": pytest.approx(0.009),
-                                         "reference_usd": pytest.approx(0.012)}
+                                         "reference_usd": pytest.approx(0.012), "requests": 3, "request_share": 0.75}
     assert "Answered from caches" in render_table(rep) and "cache,response,hits,3" in render_csv(rep)
 
 

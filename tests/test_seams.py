@@ -235,6 +235,33 @@ async def test_search_deployment_pins_the_pipelines_calls(tmp_path):
         scripted_service(settings, {"local": ScriptedProvider("local")}, telemetry=None)
 
 
+async def test_when_the_search_deployment_is_down_ask_falls_back_to_the_embedded_engine(tmp_path):
+    """`llm.search_deployment` pins /ask's calls, but a deployment that cannot serve (down, breaker open)
+    must not turn every answer into a similarity-only one while the embedded engine is healthy; a
+    wrong-shaped answer from it is still its answer (not retried elsewhere)."""
+    from nlweb_local.core.errors import ModelOutputError, ProviderConnectionError
+
+    settings = service_settings(tmp_path, {"name": "cloud", "engine": "openai", "model": "gpt-4.1"},
+                                search_deployment="cloud")
+    local = ScriptedProvider("local", "local summary.", classify=True)
+    cloud = ScriptedProvider("cloud", "cloud summary.", local=False, classify=True)
+    comp = scripted_service(settings, {"local": local, "cloud": cloud}, telemetry=None)
+    cloud.fail_with = ProviderConnectionError("connection refused", deployment="cloud")
+    assert await comp.llm.write(TaskKind.SUMMARIZE, "Summarize: tea") == "local summary."
+    probs = await comp.llm.classify(TaskKind.RANK, "Is tea a drink?", ["Yes", "No"])
+    assert probs.served.deployment == "local" and sum(probs.probs.values()) == pytest.approx(1.0)
+    comp.llm.admit()  # /ask is admitted: the embedded engine can take its calls
+    assert local.calls >= 1 and cloud.calls >= 1
+    cloud.fail_with = None
+    comp.router.reset("cloud")
+    assert await comp.llm.write(TaskKind.SUMMARIZE, "Summarize: tea") == "cloud summary."  # back when it is
+    before = local.calls
+    with pytest.raises(ModelOutputError):  # "cloud summary." is no {"score": ...} object: its answer, not retried
+        await comp.llm.ask(TaskKind.RANK, "Score tea", {"type": "object", "properties": {"score": {"type": "integer"}},
+                                                        "required": ["score"]})
+    assert local.calls == before
+
+
 async def test_an_embedding_only_deployment_is_never_offered_a_chat_call():
     from nlweb_local.providers.base import Capabilities
 

@@ -119,3 +119,28 @@ def test_dashboard_shows_live_figures_breakers_and_alerts(server):
     finally:
         stop.set()
         feeder.join(10)
+
+
+def test_dashboard_shows_each_caches_hit_rate_and_savings(server):
+    srv, _ = server
+    body = {"model": "cloud", "temperature": 0, "messages": [{"role": "user", "content": "what does a hit save?"}]}
+    with httpx.Client(base_url=srv.url, timeout=10) as c:
+        assert [c.post("/v1/chat/completions", json=body).headers["x-nlweb-cache"] for _ in range(4)] == \
+            ["miss", "hit", "hit", "hit"]
+        stats = c.get("/admin/stats").json()
+    saved = stats["caches"]["response"]["saved_usd"]
+    assert saved > 0
+    with sync_playwright() as p:
+        browser = launch_chromium(p)
+        page = browser.new_page(viewport={"width": 1280, "height": 1200}, locale="en-US", timezone_id="UTC")
+        watch = PageWatch().attach(page)
+        page.goto(f"{srv.url}/dashboard?interval=300&window=300")
+        row = page.locator('#caches tr[data-cache="response"]')
+        expect(row.locator(".hit-rate")).to_have_text("75.0 %", timeout=10_000)
+        expect(row.locator("td").nth(1)).to_have_text("4")
+        shown = row.locator(".saved").inner_text()
+        assert shown.startswith("$") and float(shown[1:]) == pytest.approx(saved, rel=0.01)
+        expect(row.locator("td").nth(4)).to_have_text("3")  # hits in the window, from the ledger rows
+        screenshot(page, "dashboard-caches.png")
+        assert watch.errors == []
+        browser.close()

@@ -17,7 +17,9 @@ The first failure opens a circuit: for `retry_s` seconds no call tries Redis (so
 request nothing, not a timeout each), then the next call tries again. One warning is logged when Redis
 goes down and one when it comes back; each failed try is counted (`on_error("unavailable")`). An entry
 that does not decode is deleted and counted (`on_error("corrupt")`), never returned; a value that
-cannot be serialised is dropped and counted (`on_error("encode")`); a command the server refuses
+cannot be serialised is dropped and counted (`on_error("encode")`), and so is one larger than
+`max_value_bytes` once compressed (`on_error("too_large")`: one value must not crowd out thousands of
+others, nor stall the connection it travels on); a command the server refuses
 (e.g. out of memory under a `noeviction` policy) is dropped and counted (`on_error("rejected")`)
 without opening the circuit.
 
@@ -75,25 +77,28 @@ def decode(data: bytes) -> Any:
 
 class RedisCache:
     """A `Cache` in Redis (see the module docstring). `on_lookup(hit)` is called once per `get`, as by
-    `BoundedCache`; `on_error(kind)` once per failure (kind: unavailable, rejected, corrupt, encode)."""
+    `BoundedCache`; `on_error(kind)` once per failure (kind: unavailable, rejected, corrupt, encode, too_large)."""
 
     def __init__(self, url: str, name: str, *, timeout_s: float = 0.25, retry_s: float = 5.0,
                  max_connections: int = 32, default_ttl_s: float = 86_400.0, compress_over: int = 1024,
-                 on_lookup: Callable[[bool], None] | None = None, on_error: Callable[[str], None] | None = None,
+                 max_value_bytes: int = 4 << 20, on_lookup: Callable[[bool], None] | None = None,
+                 on_error: Callable[[str], None] | None = None,
                  clock: Callable[[], float] = time.monotonic):
-        if timeout_s <= 0 or retry_s < 0 or max_connections < 1 or default_ttl_s <= 0:
-            raise ValueError("timeout_s and default_ttl_s must be positive, retry_s not negative, max_connections >= 1")
+        if timeout_s <= 0 or retry_s < 0 or max_connections < 1 or default_ttl_s <= 0 or max_value_bytes < 1:
+            raise ValueError("timeout_s, default_ttl_s and max_value_bytes must be positive, retry_s not negative, "
+                             "max_connections >= 1")
         self.url, self.name = url, name
         self.prefix = f"nlweb:cache:{name}:"
         self._timeout_s, self._retry_s = timeout_s, retry_s
         self._max_connections = max_connections
         self._default_ttl_ms = max(1, int(default_ttl_s * 1000))
         self._compress_over = compress_over
+        self._max_value_bytes = max_value_bytes
         self._on_lookup, self._on_error = on_lookup, on_error
         self._clock = clock
         self._clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Any] = weakref.WeakKeyDictionary()
         self._down_until: float | None = None  # the circuit: open (no tries) until then; None = Redis is up
-        self._encode_warned = self._rejected_warned = False
+        self._encode_warned = self._rejected_warned = self._size_warned = False
 
     @property
     def available(self) -> bool:
@@ -134,6 +139,13 @@ class RedisCache:
                 self._encode_warned = True
                 log.warning("cache %s: a value of type %s cannot be stored (%s); such values are not cached",
                             self.name, type(value).__name__, e)
+            return
+        if len(data) > self._max_value_bytes:
+            self._error("too_large")
+            log.log(logging.DEBUG if self._size_warned else logging.WARNING,
+                    "cache %s: a value of %d bytes (compressed) is over max_value_bytes=%d; not stored (counted; "
+                    "logged once)", self.name, len(data), self._max_value_bytes)
+            self._size_warned = True
             return
         px = max(1, int(ttl_s * 1000)) if ttl_s is not None else self._default_ttl_ms
         rkey = self.redis_key(key)

@@ -11,14 +11,14 @@ Only deterministic requests are looked up and stored (`keys.cacheable`). The cal
 `cache.max_ttl_s`), the oldest entry it accepts (max_age_s) and its namespace. A `local_only` request
 never reads an entry a cloud deployment produced (unless `cache.local_only_reads_cloud`). A stored
 value that does not read back as an entry is deleted and counted, never served. The cache never fails
-a call: a backend or index error is logged and the call goes on as a miss.
+a call: a backend or index error is logged and the call goes on as a miss. (Finding, dropping and
+keeping entries is `lookup.CacheLookup`'s, shared with the /ask answer cache.)
 
 `accounting` (telemetry's `CacheAccounts`) counts lookups and corrupt entries, prices each answer that
 is stored (so a hit knows what it saved) and records every hit in the ledger as a zero-cost call.
 """
 from __future__ import annotations
 
-import logging
 import time
 from dataclasses import dataclass, replace
 from typing import Any, AsyncIterator, Callable, Protocol, Sequence
@@ -29,33 +29,18 @@ from ..core.types import CacheControl, ChatChunk, ChatRequest, ChatResponse, Emb
 from ..providers.base import Provider
 from ..providers.wrapper import StreamTally, WrapperProvider, call_tokens, close_after_error
 from . import entries
-from .entries import CorruptEntry
 from .keys import ServingVersions, Versions, cacheable, chat_key, embed_key, semantic_subject
+from .lookup import Accounts, CacheLookup, Found, SemanticIndex
 
-log = logging.getLogger(__name__)
-
-
-class SemanticIndex(Protocol):
-    """Finds the key of an entry stored for a paraphrase (cache/semantic.py provides one)."""
-
-    async def lookup(self, namespace: str, text: str) -> tuple[str, float] | None: ...
-
-    async def add(self, namespace: str, text: str, key: str) -> None: ...
+__all__ = ["CacheAccounting", "ResponseCache", "SemanticIndex"]
 
 
-class CacheAccounting(Protocol):
-    """Where a cache reports (telemetry.cache_accounting.CacheAccounts implements it)."""
-
-    def lookup(self, hit: bool) -> None: ...
-
-    def corrupt(self) -> None: ...
+class CacheAccounting(Accounts, Protocol):
+    """Where the response cache reports (telemetry.cache_accounting.CacheAccounts implements it)."""
 
     def price(self, deployment: str, tokens_in: int, tokens_out: int) -> tuple[float, float]:
         """(cost, reference cost) of a call of that size served by `deployment`."""
         ...
-
-    def hit(self, *, deployment: str, local: bool, task: str, tokens_in: int, tokens_out: int, latency_s: float,
-            saved_usd: float, reference_usd: float) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,31 +54,32 @@ class _Plan:
     semantic: tuple[str, str] | None = None
 
 
-@dataclass(slots=True)
-class _Found:
-    entry: dict[str, Any]
-    value: Any  # the rebuilt answer (ChatResponse, chunks or EmbeddingResponse)
-    started: float
-
-
 class ResponseCache(WrapperProvider):
     """`store`: the `Cache` port holding entries (dicts); `versions`: the router's serving versions (None:
     the inner provider's own name and model make the version, e.g. an in-process embedding model)."""
 
     def __init__(self, inner: Provider, store: Cache[dict], settings: CacheSettings, *,
                  versions: ServingVersions | None = None, accounting: CacheAccounting | None = None,
-                 semantic: SemanticIndex | None = None, clock: Callable[[], float] = time.time,
-                 timer: Callable[[], float] = time.perf_counter):
+                 semantic: SemanticIndex | None = None, semantic_accounting: Accounts | None = None,
+                 clock: Callable[[], float] = time.time, timer: Callable[[], float] = time.perf_counter):
+        """`semantic_accounting`: where semantic lookups and hits are counted (the "semantic" cache)."""
         super().__init__(inner)
-        self._store = store
+        self.lookup = CacheLookup(store, name="response", accounting=accounting, semantic=semantic,
+                                  semantic_accounting=semantic_accounting, timer=timer)
         self._s = settings
         self._versions = versions
         self._accounting = accounting
-        self._semantic = semantic
         self._clock = clock
         self._timer = timer
         self._own: Versions = ((inner.name, inner.model),)
-        self.hits = self.misses = self.corrupt = 0
+
+    @property
+    def _store(self) -> Cache[dict]:
+        return self.lookup.store
+
+    hits = property(lambda self: self.lookup.hits)
+    misses = property(lambda self: self.lookup.misses)
+    corrupt = property(lambda self: self.lookup.corrupt)
 
     # -- planning ---------------------------------------------------------------------------------
     def _plan_for(self, key: str, ctl: CacheControl | None, local_only: bool,
@@ -110,71 +96,26 @@ class ResponseCache(WrapperProvider):
         key = chat_key(req, versions)
         if key is None:
             return None
-        semantic = semantic_subject(req, versions) if self._semantic is not None else None
+        semantic = semantic_subject(req, versions) if self.lookup.semantic is not None else None
         return self._plan_for(key, req.context.cache, req.context.privacy is Privacy.LOCAL_ONLY, semantic)
 
     # -- reading ----------------------------------------------------------------------------------
-    async def _get(self, key: str) -> Any:
-        try:
-            return await self._store.get(key)
-        except Exception as e:  # noqa: BLE001  (the cache never fails a call)
-            log.warning("response cache: lookup failed (%s); answering without the cache", e)
-            return None
-
-    async def _find(self, plan: _Plan, rebuild: Callable[[dict[str, Any], str], Any]) -> _Found | None:
-        started = self._timer()
-        outcome, key = "hit", plan.key
-        raw = await self._get(key)
-        if raw is None and plan.semantic is not None and self._semantic is not None:
-            try:
-                near = await self._semantic.lookup(*plan.semantic)
-            except Exception as e:  # noqa: BLE001
-                log.warning("response cache: semantic lookup failed (%s)", e)
-                near = None
-            if near is not None:
-                key, similarity = near
-                raw = await self._get(key)
-                outcome = f"semantic-hit; similarity={similarity:.2f}"
-        found = None if raw is None else await self._read(key, raw, plan, rebuild, outcome, started)
-        self._count(found is not None)
-        return found
-
-    async def _read(self, key: str, raw: Any, plan: _Plan, rebuild: Callable[[dict[str, Any], str], Any],
-                    outcome: str, started: float) -> _Found | None:
-        try:
+    async def _find(self, plan: _Plan, rebuild: Callable[[dict[str, Any], str], Any]) -> Found | None:
+        def read(raw: Any, outcome: str) -> Any:
             entry = entries.check(raw)
             value = rebuild(entry, outcome)
-        except CorruptEntry as e:
-            log.warning("response cache: dropped an entry that does not read back (%s)", e)
-            self.corrupt += 1
-            if self._accounting is not None:
-                self._accounting.corrupt()
-            try:
-                await self._store.delete(key)
-            except Exception:  # noqa: BLE001
-                pass
-            return None
-        if plan.local_only and not entry["l"] and not self._s.local_only_reads_cloud:
-            return None  # produced by a cloud deployment: a local_only request never sees it
-        if plan.max_age_s is not None and self._clock() - entry["ts"] > plan.max_age_s:
-            return None
-        return _Found(entry, value, started)
+            if plan.local_only and not entry["l"] and not self._s.local_only_reads_cloud:
+                return None  # produced by a cloud deployment: a local_only request never sees it
+            if plan.max_age_s is not None and self._clock() - entry["ts"] > plan.max_age_s:
+                return None
+            return value
 
-    def _count(self, hit: bool) -> None:
-        if hit:
-            self.hits += 1
-        else:
-            self.misses += 1
-        if self._accounting is not None:
-            self._accounting.lookup(hit)
+        return await self.lookup.find(plan.key, read, plan.semantic)
 
-    def _account_hit(self, found: _Found) -> None:
-        if self._accounting is None:
-            return
+    def _account_hit(self, found: Found) -> None:
         e = found.entry
-        self._accounting.hit(deployment=e["d"], local=e["l"], task=str(e.get("t", "")), tokens_in=e["ti"],
-                             tokens_out=e["to"], latency_s=self._timer() - found.started, saved_usd=float(e["c"]),
-                             reference_usd=float(e["r"]))
+        self.lookup.record_hit(found, deployment=e["d"], local=e["l"], task=str(e.get("t", "")), tokens_in=e["ti"],
+                               tokens_out=e["to"], saved_usd=float(e["c"]), reference_usd=float(e["r"]))
 
     # -- writing ----------------------------------------------------------------------------------
     def _price(self, deployment: str, tokens: tuple[int, int]) -> tuple[float, float]:
@@ -188,12 +129,7 @@ class ResponseCache(WrapperProvider):
         return self._versions.local(deployment)
 
     async def _put(self, plan: _Plan, entry: dict[str, Any]) -> None:
-        try:
-            await self._store.set(plan.key, entry, ttl_s=plan.ttl_s)
-            if plan.semantic is not None and self._semantic is not None:
-                await self._semantic.add(plan.semantic[0], plan.semantic[1], plan.key)
-        except Exception as e:  # noqa: BLE001
-            log.warning("response cache: could not store an answer (%s)", e)
+        await self.lookup.keep(plan.key, entry, plan.ttl_s, plan.semantic)
 
     def _chat_entry(self, req: ChatRequest, served: Served | None, chunks: list[list[Any]],
                     tokens: tuple[int, int]) -> dict[str, Any]:

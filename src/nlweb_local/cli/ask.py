@@ -11,19 +11,20 @@ import urllib.request
 from typing import Any, Iterable
 
 from ..config.settings import Settings
-from .remote import server_url
+from .remote import check_store_free, server_url
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("ask", help="ask a question and stream the answer to the terminal",
-                       description="Uses a running server when one answers (the configured one, or --server); "
-                       "otherwise loads the models in this process.")
+                       description="Uses a running server when one answers (--server, the one `serve` recorded in the "
+                       "data directory, or the configured one); otherwise loads the models in this process (and the "
+                       "demo site into an empty store). Only the answer goes to stdout.")
     p.add_argument("query", help="the question")
     p.add_argument("--site", help="site name or comma list (default: all)")
     p.add_argument("--mode", choices=["list", "summarize", "generate"], default="list")
     p.add_argument("--prev", action="append", default=[], metavar="Q", help="an earlier question of the conversation (repeatable)")
     p.add_argument("--max-results", type=int, help="at most this many results")
-    p.add_argument("--server", metavar="URL", help="server to ask (default: the configured one if it runs)")
+    p.add_argument("--server", metavar="URL", help="server to ask (default: the running one, if any)")
     p.add_argument("--json", action="store_true", help="print the raw v3 messages as JSON lines")
     p.set_defaults(func=run)
 
@@ -73,8 +74,11 @@ async def _local(args: argparse.Namespace, settings: Settings, raw: bool) -> boo
     from ..server.components import build_components
     from ..server.wire import V3Renderer
 
+    check_store_free(settings)  # (before the models load)
     comp = build_components(settings)
     try:
+        if not _has_items(comp, settings):
+            return False
         pipeline = comp.pipeline  # the same pipeline the server runs
         req = AskRequest(query=args.query, sites=[s for s in (args.site or "").split(",") if s and s != "all"],
                          prev=args.prev, mode=args.mode, min_score=settings.search.min_score,
@@ -88,6 +92,24 @@ async def _local(args: argparse.Namespace, settings: Settings, raw: bool) -> boo
         return ok
     finally:
         await comp.close()
+
+
+def _has_items(comp, settings: Settings) -> bool:
+    """An empty store gets the demo site, as `serve` gives it (server.autoload_demo); with that off, say
+    what to run instead of answering "no results"."""
+    if comp.store.count() > 0:
+        return True
+    if not settings.server.autoload_demo:
+        print(f"nlweb-local: nothing is loaded in {settings.data_path}: load a site first with "
+              "`nlweb-local ingest FILE_OR_URL --site NAME` (or set server.autoload_demo to get the demo site)",
+              file=sys.stderr)
+        return False
+    from .serve import load_demo_if_empty
+
+    print("The store is empty: loading the demo site 'cedarvalley' first (once; `nlweb-local ingest FILE --site "
+          "NAME` loads your own)...", file=sys.stderr, flush=True)
+    load_demo_if_empty(settings, comp)
+    return True
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:

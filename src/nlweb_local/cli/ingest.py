@@ -20,8 +20,31 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--format", choices=["tsv", "jsonl", "jsonld", "csv", "feed", "html", "sitemap"],
                    help="input format (default: from the extension and content)")
     p.add_argument("--type", default="Thing", metavar="SCHEMA_TYPE", help="@type of CSV rows without a type column")
+    p.add_argument("--force", action="store_true",
+                   help="move items that another site holds (same url) into --site without asking; without it such "
+                   "a load asks on a terminal and is refused otherwise")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
+
+
+def _confirm_move(force: bool):
+    """How a load that would move items out of another site is confirmed: --force; a question on a
+    terminal; otherwise (scripts, pipes) not at all, so the load is refused."""
+    if force:
+        return lambda question: True
+    if not (sys.stdin.isatty() and sys.stderr.isatty()):
+        return None
+
+    def ask(question: str) -> bool:
+        print(question, file=sys.stderr)
+        try:
+            sys.stderr.write("Move them? [y/N] ")  # (input() would prompt on stdout)
+            sys.stderr.flush()
+            return input().strip().lower() in ("y", "yes")
+        except EOFError:
+            return False
+
+    return ask
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
@@ -32,7 +55,9 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         raise SourceError(f"{args.source}: no such file (give a path to a file, or an http(s) URL)")
     from ..ingest.pipeline import Ingestor
     from ..server.components import build_embedder, build_store
+    from .remote import check_store_free
 
+    check_store_free(settings)  # (before the embedding model loads)
     embedder = build_embedder(settings)
     store = build_store(settings, embedder.dimension)
     try:
@@ -42,7 +67,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             print(f"deleted site {args.delete_site!r}: {n} items removed")
             if not args.source:
                 return 0
-        report = ingestor.ingest(args.source, args.site, fmt=args.format, default_type=args.type)
+        report = ingestor.ingest(args.source, args.site, fmt=args.format, default_type=args.type,
+                                 confirm_move=_confirm_move(args.force))
         print(report.summary())
         return 0
     finally:

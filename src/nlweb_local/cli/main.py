@@ -25,7 +25,9 @@ def build_parser() -> argparse.ArgumentParser:
                                 epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--version", action="version", version=f"nlweb-local {__version__}")
     p.add_argument("--config", metavar="FILE", help="settings file (default: $NLWEB_LOCAL_CONFIG or ./nlweb-local.yaml)")
-    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    p.add_argument("-v", "--verbose", action="store_true",
+                   help="debug logging and model-loading progress (otherwise only `serve` logs, at server.log_level, "
+                   "and other commands print warnings and errors only, on stderr)")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for module in (serve, ingest, ask, sites, models, router_cmd, config_cmd, eval_cmd, bench, cost):
         module.register(sub)
@@ -37,11 +39,15 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     args = build_parser().parse_args(argv)
+    if not args.verbose:  # no "Loading weights" bars (read when huggingface_hub is imported)
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     from ..config.settings import load_settings
 
     try:
         settings = load_settings(args.config)
-        level = "DEBUG" if args.verbose else settings.log_level
+        # stdout is for answers (`ask --json` is piped): logs go to stderr, and only `serve` logs by default
+        level = "DEBUG" if args.verbose else settings.log_level if args.command == "serve" else "WARNING"
         logging.basicConfig(level=level, format="%(asctime)s %(levelname)-7s %(name)s: %(message)s", datefmt="%H:%M:%S")
         for noisy in ("httpx", "sentence_transformers", "urllib3"):
             logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -1,4 +1,5 @@
-"""`nlweb-local models list|pull|load|unload|delete`: what each deployment serves, and Ollama's model lifecycle."""
+"""`nlweb-local models list|pull|load|unload|delete`: what each deployment serves, and Ollama's model lifecycle;
+`models register|versions|aliases|alias|promote|rollback|history`: the model registry (cli/model_registry.py)."""
 from __future__ import annotations
 
 import argparse
@@ -13,18 +14,26 @@ LIFECYCLE_ENGINES = ("ollama", "ollama_openai")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("models", help="list deployments and models; pull/load/unload models where the engine can",
+    from . import model_registry
+
+    p = sub.add_parser("models", help="list deployments and models; pull/load/unload models where the engine can; "
+                       "the model registry (register, alias, promote, rollback, history)",
                        description="list: every configured deployment (and the embedded one) with its health and, "
                        "for Ollama, the installed and loaded models. pull/load/unload/delete act on an Ollama server, "
-                       "named by --deployment or by --url.")
-    p.add_argument("action", choices=["list", "pull", "load", "unload", "delete", "sleep", "wake"],
+                       "named by --deployment or by --url. register/versions/aliases/alias/promote/rollback/history: "
+                       "the model registry (see the README's Releasing a new model).")
+    p.add_argument("action", choices=["list", "pull", "load", "unload", "delete", "sleep", "wake",
+                                      *model_registry.ACTIONS],
                    help="sleep/wake: a vLLM deployment's dev-mode sleep (frees the GPU) and wake-up")
     p.add_argument("--level", type=int, choices=[1, 2], default=1, help="sleep level (1: offload weights, 2: discard)")
     p.add_argument("name", nargs="?", help="model name (pull/load/unload/delete), e.g. llama3.2:1b")
     p.add_argument("--deployment", metavar="D", help="a deployment from llm.deployments")
-    p.add_argument("--engine", choices=LIFECYCLE_ENGINES, default="ollama", help="engine of --url (default: ollama)")
-    p.add_argument("--url", help="engine URL when no deployment is named (default: http://127.0.0.1:11434)")
+    p.add_argument("--engine", help="engine of --url: ollama (default) or ollama_openai; register: the version's "
+                   "engine (default: llama_cpp)")
+    p.add_argument("--url", help="engine URL when no deployment is named (default: http://127.0.0.1:11434); "
+                   "register: the model's URL instead of --file (needs --sha256)")
     p.add_argument("--json", action="store_true", help="list: one JSON object")
+    model_registry.add_arguments(p)
     p.set_defaults(func=run)
 
 
@@ -38,7 +47,10 @@ def _target(args: argparse.Namespace, settings: Settings) -> DeploymentSettings:
             raise BadRequestError(f"deployment {d.name!r} runs on {d.engine}, which has no model lifecycle API; "
                                   "load models on that engine itself (e.g. vLLM --model, llama-server -m)")
         return d
-    return DeploymentSettings(name="ollama", engine=args.engine, url=args.url)
+    engine = args.engine or "ollama"
+    if engine not in LIFECYCLE_ENGINES:
+        raise BadRequestError(f"--engine must be one of {', '.join(LIFECYCLE_ENGINES)} for models {args.action}")
+    return DeploymentSettings(name="ollama", engine=engine, url=args.url)
 
 
 def _ollama_url(d: DeploymentSettings) -> str:
@@ -151,6 +163,12 @@ async def _vllm(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
+    from . import model_registry
+
+    if args.action in model_registry.ACTIONS:
+        return model_registry.run(args, settings)
+    if args.rest:
+        raise BadRequestError(f"models {args.action} takes one name; unexpected {' '.join(args.rest)}")
     if args.action in ("sleep", "wake"):
         return asyncio.run(_vllm(args, settings))
     if args.action == "list":

@@ -2,9 +2,14 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
+import socket
+import sys
 
 from ..config.settings import Settings
+from .remote import check_store_free
+from .server_record import remove_record, write_record
 
 log = logging.getLogger("nlweb_local.serve")
 
@@ -37,6 +42,22 @@ def load_demo_if_empty(settings: Settings, components) -> None:
     log.info("demo site loaded: %s", report.summary().splitlines()[0])
 
 
+def bind(host: str, port: int) -> socket.socket:
+    """The listening socket, taken before anything loads: a busy port fails at once, never after a
+    "ready". SO_REUSEADDR as uvicorn sets it (a restart is not blocked by connections in TIME_WAIT; a
+    port another process listens on still fails)."""
+    family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+        sock.listen(2048)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
 def run(args: argparse.Namespace, settings: Settings) -> int:
     import uvicorn
 
@@ -47,13 +68,36 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         settings.server.host = args.host
     if args.port is not None:
         settings.server.port = args.port
+    host = settings.server.host
+    try:
+        sock = bind(host, settings.server.port)
+    except OSError as e:
+        busy = e.errno == errno.EADDRINUSE
+        reason = ("is already in use (another nlweb-local serve? `nlweb-local sites` finds it)" if busy
+                  else f"cannot be used: {e.strerror}")
+        print(f"nlweb-local: error: port {settings.server.port} on {host} {reason}; "
+              f"pick another with --port, e.g. --port {settings.server.port + 1}", file=sys.stderr)
+        return 1
+    port = sock.getsockname()[1]  # (--port 0: the one the system gave)
+    shown = host if host not in ("0.0.0.0", "::") else "127.0.0.1"
+    url = f"http://{f'[{shown}]' if ':' in shown else shown}:{port}"
     settings.data_path.mkdir(parents=True, exist_ok=True)
-    log.info("loading models and the store (data in %s)", settings.data_path.resolve())
-    components = build_components(settings)
-    if settings.server.autoload_demo and not args.no_demo:
-        load_demo_if_empty(settings, components)
-    app = create_app(settings, components, close_components=True)
-    url = f"http://{settings.server.host}:{settings.server.port}/"
-    log.info("nlweb-local is ready: open %s in a browser (Ctrl-C stops)", url)
-    uvicorn.run(app, host=settings.server.host, port=settings.server.port, log_level="warning")
+    try:
+        check_store_free(settings)  # another process's store: fail now, not after loading the models
+    except BaseException:
+        sock.close()
+        raise
+    record = write_record(settings.data_path, url)  # `ask` and `sites` find this server (and know it is starting)
+    try:
+        log.info("loading models and the store (data in %s)", settings.data_path.resolve())
+        components = build_components(settings)
+        if settings.server.autoload_demo and not args.no_demo:
+            load_demo_if_empty(settings, components)
+        app = create_app(settings, components, close_components=True)
+        print(f"nlweb-local is ready: open {url}/ in a browser (Ctrl-C stops)", file=sys.stderr, flush=True)
+        server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning"))
+        server.run(sockets=[sock])
+    finally:
+        remove_record(record)
+        sock.close()
     return 0

@@ -84,6 +84,9 @@ class DeploymentSettings(_Section):
     tier: int = Field(0, ge=0, description="quality tier for the quality strategy: higher is stronger")
     max_concurrency: int = Field(64, ge=1, description="most calls in flight at once")
     options: dict[str, Any] = Field(default_factory=dict, description="engine-specific options (see the README)")
+    serves: str | None = Field(None, pattern=r"^[^@\s]+@[^@\s]+$", description="NAME@VERSION of the model registry "
+                               "this deployment serves: a request for a registry alias pointing at that version goes "
+                               "here, and x-nlweb-route and the ledger name the version; model empty = the version's file")
 
     @model_validator(mode="after")
     def _one_kind_of_address(self) -> "DeploymentSettings":
@@ -124,7 +127,7 @@ class LLMSettings(_Section):
     call_timeout_s: float = Field(60.0, gt=0, description="longest a single LLM call may wait and run")
     seed: int = Field(0, description="sampling seed (temperature is 0 for ranking anyway)")
     deployments: list[DeploymentSettings] = Field(default_factory=list, description="more engines (local or cloud); see the README")
-    search_deployment: str | None = Field(None, description="deployment that serves /ask's LLM calls; null = routed like any call")
+    search_deployment: str | None = Field(None, description="deployment that serves /ask's LLM calls (the embedded engine, when it cannot); null = routed like any call")
     strategy: Literal["local-first", "cost", "latency", "quality"] = Field("local-first", description="default routing strategy (per request: x-nlweb-strategy)")
     embedded_name: str = Field("local", description="deployment name of the embedded llama.cpp engine")
     embedded_enabled: bool = Field(True, description="serve the embedded llama.cpp engine (off: only llm.deployments)")
@@ -204,6 +207,9 @@ class CacheSettings(_Section):
     ask_enabled: bool = Field(True, description="answer repeated /ask questions (no conversation history) from the answer cache; ingesting into a site invalidates its entries")
     ask_max_entries: int = Field(2_000, ge=1, description="most /ask answers kept")
     ask_ttl_s: float = Field(3600.0, gt=0, description="how long an /ask answer is kept")
+    redis_url: str | None = Field(None, description="another name for cache_store.redis_url (where the other Redis "
+                                  "settings are): keep these caches and the ranking cache in Redis, shared by every "
+                                  "replica; set one of the two")
 
 
 class AlertSettings(_Section):
@@ -260,6 +266,7 @@ class CacheBackendSettings(_Section):
     redis_max_connections: int = Field(32, ge=1, description="Redis connections per process (a call waits at most redis_timeout_s for one)")
     redis_default_ttl_s: float = Field(86_400.0, gt=0, description="expiry of Redis entries stored without a TTL (bound the server's memory with its maxmemory and an allkeys-lru policy)")
     redis_compress_over: int = Field(1024, ge=0, description="values larger than this many bytes (serialised) are stored zlib-compressed")
+    redis_max_value_bytes: int = Field(4 << 20, ge=1024, description="a value larger than this once compressed is not stored (counted in nlweb_cache_errors_total{error=\"too_large\"})")
 
 
 class SemanticCacheSettings(_Section):
@@ -289,6 +296,16 @@ class SemanticCacheSettings(_Section):
         return self
 
 
+class RegistrySettings(_Section):
+    """The model registry (models, versions, aliases; `nlweb-local models register|alias|promote|rollback`)."""
+
+    database_url: str | None = Field(None, description="postgresql://user@host/db to share the registry between replicas "
+                                     "(pip install 'nlweb-local[postgres]'), or sqlite:///PATH; null = SQLite at "
+                                     "<data_dir>/registry.sqlite")
+    poll_s: float = Field(2.0, gt=0, description="how often a server looks for registry changes made elsewhere (another "
+                          "replica, the CLI); changes through this server's /admin/registry apply at once")
+
+
 class Settings(_Section):
     data_dir: str = Field("data", description="everything the service writes lives under here")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
@@ -302,6 +319,16 @@ class Settings(_Section):
     telemetry: TelemetrySettings = TelemetrySettings()
     cache_store: CacheBackendSettings = CacheBackendSettings()
     semantic_cache: SemanticCacheSettings = SemanticCacheSettings()
+    registry: RegistrySettings = RegistrySettings()
+
+    @model_validator(mode="after")
+    def _one_redis_url(self) -> "Settings":
+        """`cache.redis_url` is a second name for `cache_store.redis_url`: either may be set, both only alike."""
+        mine, store = self.cache.redis_url, self.cache_store.redis_url
+        if mine and store and mine != store:
+            raise ValueError(f"cache.redis_url ({mine!r}) and cache_store.redis_url ({store!r}) name the same setting: "
+                             "set one of them")
+        return self
 
     @property
     def data_path(self) -> Path:

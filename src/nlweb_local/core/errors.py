@@ -4,11 +4,12 @@
     ├── BadRequestError            400  invalid_request_error   (not retryable)
     │   ├── PayloadTooLargeError   413
     │   ├── RequestTimeoutError    408  the request body did not arrive in time (server.body_timeout_s)
-    │   └── ContextLengthError     400  context_length_exceeded
+    │   └── ContextLengthError     400  invalid_request_error, code context_length_exceeded
     ├── AuthError                  401  authentication_error     (also 403 upstream)
     ├── NotFoundError              404  not_found_error          (model, site, ...)
-    │   └── ModelNotFoundError     404  model_not_found          (not pulled / not served)
+    │   └── ModelNotFoundError     404  invalid_request_error, code model_not_found (as OpenAI)
     ├── SourceError                     an ingestion source that cannot be read or parsed
+    │   └── SiteConflictError      409  its items are already in another site (a url is in one site)
     ├── StoreBusyError                  the embedded vector store is held by another process
     └── ProviderError              500  server_error             (retryable)
         ├── ProviderTimeoutError   504  timeout
@@ -31,6 +32,7 @@ import math
 class NlwebError(Exception):
     status: int = 500
     openai_type: str = "server_error"
+    openai_code: str | None = None  # OpenAI's `code` when it differs from the type (e.g. model_not_found)
     retryable: bool = False
 
     def __init__(self, message: str, *, deployment: str | None = None, body: str | None = None):
@@ -56,7 +58,7 @@ class RequestTimeoutError(BadRequestError):
 
 
 class ContextLengthError(BadRequestError):
-    openai_type = "context_length_exceeded"
+    openai_code = "context_length_exceeded"
 
 
 class AuthError(NlwebError):
@@ -70,7 +72,8 @@ class NotFoundError(NlwebError):
 
 
 class ModelNotFoundError(NotFoundError):
-    openai_type = "model_not_found"
+    openai_type = "invalid_request_error"  # OpenAI: 404, type invalid_request_error, code model_not_found
+    openai_code = "model_not_found"
 
 
 class SourceError(NlwebError):
@@ -78,6 +81,13 @@ class SourceError(NlwebError):
 
     status = 400
     openai_type = "invalid_request_error"
+
+
+class SiteConflictError(SourceError):
+    """Loading a source into a site would move items out of another site (a url belongs to one site):
+    refused unless the caller confirms (`nlweb-local ingest --force`)."""
+
+    status = 409
 
 
 class StoreBusyError(NlwebError):

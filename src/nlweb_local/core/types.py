@@ -98,7 +98,9 @@ class Served:
     reason: str = ""
     failover_from: tuple[str, ...] = ()  # deployments that failed before this one answered
     model: str = ""  # the model name at the engine
-    model_version: str = ""  # a fingerprint of the model that answered (cache keys, rollbacks)
+    # the model registry's NAME@VERSION when the deployment serves a registered version (then x-nlweb-route
+    # names it), else a fingerprint of the deployment's engine, model and URL (cache keys)
+    model_version: str = ""
     cache: str = ""  # the response cache's outcome (`x-nlweb-cache`): "hit", "miss", "semantic-hit; similarity=0.97"; "" = not looked up
 
     @property
@@ -111,6 +113,8 @@ class Served:
         text = f"{self.deployment}; {self.reason}" if self.reason else self.deployment
         if self.failover_from:
             text += f"; after failover from {', '.join(self.failover_from)}"
+        if "@" in self.model_version:  # a registered version (a fingerprint is hex)
+            text += f"; version={self.model_version}"
         return text.encode("ascii", "replace").decode("ascii")
 
 

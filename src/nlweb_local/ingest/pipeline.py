@@ -7,20 +7,26 @@ leaves the site as it was or fully updated, never half-written. Ctrl-C during th
 held until the commit is done.
 What gets embedded is `core.item_text.item_text` of each item (the trimmed, type-aware reading),
 never the raw JSON. Re-loading a URL replaces its item (the store keys by URL).
+
+A url belongs to one site, so loading a url that another site holds would move it out of that site;
+that is refused (`SiteConflictError`, naming the site and its nearest name) unless `confirm_move`
+says yes: a mistyped `--site` must not quietly empty the real one. Deleting a site that does not
+exist is an error listing the sites that do.
 """
 from __future__ import annotations
 
+import difflib
 import os
 import sys
 import time
 from array import array
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Callable, Sequence
 
 from tqdm import tqdm
 
 from ..config.settings import IngestSettings
-from ..core.errors import SourceError
+from ..core.errors import NotFoundError, SiteConflictError, SourceError
 from ..core.item_text import item_text
 from ..core.types import Item
 from ..retrieval.base import Embedder, VectorStore
@@ -41,13 +47,16 @@ class IngestReport:
     source: str
     site: str
     loaded: int = 0
-    replaced: int = 0  # of `loaded`, how many urls were already in the store
+    replaced: int = 0  # of `loaded`, how many urls were already in this site
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (where, reason)
     seconds: float = 0.0
+    moved: dict[str, int] = field(default_factory=dict)  # of `loaded`, how many came out of each other site
 
     def summary(self) -> str:
+        moved = "".join(f", {n} moved from site {s!r}" for s, n in sorted(self.moved.items()))
+        new = self.loaded - self.replaced - sum(self.moved.values())
         lines = [f"loaded {self.loaded} items into site {self.site!r} from {self.source} in {self.seconds:.1f} s "
-                 f"({self.loaded - self.replaced} new, {self.replaced} replaced, {len(self.skipped)} skipped)"]
+                 f"({new} new, {self.replaced} replaced{moved}, {len(self.skipped)} skipped)"]
         for where, reason in self.skipped[:_SUMMARY_PROBLEMS]:
             lines.append(f"  skipped {where}: {reason}")
         if len(self.skipped) > _SUMMARY_PROBLEMS:
@@ -64,9 +73,12 @@ class Ingestor:
         self._reader = SourceReader(settings, fetcher=fetcher)
         self._progress = progress
 
-    def ingest(self, source: str, site: str, *, fmt: str | None = None, default_type: str = "Thing") -> IngestReport:
+    def ingest(self, source: str, site: str, *, fmt: str | None = None, default_type: str = "Thing",
+               confirm_move: Callable[[str], bool] | None = None) -> IngestReport:
         """Load `source` (a file path or an http(s) URL) into `site`. `fmt` forces a format
-        (see `detect.FORMATS`); `default_type` is the @type of CSV rows that name none."""
+        (see `detect.FORMATS`); `default_type` is the @type of CSV rows that name none. Items whose url
+        another site holds are moved only when `confirm_move(question)` answers True (None: refused,
+        `SiteConflictError`), before anything is embedded."""
         if not site or not site.strip():
             raise SourceError(f"no site name given for {source}; name the site the items belong to")
         started = time.monotonic()
@@ -76,22 +88,47 @@ class Ingestor:
         if not items:
             first = "; ".join(f"{w}: {r}" for w, r in skipped[:3])
             raise SourceError(f"{source} holds no loadable schema.org items" + (f" ({first})" if first else ""))
-        replaced = self._existing(items)
+        owners = self._owners(items)
+        moved: dict[str, int] = {}
+        for owner in owners.values():
+            if owner != site:
+                moved[owner] = moved.get(owner, 0) + 1
+        if moved:
+            question = self._move_question(site, moved)
+            if confirm_move is None or not confirm_move(question):
+                raise SiteConflictError(question + " Nothing was loaded. To move them, run again with --force.")
+        replaced = len(owners) - sum(moved.values())
         vectors = self._embed(items, site)
         self._write(items, vectors, site)
         return IngestReport(source=source, site=site, loaded=len(items), replaced=replaced, skipped=skipped,
-                            seconds=time.monotonic() - started)
+                            seconds=time.monotonic() - started, moved=moved)
 
     def delete_site(self, site: str) -> int:
-        """Remove every item of `site`; returns how many were removed."""
+        """Remove every item of `site`; returns how many were removed. A site that is not in the store is
+        `NotFoundError` naming the sites that are (a mistyped name must not look like a success)."""
+        known = [s.name for s in self._store.sites()]
+        if site not in known:
+            raise NotFoundError(f"there is no site {site!r} to delete{_did_you_mean(site, known)}; "
+                                f"the sites are: {', '.join(known) or '(none)'}")
         return self._store.delete_site(site)
+
+    def _move_question(self, site: str, moved: dict[str, int]) -> str:
+        where = ", ".join(f"{n} in site {s!r}" for s, n in sorted(moved.items()))
+        known = [s.name for s in self._store.sites()]
+        target = f"site {site!r}" if site in known else f"the new site {site!r}"
+        return (f"{sum(moved.values())} of these items are already loaded ({where}); a url belongs to one site, so "
+                f"loading them into {target} would move them out of it{_did_you_mean(site, list(moved))}.")
 
     def _batches(self, items: Sequence[Item]):
         for start in range(0, len(items), self._batch):
             yield start, items[start:start + self._batch]
 
-    def _existing(self, items: Sequence[Item]) -> int:
-        return sum(len(self._store.existing_urls([it.url for it in batch])) for _, batch in self._batches(items))
+    def _owners(self, items: Sequence[Item]) -> dict[str, str]:
+        """url -> the site it is in now, for the items already in the store."""
+        out: dict[str, str] = {}
+        for _, batch in self._batches(items):
+            out.update(self._store.url_sites([it.url for it in batch]))
+        return out
 
     def _embed(self, items: Sequence[Item], site: str) -> list[array]:
         vectors: list[array] = []
@@ -111,6 +148,11 @@ class Ingestor:
                 bar.update(len(batch))
                 _test_hold(site, n)
             write.commit()
+
+
+def _did_you_mean(name: str, known: Sequence[str]) -> str:
+    close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 def _test_hold(site: str, batches: int) -> None:

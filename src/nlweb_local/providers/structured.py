@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 from typing import Any, Sequence
 
-from ..core.errors import ModelOutputError
+from ..core.errors import AuthError, ModelOutputError, NotFoundError, ProviderError
 from ..core.json_coerce import coerce_to_schema
 from ..core.types import DEFAULT_CONTEXT, CallContext, ChatRequest, LabelProbs, Message, TaskKind
 from .base import Classifier, Provider
@@ -72,3 +72,53 @@ class ProviderStructuredLLM:
         except ValueError as e:
             log.debug("%s answer could not be coerced: %s", task.value, e)
             raise ModelOutputError(f"{task.value}: {e}", deployment=resp.deployment, body=resp.content) from e
+
+
+# what makes the preferred deployment unusable for a call (not: a wrong-shaped answer, a bad request)
+_UNUSABLE = (AuthError, NotFoundError, ProviderError)
+
+
+class FallbackStructuredLLM:
+    """The /ask port when `llm.search_deployment` is set: each call goes to the preferred deployment
+    (`primary`, pinned to it) and, when that deployment cannot serve it — down, breaker open, overloaded,
+    unreachable, refusing the key or the model — to `fallback` (pinned to the embedded engine, or routed
+    like any call), so /ask keeps its LLM ranking instead of degrading to similarity. A wrong-shaped
+    answer (`ModelOutputError`) is the preferred model's answer and is not retried elsewhere."""
+
+    def __init__(self, primary: ProviderStructuredLLM, fallback: ProviderStructuredLLM, *, name: str = ""):
+        self._primary = primary
+        self._fallback = fallback
+        self._name = name
+        self._failing = False  # (logged once when the preferred deployment starts failing, once when it is back)
+
+    def admit(self) -> None:
+        try:
+            self._primary.admit()
+        except _UNUSABLE:
+            self._fallback.admit()
+
+    async def write(self, task: TaskKind, prompt: str, *, max_tokens: int = 200) -> str:
+        return await self._call(lambda llm: llm.write(task, prompt, max_tokens=max_tokens))
+
+    async def classify(self, task: TaskKind, prompt: str, labels: Sequence[str], *,
+                       difficulty: float | None = None) -> LabelProbs:
+        return await self._call(lambda llm: llm.classify(task, prompt, labels, difficulty=difficulty))
+
+    async def ask(self, task: TaskKind, prompt: str, schema: dict[str, Any], *, max_tokens: int = 128) -> dict[str, Any]:
+        return await self._call(lambda llm: llm.ask(task, prompt, schema, max_tokens=max_tokens))
+
+    async def _call(self, run):
+        try:
+            out = await run(self._primary)
+        except ModelOutputError:
+            raise
+        except _UNUSABLE as e:
+            if not self._failing:
+                self._failing = True
+                log.warning("llm.search_deployment %s cannot serve /ask (%s: %s); falling back until it is back",
+                            self._name, type(e).__name__, e.message)
+            return await run(self._fallback)
+        if self._failing:
+            self._failing = False
+            log.warning("llm.search_deployment %s serves /ask again", self._name)
+        return out

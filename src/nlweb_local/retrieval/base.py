@@ -51,6 +51,10 @@ class VectorStore(Protocol):
 
     def existing_urls(self, urls: Sequence[str]) -> set[str]: ...
 
+    def url_sites(self, urls: Sequence[str]) -> dict[str, str]:
+        """The site each of `urls` is in now (absent urls are left out): a url belongs to one site."""
+        ...
+
     def search(self, vector: Sequence[float], sites: Sequence[str] | None, limit: int) -> list[ScoredItem]:
         """Most similar items; `sites` None or empty = all sites."""
         ...

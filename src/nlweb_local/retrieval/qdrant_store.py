@@ -34,6 +34,7 @@ from qdrant_client import models as qm
 from ..core.errors import StoreBusyError
 from ..core.types import Item, ScoredItem
 from .base import SiteInfo
+from .store_lock import busy_message
 
 log = logging.getLogger("nlweb_local.store")
 _PAGE = 1000
@@ -91,10 +92,7 @@ class QdrantStore:
                 self._client = QdrantClient(path=str(path))
         except RuntimeError as e:
             if "already accessed" in str(e):
-                raise StoreBusyError(
-                    f"the vector store at {path} is in use by another nlweb-local process (probably "
-                    "`nlweb-local serve`); stop it first, or point store.url at a Qdrant server to share one store"
-                ) from e
+                raise StoreBusyError(busy_message(path)) from e
             raise
         self._collection = collection
         self._records_collection = f"{collection}_generations"
@@ -208,12 +206,16 @@ class QdrantStore:
                 write.commit()
 
     def existing_urls(self, urls: Sequence[str]) -> set[str]:
+        return set(self.url_sites(urls))
+
+    def url_sites(self, urls: Sequence[str]) -> dict[str, str]:
+        """The site each of `urls` is visible in now (a url is in one site at most); absent ones are left out."""
         if not urls:
-            return set()
+            return {}
         cond = qm.FieldCondition(key="url", match=qm.MatchAny(any=list(urls)))
         with self._lock:
-            pts = self._scroll(self._visible(extra=[cond]), ["url"])
-        return {p.payload["url"] for p in pts if p.payload}
+            pts = self._scroll(self._visible(extra=[cond]), ["url", "site"])
+        return {p.payload["url"]: p.payload.get("site", "") for p in pts if p.payload}
 
     def _scroll(self, flt: qm.Filter | None, with_payload, limit: int | None = None) -> list[qm.Record]:
         out: list[qm.Record] = []

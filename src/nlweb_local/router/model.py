@@ -2,11 +2,25 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from ..core.types import Privacy, TaskKind
 from ..providers.base import Capabilities
 
-__all__ = ["DeploymentInfo", "DeploymentView", "Privacy", "RequestFeatures", "RouteDecision"]
+__all__ = ["AliasSource", "DeploymentInfo", "DeploymentView", "Privacy", "RequestFeatures", "RouteDecision"]
+
+
+class AliasSource(Protocol):
+    """Aliases the router does not own (the model registry's): read from memory on every request.
+    `current()` is the snapshot's generation (it moves when any alias moves)."""
+
+    def target(self, alias: str) -> str | None:
+        """The NAME@VERSION `alias` points at now; None when it is not an alias."""
+        ...
+
+    def targets(self) -> dict[str, str]: ...
+
+    def current(self) -> int: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,13 +38,14 @@ class DeploymentInfo:
     tools: bool = False
     tier: int = 0  # quality tier: higher is stronger
     model: str = ""  # the model name at the engine
-    model_version: str = ""  # fingerprint of what this deployment serves (engine, model, URL)
+    model_version: str = ""  # the registry's NAME@VERSION it serves, else a fingerprint (engine, model, URL)
+    serves: str = ""  # the model registry's NAME@VERSION this deployment serves ("" = none)
 
     @classmethod
     def of(cls, name: str, caps: Capabilities, *, model: str = "", model_version: str = "", price_in_per_m: float = 0.0,
-           price_out_per_m: float = 0.0, max_concurrency: int = 64, tier: int = 0) -> "DeploymentInfo":
+           price_out_per_m: float = 0.0, max_concurrency: int = 64, tier: int = 0, serves: str = "") -> "DeploymentInfo":
         return cls(name, caps.local, price_in_per_m, price_out_per_m, caps.context_window, max_concurrency,
-                   caps.json_schema, caps.tools, tier, model, model_version)
+                   caps.json_schema, caps.tools, tier, model, serves or model_version, serves)
 
 
 @dataclass(frozen=True, slots=True)

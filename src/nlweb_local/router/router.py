@@ -21,7 +21,7 @@ from ..core.errors import (BadRequestError, ContextLengthError, ModelNotFoundErr
 from ..core.types import ChatChunk, ChatRequest, ChatResponse, EmbeddingResponse, LabelProbs, Served, TaskKind
 from ..providers.base import BaseProvider, Capabilities, Classifier, LoadSnapshot, Provider
 from .breaker import BreakerSnapshot, CircuitBreaker
-from .model import DeploymentInfo, DeploymentView, RequestFeatures, RouteDecision
+from .model import AliasSource, DeploymentInfo, DeploymentView, RequestFeatures, RouteDecision
 from .state import InProcessRouterState, RouterState
 from .strategies import STRATEGIES, Strategy
 
@@ -93,16 +93,23 @@ class Router(BaseProvider):
                  strategies: dict[str, Strategy] | None = None, rounds: int = 2, backoff_s: float = 0.05,
                  default_deadline_s: float = 120.0, rng: random.Random | None = None,
                  clock: Callable[[], float] = time.monotonic, groups: dict[str, Sequence[str]] | None = None,
-                 state: RouterState | None = None):
+                 state: RouterState | None = None, registry: AliasSource | None = None):
         """`groups` maps a model alias or a task kind (rank, summarize, chat, ...) to the deployments
         allowed to serve it; requests of a task without a group may go to any deployment. `state` holds
-        breakers and live counters (default: in this process, seeded with the routes' breakers)."""
+        breakers and live counters (default: in this process, seeded with the routes' breakers).
+        `registry`: the model registry's aliases, each pointing at a NAME@VERSION that deployments
+        serve (`DeploymentInfo.serves`), resolved per request from memory."""
         if not routes:
             raise ValueError("a router needs at least one deployment")
         self._routes = {r.info.name: r for r in routes}
         self._state: RouterState = state if state is not None else InProcessRouterState(
             seed=[r.breaker for r in routes if r.breaker is not None])
         self.groups = {k: tuple(v) for k, v in (groups or {}).items()}
+        self._registry = registry
+        self._serving: dict[str, tuple[str, ...]] = {}  # NAME@VERSION -> the deployments serving it
+        for r in routes:
+            if r.info.serves:
+                self._serving[r.info.serves] = (*self._serving.get(r.info.serves, ()), r.info.name)
         for key, members in self.groups.items():
             unknown = [m for m in members if m not in self._routes]
             if unknown:
@@ -161,15 +168,35 @@ class Router(BaseProvider):
         """Model aliases and task kinds, each with the deployments that may serve it (`llm.groups`)."""
         return dict(self.groups)
 
+    def registry_aliases(self) -> dict[str, str]:
+        """The model registry's aliases now, each with the NAME@VERSION it points at ({} without a registry)."""
+        return self._registry.targets() if self._registry is not None else {}
+
+    def alias_generation(self) -> int:
+        """Moves whenever a registry alias moves: a resolution remembered at another generation is stale."""
+        return self._registry.current() if self._registry is not None else 0
+
     def resolve_model(self, model: str | None) -> tuple[str, ...]:
-        """The deployments a request's `model` pins: an alias's members, or the deployment of that name;
-        () for `auto`, none, or a name the router does not know."""
+        """The deployments a request's `model` pins: an `llm.groups` alias's members, the deployment of that
+        name, the deployments serving the version a registry alias points at now, or those serving a
+        NAME@VERSION; () for `auto`, none, or a name the router does not know. A registry alias whose
+        version no deployment serves is `ModelNotFoundError`, saying so."""
         if not model:
             return ()
         members = self.groups.get(model)
         if members:
             return members
-        return (model,) if model in self._routes else ()
+        if model in self._routes:
+            return (model,)
+        target = self._registry.target(model) if self._registry is not None else None
+        if target is not None:
+            serving = self._serving.get(target)
+            if not serving:
+                raise ModelNotFoundError(f"the alias {model!r} points at {target}, which no deployment here serves: "
+                                         f"add a deployment with `serves: {target}`, or move the alias back "
+                                         f"(nlweb-local models rollback {model})")
+            return serving
+        return self._serving.get(model, ())
 
     # -- the typed API: commands -------------------------------------------------------------------
     def force_open(self, name: str, seconds: float | None = None) -> BreakerSnapshot:

@@ -14,6 +14,7 @@ Only non-personalised questions (no `prev`) are cached, and only answers that co
 failure, not degraded). Entries are JSON-able dicts (a shared backend can hold them); one that does
 not read back is dropped and counted, never served. `accounting` (telemetry's `CacheAccounts`) counts
 lookups, and records each hit in the ledger as a zero-cost call that saved what the answer had cost.
+Finding, dropping and keeping entries is `cache.lookup.CacheLookup`'s, shared with the response cache.
 """
 from __future__ import annotations
 
@@ -25,6 +26,8 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
+from ..cache.entries import CorruptEntry
+from ..cache.lookup import CacheLookup, Found
 from ..core.cache import Cache
 from ..core.types import Item
 from .events import (AskRequest, Begin, Decontextualized, End, Event, Failure, Generated, NoResults, Notice, RankedItem,
@@ -34,7 +37,7 @@ log = logging.getLogger(__name__)
 VERSION = 1
 
 
-class CorruptAnswer(ValueError):
+class CorruptAnswer(CorruptEntry):
     pass
 
 
@@ -104,21 +107,41 @@ def decode_event(raw: Any) -> Event:
     raise CorruptAnswer(f"unknown stored event {tag!r}")
 
 
+def _read_answer(raw: Any, outcome: str) -> list[Event]:
+    """A stored answer's events (Begin says `outcome`), or `CorruptAnswer`."""
+    if not isinstance(raw, dict) or raw.get("v") != VERSION or not isinstance(raw.get("ev"), list):
+        raise CorruptAnswer("not an answer entry")
+    events = [decode_event(e) for e in raw["ev"]]
+    if not events or not isinstance(events[0], Begin) or not isinstance(events[-1], End):
+        raise CorruptAnswer("an answer must begin and end")
+    events[0].cache = outcome
+    for k in ("c", "r"):
+        if not isinstance(raw.get(k), (int, float)):
+            raise CorruptAnswer(f"entry field {k!r} is missing")
+    return events
+
+
 class AnswerCache:
     def __init__(self, store: Cache[dict], index_version: Callable[[Sequence[str]], str], *, model_version: str = "",
-                 ttl_s: float = 3600.0, accounting: Any = None, semantic: Any = None,
+                 ttl_s: float = 3600.0, accounting: Any = None, semantic: Any = None, semantic_accounting: Any = None,
                  clock: Callable[[], float] = time.time, timer: Callable[[], float] = time.perf_counter):
         """`index_version(sites)`: the store's `index_version`; `accounting`: telemetry's `CacheAccounts`
-        (lookup, corrupt, spent, hit), or None."""
-        self._store = store
+        (lookup, corrupt, spent, hit), or None; `semantic_accounting`: the semantic cache's."""
+        self.lookup = CacheLookup(store, name="answer", accounting=accounting, semantic=semantic,
+                                  semantic_accounting=semantic_accounting, timer=timer)
         self._index_version = index_version
         self._model_version = model_version
         self._ttl = ttl_s
         self._accounting = accounting
-        self._semantic = semantic
         self._clock = clock
-        self._timer = timer
-        self.hits = self.misses = self.corrupt = 0
+
+    @property
+    def _store(self) -> Cache[dict]:
+        return self.lookup.store
+
+    hits = property(lambda self: self.lookup.hits)
+    misses = property(lambda self: self.lookup.misses)
+    corrupt = property(lambda self: self.lookup.corrupt)
 
     @staticmethod
     def applies(req: AskRequest) -> bool:
@@ -132,64 +155,18 @@ class AnswerCache:
         key = "ask:" + hashlib.blake2b(json.dumps([query, scope]).encode(), digest_size=16).hexdigest()
         return AnswerKey(key, "ask:" + hashlib.blake2b(json.dumps(scope).encode(), digest_size=8).hexdigest(), query)
 
-    async def _get(self, key: str) -> Any:
-        try:
-            return await self._store.get(key)
-        except Exception as e:  # noqa: BLE001  (the cache never fails an answer)
-            log.warning("answer cache: lookup failed (%s)", e)
-            return None
-
-    async def lookup(self, k: AnswerKey) -> tuple[list[Event], dict[str, Any]] | None:
-        """The stored answer's events (Begin says "hit", or "semantic-hit; similarity=S") and the entry, or
-        None (counted as a miss)."""
-        key, outcome = k.key, "hit"
-        raw = await self._get(key)
-        if raw is None and self._semantic is not None:
-            try:
-                near = await self._semantic.lookup(k.namespace, k.query)
-            except Exception as e:  # noqa: BLE001
-                log.warning("answer cache: semantic lookup failed (%s)", e)
-                near = None
-            if near is not None:
-                key, outcome = near[0], f"semantic-hit; similarity={near[1]:.2f}"
-                raw = await self._get(key)
-        events = None
-        if raw is not None:
-            try:
-                if not isinstance(raw, dict) or raw.get("v") != VERSION or not isinstance(raw.get("ev"), list):
-                    raise CorruptAnswer("not an answer entry")
-                events = [decode_event(e) for e in raw["ev"]]
-                if not events or not isinstance(events[0], Begin) or not isinstance(events[-1], End):
-                    raise CorruptAnswer("an answer must begin and end")
-                events[0].cache = outcome
-                for k in ("c", "r"):
-                    if not isinstance(raw.get(k), (int, float)):
-                        raise CorruptAnswer(f"entry field {k!r} is missing")
-            except CorruptAnswer as e:
-                log.warning("answer cache: dropped an entry that does not read back (%s)", e)
-                events = None
-                self.corrupt += 1
-                if self._accounting is not None:
-                    self._accounting.corrupt()
-                try:
-                    await self._store.delete(key)
-                except Exception:  # noqa: BLE001
-                    pass
-        if events is None:
-            self.misses += 1
-        else:
-            self.hits += 1
-        if self._accounting is not None:
-            self._accounting.lookup(events is not None)
-        return (events, raw) if events is not None else None
+    async def find(self, k: AnswerKey) -> Found | None:
+        """The stored answer (`found.value`: its events, Begin saying "hit" or "semantic-hit; similarity=S";
+        `found.entry`: the entry), or None (a miss)."""
+        return await self.lookup.find(k.key, _read_answer, (k.namespace, k.query))
 
     def spent(self) -> tuple[float, float]:
         return self._accounting.spent() if self._accounting is not None else (0.0, 0.0)
 
-    def record_hit(self, entry: dict[str, Any], seconds: float) -> None:
-        if self._accounting is not None:
-            self._accounting.hit(deployment="", local=True, task="ask", tokens_in=0, tokens_out=0,
-                                 latency_s=seconds, saved_usd=float(entry["c"]), reference_usd=float(entry["r"]))
+    def record_hit(self, found: Found) -> None:
+        e = found.entry
+        self.lookup.record_hit(found, deployment="", local=True, task="ask", tokens_in=0, tokens_out=0,
+                               saved_usd=float(e["c"]), reference_usd=float(e["r"]))
 
     async def keep(self, k: AnswerKey, events: list[Event], spent_before: tuple[float, float]) -> None:
         """Store a completed answer (not one that failed or was degraded)."""
@@ -200,8 +177,7 @@ class AnswerCache:
         try:
             entry = {"v": VERSION, "ts": self._clock(), "ev": [encode_event(e) for e in events],
                      "c": max(0.0, cost - spent_before[0]), "r": max(0.0, ref - spent_before[1])}
-            await self._store.set(k.key, entry, ttl_s=self._ttl)
-            if self._semantic is not None:
-                await self._semantic.add(k.namespace, k.query, k.key)
-        except Exception as e:  # noqa: BLE001
+        except ValueError as e:
             log.warning("answer cache: could not store an answer (%s)", e)
+            return
+        await self.lookup.keep(k.key, entry, self._ttl, (k.namespace, k.query))

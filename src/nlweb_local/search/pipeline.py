@@ -107,13 +107,13 @@ class AskPipeline:
             return
         started = time.perf_counter()
         key = await cache.key(req)
-        found = await cache.lookup(key)
+        found = await cache.find(key)
         if found is not None:
-            events, entry = found
+            events = found.value
             end = events[-1]
             assert isinstance(end, End)
             end.stats = {**end.stats, "seconds": round(time.perf_counter() - started, 4), "cache": events[0].cache}
-            cache.record_hit(entry, time.perf_counter() - started)
+            cache.record_hit(found)
             for ev in events:
                 yield ev
             return

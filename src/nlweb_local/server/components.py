@@ -9,7 +9,8 @@ The chain every LLM call goes through is built by one fold:
 
     each deployment:  compose(adapter, telemetry.deployment_wrappers(...))   metered, then traced
     the gateway:      compose(Router(routes, state), [*telemetry.router_wrappers(), response cache])
-    /ask:             ProviderStructuredLLM(gateway, context pinned to llm.search_deployment if set),
+    /ask:             ProviderStructuredLLM(gateway); with llm.search_deployment, pinned to it and falling
+                      back to the embedded engine when it cannot serve (FallbackStructuredLLM),
                       and the pipeline's answer cache (search.answer_cache) keyed on the store's index version
 """
 from __future__ import annotations
@@ -51,6 +52,7 @@ class Components:
     gateway: Provider | None = None  # the composed chain over the router: every LLM call goes through it
     embeddings: Provider | None = None  # what serves /v1/embeddings when no deployment embeds: the in-process model, cached
     telemetry: Any = None  # telemetry.Telemetry (None: not measured)
+    registry: Any = None  # registry.ModelRegistry: models, versions, aliases (its `view`: the router's)
     closers: list[Callable[[], Any]] = field(default_factory=list)
 
     async def close(self) -> None:
@@ -93,9 +95,11 @@ def build_store(settings: Settings, dimension: int) -> VectorStore:
 
 
 def build_router(settings: Settings, *, providers: Mapping[str, Provider] | None = None, telemetry: Any = None,
-                 state: RouterState | None = None) -> Router:
+                 state: RouterState | None = None, registry: Any = None) -> Router:
     """Every deployment behind one router, each adapter composed with the telemetry wrappers.
-    `providers` replaces the adapter of the deployments it names (tests)."""
+    `providers` replaces the adapter of the deployments it names (tests). `registry` (a
+    `registry.ModelRegistry` with its `view`): deployments that `serve` a registered version are
+    checked against it, and the router resolves its aliases per request."""
     from ..router.breaker import CircuitBreaker
     from ..router.model import DeploymentInfo
     from ..router.router import Route
@@ -114,12 +118,18 @@ def build_router(settings: Settings, *, providers: Mapping[str, Provider] | None
         raise BadRequestError(f"providers given for deployments that are not configured: {unknown} (configured: {names})")
     routes = []
     for d in deployments:
+        if d.serves:
+            if registry is None:
+                raise BadRequestError(f"deployment {d.name!r} serves {d.serves}, but no model registry was given")
+            d = registry.deployment(d)
         adapter = given[d.name] if d.name in given else build_adapter(d, s.breaker)
+        version = d.serves or deployment_version(d)
         wrappers = (telemetry.deployment_wrappers(engine=d.engine, price_in_per_m=d.price_in_per_m,
-                                                  price_out_per_m=d.price_out_per_m) if telemetry is not None else [])
-        info = DeploymentInfo.of(d.name, adapter.capabilities, model=adapter.model, model_version=deployment_version(d),
+                                                  price_out_per_m=d.price_out_per_m, model_version=version)
+                    if telemetry is not None else [])
+        info = DeploymentInfo.of(d.name, adapter.capabilities, model=adapter.model, model_version=version,
                                  price_in_per_m=d.price_in_per_m, price_out_per_m=d.price_out_per_m,
-                                 max_concurrency=d.max_concurrency, tier=d.tier)
+                                 max_concurrency=d.max_concurrency, tier=d.tier, serves=d.serves or "")
         routes.append(Route(info, compose(adapter, wrappers)))
     import functools
 
@@ -134,7 +144,8 @@ def build_router(settings: Settings, *, providers: Mapping[str, Provider] | None
     if state is None:
         state = InProcessRouterState(lambda name: CircuitBreaker(name, s.breaker, on_change=_log_breaker))
     try:
-        return Router(routes, strategy=s.strategy, strategies=strategies, groups=s.groups, state=state, rounds=s.rounds)
+        return Router(routes, strategy=s.strategy, strategies=strategies, groups=s.groups, state=state, rounds=s.rounds,
+                      registry=getattr(registry, "view", None))
     except ValueError as e:
         raise BadRequestError(f"llm.groups: {e}") from None
 
@@ -159,27 +170,46 @@ def build_adapter(d: DeploymentSettings, breaker: Any) -> Provider:
     return Fleet(d.name, members, d.fleet, breaker=lambda name: CircuitBreaker(name, breaker, on_change=_log_breaker))
 
 
+def build_model_registry(settings: Settings) -> Any:
+    """The model registry (`registry.database_url`), with its `view`: the in-memory aliases the router resolves
+    requests with, reloaded at once by a change made through this registry, else by polling."""
+    from ..registry import RegistryAliases, build_registry
+
+    registry = build_registry(settings)
+    try:
+        registry.view = RegistryAliases(registry.store, poll_s=settings.registry.poll_s)
+    except BaseException:
+        registry.close()
+        raise
+    registry.on_change = registry.view.reload
+    return registry
+
+
 def _log_breaker(name: str, old: Any, new: Any, why: str) -> None:
     log.warning("breaker %s: %s -> %s (%s)", name, old.value, new.value, why)
 
 
 def build_cache(name: str, settings: Settings, metrics: Any = None, max_entries: int = 10_000,
-                ttl_s: float | None = None) -> Cache:
+                ttl_s: float | None = None, *, count_lookups: bool = True) -> Cache:
     """The cache called `name`: in process (`BoundedCache` of `max_entries`) by default, in Redis when
-    `cache_store.redis_url` is set, so every replica shares it (entries are bounded there by the server's
-    maxmemory and by their expiry). `ttl_s`: the expiry of entries set without one (None: until evicted;
-    in Redis `cache_store.redis_default_ttl_s`). `metrics` (a `GatewayMetrics`, or None) counts its lookups
-    (nlweb_cache_requests_total) and, in Redis, its failures (nlweb_cache_errors_total)."""
+    `cache_store.redis_url` (or its other name, `cache.redis_url`) is set, so every replica shares it
+    (entries are bounded there by the server's maxmemory, their expiry and `redis_max_value_bytes`).
+    `ttl_s`: the expiry of entries set without one (None: until evicted; in Redis
+    `cache_store.redis_default_ttl_s`). `metrics` (a `GatewayMetrics`, or None) counts its lookups
+    (nlweb_cache_requests_total; not with `count_lookups=False`, for a cache that counts its own) and, in
+    Redis, its failures (nlweb_cache_errors_total)."""
     tally = metrics.cache_lookups(name) if metrics is not None else None
+    on_lookup = tally if count_lookups else None
     c = settings.cache_store
-    if not c.redis_url:
-        return BoundedCache(max_entries, on_lookup=tally, default_ttl_s=ttl_s)
+    url = c.redis_url or settings.cache.redis_url
+    if not url:
+        return BoundedCache(max_entries, on_lookup=on_lookup, default_ttl_s=ttl_s)
     from ..cache.redis import RedisCache
 
-    return RedisCache(c.redis_url, name, timeout_s=c.redis_timeout_s, retry_s=c.redis_retry_s,
+    return RedisCache(url, name, timeout_s=c.redis_timeout_s, retry_s=c.redis_retry_s,
                       max_connections=c.redis_max_connections, default_ttl_s=ttl_s or c.redis_default_ttl_s,
-                      compress_over=c.redis_compress_over, on_lookup=tally,
-                      on_error=tally.error if tally is not None else None)
+                      compress_over=c.redis_compress_over, max_value_bytes=c.redis_max_value_bytes,
+                      on_lookup=on_lookup, on_error=tally.error if tally is not None else None)
 
 
 def build_pipeline(settings: Settings, llm: StructuredLLM, embedder: Embedder, store: VectorStore,
@@ -194,18 +224,29 @@ def build_pipeline(settings: Settings, llm: StructuredLLM, embedder: Embedder, s
         if closers is not None and hasattr(cache, "close"):
             closers.append(cache.close)
     return AskPipeline(llm, embedder, store, settings.search, rank_cache=cache, model_version=llm_version(settings),
-                       answer_cache=build_answer_cache(settings, store, telemetry, semantic=semantic))
+                       answer_cache=build_answer_cache(settings, store, telemetry, semantic=semantic, closers=closers))
 
 
-def build_cache_store(settings: Settings, name: str, max_entries: int) -> Cache[dict]:
-    """Where the response and answer caches keep their entries: in-process, bounded. (Not yet through
-    `build_cache`/Redis: these caches count their own lookups, and their entries must first be checked
-    to serialise for a shared backend.)"""
-    return BoundedCache(max_entries)
+def build_cache_store(settings: Settings, name: str, max_entries: int, telemetry: Any = None,
+                      closers: list[Callable[[], Any]] | None = None) -> Cache[dict]:
+    """Where the response and answer caches keep their entries: `build_cache`'s backend (in process,
+    bounded; or Redis, shared by replicas). These caches count their own lookups (exact and semantic
+    apart), so the store counts only a shared backend's failures. A store that holds connections adds
+    its `close` to `closers`."""
+    store = build_cache(name, settings, telemetry.metrics if telemetry is not None else None, max_entries,
+                        count_lookups=False)
+    if closers is not None and hasattr(store, "close"):
+        closers.append(store.close)
+    return store
 
 
-def build_response_cache(settings: Settings, router: Router, telemetry: Any = None, *,
-                         semantic: Any = None) -> Callable[..., Provider] | None:
+def _semantic_accounts(telemetry: Any, semantic: Any) -> Any:
+    """The semantic cache's accounts (its hits are the response and /ask caches' paraphrase hits)."""
+    return telemetry.cache_accounts("semantic") if telemetry is not None and semantic is not None else None
+
+
+def build_response_cache(settings: Settings, router: Router, telemetry: Any = None, *, semantic: Any = None,
+                         closers: list[Callable[[], Any]] | None = None) -> Callable[..., Provider] | None:
     """The response cache as a wrapper (for the gateway's fold), or None when `cache.enabled` is off."""
     from ..cache.keys import ServingVersions
     from ..cache.response import ResponseCache
@@ -213,23 +254,26 @@ def build_response_cache(settings: Settings, router: Router, telemetry: Any = No
     c = settings.cache
     if not c.enabled:
         return None
-    store = build_cache_store(settings, "response", c.max_entries)
+    store = build_cache_store(settings, "response", c.max_entries, telemetry, closers)
     accounting = telemetry.cache_accounts("response", router=router) if telemetry is not None else None
+    semantic_accounting = _semantic_accounts(telemetry, semantic)
     versions = ServingVersions(router)
 
     def wrap(inner: Provider, *, routed: bool = True) -> Provider:
         """`routed`: `inner` is the router chain (keys name the deployments that may serve); else a lone
         provider (the in-process embedding model: its own name and model make the version)."""
         return ResponseCache(inner, store, c, versions=versions if routed else None, accounting=accounting,
-                             semantic=semantic if routed else None)
+                             semantic=semantic if routed else None, semantic_accounting=semantic_accounting)
 
     return wrap
 
 
-def build_answer_cache(settings: Settings, store: VectorStore, telemetry: Any = None, *,
-                       semantic: Any = None) -> AnswerCache | None:
+def build_answer_cache(settings: Settings, store: VectorStore, telemetry: Any = None, *, semantic: Any = None,
+                       closers: list[Callable[[], Any]] | None = None) -> AnswerCache | None:
     """/ask's answer cache, or None (off, or a store that cannot say its index version); `semantic`: a
-    `cache.semantic.SemanticIndex` for paraphrased questions (None: exact only)."""
+    `cache.semantic.SemanticIndex` for paraphrased questions (None: exact only). In Redis, replicas
+    share answers when they share the index (a Qdrant server: `store.url`), whose index version is
+    read from the server at each question — an ingest through any replica changes it for all."""
     c = settings.cache
     index_version = getattr(store, "index_version", None)
     if not (c.enabled and c.ask_enabled) or index_version is None:
@@ -237,8 +281,9 @@ def build_answer_cache(settings: Settings, store: VectorStore, telemetry: Any = 
     version = hashlib.blake2b(json.dumps([llm_version(settings), settings.search.model_dump(mode="json")],
                                          sort_keys=True).encode(), digest_size=8).hexdigest()
     accounting = telemetry.cache_accounts("ask") if telemetry is not None else None
-    return AnswerCache(build_cache_store(settings, "ask", c.ask_max_entries), index_version, model_version=version,
-                       ttl_s=c.ask_ttl_s, accounting=accounting, semantic=semantic)
+    return AnswerCache(build_cache_store(settings, "ask", c.ask_max_entries, telemetry, closers), index_version,
+                       model_version=version, ttl_s=c.ask_ttl_s, accounting=accounting, semantic=semantic,
+                       semantic_accounting=_semantic_accounts(telemetry, semantic))
 
 
 def build_components(settings: Settings, *, embedder: Any = _BUILD, store: Any = _BUILD,
@@ -247,7 +292,7 @@ def build_components(settings: Settings, *, embedder: Any = _BUILD, store: Any =
     """Every part of the service from `settings`, except the ones given (see the module docstring).
     `telemetry=None` turns measuring off; left out, it follows `telemetry.metrics`. `close()` closes what
     it built and the deployments' engines; a given store or telemetry stays the caller's to close."""
-    from ..providers.structured import ProviderStructuredLLM
+    from ..providers.structured import FallbackStructuredLLM, ProviderStructuredLLM
 
     closers: list[Callable[[], Any]] = []
     if embedder is _BUILD:
@@ -262,7 +307,9 @@ def build_components(settings: Settings, *, embedder: Any = _BUILD, store: Any =
 
             telemetry = build_telemetry(settings)
             closers.append(telemetry.close)
-    router = build_router(settings, providers=providers, telemetry=telemetry, state=state)
+    registry = build_model_registry(settings)
+    closers.append(registry.close)
+    router = build_router(settings, providers=providers, telemetry=telemetry, state=state, registry=registry)
     if telemetry is not None:
         telemetry.watch(router)
     semantic = None
@@ -270,7 +317,7 @@ def build_components(settings: Settings, *, embedder: Any = _BUILD, store: Any =
         from ..cache.semantic import SemanticIndex
 
         semantic = SemanticIndex(getattr(embedder, "provider", embedder), settings.semantic_cache)
-    cached = build_response_cache(settings, router, telemetry, semantic=semantic)
+    cached = build_response_cache(settings, router, telemetry, semantic=semantic, closers=closers)
     wrappers = [*(telemetry.router_wrappers() if telemetry is not None else []), *([cached] if cached else [])]
     gateway = compose(router, wrappers)
     in_process = getattr(embedder, "provider", None)  # retrieval's embedder adapts a provider: /v1/embeddings uses it
@@ -278,11 +325,16 @@ def build_components(settings: Settings, *, embedder: Any = _BUILD, store: Any =
     if llm is _BUILD:
         search = settings.llm.search_deployment
         context = CallContext(deadline_s=settings.search.llm_deadline_s)
+        llm = ProviderStructuredLLM(gateway, context=context)
         if search:
             if search not in router.names():
                 raise BadRequestError(f"llm.search_deployment {search!r} is not a deployment ({', '.join(router.names())})")
-            context = context.with_(deployments=(search,))  # /ask's calls go to it alone, with its shared breaker
-        llm = ProviderStructuredLLM(gateway, context=context)
+            # /ask's calls go to it (with its shared breaker) and, when it cannot serve, to the embedded
+            # engine (or wherever the router sends any call) rather than degrading to similarity
+            local = settings.llm.embedded_name
+            fallback = context.with_(deployments=(local,)) if local in router.names() and local != search else context
+            llm = FallbackStructuredLLM(ProviderStructuredLLM(gateway, context=context.with_(deployments=(search,))),
+                                        ProviderStructuredLLM(gateway, context=fallback), name=search)
     pipeline = build_pipeline(settings, llm, embedder, store, telemetry, closers, semantic=semantic)
     return Components(settings, embedder, store, llm, pipeline, router=router, gateway=gateway, embeddings=embeddings,
-                      telemetry=telemetry, closers=closers)
+                      telemetry=telemetry, registry=registry, closers=closers)

@@ -98,7 +98,7 @@ def resolve_model(router: Router, model: str | None, also: tuple[str, ...] = ())
         return ()
     pinned = router.resolve_model(model)
     if not pinned:
-        known = ["auto", *router.aliases(), *router.names(), *also]
+        known = ["auto", *router.aliases(), *router.registry_aliases(), *router.names(), *also]
         err = ModelNotFoundError(f"the model {model!r} does not exist here; use one of {', '.join(known)} "
                                  "(GET /v1/models lists them)")
         err.param = "model"  # type: ignore[attr-defined]
@@ -174,6 +174,7 @@ class Gateway:
                                                  if router.provider(v.name).capabilities.chat}
         self._deadlines = BodyDeadlines()  # body-read timeouts without a timer per request
         self._plain: dict[str | None, CallContext] = {}  # the context of a request without x-nlweb-* headers, by model
+        self._plain_generation = router.alias_generation()  # (a registry alias moved: forget the remembered contexts)
 
     def routes(self) -> list[HttpRoute]:
         """The completion endpoints are raw ASGI (the hot path: no Request/Response objects per call)."""
@@ -190,6 +191,9 @@ class Gateway:
         """`call_context`, remembered per model for requests that carry no x-nlweb-* header (most of them)."""
         if len(h) > ("content-length" in h):
             return call_context(h, model, self._router)
+        generation = self._router.alias_generation()
+        if generation != self._plain_generation:
+            self._plain, self._plain_generation = {}, generation
         ctx = self._plain.get(model)
         if ctx is None:
             ctx = call_context(h, model, self._router)  # (an unknown model raises: never remembered)
@@ -394,6 +398,8 @@ class Gateway:
         for alias, members in self._router.aliases().items():
             data.append({"id": alias, "object": "model", "created": created, "owned_by": "nlweb-local",
                          "root": ",".join(members)})
+        for alias, target in self._router.registry_aliases().items():
+            data.append({"id": alias, "object": "model", "created": created, "owned_by": "nlweb-local", "root": target})
         for v in self._router.deployments():
             data.append({"id": v.name, "object": "model", "created": created,
                          "owned_by": "local" if v.info.local else "cloud", "root": v.info.model})

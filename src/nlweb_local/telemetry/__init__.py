@@ -40,15 +40,16 @@ class Telemetry:
     tracing: Any = None  # tracing.Tracing when telemetry.tracing is on and OpenTelemetry is installed
 
     def deployment_wrappers(self, *, engine: str = "", price_in_per_m: float = 0.0,
-                            price_out_per_m: float = 0.0) -> list[Wrapper]:
-        """Innermost first: a MeteredProvider priced for the deployment it wraps, then (tracing on) a
-        TracedProvider. For `compose(provider, ...)`."""
+                            price_out_per_m: float = 0.0, model_version: str = "") -> list[Wrapper]:
+        """Innermost first: a MeteredProvider priced for the deployment it wraps (its ledger rows name
+        `model_version`), then (tracing on) a TracedProvider. For `compose(provider, ...)`."""
         def metered(provider: Provider) -> Provider:
             price = deployment_price(model=provider.model, engine=engine, local=provider.capabilities.local,
                                      price_in_per_m=price_in_per_m, price_out_per_m=price_out_per_m,
                                      table=self.prices, hardware=self.hardware)
             return MeteredProvider(provider, self.metrics, ledger=self.ledger, window=self.window, price=price,
-                                   reference=self.reference, clock=self.clock, now=self.now)
+                                   reference=self.reference, clock=self.clock, now=self.now,
+                                   model_version=model_version)
 
         out: list[Wrapper] = [metered]
         if self.tracing is not None:

@@ -24,6 +24,7 @@ class CacheAccounts:
         """`router`: the router whose deployments' prices a hit's savings are computed with (None: free)."""
         self.cache = cache
         self._tally = telemetry.metrics.cache_lookups(cache)
+        self._tally.priced = True
         self._ledger = telemetry.ledger
         self._window = telemetry.window
         self._now: Callable[[], float] = telemetry.now

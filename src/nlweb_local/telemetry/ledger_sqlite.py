@@ -8,6 +8,7 @@ process opening the same file at the same time waits for the lock, then finds th
     version 0   the table as nlweb-local wrote it before versions existed (no user_version set)
     version 1   llm_calls and its ts index (CREATE ... IF NOT EXISTS: a version-0 file keeps its rows)
     version 2   cache hits: columns `cache` (which cache answered; '' for an LLM call) and `saved_usd`
+    version 3   `model_version`: the model registry's NAME@VERSION that served (else a fingerprint)
 
 To change the schema, append a `Migration` (plain SQL, so the PostgreSQL store can follow the same
 steps); never edit one that has shipped. A file newer than this code is refused rather than guessed at.
@@ -49,6 +50,9 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration("llm_calls: cache hits (which cache answered, what the call it replaced cost)", (
         "ALTER TABLE llm_calls ADD COLUMN cache TEXT NOT NULL DEFAULT ''",
         "ALTER TABLE llm_calls ADD COLUMN saved_usd REAL NOT NULL DEFAULT 0",
+    )),
+    Migration("llm_calls: the model version that served (the registry's NAME@VERSION, else a fingerprint)", (
+        "ALTER TABLE llm_calls ADD COLUMN model_version TEXT NOT NULL DEFAULT ''",
     )),
 )
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -39,6 +39,7 @@ class CallRecord(NamedTuple):
     cache: str = ""  # "" for an LLM call; the cache's name ("response", "ask") for an answer a cache gave
     #                  (then cost_usd is 0, and the fields below say what the original call cost)
     saved_usd: float = 0.0  # a cache hit: what the call it replaced cost
+    model_version: str = ""  # the model registry's NAME@VERSION that served, else the deployment's fingerprint
 
     @property
     def ok(self) -> bool:

@@ -57,8 +57,11 @@ def _error_class(e: BaseException) -> str:
 class MeteredProvider(WrapperProvider):
     def __init__(self, inner: Provider, metrics: GatewayMetrics, *, ledger: Any = None, window: Any = None,
                  price: PriceModel = FREE, reference: Price | None = None,
-                 clock: Callable[[], float] = time.perf_counter, now: Callable[[], float] = time.time):
+                 clock: Callable[[], float] = time.perf_counter, now: Callable[[], float] = time.time,
+                 model_version: str = ""):
+        """`model_version`: what the ledger names as the version that served (the registry's NAME@VERSION)."""
         super().__init__(inner)
+        self.model_version = model_version
         self._metrics = metrics
         self._ledger = ledger
         self._window = window
@@ -122,7 +125,7 @@ class MeteredProvider(WrapperProvider):
         if self._ledger is None and self._window is None:
             return
         row = CallRecord(self._now(), current_request_id() or new_request_id(), self.name, self._local, s.task,
-                         tokens_in, tokens_out, elapsed, ttft, cost, ref, ref - cost, err)
+                         tokens_in, tokens_out, elapsed, ttft, cost, ref, ref - cost, err, "", 0.0, self.model_version)
         if self._ledger is not None:
             self._ledger.record(row)
         if self._window is not None:

@@ -159,10 +159,11 @@ class GatewayMetrics:
         return tally
 
     def cache_stats(self) -> dict[str, dict[str, Any]]:
-        """{cache: {hits, misses, hit_ratio, corrupt, saved_usd[, errors: {kind: n}]}} for /admin/stats."""
+        """{cache: {hits, misses, hit_ratio, corrupt, saved_usd[, errors: {kind: n}]}} for /admin/stats;
+        saved_usd is None for a cache whose hits are not priced (the ranking cache keeps scores, not costs)."""
         return {t.cache: {"hits": t.hits, "misses": t.misses,
                           "hit_ratio": t.hits / (t.hits + t.misses) if t.hits + t.misses else None,
-                          "corrupt": t.corrupt, "saved_usd": t.saved_usd,
+                          "corrupt": t.corrupt, "saved_usd": t.saved_usd if t.priced else None,
                           **({"errors": dict(t.errors)} if t.errors else {})}
                 for t in list(self._caches.values())}
 
@@ -313,12 +314,13 @@ class CacheTally:
     """Hits and misses of one named cache, as plain numbers (a call is one addition, no lock: exact on the
     event loop; caches used from several threads at once may, rarely, lose a count)."""
 
-    __slots__ = ("cache", "hits", "misses", "errors", "corrupt", "saved_usd")
+    __slots__ = ("cache", "hits", "misses", "errors", "corrupt", "saved_usd", "priced")
 
     def __init__(self, cache: str):
         self.cache = cache
         self.hits = self.misses = self.corrupt = 0
         self.saved_usd = 0.0
+        self.priced = False  # a cache that knows what its hits saved (telemetry.cache_accounting) sets it
         self.errors: dict[str, int] = {}  # by kind; the kinds are a fixed set (see cache.redis)
 
     def error(self, kind: str) -> None:

@@ -160,6 +160,7 @@ def projection(m: dict[str, Any], a: Assumptions) -> list[dict[str, Any]]:
 def build_report(rows: list[CallRecord], a: Assumptions, *, since: float | None = None,
                  until: float | None = None) -> dict[str, Any]:
     """Answers a cache gave (rows with `cache` set) are reported apart (`caches`); the rest is LLM calls."""
+    requests = len({r.request_id for r in rows})
     hits = [r for r in rows if r.cache]
     if hits:
         rows = [r for r in rows if not r.cache]
@@ -171,8 +172,7 @@ def build_report(rows: list[CallRecord], a: Assumptions, *, since: float | None 
         "measured": m,
         "projection": projection(m, a),
         "daily": daily(rows),
-        "caches": {k: {"hits": v["hits"], "saved_usd": v["saved_usd"], "reference_usd": v["reference_usd"]}
-                   for k, v in cache_hits(hits).items()},
+        "caches": cache_figures(hits, requests),
         "assumptions": {
             "reference_model": a.reference_model, "reference_price": asdict(a.reference),
             "price_table_as_of": a.price_table_as_of,
@@ -186,6 +186,18 @@ def build_report(rows: list[CallRecord], a: Assumptions, *, since: float | None 
             "mix": "future traffic has the measured local share and tokens per call",
         },
     }
+
+
+def cache_figures(hits: list[CallRecord], requests: int) -> dict[str, dict[str, Any]]:
+    """Per cache: its hits, what they saved, and the requests it answered (wholly, or partly: an /ask
+    whose ranking calls hit the response cache) as a share of all the requests in the ledger. (Misses are
+    not in the ledger: hit rates per lookup are in /admin/stats and /metrics.)"""
+    out = {}
+    for name, v in cache_hits(hits).items():
+        answered = len({r.request_id for r in hits if r.cache == name})
+        out[name] = {"hits": v["hits"], "saved_usd": v["saved_usd"], "reference_usd": v["reference_usd"],
+                     "requests": answered, "request_share": answered / requests if requests else None}
+    return out
 
 
 # -- rendering --------------------------------------------------------------------------------------
@@ -205,9 +217,11 @@ def render_table(rep: dict[str, Any]) -> str:
                      f"{_money(t['cost_usd']):>14}{_money(t['cost_per_1k_tokens']):>13}{_money(t['reference_usd']):>14}"
                      f"{_money(t['savings_usd']):>14}")
     if rep.get("caches"):
-        lines += ["", "Answered from caches (cost nothing; saved = what the calls they replaced had cost)"]
+        lines += ["", "Answered from caches (cost nothing; saved = what the calls they replaced had cost; "
+                  "of requests = requests it answered, wholly or in part)"]
         for name, c in rep["caches"].items():
-            lines.append(f"  {name:<10}{c['hits']:>8} hits   saved {_money(c['saved_usd'])}   "
+            share = "-" if c.get("request_share") is None else f"{c['request_share']:.1%}"
+            lines.append(f"  {name:<10}{c['hits']:>8} hits   {share:>6} of requests   saved {_money(c['saved_usd'])}   "
                          f"reference {_money(c['reference_usd'])}")
     m = rep["measured"]
     tps = m["local_tokens_per_s"]

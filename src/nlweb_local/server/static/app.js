@@ -294,6 +294,7 @@
   // ------------------------------------------------------------------ one turn of the conversation
 
   const MODE_LABEL = { list: "List", summarize: "Summarize", generate: "Generate" };
+  const DEGRADED_NOTE = "The language model was unavailable: some results are ordered by similarity only.";
 
   class Turn {
     constructor(query, site, mode, siteLabel) {
@@ -306,6 +307,8 @@
       this.ended = false;
       this.failed = false;
       this.noResults = false;
+      this.noticed = new Set(); // the warnings shown so far
+      this.degradedNote = ""; // the server's note that the LLM could not rank, kept once the answer ends
 
       this.statusText = el("span", { class: "status-text", text: "Thinking…" });
       this.statusTime = el("span", { class: "status-time", text: "" });
@@ -360,6 +363,13 @@
     notice(s, kind) {
       if (!s) return;
       this.notices.appendChild(el("li", { class: "notice" + (kind ? " notice-" + kind : ""), text: s }));
+    }
+
+    /** A warning kept under the answer (each text once). */
+    note(s) {
+      if (!s || this.noticed.has(s)) return;
+      this.noticed.add(s);
+      this.notice(s, "warn");
     }
 
     showDecontext(dq) {
@@ -569,11 +579,17 @@
         return false;
       case "end-nlweb-response":
       case "complete": // v1
+        // an answer the LLM could not (fully) rank says so for good, not only in the status line while it
+        // streams: the server's own note ("The language model is unavailable ...") or a plain one
+        if (msg.degraded) turn.note(turn.degradedNote || DEGRADED_NOTE);
         turn.finish({ error: !!msg.error });
         return true;
-      case "intermediate_message":
-        turn.setStatus(text(msg.message) || text(msg.content) || "Working…");
+      case "intermediate_message": {
+        const note = text(msg.message) || text(msg.content);
+        turn.setStatus(note || "Working…"); // progress: shown while it streams
+        if (note && /similarity/i.test(note)) turn.degradedNote = note;
         return false;
+      }
       default: {
         const s = text(msg.message) || (typeof msg.content === "string" ? msg.content : "") || text(msg.text);
         if (s) turn.notice(s);
