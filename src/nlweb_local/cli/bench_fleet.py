@@ -163,6 +163,7 @@ app = web.Application()
 app.router.add_post("/v1/chat/completions", chat)
 sock = socket.socket()
 sock.bind(("127.0.0.1", 0))
+sock.listen(128)  # before the port is told: a connection made before the app runs waits in the backlog
 print(sock.getsockname()[1], flush=True)
 web.run_app(app, sock=sock, print=None, access_log=None)
 """
