@@ -267,3 +267,26 @@ async def test_models_list_describes_a_fleet_by_its_instances(two_engines):
                            instances=[f"{a.url}/v1", f"{b.url}/v1"])
     row = await _describe(d)
     assert row["healthy"] and "1/2 instances up" in row["detail"] and a.url in row["url"] and b.url in row["url"]
+
+
+def test_through_the_gateway_a_dead_instance_fails_no_request_and_the_deployment_stays_closed(tmp_path, two_engines):
+    from starlette.testclient import TestClient
+
+    from nlweb_local.server.app import create_app
+    from stand_ins import scripted_service, service_settings
+
+    a, b = two_engines
+    settings = service_settings(tmp_path, {"name": "pool", "engine": "llama_server", "model": "fake-model",
+                                           "api_key": "sk-test", "instances": [f"{a.url}/v1", f"{b.url}/v1"],
+                                           "fleet": {"policy": "round-robin"}}, embedded_enabled=False)
+    comp = scripted_service(settings, {}, telemetry=None)
+    b.stop()
+    with TestClient(create_app(settings, comp, close_components=True)) as c:
+        codes = [c.post("/v1/chat/completions", json={"model": "auto", "stream": n % 2 == 1,
+                                                      "messages": [{"role": "user", "content": f"hi {n}"}]}).status_code
+                 for n in range(10)]
+        breakers = c.get("/admin/breakers").json()["breakers"]
+        fleet = c.get("/admin/fleet").json()["deployments"][0]
+    assert codes == [200] * 10
+    assert [br["state"] for br in breakers] == ["closed"]  # the deployment's breaker never saw a failure
+    assert [i["up"] for i in fleet["instances"]] == [True, False] and fleet["instances"][0]["served"] == 10
