@@ -30,7 +30,8 @@ import os, socket, sys, uvicorn
 from llama_cpp.server.app import create_app
 from llama_cpp.server.settings import ModelSettings, ServerSettings
 sock_fd, ready_fd, model, n_ctx, alias = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], int(sys.argv[4]), sys.argv[5]
-app = create_app(server_settings=ServerSettings(), model_settings=[ModelSettings(model=model, n_ctx=n_ctx, model_alias=alias)])
+threads = {"n_threads": int(sys.argv[6])} if len(sys.argv) > 6 else {}
+app = create_app(server_settings=ServerSettings(), model_settings=[ModelSettings(model=model, n_ctx=n_ctx, model_alias=alias, **threads)])
 sock = socket.socket(fileno=sock_fd)
 sock.listen(64)  # only now, with the model loaded: until here a connection is refused, as by a starting engine
 os.write(ready_fd, b"ready")
@@ -48,9 +49,9 @@ def _port_socket() -> socket.socket:
 
 
 class LlamaServer:
-    def __init__(self, log_path: Path, *, n_ctx: int, alias: str = "smollm2"):
+    def __init__(self, log_path: Path, *, n_ctx: int, alias: str = "smollm2", n_threads: int | None = None):
         pytest.importorskip("llama_cpp.server.app", reason="pip install 'llama-cpp-python[server]'")
-        self.log_path, self.n_ctx, self.alias = Path(log_path), n_ctx, alias
+        self.log_path, self.n_ctx, self.alias, self.n_threads = Path(log_path), n_ctx, alias, n_threads
         self._reserved = _port_socket()
         self._reserved.bind(("127.0.0.1", 0))
         self.port = self._reserved.getsockname()[1]
@@ -66,7 +67,7 @@ class LlamaServer:
             # a file, not a pipe: the model loader's chatter would fill a pipe and block it
             self.proc = subprocess.Popen(
                 [sys.executable, "-c", LAUNCH, str(sock.fileno()), str(ready_w), str(packaged_smollm2_path()),
-                 str(self.n_ctx), self.alias], pass_fds=(sock.fileno(), ready_w), stdout=out, stderr=subprocess.STDOUT,
+                 str(self.n_ctx), self.alias, *([str(self.n_threads)] if self.n_threads else [])], pass_fds=(sock.fileno(), ready_w), stdout=out, stderr=subprocess.STDOUT,
                 start_new_session=True)
         os.close(ready_w)
         with os.fdopen(ready_r, "rb") as ready:  # "ready", or end of file when the engine died first

@@ -93,9 +93,12 @@ def test_dashboard_shows_live_figures_breakers_and_alerts(server):
             row = page.locator('#deployments tr[data-deployment="local"]')
             expect(row.locator(".state")).to_have_text("closed")
             expect(page.locator('#deployments tr[data-deployment="cloud"] td').nth(1)).to_have_text("cloud")
+            instance = page.locator('#instances tr[data-instance="local"] td')  # /admin/fleet: one row per instance
+            expect(instance.nth(2)).to_have_text("up")
 
             httpx.post(f"{srv.url}/admin/breakers/local/open", params={"seconds": "60"})
             expect(row.locator(".state")).to_have_text("open", timeout=5_000)
+            expect(instance.nth(2)).to_have_text("down", timeout=5_000)
             alert = page.locator('#alerts li[data-key="deployment_down:local"]')
             expect(alert).to_contain_text("deployment local is down (breaker open)", timeout=5_000)
             expect(alert.locator(".sev")).to_have_text("critical")

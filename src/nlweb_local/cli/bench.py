@@ -1,6 +1,7 @@
 """`nlweb-local bench ask`: time to first result and to the end of /ask on the demo site, and ingestion speed.
 `nlweb-local bench overload`: overload, honest back-pressure and recovery (`bench_overload.py`).
 `nlweb-local bench cache`: cache hit rates and what a hit costs on a Zipf workload (`bench_cache.py`).
+`nlweb-local bench fleet`: balancing over simulated engines, one 3x slower, and the fleet layer's overhead (`bench_fleet.py`).
 (The gateway's overhead benchmark is a developer tool: `python benchmarks/bench_gateway.py`.)"""
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import time
 from pathlib import Path
 
 from ..config.settings import Settings
-from . import bench_cache, bench_overload
+from . import bench_cache, bench_fleet, bench_overload
 
 QUESTIONS = [
     "vegetarian dinner that is quick to make",
@@ -31,16 +32,18 @@ QUESTIONS = [
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("bench", help="benchmarks that print figures")
-    p.add_argument("what", choices=["ask", "overload", "cache"], help="ask: /ask latency on the demo site plus "
+    p.add_argument("what", choices=["ask", "overload", "cache", "fleet"], help="ask: /ask latency on the demo site plus "
                    "ingestion items/s; overload: closed-loop /ask overload against a real serve, then calm: refusals, "
                    "Retry-After honesty, degraded answers, recovery; cache: hit rates on a Zipf workload with "
-                   "paraphrases, a hit's latency vs the pass-through, a cached /ask answer's (the gateway's overhead: "
+                   "paraphrases, a hit's latency vs the pass-through, a cached /ask answer's; fleet: p95 with P2C vs "
+                   "round-robin over simulated engines, one 3x slower, and the fleet layer's overhead (the gateway's overhead: "
                    "python benchmarks/bench_gateway.py --help, in a checkout)")
     p.add_argument("--mode", choices=["list", "summarize", "generate"], default="list")
     p.add_argument("--questions", type=int, default=len(QUESTIONS), help="how many of the fixed questions to run")
     p.add_argument("--json", action="store_true", help="print the figures as one JSON object")
     bench_overload.add_arguments(p)
     bench_cache.add_arguments(p)
+    bench_fleet.add_arguments(p)
     p.set_defaults(func=run)
 
 
@@ -72,6 +75,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         return bench_overload.run(args, settings)
     if args.what == "cache":
         return bench_cache.run(args, settings)
+    if args.what == "fleet":
+        return bench_fleet.run(args, settings)
     from ..ingest.demo import DEMO_SITE, demo_source
     from ..ingest.pipeline import Ingestor
     from ..server.app import create_app

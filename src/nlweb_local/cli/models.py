@@ -95,11 +95,12 @@ async def _lifecycle(args: argparse.Namespace, settings: Settings) -> int:
 
 
 async def _describe(d: DeploymentSettings) -> dict:
-    from ..providers.registry import build_provider
+    from ..config.settings import BreakerSettings
+    from ..server.components import build_adapter
 
-    row: dict = {"name": d.name, "engine": d.engine, "model": d.model, "url": d.url}
+    row: dict = {"name": d.name, "engine": d.engine, "model": d.model, "url": d.url or ", ".join(d.instances) or None}
     try:
-        provider = build_provider(d)
+        provider = build_adapter(d, BreakerSettings())  # several instances: a fleet, whose health sums theirs
         row["local"] = provider.capabilities.local
         h = await provider.health()
         row.update(healthy=h.healthy, detail=h.detail, waiting=h.waiting, running=h.running, loading=h.loading)

@@ -56,6 +56,17 @@ class ServerSettings(_Section):
     autoload_demo: bool = Field(True, description="load the bundled demo site when the store is empty at start")
 
 
+class FleetSettings(_Section):
+    """How a deployment with several `instances` picks one per call (fleet/)."""
+
+    policy: Literal["p2c", "least-outstanding", "round-robin", "affinity"] = Field(
+        "p2c", description="p2c: of two random instances, the lower EWMA latency x (queue+1); least-outstanding; "
+        "round-robin; affinity: the same instance per conversation (or prompt prefix) so its prompt cache is reused")
+    affinity_prefix_chars: int = Field(256, ge=1, description="affinity without a conversation id: hash this many first characters of the prompt")
+    affinity_spill: int = Field(2, ge=0, description="affinity: a call goes elsewhere (p2c) when its instance has more than 2x the least busy one's queue plus this")
+    stale_s: float = Field(30.0, gt=0, description="an instance's scraped health and load older than this are ignored (the breaker and in-flight counts still apply)")
+
+
 class DeploymentSettings(_Section):
     """One deployment: an engine serving a model at an endpoint (or in-process)."""
 
@@ -64,6 +75,8 @@ class DeploymentSettings(_Section):
                         "plugin registers (entry-point group nlweb_local.engines); checked when the deployment is built")
     model: str = Field("", description="model name at the engine (a path or GGUF file for in-process engines)")
     url: str | None = Field(None, description="base URL of the engine's HTTP API")
+    instances: list[str] = Field(default_factory=list, description="several base URLs of the same engine and model (instead of url): a fleet, balanced per call")
+    fleet: FleetSettings = FleetSettings()
     api_key: str | None = Field(None, description="API key (prefer api_key_env: keep secrets out of files)")
     api_key_env: str | None = Field(None, description="environment variable holding the API key")
     timeout_s: float = Field(120.0, gt=0, description="default deadline of one call")
@@ -76,6 +89,14 @@ class DeploymentSettings(_Section):
     serves: str | None = Field(None, pattern=r"^[^@\s]+@[^@\s]+$", description="NAME@VERSION of the model registry "
                                "this deployment serves: a request for a registry alias pointing at that version goes "
                                "here, and x-nlweb-route and the ledger name the version; model empty = the version's file")
+
+    @model_validator(mode="after")
+    def _one_kind_of_address(self) -> "DeploymentSettings":
+        if self.instances and self.url:
+            raise ValueError(f"deployment {self.name!r}: set url (one instance) or instances (several), not both")
+        if len(set(self.instances)) != len(self.instances) or not all(u.strip() for u in self.instances):
+            raise ValueError(f"deployment {self.name!r}: instances must be distinct, non-empty URLs")
+        return self
 
     def key(self, environ: Mapping[str, str]) -> str | None:
         return self.api_key or (environ.get(self.api_key_env) if self.api_key_env else None)

@@ -130,3 +130,63 @@ class ScriptedProvider:
 
     async def close(self) -> None:
         return None
+
+
+class SimulatedEngine:
+    """A `Provider` that behaves like a serving engine under load, without a model: `slots` calls are
+    processed at once, the rest wait in its queue; a call's first token comes after `prefill_s`, the rest
+    after `per_token_s` per requested token, all times `slowdown` (a slower machine or GPU). Its
+    `health()` reports its queue as a scraped engine's would. For benchmarks of balancing
+    (`nlweb-local bench fleet`) and tests."""
+
+    def __init__(self, name: str, *, slots: int = 4, prefill_s: float = 0.02, per_token_s: float = 0.002,
+                 slowdown: float = 1.0):
+        from .base import Capabilities
+
+        self.name, self.model = name, f"{name}-model"
+        self.capabilities = Capabilities(context_window=8192, json_schema=True)
+        self.prefill_s, self.per_token_s, self.slowdown = prefill_s * slowdown, per_token_s * slowdown, slowdown
+        self._slots = asyncio.Semaphore(slots)
+        self.waiting = self.running = self.calls = 0
+
+    async def stream(self, request):
+        from ..core.types import ChatChunk, Usage
+
+        self.calls += 1
+        self.waiting += 1
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        try:
+            await self._slots.acquire()
+        finally:
+            self.waiting -= 1
+        self.running += 1
+        try:
+            await asyncio.sleep(self.prefill_s)
+            ttft = loop.time() - t0
+            yield ChatChunk("Hello", None)
+            await asyncio.sleep(self.per_token_s * request.max_tokens)
+            yield ChatChunk(".", "stop", Usage(prompt_tokens=10, completion_tokens=request.max_tokens,
+                                               time_to_first_token_s=ttft, total_s=loop.time() - t0))
+        finally:
+            self.running -= 1
+            self._slots.release()
+
+    async def complete(self, request):
+        from .base import assemble
+
+        return await assemble(self.stream(request), deployment=self.name, model=self.model)
+
+    async def embed(self, texts):  # pragma: no cover - not an embedding engine
+        raise NotImplementedError
+
+    async def health(self):
+        from .base import LoadSnapshot
+
+        return LoadSnapshot(healthy=True, detail=self.model, waiting=self.waiting, running=self.running)
+
+    def admit(self, request=None) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None

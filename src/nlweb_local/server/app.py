@@ -119,14 +119,15 @@ def middleware(comp: Components) -> list[Middleware]:
 
 
 def gateway_routes(comp: Components, settings: Settings) -> list:
-    """/v1/* (OpenAI-compatible) over the composed gateway, /admin/breakers over the router's API, and
-    /admin/registry over the model registry."""
+    """/v1/* (OpenAI-compatible) over the composed gateway, /admin/breakers and /admin/fleet over the router's
+    API, and /admin/registry over the model registry."""
     from .admin import breaker_routes
+    from .fleet_admin import fleet_routes
     from .gateway import Gateway
 
     assert comp.router is not None and comp.gateway is not None
     gateway = Gateway(comp.gateway, comp.router, comp.embedder, server=settings.server, embeddings=comp.embeddings)
-    routes = [*gateway.routes(), *breaker_routes(comp.router)]
+    routes = [*gateway.routes(), *breaker_routes(comp.router), *fleet_routes(comp.router)]
     if comp.registry is not None:  # /admin/registry: models, versions, aliases, history; alias moves, rollback
         from .registry_admin import registry_routes
 

@@ -100,7 +100,6 @@ def build_router(settings: Settings, *, providers: Mapping[str, Provider] | None
     `providers` replaces the adapter of the deployments it names (tests). `registry` (a
     `registry.ModelRegistry` with its `view`): deployments that `serve` a registered version are
     checked against it, and the router resolves its aliases per request."""
-    from ..providers.registry import build_provider
     from ..router.breaker import CircuitBreaker
     from ..router.model import DeploymentInfo
     from ..router.router import Route
@@ -123,7 +122,7 @@ def build_router(settings: Settings, *, providers: Mapping[str, Provider] | None
             if registry is None:
                 raise BadRequestError(f"deployment {d.name!r} serves {d.serves}, but no model registry was given")
             d = registry.deployment(d)
-        adapter = given[d.name] if d.name in given else build_provider(d)
+        adapter = given[d.name] if d.name in given else build_adapter(d, s.breaker)
         version = d.serves or deployment_version(d)
         wrappers = (telemetry.deployment_wrappers(engine=d.engine, price_in_per_m=d.price_in_per_m,
                                                   price_out_per_m=d.price_out_per_m, model_version=version)
@@ -149,6 +148,26 @@ def build_router(settings: Settings, *, providers: Mapping[str, Provider] | None
                       registry=getattr(registry, "view", None))
     except ValueError as e:
         raise BadRequestError(f"llm.groups: {e}") from None
+
+
+IN_PROCESS_ENGINES = frozenset({"llama_cpp", "transformers", "sentence_transformers"})
+
+
+def build_adapter(d: DeploymentSettings, breaker: Any) -> Provider:
+    """A deployment's engine adapter: one for its `url`; with `instances`, a `fleet.Fleet` over one adapter per
+    URL, each with its own breaker (`breaker`: the `BreakerSettings` of llm.breaker)."""
+    from ..providers.registry import build_provider
+
+    if not d.instances:
+        return build_provider(d)
+    from ..fleet.fleet import Fleet
+    from ..router.breaker import CircuitBreaker
+
+    if d.engine in IN_PROCESS_ENGINES:
+        raise BadRequestError(f"deployment {d.name!r}: engine {d.engine!r} runs inside nlweb-local and has no instances; "
+                              "list the URLs of HTTP engines (llama_server, vllm, ollama, tgi, ...)", deployment=d.name)
+    members = [(url, build_provider(d.model_copy(update={"url": url, "instances": []}))) for url in d.instances]
+    return Fleet(d.name, members, d.fleet, breaker=lambda name: CircuitBreaker(name, breaker, on_change=_log_breaker))
 
 
 def build_model_registry(settings: Settings) -> Any:

@@ -1,0 +1,39 @@
+"""`GET /admin/fleet`: every deployment with its instances — health, breaker, calls in flight, the engine's
+queue, EWMA latency and how old the last scrape is — over the router's typed API (`router.provider(name)`
+and `find(..., Fleet)`). A deployment with one URL (or in-process) is a fleet of one: one row, from the
+router's own view of it."""
+from __future__ import annotations
+
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from ..fleet.fleet import Fleet
+from ..providers.wrapper import find
+
+
+def fleet_view(router: Any) -> dict[str, Any]:
+    out = []
+    for name in router.names():
+        fleet = find(router.provider(name), Fleet)
+        v = router.view(name)
+        if fleet is not None:
+            instances = [s.as_dict() for s in fleet.status()]
+        else:
+            load = router.load(name)
+            instances = [{"url": None, "up": v.healthy and v.admits, "healthy": v.healthy, "detail": load.detail,
+                          "breaker": v.breaker, "in_flight": v.in_flight, "waiting": load.waiting, "running": load.running,
+                          "ewma_latency_s": None if v.ewma_ttft_s is None else round(v.ewma_ttft_s, 4),
+                          "kv_cache_usage": load.kv_cache_usage, "scrape_age_s": None, "served": None, "failed": None}]
+        out.append({"deployment": name, "model": v.info.model, "breaker": v.breaker,
+                    "policy": fleet.policy_name if fleet is not None else None, "instances": instances})
+    return {"deployments": out}
+
+
+def fleet_routes(router: Any) -> list[Route]:
+    async def fleet(request: Request) -> Response:
+        return JSONResponse(fleet_view(router))
+
+    return [Route("/admin/fleet", fleet)]
