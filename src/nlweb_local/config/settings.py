@@ -268,6 +268,26 @@ class SemanticCacheSettings(_Section):
         return self
 
 
+class LimitSettings(_Section):
+    """A team's limits (a key's own are set when it is created: nlweb-local keys create --rpm ...)."""
+
+    requests_per_minute: int | None = Field(None, ge=0, description="requests a minute, all the team's keys together; null = no limit")
+    tokens_per_day: int | None = Field(None, ge=0, description="LLM tokens (in + out) a UTC day; null = no limit")
+    usd_per_day: float | None = Field(None, ge=0, description="LLM spend a UTC day in US dollars (priced as in the cost ledger); null = no limit")
+
+
+class AuthSettings(_Section):
+    """API keys, roles and limits (governance/). See the README's "Securing nlweb-local"."""
+
+    enabled: bool = Field(False, description="require an API key on every route but /health, /ready and the chat page's files; auth is also on as soon as any key exists (nlweb-local keys create)")
+    keys_path: str | None = Field(None, description="the key store (SQLite); null = <data_dir>/keys.sqlite")
+    secret_path: str | None = Field(None, description="the server secret keys are hashed with (HMAC-SHA256); null = <data_dir>/auth.secret (back it up with the key store)")
+    key_cache_entries: int = Field(10_000, ge=1, description="keys kept in memory after their first use")
+    key_cache_ttl_s: float = Field(10.0, gt=0, description="how long a key found in the store is trusted without reading it again: a key revoked by the CLI (another process) stops working within this; /admin/keys acts at once")
+    limits_redis_url: str | None = Field(None, description="keep the limits' counters in Redis (e.g. redis://127.0.0.1:6379/0) so that every replica shares them; null = in this process")
+    teams: dict[str, LimitSettings] = Field(default_factory=dict, description="team name -> its limits (requests_per_minute, tokens_per_day, usd_per_day)")
+
+
 class Settings(_Section):
     data_dir: str = Field("data", description="everything the service writes lives under here")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
@@ -281,6 +301,7 @@ class Settings(_Section):
     telemetry: TelemetrySettings = TelemetrySettings()
     cache_store: CacheBackendSettings = CacheBackendSettings()
     semantic_cache: SemanticCacheSettings = SemanticCacheSettings()
+    auth: AuthSettings = AuthSettings()
 
     @property
     def data_path(self) -> Path:

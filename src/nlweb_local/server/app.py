@@ -17,6 +17,7 @@ from starlette.staticfiles import StaticFiles
 from .. import __version__
 from ..config.settings import Settings
 from ..core.errors import BadRequestError, NlwebError
+from ..governance.scopes import visible
 from ..search.who import SiteDirectory
 from .ask import AskEndpoint
 from .components import Components, build_components
@@ -41,13 +42,13 @@ def create_app(settings: Settings, components: Components | None = None, *, clos
 
     async def sites(request: Request) -> Response:
         infos = await asyncio.to_thread(comp.store.sites)
-        return JSONResponse({"message-type": "sites", "sites": [s.name for s in infos]})
+        return JSONResponse({"message-type": "sites", "sites": visible(s.name for s in infos)})
 
     async def who(request: Request) -> Response:
         query = request.query_params.get("query", "").strip()
         if not query:
             return nlweb_error(_missing("query", "/who?query=vegetarian+recipes"))
-        matches = await directory.who(query)
+        matches = visible(await directory.who(query), lambda m: m.site)  # a key's --sites scope
         return JSONResponse({"message_type": "who", "query": query, "sites": [
             {"site": m.site, "score": m.score, "description": m.description, "item_count": m.item_count} for m in matches]})
 
@@ -85,6 +86,7 @@ def create_app(settings: Settings, components: Components | None = None, *, clos
                     max_body_bytes=settings.server.max_body_bytes, body_timeout_s=settings.server.body_timeout_s,
                     max_batch=settings.server.mcp_max_batch),
         *(_telemetry_routes(comp) if comp.telemetry is not None else []),
+        *(_key_routes(comp, settings) if comp.governance is not None else []),
         Mount("/static", app=StaticFiles(directory=STATIC), name="static"),
     ]
 
@@ -115,6 +117,14 @@ def _telemetry_routes(comp: Components) -> list:
     return telemetry_routes(comp.telemetry, comp.router)
 
 
+def _key_routes(comp: Components, settings: Settings) -> list:
+    """/admin/keys (server/keys_admin.py)."""
+    from .keys_admin import key_routes
+
+    return key_routes(comp.governance, max_body_bytes=settings.server.max_body_bytes,
+                      body_timeout_s=settings.server.body_timeout_s)
+
+
 def middleware(comp: Components) -> list[Middleware]:
     """The one middleware list, outermost first: request id (an `x-request-id` per request, followed into
     every ledger row and span of that request) → authentication (with governance) → tracing (a span per
@@ -122,7 +132,12 @@ def middleware(comp: Components) -> list[Middleware]:
     from ..telemetry.context import RequestIdMiddleware
 
     tracing = getattr(comp.telemetry, "tracing", None)
-    return [Middleware(RequestIdMiddleware), *([tracing.middleware()] if tracing is not None else [])]
+    auth = []
+    if comp.governance is not None:
+        from .auth import AuthMiddleware
+
+        auth = [Middleware(AuthMiddleware, governance=comp.governance)]
+    return [Middleware(RequestIdMiddleware), *auth, *([tracing.middleware()] if tracing is not None else [])]
 
 
 def gateway_routes(comp: Components, settings: Settings) -> list:

@@ -11,6 +11,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from ..config.settings import Settings
 from ..core.errors import NlwebError
+from ..governance.scopes import sites_in_scope
 from ..search.events import Begin, End, Event, Failure
 from ..search.pipeline import AskPipeline
 from .body import ClientGone
@@ -89,6 +90,7 @@ class AskEndpoint:
             server = self._settings.server
             params, raw = await collect_params(request, server.max_body_bytes, server.body_timeout_s)
             parsed = parse_ask(params, raw, self._settings.search, self._settings.server.default_api)
+            parsed.ask.sites = sites_in_scope(parsed.ask.sites)  # a key made with --sites searches only those
             self._pipeline.admit()
         except NlwebError as e:
             return nlweb_error(e)

@@ -1,0 +1,92 @@
+"""`Authenticator`: an API key in, an `Identity` out — one HMAC and one dictionary lookup per request.
+
+Found keys are cached (bounded, least recently used first out) for `ttl_s`; the cache is invalidated at
+once by a revoke or rotate in this process (`/admin/keys`), and a revoke by another process (the CLI)
+takes effect when the entry expires (`auth.key_cache_ttl_s`). Unknown keys are not cached: a miss reads
+the store in a worker thread.
+
+Auth is on when `auth.enabled` is set or the store has ever held a key (a revoked key still counts: the
+server never falls back to open because keys were revoked). While off, the store is looked at again at
+most every `ttl_s`, so a key created by the CLI turns auth on without a restart.
+"""
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import OrderedDict
+from typing import Callable
+
+from ..core.errors import AuthError
+from .identity import Identity
+from .keyring import Keyring
+from .keys import KeyRecord, key_hash, well_formed
+
+
+class Authenticator:
+    def __init__(self, keyring: Keyring, *, enabled: bool = False, cache_entries: int = 10_000, ttl_s: float = 10.0,
+                 clock: Callable[[], float] = time.time, monotonic: Callable[[], float] = time.monotonic):
+        self.keyring = keyring
+        self.enabled = enabled
+        self._cache: OrderedDict[str, tuple[KeyRecord, Identity, float]] = OrderedDict()  # hash -> (record, its identity, cached at)
+        self._max = max(1, cache_entries)
+        self._ttl = ttl_s
+        self._clock = clock
+        self._monotonic = monotonic
+        self._has_keys = keyring.store.count() > 0
+        self._next_look = monotonic() + ttl_s
+        self._secret = keyring.secret() if self._has_keys else None
+
+    @property
+    def active(self) -> bool:
+        return self.enabled or self._has_keys
+
+    async def refresh(self) -> bool:
+        """While auth is off: whether a key has appeared (looked up at most every ttl_s)."""
+        if self.active or self._monotonic() < self._next_look:
+            return self.active
+        self._next_look = self._monotonic() + self._ttl
+        if await asyncio.to_thread(self.keyring.store.count):
+            self.keys_changed()
+        return self.active
+
+    def keys_changed(self, key_id: str | None = None) -> None:
+        """A key was created, revoked or rotated here: auth is on, and `key_id`'s cached entry is gone."""
+        self._has_keys = True
+        if key_id is not None:
+            for digest, (record, _, _) in list(self._cache.items()):
+                if record.key_id == key_id:
+                    self._cache.pop(digest, None)
+
+    async def authenticate(self, key: str) -> Identity:
+        """The key's identity, or `AuthError` (401) saying what is wrong with it."""
+        if not well_formed(key):
+            raise AuthError("malformed API key: expected 'nlk_' followed by the key id and secret, as printed by "
+                            "`nlweb-local keys create`")
+        if self._secret is None:
+            self._secret = await asyncio.to_thread(self.keyring.secret)
+            if self._secret is None:
+                raise AuthError("unknown API key (this server has no keys yet)")
+        digest = key_hash(self._secret, key)
+        hit = self._cache.get(digest)
+        now = self._monotonic()
+        if hit is not None and now - hit[2] < self._ttl:
+            self._cache.move_to_end(digest)
+            record, identity = hit[0], hit[1]
+        else:
+            found = await asyncio.to_thread(self.keyring.store.by_hash, digest)
+            if found is None:
+                self._cache.pop(digest, None)
+                raise AuthError("unknown API key: it was never issued here, or it was rotated")
+            record, identity = found, found.identity()
+            self._cache[digest] = (record, identity, now)
+            if len(self._cache) > self._max:
+                self._cache.popitem(last=False)
+        status = record.status(self._clock())
+        if status == "revoked":
+            raise AuthError(f"API key {record.key_id} ({record.name}) was revoked; ask an admin for a new one")
+        if status == "expired":
+            raise AuthError(f"API key {record.key_id} ({record.name}) expired; ask an admin to rotate it or issue a new one")
+        return identity
+
+    def invalidate_all(self) -> None:
+        self._cache.clear()
