@@ -40,11 +40,16 @@ return 1
 
 
 class RedisCounters:
-    def __init__(self, url: str, *, timeout_s: float = 0.5, max_connections: int = 32, prefix: str = PREFIX):
+    def __init__(self, url: str, *, timeout_s: float = 0.5, max_connections: int = 32, wait_s: float = 2.0,
+                 prefix: str = PREFIX):
+        """`timeout_s`: a connect or a reply; `wait_s`: the longest a call waits for one of the
+        `max_connections` connections (a burst queues for them rather than failing)."""
         import redis.asyncio as aioredis
 
-        self._redis = aioredis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s,
-                                        max_connections=max_connections)
+        pool = aioredis.BlockingConnectionPool.from_url(url, max_connections=max_connections, timeout=wait_s,
+                                                        socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
+        self._pool = pool
+        self._redis = aioredis.Redis(connection_pool=pool)
         self._prefix = prefix
         self._reserve = self._redis.register_script(_RESERVE)
         self._adjust = self._redis.register_script(_ADJUST)
@@ -89,3 +94,4 @@ class RedisCounters:
 
     async def close(self) -> None:
         await self._redis.aclose()
+        await self._pool.disconnect()
