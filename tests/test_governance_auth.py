@@ -241,3 +241,14 @@ def test_the_openai_sdk_with_a_key(tmp_path):
             bad.chat.completions.create(model="auto", messages=[{"role": "user", "content": "hi"}])
     finally:
         srv.stop()
+
+
+def test_the_hot_path_hash_is_hmac_sha256():
+    import os
+
+    from nlweb_local.governance.keys import KeyHasher, key_hash, new_key
+
+    for secret in (os.urandom(16), os.urandom(32), os.urandom(64), os.urandom(100)):
+        hasher = KeyHasher(secret)
+        for key in (new_key()[1], "nlk_x", ""):
+            assert hasher(key) == key_hash(secret, key)

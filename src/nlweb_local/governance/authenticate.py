@@ -19,7 +19,12 @@ from typing import Callable
 from ..core.errors import AuthError
 from .identity import Identity
 from .keyring import Keyring
-from .keys import KeyRecord, key_hash, well_formed
+from .keys import KeyHasher, KeyRecord, well_formed
+
+
+def _malformed() -> AuthError:
+    return AuthError("malformed API key: expected 'nlk_' followed by the key id and secret, as printed by "
+                     "`nlweb-local keys create`")
 
 
 class Authenticator:
@@ -34,7 +39,8 @@ class Authenticator:
         self._monotonic = monotonic
         self._has_keys = keyring.store.count() > 0
         self._next_look = monotonic() + ttl_s
-        self._secret = keyring.secret() if self._has_keys else None
+        secret = keyring.secret() if self._has_keys else None
+        self._hash = KeyHasher(secret) if secret is not None else None
 
     @property
     def active(self) -> bool:
@@ -59,19 +65,23 @@ class Authenticator:
 
     async def authenticate(self, key: str) -> Identity:
         """The key's identity, or `AuthError` (401) saying what is wrong with it."""
-        if not well_formed(key):
-            raise AuthError("malformed API key: expected 'nlk_' followed by the key id and secret, as printed by "
-                            "`nlweb-local keys create`")
-        if self._secret is None:
-            self._secret = await asyncio.to_thread(self.keyring.secret)
-            if self._secret is None:
+        hasher = self._hash
+        if hasher is None:
+            if not well_formed(key):
+                raise _malformed()
+            secret = await asyncio.to_thread(self.keyring.secret)
+            if secret is None:
                 raise AuthError("unknown API key (this server has no keys yet)")
-        digest = key_hash(self._secret, key)
+            hasher = self._hash = KeyHasher(secret)
+        digest = hasher(key)
         hit = self._cache.get(digest)
         now = self._monotonic()
-        if hit is not None and now - hit[2] < self._ttl:
-            self._cache.move_to_end(digest)
+        if hit is not None and now - hit[2] < self._ttl:  # the hot path: a key seen recently
             record, identity = hit[0], hit[1]
+            if record.revoked_at is None and (record.expires_at is None or self._clock() < record.expires_at):
+                return identity
+        elif not well_formed(key):  # (checked after the cache: a known key is well formed)
+            raise _malformed()
         else:
             found = await asyncio.to_thread(self.keyring.store.by_hash, digest)
             if found is None:

@@ -18,11 +18,10 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass
-from typing import Callable, Protocol, Sequence
+from typing import Callable, NamedTuple, Protocol, Sequence
 
 
-@dataclass(frozen=True, slots=True)
-class Charge:
+class Charge(NamedTuple):  # (a tuple: made on every call, ~3x cheaper than a frozen dataclass)
     key: str
     amount: int
     limit: int
@@ -54,33 +53,34 @@ class InProcessCounters:
         self._clock = clock
         self._sweep_over = sweep_over
 
-    def _get(self, key: str, now: float) -> list | None:
+    def _live(self, key: str, now: float) -> list | None:
         entry = self._data.get(key)
         if entry is not None and now >= entry[1]:
             del self._data[key]
             return None
         return entry
 
-    def _put(self, key: str, delta: int, ttl_s: float, now: float) -> None:
-        entry = self._get(key, now)
-        if entry is None:
-            if len(self._data) >= self._sweep_over:
-                for k in [k for k, e in self._data.items() if now >= e[1]]:
-                    del self._data[k]
-            self._data[key] = [delta, now + ttl_s]
-        else:
+    def _add(self, key: str, entry: list | None, delta: int, ttl_s: float, now: float) -> None:
+        if entry is not None:
             entry[0] += delta
+            return
+        if len(self._data) >= self._sweep_over:
+            for k in [k for k, e in self._data.items() if now >= e[1]]:
+                del self._data[k]
+        self._data[key] = [delta, now + ttl_s]
 
     async def reserve(self, charges: Sequence[Charge]) -> Refusal | None:
         with self._lock:
             now = self._clock()
+            entries = []
             for i, c in enumerate(charges):
-                entry = self._get(c.key, now)
+                entry = self._live(c.key, now)
                 used = entry[0] if entry is not None else 0
                 if used + c.amount > c.limit:
                     return Refusal(i, used, entry[1] - now if entry is not None else c.ttl_s)
-            for c in charges:
-                self._put(c.key, c.amount, c.ttl_s, now)
+                entries.append(entry)
+            for c, entry in zip(charges, entries):
+                self._add(c.key, entry, c.amount, c.ttl_s, now)
         return None
 
     async def adjust(self, changes: Sequence[tuple[str, int, float]]) -> None:
@@ -88,11 +88,11 @@ class InProcessCounters:
             now = self._clock()
             for key, delta, ttl_s in changes:
                 if delta:
-                    self._put(key, delta, ttl_s, now)
+                    self._add(key, self._live(key, now), delta, ttl_s, now)
 
     async def value(self, key: str) -> int:
         with self._lock:
-            entry = self._get(key, self._clock())
+            entry = self._live(key, self._clock())
             return entry[0] if entry is not None else 0
 
     async def close(self) -> None:

@@ -16,7 +16,7 @@ import time
 from typing import Any, AsyncIterator, Callable, Iterable, Sequence
 
 from ..core.errors import ForbiddenError
-from ..core.types import ChatChunk, ChatRequest, ChatResponse, EmbeddingResponse, LabelProbs, Served
+from ..core.types import CallContext, ChatChunk, ChatRequest, ChatResponse, EmbeddingResponse, LabelProbs, Served
 from ..providers.base import Provider
 from ..providers.wrapper import StreamTally, WrapperProvider, answer_tokens, close_after_error, prompt_chars
 from .identity import CURRENT, Identity
@@ -48,6 +48,7 @@ class GovernedProvider(WrapperProvider):
         self._price = price
         self._clock = clock
         self._scopes: dict[tuple[str, ...], frozenset[str]] = {}
+        self._contexts: dict[int, tuple[CallContext, Identity, CallContext]] = {}  # by id(context): most are reused
 
     # -- scope and context --------------------------------------------------------------------------
     def _allowed(self, models: tuple[str, ...]) -> frozenset[str]:
@@ -59,7 +60,21 @@ class GovernedProvider(WrapperProvider):
         return allowed
 
     def _scoped(self, request: ChatRequest, ident: Identity) -> ChatRequest:
+        """The request, its context now naming the caller and held to the key's models. (The request is
+        changed in place: the edge made it for this call, and the router copies it per attempt.)"""
         ctx = request.context
+        hit = self._contexts.get(id(ctx))
+        if hit is not None and hit[0] is ctx and hit[1] is ident:
+            request.context = hit[2]
+            return request
+        scoped = self._scoped_context(request, ctx, ident)
+        if len(self._contexts) >= 4096:
+            self._contexts.clear()
+        self._contexts[id(ctx)] = (ctx, ident, scoped)
+        request.context = scoped
+        return request
+
+    def _scoped_context(self, request: ChatRequest, ctx: CallContext, ident: Identity) -> CallContext:
         pinned = ctx.deployments
         if ident.models:
             allowed = self._allowed(ident.models)
@@ -71,16 +86,20 @@ class GovernedProvider(WrapperProvider):
                 pinned = kept
             else:
                 pinned = tuple(d for d in self._deployments() if d in allowed)
-        new = request.with_deadline(request.deadline_s)
-        new.context = ctx.with_(caller=ident.key_id, team=ident.team, role=ident.role.label, deployments=pinned)
-        return new
+        return ctx.with_(caller=ident.key_id, team=ident.team, role=ident.role.label, deployments=pinned)
 
     # -- limits --------------------------------------------------------------------------------------
-    async def _reserve(self, ident: Identity, req: ChatRequest | None, tokens_in: int, tokens_out: int) -> Held | None:
-        if not self._policy.applies(ident):
+    async def _reserve(self, ident: Identity, req: ChatRequest | None, tokens_out: int,
+                       texts: Sequence[str] = ()) -> Held | None:
+        """Reserve a call's estimate: `req`'s prompt (or the `texts` to embed) and `tokens_out`."""
+        plan = self._policy.plan(ident)
+        if not plan.budget:
             return None
-        names = (req.context.deployments if req is not None else ()) or tuple(self._deployments())
-        usd = max((self._price(d, tokens_in, tokens_out) for d in names), default=0.0)
+        tokens_in = estimate_prompt(req) if req is not None else sum(len(t) for t in texts) // 4 + len(texts)
+        usd = 0.0
+        if plan.money:  # the dearest deployment the call may be served by
+            for d in (req.context.deployments if req is not None else ()) or self._deployments():
+                usd = max(usd, self._price(d, tokens_in, tokens_out))
         return await self._policy.reserve(ident, tokens_in + tokens_out, usd)
 
     async def _settle(self, held: Held | None, deployment: str, tokens_in: int, tokens_out: int, free: bool) -> None:
@@ -89,7 +108,8 @@ class GovernedProvider(WrapperProvider):
         if free or not deployment:
             await self._policy.settle(held, 0, 0.0)
         else:
-            await self._policy.settle(held, tokens_in + tokens_out, self._price(deployment, tokens_in, tokens_out))
+            usd = self._price(deployment, tokens_in, tokens_out) if held.plan.money else 0.0
+            await self._policy.settle(held, tokens_in + tokens_out, usd)
 
     async def _release(self, held: Held | None) -> None:
         if held is not None:
@@ -101,14 +121,15 @@ class GovernedProvider(WrapperProvider):
         if ident is None:
             return await self.inner.complete(request)
         req = self._scoped(request, ident)
-        held = await self._reserve(ident, req, estimate_prompt(req), req.max_tokens or DEFAULT_COMPLETION)
+        held = await self._reserve(ident, req, req.max_tokens or DEFAULT_COMPLETION)
         try:
             out = await self.inner.complete(req)
         except BaseException:
             await self._release(held)
             raise
-        await self._settle(held, out.deployment or (out.served.deployment if out.served else ""),
-                           *answer_tokens("complete", req, out), free=_free(out.served))
+        if held is not None:
+            await self._settle(held, out.deployment or (out.served.deployment if out.served else ""),
+                               *answer_tokens("complete", req, out), free=_free(out.served))
         return out
 
     async def classify(self, request: ChatRequest, labels: Sequence[str]) -> LabelProbs:
@@ -116,28 +137,30 @@ class GovernedProvider(WrapperProvider):
         if ident is None:
             return await super().classify(request, labels)
         req = self._scoped(request, ident)
-        held = await self._reserve(ident, req, estimate_prompt(req), 1)
+        held = await self._reserve(ident, req, 1)
         try:
             out = await super().classify(req, labels)
         except BaseException:
             await self._release(held)
             raise
-        served = out.served
-        await self._settle(held, served.deployment if served else "", *answer_tokens("classify", req, out),
-                           free=_free(served))
+        if held is not None:
+            served = out.served
+            await self._settle(held, served.deployment if served else "", *answer_tokens("classify", req, out),
+                               free=_free(served))
         return out
 
     async def embed(self, texts: Sequence[str]) -> EmbeddingResponse:
         ident = CURRENT.get()
         if ident is None:
             return await self.inner.embed(texts)
-        held = await self._reserve(ident, None, sum(len(t) for t in texts) // 4 + len(texts), 0)
+        held = await self._reserve(ident, None, 0, texts)
         try:
             out = await self.inner.embed(texts)
         except BaseException:
             await self._release(held)
             raise
-        await self._settle(held, out.deployment, *answer_tokens("embed", texts, out), free=_free(None, out.cache))
+        if held is not None:
+            await self._settle(held, out.deployment, *answer_tokens("embed", texts, out), free=_free(None, out.cache))
         return out
 
     def stream(self, request: ChatRequest) -> AsyncIterator[ChatChunk]:
@@ -148,7 +171,7 @@ class GovernedProvider(WrapperProvider):
 
     async def _stream(self, request: ChatRequest, ident: Identity) -> AsyncIterator[ChatChunk]:
         req = self._scoped(request, ident)
-        held = await self._reserve(ident, req, estimate_prompt(req), req.max_tokens or DEFAULT_COMPLETION)
+        held = await self._reserve(ident, req, req.max_tokens or DEFAULT_COMPLETION)
         seen = StreamTally(self._clock)
         served: Served | None = None
         error: BaseException | None = None
@@ -164,7 +187,9 @@ class GovernedProvider(WrapperProvider):
             raise
         finally:
             await close_after_error(chunks, error)
-            if seen.ttft is None:  # failed or abandoned before any answer
+            if held is None:
+                pass
+            elif seen.ttft is None:  # failed or abandoned before any answer
                 await self._release(held)
             else:  # (abandoned half-way: what was sent counts)
                 await self._settle(held, served.deployment if served else "", *seen.tokens(req), free=_free(served))

@@ -88,7 +88,30 @@ def key_id_of(key: str) -> str | None:
 
 
 def key_hash(secret: bytes, key: str) -> str:
-    return hmac.new(secret, key.encode("ascii", "replace"), hashlib.sha256).hexdigest()
+    return hmac.digest(secret, key.encode("ascii", "replace"), "sha256").hex()
+
+
+class KeyHasher:
+    """`key_hash` for one secret on the hot path: HMAC-SHA256 with the inner and outer SHA-256 states
+    computed once (RFC 2104; what the hmac module's own fallback does), ~1 µs a key where `hmac.digest`
+    takes ~5 µs. Equal to `key_hash` (tests/test_governance_auth.py checks it)."""
+
+    __slots__ = ("_inner", "_outer")
+
+    def __init__(self, secret: bytes):
+        block = hashlib.sha256().block_size
+        if len(secret) > block:
+            secret = hashlib.sha256(secret).digest()
+        secret = secret.ljust(block, b"\0")
+        self._inner = hashlib.sha256(bytes(b ^ 0x36 for b in secret))
+        self._outer = hashlib.sha256(bytes(b ^ 0x5C for b in secret))
+
+    def __call__(self, key: str) -> str:
+        inner = self._inner.copy()
+        inner.update(key.encode("ascii", "replace"))
+        outer = self._outer.copy()
+        outer.update(inner.digest())
+        return outer.hexdigest()
 
 
 def load_secret(path: Path, *, create: bool) -> bytes | None:

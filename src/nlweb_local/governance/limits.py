@@ -35,9 +35,43 @@ MINUTE, DAY = 60, 86_400
 
 @dataclass(slots=True)
 class Held:
-    """A reservation: the counters charged and what was reserved on each (to settle)."""
+    """A reservation: the counters charged (with what was reserved on each) and what each counts."""
 
-    charges: list[tuple[str, str, int, float]]  # (what: "tok"|"usd", counter key, reserved, ttl_s)
+    charges: list[Charge]
+    plan: "Plan"
+
+
+@dataclass(frozen=True, slots=True)
+class Bound:
+    """One limit that applies to a caller: whose (scope "key" or "team", and which), what ("rpm", "tok",
+    "usd"), the limit as configured and in counter units, and its counter's key without the window."""
+
+    scope: str
+    who: str
+    what: str
+    limit: float
+    scaled: int
+    prefix: str
+
+
+@dataclass(slots=True)
+class Plan:
+    """Every limit that applies to one identity, worked out once (the hot path only adds the window)."""
+
+    rpm: tuple[Bound, ...]
+    budget: tuple[Bound, ...]  # tokens and dollars a day
+    money: bool  # a dollar limit among them (else calls need no pricing)
+    tokens: tuple[bool, ...] = ()  # per budget bound: counts tokens (else nano-dollars)
+    day: int = -1  # the day `day_keys` are for
+    day_keys: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        self.tokens = tuple(b.what == "tok" for b in self.budget)
+
+    def keys_for(self, day: int) -> tuple[str, ...]:
+        if day != self.day:
+            self.day_keys, self.day = tuple(f"{b.prefix}{day}" for b in self.budget), day
+        return self.day_keys
 
 
 class LimitPolicy:
@@ -46,100 +80,100 @@ class LimitPolicy:
         self.counters = counters
         self._teams = dict(teams)
         self._now = now
+        self._plans: dict[int, tuple[Identity, Plan]] = {}  # by id(identity): the authenticator reuses them
 
-    def _limits(self, ident: Identity) -> list[tuple[str, str, Limits]]:
-        """[(scope, id, limits)] that apply: the key's, then its team's."""
-        out = [("key", ident.key_id, ident.limits)]
+    def plan(self, ident: Identity) -> Plan:
+        hit = self._plans.get(id(ident))
+        if hit is not None and hit[0] is ident:
+            return hit[1]
+        whose = [("key", ident.key_id, ident.limits)]
         team = self._teams.get(ident.team) if ident.team else None
         if team is not None:
-            out.append(("team", ident.team, team))
-        return out
+            whose.append(("team", ident.team, team))
+        rpm, budget = [], []
+        for scope, who, lim in whose:
+            for what, limit, unit, into in (("rpm", lim.requests_per_minute, 1, rpm), ("tok", lim.tokens_per_day, 1, budget),
+                                            ("usd", lim.usd_per_day, NANO, budget)):
+                if limit is not None:
+                    into.append(Bound(scope, who, what, limit, math.floor(limit * unit), f"{what}:{scope}:{who}:"))
+        plan = Plan(tuple(rpm), tuple(budget), any(b.what == "usd" for b in budget))
+        if len(self._plans) >= 4096:
+            self._plans.clear()
+        self._plans[id(ident)] = (ident, plan)
+        return plan
 
     def applies(self, ident: Identity) -> bool:
         """Whether any token or money limit applies (else calls skip reserving)."""
-        return any(lim.tokens_per_day is not None or lim.usd_per_day is not None for _, _, lim in self._limits(ident))
+        return bool(self.plan(ident).budget)
 
     async def admit_request(self, ident: Identity) -> None:
+        bounds = self.plan(ident).rpm
+        if not bounds:
+            return
         now = self._now()
         window, reset = int(now // MINUTE), MINUTE - now % MINUTE
-        charges, names = [], []
-        for scope, who, lim in self._limits(ident):
-            if lim.requests_per_minute is not None:
-                charges.append(Charge(f"rpm:{scope}:{who}:{window}", 1, lim.requests_per_minute, reset + 5))
-                names.append((scope, who, lim.requests_per_minute))
-        if not charges:
-            return
-        refused = await self.counters.reserve(charges)
+        refused = await self.counters.reserve([Charge(f"{b.prefix}{window}", 1, b.scaled, reset + 5) for b in bounds])
         if refused is not None:
-            scope, who, limit = names[refused.index]
-            raise _over(ident, scope, who, "requests_per_minute", f"{limit} requests a minute", now, reset)
+            b = bounds[refused.index]
+            raise _over(ident, b, now, reset)
 
     async def check_budget(self, ident: Identity) -> None:
         """Refuse at once when a day's token or money budget is already used up (so /ask answers 429
         instead of a degraded answer)."""
+        bounds = self.plan(ident).budget
+        if not bounds:
+            return
         now = self._now()
         day, reset = int(now // DAY), DAY - now % DAY
-        for scope, who, lim in self._limits(ident):
-            for what, limit, unit in (("tok", lim.tokens_per_day, 1), ("usd", lim.usd_per_day, NANO)):
-                if limit is None:
-                    continue
-                used = await self.counters.value(f"{what}:{scope}:{who}:{day}")
-                if used >= limit * unit:
-                    name, text = _name(what, limit)
-                    raise _over(ident, scope, who, name, text, now, reset, used=used / unit)
+        for b in bounds:
+            used = await self.counters.value(f"{b.prefix}{day}")
+            if used >= b.scaled:
+                raise _over(ident, b, now, reset, used=used)
 
     async def reserve(self, ident: Identity, tokens: int, usd: float) -> Held | None:
-        now = self._now()
-        day, reset = int(now // DAY), DAY - now % DAY
-        charges: list[Charge] = []
-        held: list[tuple[str, str, int, float]] = []
-        names: list[tuple[str, str, str, float]] = []
-        for scope, who, lim in self._limits(ident):
-            for what, limit, amount in (("tok", lim.tokens_per_day, tokens),
-                                        ("usd", lim.usd_per_day, math.ceil(usd * NANO))):
-                if limit is None:
-                    continue
-                key = f"{what}:{scope}:{who}:{day}"
-                scaled = int(limit if what == "tok" else math.floor(limit * NANO))
-                charges.append(Charge(key, amount, scaled, reset + 60))
-                held.append((what, key, amount, reset + 60))
-                names.append((scope, who, what, limit))
-        if not charges:
+        plan = self.plan(ident)
+        bounds = plan.budget
+        if not bounds:
             return None
+        now = self._now()
+        day = int(now // DAY)
+        ttl = DAY - now % DAY + 60
+        nano = math.ceil(usd * NANO)
+        charges = [Charge(key, tokens if counts_tokens else nano, b.scaled, ttl)
+                   for key, counts_tokens, b in zip(plan.keys_for(day), plan.tokens, bounds)]
         refused = await self.counters.reserve(charges)
         if refused is not None:
-            scope, who, what, limit = names[refused.index]
-            name, text = _name(what, limit)
-            unit = 1 if what == "tok" else NANO
-            need = charges[refused.index].amount / unit
-            raise _over(ident, scope, who, name, text, now, refused.reset_in_s, used=refused.used / unit, need=need)
-        return Held(held)
+            raise _over(ident, bounds[refused.index], now, refused.reset_in_s, used=refused.used,
+                        need=charges[refused.index].amount)
+        return Held(charges, plan)
 
     async def settle(self, held: Held | None, tokens: int, usd: float) -> None:
         if held is None:
             return
-        actual = {"tok": tokens, "usd": math.ceil(usd * NANO)}
-        await self.counters.adjust([(key, actual[what] - reserved, ttl) for what, key, reserved, ttl in held.charges])
+        nano = math.ceil(usd * NANO)
+        await self.counters.adjust([(c.key, (tokens if counts_tokens else nano) - c.amount, c.ttl_s)
+                                    for c, counts_tokens in zip(held.charges, held.plan.tokens)])
 
 
-def _name(what: str, limit: float) -> tuple[str, str]:
-    if what == "tok":
-        return "tokens_per_day", f"{int(limit)} tokens a day"
-    return "usd_per_day", f"${limit:g} a day"
+_NAMES = {"rpm": "requests_per_minute", "tok": "tokens_per_day", "usd": "usd_per_day"}
 
 
-def _over(ident: Identity, scope: str, who: str, name: str, text: str, now: float, reset_in: float, *,
-          used: float | None = None, need: float | None = None) -> QuotaExceededError:
-    whose = f"key {ident.name!r} ({ident.key_id})" if scope == "key" else f"team {who!r}"
+def _over(ident: Identity, b: Bound, now: float, reset_in: float, *, used: int | None = None,
+          need: int | None = None) -> QuotaExceededError:
+    """`used`, `need`: in counter units."""
+    name = _NAMES[b.what]
+    text = {"rpm": f"{int(b.limit)} requests a minute", "tok": f"{int(b.limit)} tokens a day",
+            "usd": f"${b.limit:g} a day"}[b.what]
+    whose = f"key {ident.name!r} ({ident.key_id})" if b.scope == "key" else f"team {b.who!r}"
     resets = datetime.fromtimestamp(now + reset_in, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
     detail = ""
     if used is not None:
-        detail = f" ({_amount(name, used)} used or reserved"
-        detail += f", this call needs up to {_amount(name, need)})" if need is not None else ")"
+        detail = f" ({_amount(b.what, used)} used or reserved"
+        detail += f", this call needs up to {_amount(b.what, need)})" if need is not None else ")"
     hint = " or lower max_tokens" if need is not None else ""
     return QuotaExceededError(f"{whose} is over its {name} limit of {text}{detail}; it resets at {resets} "
                               f"(in {math.ceil(reset_in)} s){hint}", limit=name, retry_after=reset_in)
 
 
-def _amount(name: str, value: float) -> str:
-    return f"${value:.6f}".rstrip("0").rstrip(".") if name == "usd_per_day" else f"{int(value)}"
+def _amount(what: str, value: int) -> str:
+    return f"${value / NANO:.9f}".rstrip("0").rstrip(".") if what == "usd" else f"{value}"

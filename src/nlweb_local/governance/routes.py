@@ -19,7 +19,8 @@ class RouteRule:
     path: str
     role: Role
     prefix: bool = False  # a mount: the path and everything under it
-    uses_llm: bool = False  # its requests may spend tokens (budgets are checked before it runs)
+    budget_first: bool = False  # refuse up front when a day's budget is spent (its LLM calls would only degrade;
+    #                             /v1 needs no such check: its call's reservation refuses with the 429)
 
     def matches(self, path: str) -> bool:
         if self.prefix:
@@ -46,15 +47,15 @@ ROUTES: tuple[RouteRule, ...] = (
     RouteRule("/", PUBLIC),
     RouteRule("/static", PUBLIC, prefix=True),
     # users, within their key's models and sites
-    RouteRule("/v1/chat/completions", USER, uses_llm=True),
-    RouteRule("/v1/completions", USER, uses_llm=True),
-    RouteRule("/v1/embeddings", USER, uses_llm=True),
+    RouteRule("/v1/chat/completions", USER),
+    RouteRule("/v1/completions", USER),
+    RouteRule("/v1/embeddings", USER),
     RouteRule("/v1/models", USER),
-    RouteRule("/ask", USER, uses_llm=True),
-    RouteRule("/mcp", USER, uses_llm=True),
+    RouteRule("/ask", USER, budget_first=True),
+    RouteRule("/mcp", USER, budget_first=True),
     RouteRule("/who", USER),
     RouteRule("/sites", USER),
-    RouteRule("/chat", USER, prefix=True, uses_llm=True),
+    RouteRule("/chat", USER, prefix=True, budget_first=True),
     # operators: read the service's state, command breakers
     RouteRule("/metrics", OPERATOR),
     RouteRule("/dashboard", OPERATOR),

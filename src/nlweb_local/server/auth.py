@@ -10,7 +10,8 @@ NLWeb errors on /ask, /sites, /who and /chat, a JSON-RPC error on /mcp; 401 carr
     401  missing, malformed, unknown, revoked or expired key (the message says which)
     403  a valid key whose role is below the route's (or whose scope excludes a model or site: later, where
          the request names it)
-    429  over the key's or its team's requests/minute, or a day's token or money budget already spent
+    429  over the key's or its team's requests/minute; on /ask, /mcp and /chat a day's token or money budget
+         already spent (on /v1 the call's own reservation refuses)
 """
 from __future__ import annotations
 
@@ -64,7 +65,7 @@ class AuthMiddleware:
                 raise ForbiddenError(f"{ident.describe()} may not call {scope['path']}: it needs the "
                                      f"{rule.role.label} role")
             await self._limits.admit_request(ident)
-            if rule.uses_llm:
+            if rule.budget_first:
                 await self._limits.check_budget(ident)
         except NlwebError as e:
             await refuse(scope, send, e)
