@@ -5,6 +5,7 @@
     key_store.py      the KeyStore port and SQLite (portable SQL)
     keyring.py        create / list / revoke / rotate (the CLI and /admin/keys)
     authenticate.py   a key -> an Identity (one HMAC + one dict lookup), cached, invalidated on revoke
+    tokens.py         SSO: an OIDC/JWT bearer token -> an Identity (PyJWT, a JWKS file or URL)
     routes.py         the route table: the least role of every route
     counters.py       the Counters port (atomic reserve, adjust; expiry) in process; counters_redis.py in Redis
     limits.py         requests/minute, tokens/day, $/day per key and team: reserve, then settle
@@ -77,6 +78,12 @@ def build_counters(settings: Any) -> Counters:
 def build_governance(settings: Any) -> Governance:
     a = settings.auth
     keyring = open_keyring(settings)
-    auth = Authenticator(keyring, enabled=a.enabled, cache_entries=a.key_cache_entries, ttl_s=a.key_cache_ttl_s)
+    tokens = None
+    if a.jwt.jwks_file or a.jwt.jwks_url:
+        from .tokens import TokenVerifier
+
+        tokens = TokenVerifier(a.jwt, cache_entries=a.key_cache_entries)
+    auth = Authenticator(keyring, enabled=a.enabled, cache_entries=a.key_cache_entries, ttl_s=a.key_cache_ttl_s,
+                         tokens=tokens)
     teams = {name: Limits(t.requests_per_minute, t.tokens_per_day, t.usd_per_day) for name, t in a.teams.items()}
     return Governance(keyring, auth, LimitPolicy(build_counters(settings), teams=teams), RouteTable())

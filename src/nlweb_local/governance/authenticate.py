@@ -14,12 +14,13 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import OrderedDict
-from typing import Callable
+from typing import Any, Callable
 
 from ..core.errors import AuthError
 from .identity import Identity
 from .keyring import Keyring
 from .keys import KeyHasher, KeyRecord, well_formed
+from .tokens import looks_like_jwt
 
 
 def _malformed() -> AuthError:
@@ -29,9 +30,12 @@ def _malformed() -> AuthError:
 
 class Authenticator:
     def __init__(self, keyring: Keyring, *, enabled: bool = False, cache_entries: int = 10_000, ttl_s: float = 10.0,
-                 clock: Callable[[], float] = time.time, monotonic: Callable[[], float] = time.monotonic):
+                 clock: Callable[[], float] = time.time, monotonic: Callable[[], float] = time.monotonic,
+                 tokens: Any = None):
+        """`tokens`: a `tokens.TokenVerifier` for SSO bearer tokens (None: API keys only); it turns auth on."""
         self.keyring = keyring
-        self.enabled = enabled
+        self.tokens = tokens
+        self.enabled = enabled or tokens is not None
         self._cache: OrderedDict[str, tuple[KeyRecord, Identity, float]] = OrderedDict()  # hash -> (record, its identity, cached at)
         self._max = max(1, cache_entries)
         self._ttl = ttl_s
@@ -64,7 +68,9 @@ class Authenticator:
                     self._cache.pop(digest, None)
 
     async def authenticate(self, key: str) -> Identity:
-        """The key's identity, or `AuthError` (401) saying what is wrong with it."""
+        """The key's (or SSO token's) identity, or `AuthError` (401) saying what is wrong with it."""
+        if self.tokens is not None and looks_like_jwt(key):
+            return await self.tokens.authenticate(key)
         hasher = self._hash
         if hasher is None:
             if not well_formed(key):
