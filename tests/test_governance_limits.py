@@ -45,7 +45,7 @@ async def test_fifty_concurrent_requests_against_a_token_budget_for_ten_never_ov
     if backend == "redis":
         auth["limits_redis_url"] = request.getfixturevalue("redis_server").url
     service = governed_service(tmp_path, auth=auth)
-    service.local.token_delay_s = 0.02  # every call is still in flight when the others ask
+    service.local.token_delay_s = 0.2  # every call is still in flight when the others ask (0.6 s)
     limit = 10 * ESTIMATE
     key = service.key("burst", "user", limits=Limits(tokens_per_day=limit))
     responses = await _burst(service, "burst", CHAT)
@@ -63,7 +63,7 @@ async def test_fifty_concurrent_requests_against_a_token_budget_for_ten_never_ov
 
 async def test_fifty_concurrent_requests_against_a_money_budget_for_ten_never_overspend(tmp_path):
     service = governed_service(tmp_path, cloud_price=(2.5, 10.0))
-    service.cloud.token_delay_s = 0.02
+    service.cloud.token_delay_s = 0.2
     price = (2.5 * (ESTIMATE - MAX_TOKENS) + 10.0 * MAX_TOKENS) / 1e6  # each call's estimate at the cloud's price
     budget = 10.5 * price
     service.key("spender", "user", limits=Limits(usd_per_day=budget))

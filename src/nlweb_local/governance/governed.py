@@ -86,6 +86,9 @@ class GovernedProvider(WrapperProvider):
                 pinned = kept
             else:
                 pinned = tuple(d for d in self._deployments() if d in allowed)
+                if not pinned:  # (never an empty pin: that would mean "any deployment")
+                    raise ForbiddenError(f"{ident.describe()} may use the models {', '.join(ident.models)}, and none "
+                                         "of them is served here (GET /v1/models lists them); ask an admin to fix the key")
         return ctx.with_(caller=ident.key_id, team=ident.team, role=ident.role.label, deployments=pinned)
 
     # -- limits --------------------------------------------------------------------------------------
