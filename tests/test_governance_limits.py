@@ -162,6 +162,8 @@ async def test_redis_counters_are_atomic_and_expire(redis_server):
         assert refused.index == 0 and refused.used == 30 and 0 < refused.reset_in_s <= 60
         raw = redis_server.client()
         assert 0 < raw.pttl("nlweb:limits:tok:k") <= 60_000
+        scripts = sum(v["calls"] for k, v in raw.info("commandstats").items() if k in ("cmdstat_evalsha", "cmdstat_eval"))
+        assert scripts < 10  # the burst was coalesced into a few script runs, not 50
         await c.adjust([("tok:k", -10, 60)])
         assert await c.value("tok:k") == 20
     finally:
@@ -178,3 +180,21 @@ async def test_redis_down_refuses_with_503_rather_than_letting_calls_through(tmp
     with pytest.raises(OverloadedError, match="limits store"):
         await c.reserve([Charge("x", 1, 10, 60)])
     await c.close()
+
+
+async def test_a_cancelled_caller_s_reservation_is_undone(redis_server):
+    from nlweb_local.governance.counters_redis import RedisCounters
+
+    c = RedisCounters(redis_server.url)
+    try:
+        task = asyncio.ensure_future(c.reserve([Charge("tok:c", 7, 100, 60)]))
+        await asyncio.sleep(0)  # queued, the script on its way
+        await asyncio.sleep(0)
+        task.cancel()
+        for _ in range(200):  # until the undo has been written
+            if await c.value("tok:c") == 0 and not c._adjusting and all(t.done() for t in c._flushers.values()):
+                break
+            await asyncio.sleep(0.01)
+        assert await c.value("tok:c") == 0
+    finally:
+        await c.close()

@@ -1,34 +1,55 @@
 """`RedisCounters`: the `Counters` port in Redis, so that every replica draws on the same limits.
 
-`reserve` is one Lua script (Redis runs a script atomically): it reads every counter, and only when each
-charge fits adds them all (INCRBY) and gives a new counter its expiry (PEXPIRE). `adjust` is another
-(INCRBY each, expiry set where missing). Keys live under `nlweb:limits:`.
+`reserve` runs one Lua script (Redis runs a script atomically): for each reservation it reads every
+counter and, only when each charge fits, adds them all (INCRBY) and gives a new counter its expiry
+(PEXPIRE). `adjust` runs another (INCRBY each, expiry set where missing). Keys live under `nlweb:limits:`.
+
+Calls are coalesced: the reservations (and, apart, the adjustments) that arrive while one script is on
+its way to Redis go together in the next one, each still all-or-nothing on its own and in arrival order
+(a later reservation sees an earlier one's charges). One round trip then serves a whole burst: the
+client's per-command cost, not Redis, is what limits a Python process (~150 µs of CPU a command
+without hiredis). A caller cancelled while its reservation was in flight gets it undone.
 
 Unlike the caches, limits fail closed: when Redis cannot be reached, a reservation raises
 `OverloadedError` (503 + Retry-After) rather than letting calls through unmetered.
 """
 from __future__ import annotations
 
-from typing import Sequence
+import asyncio
+import logging
+from typing import Any, Sequence
 
 from ..core.errors import OverloadedError
 from .counters import Charge, Refusal
 
+log = logging.getLogger(__name__)
 PREFIX = "nlweb:limits:"
+MAX_BATCH = 256  # reservations (or adjustments) per script run
+# ARGV: the number of reservations, then per reservation: its charge count n, then n (amount, limit, ttl_ms);
+# KEYS: every reservation's keys, in order. Returns per reservation {0,0,0} (taken) or {i, used, pttl}.
 _RESERVE = """
-local n = #KEYS
-for i = 1, n do
-  local used = tonumber(redis.call('GET', KEYS[i]) or '0')
-  if used + tonumber(ARGV[3 * i - 2]) > tonumber(ARGV[3 * i - 1]) then
-    local pttl = redis.call('PTTL', KEYS[i])
-    return {i, used, pttl}
+local out, a, k = {}, 2, 1
+for g = 1, tonumber(ARGV[1]) do
+  local n = tonumber(ARGV[a]); a = a + 1
+  local refused = false
+  for i = 0, n - 1 do
+    local used = tonumber(redis.call('GET', KEYS[k + i]) or '0')
+    if used + tonumber(ARGV[a + 3 * i]) > tonumber(ARGV[a + 3 * i + 1]) then
+      out[g] = {i + 1, used, redis.call('PTTL', KEYS[k + i])}
+      refused = true
+      break
+    end
   end
+  if not refused then
+    for i = 0, n - 1 do
+      redis.call('INCRBY', KEYS[k + i], ARGV[a + 3 * i])
+      if redis.call('PTTL', KEYS[k + i]) < 0 then redis.call('PEXPIRE', KEYS[k + i], ARGV[a + 3 * i + 2]) end
+    end
+    out[g] = {0, 0, 0}
+  end
+  k = k + n; a = a + 3 * n
 end
-for i = 1, n do
-  redis.call('INCRBY', KEYS[i], ARGV[3 * i - 2])
-  if redis.call('PTTL', KEYS[i]) < 0 then redis.call('PEXPIRE', KEYS[i], ARGV[3 * i]) end
-end
-return {0, 0, 0}
+return out
 """
 _ADJUST = """
 for i = 1, #KEYS do
@@ -43,7 +64,7 @@ class RedisCounters:
     def __init__(self, url: str, *, timeout_s: float = 0.5, max_connections: int = 32, wait_s: float = 2.0,
                  prefix: str = PREFIX):
         """`timeout_s`: a connect or a reply; `wait_s`: the longest a call waits for one of the
-        `max_connections` connections (a burst queues for them rather than failing)."""
+        `max_connections` connections."""
         import redis.asyncio as aioredis
 
         pool = aioredis.BlockingConnectionPool.from_url(url, max_connections=max_connections, timeout=wait_s,
@@ -53,37 +74,81 @@ class RedisCounters:
         self._prefix = prefix
         self._reserve = self._redis.register_script(_RESERVE)
         self._adjust = self._redis.register_script(_ADJUST)
+        self._reserving: list[tuple[Sequence[Charge], asyncio.Future]] = []
+        self._adjusting: list[tuple[Sequence[tuple[str, int, float]], asyncio.Future]] = []
+        self._flushers: dict[str, asyncio.Task] = {}
 
-    def _failed(self, e: Exception) -> OverloadedError:
+    def _failed(self, e: BaseException) -> OverloadedError:
         return OverloadedError(f"the limits store (Redis) cannot be reached ({type(e).__name__}); "
                                "calls are refused until it is back", retry_after=5.0)
+
+    def _queue(self, which: str, queue: list, item: Any) -> asyncio.Future:
+        fut = asyncio.get_running_loop().create_future()
+        queue.append((item, fut))
+        task = self._flushers.get(which)
+        if task is None or task.done():
+            self._flushers[which] = asyncio.ensure_future(self._flush(which, queue))
+        return fut
+
+    async def _flush(self, which: str, queue: list) -> None:
+        await asyncio.sleep(0)  # the calls of this turn of the loop join the first script
+        while queue:
+            batch = queue[:MAX_BATCH]
+            del queue[:MAX_BATCH]
+            try:
+                results = await (self._run_reserve(batch) if which == "reserve" else self._run_adjust(batch))
+            except Exception as e:  # noqa: BLE001  (a connection error, a timeout, a script error)
+                for _, fut in batch:
+                    if not fut.done():
+                        fut.set_exception(self._failed(e))
+                continue
+            undo: list[tuple[str, int, float]] = []
+            for (item, fut), result in zip(batch, results):
+                if fut.done():  # the caller was cancelled: undo a reservation it will never settle
+                    if which == "reserve" and result is None:
+                        undo += [(c.key, -c.amount, c.ttl_s) for c in item]
+                    continue
+                fut.set_result(result)
+            if undo:
+                self._queue("adjust", self._adjusting, undo)
+
+    async def _run_reserve(self, batch: list) -> list[Refusal | None]:
+        keys: list[str] = []
+        args: list[int] = [len(batch)]
+        for charges, _ in batch:
+            args.append(len(charges))
+            for c in charges:
+                keys.append(self._prefix + c.key)
+                args += [c.amount, c.limit, max(1, int(c.ttl_s * 1000))]
+        out = await self._reserve(keys=keys, args=args)
+        results: list[Refusal | None] = []
+        for (charges, _), (i, used, pttl) in zip(batch, out):
+            if not i:
+                results.append(None)
+            else:
+                c = charges[int(i) - 1]
+                results.append(Refusal(int(i) - 1, int(used), pttl / 1000.0 if pttl and pttl > 0 else c.ttl_s))
+        return results
+
+    async def _run_adjust(self, batch: list) -> list[None]:
+        keys: list[str] = []
+        args: list[int] = []
+        for changes, _ in batch:
+            for key, delta, ttl_s in changes:
+                keys.append(self._prefix + key)
+                args += [delta, max(1, int(ttl_s * 1000))]
+        await self._adjust(keys=keys, args=args)
+        return [None] * len(batch)
 
     async def reserve(self, charges: Sequence[Charge]) -> Refusal | None:
         if not charges:
             return None
-        args: list[int] = []
-        for c in charges:
-            args += [c.amount, c.limit, max(1, int(c.ttl_s * 1000))]
-        try:
-            i, used, pttl = await self._reserve(keys=[self._prefix + c.key for c in charges], args=args)
-        except Exception as e:  # noqa: BLE001  (a connection error, a timeout, a script error)
-            raise self._failed(e) from e
-        if not i:
-            return None
-        c = charges[int(i) - 1]
-        return Refusal(int(i) - 1, int(used), pttl / 1000.0 if pttl and pttl > 0 else c.ttl_s)
+        return await self._queue("reserve", self._reserving, list(charges))
 
     async def adjust(self, changes: Sequence[tuple[str, int, float]]) -> None:
         changes = [c for c in changes if c[1]]
-        if not changes:
-            return
-        args: list[int] = []
-        for _, delta, ttl_s in changes:
-            args += [delta, max(1, int(ttl_s * 1000))]
-        try:
-            await self._adjust(keys=[self._prefix + k for k, _, _ in changes], args=args)
-        except Exception as e:  # noqa: BLE001
-            raise self._failed(e) from e
+        if changes:
+            await self._queue("adjust", self._adjusting, changes)
 
     async def value(self, key: str) -> int:
         try:
@@ -93,5 +158,11 @@ class RedisCounters:
         return int(raw) if raw is not None else 0
 
     async def close(self) -> None:
+        for task in self._flushers.values():
+            if not task.done():
+                try:
+                    await asyncio.wait_for(asyncio.shield(task), 2.0)  # settle what is queued
+                except (asyncio.TimeoutError, Exception):  # noqa: BLE001
+                    log.warning("limit settlements still queued at shutdown were not written to Redis")
         await self._redis.aclose()
         await self._pool.disconnect()
