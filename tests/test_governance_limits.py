@@ -192,7 +192,7 @@ async def test_a_cancelled_caller_s_reservation_is_undone(redis_server):
         await asyncio.sleep(0)
         task.cancel()
         for _ in range(200):  # until the undo has been written
-            if await c.value("tok:c") == 0 and not c._adjusting and all(t.done() for t in c._flushers.values()):
+            if await c.value("tok:c") == 0 and not c._tasks:
                 break
             await asyncio.sleep(0.01)
         assert await c.value("tok:c") == 0

@@ -4,11 +4,13 @@
 counter and, only when each charge fits, adds them all (INCRBY) and gives a new counter its expiry
 (PEXPIRE). `adjust` runs another (INCRBY each, expiry set where missing). Keys live under `nlweb:limits:`.
 
-Calls are coalesced: the reservations (and, apart, the adjustments) that arrive while one script is on
-its way to Redis go together in the next one, each still all-or-nothing on its own and in arrival order
-(a later reservation sees an earlier one's charges). One round trip then serves a whole burst: the
-client's per-command cost, not Redis, is what limits a Python process (~150 µs of CPU a command
-without hiredis). A caller cancelled while its reservation was in flight gets it undone.
+Calls are coalesced: the reservations (and, apart, the adjustments) that arrive while earlier scripts are
+on their way to Redis (at most `MAX_IN_FLIGHT` of each) go together in the next one, each still
+all-or-nothing on its own (a later reservation in a script sees an earlier one's charges). One round trip
+then serves a whole burst: the client's per-command cost, not Redis, is what limits a Python process
+(~150 µs of CPU a command without hiredis). A caller cancelled while its reservation was in flight gets
+it undone. Settling does not wait for Redis (`adjust` returns once queued; a failure is logged), and
+`value` first waits for this process's queued adjustments, so a reader here sees its own writes.
 
 Unlike the caches, limits fail closed: when Redis cannot be reached, a reservation raises
 `OverloadedError` (503 + Retry-After) rather than letting calls through unmetered.
@@ -25,6 +27,7 @@ from .counters import Charge, Refusal
 log = logging.getLogger(__name__)
 PREFIX = "nlweb:limits:"
 MAX_BATCH = 256  # reservations (or adjustments) per script run
+MAX_IN_FLIGHT = 4  # scripts of each kind on their way to Redis at once
 # ARGV: the number of reservations, then per reservation: its charge count n, then n (amount, limit, ttl_ms);
 # KEYS: every reservation's keys, in order. Returns per reservation {0,0,0} (taken) or {i, used, pttl}.
 _RESERVE = """
@@ -74,43 +77,62 @@ class RedisCounters:
         self._prefix = prefix
         self._reserve = self._redis.register_script(_RESERVE)
         self._adjust = self._redis.register_script(_ADJUST)
-        self._reserving: list[tuple[Sequence[Charge], asyncio.Future]] = []
-        self._adjusting: list[tuple[Sequence[tuple[str, int, float]], asyncio.Future]] = []
-        self._flushers: dict[str, asyncio.Task] = {}
+        self._queues: dict[str, list[tuple[Any, asyncio.Future]]] = {"reserve": [], "adjust": []}
+        self._collecting: dict[str, bool] = {"reserve": False, "adjust": False}
+        self._slots: dict[str, asyncio.Semaphore] = {}
+        self._tasks: set[asyncio.Task] = set()
+        self._unsettled: set[asyncio.Future] = set()  # adjustments queued or in flight
 
     def _failed(self, e: BaseException) -> OverloadedError:
         return OverloadedError(f"the limits store (Redis) cannot be reached ({type(e).__name__}); "
                                "calls are refused until it is back", retry_after=5.0)
 
-    def _queue(self, which: str, queue: list, item: Any) -> asyncio.Future:
+    def _queue(self, which: str, item: Any) -> asyncio.Future:
         fut = asyncio.get_running_loop().create_future()
-        queue.append((item, fut))
-        task = self._flushers.get(which)
-        if task is None or task.done():
-            self._flushers[which] = asyncio.ensure_future(self._flush(which, queue))
+        self._queues[which].append((item, fut))
+        if not self._collecting[which]:  # no script is gathering calls yet: start one
+            self._collecting[which] = True
+            task = asyncio.ensure_future(self._flush(which))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
         return fut
 
-    async def _flush(self, which: str, queue: list) -> None:
-        await asyncio.sleep(0)  # the calls of this turn of the loop join the first script
-        while queue:
+    async def _flush(self, which: str) -> None:
+        slots = self._slots.get(which)
+        if slots is None:
+            slots = self._slots[which] = asyncio.Semaphore(MAX_IN_FLIGHT)
+        async with slots:
+            await asyncio.sleep(0)  # the calls of this turn of the loop join too
+            queue = self._queues[which]
             batch = queue[:MAX_BATCH]
             del queue[:MAX_BATCH]
+            self._collecting[which] = False
+            if queue:  # more than one script's worth: the rest go in the next
+                self._queue_more(which)
+            if not batch:
+                return
             try:
                 results = await (self._run_reserve(batch) if which == "reserve" else self._run_adjust(batch))
             except Exception as e:  # noqa: BLE001  (a connection error, a timeout, a script error)
                 for _, fut in batch:
                     if not fut.done():
                         fut.set_exception(self._failed(e))
+                return
+        undo: list[tuple[str, int, float]] = []
+        for (item, fut), result in zip(batch, results):
+            if fut.done():  # the caller was cancelled: undo a reservation it will never settle
+                if which == "reserve" and result is None:
+                    undo += [(c.key, -c.amount, c.ttl_s) for c in item]
                 continue
-            undo: list[tuple[str, int, float]] = []
-            for (item, fut), result in zip(batch, results):
-                if fut.done():  # the caller was cancelled: undo a reservation it will never settle
-                    if which == "reserve" and result is None:
-                        undo += [(c.key, -c.amount, c.ttl_s) for c in item]
-                    continue
-                fut.set_result(result)
-            if undo:
-                self._queue("adjust", self._adjusting, undo)
+            fut.set_result(result)
+        if undo:
+            await self.adjust(undo)
+
+    def _queue_more(self, which: str) -> None:
+        self._collecting[which] = True
+        task = asyncio.ensure_future(self._flush(which))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def _run_reserve(self, batch: list) -> list[Refusal | None]:
         keys: list[str] = []
@@ -143,14 +165,23 @@ class RedisCounters:
     async def reserve(self, charges: Sequence[Charge]) -> Refusal | None:
         if not charges:
             return None
-        return await self._queue("reserve", self._reserving, list(charges))
+        return await self._queue("reserve", list(charges))
 
     async def adjust(self, changes: Sequence[tuple[str, int, float]]) -> None:
         changes = [c for c in changes if c[1]]
         if changes:
-            await self._queue("adjust", self._adjusting, changes)
+            fut = self._queue("adjust", changes)
+            self._unsettled.add(fut)
+            fut.add_done_callback(self._settled)
+
+    def _settled(self, fut: asyncio.Future) -> None:
+        self._unsettled.discard(fut)
+        if not fut.cancelled() and fut.exception() is not None:
+            log.warning("a limit settlement was not written to Redis: %s", fut.exception())
 
     async def value(self, key: str) -> int:
+        if self._unsettled:
+            await asyncio.wait(list(self._unsettled))
         try:
             raw = await self._redis.get(self._prefix + key)
         except Exception as e:  # noqa: BLE001
@@ -158,11 +189,9 @@ class RedisCounters:
         return int(raw) if raw is not None else 0
 
     async def close(self) -> None:
-        for task in self._flushers.values():
-            if not task.done():
-                try:
-                    await asyncio.wait_for(asyncio.shield(task), 2.0)  # settle what is queued
-                except (asyncio.TimeoutError, Exception):  # noqa: BLE001
-                    log.warning("limit settlements still queued at shutdown were not written to Redis")
+        if self._tasks:  # settle what is queued
+            _, late = await asyncio.wait(list(self._tasks), timeout=2.0)
+            if late:
+                log.warning("limit settlements still queued at shutdown were not written to Redis")
         await self._redis.aclose()
         await self._pool.disconnect()
