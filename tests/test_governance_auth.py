@@ -260,3 +260,38 @@ def test_the_hot_path_hash_is_hmac_sha256():
         hasher = KeyHasher(secret)
         for key in (new_key()[1], "nlk_x", ""):
             assert hasher(key) == key_hash(secret, key)
+
+
+async def test_a_key_may_be_held_to_networks_and_a_trusted_proxy_s_forwarded_for_is_believed(tmp_path):
+    import httpx
+
+    svc = governed_service(tmp_path, auth={"trusted_proxies": ["127.0.0.1/32"]})
+    key = svc.key("office", "user", allow_from=["10.0.0.0/8"])
+
+    def from_(address):
+        transport = httpx.ASGITransport(app=svc.app, client=(address, 5000))
+        return httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1", headers={"x-api-key": key})
+
+    async with from_("10.1.2.3") as c:
+        assert (await c.post("/v1/chat/completions", json=CHAT)).status_code == 200
+    async with from_("192.0.2.9") as c:
+        r = await c.post("/v1/chat/completions", json=CHAT)
+        assert r.status_code == 403
+        assert "may be used only from 10.0.0.0/8; this request came from 192.0.2.9" in r.json()["error"]["message"]
+        # an untrusted client cannot claim another address
+        r = await c.post("/v1/chat/completions", json=CHAT, headers={"x-forwarded-for": "10.9.9.9"})
+        assert r.status_code == 403
+    async with from_("127.0.0.1") as c:  # the trusted proxy: the nearest untrusted hop is the client
+        r = await c.post("/v1/chat/completions", json=CHAT, headers={"x-forwarded-for": "192.0.2.1, 10.9.9.9"})
+        assert r.status_code == 200
+        r = await c.post("/v1/chat/completions", json=CHAT, headers={"x-forwarded-for": "10.9.9.9, 192.0.2.1"})
+        assert r.status_code == 403 and "came from 192.0.2.1" in r.json()["error"]["message"]
+
+
+def test_allow_from_must_be_networks(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("NLWEB_LOCAL_DATA_DIR", str(tmp_path))
+    assert main(["keys", "create", "--name", "x", "--role", "user", "--allow-from", "the-office"]) == 2
+    assert "not an IP network" in capsys.readouterr().err
+    assert main(["keys", "create", "--name", "x", "--role", "user", "--allow-from", "10.1.2.3", "2001:db8::/32"]) == 0
+    assert main(["keys", "list"]) == 0
+    assert "from=10.1.2.3/32,2001:db8::/32" in capsys.readouterr().out

@@ -25,6 +25,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--models", nargs="+", default=[], metavar="MODEL", help="models (aliases or deployments) it may use; default all")
     c.add_argument("--sites", nargs="+", default=[], metavar="SITE", help="sites it may search; default all")
     c.add_argument("--expires", metavar="AGE", help="lifetime, e.g. 30d, 12h, 2w; default never")
+    c.add_argument("--allow-from", nargs="+", default=[], metavar="CIDR", help="networks it may be used from, e.g. "
+                   "10.0.0.0/8; default anywhere (behind a proxy: auth.trusted_proxies)")
     c.add_argument("--rpm", type=int, metavar="N", help="requests a minute")
     c.add_argument("--tokens-per-day", type=int, metavar="N", help="LLM tokens (in + out) a UTC day")
     c.add_argument("--usd-per-day", type=float, metavar="USD", help="LLM spend a UTC day, in US dollars")
@@ -52,7 +54,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
                                 "usd_per_day": args.usd_per_day})
             record, key = keyring.create(args.name, parse_role(args.role), team=args.team, models=args.models,
                                          sites=args.sites, expires_in_s=parse_duration(args.expires) if args.expires else None,
-                                         limits=limits)
+                                         limits=limits, allow_from=args.allow_from)
             print(f"created key {record.key_id} ({record.name}, role {record.role.label}"
                   f"{', team ' + record.team if record.team else ''}, expires {_when(record.expires_at)}); "
                   "the secret is shown once, keep it now:", file=sys.stderr)
@@ -67,6 +69,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
                     d = r.public()
                     scope = " ".join(([f"models={','.join(r.models)}"] if r.models else [])
                                      + ([f"sites={','.join(r.sites)}"] if r.sites else [])
+                                     + ([f"from={','.join(r.allow_from)}"] if r.allow_from else [])
                                      + [f"{k}={v}" for k, v in d["limits"].items()])
                     print(f"{r.key_id:<13}{r.name[:19]:<20}{d['role']:<9}{r.team[:11]:<12}{d['status']:<8}"
                           f"{_when(r.expires_at):<17}{scope}")

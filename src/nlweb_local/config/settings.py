@@ -313,6 +313,7 @@ class AuthSettings(_Section):
     key_cache_ttl_s: float = Field(10.0, gt=0, description="how long a key found in the store is trusted without reading it again: a key revoked by the CLI (another process) stops working within this; /admin/keys acts at once")
     limits_redis_url: str | None = Field(None, description="keep the limits' counters in Redis (e.g. redis://127.0.0.1:6379/0) so that every replica shares them; null = in this process")
     teams: dict[str, LimitSettings] = Field(default_factory=dict, description="team name -> its limits (requests_per_minute, tokens_per_day, usd_per_day)")
+    trusted_proxies: list[str] = Field(default_factory=list, description="CIDR networks of reverse proxies whose X-Forwarded-For is believed when a key's allow_from is checked; empty = the connecting address is the client")
     jwt: JwtSettings = JwtSettings()
 
 

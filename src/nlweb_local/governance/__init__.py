@@ -16,6 +16,7 @@ endpoint's wire format. `build_governance(settings)` makes the parts (the compos
 """
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -38,6 +39,7 @@ class Governance:
     authenticator: Authenticator
     limits: LimitPolicy
     routes: RouteTable
+    trusted_proxies: tuple[Any, ...] = ()  # ip_network objects: whose X-Forwarded-For is believed
 
     def wrapper(self, *, resolve: Callable[[str], tuple[str, ...]], deployments: Callable[[], Iterable[str]],
                 price: Callable[[str, int, int], float]) -> Callable[[Provider], Provider]:
@@ -86,4 +88,7 @@ def build_governance(settings: Any) -> Governance:
     auth = Authenticator(keyring, enabled=a.enabled, cache_entries=a.key_cache_entries, ttl_s=a.key_cache_ttl_s,
                          tokens=tokens)
     teams = {name: Limits(t.requests_per_minute, t.tokens_per_day, t.usd_per_day) for name, t in a.teams.items()}
-    return Governance(keyring, auth, LimitPolicy(build_counters(settings), teams=teams), RouteTable())
+    from .keys import parse_networks
+
+    proxies = tuple(ipaddress.ip_network(n) for n in parse_networks(a.trusted_proxies))
+    return Governance(keyring, auth, LimitPolicy(build_counters(settings), teams=teams), RouteTable(), proxies)

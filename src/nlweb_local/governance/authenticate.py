@@ -12,11 +12,12 @@ most every `ttl_s`, so a key created by the CLI turns auth on without a restart.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import time
 from collections import OrderedDict
 from typing import Any, Callable
 
-from ..core.errors import AuthError
+from ..core.errors import AuthError, ForbiddenError
 from .identity import Identity
 from .keyring import Keyring
 from .keys import KeyHasher, KeyRecord, well_formed
@@ -41,6 +42,7 @@ class Authenticator:
         self._ttl = ttl_s
         self._clock = clock
         self._monotonic = monotonic
+        self._networks: dict[tuple[str, ...], tuple[Any, ...]] = {}  # an allow_from, parsed (a miss re-parses)
         self._has_keys = keyring.store.count() > 0
         self._next_look = monotonic() + ttl_s
         secret = keyring.secret() if self._has_keys else None
@@ -103,6 +105,25 @@ class Authenticator:
         if status == "expired":
             raise AuthError(f"API key {record.key_id} ({record.name}) expired; ask an admin to rotate it or issue a new one")
         return identity
+
+    def check_address(self, ident: Identity, address: Callable[[], str | None]) -> None:
+        """`ForbiddenError` unless the key may be used from the request's address (`address()`, worked out
+        only for a key with an allowlist)."""
+        if not ident.allow_from:
+            return
+        nets = self._networks.get(ident.allow_from)
+        if nets is None:
+            if len(self._networks) >= 1024:
+                self._networks.clear()
+            nets = self._networks[ident.allow_from] = tuple(ipaddress.ip_network(n) for n in ident.allow_from)
+        where = address()
+        try:
+            ip = ipaddress.ip_address(where) if where else None
+        except ValueError:
+            ip = None
+        if ip is None or not any(ip in net for net in nets):
+            raise ForbiddenError(f"{ident.describe()} may be used only from {', '.join(ident.allow_from)}; "
+                                 f"this request came from {where or 'an unknown address'}")
 
     def invalidate_all(self) -> None:
         self._cache.clear()

@@ -80,6 +80,7 @@ class Identity:
     sites: tuple[str, ...] = ()
     subject: str = ""
     limits: Limits = field(default_factory=Limits)  # the key's own (its team's are in the settings)
+    allow_from: tuple[str, ...] = ()  # CIDR networks the key may be used from (empty: anywhere)
 
     def may(self, needed: Role) -> bool:
         return self.role >= needed

@@ -24,12 +24,13 @@ SCHEMA = """CREATE TABLE IF NOT EXISTS api_keys (
     models     TEXT NOT NULL,
     sites      TEXT NOT NULL,
     limits     TEXT NOT NULL,
+    allow_from TEXT NOT NULL,
     hash       TEXT NOT NULL UNIQUE,
     created_at DOUBLE PRECISION NOT NULL,
     expires_at DOUBLE PRECISION,
     revoked_at DOUBLE PRECISION
 )"""
-_COLUMNS = "key_id, name, role, team, models, sites, limits, hash, created_at, expires_at, revoked_at"
+_COLUMNS = "key_id, name, role, team, models, sites, limits, allow_from, hash, created_at, expires_at, revoked_at"
 
 
 class KeyStore(Protocol):
@@ -45,8 +46,8 @@ class KeyStore(Protocol):
 
 def _row(r: tuple) -> KeyRecord:
     return KeyRecord(key_id=r[0], name=r[1], role=Role.parse(r[2]), team=r[3], models=tuple(json.loads(r[4])),
-                     sites=tuple(json.loads(r[5])), limits=Limits.of(json.loads(r[6])), hash=r[7], created_at=r[8],
-                     expires_at=r[9], revoked_at=r[10])
+                     sites=tuple(json.loads(r[5])), limits=Limits.of(json.loads(r[6])), allow_from=tuple(json.loads(r[7])),
+                     hash=r[8], created_at=r[9], expires_at=r[10], revoked_at=r[11])
 
 
 class SqliteKeyStore:
@@ -69,9 +70,9 @@ class SqliteKeyStore:
 
     def add(self, record: KeyRecord) -> None:
         with self._lock:
-            self._db.execute(f"INSERT INTO api_keys ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            self._db.execute(f"INSERT INTO api_keys ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                              (record.key_id, record.name, record.role.label, record.team, json.dumps(list(record.models)),
-                              json.dumps(list(record.sites)), json.dumps(record.limits.as_dict()), record.hash,
+                              json.dumps(list(record.sites)), json.dumps(record.limits.as_dict()), json.dumps(list(record.allow_from)), record.hash,
                               record.created_at, record.expires_at, record.revoked_at))
 
     def by_hash(self, digest: str) -> KeyRecord | None:

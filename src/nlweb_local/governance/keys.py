@@ -13,13 +13,14 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import ipaddress
 import os
 import re
 import secrets
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from ..core.errors import BadRequestError
 from .identity import Identity, Limits, Role
@@ -42,13 +43,14 @@ class KeyRecord:
     models: tuple[str, ...] = ()
     sites: tuple[str, ...] = ()
     limits: Limits = field(default_factory=Limits)
+    allow_from: tuple[str, ...] = ()  # CIDR networks the key may be used from (empty: anywhere)
     created_at: float = 0.0
     expires_at: float | None = None
     revoked_at: float | None = None
 
     def identity(self) -> Identity:
         return Identity(self.key_id, self.name, self.role, self.team, self.models, self.sites, subject=self.name,
-                        limits=self.limits)
+                        limits=self.limits, allow_from=self.allow_from)
 
     def status(self, now: float) -> str:
         if self.revoked_at is not None:
@@ -61,7 +63,7 @@ class KeyRecord:
         """What listings show."""
         now = time.time() if now is None else now
         return {"id": self.key_id, "name": self.name, "role": self.role.label, "team": self.team,
-                "models": list(self.models), "sites": list(self.sites), "limits": self.limits.as_dict(),
+                "models": list(self.models), "sites": list(self.sites), "limits": self.limits.as_dict(), "allow_from": list(self.allow_from),
                 "created_at": self.created_at, "expires_at": self.expires_at, "revoked_at": self.revoked_at,
                 "status": self.status(now)}
 
@@ -135,6 +137,17 @@ def load_secret(path: Path, *, create: bool) -> bytes | None:
         raise BadRequestError(f"the auth secret {path} is damaged (expected base64 of at least 16 bytes); "
                               "restore it from a backup (every key was hashed with it)")
     return secret
+
+
+def parse_networks(values: Sequence[str]) -> tuple[str, ...]:
+    """CIDR networks (or single addresses), normalised; `BadRequestError` naming a bad one."""
+    out = []
+    for v in values:
+        try:
+            out.append(str(ipaddress.ip_network(v.strip(), strict=False)))
+        except ValueError:
+            raise BadRequestError(f"{v!r} is not an IP network: use CIDR such as 10.0.0.0/8 or 192.0.2.7") from None
+    return tuple(out)
 
 
 def parse_duration(text: str) -> float:

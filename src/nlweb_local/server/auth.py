@@ -8,13 +8,15 @@ NLWeb errors on /ask, /sites, /who and /chat, a JSON-RPC error on /mcp; 401 carr
 429 `Retry-After`.
 
     401  missing, malformed, unknown, revoked or expired key (the message says which)
-    403  a valid key whose role is below the route's (or whose scope excludes a model or site: later, where
-         the request names it)
+    403  a valid key whose role is below the route's, used from an address outside its allow_from (behind
+         `auth.trusted_proxies`, the client's address is read from X-Forwarded-For), or whose scope
+         excludes a model or site (later, where the request names it)
     429  over the key's or its team's requests/minute; on /ask, /mcp and /chat a day's token or money budget
          already spent (on /v1 the call's own reservation refuses)
 """
 from __future__ import annotations
 
+import ipaddress
 from typing import Any
 
 import orjson
@@ -41,12 +43,38 @@ def credential(headers: Any) -> str | None:
     return None
 
 
+def _within(address: str, networks: Any) -> bool:
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    return any(ip in n for n in networks)
+
+
+def client_address(scope: Any, proxies: Any) -> str | None:
+    """The client's address: the connecting one, or — when that is a trusted proxy — the nearest address
+    in X-Forwarded-For that is not one (a client cannot forge its way past the proxies it came through)."""
+    client = scope.get("client")
+    host = client[0] if client else None
+    if not proxies or host is None or not _within(host, proxies):
+        return host
+    for k, v in scope["headers"]:
+        if k == b"x-forwarded-for":
+            hops = [h.strip() for h in v.decode("latin-1").split(",") if h.strip()]
+            for hop in reversed(hops):
+                if not _within(hop, proxies):
+                    return hop
+            return hops[0] if hops else host
+    return host
+
+
 class AuthMiddleware:
     def __init__(self, app: Any, *, governance: Governance):
         self.app = app
         self._auth = governance.authenticator
         self._routes = governance.routes
         self._limits = governance.limits
+        self._proxies = governance.trusted_proxies
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http":
@@ -64,6 +92,7 @@ class AuthMiddleware:
             if not ident.may(rule.role):
                 raise ForbiddenError(f"{ident.describe()} may not call {scope['path']}: it needs the "
                                      f"{rule.role.label} role")
+            self._auth.check_address(ident, lambda: client_address(scope, self._proxies))
             await self._limits.admit_request(ident)
             if rule.budget_first:
                 await self._limits.check_budget(ident)

@@ -2,7 +2,8 @@
 
     GET    /admin/keys                  every key (never a secret or hash)
     POST   /admin/keys                  {"name", "role", "team"?, "models"?, "sites"?, "expires"? ("30d"),
-                                         "limits"? {requests_per_minute, tokens_per_day, usd_per_day}}
+                                         "limits"? {requests_per_minute, tokens_per_day, usd_per_day},
+                                         "allow_from"? ["10.0.0.0/8", ...]}
                                         -> 201, the key with its "secret" (shown this once)
     POST   /admin/keys/{id}/revoke      (or DELETE /admin/keys/{id})
     POST   /admin/keys/{id}/rotate      -> the key with its new "secret"; the old one stops working
@@ -23,7 +24,7 @@ from ..governance.keys import parse_duration, parse_role
 from .body import parse_json, read_request_body
 from .errors import openai_error
 
-_FIELDS = {"name", "role", "team", "models", "sites", "expires", "limits"}
+_FIELDS = {"name", "role", "team", "models", "sites", "expires", "limits", "allow_from"}
 
 
 def _strings(body: dict[str, Any], name: str) -> list[str]:
@@ -73,7 +74,7 @@ def key_routes(governance: Governance, *, max_body_bytes: int, body_timeout_s: f
             record, secret = await asyncio.to_thread(
                 keyring.create, body["name"], parse_role(body["role"]), team=team, models=_strings(body, "models"),
                 sites=_strings(body, "sites"), expires_in_s=parse_duration(expires) if expires else None,
-                limits=Limits.of(limits))
+                limits=Limits.of(limits), allow_from=_strings(body, "allow_from"))
         except NlwebError as e:
             return openai_error(e)
         auth.keys_changed()
