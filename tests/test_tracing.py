@@ -219,8 +219,9 @@ async def test_tracing_off_creates_no_span_and_no_wrapper(tmp_path, fake):
         r = await client.post("/v1/chat/completions", json=chat("hi"))
         assert r.status_code == 200 and r.headers["x-request-id"]
     assert tel.tracing is None
-    # no TracedRouter, no TracedProvider: the plain path (the response cache, then the router)
-    assert type(comp.gateway).__name__ == "ResponseCache" and type(comp.gateway.inner).__name__ == "Router"
+    # no TracedRouter, no TracedProvider: the plain path (governance, the response cache, then the router)
+    chain = [type(comp.gateway).__name__, type(comp.gateway.inner).__name__, type(comp.gateway.inner.inner).__name__]
+    assert chain == ["GovernedProvider", "ResponseCache", "Router"]
     assert all(type(comp.router.provider(n)).__name__ == "MeteredProvider" for n in comp.router.names())
     assert exporter.get_finished_spans() == ()
     await comp.close()

@@ -20,6 +20,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--host", help="address to listen on (default: server.host, 127.0.0.1)")
     p.add_argument("--port", type=int, help="port (default: server.port, 8000)")
     p.add_argument("--no-demo", action="store_true", help="do not load the demo site into an empty store")
+    p.add_argument("--insecure", action="store_true", help="listen on a non-loopback address without auth "
+                   "(anyone who can reach the port may use every endpoint); without it serve refuses")
     p.set_defaults(func=run)
 
 
@@ -56,6 +58,41 @@ def bind(host: str, port: int) -> socket.socket:
         sock.close()
         raise
     return sock
+def is_loopback(host: str) -> bool:
+    import ipaddress
+
+    if host.strip().lower() in ("localhost", "localhost.localdomain"):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a host name: it may resolve to anything
+
+
+def refuse_open_exposure(settings: Settings, *, insecure: bool) -> None:
+    """Listening beyond this machine needs auth (auth.enabled, or a key made with `nlweb-local keys create`),
+    unless the operator says --insecure."""
+    from ..core.errors import BadRequestError
+    from ..governance import open_keyring
+
+    host = settings.server.host
+    if is_loopback(host) or settings.auth.enabled:
+        return
+    keyring = open_keyring(settings)
+    try:
+        has_keys = keyring.store.count() > 0
+    finally:
+        keyring.close()
+    if has_keys:
+        return
+    if insecure:
+        log.warning("serving on %s WITHOUT authentication (--insecure): anyone who can reach this port may use "
+                    "every endpoint, spend tokens and open breakers", host)
+        return
+    raise BadRequestError(f"refusing to listen on {host} without authentication: anyone who could reach the port "
+                          "could use every endpoint (the gateway, /admin, breakers). Create an admin key first "
+                          "(nlweb-local keys create --name admin --role admin) or set auth.enabled: true; to serve "
+                          "open anyway, add --insecure")
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
@@ -69,6 +106,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     if args.port is not None:
         settings.server.port = args.port
     host = settings.server.host
+    refuse_open_exposure(settings, insecure=args.insecure)
     try:
         sock = bind(host, settings.server.port)
     except OSError as e:

@@ -306,6 +306,53 @@ class RegistrySettings(_Section):
                                      "<data_dir>/registry.sqlite")
     poll_s: float = Field(2.0, gt=0, description="how often a server looks for registry changes made elsewhere (another "
                           "replica, the CLI); changes through this server's /admin/registry apply at once")
+class LimitSettings(_Section):
+    """A team's limits (a key's own are set when it is created: nlweb-local keys create --rpm ...)."""
+
+    requests_per_minute: int | None = Field(None, ge=0, description="requests a minute, all the team's keys together; null = no limit")
+    tokens_per_day: int | None = Field(None, ge=0, description="LLM tokens (in + out) a UTC day; null = no limit")
+    usd_per_day: float | None = Field(None, ge=0, description="LLM spend a UTC day in US dollars (priced as in the cost ledger); null = no limit")
+
+
+class JwtSettings(_Section):
+    """SSO: OIDC/JWT bearer tokens, checked against the identity provider's JWKS (governance/tokens.py)."""
+
+    jwks_file: str | None = Field(None, description="JWKS file (the identity provider's public keys); or jwks_url")
+    jwks_url: str | None = Field(None, description="JWKS URL (e.g. https://idp.example.com/.well-known/jwks.json), fetched and cached; null = jwks_file or no SSO")
+    jwks_cache_s: float = Field(300.0, gt=0, description="how long fetched keys are used before fetching again (a token with an unknown key id fetches at once, at most every 30 s)")
+    issuer: str | None = Field(None, description="required `iss` of every token (needed when SSO is on)")
+    audience: str | None = Field(None, description="required `aud` of every token (needed when SSO is on)")
+    algorithms: list[str] = Field(default_factory=lambda: ["RS256", "ES256"], description="accepted signature algorithms (never 'none' or HMAC)")
+    leeway_s: float = Field(30.0, ge=0, description="clock skew allowed on exp/nbf/iat")
+    role_claim: str = Field("role", description="claim holding the caller's role (a string, or a list: the highest mapped role wins)")
+    role_map: dict[str, Literal["admin", "operator", "user"]] = Field(default_factory=dict, description="claim value -> role (e.g. {nlweb-admins: admin}); the values admin, operator and user map to themselves")
+    default_role: Literal["admin", "operator", "user"] | None = Field(None, description="role of a valid token whose claim maps to none; null = refuse it (403)")
+    team_claim: str = Field("team", description="claim holding the caller's team (its limits: auth.teams)")
+    user_limits: LimitSettings = Field(default_factory=LimitSettings, description="limits of each token user (by `sub`)")
+
+    @model_validator(mode="after")
+    def _safe(self) -> "JwtSettings":
+        if self.jwks_file or self.jwks_url:
+            if not self.issuer or not self.audience:
+                raise ValueError("SSO needs both issuer and audience: tokens meant for other services must not pass")
+            bad = [a for a in self.algorithms if a.lower() == "none" or a.upper().startswith("HS")]
+            if bad:
+                raise ValueError(f"algorithms {bad} are refused: use asymmetric ones (RS256, ES256, PS256, EdDSA)")
+        return self
+
+
+class AuthSettings(_Section):
+    """API keys, roles and limits (governance/). See the README's "Securing nlweb-local"."""
+
+    enabled: bool = Field(False, description="require an API key on every route but /health, /ready and the chat page's files; auth is also on as soon as any key exists (nlweb-local keys create)")
+    keys_path: str | None = Field(None, description="the key store (SQLite); null = <data_dir>/keys.sqlite")
+    secret_path: str | None = Field(None, description="the server secret keys are hashed with (HMAC-SHA256); null = <data_dir>/auth.secret (back it up with the key store)")
+    key_cache_entries: int = Field(10_000, ge=1, description="keys kept in memory after their first use")
+    key_cache_ttl_s: float = Field(10.0, gt=0, description="how long a key found in the store is trusted without reading it again: a key revoked by the CLI (another process) stops working within this; /admin/keys acts at once")
+    limits_redis_url: str | None = Field(None, description="keep the limits' counters in Redis (e.g. redis://127.0.0.1:6379/0) so that every replica shares them; null = in this process")
+    teams: dict[str, LimitSettings] = Field(default_factory=dict, description="team name -> its limits (requests_per_minute, tokens_per_day, usd_per_day)")
+    trusted_proxies: list[str] = Field(default_factory=list, description="CIDR networks of reverse proxies whose X-Forwarded-For is believed when a key's allow_from is checked; empty = the connecting address is the client")
+    jwt: JwtSettings = JwtSettings()
 
 
 class Settings(_Section):
@@ -331,6 +378,7 @@ class Settings(_Section):
             raise ValueError(f"cache.redis_url ({mine!r}) and cache_store.redis_url ({store!r}) name the same setting: "
                              "set one of them")
         return self
+    auth: AuthSettings = AuthSettings()
 
     @property
     def data_path(self) -> Path:

@@ -6,6 +6,7 @@
     │   ├── RequestTimeoutError    408  the request body did not arrive in time (server.body_timeout_s)
     │   └── ContextLengthError     400  invalid_request_error, code context_length_exceeded
     ├── AuthError                  401  authentication_error     (also 403 upstream)
+    │   └── ForbiddenError         403  permission_error         (authenticated, but the role or scope does not allow it)
     ├── NotFoundError              404  not_found_error          (model, site, ...)
     │   └── ModelNotFoundError     404  invalid_request_error, code model_not_found (as OpenAI)
     ├── SourceError                     an ingestion source that cannot be read or parsed
@@ -19,6 +20,7 @@
         │   │                           call before its deadline: back-pressure, never a breaker failure
         │   └── NoDeploymentError  503  nothing can serve now (carries the reason per deployment)
         ├── RateLimitedError       429  (carries retry_after)
+        │   └── QuotaExceededError 429  a caller's own limit (key or team): names the limit, says when it resets
         ├── StreamInterruptedError 502  a stream failed after tokens were sent (not retried)
         └── ModelOutputError       502  the model answered, but not in the shape asked for
 
@@ -64,6 +66,13 @@ class ContextLengthError(BadRequestError):
 class AuthError(NlwebError):
     status = 401
     openai_type = "authentication_error"
+
+
+class ForbiddenError(AuthError):
+    """The caller is known, but its role or scope (models, sites) does not allow this."""
+
+    status = 403
+    openai_type = "permission_error"
 
 
 class NotFoundError(NlwebError):
@@ -151,3 +160,16 @@ class ModelOutputError(ProviderError):
 
     status = 502
     retryable = False
+
+
+class QuotaExceededError(RateLimitedError):
+    """A caller's own limit (requests/minute, tokens/day, dollars/day of a key or a team) is reached.
+    `openai_code` names the limit; `retry_after` is the time until its window resets. Not retryable
+    sooner: the router never sees it (governance wraps the router)."""
+
+    retryable = False
+
+    def __init__(self, message: str, *, limit: str, retry_after: float, **kw):
+        super().__init__(message, retry_after=retry_after, **kw)
+        self.limit = limit
+        self.openai_code = limit

@@ -16,6 +16,7 @@ from starlette.staticfiles import StaticFiles
 
 from .. import __version__
 from ..config.settings import Settings
+from ..governance.scopes import visible
 from ..search.who import SiteDirectory
 from .ask import AskEndpoint
 from .chat import ChatEndpoint
@@ -41,7 +42,7 @@ def create_app(settings: Settings, components: Components | None = None, *, clos
 
     async def sites(request: Request) -> Response:
         infos = await asyncio.to_thread(comp.store.sites)
-        return JSONResponse({"message-type": "sites", "sites": [s.name for s in infos]})
+        return JSONResponse({"message-type": "sites", "sites": visible(s.name for s in infos)})
 
     async def health(request: Request) -> Response:
         return JSONResponse({"status": "healthy", "version": __version__})
@@ -78,6 +79,7 @@ def create_app(settings: Settings, components: Components | None = None, *, clos
                     max_body_bytes=settings.server.max_body_bytes, body_timeout_s=settings.server.body_timeout_s,
                     max_batch=settings.server.mcp_max_batch),
         *(_telemetry_routes(comp) if comp.telemetry is not None else []),
+        *(_key_routes(comp, settings) if comp.governance is not None else []),
         Mount("/static", app=StaticFiles(directory=STATIC), name="static"),
     ]
 
@@ -108,6 +110,14 @@ def _telemetry_routes(comp: Components) -> list:
     return telemetry_routes(comp.telemetry, comp.router)
 
 
+def _key_routes(comp: Components, settings: Settings) -> list:
+    """/admin/keys (server/keys_admin.py)."""
+    from .keys_admin import key_routes
+
+    return key_routes(comp.governance, max_body_bytes=settings.server.max_body_bytes,
+                      body_timeout_s=settings.server.body_timeout_s)
+
+
 def middleware(comp: Components) -> list[Middleware]:
     """The one middleware list, outermost first: request id (an `x-request-id` per request, followed into
     every ledger row and span of that request) → authentication (with governance) → tracing (a span per
@@ -115,7 +125,12 @@ def middleware(comp: Components) -> list[Middleware]:
     from ..telemetry.context import RequestIdMiddleware
 
     tracing = getattr(comp.telemetry, "tracing", None)
-    return [Middleware(RequestIdMiddleware), *([tracing.middleware()] if tracing is not None else [])]
+    auth = []
+    if comp.governance is not None:
+        from .auth import AuthMiddleware
+
+        auth = [Middleware(AuthMiddleware, governance=comp.governance)]
+    return [Middleware(RequestIdMiddleware), *auth, *([tracing.middleware()] if tracing is not None else [])]
 
 
 def gateway_routes(comp: Components, settings: Settings) -> list:

@@ -11,6 +11,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from ..config.settings import Settings
 from ..core.errors import NlwebError
+from ..governance.scopes import sites_in_scope
 from ..search.events import Begin, End, Event, Failure
 from ..search.pipeline import AskPipeline
 from .body import ClientGone
@@ -91,6 +92,7 @@ class AskEndpoint:
             dialect = implied_api(request.method, request.headers.get("accept", ""), server.default_api,
                                   server.eventsource_api)
             parsed = parse_ask(params, raw, self._settings.search, dialect)
+            parsed.ask.sites = sites_in_scope(parsed.ask.sites)  # a key made with --sites searches only those
             self._pipeline.admit()
         except NlwebError as e:
             return nlweb_error(e)

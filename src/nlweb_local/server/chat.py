@@ -35,6 +35,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from ..config.settings import Settings
 from ..core.errors import BadRequestError, NlwebError
+from ..governance.scopes import sites_in_scope
 from ..search.events import AskRequest, Begin, Event, Failure, NoResults, Results, Summary
 from ..search.pipeline import AskPipeline
 from ..search.ports import VectorStore
@@ -101,6 +102,7 @@ def chat_message(data: Any, settings: Settings) -> ChatMessage:
             params[key] = content[key]
     params = {k: v if isinstance(v, (str, list)) or v is None else str(v) for k, v in params.items()}
     ask = parse_ask(params, None, settings.search, "v3").ask
+    ask.sites = sites_in_scope(ask.sites)  # a key made with --sites searches only those
     prev = content.get("prev_queries", content.get("prev"))
     if prev is not None and not isinstance(prev, (list, str)):
         raise BadRequestError("content.prev_queries must be a list of earlier questions")

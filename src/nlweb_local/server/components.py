@@ -8,7 +8,8 @@ state) — so a test runs the same composition as `serve` with only the parts it
 The chain every LLM call goes through is built by one fold:
 
     each deployment:  compose(adapter, telemetry.deployment_wrappers(...))   metered, then traced
-    the gateway:      compose(Router(routes, state), [*telemetry.router_wrappers(), response cache])
+    the gateway:      compose(Router(routes, state), [*telemetry.router_wrappers(), response cache, governed])
+                      (governed: governance's identity, model scope and limits — outermost)
     /ask:             ProviderStructuredLLM(gateway); with llm.search_deployment, pinned to it and falling
                       back to the embedded engine when it cannot serve (FallbackStructuredLLM),
                       and the pipeline's answer cache (search.answer_cache) keyed on the store's index version
@@ -53,6 +54,7 @@ class Components:
     embeddings: Provider | None = None  # what serves /v1/embeddings when no deployment embeds: the in-process model, cached
     telemetry: Any = None  # telemetry.Telemetry (None: not measured)
     registry: Any = None  # registry.ModelRegistry: models, versions, aliases (its `view`: the router's)
+    governance: Any = None  # governance.Governance: keys, roles, limits (None: no auth at all)
     closers: list[Callable[[], Any]] = field(default_factory=list)
 
     async def close(self) -> None:
@@ -288,7 +290,7 @@ def build_answer_cache(settings: Settings, store: VectorStore, telemetry: Any = 
 
 def build_components(settings: Settings, *, embedder: Any = _BUILD, store: Any = _BUILD,
                      providers: Mapping[str, Provider] | None = None, telemetry: Any = _BUILD, llm: Any = _BUILD,
-                     state: RouterState | None = None) -> Components:
+                     state: RouterState | None = None, governance: Any = _BUILD) -> Components:
     """Every part of the service from `settings`, except the ones given (see the module docstring).
     `telemetry=None` turns measuring off; left out, it follows `telemetry.metrics`. `close()` closes what
     it built and the deployments' engines; a given store or telemetry stays the caller's to close."""
@@ -318,7 +320,13 @@ def build_components(settings: Settings, *, embedder: Any = _BUILD, store: Any =
 
         semantic = SemanticIndex(getattr(embedder, "provider", embedder), settings.semantic_cache)
     cached = build_response_cache(settings, router, telemetry, semantic=semantic, closers=closers)
-    wrappers = [*(telemetry.router_wrappers() if telemetry is not None else []), *([cached] if cached else [])]
+    if governance is _BUILD:
+        from ..governance import build_governance
+
+        governance = build_governance(settings)
+        closers.append(governance.close)
+    wrappers = [*(telemetry.router_wrappers() if telemetry is not None else []), *([cached] if cached else []),
+                *([governed_wrapper(governance, router, telemetry)] if governance is not None else [])]
     gateway = compose(router, wrappers)
     in_process = getattr(embedder, "provider", None)  # retrieval's embedder adapts a provider: /v1/embeddings uses it
     embeddings = cached(in_process, routed=False) if cached is not None and in_process is not None else in_process
@@ -337,4 +345,26 @@ def build_components(settings: Settings, *, embedder: Any = _BUILD, store: Any =
                                         ProviderStructuredLLM(gateway, context=fallback), name=search)
     pipeline = build_pipeline(settings, llm, embedder, store, telemetry, closers, semantic=semantic)
     return Components(settings, embedder, store, llm, pipeline, router=router, gateway=gateway, embeddings=embeddings,
-                      telemetry=telemetry, registry=registry, closers=closers)
+                      telemetry=telemetry, registry=registry, governance=governance, closers=closers)
+
+
+def governed_wrapper(governance: Any, router: Router, telemetry: Any = None) -> Callable[[Provider], Provider]:
+    """Governance's wrapper, pricing calls as the cost ledger does (each deployment's meter; without
+    telemetry, the deployment's configured prices)."""
+    from ..providers.wrapper import find
+
+    meters: dict[str, Any] = {}
+    if telemetry is not None:
+        from ..telemetry.metered import MeteredProvider
+
+        meters = {n: find(router.provider(n), MeteredProvider) for n in router.names()}
+    infos = {v.name: v.info for v in router.deployments()}
+
+    def price(name: str, tokens_in: int, tokens_out: int) -> float:
+        meter = meters.get(name)
+        if meter is not None:  # (its price model at its measured throughput; the reference price is not needed)
+            return meter.price.cost_at(tokens_in, tokens_out, meter.meter.tokens_per_s())
+        info = infos.get(name)
+        return (tokens_in * info.price_in_per_m + tokens_out * info.price_out_per_m) / 1e6 if info else 0.0
+
+    return governance.wrapper(resolve=router.resolve_model, deployments=router.names, price=price)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 
 from ..core.errors import BadRequestError
+from ..governance.scopes import sites_in_scope, visible
 from ..search.events import AskRequest, Failure, Generated, NoResults, Results, Summary
 from ..search.pipeline import AskPipeline
 from ..search.ports import VectorStore
@@ -26,6 +27,7 @@ class SearchTools:
             self._pipeline.admit()
 
     async def ask(self, query: str, sites: list[str] | None, generate_mode: str) -> str:
+        sites = sites_in_scope(list(sites or []))  # a key made with --sites searches only those
         mode = generate_mode if generate_mode in ("list", "summarize", "generate") else "list"
         lines: list[str] = []
         results = []
@@ -45,10 +47,10 @@ class SearchTools:
         return "\n".join(listing + lines) if (listing or lines) else "No results."
 
     async def list_sites(self) -> list[str]:
-        return [s.name for s in await asyncio.to_thread(self._store.sites)]
+        return visible(s.name for s in await asyncio.to_thread(self._store.sites))
 
     async def who(self, query: str) -> str:
-        matches = await self._directory.who(query)
+        matches = visible(await self._directory.who(query), lambda m: m.site)
         if not matches:
             return "No sites are loaded."
         return "\n".join(f"{m.site} (score {m.score}, {m.item_count} items): {m.description}" for m in matches)

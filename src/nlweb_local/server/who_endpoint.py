@@ -17,6 +17,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from ..core.errors import BadRequestError
+from ..governance.scopes import visible
 from ..search.who import SiteDirectory, SiteMatch
 from .ask import sse_frame
 from .errors import nlweb_error
@@ -41,13 +42,13 @@ class WhoEndpoint:
         if request.query_params.get("streaming", "false").strip().lower() not in _NO:
             return StreamingResponse(self._stream(query), media_type="text/event-stream",
                                      headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-        matches = await self._directory.who(query)
+        matches = visible(await self._directory.who(query), lambda m: m.site)  # a key's --sites scope
         return JSONResponse({"message_type": "who", "query": query, "sites": [
             {"site": m.site, "score": m.score, "description": m.description, "item_count": m.item_count} for m in matches]})
 
     async def _stream(self, query: str) -> AsyncIterator[bytes]:
         try:
-            matches = await self._directory.who(query)
+            matches = visible(await self._directory.who(query), lambda m: m.site)  # a key's --sites scope
             yield sse_frame({"message_type": "result", "query": query, "content": [site_card(m) for m in matches]})
         except Exception:  # noqa: BLE001 (the stream has begun: say so in it, then end it properly)
             log.exception("who failed")

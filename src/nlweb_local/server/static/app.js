@@ -634,6 +634,26 @@
       },
     };
 
+    // With auth on (an API key exists), the first 401 asks for a key once; this browser keeps it
+    // (localStorage) and sends it as x-api-key on every request.
+    async function authedFetch(url, init) {
+      const send = () => {
+        const key = store.get("api-key");
+        const headers = Object.assign({}, (init && init.headers) || {});
+        if (key) headers["x-api-key"] = key;
+        return fetch(url, Object.assign({}, init, { headers: headers }));
+      };
+      let res = await send();
+      if (res.status === 401) {
+        const key = window.prompt("This nlweb-local needs an API key (its admin makes one with: nlweb-local keys create --name NAME --role user)");
+        if (key && key.trim()) {
+          store.set("api-key", key.trim());
+          res = await send();
+        }
+      }
+      return res;
+    }
+
     const params = new URLSearchParams(window.location.search);
     const savedMode = params.get("mode") || store.get("mode");
     if (savedMode) {
@@ -658,7 +678,7 @@
 
     async function loadSites() {
       try {
-        const res = await fetch("/sites", { headers: { Accept: "application/json" } });
+        const res = await authedFetch("/sites", { headers: { Accept: "application/json" } });
         if (!res.ok) throw new Error("HTTP " + res.status);
         const body = await res.json();
         const sites = Array.isArray(body) ? body : [].concat(body.sites || []);
@@ -710,7 +730,7 @@
       setBusy(true);
       let done = false;
       try {
-        const res = await fetch("/ask?" + qs.toString(), {
+        const res = await authedFetch("/ask?" + qs.toString(), {
           headers: { Accept: "text/event-stream" },
           signal: controller.signal,
         });

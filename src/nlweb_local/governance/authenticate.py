@@ -1,0 +1,129 @@
+"""`Authenticator`: an API key in, an `Identity` out — one HMAC and one dictionary lookup per request.
+
+Found keys are cached (bounded, least recently used first out) for `ttl_s`; the cache is invalidated at
+once by a revoke or rotate in this process (`/admin/keys`), and a revoke by another process (the CLI)
+takes effect when the entry expires (`auth.key_cache_ttl_s`). Unknown keys are not cached: a miss reads
+the store in a worker thread.
+
+Auth is on when `auth.enabled` is set or the store has ever held a key (a revoked key still counts: the
+server never falls back to open because keys were revoked). While off, the store is looked at again at
+most every `ttl_s`, so a key created by the CLI turns auth on without a restart.
+"""
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import time
+from collections import OrderedDict
+from typing import Any, Callable
+
+from ..core.errors import AuthError, ForbiddenError
+from .identity import Identity
+from .keyring import Keyring
+from .keys import KeyHasher, KeyRecord, well_formed
+from .tokens import looks_like_jwt
+
+
+def _malformed() -> AuthError:
+    return AuthError("malformed API key: expected 'nlk_' followed by the key id and secret, as printed by "
+                     "`nlweb-local keys create`")
+
+
+class Authenticator:
+    def __init__(self, keyring: Keyring, *, enabled: bool = False, cache_entries: int = 10_000, ttl_s: float = 10.0,
+                 clock: Callable[[], float] = time.time, monotonic: Callable[[], float] = time.monotonic,
+                 tokens: Any = None):
+        """`tokens`: a `tokens.TokenVerifier` for SSO bearer tokens (None: API keys only); it turns auth on."""
+        self.keyring = keyring
+        self.tokens = tokens
+        self.enabled = enabled or tokens is not None
+        self._cache: OrderedDict[str, tuple[KeyRecord, Identity, float]] = OrderedDict()  # hash -> (record, its identity, cached at)
+        self._max = max(1, cache_entries)
+        self._ttl = ttl_s
+        self._clock = clock
+        self._monotonic = monotonic
+        self._networks: dict[tuple[str, ...], tuple[Any, ...]] = {}  # an allow_from, parsed (a miss re-parses)
+        self._has_keys = keyring.store.count() > 0
+        self._next_look = monotonic() + ttl_s
+        secret = keyring.secret() if self._has_keys else None
+        self._hash = KeyHasher(secret) if secret is not None else None
+
+    @property
+    def active(self) -> bool:
+        return self.enabled or self._has_keys
+
+    async def refresh(self) -> bool:
+        """While auth is off: whether a key has appeared (looked up at most every ttl_s)."""
+        if self.active or self._monotonic() < self._next_look:
+            return self.active
+        self._next_look = self._monotonic() + self._ttl
+        if await asyncio.to_thread(self.keyring.store.count):
+            self.keys_changed()
+        return self.active
+
+    def keys_changed(self, key_id: str | None = None) -> None:
+        """A key was created, revoked or rotated here: auth is on, and `key_id`'s cached entry is gone."""
+        self._has_keys = True
+        if key_id is not None:
+            for digest, (record, _, _) in list(self._cache.items()):
+                if record.key_id == key_id:
+                    self._cache.pop(digest, None)
+
+    async def authenticate(self, key: str) -> Identity:
+        """The key's (or SSO token's) identity, or `AuthError` (401) saying what is wrong with it."""
+        if self.tokens is not None and looks_like_jwt(key):
+            return await self.tokens.authenticate(key)
+        hasher = self._hash
+        if hasher is None:
+            if not well_formed(key):
+                raise _malformed()
+            secret = await asyncio.to_thread(self.keyring.secret)
+            if secret is None:
+                raise AuthError("unknown API key (this server has no keys yet)")
+            hasher = self._hash = KeyHasher(secret)
+        digest = hasher(key)
+        hit = self._cache.get(digest)
+        now = self._monotonic()
+        if hit is not None and now - hit[2] < self._ttl:  # the hot path: a key seen recently
+            record, identity = hit[0], hit[1]
+            if record.revoked_at is None and (record.expires_at is None or self._clock() < record.expires_at):
+                return identity
+        elif not well_formed(key):  # (checked after the cache: a known key is well formed)
+            raise _malformed()
+        else:
+            found = await asyncio.to_thread(self.keyring.store.by_hash, digest)
+            if found is None:
+                self._cache.pop(digest, None)
+                raise AuthError("unknown API key: it was never issued here, or it was rotated")
+            record, identity = found, found.identity()
+            self._cache[digest] = (record, identity, now)
+            if len(self._cache) > self._max:
+                self._cache.popitem(last=False)
+        status = record.status(self._clock())
+        if status == "revoked":
+            raise AuthError(f"API key {record.key_id} ({record.name}) was revoked; ask an admin for a new one")
+        if status == "expired":
+            raise AuthError(f"API key {record.key_id} ({record.name}) expired; ask an admin to rotate it or issue a new one")
+        return identity
+
+    def check_address(self, ident: Identity, address: Callable[[], str | None]) -> None:
+        """`ForbiddenError` unless the key may be used from the request's address (`address()`, worked out
+        only for a key with an allowlist)."""
+        if not ident.allow_from:
+            return
+        nets = self._networks.get(ident.allow_from)
+        if nets is None:
+            if len(self._networks) >= 1024:
+                self._networks.clear()
+            nets = self._networks[ident.allow_from] = tuple(ipaddress.ip_network(n) for n in ident.allow_from)
+        where = address()
+        try:
+            ip = ipaddress.ip_address(where) if where else None
+        except ValueError:
+            ip = None
+        if ip is None or not any(ip in net for net in nets):
+            raise ForbiddenError(f"{ident.describe()} may be used only from {', '.join(ident.allow_from)}; "
+                                 f"this request came from {where or 'an unknown address'}")
+
+    def invalidate_all(self) -> None:
+        self._cache.clear()

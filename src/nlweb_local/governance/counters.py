@@ -1,0 +1,99 @@
+"""The `Counters` port behind every limit, and `InProcessCounters`, its in-process implementation.
+
+A counter is an integer under a string key that expires (a limit's window: the key names the window,
+e.g. `tok:key:ab12:20391`, and expires when it ends). Two operations carry the limits:
+
+    refusal = await counters.reserve([Charge(key, amount, limit, ttl_s), ...])
+        all or nothing, atomically: every counter gets `amount` added only if each stays <= its limit;
+        else nothing changes and the `Refusal` names the first charge that did not fit
+    await counters.adjust([(key, delta, ttl_s), ...])
+        unconditional (settling a reservation on the real usage: usually a negative delta)
+
+Because a reservation is checked and taken in one atomic step, concurrent requests can never together
+reserve past a limit. `RedisCounters` (counters_redis.py) does the same with one Lua script per call, so
+several replicas share the limits.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+from typing import Callable, NamedTuple, Protocol, Sequence
+
+
+class Charge(NamedTuple):  # (a tuple: made on every call, ~3x cheaper than a frozen dataclass)
+    key: str
+    amount: int
+    limit: int
+    ttl_s: float  # the counter's expiry when this charge creates it (the end of its window)
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    index: int  # which charge did not fit
+    used: int  # that counter's value (reserved and settled so far in its window)
+    reset_in_s: float  # until that counter's window ends
+
+
+class Counters(Protocol):
+    async def reserve(self, charges: Sequence[Charge]) -> Refusal | None: ...
+    async def adjust(self, changes: Sequence[tuple[str, int, float]]) -> None: ...
+    async def value(self, key: str) -> int: ...
+    async def close(self) -> None: ...
+
+
+class InProcessCounters:
+    """Counters in a dictionary under one lock; expired counters read as 0 and are swept once the
+    dictionary holds more than `sweep_over` of them (their number is bounded by the live keys and teams
+    times their limits' windows: at most two windows of each are alive)."""
+
+    def __init__(self, *, clock: Callable[[], float] = time.monotonic, sweep_over: int = 10_000):
+        self._data: dict[str, list] = {}  # key -> [value, expires at]
+        self._lock = threading.Lock()
+        self._clock = clock
+        self._sweep_over = sweep_over
+
+    def _live(self, key: str, now: float) -> list | None:
+        entry = self._data.get(key)
+        if entry is not None and now >= entry[1]:
+            del self._data[key]
+            return None
+        return entry
+
+    def _add(self, key: str, entry: list | None, delta: int, ttl_s: float, now: float) -> None:
+        if entry is not None:
+            entry[0] += delta
+            return
+        if len(self._data) >= self._sweep_over:
+            for k in [k for k, e in self._data.items() if now >= e[1]]:
+                del self._data[k]
+        self._data[key] = [delta, now + ttl_s]
+
+    async def reserve(self, charges: Sequence[Charge]) -> Refusal | None:
+        with self._lock:
+            now = self._clock()
+            entries = []
+            for i, c in enumerate(charges):
+                entry = self._live(c.key, now)
+                used = entry[0] if entry is not None else 0
+                if used + c.amount > c.limit:
+                    return Refusal(i, used, entry[1] - now if entry is not None else c.ttl_s)
+                entries.append(entry)
+            for c, entry in zip(charges, entries):
+                self._add(c.key, entry, c.amount, c.ttl_s, now)
+        return None
+
+    async def adjust(self, changes: Sequence[tuple[str, int, float]]) -> None:
+        with self._lock:
+            now = self._clock()
+            for key, delta, ttl_s in changes:
+                if delta:
+                    self._add(key, self._live(key, now), delta, ttl_s, now)
+
+    async def value(self, key: str) -> int:
+        with self._lock:
+            entry = self._live(key, self._clock())
+            return entry[0] if entry is not None else 0
+
+    async def close(self) -> None:
+        return None

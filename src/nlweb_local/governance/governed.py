@@ -1,0 +1,203 @@
+"""`GovernedProvider`: the outermost wrapper of the gateway (`compose(router, [..., cache, governed])`).
+
+For a call made on behalf of an authenticated caller (`identity.current()`; no identity: passed through
+untouched), it
+  - puts the caller on the request's `CallContext` (caller = key id, team, role), so every wrapper below
+    — the ledger's meter, tracing, the audit log — sees who asked;
+  - holds the call to the key's model scope: a pinned model outside it is `ForbiddenError` (403); an
+    unpinned call may be served only by the deployments the scope names (so a key limited to local
+    models never causes a cloud call, through /v1 or through /ask);
+  - reserves the call's estimate against the caller's token and money limits before the call, and
+    settles on what it really used after (limits.py states the bound). A response-cache hit costs nothing.
+"""
+from __future__ import annotations
+
+import time
+from typing import Any, AsyncIterator, Callable, Iterable, Sequence
+
+from ..core.errors import ForbiddenError
+from ..core.types import CallContext, ChatChunk, ChatRequest, ChatResponse, EmbeddingResponse, LabelProbs, Served
+from ..providers.base import Provider
+from ..providers.wrapper import StreamTally, WrapperProvider, answer_tokens, close_after_error, prompt_chars
+from .identity import CURRENT, Identity
+from .limits import Held, LimitPolicy
+
+Price = Callable[[str, int, int], float]  # (deployment, tokens in, tokens out) -> dollars
+DEFAULT_COMPLETION = 512  # tokens a call that names no max_tokens is reserved for
+
+
+def estimate_prompt(req: ChatRequest) -> int:
+    """The prompt's tokens, rounded up: ~4 characters a token, plus 4 per message (the router's rule)."""
+    return prompt_chars(req) // 4 + 4 * len(req.messages) + 1
+
+
+def _free(served: Served | None, cache: str = "") -> bool:
+    outcome = cache or (served.cache if served is not None else "")
+    return outcome.startswith("hit") or outcome.startswith("semantic-hit")
+
+
+class GovernedProvider(WrapperProvider):
+    def __init__(self, inner: Provider, policy: LimitPolicy, *, resolve: Callable[[str], tuple[str, ...]],
+                 deployments: Callable[[], Iterable[str]], price: Price, clock: Callable[[], float] = time.perf_counter):
+        """`resolve(model)`: the deployments a model name (alias or deployment) stands for; `deployments()`:
+        every deployment; `price`: what a call of so many tokens costs on a deployment."""
+        super().__init__(inner)
+        self._policy = policy
+        self._resolve = resolve
+        self._deployments = deployments
+        self._price = price
+        self._clock = clock
+        self._scopes: dict[tuple[str, ...], frozenset[str]] = {}
+        self._contexts: dict[int, tuple[CallContext, Identity, CallContext]] = {}  # by id(context): most are reused
+
+    # -- scope and context --------------------------------------------------------------------------
+    def _allowed(self, models: tuple[str, ...]) -> frozenset[str]:
+        allowed = self._scopes.get(models)
+        if allowed is None:
+            allowed = frozenset(d for m in models for d in (self._resolve(m) or (m,)))
+            if len(self._scopes) < 1024:
+                self._scopes[models] = allowed
+        return allowed
+
+    def _scoped(self, request: ChatRequest, ident: Identity) -> ChatRequest:
+        """The request, its context now naming the caller and held to the key's models. (The request is
+        changed in place: the edge made it for this call, and the router copies it per attempt.)"""
+        ctx = request.context
+        hit = self._contexts.get(id(ctx))
+        if hit is not None and hit[0] is ctx and hit[1] is ident:
+            request.context = hit[2]
+            return request
+        scoped = self._scoped_context(request, ctx, ident)
+        if len(self._contexts) >= 4096:
+            self._contexts.clear()
+        self._contexts[id(ctx)] = (ctx, ident, scoped)
+        request.context = scoped
+        return request
+
+    def _scoped_context(self, request: ChatRequest, ctx: CallContext, ident: Identity) -> CallContext:
+        pinned = ctx.deployments
+        if ident.models:
+            allowed = self._allowed(ident.models)
+            if pinned:
+                kept = tuple(d for d in pinned if d in allowed)
+                if not kept:
+                    raise ForbiddenError(f"{ident.describe()} may use the models {', '.join(ident.models)}; this "
+                                         f"request asks for {request.model or ', '.join(pinned)}")
+                pinned = kept
+            else:
+                pinned = tuple(d for d in self._deployments() if d in allowed)
+                if not pinned:  # (never an empty pin: that would mean "any deployment")
+                    raise ForbiddenError(f"{ident.describe()} may use the models {', '.join(ident.models)}, and none "
+                                         "of them is served here (GET /v1/models lists them); ask an admin to fix the key")
+        return ctx.with_(caller=ident.key_id, team=ident.team, role=ident.role.label, deployments=pinned)
+
+    # -- limits --------------------------------------------------------------------------------------
+    async def _reserve(self, ident: Identity, req: ChatRequest | None, tokens_out: int,
+                       texts: Sequence[str] = ()) -> Held | None:
+        """Reserve a call's estimate: `req`'s prompt (or the `texts` to embed) and `tokens_out`."""
+        plan = self._policy.plan(ident)
+        if not plan.budget:
+            return None
+        tokens_in = estimate_prompt(req) if req is not None else sum(len(t) for t in texts) // 4 + len(texts)
+        usd = 0.0
+        if plan.money:  # the dearest deployment the call may be served by
+            for d in (req.context.deployments if req is not None else ()) or self._deployments():
+                usd = max(usd, self._price(d, tokens_in, tokens_out))
+        return await self._policy.reserve(ident, tokens_in + tokens_out, usd)
+
+    async def _settle(self, held: Held | None, deployment: str, tokens_in: int, tokens_out: int, free: bool) -> None:
+        if held is None:
+            return
+        if free or not deployment:
+            await self._policy.settle(held, 0, 0.0)
+        else:
+            usd = self._price(deployment, tokens_in, tokens_out) if held.plan.money else 0.0
+            await self._policy.settle(held, tokens_in + tokens_out, usd)
+
+    async def _release(self, held: Held | None) -> None:
+        if held is not None:
+            await self._policy.settle(held, 0, 0.0)
+
+    # -- Provider ------------------------------------------------------------------------------------
+    async def complete(self, request: ChatRequest) -> ChatResponse:
+        ident = CURRENT.get()
+        if ident is None:
+            return await self.inner.complete(request)
+        req = self._scoped(request, ident)
+        held = await self._reserve(ident, req, req.max_tokens or DEFAULT_COMPLETION)
+        try:
+            out = await self.inner.complete(req)
+        except BaseException:
+            await self._release(held)
+            raise
+        if held is not None:
+            await self._settle(held, out.deployment or (out.served.deployment if out.served else ""),
+                               *answer_tokens("complete", req, out), free=_free(out.served))
+        return out
+
+    async def classify(self, request: ChatRequest, labels: Sequence[str]) -> LabelProbs:
+        ident = CURRENT.get()
+        if ident is None:
+            return await super().classify(request, labels)
+        req = self._scoped(request, ident)
+        held = await self._reserve(ident, req, 1)
+        try:
+            out = await super().classify(req, labels)
+        except BaseException:
+            await self._release(held)
+            raise
+        if held is not None:
+            served = out.served
+            await self._settle(held, served.deployment if served else "", *answer_tokens("classify", req, out),
+                               free=_free(served))
+        return out
+
+    async def embed(self, texts: Sequence[str]) -> EmbeddingResponse:
+        ident = CURRENT.get()
+        if ident is None:
+            return await self.inner.embed(texts)
+        held = await self._reserve(ident, None, 0, texts)
+        try:
+            out = await self.inner.embed(texts)
+        except BaseException:
+            await self._release(held)
+            raise
+        if held is not None:
+            await self._settle(held, out.deployment, *answer_tokens("embed", texts, out), free=_free(None, out.cache))
+        return out
+
+    def stream(self, request: ChatRequest) -> AsyncIterator[ChatChunk]:
+        ident = CURRENT.get()
+        if ident is None:
+            return self.inner.stream(request)
+        return self._stream(request, ident)
+
+    async def _stream(self, request: ChatRequest, ident: Identity) -> AsyncIterator[ChatChunk]:
+        req = self._scoped(request, ident)
+        held = await self._reserve(ident, req, req.max_tokens or DEFAULT_COMPLETION)
+        seen = StreamTally(self._clock)
+        served: Served | None = None
+        error: BaseException | None = None
+        chunks = self.inner.stream(req)
+        try:
+            async for ch in chunks:
+                seen.see(ch)
+                if served is None and ch.served is not None:
+                    served = ch.served
+                yield ch
+        except BaseException as e:
+            error = e
+            raise
+        finally:
+            await close_after_error(chunks, error)
+            if held is None:
+                pass
+            elif seen.ttft is None:  # failed or abandoned before any answer
+                await self._release(held)
+            else:  # (abandoned half-way: what was sent counts)
+                await self._settle(held, served.deployment if served else "", *seen.tokens(req), free=_free(served))
+
+
+def governed(policy: LimitPolicy, **kw: Any) -> Callable[[Provider], Provider]:
+    """The wrapper for the gateway's fold."""
+    return lambda inner: GovernedProvider(inner, policy, **kw)

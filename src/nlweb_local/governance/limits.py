@@ -1,0 +1,179 @@
+"""`LimitPolicy`: requests per minute, tokens per day and dollars per day, per key and per team.
+
+    await policy.admit_request(identity)        # one request (the auth middleware): requests/minute
+    await policy.check_budget(identity)         # refuse up front when a day's budget is already spent
+    held = await policy.reserve(identity, tokens, usd)   # before an LLM call: its estimate
+    await policy.settle(held, tokens, usd)      # after it: the real usage (0, 0 when it failed)
+
+Windows are fixed and UTC-aligned: a minute, a day (from 00:00 UTC). Over a limit raises
+`QuotaExceededError` (429) naming the limit, whose it is, and when its window resets.
+
+The bound under concurrency: a reservation is checked and taken atomically, all counters at once
+(`Counters.reserve`), so the calls admitted at any moment have together reserved at most the limit. A
+call's estimate counts its prompt (~4 characters a token, +4 per message) and all of its `max_tokens`,
+priced at the dearest deployment it may be served by; settling can only lower a counter unless a call
+used more than its estimate. So a day's spend can exceed its limit only by what calls used beyond their
+estimates — a prompt that tokenises at fewer than ~4 characters a token, or a local deployment whose
+measured throughput fell between reserve and settle — and never by a burst: 50 concurrent calls against
+a budget for 10 get 10 through (tests/test_governance_limits.py).
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Callable, Mapping
+
+from ..core.errors import QuotaExceededError
+from .counters import Charge, Counters
+from .identity import Identity, Limits
+
+NANO = 1_000_000_000  # dollars are counted in nano-dollars (integers: atomic increments)
+MINUTE, DAY = 60, 86_400
+
+
+@dataclass(slots=True)
+class Held:
+    """A reservation: the counters charged (with what was reserved on each) and what each counts."""
+
+    charges: list[Charge]
+    plan: "Plan"
+
+
+@dataclass(frozen=True, slots=True)
+class Bound:
+    """One limit that applies to a caller: whose (scope "key" or "team", and which), what ("rpm", "tok",
+    "usd"), the limit as configured and in counter units, and its counter's key without the window."""
+
+    scope: str
+    who: str
+    what: str
+    limit: float
+    scaled: int
+    prefix: str
+
+
+@dataclass(slots=True)
+class Plan:
+    """Every limit that applies to one identity, worked out once (the hot path only adds the window)."""
+
+    rpm: tuple[Bound, ...]
+    budget: tuple[Bound, ...]  # tokens and dollars a day
+    money: bool  # a dollar limit among them (else calls need no pricing)
+    tokens: tuple[bool, ...] = ()  # per budget bound: counts tokens (else nano-dollars)
+    day: int = -1  # the day `day_keys` are for
+    day_keys: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        self.tokens = tuple(b.what == "tok" for b in self.budget)
+
+    def keys_for(self, day: int) -> tuple[str, ...]:
+        if day != self.day:
+            self.day_keys, self.day = tuple(f"{b.prefix}{day}" for b in self.budget), day
+        return self.day_keys
+
+
+class LimitPolicy:
+    def __init__(self, counters: Counters, *, teams: Mapping[str, Limits], now: Callable[[], float] = time.time):
+        """`teams`: each team's limits (a key's own come with its identity)."""
+        self.counters = counters
+        self._teams = dict(teams)
+        self._now = now
+        self._plans: dict[int, tuple[Identity, Plan]] = {}  # by id(identity): the authenticator reuses them
+
+    def plan(self, ident: Identity) -> Plan:
+        hit = self._plans.get(id(ident))
+        if hit is not None and hit[0] is ident:
+            return hit[1]
+        whose = [("key", ident.key_id, ident.limits)]
+        team = self._teams.get(ident.team) if ident.team else None
+        if team is not None:
+            whose.append(("team", ident.team, team))
+        rpm, budget = [], []
+        for scope, who, lim in whose:
+            for what, limit, unit, into in (("rpm", lim.requests_per_minute, 1, rpm), ("tok", lim.tokens_per_day, 1, budget),
+                                            ("usd", lim.usd_per_day, NANO, budget)):
+                if limit is not None:
+                    into.append(Bound(scope, who, what, limit, math.floor(limit * unit), f"{what}:{scope}:{who}:"))
+        plan = Plan(tuple(rpm), tuple(budget), any(b.what == "usd" for b in budget))
+        if len(self._plans) >= 4096:
+            self._plans.clear()
+        self._plans[id(ident)] = (ident, plan)
+        return plan
+
+    def applies(self, ident: Identity) -> bool:
+        """Whether any token or money limit applies (else calls skip reserving)."""
+        return bool(self.plan(ident).budget)
+
+    async def admit_request(self, ident: Identity) -> None:
+        bounds = self.plan(ident).rpm
+        if not bounds:
+            return
+        now = self._now()
+        window, reset = int(now // MINUTE), MINUTE - now % MINUTE
+        refused = await self.counters.reserve([Charge(f"{b.prefix}{window}", 1, b.scaled, reset + 5) for b in bounds])
+        if refused is not None:
+            b = bounds[refused.index]
+            raise _over(ident, b, now, reset)
+
+    async def check_budget(self, ident: Identity) -> None:
+        """Refuse at once when a day's token or money budget is already used up (so /ask answers 429
+        instead of a degraded answer)."""
+        bounds = self.plan(ident).budget
+        if not bounds:
+            return
+        now = self._now()
+        day, reset = int(now // DAY), DAY - now % DAY
+        for b in bounds:
+            used = await self.counters.value(f"{b.prefix}{day}")
+            if used >= b.scaled:
+                raise _over(ident, b, now, reset, used=used)
+
+    async def reserve(self, ident: Identity, tokens: int, usd: float) -> Held | None:
+        plan = self.plan(ident)
+        bounds = plan.budget
+        if not bounds:
+            return None
+        now = self._now()
+        day = int(now // DAY)
+        ttl = DAY - now % DAY + 60
+        nano = math.ceil(usd * NANO)
+        charges = [Charge(key, tokens if counts_tokens else nano, b.scaled, ttl)
+                   for key, counts_tokens, b in zip(plan.keys_for(day), plan.tokens, bounds)]
+        refused = await self.counters.reserve(charges)
+        if refused is not None:
+            raise _over(ident, bounds[refused.index], now, refused.reset_in_s, used=refused.used,
+                        need=charges[refused.index].amount)
+        return Held(charges, plan)
+
+    async def settle(self, held: Held | None, tokens: int, usd: float) -> None:
+        if held is None:
+            return
+        nano = math.ceil(usd * NANO)
+        await self.counters.adjust([(c.key, (tokens if counts_tokens else nano) - c.amount, c.ttl_s)
+                                    for c, counts_tokens in zip(held.charges, held.plan.tokens)])
+
+
+_NAMES = {"rpm": "requests_per_minute", "tok": "tokens_per_day", "usd": "usd_per_day"}
+
+
+def _over(ident: Identity, b: Bound, now: float, reset_in: float, *, used: int | None = None,
+          need: int | None = None) -> QuotaExceededError:
+    """`used`, `need`: in counter units."""
+    name = _NAMES[b.what]
+    text = {"rpm": f"{int(b.limit)} requests a minute", "tok": f"{int(b.limit)} tokens a day",
+            "usd": f"${b.limit:g} a day"}[b.what]
+    whose = f"key {ident.name!r} ({ident.key_id})" if b.scope == "key" else f"team {b.who!r}"
+    resets = datetime.fromtimestamp(now + reset_in, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    detail = ""
+    if used is not None:
+        detail = f" ({_amount(b.what, used)} used or reserved"
+        detail += f", this call needs up to {_amount(b.what, need)})" if need is not None else ")"
+    hint = " or lower max_tokens" if need is not None else ""
+    return QuotaExceededError(f"{whose} is over its {name} limit of {text}{detail}; it resets at {resets} "
+                              f"(in {math.ceil(reset_in)} s){hint}", limit=name, retry_after=reset_in)
+
+
+def _amount(what: str, value: int) -> str:
+    return f"${value / NANO:.9f}".rstrip("0").rstrip(".") if what == "usd" else f"{value}"

@@ -1,0 +1,135 @@
+"""`AuthMiddleware` (pure ASGI): the key on each request -> its `Identity`, the route's least role, the
+caller's requests-per-minute limit, and (routes that spend tokens) a budget already used up.
+
+Keys are read from `Authorization: Bearer <key>` (what the OpenAI SDKs send) or `x-api-key: <key>`.
+The identity goes on the ASGI scope (`scope["state"]["identity"]`) and in `governance.CURRENT` while the
+request runs. Refusals are rendered in the wire format of the endpoint: OpenAI errors on /v1 and /admin,
+NLWeb errors on /ask, /sites, /who and /chat, a JSON-RPC error on /mcp; 401 carries `WWW-Authenticate`,
+429 `Retry-After`.
+
+    401  missing, malformed, unknown, revoked or expired key (the message says which)
+    403  a valid key whose role is below the route's, used from an address outside its allow_from (behind
+         `auth.trusted_proxies`, the client's address is read from X-Forwarded-For), or whose scope
+         excludes a model or site (later, where the request names it)
+    429  over the key's or its team's requests/minute; on /ask, /mcp and /chat a day's token or money budget
+         already spent (on /v1 the call's own reservation refuses)
+"""
+from __future__ import annotations
+
+import ipaddress
+from typing import Any
+
+import orjson
+
+from ..core.errors import AuthError, ForbiddenError, NlwebError
+from ..governance import CURRENT, Governance, Role
+from .errors import retry_after, send_json, send_openai_error
+
+_NLWEB = ("/ask", "/sites", "/who", "/chat")
+_MISSING = ("missing credentials: send an API key as 'Authorization: Bearer <key>' or 'x-api-key: <key>' "
+            "(an admin makes one with: nlweb-local keys create --name NAME --role user)")
+
+
+def credential(headers: Any) -> str | None:
+    """The key a request carries (None: none); `AuthError` for an Authorization header that is not Bearer."""
+    for k, v in headers:
+        if k == b"authorization":
+            scheme, _, value = v.decode("latin-1").strip().partition(" ")
+            if scheme.lower() != "bearer" or not value.strip():
+                raise AuthError("malformed Authorization header: use 'Authorization: Bearer <key>'")
+            return value.strip()
+        if k == b"x-api-key":
+            return v.decode("latin-1").strip()
+    return None
+
+
+def _within(address: str, networks: Any) -> bool:
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    return any(ip in n for n in networks)
+
+
+def client_address(scope: Any, proxies: Any) -> str | None:
+    """The client's address: the connecting one, or — when that is a trusted proxy — the nearest address
+    in X-Forwarded-For that is not one (a client cannot forge its way past the proxies it came through)."""
+    client = scope.get("client")
+    host = client[0] if client else None
+    if not proxies or host is None or not _within(host, proxies):
+        return host
+    for k, v in scope["headers"]:
+        if k == b"x-forwarded-for":
+            hops = [h.strip() for h in v.decode("latin-1").split(",") if h.strip()]
+            for hop in reversed(hops):
+                if not _within(hop, proxies):
+                    return hop
+            return hops[0] if hops else host
+    return host
+
+
+class AuthMiddleware:
+    def __init__(self, app: Any, *, governance: Governance):
+        self.app = app
+        self._auth = governance.authenticator
+        self._routes = governance.routes
+        self._limits = governance.limits
+        self._proxies = governance.trusted_proxies
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        rule = self._routes.rule(scope["path"])
+        if rule.role is Role.PUBLIC or not (self._auth.active or await self._auth.refresh()):
+            await self.app(scope, receive, send)
+            return
+        try:
+            key = credential(scope["headers"])
+            if key is None:
+                raise AuthError(_MISSING)
+            ident = await self._auth.authenticate(key)
+            if not ident.may(rule.role):
+                raise ForbiddenError(f"{ident.describe()} may not call {scope['path']}: it needs the "
+                                     f"{rule.role.label} role")
+            self._auth.check_address(ident, lambda: client_address(scope, self._proxies))
+            await self._limits.admit_request(ident)
+            if rule.budget_first:
+                await self._limits.check_budget(ident)
+        except NlwebError as e:
+            await refuse(scope, send, e)
+            return
+        state = scope.get("state")
+        if state is None:
+            state = scope["state"] = {}
+        state["identity"] = ident
+        token = CURRENT.set(ident)
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            CURRENT.reset(token)
+
+
+async def refuse(scope: Any, send: Any, e: NlwebError) -> None:
+    """`e` in the wire format of the endpoint asked for."""
+    path: str = scope["path"]
+    extra: list[tuple[bytes, bytes]] = []
+    if e.status == 401:
+        extra.append((b"www-authenticate", b'Bearer realm="nlweb-local"'))
+    if path.startswith("/v1/") or not (path.startswith(_NLWEB) or path == "/mcp"):
+        if extra:
+            body = orjson.dumps({"error": {"message": e.message, "type": e.openai_type, "param": None,
+                                           "code": getattr(e, "openai_code", None) or e.openai_type}})
+            await send_json(send, e.status, body, extra)
+        else:
+            await send_openai_error(send, e)
+        return
+    after = retry_after(e)
+    if after is not None:
+        extra.append((b"retry-after", after.encode("ascii")))
+    if path == "/mcp":
+        body = orjson.dumps({"jsonrpc": "2.0", "id": None, "error": {"code": -32001, "message": e.message,
+                                                                      "data": {"status": e.status}}})
+    else:
+        body = orjson.dumps({"error": e.message, "status": e.status})
+    await send_json(send, e.status, body, extra)

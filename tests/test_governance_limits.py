@@ -1,0 +1,200 @@
+"""Limits that hold under concurrency (governance/limits.py): a burst of 50 concurrent requests against a
+token or money budget for 10 never overspends (in process and in a real Redis); requests/minute per key
+and per team; over a limit: 429 + Retry-After with an OpenAI error naming the limit on /v1 and an NLWeb
+error on /ask; a reservation is settled on the real usage."""
+import asyncio
+import time
+
+import pytest
+
+from governance_app import client, governed_service
+from nlweb_local.governance.counters import Charge, InProcessCounters
+from nlweb_local.governance.governed import estimate_prompt
+from nlweb_local.governance.identity import Limits
+from nlweb_local.core.types import ChatRequest, Message
+from redis_server import RedisServer
+
+PROMPT = "what is a good soup for a cold evening?"
+MAX_TOKENS = 40
+CHAT = {"model": "auto", "messages": [{"role": "user", "content": PROMPT}], "max_tokens": MAX_TOKENS}
+ESTIMATE = estimate_prompt(ChatRequest([Message("user", PROMPT)])) + MAX_TOKENS  # what each call reserves
+
+
+def _day() -> int:
+    return int(time.time() // 86_400)
+
+
+async def _burst(service, name: str, body: dict, n: int = 50):
+    async with client(service, headers=service.headers(name)) as c:
+        return await asyncio.gather(*(c.post("/v1/chat/completions", json=body) for _ in range(n)))
+
+
+def _used_tokens(responses) -> int:
+    return sum(r.json()["usage"]["total_tokens"] for r in responses if r.status_code == 200)
+
+
+@pytest.fixture()
+def redis_server(tmp_path):
+    with RedisServer(tmp_path / "redis") as server:
+        yield server
+
+
+@pytest.mark.parametrize("backend", ["in-process", "redis"])
+async def test_fifty_concurrent_requests_against_a_token_budget_for_ten_never_overspend(tmp_path, backend, request):
+    auth = {}
+    if backend == "redis":
+        auth["limits_redis_url"] = request.getfixturevalue("redis_server").url
+    service = governed_service(tmp_path, auth=auth)
+    service.local.token_delay_s = 0.2  # every call is still in flight when the others ask (0.6 s)
+    limit = 10 * ESTIMATE
+    key = service.key("burst", "user", limits=Limits(tokens_per_day=limit))
+    responses = await _burst(service, "burst", CHAT)
+    ok = [r for r in responses if r.status_code == 200]
+    refused = [r for r in responses if r.status_code == 429]
+    assert len(ok) == 10 and len(refused) == 40
+    counter = await service.comp.governance.limits.counters.value(f"tok:key:{key.split('_')[1]}:{_day()}")
+    assert counter == _used_tokens(responses) <= limit  # settled on the real usage, below the budget
+    body = refused[0].json()["error"]
+    assert body["type"] == "rate_limit_error" and body["code"] == "tokens_per_day"
+    assert "over its tokens_per_day limit" in body["message"] and "resets at" in body["message"]
+    assert int(refused[0].headers["retry-after"]) >= 1
+    await service.comp.close()
+
+
+async def test_fifty_concurrent_requests_against_a_money_budget_for_ten_never_overspend(tmp_path):
+    service = governed_service(tmp_path, cloud_price=(2.5, 10.0))
+    service.cloud.token_delay_s = 0.2
+    price = (2.5 * (ESTIMATE - MAX_TOKENS) + 10.0 * MAX_TOKENS) / 1e6  # each call's estimate at the cloud's price
+    budget = 10.5 * price
+    service.key("spender", "user", limits=Limits(usd_per_day=budget))
+    responses = await _burst(service, "spender", {**CHAT, "model": "cloud"})
+    ok = [r for r in responses if r.status_code == 200]
+    assert len(ok) == 10
+    spent = sum((2.5 * r.json()["usage"]["prompt_tokens"] + 10.0 * r.json()["usage"]["completion_tokens"]) / 1e6
+                for r in ok)
+    assert spent <= budget
+    refused = next(r for r in responses if r.status_code == 429).json()["error"]
+    assert refused["code"] == "usd_per_day" and "$" in refused["message"]
+
+
+async def test_a_reservation_is_settled_on_the_real_usage_for_streams_too(tmp_path):
+    service = governed_service(tmp_path)
+    key = service.key("s", "user", limits=Limits(tokens_per_day=100_000))
+    counter = f"tok:key:{key.split('_')[1]}:{_day()}"
+    async with client(service, headers=service.headers("s")) as c:
+        r = await c.post("/v1/chat/completions", json=CHAT)
+        used = r.json()["usage"]["total_tokens"]
+        assert await service.comp.governance.limits.counters.value(counter) == used < ESTIMATE
+        r = await c.post("/v1/chat/completions", json={**CHAT, "stream": True,
+                                                        "stream_options": {"include_usage": True}})
+        assert r.status_code == 200 and "[DONE]" in r.text
+    assert await service.comp.governance.limits.counters.value(counter) == 2 * used
+
+
+async def test_a_failed_call_releases_its_reservation(tmp_path):
+    from nlweb_local.core.errors import ProviderConnectionError
+
+    service = governed_service(tmp_path)
+    key = service.key("f", "user", models=["local"], limits=Limits(tokens_per_day=10 * ESTIMATE))
+    service.local.fail_with = ProviderConnectionError("refused", deployment="local")
+    async with client(service, headers=service.headers("f")) as c:
+        assert (await c.post("/v1/chat/completions", json=CHAT)).status_code >= 500
+    assert await service.comp.governance.limits.counters.value(f"tok:key:{key.split('_')[1]}:{_day()}") == 0
+
+
+async def test_requests_per_minute_per_key_and_per_team(tmp_path):
+    service = governed_service(tmp_path, auth={"teams": {"search": {"requests_per_minute": 3}}})
+    service.key("solo", "user", limits=Limits(requests_per_minute=2))
+    service.key("a", "user", team="search")
+    service.key("b", "user", team="search")
+    async with client(service) as c:
+        codes = [(await c.post("/v1/chat/completions", json=CHAT, headers=service.headers("solo"))).status_code
+                 for _ in range(3)]
+        assert codes == [200, 200, 429]
+        r = await c.get("/ask", params={"query": "soup"}, headers=service.headers("solo"))
+        assert r.status_code == 429 and r.json()["status"] == 429  # /ask: NLWeb's error shape
+        assert "requests_per_minute" in r.json()["error"] and int(r.headers["retry-after"]) >= 1
+        team = [(await c.post("/v1/chat/completions", json=CHAT, headers=service.headers(n))).status_code
+                for n in ("a", "b", "a", "b")]
+        assert team == [200, 200, 200, 429]
+        r = await c.post("/v1/chat/completions", json=CHAT, headers=service.headers("b"))
+        assert "team 'search' is over its requests_per_minute limit of 3 requests a minute" in r.json()["error"]["message"]
+
+
+async def test_ask_answers_429_in_nlweb_form_when_the_day_budget_is_spent(tmp_path):
+    service = governed_service(tmp_path)
+    key = service.key("k", "user", limits=Limits(tokens_per_day=ESTIMATE))
+    counters = service.comp.governance.limits.counters
+    async with client(service, headers=service.headers("k")) as c:
+        r = await c.post("/v1/chat/completions", json=CHAT)
+        assert r.status_code == 200
+        assert (await c.post("/v1/chat/completions", json=CHAT)).status_code == 429  # the rest cannot fit a call
+        counter = f"tok:key:{key.split('_')[1]}:{_day()}"
+        await counters.adjust([(counter, ESTIMATE - await counters.value(counter), 60)])  # the rest spent elsewhere
+        r = await c.get("/ask", params={"query": "soup"})
+    assert r.status_code == 429 and "tokens_per_day" in r.json()["error"] and r.json()["status"] == 429
+    assert int(r.headers["retry-after"]) >= 1
+
+
+async def test_in_process_counters_reserve_all_or_nothing_and_expire():
+    now = [0.0]
+    c = InProcessCounters(clock=lambda: now[0])
+    assert await c.reserve([Charge("a", 5, 10, 60), Charge("b", 5, 5, 60)]) is None
+    refused = await c.reserve([Charge("a", 1, 10, 60), Charge("b", 1, 5, 60)])
+    assert refused is not None and refused.index == 1 and refused.used == 5 and refused.reset_in_s == 60
+    assert await c.value("a") == 5  # nothing was taken from "a" either
+    await c.adjust([("a", -2, 60)])
+    assert await c.value("a") == 3
+    now[0] = 61
+    assert await c.value("a") == 0 and await c.reserve([Charge("b", 5, 5, 60)]) is None
+
+
+async def test_redis_counters_are_atomic_and_expire(redis_server):
+    from nlweb_local.governance.counters_redis import RedisCounters
+
+    c = RedisCounters(redis_server.url)
+    try:
+        results = await asyncio.gather(*(c.reserve([Charge("tok:k", 3, 30, 60), Charge("tok:t", 3, 1000, 60)])
+                                         for _ in range(50)))
+        assert sum(r is None for r in results) == 10
+        assert await c.value("tok:k") == 30 and await c.value("tok:t") == 30  # the refused took nothing
+        refused = next(r for r in results if r is not None)
+        assert refused.index == 0 and refused.used == 30 and 0 < refused.reset_in_s <= 60
+        raw = redis_server.client()
+        assert 0 < raw.pttl("nlweb:limits:tok:k") <= 60_000
+        scripts = sum(v["calls"] for k, v in raw.info("commandstats").items() if k in ("cmdstat_evalsha", "cmdstat_eval"))
+        assert scripts < 10  # the burst was coalesced into a few script runs, not 50
+        await c.adjust([("tok:k", -10, 60)])
+        assert await c.value("tok:k") == 20
+    finally:
+        await c.close()
+
+
+async def test_redis_down_refuses_with_503_rather_than_letting_calls_through(tmp_path):
+    from nlweb_local.core.errors import OverloadedError
+    from nlweb_local.governance.counters_redis import RedisCounters
+
+    with RedisServer(tmp_path / "r") as server:
+        url = server.url
+    c = RedisCounters(url, timeout_s=0.2)
+    with pytest.raises(OverloadedError, match="limits store"):
+        await c.reserve([Charge("x", 1, 10, 60)])
+    await c.close()
+
+
+async def test_a_cancelled_caller_s_reservation_is_undone(redis_server):
+    from nlweb_local.governance.counters_redis import RedisCounters
+
+    c = RedisCounters(redis_server.url)
+    try:
+        task = asyncio.ensure_future(c.reserve([Charge("tok:c", 7, 100, 60)]))
+        await asyncio.sleep(0)  # queued, the script on its way
+        await asyncio.sleep(0)
+        task.cancel()
+        for _ in range(200):  # until the undo has been written
+            if await c.value("tok:c") == 0 and not c._tasks:
+                break
+            await asyncio.sleep(0.01)
+        assert await c.value("tok:c") == 0
+    finally:
+        await c.close()
