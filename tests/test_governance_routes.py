@@ -4,7 +4,9 @@ a role below the route's 403, and the route's own role gets through. Public rout
 import re
 
 import pytest
-from starlette.routing import Mount
+from starlette.routing import Mount, WebSocketRoute
+from starlette.testclient import TestClient
+from starlette.websockets import WebSocketDisconnect
 
 from governance_app import client, governed_service
 from nlweb_local.governance.identity import Role
@@ -29,6 +31,9 @@ def _routes(app):
             out.append((r.path, r.path + "/app.js", "GET"))
             continue
         concrete = re.sub(r"\{[^}]+\}", "x", r.path)
+        if isinstance(r, WebSocketRoute):
+            out.append((r.path, concrete, "WEBSOCKET"))
+            continue
         for m in sorted((r.methods or {"GET"}) - {"HEAD"}):
             out.append((r.path, concrete, m))
     return out
@@ -67,6 +72,9 @@ def test_the_public_routes_are_exactly_these():
 @pytest.mark.parametrize("template,path,method", ROUTES, ids=[f"{m} {p}" for _, p, m in ROUTES])
 async def test_each_route_needs_its_role(service, template, path, method):
     need = TABLE.rule(path).role
+    if method == "WEBSOCKET":
+        _check_websocket(service, path, need)
+        return
     async with client(service) as c:
         anonymous = await c.request(method, path)
         if need is Role.PUBLIC:
@@ -82,6 +90,23 @@ async def test_each_route_needs_its_role(service, template, path, method):
                 assert f"needs the {need.label} role" in r.text
             else:
                 assert r.status_code not in (401, 403), (role, r.status_code, r.text)
+
+
+def _check_websocket(service, path, need):
+    """A WebSocket without credentials, or below its route's role, is closed before it is accepted."""
+    assert need is not Role.PUBLIC
+    tc = TestClient(service.app, base_url="http://localhost")
+    for headers, allowed in [({}, False), *[(service.headers(r.label), r >= need)
+                                           for r in (Role.USER, Role.OPERATOR, Role.ADMIN)]]:
+        if allowed:
+            with tc.websocket_connect(path, headers=headers) as ws:
+                ws.send_json({"type": "ping"})
+                assert ws.receive_json() is not None
+        else:
+            with pytest.raises(WebSocketDisconnect) as refused:
+                with tc.websocket_connect(path, headers=headers):
+                    pass
+            assert refused.value.code == 1008
 
 
 async def test_an_unlisted_path_needs_admin(service):

@@ -55,7 +55,8 @@ ROUTES: tuple[RouteRule, ...] = (
     RouteRule("/mcp", USER, budget_first=True),
     RouteRule("/who", USER),
     RouteRule("/sites", USER),
-    RouteRule("/chat", USER, prefix=True, budget_first=True),
+    RouteRule("/chat/sse", USER, budget_first=True),
+    RouteRule("/chat/ws", USER, budget_first=True),
     # operators: read the service's state, command breakers
     RouteRule("/metrics", OPERATOR),
     RouteRule("/dashboard", OPERATOR),

@@ -77,7 +77,7 @@ class AuthMiddleware:
         self._proxies = governance.trusted_proxies
 
     async def __call__(self, scope, receive, send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] not in ("http", "websocket"):
             await self.app(scope, receive, send)
             return
         rule = self._routes.rule(scope["path"])
@@ -97,6 +97,9 @@ class AuthMiddleware:
             if rule.budget_first:
                 await self._limits.check_budget(ident)
         except NlwebError as e:
+            if scope["type"] == "websocket":  # closed before it is accepted: the client sees HTTP 403
+                await send({"type": "websocket.close", "code": 1008, "reason": e.message[:120]})
+                return
             await refuse(scope, send, e)
             return
         state = scope.get("state")
