@@ -52,6 +52,7 @@ class Components:
     gateway: Provider | None = None  # the composed chain over the router: every LLM call goes through it
     embeddings: Provider | None = None  # what serves /v1/embeddings when no deployment embeds: the in-process model, cached
     telemetry: Any = None  # telemetry.Telemetry (None: not measured)
+    audit: Any = None  # governance.audit.AuditLog (None: audit.enabled off)
     closers: list[Callable[[], Any]] = field(default_factory=list)
 
     async def close(self) -> None:
@@ -244,7 +245,7 @@ def build_answer_cache(settings: Settings, store: VectorStore, telemetry: Any = 
 
 def build_components(settings: Settings, *, embedder: Any = _BUILD, store: Any = _BUILD,
                      providers: Mapping[str, Provider] | None = None, telemetry: Any = _BUILD, llm: Any = _BUILD,
-                     state: RouterState | None = None) -> Components:
+                     state: RouterState | None = None, audit: Any = _BUILD) -> Components:
     """Every part of the service from `settings`, except the ones given (see the module docstring).
     `telemetry=None` turns measuring off; left out, it follows `telemetry.metrics`. `close()` closes what
     it built and the deployments' engines; a given store or telemetry stays the caller's to close."""
@@ -263,6 +264,12 @@ def build_components(settings: Settings, *, embedder: Any = _BUILD, store: Any =
 
             telemetry = build_telemetry(settings)
             closers.append(telemetry.close)
+    if audit is _BUILD:
+        from ..governance.audit import build_audit
+
+        audit = build_audit(settings)  # a damaged audit log stops the start here, with its path and why
+        if audit is not None:
+            closers.append(audit.close)
     router = build_router(settings, providers=providers, telemetry=telemetry, state=state)
     if telemetry is not None:
         telemetry.watch(router)
@@ -272,7 +279,8 @@ def build_components(settings: Settings, *, embedder: Any = _BUILD, store: Any =
 
         semantic = SemanticIndex(getattr(embedder, "provider", embedder), settings.semantic_cache)
     cached = build_response_cache(settings, router, telemetry, semantic=semantic, closers=closers)
-    wrappers = [*(telemetry.router_wrappers() if telemetry is not None else []), *([cached] if cached else [])]
+    wrappers = [*(telemetry.router_wrappers() if telemetry is not None else []), *([cached] if cached else []),
+                *([_audited] if audit is not None else [])]  # outermost: the audit trail sees what was served
     gateway = compose(router, wrappers)
     in_process = getattr(embedder, "provider", None)  # retrieval's embedder adapts a provider: /v1/embeddings uses it
     embeddings = cached(in_process, routed=False) if cached is not None and in_process is not None else in_process
@@ -291,4 +299,10 @@ def build_components(settings: Settings, *, embedder: Any = _BUILD, store: Any =
                                         ProviderStructuredLLM(gateway, context=fallback), name=search)
     pipeline = build_pipeline(settings, llm, embedder, store, telemetry, closers, semantic=semantic)
     return Components(settings, embedder, store, llm, pipeline, router=router, gateway=gateway, embeddings=embeddings,
-                      telemetry=telemetry, closers=closers)
+                      telemetry=telemetry, audit=audit, closers=closers)
+
+
+def _audited(inner: Provider) -> Provider:
+    from ..governance.audit_trail import AuditedProvider
+
+    return AuditedProvider(inner)
