@@ -58,7 +58,10 @@ class SqlAuditStore:
     where = ""
     _errors: tuple[type[BaseException], ...] = ()
 
-    def __init__(self, table: str = "audit_log"):
+    def __init__(self, table: str = "audit_log", *, check: bool = True):
+        """`check`: refuse a log whose newest rows do not hold (the service); off for `audit verify`, which
+        must open a damaged log to say where it broke."""
+        self._check = check
         if not _NAME.match(table):
             raise AuditStoreError(f"audit table name {table!r} must be a plain lower-case SQL name")
         self.table = table
@@ -95,7 +98,7 @@ class SqlAuditStore:
             raise AuditStoreError(f"the audit log {self.where} is not an audit log nlweb-local can read ({e}); "
                                   "it will not start a new chain over it: move it away or set audit.path") from e
         tail.reverse()
-        if tail:
+        if tail and self._check:
             prev_seq, prev_hash = tail[0].seq - 1, tail[0].prev_hash
             for row in tail:
                 why = check_row(row, prev_seq, prev_hash)
@@ -168,8 +171,8 @@ class SqlAuditStore:
 class SqliteAuditStore(SqlAuditStore):
     _errors = (sqlite3.Error,)
 
-    def __init__(self, path: str | Path, *, table: str = "audit_log", timeout_s: float = 30.0):
-        super().__init__(table)
+    def __init__(self, path: str | Path, *, table: str = "audit_log", timeout_s: float = 30.0, check: bool = True):
+        super().__init__(table, check=check)
         self.path = Path(path)
         self.where = str(self.path)
         try:
@@ -222,8 +225,8 @@ class SqliteAuditStore(SqlAuditStore):
 class PostgresAuditStore(SqlAuditStore):
     """PostgreSQL through psycopg 3 (pip install 'nlweb-local[postgres]')."""
 
-    def __init__(self, url: str, *, table: str = "audit_log"):
-        super().__init__(table)
+    def __init__(self, url: str, *, table: str = "audit_log", check: bool = True):
+        super().__init__(table, check=check)
         try:
             import psycopg
         except ImportError as e:
@@ -276,11 +279,11 @@ def _redact(url: str) -> str:
     return re.sub(r"(://[^:/@]+):[^@/]*@", r"\1:***@", url)
 
 
-def open_store(settings: Any, data_path: Path, *, table: str = "audit_log") -> SqlAuditStore:
+def open_store(settings: Any, data_path: Path, *, table: str = "audit_log", check: bool = True) -> SqlAuditStore:
     """The store `audit` settings name: PostgreSQL when database_url is set, else SQLite at path
-    (default <data_dir>/audit.sqlite)."""
+    (default <data_dir>/audit.sqlite). `check`: see `SqlAuditStore`."""
     if settings.database_url:
-        return PostgresAuditStore(settings.database_url, table=table)
+        return PostgresAuditStore(settings.database_url, table=table, check=check)
     path = Path(settings.path).expanduser() if settings.path else data_path / "audit.sqlite"
-    return SqliteAuditStore(path, table=table)
+    return SqliteAuditStore(path, table=table, check=check)
 
