@@ -190,7 +190,7 @@ def test_degraded_answers_are_marked_in_every_dialect_and_counted(store, embedde
     local = ScriptedProvider("local", classify=True)
     comp = scripted_service(settings, {"local": local}, embedder=embedder, store=store)
     q = {"query": "curry", "streaming": "false", "min_score": 0}
-    with TestClient(create_app(settings, comp, close_components=False)) as c:
+    with TestClient(create_app(settings, comp, close_components=False), base_url="http://localhost") as c:
         ok = c.get("/ask", params=q).json()
         local.fail_with = QueueFullError("queue full", retry_after=3.0, deployment="local")
         v3 = c.get("/ask", params=q).json()
