@@ -30,7 +30,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace, settings: Settings) -> int:
     from ..governance.audit_store import open_store
 
-    store = open_store(settings.audit, settings.data_path, check=args.action != "verify")
+    store = open_store(settings.audit, settings.data_path, check=args.action == "erase")  # (never extend a broken chain)
     try:
         if args.action == "verify":
             return _verify(store, args)

@@ -78,11 +78,12 @@ _INT = {"seq", "status", "tokens_in", "tokens_out", "count"}
 _FLOAT = {"ts", "latency_s", "cost_usd"}
 
 
+_EMPTY = AuditRow(*(0 if c in _INT else 0.0 if c in _FLOAT else "" for c in COLUMNS))._replace(erased=0)
+
+
 def entry(**fields) -> AuditRow:
     """A row not yet in the chain (seq and hashes are set by `link`); fields left out are empty."""
-    base = {c: (0 if c in _INT else 0.0 if c in _FLOAT else "") for c in COLUMNS}
-    base.update(erased=0, **fields)
-    return AuditRow(**base)
+    return _EMPTY._replace(**fields)
 
 
 def _h(*parts: str) -> str:
@@ -93,9 +94,12 @@ def _canon(values: Iterable) -> str:
     return json.dumps(list(values), ensure_ascii=False, separators=(",", ":"))
 
 
+_CONVERT = tuple(int if c in _INT else float if c in _FLOAT else str for c in PUBLIC)
+_N_PUBLIC = len(PUBLIC)
+
+
 def _public(row: AuditRow) -> list:
-    return [int(getattr(row, c)) if c in _INT else float(getattr(row, c)) if c in _FLOAT else str(getattr(row, c))
-            for c in PUBLIC]
+    return [convert(v) for convert, v in zip(_CONVERT, row[:_N_PUBLIC])]
 
 
 def personal_hash(row: AuditRow) -> str:
@@ -113,11 +117,11 @@ def link(rows: Iterable[AuditRow], head: tuple[int, str] | None) -> list[AuditRo
     out = []
     for r in rows:
         seq += 1
-        r = r._replace(seq=seq, salt=os.urandom(16).hex(), erased=0, prev_hash=prev)
-        r = r._replace(personal_hash=personal_hash(r))
-        r = r._replace(row_hash=row_hash(r))
-        out.append(r)
-        prev = r.row_hash
+        salt = os.urandom(16).hex()
+        mine = _h(_canon((str(r.key_id), str(r.subject), str(r.name), str(r.content), salt)))
+        r = r._replace(seq=seq, salt=salt, personal_hash=mine, erased=0, prev_hash=prev)
+        prev = row_hash(r)
+        out.append(r._replace(row_hash=prev))
     return out
 
 

@@ -17,7 +17,7 @@ import time
 from typing import Any
 
 from ..telemetry.context import current_request_id, current_spend
-from .audit_chain import entry
+from .audit_chain import AuditRow
 from .audit_trail import TRAIL, RequestTrail
 
 _UNSAFE = frozenset({"POST", "PUT", "PATCH", "DELETE"})
@@ -102,11 +102,10 @@ class AuditMiddleware:
                 if k == b"x-nlweb-privacy":
                     privacy = v.decode("latin-1")[:32]
                     break
-        return entry(ts=time.time(), kind="request", request_id=current_request_id(), method=scope["method"],
-                     endpoint=scope["path"][:200], status=status, latency_s=latency,
-                     team=str(getattr(who, "team", "") or ""), role=str(getattr(who, "role", "") or "anonymous"),
-                     model=trail.model[:200], deployment=",".join(trail.deployments), route_reason=trail.reason[:300],
-                     privacy=privacy or "any", tokens_in=trail.tokens_in, tokens_out=trail.tokens_out,
-                     cost_usd=round(spend.cost_usd, 10) if spend is not None else 0.0,
-                     key_id=str(getattr(who, "key_id", "") or ""), subject=str(getattr(who, "subject", "") or ""),
-                     name=str(getattr(who, "name", "") or ""), content=content)
+        return AuditRow(  # positional: ~1 µs on the request path (the field names are in audit_chain.AuditRow)
+            0, time.time(), "request", current_request_id(), scope["method"], scope["path"][:200], status, latency,
+            str(getattr(who, "team", "") or ""), str(getattr(who, "role", "") or "anonymous"), trail.model[:200],
+            ",".join(trail.deployments), trail.reason[:300], privacy or "any", trail.tokens_in, trail.tokens_out,
+            round(spend.cost_usd, 10) if spend is not None else 0.0, 0, "",
+            str(getattr(who, "key_id", "") or ""), str(getattr(who, "subject", "") or ""),
+            str(getattr(who, "name", "") or ""), content, "")
