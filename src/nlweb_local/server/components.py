@@ -3,12 +3,12 @@
 `build_components(settings, **overrides)` is what `serve`, the CLI and the tests all call. Overrides
 inject parts instead of building them from settings — `embedder`, `store`, `providers` (an adapter per
 deployment name, e.g. a scripted one in a test), `telemetry`, `llm` (the /ask port), `state` (router
-state) — so a test runs the same composition as `serve` with only the parts it names replaced.
+state), `audit` (an `AuditLog`, or None for none) — so a test runs the same composition as `serve` with only the parts it names replaced.
 
 The chain every LLM call goes through is built by one fold:
 
     each deployment:  compose(adapter, telemetry.deployment_wrappers(...))   metered, then traced
-    the gateway:      compose(Router(routes, state), [*telemetry.router_wrappers(), response cache])
+    the gateway:      compose(Router(routes, state), [*telemetry.router_wrappers(), response cache, audit trail])
     /ask:             ProviderStructuredLLM(gateway); with llm.search_deployment, pinned to it and falling
                       back to the embedded engine when it cannot serve (FallbackStructuredLLM),
                       and the pipeline's answer cache (search.answer_cache) keyed on the store's index version
