@@ -252,7 +252,7 @@ def test_a_search_deployment_that_is_down_leaves_ask_ranked_by_the_embedded_engi
     local, big = ScriptedProvider("local", classify=True), ScriptedProvider("big", classify=True)
     big.fail_with = ProviderConnectionError("big: connection refused", deployment="big")
     comp = scripted_service(settings, {"local": local, "big": big}, embedder=embedder, store=store, telemetry=None)
-    with TestClient(create_app(settings, comp, close_components=False)) as c:
+    with TestClient(create_app(settings, comp, close_components=False), base_url="http://localhost") as c:
         answer = c.get("/ask", params={"query": "curry", "streaming": "false", "min_score": 0}).json()
     assert answer[-1]["message_type"] == "end-nlweb-response" and "degraded" not in answer[-1]
     assert not [m for m in answer if m["message_type"] == "intermediate_message"]  # no "LLM unavailable" note

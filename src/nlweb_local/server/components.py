@@ -3,7 +3,8 @@
 `build_components(settings, **overrides)` is what `serve`, the CLI and the tests all call. Overrides
 inject parts instead of building them from settings — `embedder`, `store`, `providers` (an adapter per
 deployment name, e.g. a scripted one in a test), `telemetry`, `llm` (the /ask port), `state` (router
-state), `audit` (an `AuditLog`, or None for none) — so a test runs the same composition as `serve` with only the parts it names replaced.
+state), `audit` (an `AuditLog`, or None for none) — so a test runs the same composition as `serve` with
+only the parts it names replaced.
 
 The chain every LLM call goes through is built by one fold:
 
