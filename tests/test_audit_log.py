@@ -254,3 +254,20 @@ def test_cli_verify_export_and_erase(tmp_path, capsys):
     assert main(["--config", str(config), "audit", "verify"]) == 1
     err = capsys.readouterr().err
     assert "BROKEN at row 2 (request r2)" in err and "edited" in err
+
+
+def test_the_postgres_writer_reconnects_after_losing_its_connection(tmp_path):
+    b = Postgres(tmp_path)
+    store = b.open()
+    try:
+        log = AuditLog(store, flush_interval_s=0.05)
+        log.record(request_row(1))
+        assert log.flush()
+        (pid,), = store._execute("SELECT pg_backend_pid()")
+        b.sql("SELECT pg_terminate_backend(?)", (pid,))  # the server drops the writer's connection
+        log.record(request_row(2))
+        assert log.flush() and log.dropped == 0  # the retry reconnected
+        assert [r.request_id for r in store.scan()] == ["r1", "r2"] and verify(store).ok
+        log.close()
+    finally:
+        b.drop()

@@ -232,6 +232,7 @@ class PostgresAuditStore(SqlAuditStore):
         except ImportError as e:
             raise AuditStoreError("audit.database_url needs psycopg: pip install 'nlweb-local[postgres]'") from e
         self._errors = (psycopg.Error,)
+        self._psycopg, self._url = psycopg, url
         self.where = _redact(url) + f" (table {table})"
         try:
             self._conn = psycopg.connect(url, autocommit=True)
@@ -259,9 +260,12 @@ class PostgresAuditStore(SqlAuditStore):
 
     @contextmanager
     def _writing(self) -> Iterator[None]:
-        with self._lock, self._conn.transaction():
-            self._conn.execute(f"LOCK TABLE {self.table} IN SHARE ROW EXCLUSIVE MODE")
-            yield
+        with self._lock:
+            if self._conn.broken:  # the server restarted or the network dropped: the writer's retry reconnects
+                self._conn = self._psycopg.connect(self._url, autocommit=True)
+            with self._conn.transaction():
+                self._conn.execute(f"LOCK TABLE {self.table} IN SHARE ROW EXCLUSIVE MODE")
+                yield
 
     def _prepare(self) -> None:
         with self._lock, self._conn.transaction():  # (the table must exist before _writing can lock it)
