@@ -14,7 +14,9 @@ and three hashes (SHA-256, hex):
                                                                    (64 zeros before the first row)
 
 H is SHA-256 over the parts joined by newlines, a [list] being its compact JSON (orjson) with integers
-as numbers, floats as Python's repr strings and everything else as strings.
+as numbers, floats as Python's repr strings and everything else as strings. This canonical form is part
+of every log ever written: changing it must keep old rows verifying (a format column), or every
+existing log would read as edited and the service would refuse to start on it.
 
 The chain runs over `personal_hash`, never over the personal fields themselves. So a GDPR erasure
 (`nlweb-local audit erase --subject S`) can blank a row's personal fields and its salt, set `erased`,
