@@ -40,7 +40,7 @@ async def ask_app(tmp_path, embedder):
     comp = scripted_service(settings, {"local": ScriptedProvider("local")}, embedder=embedder, store=store, llm=llm,
                             telemetry=None)
     app = create_app(settings, comp, close_components=False)
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://nlweb") as client:
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://localhost") as client:
         yield client, llm, ingestor, comp, tmp_path
     await comp.close()
     store.close()

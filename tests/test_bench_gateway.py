@@ -144,7 +144,7 @@ def test_gateway_app_is_composed_by_injection_not_by_patching(tmp_path, monkeypa
     cfg = tmp_path / "settings.json"
     cfg.write_text(bg.gateway_settings(Settings(), 9, tmp_path / "data").model_dump_json())  # port 9: never called here
     monkeypatch.setenv(bg.SETTINGS_ENV, str(cfg))
-    with TestClient(bg.gateway_app()) as client:
+    with TestClient(bg.gateway_app(), base_url="http://localhost") as client:
         models = client.get("/v1/models").json()
     assert components.build_embedder is refuse and components.build_store is refuse
     assert bg.MODEL in [m["id"] for m in models["data"]]

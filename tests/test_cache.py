@@ -107,7 +107,7 @@ async def test_admin_stats_shows_cache_hit_ratios(tmp_path):
     for key in ("q", "q", "q", "nope"):
         await cache.get(key)
     app = Starlette(routes=telemetry_routes(tel))
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as client:
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://localhost") as client:
         stats = (await client.get("/admin/stats")).json()
     assert stats["caches"] == {"ranking": {"hits": 3, "misses": 1, "hit_ratio": 0.75, "corrupt": 0, "saved_usd": None}}
 

@@ -58,7 +58,7 @@ async def replicas(tmp_path, redis_url, n=2, **settings_keys):
             comp = scripted_service(settings, {"local": local}, embedder=embedder)
             stack.push_async_callback(comp.close)
             client = httpx.AsyncClient(transport=httpx.ASGITransport(app=create_app(settings, comp, close_components=False)),
-                                       base_url="http://gw")
+                                       base_url="http://localhost")
             stack.push_async_callback(client.aclose)
             out.append(Replica(client, local, comp, embedder.provider))
         yield out
@@ -201,7 +201,7 @@ async def test_ask_answers_are_shared_and_an_ingest_through_one_replica_invalida
             comps.append(comp)
             llms.append(llm)
             clients.append(httpx.AsyncClient(transport=httpx.ASGITransport(
-                app=create_app(settings, comp, close_components=False)), base_url="http://nlweb"))
+                app=create_app(settings, comp, close_components=False)), base_url="http://localhost"))
         a, b = clients
         params = {"query": "spicy ginger tea", "site": "fixture", "streaming": "false", "mode": "summarize"}
         first, second = await a.get("/ask", params=params), await b.get("/ask", params=params)

@@ -32,7 +32,7 @@ async def test_stats_and_the_cost_report_give_each_cache_its_hit_rate_and_saving
                             store=store, llm=FunctionLLM(answer))
     app = create_app(settings, comp, close_components=False)
     try:
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gw") as client:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://localhost") as client:
             outcomes = []
             for text in ("What is the capital of France?", "What is the capital of France?",
                          "What's the capital city of France?"):

@@ -44,7 +44,7 @@ def gw(tmp_path):
     embedder.calls = 0
     comp = scripted_service(settings, {"local": local, "cloud": cloud}, embedder=embedder, store=store, telemetry=None,
                             llm=FunctionLLM(lambda t, p, s: '{"score": 90, "description": "pie"}'))
-    with TestClient(create_app(settings, comp, close_components=False), raise_server_exceptions=False) as c:
+    with TestClient(create_app(settings, comp, close_components=False), raise_server_exceptions=False, base_url="http://localhost") as c:
         yield c, local, cloud, embedder
     store.close()
 
@@ -189,7 +189,7 @@ def test_fields_openai_clients_send_are_accepted(gw):
 
 def test_the_official_sdk_with_every_optional_field(gw):
     c, local, _, _ = gw
-    client = openai.OpenAI(base_url="http://testserver/v1", api_key="unused", http_client=c, max_retries=0)
+    client = openai.OpenAI(base_url="http://localhost/v1", api_key="unused", http_client=c, max_retries=0)
     r = client.chat.completions.create(model="auto", messages=[{"role": "user", "content": "hi"}], user="u",
                                        presence_penalty=0.1, frequency_penalty=0.1, logit_bias={"1": 1}, n=1, seed=1,
                                        top_p=0.9, stop=["\n"], metadata={"a": "b"}, store=False, max_tokens=20)
@@ -288,7 +288,7 @@ def slow_body_server(tmp_path_factory):
 @pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/embeddings", "/ask", "/mcp"])
 def test_a_body_that_trickles_in_gets_408(slow_body_server, path):
     with socket.create_connection(("127.0.0.1", slow_body_server.port), timeout=20) as s:
-        s.sendall(f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        s.sendall(f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
                   f"Accept: application/json\r\nContent-Length: 1000\r\n\r\n".encode())
         s.settimeout(0.2)
         answer = b""

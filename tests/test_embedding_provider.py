@@ -126,7 +126,7 @@ async def test_v1_embeddings_are_served_by_the_embedding_provider(embedder, prov
     settings = load_settings(environ={})
     comp = scripted_service(settings, {"local": ScriptedProvider("local")}, embedder=embedder, telemetry=None)
     app = create_app(settings, comp, close_components=False)  # as serve composes it
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as client:
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://localhost") as client:
         r = await client.post("/v1/embeddings", json={"input": ["vegetarian curry", "tent"]})
     assert r.status_code == 200, r.text
     body = r.json()

@@ -52,7 +52,7 @@ def app(tmp_path_factory):
     comp = scripted_service(s, {"local": ScriptedProvider("local", "local answer"),
                                 "cloud": ScriptedProvider("cloud", "cloud answer", local=False)},
                             llm=llm, embedder=embedder, store=store)
-    with TestClient(create_app(s, comp, close_components=True), raise_server_exceptions=False) as client:
+    with TestClient(create_app(s, comp, close_components=True), raise_server_exceptions=False, base_url="http://localhost") as client:
         yield client, comp
     store.close()
 

@@ -171,7 +171,7 @@ def test_ask_degrades_to_similarity_when_no_llm_can_serve(tmp_path, embedder):
     settings = service_settings(tmp_path)
     comp = scripted_service(settings, {"local": local}, embedder=embedder, store=store, telemetry=None)
     comp.router.force_open("local", 600)
-    with TestClient(create_app(settings, comp, close_components=False)) as c:
+    with TestClient(create_app(settings, comp, close_components=False), base_url="http://localhost") as c:
         r = c.get("/ask", params={"query": "curry", "streaming": "false", "min_score": 0})
     store.close()
     assert r.status_code == 200

@@ -20,7 +20,7 @@ def make_client(store, embedder, answer=None, **llm_kw):
     comp = scripted_service(settings, {"local": ScriptedProvider("local")}, llm=llm, embedder=embedder, store=store,
                             telemetry=None)
     app = create_app(settings, comp, close_components=False)
-    return TestClient(app)
+    return TestClient(app, base_url="http://localhost")
 
 
 @pytest.fixture()
@@ -110,7 +110,7 @@ def test_sse_keepalive_comments_while_the_model_is_slow(store, embedder):
     comp = scripted_service(settings, {"local": ScriptedProvider("local")}, llm=llm, embedder=embedder, store=store,
                             telemetry=None)
     app = create_app(settings, comp, close_components=False)
-    with TestClient(app) as c:
+    with TestClient(app, base_url="http://localhost") as c:
         r = c.get("/ask", params={"query": "pie"})
     assert r.status_code == 200
     blocks = r.text.split("\n\n")

@@ -225,7 +225,7 @@ def test_connection_refused_and_bad_scheme(embedder, store):
     with ThreadingHTTPServer(("127.0.0.1", 0), BaseHTTPRequestHandler) as probe:
         port = probe.server_address[1]  # bound then closed below: nothing listens there afterwards
     with pytest.raises(SourceError, match="cannot connect"):
-        fetcher.fetch(f"http://127.0.0.1:{port}/x")
+        fetcher.fetch(f"http://127.0.0.1:{port}/x", trust=[f"http://127.0.0.1:{port}/"])  # (the operator's own URL)
     with pytest.raises(SourceError, match="only http and https"):
         fetcher.fetch("file:///etc/passwd")
 
@@ -242,7 +242,7 @@ def test_a_trickling_server_is_cut_off_at_the_fetch_deadline(web, phase):
     """A byte every 0.2 s never trips a per-read timeout; the fetch deadline covers the whole document."""
     web.routes["/trickle"] = Route(page({"@type": "Thing", "name": "Slow"}), trickle=phase)
     with pytest.raises(SourceError) as caught:
-        Fetcher(IngestSettings(fetch_timeout_s=1)).fetch(web.url("/trickle"))
+        Fetcher(IngestSettings(fetch_timeout_s=1)).fetch(web.url("/trickle"), trust=[web.base])
     what = "no answer" if phase == "headers" else "not fully received"
     assert caught.value.message == f"{web.url('/trickle')}: {what} within 1 s (ingest.fetch_timeout_s)"
     assert web.trickle_done.wait(10)

@@ -190,7 +190,7 @@ def test_degraded_answers_are_marked_in_every_dialect_and_counted(store, embedde
     local = ScriptedProvider("local", classify=True)
     comp = scripted_service(settings, {"local": local}, embedder=embedder, store=store)
     q = {"query": "curry", "streaming": "false", "min_score": 0}
-    with TestClient(create_app(settings, comp, close_components=False)) as c:
+    with TestClient(create_app(settings, comp, close_components=False), base_url="http://localhost") as c:
         ok = c.get("/ask", params=q).json()
         local.fail_with = QueueFullError("queue full", retry_after=3.0, deployment="local")
         v3 = c.get("/ask", params=q).json()
@@ -252,7 +252,7 @@ def test_a_search_deployment_that_is_down_leaves_ask_ranked_by_the_embedded_engi
     local, big = ScriptedProvider("local", classify=True), ScriptedProvider("big", classify=True)
     big.fail_with = ProviderConnectionError("big: connection refused", deployment="big")
     comp = scripted_service(settings, {"local": local, "big": big}, embedder=embedder, store=store, telemetry=None)
-    with TestClient(create_app(settings, comp, close_components=False)) as c:
+    with TestClient(create_app(settings, comp, close_components=False), base_url="http://localhost") as c:
         answer = c.get("/ask", params={"query": "curry", "streaming": "false", "min_score": 0}).json()
     assert answer[-1]["message_type"] == "end-nlweb-response" and "degraded" not in answer[-1]
     assert not [m for m in answer if m["message_type"] == "intermediate_message"]  # no "LLM unavailable" note

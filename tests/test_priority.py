@@ -80,7 +80,7 @@ def test_the_priority_header_reaches_the_engine():
     settings = load_settings(environ={})
     comp = scripted_service(settings, {"local": local}, telemetry=None)
     body = {"model": "auto", "messages": [{"role": "user", "content": "hi"}]}
-    with TestClient(create_app(settings, comp, close_components=False)) as c:
+    with TestClient(create_app(settings, comp, close_components=False), base_url="http://localhost") as c:
         assert c.post("/v1/chat/completions", json=body, headers={"x-nlweb-priority": "7"}).status_code == 200
         assert c.post("/v1/chat/completions", json=body).status_code == 200
         bad = c.post("/v1/chat/completions", json=body, headers={"x-nlweb-priority": "urgent"})

@@ -56,7 +56,7 @@ async def gw(tmp_path):
     embedder = Embedder()
     comp = scripted_service(settings, {"local": local, "cloud": cloud}, embedder=embedder)
     app = create_app(settings, comp, close_components=False)
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gw") as client:
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://localhost") as client:
         yield client, local, cloud, comp, embedder.provider
     await comp.close()
 
@@ -383,7 +383,7 @@ async def test_the_semantic_cache_when_enabled_answers_a_paraphrase_and_refuses_
     settings.semantic_cache.enabled = True
     comp = scripted_service(settings, {"local": local}, embedder=embedder)
     app = create_app(settings, comp, close_components=False)
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gw") as client:
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://localhost") as client:
         first = await client.post("/v1/chat/completions", json=chat("How do I make a quick vegetarian curry?"))
         para = await client.post("/v1/chat/completions", json=chat("How can I make a quick vegetarian curry?"))
         other = await client.post("/v1/chat/completions", json=chat("How do I make a quick vegan curry?"))

@@ -192,7 +192,7 @@ def test_build_components_derives_deployments_from_the_adapters(tmp_path):
 def test_the_gateway_honours_the_body_limit_and_renders_admin_errors(tmp_path):
     settings, comp, local, cloud = service(tmp_path, max_body_bytes=2048)
     body = {"model": "auto", "messages": [{"role": "user", "content": "x" * 5000}]}
-    with TestClient(create_app(settings, comp, close_components=False)) as c:
+    with TestClient(create_app(settings, comp, close_components=False), base_url="http://localhost") as c:
         r = c.post("/v1/chat/completions", json=body)
         assert r.status_code == 413 and "server.max_body_bytes" in r.json()["error"]["message"]
         assert c.post("/v1/completions", json={"model": "auto", "prompt": "x" * 5000}).status_code == 413
@@ -214,7 +214,7 @@ def test_an_escalated_quality_request_gets_an_ascii_route_header(tmp_path):
     """The quality strategy's reason says "≥"; the header is rendered ASCII-safe, not a 500 after the call."""
     settings, comp, local, cloud = service(tmp_path)
     body = {"model": "auto", "messages": [{"role": "user", "content": "Explain why, step by step, and compare " * 40}]}
-    with TestClient(create_app(settings, comp, close_components=False)) as c:
+    with TestClient(create_app(settings, comp, close_components=False), base_url="http://localhost") as c:
         r = c.post("/v1/chat/completions", json=body, headers={"x-nlweb-strategy": "quality"})
         s = c.post("/v1/chat/completions", json={**body, "stream": True}, headers={"x-nlweb-strategy": "quality"})
     assert r.status_code == 200 and r.json()["choices"][0]["message"]["content"] == "cloud answer"

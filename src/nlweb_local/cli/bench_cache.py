@@ -246,7 +246,7 @@ async def _run(args: argparse.Namespace, settings: Settings, tmp: Path, work: li
     headers = {"x-nlweb-cache-namespace": "bench-" + uuid.uuid4().hex[:12]} if args.redis else {}
     try:
         transport = httpx.ASGITransport(app=create_app(settings, comp, close_components=False))
-        async with httpx.AsyncClient(transport=transport, base_url="http://bench", timeout=60) as client:
+        async with httpx.AsyncClient(transport=transport, base_url="http://localhost", timeout=60) as client:
             chat = await _chat(client, work, answers, headers)
             ask = await _ask(client, questions, args.ask_repeats, DEMO_SITE) if questions else None
     finally:

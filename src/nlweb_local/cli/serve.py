@@ -132,6 +132,12 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         if settings.server.autoload_demo and not args.no_demo:
             load_demo_if_empty(settings, components)
         app = create_app(settings, components, close_components=True)
+        if components.audit is not None:
+            log.info("audit log: %s (nlweb-local audit verify)", components.audit.store.where)
+        if host in ("0.0.0.0", "::", "") and not settings.server.allowed_hosts:
+            log.warning("listening on every interface, but only requests addressed to localhost, 127.0.0.1 or ::1 "
+                        "are answered (DNS rebinding protection): list the names and addresses clients use in "
+                        "server.allowed_hosts")
         print(f"nlweb-local is ready: open {url}/ in a browser (Ctrl-C stops)", file=sys.stderr, flush=True)
         server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning"))
         server.run(sockets=[sock])

@@ -54,6 +54,9 @@ class ServerSettings(_Section):
                                                  "text/event-stream (as every EventSource does) and names no api=")
     keepalive_s: float = Field(15.0, gt=0, description="SSE keep-alive comment interval (NLWeb requires <= 30 s)")
     autoload_demo: bool = Field(True, description="load the bundled demo site when the store is empty at start")
+    allowed_hosts: list[str] = Field(default_factory=list, description="Host header values served (a name, name:port, or *.domain); others get 400 (DNS rebinding). Always allowed: localhost, 127.0.0.1, ::1 and server.host; [\"*\"] = any")
+    cors_origins: list[str] = Field(default_factory=list, description="browser origins (e.g. https://intranet.example) allowed to call the API cross-site (CORS); a cross-site POST/PUT/PATCH/DELETE from any other origin gets 403 (CSRF)")
+    log_queries: bool = Field(False, description="log each /ask query text at INFO (off: only its length, sites and mode)")
 
 
 class FleetSettings(_Section):
@@ -195,6 +198,8 @@ class IngestSettings(_Section):
     max_fetch_bytes: int = Field(20_000_000, ge=1024, description="largest document fetched")
     max_pages: int = Field(1000, ge=1, description="most pages fetched from one sitemap")
     crawl_timeout_s: float = Field(600.0, gt=0, description="deadline of a whole sitemap crawl; pages not fetched by then are skipped (and reported)")
+    allow_private_networks: bool = Field(False, description="let fetches (redirects, sitemap and feed entries) reach private, loopback and link-local addresses; off: only the host of the URL given to `ingest` and ingest.allowed_hosts may be private (cloud metadata addresses stay refused unless listed there)")
+    allowed_hosts: list[str] = Field(default_factory=list, description="hosts (name or name:port) fetches may reach even when they resolve to a private address")
 
 
 class CacheSettings(_Section):
@@ -306,6 +311,8 @@ class RegistrySettings(_Section):
                                      "<data_dir>/registry.sqlite")
     poll_s: float = Field(2.0, gt=0, description="how often a server looks for registry changes made elsewhere (another "
                           "replica, the CLI); changes through this server's /admin/registry apply at once")
+
+
 class LimitSettings(_Section):
     """A team's limits (a key's own are set when it is created: nlweb-local keys create --rpm ...)."""
 
@@ -355,6 +362,19 @@ class AuthSettings(_Section):
     jwt: JwtSettings = JwtSettings()
 
 
+class AuditSettings(_Section):
+    """The audit log (governance/audit.py): one hash-chained row per request to /v1/*, /ask, /mcp, /chat/* and
+    every state-changing /admin/* request."""
+
+    enabled: bool = Field(True, description="keep the audit log (nlweb-local audit verify|export|erase)")
+    path: str | None = Field(None, description="SQLite file; null = <data_dir>/audit.sqlite")
+    database_url: str | None = Field(None, description="PostgreSQL URL (postgresql://user@host/db; needs pip install 'nlweb-local[postgres]'); overrides path")
+    log_content: bool = Field(False, description="also keep each request body and answer (data minimisation: off)")
+    max_content_chars: int = Field(8192, ge=256, description="with log_content: most characters kept of each request body and of each answer")
+    queue: int = Field(10_000, ge=10, description="rows waiting to be written; beyond this the oldest are dropped, and a gap row in the chain says how many")
+    flush_interval_s: float = Field(1.0, gt=0, le=60, description="rows are written at least this often: what a crash can lose")
+
+
 class Settings(_Section):
     data_dir: str = Field("data", description="everything the service writes lives under here")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
@@ -369,6 +389,7 @@ class Settings(_Section):
     cache_store: CacheBackendSettings = CacheBackendSettings()
     semantic_cache: SemanticCacheSettings = SemanticCacheSettings()
     registry: RegistrySettings = RegistrySettings()
+    audit: AuditSettings = AuditSettings()
 
     @model_validator(mode="after")
     def _one_redis_url(self) -> "Settings":

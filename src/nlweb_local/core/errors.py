@@ -24,7 +24,10 @@
         ├── StreamInterruptedError 502  a stream failed after tokens were sent (not retried)
         └── ModelOutputError       502  the model answered, but not in the shape asked for
 
-Messages say what to do about the problem.
+Messages say what to do about the problem. What a *caller* is told is `public_message`: the message
+itself, except for errors that relay an engine's or upstream's words (5xx from a deployment, an upstream
+429): those may hold internal URLs, exception text or account ids, so the caller gets a summary and the
+HTTP edge logs the full message under the request id.
 """
 from __future__ import annotations
 
@@ -42,6 +45,11 @@ class NlwebError(Exception):
         self.message = message
         self.deployment = deployment
         self.body = body
+
+    @property
+    def public_message(self) -> str:
+        """What the caller may be told (see the module docstring)."""
+        return self.message
 
 
 class BadRequestError(NlwebError):
@@ -108,19 +116,28 @@ class ProviderError(NlwebError):
     status = 500
     openai_type = "server_error"
     retryable = True
+    summary = "failed"  # what the caller is told instead of the upstream's words
+
+    @property
+    def public_message(self) -> str:
+        who = f"deployment {self.deployment!r}" if self.deployment and self.deployment != "router" else "the model"
+        return f"{who} {self.summary} (details are in the server log under this request's x-request-id)"
 
 
 class ProviderTimeoutError(ProviderError):
     status = 504
     openai_type = "timeout"
+    summary = "did not answer in time"
 
 
 class ProviderConnectionError(ProviderError):
     status = 502
+    summary = "could not be reached, or its answer was cut off"
 
 
 class OverloadedError(ProviderError):
     status = 503
+    summary = "is overloaded; retry later"
 
     def __init__(self, message: str, *, retry_after: float = 1.0, **kw):
         super().__init__(message, **kw)
@@ -132,17 +149,32 @@ class QueueFullError(OverloadedError):
     before its deadline. The deployment is fine — it is busy — so circuit breakers do not count it;
     `retry_after` is the measured time until the queue drains."""
 
+    @property
+    def public_message(self) -> str:  # nlweb-local's own words, about its own queue
+        return self.message
+
 
 class NoDeploymentError(OverloadedError):
-    def __init__(self, message: str, *, reasons: dict[str, str], retry_after: float = 1.0, **kw):
+    def __init__(self, message: str, *, reasons: dict[str, str], retry_after: float = 1.0,
+                 failed: tuple[str, ...] = (), **kw):
+        """`reasons`: why each deployment could not serve; `failed`: those whose reason is an engine's own
+        error (told to the caller only as "failed"; the router's reasons, such as an open breaker, are told)."""
         detail = "; ".join(f"{k}: {v}" for k, v in reasons.items())
         super().__init__(f"{message} ({detail})" if detail else message, retry_after=retry_after, **kw)
         self.reasons = reasons
+        self.failed = failed
+        self._summary = message
+
+    @property
+    def public_message(self) -> str:
+        detail = "; ".join(f"{k}: {'failed' if k in self.failed else v}" for k, v in self.reasons.items())
+        return f"{self._summary} ({detail})" if detail else self._summary
 
 
 class StreamInterruptedError(ProviderError):
     status = 502
     retryable = False
+    summary = "failed after the answer had started"
 
 
 class RateLimitedError(ProviderError):
@@ -154,12 +186,21 @@ class RateLimitedError(ProviderError):
         ok = retry_after is not None and math.isfinite(retry_after) and retry_after >= 0
         self.retry_after = retry_after if ok else None
 
+    @property
+    def public_message(self) -> str:
+        """An upstream's 429 (it names a deployment, or carries the upstream's body) is summarised; a limit
+        nlweb-local itself enforces says which limit, in its own words."""
+        if self.body is None and self.deployment in (None, "", "router"):
+            return self.message
+        return f"deployment {self.deployment!r} is rate limited upstream; retry later"
+
 
 class ModelOutputError(ProviderError):
     """The model answered but its output could not be coerced to the requested shape."""
 
     status = 502
     retryable = False
+    summary = "answered, but not in the shape asked for"
 
 
 class QuotaExceededError(RateLimitedError):
@@ -173,3 +214,7 @@ class QuotaExceededError(RateLimitedError):
         super().__init__(message, retry_after=retry_after, **kw)
         self.limit = limit
         self.openai_code = limit
+
+    @property
+    def public_message(self) -> str:
+        return self.message  # nlweb-local's own limit, in its own words

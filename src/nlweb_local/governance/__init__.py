@@ -1,4 +1,4 @@
-"""Governance: who may call what (API keys, roles, scopes) and how much (limits).
+"""Governance: who may call what (API keys, roles, scopes), how much (limits), and the audit log of what they did.
 
     identity.py       Identity, Role, the current caller (a context variable)
     keys.py           the key format, the HMAC hash, durations

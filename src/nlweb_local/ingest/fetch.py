@@ -7,6 +7,11 @@ A per-read socket timeout cannot enforce that against a server that trickles a b
 so a `Deadline` timer shuts the fetch's sockets down when the time is up, which ends any read at
 once. A caller may give a tighter `Deadline` (a sitemap crawl's). Every failure is a `SourceError`
 whose message names the URL and says what happened. (Name resolution is not covered by the timer.)
+
+Every hop (the URL, each redirect) must be http or https, and every connection goes to an address the
+`AddressPolicy` allows, checked after name resolution on the address actually connected to
+(`address_policy.py`: no private, loopback, link-local or metadata addresses unless the operator
+allows them or named that origin). Only the http(s) handlers are installed: no ftp:, file: or data:.
 """
 from __future__ import annotations
 
@@ -18,11 +23,13 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from email.message import Message
+from typing import Iterable
 from urllib.parse import urlsplit
 
 from .. import __version__
 from ..config.settings import IngestSettings
 from ..core.errors import SourceError
+from .address_policy import AddressPolicy, AddressRefused, origin
 
 USER_AGENT = f"nlweb-local/{__version__} (schema.org ingest; +https://github.com/nlweb-ai/NLWeb)"
 _CHUNK = 64 * 1024
@@ -101,54 +108,108 @@ def _shutdown(sock: socket.socket) -> None:
         pass
 
 
-def _timed(conn_class: type[http.client.HTTPConnection], timer: _SocketTimer):
-    """A connection factory for `AbstractHTTPHandler.do_open` whose sockets `timer` can cut."""
+def _timed(conn_class: type[http.client.HTTPConnection], timer: _SocketTimer, policy: AddressPolicy | None):
+    """A connection factory for `AbstractHTTPHandler.do_open` whose sockets `timer` can cut, connecting only
+    to addresses `policy` allows (None: a proxy the operator configured, whose target was checked)."""
     def make(host, **kwargs):
         conn = conn_class(host, **kwargs)
-        create = conn._create_connection
+        create = conn._create_connection if policy is None else _guarded(policy)
         conn._create_connection = lambda *a, **kw: timer.track(create(*a, **kw))
         return conn
     return make
 
 
+def _guarded(policy: AddressPolicy):
+    """`socket.create_connection`, but to the checked addresses only (no second lookup in between)."""
+    def connect(address, timeout=socket._GLOBAL_DEFAULT_TIMEOUT, source_address=None):
+        host, port = address
+        last: OSError | None = None
+        for ip in policy.addresses(host, port):
+            try:
+                return socket.create_connection((ip, port), timeout, source_address)
+            except OSError as e:
+                last = e
+        raise last if last is not None else OSError(f"cannot connect to {host}:{port}")
+    return connect
+
+
+def _checked(req, policy: AddressPolicy) -> AddressPolicy | None:
+    """The policy for this hop's connection; None through a proxy (checked here, by the target's addresses)."""
+    policy.check_url(req.full_url)
+    if req.has_proxy() or getattr(req, "_tunnel_host", None):
+        policy.addresses(*origin(req.full_url))
+        return None
+    return policy
+
+
 class _HTTPHandler(urllib.request.HTTPHandler):
-    def __init__(self, timer: _SocketTimer):
+    def __init__(self, timer: _SocketTimer, policy: AddressPolicy):
         super().__init__()
-        self._timer = timer
+        self._timer, self._policy = timer, policy
 
     def http_open(self, req):
-        return self.do_open(_timed(http.client.HTTPConnection, self._timer), req)
+        return self.do_open(_timed(http.client.HTTPConnection, self._timer, _checked(req, self._policy)), req)
 
 
 class _HTTPSHandler(urllib.request.HTTPSHandler):
-    def __init__(self, timer: _SocketTimer):
+    def __init__(self, timer: _SocketTimer, policy: AddressPolicy):
         super().__init__()
-        self._timer = timer
+        self._timer, self._policy = timer, policy
 
     def https_open(self, req):
-        return self.do_open(_timed(http.client.HTTPSConnection, self._timer), req, context=self._context)
+        return self.do_open(_timed(http.client.HTTPSConnection, self._timer, _checked(req, self._policy)), req,
+                            context=self._context)
+
+
+class _RedirectHandler(urllib.request.HTTPRedirectHandler):
+    """Follows redirects to http(s) only (urllib's own would follow one to ftp:)."""
+
+    def __init__(self, policy: AddressPolicy):
+        super().__init__()
+        self._policy = policy
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        try:
+            self._policy.check_url(newurl)
+        except AddressRefused as e:
+            raise AddressRefused(f"redirected to {newurl}, which is not followed: {e.message}") from None
+        return super().redirect_request(req, fp, code, msg, headers, newurl)
+
+
+def _opener(timer: _SocketTimer, policy: AddressPolicy) -> urllib.request.OpenerDirector:
+    """http(s) and nothing else: `build_opener` would add ftp:, file: and data: handlers."""
+    opener = urllib.request.OpenerDirector()
+    for handler in (urllib.request.ProxyHandler(), urllib.request.UnknownHandler(), _HTTPHandler(timer, policy),
+                    _HTTPSHandler(timer, policy), urllib.request.HTTPDefaultErrorHandler(), _RedirectHandler(policy),
+                    urllib.request.HTTPErrorProcessor()):
+        opener.add_handler(handler)
+    return opener
 
 
 class Fetcher:
-    def __init__(self, settings: IngestSettings):
+    def __init__(self, settings: IngestSettings, *, policy: AddressPolicy | None = None):
+        """`policy`: which addresses fetches may reach (default: from `settings`, see `address_policy.py`)."""
         self._timeout = settings.fetch_timeout_s
         self._max_bytes = settings.max_fetch_bytes
+        self._policy = policy or AddressPolicy.from_settings(settings)
 
     @property
     def max_bytes(self) -> int:
         return self._max_bytes
 
-    def fetch(self, url: str, *, within: Deadline | None = None) -> Fetched:
-        """GET `url` within `ingest.fetch_timeout_s`, or within `within` when that ends sooner."""
+    def fetch(self, url: str, *, within: Deadline | None = None, trust: Iterable[str] = ()) -> Fetched:
+        """GET `url` within `ingest.fetch_timeout_s`, or within `within` when that ends sooner. `trust`: URLs
+        the operator named (their origins may be private; see `address_policy.py`)."""
         if urlsplit(url).scheme not in ("http", "https"):
             raise SourceError(f"{url}: only http and https URLs can be fetched")
+        policy = self._policy.trusting(origin(u) for u in trust)
         deadline = Deadline(self._timeout, "ingest.fetch_timeout_s")
         if within is not None and within.at < deadline.at:
             deadline = within
         if deadline.passed:
             raise SourceError(f"{url}: not fetched, the {deadline.seconds:g} s of {deadline.setting} had passed")
         timer = _SocketTimer(deadline)
-        opener = urllib.request.build_opener(_HTTPHandler(timer), _HTTPSHandler(timer))
+        opener = _opener(timer, policy)
         request = urllib.request.Request(url, headers={"User-Agent": USER_AGENT, "Accept": "*/*"})
         answered = False
         try:
@@ -162,6 +223,8 @@ class Fetcher:
                 if timer.expired:  # the cut may look like the end of a body without a length
                     raise TimeoutError
                 return Fetched(url, resp.geturl(), resp.headers.get("Content-Type", ""), body)
+        except AddressRefused as e:
+            raise AddressRefused(f"{url}: {e.message}") from None
         except SourceError:
             raise
         except (urllib.error.URLError, OSError, ValueError, http.client.HTTPException) as e:

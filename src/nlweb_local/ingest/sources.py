@@ -43,6 +43,7 @@ class SourceReader:
         if fmt is not None and fmt not in FORMATS:
             raise SourceError(f"unknown format {fmt!r} for {source}; use one of {', '.join(FORMATS)}")
         url = source if is_url(source) else None
+        trust = (url,) if url else ()  # the operator named this URL: its origin may be private, others may not
         crawl = Deadline(self._crawl_timeout, "ingest.crawl_timeout_s")
         data, content_type = self._open(source)
         text = decode_body(data, content_type)
@@ -51,12 +52,12 @@ class SourceReader:
             raise SourceError(f"cannot tell the format of {source}: give it an extension "
                               f"({', '.join(sorted({'.tsv', '.jsonl', '.json', '.csv', '.xml', '.html'}))}) or name the format")
         if fmt == "sitemap":
-            return self._crawl(data, source, crawl)
+            return self._crawl(data, source, crawl, trust)
         return _parse(fmt, text, data, source, url=url, default_type=default_type)
 
     def _open(self, source: str) -> tuple[bytes, str]:
         if is_url(source):
-            fetched = self._fetcher.fetch(source)
+            fetched = self._fetcher.fetch(source, trust=(source,))
             return gunzip_bounded(fetched.body, source, self._max_bytes), fetched.content_type
         path = Path(source).expanduser()
         if not path.exists():
@@ -71,10 +72,10 @@ class SourceReader:
 
     # -- sitemaps -------------------------------------------------------------------------------
 
-    def _crawl(self, data: bytes, origin: str, deadline: Deadline) -> Parsed:
+    def _crawl(self, data: bytes, origin: str, deadline: Deadline, trust: tuple[str, ...]) -> Parsed:
         out = Parsed()
         pages: list[str] = []
-        self._collect_pages(data, origin, pages, out, 0, deadline)
+        self._collect_pages(data, origin, pages, out, 0, deadline, trust)
         if len(pages) > self._max_pages:
             out.problems.append(Problem(origin, f"lists {len(pages)} pages; only the first {self._max_pages} "
                                                 "were fetched (raise ingest.max_pages to load more)"))
@@ -82,12 +83,12 @@ class SourceReader:
         if not pages:
             raise SourceError(f"{origin} is a sitemap with no usable page URLs")
         with ThreadPoolExecutor(self._concurrency, thread_name_prefix="ingest-fetch") as pool:
-            for result in pool.map(lambda page: self._read_page(page, deadline), pages):
+            for result in pool.map(lambda page: self._read_page(page, deadline, trust), pages):
                 out.extend(result)
         return out
 
     def _collect_pages(self, data: bytes, origin: str, pages: list[str], out: Parsed, depth: int,
-                       deadline: Deadline) -> None:
+                       deadline: Deadline, trust: tuple[str, ...]) -> None:
         sitemap = parse_sitemap(data, origin)
         out.problems.extend(sitemap.problems)
         if sitemap.kind == "urlset":
@@ -102,14 +103,14 @@ class SourceReader:
                 out.problems.append(Problem(child, "not fetched: the page limit (ingest.max_pages) was reached"))
                 continue
             try:
-                body = gunzip_bounded(self._fetcher.fetch(child, within=deadline).body, child, self._max_bytes)
-                self._collect_pages(body, child, pages, out, depth + 1, deadline)
+                body = gunzip_bounded(self._fetcher.fetch(child, within=deadline, trust=trust).body, child, self._max_bytes)
+                self._collect_pages(body, child, pages, out, depth + 1, deadline, trust)
             except SourceError as e:
                 out.problems.append(Problem(child, e.message))
 
-    def _read_page(self, url: str, deadline: Deadline) -> Parsed:
+    def _read_page(self, url: str, deadline: Deadline, trust: tuple[str, ...]) -> Parsed:
         try:
-            fetched = self._fetcher.fetch(url, within=deadline)
+            fetched = self._fetcher.fetch(url, within=deadline, trust=trust)
             text = fetched.text()
             fmt = detect_format(url, text, fetched.content_type) or "html"
             if fmt == "sitemap":

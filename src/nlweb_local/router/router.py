@@ -238,7 +238,8 @@ class Router(BaseProvider):
         reasons = {**d.rejected, **failures}
         waits = [w for w in (self._state.of(n).breaker.retry_after() for n in self._routes) if w > 0]
         return NoDeploymentError("no deployment can serve this request now", reasons=reasons,
-                                 retry_after=max(1.0, min(waits)) if waits else 1.0, deployment="router")
+                                 retry_after=max(1.0, min(waits)) if waits else 1.0, deployment="router",
+                                 failed=tuple(failures))
 
     # -- calls ----------------------------------------------------------------------------------
     def _attempts(self, req: ChatRequest, d: RouteDecision) -> Iterator[tuple[Route, ChatRequest] | float]:

@@ -91,7 +91,7 @@ class AskPipeline:
             text = out["decontextualized_query"].strip()
             if plausible_rewrite(text, req.query, req.prev):
                 return text
-            log.info("decontextualisation %r rejected; using the conversation as context", text)
+            log.debug("decontextualisation %r rejected; using the conversation as context", text)  # (a query: not at INFO)
         except ProviderError as e:
             log.info("decontextualisation failed (%s); using the conversation as context", e)
         # A standalone query the retriever can still use: the last earlier question plus this one.
@@ -170,11 +170,12 @@ class AskPipeline:
                              "dropped": stats.dropped_bad_output, "engine_faults": stats.engine_faults},
                       degraded=stats.engine_faults > 0)
         except OverloadedError as e:
-            yield Failure(f"The service is busy: {e.message}", 503)
+            log.warning("ask refused, busy: %s", e.message)
+            yield Failure(f"The service is busy: {e.public_message}", 503)
             yield End(error=True)
         except NlwebError as e:
             log.warning("ask failed: %s", e)
-            yield Failure(e.message, e.status)
+            yield Failure(e.public_message, e.status)  # (an engine's own words stay in the log)
             yield End(error=True)
 
     async def _summarize(self, query: str, shown: list[RankedItem]) -> str:

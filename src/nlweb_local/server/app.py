@@ -119,18 +119,47 @@ def _key_routes(comp: Components, settings: Settings) -> list:
 
 
 def middleware(comp: Components) -> list[Middleware]:
-    """The one middleware list, outermost first: request id (an `x-request-id` per request, followed into
-    every ledger row and span of that request) → authentication (with governance) → tracing (a span per
-    request, when `telemetry.tracing` is on)."""
+    """The one middleware list, outermost first: trusted Host names (400 otherwise) → request id (an
+    `x-request-id` per request, followed into every ledger row and span of that request) → the audit log
+    (a row per audited request) → CORS (with server.cors_origins) → cross-site write refusal (CSRF) →
+    authentication (with governance) → tracing (a span per request, when `telemetry.tracing` is on)."""
     from ..telemetry.context import RequestIdMiddleware
+    from .origin_checks import HostAllowlist, OriginCheckMiddleware, TrustedHostMiddleware
 
+    server = comp.settings.server
     tracing = getattr(comp.telemetry, "tracing", None)
-    auth = []
-    if comp.governance is not None:
-        from .auth import AuthMiddleware
+    return [Middleware(TrustedHostMiddleware, hosts=HostAllowlist(server.allowed_hosts, listen_host=server.host)),
+            Middleware(RequestIdMiddleware), *_audit_middleware(comp), *_cors(server.cors_origins),
+            Middleware(OriginCheckMiddleware, cors_origins=server.cors_origins), *_auth(comp),
+            *([tracing.middleware()] if tracing is not None else [])]
 
-        auth = [Middleware(AuthMiddleware, governance=comp.governance)]
-    return [Middleware(RequestIdMiddleware), *auth, *([tracing.middleware()] if tracing is not None else [])]
+
+def _auth(comp: Components) -> list[Middleware]:
+    """API keys, roles, limits: after the audit middleware (a refused request is audited too) and the
+    origin check (a cross-site form is refused before any key is looked up)."""
+    if comp.governance is None:
+        return []
+    from .auth import AuthMiddleware
+
+    return [Middleware(AuthMiddleware, governance=comp.governance)]
+
+
+def _audit_middleware(comp: Components) -> list[Middleware]:
+    if comp.audit is None:
+        return []
+    from ..governance.audit_middleware import AuditMiddleware
+
+    a = comp.settings.audit
+    return [Middleware(AuditMiddleware, audit=comp.audit, log_content=a.log_content, max_content_chars=a.max_content_chars)]
+
+
+def _cors(origins: list[str]) -> list[Middleware]:
+    if not origins:
+        return []
+    from starlette.middleware.cors import CORSMiddleware
+
+    return [Middleware(CORSMiddleware, allow_origins=origins, allow_methods=["*"], allow_headers=["*"],
+                       expose_headers=["x-request-id", "x-nlweb-route", "x-nlweb-cache", "retry-after"])]
 
 
 def gateway_routes(comp: Components, settings: Settings) -> list:

@@ -100,7 +100,8 @@ class AskEndpoint:
             return Response(status_code=400)  # nobody is left to read it
         renderer: Renderer = _RENDERERS[parsed.api](parsed.ask)
         events = guarded(self._pipeline.run(parsed.ask), self._outcome)
-        log.info("ask %r sites=%s mode=%s api=%s", parsed.ask.query[:80], parsed.ask.sites or "all", parsed.ask.mode, parsed.api)
+        what = repr(parsed.ask.query[:80]) if server.log_queries else f"({len(parsed.ask.query)} characters)"  # server.log_queries
+        log.info("ask %s sites=%s mode=%s api=%s", what, parsed.ask.sites or "all", parsed.ask.mode, parsed.api)
         first = await events.__anext__()  # `Begin` (at once): says whether the answer comes from the cache
         cache = {"x-nlweb-cache": first.cache} if isinstance(first, Begin) and first.cache else {}
         events = _after(first, events)

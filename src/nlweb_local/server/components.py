@@ -3,13 +3,15 @@
 `build_components(settings, **overrides)` is what `serve`, the CLI and the tests all call. Overrides
 inject parts instead of building them from settings — `embedder`, `store`, `providers` (an adapter per
 deployment name, e.g. a scripted one in a test), `telemetry`, `llm` (the /ask port), `state` (router
-state) — so a test runs the same composition as `serve` with only the parts it names replaced.
+state), `audit` (an `AuditLog`, or None for none) — so a test runs the same composition as `serve` with
+only the parts it names replaced.
 
 The chain every LLM call goes through is built by one fold:
 
     each deployment:  compose(adapter, telemetry.deployment_wrappers(...))   metered, then traced
-    the gateway:      compose(Router(routes, state), [*telemetry.router_wrappers(), response cache, governed])
-                      (governed: governance's identity, model scope and limits — outermost)
+    the gateway:      compose(Router(routes, state), [*telemetry.router_wrappers(), response cache, governed,
+                      audit trail]) (governed: governance's identity, model scope and limits; the audit trail
+                      outermost, so it sees what was served and what governance refused)
     /ask:             ProviderStructuredLLM(gateway); with llm.search_deployment, pinned to it and falling
                       back to the embedded engine when it cannot serve (FallbackStructuredLLM),
                       and the pipeline's answer cache (search.answer_cache) keyed on the store's index version
@@ -55,6 +57,7 @@ class Components:
     telemetry: Any = None  # telemetry.Telemetry (None: not measured)
     registry: Any = None  # registry.ModelRegistry: models, versions, aliases (its `view`: the router's)
     governance: Any = None  # governance.Governance: keys, roles, limits (None: no auth at all)
+    audit: Any = None  # governance.audit.AuditLog (None: audit.enabled off)
     closers: list[Callable[[], Any]] = field(default_factory=list)
 
     async def close(self) -> None:
@@ -290,7 +293,7 @@ def build_answer_cache(settings: Settings, store: VectorStore, telemetry: Any = 
 
 def build_components(settings: Settings, *, embedder: Any = _BUILD, store: Any = _BUILD,
                      providers: Mapping[str, Provider] | None = None, telemetry: Any = _BUILD, llm: Any = _BUILD,
-                     state: RouterState | None = None, governance: Any = _BUILD) -> Components:
+                     state: RouterState | None = None, governance: Any = _BUILD, audit: Any = _BUILD) -> Components:
     """Every part of the service from `settings`, except the ones given (see the module docstring).
     `telemetry=None` turns measuring off; left out, it follows `telemetry.metrics`. `close()` closes what
     it built and the deployments' engines; a given store or telemetry stays the caller's to close."""
@@ -309,6 +312,12 @@ def build_components(settings: Settings, *, embedder: Any = _BUILD, store: Any =
 
             telemetry = build_telemetry(settings)
             closers.append(telemetry.close)
+    if audit is _BUILD:
+        from ..governance.audit import build_audit
+
+        audit = build_audit(settings)  # a damaged audit log stops the start here, with its path and why
+        if audit is not None:
+            closers.append(audit.close)
     registry = build_model_registry(settings)
     closers.append(registry.close)
     router = build_router(settings, providers=providers, telemetry=telemetry, state=state, registry=registry)
@@ -326,7 +335,8 @@ def build_components(settings: Settings, *, embedder: Any = _BUILD, store: Any =
         governance = build_governance(settings)
         closers.append(governance.close)
     wrappers = [*(telemetry.router_wrappers() if telemetry is not None else []), *([cached] if cached else []),
-                *([governed_wrapper(governance, router, telemetry)] if governance is not None else [])]
+                *([governed_wrapper(governance, router, telemetry)] if governance is not None else []),
+                *([_audited] if audit is not None else [])]  # outermost: the audit trail sees what was served
     gateway = compose(router, wrappers)
     in_process = getattr(embedder, "provider", None)  # retrieval's embedder adapts a provider: /v1/embeddings uses it
     embeddings = cached(in_process, routed=False) if cached is not None and in_process is not None else in_process
@@ -345,7 +355,7 @@ def build_components(settings: Settings, *, embedder: Any = _BUILD, store: Any =
                                         ProviderStructuredLLM(gateway, context=fallback), name=search)
     pipeline = build_pipeline(settings, llm, embedder, store, telemetry, closers, semantic=semantic)
     return Components(settings, embedder, store, llm, pipeline, router=router, gateway=gateway, embeddings=embeddings,
-                      telemetry=telemetry, registry=registry, governance=governance, closers=closers)
+                      telemetry=telemetry, registry=registry, governance=governance, audit=audit, closers=closers)
 
 
 def governed_wrapper(governance: Any, router: Router, telemetry: Any = None) -> Callable[[Provider], Provider]:
@@ -368,3 +378,9 @@ def governed_wrapper(governance: Any, router: Router, telemetry: Any = None) -> 
         return (tokens_in * info.price_in_per_m + tokens_out * info.price_out_per_m) / 1e6 if info else 0.0
 
     return governance.wrapper(resolve=router.resolve_model, deployments=router.names, price=price)
+
+
+def _audited(inner: Provider) -> Provider:
+    from ..governance.audit_trail import AuditedProvider
+
+    return AuditedProvider(inner)

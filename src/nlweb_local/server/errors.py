@@ -4,11 +4,15 @@
     OpenAI (/v1/*, /admin/*):     {"error": {"message", "type", "param", "code"}}
     JSON-RPC (/mcp):              see `jsonrpc.py`
 
+Bodies carry `public_message`: an engine's or upstream's own words (internal URLs, exception text) are
+never relayed; `told(e)` logs the full message under the request id whenever it differs.
+
 An error that says when to come back (`OverloadedError`, `RateLimitedError` with `retry_after`) gets
 `Retry-After` in whole seconds, at least 1, in every format.
 """
 from __future__ import annotations
 
+import logging
 import math
 from typing import Any, Awaitable, Callable
 
@@ -17,6 +21,7 @@ from starlette.responses import JSONResponse
 
 from ..core.errors import NlwebError, OverloadedError, RateLimitedError
 
+log = logging.getLogger(__name__)
 _JSON_TYPE = (b"content-type", b"application/json")
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 
@@ -36,13 +41,23 @@ def _headers(e: NlwebError) -> dict[str, str]:
     return {"retry-after": value} if value is not None else {}
 
 
+def told(e: NlwebError) -> str:
+    """What the caller is told of `e`; when that is not the whole message, the whole one goes to the log."""
+    public = e.public_message
+    if public != e.message:
+        from ..telemetry.context import current_request_id
+
+        log.warning("request %s: %s %d: %s", current_request_id() or "-", type(e).__name__, e.status, e.message)
+    return public
+
+
 def nlweb_error(e: NlwebError) -> JSONResponse:
-    return JSONResponse({"error": e.message, "status": e.status}, status_code=e.status, headers=_headers(e))
+    return JSONResponse({"error": told(e), "status": e.status}, status_code=e.status, headers=_headers(e))
 
 
 def openai_error_body(e: NlwebError) -> dict[str, Any]:
     code = getattr(e, "openai_code", None) or e.openai_type
-    return {"error": {"message": e.message, "type": e.openai_type, "param": getattr(e, "param", None), "code": code}}
+    return {"error": {"message": told(e), "type": e.openai_type, "param": getattr(e, "param", None), "code": code}}
 
 
 def openai_error(e: NlwebError) -> JSONResponse:

@@ -338,7 +338,7 @@ class Gateway:
                                                       "total_tokens": usage.total_tokens}})
             except NlwebError as e:
                 log.warning("stream from %s ended with an error: %s", deployment, e.message)
-                yield _sse({"error": {"message": e.message, "type": e.openai_type, "code": "stream_interrupted"}})
+                yield _sse({"error": {"message": e.public_message, "type": e.openai_type, "code": "stream_interrupted"}})
             yield b"data: [DONE]\n\n"
 
         headers = {"x-nlweb-route": route, "cache-control": "no-cache"}

@@ -201,7 +201,7 @@ class McpServer:
             admit(asks)
         except OverloadedError as e:
             wait = max(1, math.ceil(e.retry_after)) if math.isfinite(e.retry_after) else 1
-            raise jsonrpc.Busy(f"Server busy: {e.message}; none of the {asks} ask call(s) ran, retry after {wait} s",
+            raise jsonrpc.Busy(f"Server busy: {e.public_message}; none of the {asks} ask call(s) ran, retry after {wait} s",
                                wait) from None
 
     async def initialize(self, params: dict[str, Any]) -> dict[str, Any]:
@@ -245,10 +245,12 @@ class McpServer:
         except JsonRpcError:
             raise
         except NlwebError as e:  # expected failures (overloaded, no such site, ...): the model may retry
-            return _tool_result(e.message, is_error=True)
+            if e.public_message != e.message:
+                log.warning("MCP tool %s: %s", name, e.message)
+            return _tool_result(e.public_message, is_error=True)
         except Exception as e:
-            log.exception("MCP tool %s failed", name)
-            return _tool_result(str(e) or type(e).__name__, is_error=True)
+            log.exception("MCP tool %s failed", name)  # (the exception's text stays in the log)
+            return _tool_result(f"internal error in tool {name} ({type(e).__name__}); see the server log", is_error=True)
         return _tool_result(text, is_error=False)
 
 

@@ -1,9 +1,11 @@
 """The request id that follows one HTTP request through router, engine calls and ledger rows.
 
-`RequestIdMiddleware` (pure ASGI) takes the caller's `x-request-id` when it is a short, plain token,
-else makes one, puts it in a context variable for the duration of the request and echoes it in the
-response headers. `MeteredProvider` reads it for each ledger row, so a failover shows up as two rows
-with one request id.
+`RequestIdMiddleware` (pure ASGI) makes a process-unique id for every request, puts it in a context
+variable for the duration of the request and echoes it in the response headers. A caller's own
+`x-request-id` (a short, plain token) is kept for correlation, but namespaced: the id becomes
+`<caller's id>/<server id>`, so a caller can neither make its rows collide with another request's nor
+pass them off as server-made (a caller's token cannot contain `/`). `MeteredProvider` reads the id for
+each ledger row, so a failover shows up as two rows with one request id.
 """
 from __future__ import annotations
 
@@ -67,14 +69,13 @@ class RequestIdMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        rid = ""
+        rid = new_request_id()
         for k, v in scope["headers"]:
             if k == b"x-request-id":
                 given = v.decode("latin-1")
-                rid = given if _SAFE.match(given) else ""
+                if _SAFE.match(given):
+                    rid = f"{given}/{rid}"
                 break
-        if not rid:
-            rid = new_request_id()
         token = REQUEST_ID.set(rid)
         spend = SPEND.set(RequestSpend())
         header = (b"x-request-id", rid.encode())

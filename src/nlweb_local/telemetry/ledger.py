@@ -1,4 +1,5 @@
-"""`CostLedger`: one row per LLM call, written to a `LedgerStore` by one writer thread, off the request path.
+"""`CostLedger`: one row per LLM call, written to a `LedgerStore` by one writer thread, off the request path
+(a `core.batch_writer.BatchWriter`, the same one the audit log uses).
 
     caller ──record(row)──► bounded deque ──(batch, or every flush_interval_s)──► writer thread ──► LedgerStore
                                                                                   (SQLite WAL by default)
@@ -12,15 +13,12 @@ and the SQL; this class owns only the queue and the thread.
 """
 from __future__ import annotations
 
-import atexit
 import logging
-import threading
 import time
-import weakref
-from collections import deque
 from pathlib import Path
 from typing import Any
 
+from ..core.batch_writer import BatchWriter
 from .ledger_sqlite import SqliteLedgerStore
 from .ledger_store import COLUMNS, CallRecord, LedgerStore, LedgerStoreError
 
@@ -36,64 +34,40 @@ class CostLedger:
         file that cannot be opened fails here, at start. The ledger closes the store it was given."""
         self._store: LedgerStore = SqliteLedgerStore(store) if isinstance(store, (str, Path)) else store
         self._metrics = metrics
-        self._max_queue = max_queue
-        self._batch = batch_size
-        self._interval = flush_interval_s
-        self._queue: deque[CallRecord] = deque()
-        self._lock = threading.Lock()
-        self._done = threading.Condition(self._lock)
-        self._wake = threading.Event()
-        self._closing = False
-        self.enqueued = self.written = self.dropped = 0
-        self._thread = threading.Thread(target=self._run, name="cost-ledger-writer", daemon=True)
-        self._thread.start()
-        # a program that exits without close() still writes its queue (atexit runs before daemon threads die)
-        ref = weakref.ref(self)
-        self._at_exit = lambda: (lambda ledger: ledger.close() if ledger is not None else None)(ref())
-        atexit.register(self._at_exit)
+        self._writer: BatchWriter[CallRecord] = BatchWriter(
+            lambda batch: self._write(self._store, batch), name="cost-ledger-writer", max_queue=max_queue,
+            batch_size=batch_size, flush_interval_s=flush_interval_s,
+            on_drop=metrics.ledger_dropped.inc if metrics is not None else None,
+            on_depth=metrics.ledger_queue.set if metrics is not None else None, on_stop=self._store.close)
 
     # -- the request path ---------------------------------------------------------------------------
     def record(self, row: CallRecord) -> None:
-        with self._lock:
-            if self._closing:
-                self.dropped += 1
-                if self.dropped == 1 or self.dropped % 1000 == 0:
-                    log.warning("cost ledger is closed; %d rows were not recorded", self.dropped)
-                return
-            if len(self._queue) >= self._max_queue:
-                self._queue.popleft()
-                self.dropped += 1
-                if self._metrics is not None:
-                    self._metrics.ledger_dropped.inc()
-            self._queue.append(row)
-            self.enqueued += 1
-            full = len(self._queue) >= self._batch
-        if full:
-            self._wake.set()
+        self._writer.put(row)
 
     # -- control ------------------------------------------------------------------------------------
     def flush(self, timeout_s: float = 10.0) -> bool:
         """Wait until every row recorded so far is on disk (or dropped). True if it got there in time."""
-        with self._lock:
-            target = self.enqueued
-        self._wake.set()
-        with self._done:
-            return self._done.wait_for(lambda: self.written + self.dropped >= target or not self._thread.is_alive(),
-                                       timeout_s)
+        return self._writer.flush(timeout_s)
 
     def close(self, timeout_s: float = 30.0) -> None:
         """Write everything still queued, then stop the writer. Idempotent."""
-        with self._lock:
-            self._closing = True
-        atexit.unregister(self._at_exit)
-        self._wake.set()
-        self._thread.join(timeout_s)
-        if self._thread.is_alive():
-            log.error("cost ledger writer did not finish within %.0fs; %d rows may be lost", timeout_s, len(self._queue))
+        self._writer.close(timeout_s)
 
     @property
     def pending(self) -> int:
-        return len(self._queue)
+        return self._writer.pending
+
+    @property
+    def enqueued(self) -> int:
+        return self._writer.enqueued
+
+    @property
+    def written(self) -> int:
+        return self._writer.written
+
+    @property
+    def dropped(self) -> int:
+        return self._writer.dropped
 
     @property
     def store(self) -> LedgerStore:
@@ -108,31 +82,9 @@ class CostLedger:
         """Dollars spent by the calls written since `since` (rows still queued: at most a second's worth)."""
         return self._store.spend(since)
 
-    # -- internals ----------------------------------------------------------------------------------
-    def _take(self) -> list[CallRecord]:
-        with self._lock:
-            n = min(len(self._queue), self._batch)
-            batch = [self._queue.popleft() for _ in range(n)]
-            if self._metrics is not None:
-                self._metrics.ledger_queue.set(len(self._queue))
-            return batch
-
-    def _run(self) -> None:
-        try:
-            while True:
-                self._wake.wait(self._interval)
-                self._wake.clear()
-                while batch := self._take():
-                    self._write(self._store, batch)
-                with self._lock:
-                    if self._closing and not self._queue:
-                        return
-        finally:
-            self._store.close()
-            with self._done:
-                self._done.notify_all()
-
-    def _write(self, store: LedgerStore, batch: list[CallRecord]) -> None:
+    # -- the writer thread --------------------------------------------------------------------------
+    def _write(self, store: LedgerStore, batch: list[CallRecord]) -> int:
+        """Write `batch` (three tries); how many rows were kept (0: given up, the writer counts them dropped)."""
         for attempt in range(3):
             try:
                 store.write(batch)
@@ -141,17 +93,11 @@ class CostLedger:
                 log.warning("cost ledger write failed (attempt %d of 3): %s", attempt + 1, e)
                 time.sleep(0.2 * (attempt + 1))
         else:
-            with self._lock:
-                self.dropped += len(batch)
-            if self._metrics is not None:
-                self._metrics.ledger_dropped.inc(len(batch))
             log.error("cost ledger dropped %d rows after 3 failed writes to %s", len(batch), self._store)
-            batch = []
-        with self._done:
-            self.written += len(batch)
-            self._done.notify_all()
-        if self._metrics is not None and batch:
+            return 0
+        if self._metrics is not None:
             self._metrics.ledger_written.inc(len(batch))
+        return len(batch)
 
 
 def read_calls(path: str | Path, since: float | None = None, until: float | None = None) -> list[CallRecord]:

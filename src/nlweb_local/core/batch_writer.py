@@ -1,0 +1,141 @@
+"""`BatchWriter`: a bounded queue drained in batches by one writer thread, off the request path.
+
+    caller ──put(row)──► bounded deque ──(batch_size rows, or every flush_interval_s)──► writer thread ──► write(batch)
+
+`put` only appends under a lock: O(1), never touches the disk. When the queue is full the oldest row
+is dropped and counted (`dropped`, and `on_drop(n)`), so memory stays bounded even if the disk stalls.
+`write(batch)` runs on the writer thread and returns how many rows it kept (fewer: the rest were
+given up on and count as dropped; None: all of them). `close()` drains everything: a clean shutdown loses nothing, and a
+program that exits without calling it is closed at exit; a crash loses at most the rows still queued
+(those of the last flush interval, unless the disk is slower than the traffic). The cost ledger and the
+audit log are both written through one of these; each owns only its rows, its store and its retries.
+"""
+from __future__ import annotations
+
+import atexit
+import logging
+import threading
+import weakref
+from collections import deque
+from typing import Callable, Generic, TypeVar
+
+T = TypeVar("T")
+log = logging.getLogger(__name__)
+
+
+class BatchWriter(Generic[T]):
+    def __init__(self, write: Callable[[list[T]], int | None], *, name: str, max_queue: int = 10_000,
+                 batch_size: int = 500, flush_interval_s: float = 1.0,
+                 on_drop: Callable[[int], None] | None = None, on_depth: Callable[[int], None] | None = None,
+                 on_stop: Callable[[], None] | None = None):
+        """`write`: called on the writer thread with up to `batch_size` rows; `on_drop(n)`: n rows were lost
+        (queue full, or `write` gave up on them); `on_depth(n)`: the queue's length after a batch was taken;
+        `on_stop()`: the writer thread is ending (close the store there)."""
+        self._write = write
+        self.name = name
+        self._max_queue = max_queue
+        self._batch = batch_size
+        self._interval = flush_interval_s
+        self._on_drop = on_drop
+        self._on_depth = on_depth
+        self._on_stop = on_stop
+        self._queue: deque[T] = deque()
+        self._lock = threading.Lock()
+        self._done = threading.Condition(self._lock)
+        self._wake = threading.Event()
+        self._closing = False
+        self.enqueued = self.written = self.dropped = 0
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+        # a program that exits without close() still writes its queue (atexit runs before daemon threads die)
+        ref = weakref.ref(self)
+        self._at_exit = lambda: (lambda writer: writer.close() if writer is not None else None)(ref())
+        atexit.register(self._at_exit)
+
+    # -- the request path ---------------------------------------------------------------------------
+    def put(self, row: T) -> bool:
+        """Queue `row`; False when the writer is closed (the row is counted as dropped)."""
+        with self._lock:
+            if self._closing:
+                self.dropped += 1
+                if self.dropped == 1 or self.dropped % 1000 == 0:
+                    log.warning("%s is closed; %d rows were not recorded", self.name, self.dropped)
+                return False
+            lost = 0
+            if len(self._queue) >= self._max_queue:
+                self._queue.popleft()
+                self.dropped += 1
+                lost = 1
+            self._queue.append(row)
+            self.enqueued += 1
+            full = len(self._queue) >= self._batch
+        if lost and self._on_drop is not None:
+            self._on_drop(lost)
+        if full:
+            self._wake.set()
+        return True
+
+    # -- control ------------------------------------------------------------------------------------
+    def flush(self, timeout_s: float = 10.0) -> bool:
+        """Wait until every row queued so far is written (or dropped). True if it got there in time."""
+        with self._lock:
+            target = self.enqueued
+        self._wake.set()
+        with self._done:
+            return self._done.wait_for(lambda: self.written + self.dropped >= target or not self._thread.is_alive(),
+                                       timeout_s)
+
+    def close(self, timeout_s: float = 30.0) -> None:
+        """Write everything still queued, then stop the writer. Idempotent."""
+        with self._lock:
+            self._closing = True
+        atexit.unregister(self._at_exit)
+        self._wake.set()
+        self._thread.join(timeout_s)
+        if self._thread.is_alive():
+            log.error("%s did not finish within %.0fs; %d rows may be lost", self.name, timeout_s, len(self._queue))
+
+    @property
+    def pending(self) -> int:
+        return len(self._queue)
+
+    # -- internals ----------------------------------------------------------------------------------
+    def _take(self) -> list[T]:
+        with self._lock:
+            n = min(len(self._queue), self._batch)
+            batch = [self._queue.popleft() for _ in range(n)]
+            depth = len(self._queue)
+        if self._on_depth is not None:
+            self._on_depth(depth)
+        return batch
+
+    def _run(self) -> None:
+        try:
+            while True:
+                self._wake.wait(self._interval)
+                self._wake.clear()
+                while batch := self._take():
+                    self._write_one(batch)
+                with self._lock:
+                    if self._closing and not self._queue:
+                        return
+        finally:
+            if self._on_stop is not None:
+                self._on_stop()
+            with self._done:
+                self._done.notify_all()
+
+    def _write_one(self, batch: list[T]) -> None:
+        try:
+            kept = self._write(batch)
+            kept = len(batch) if kept is None else kept
+        except Exception:  # noqa: BLE001  (a writer that raises must not kill the thread)
+            log.exception("%s: writing %d rows failed; they are lost", self.name, len(batch))
+            kept = 0
+        lost = len(batch) - kept
+        with self._done:
+            self.written += kept
+            self.dropped += lost
+            self._done.notify_all()
+        if lost and self._on_drop is not None:
+            self._on_drop(lost)

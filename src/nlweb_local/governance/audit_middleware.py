@@ -1,0 +1,111 @@
+"""`AuditMiddleware` (pure ASGI): one audit row per request to an audited endpoint.
+
+Audited: every request to /v1/*, /ask, /mcp, /chat/*, and every POST/PUT/PATCH/DELETE to /admin/*.
+It sits inside the request-id middleware (the row carries the request's id and, from `RequestSpend`,
+its cost) and outside authentication: a refused request is audited too, and the identity that
+authentication leaves in `scope["state"]["identity"]` (key_id, name, role, team, subject) is read
+when the response is done; without one the row says role "anonymous".
+
+The request body and the answer are kept only with `audit.log_content` (each cut to
+`audit.max_content_chars`); otherwise the request path pays for a context variable, two clock reads
+and one queue append.
+"""
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from ..telemetry.context import current_request_id, current_spend
+from .audit_chain import AuditRow
+from .audit_trail import TRAIL, RequestTrail
+
+_UNSAFE = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+
+
+def audited(method: str, path: str) -> bool:
+    if method == "OPTIONS":  # (a CORS preflight asks, it does nothing)
+        return False
+    if path.startswith("/v1/") or path in ("/ask", "/mcp") or path.startswith(("/chat/", "/mcp/")):
+        return True
+    return path.startswith("/admin/") and method in _UNSAFE
+
+
+class _Capture:
+    """At most `limit` characters of a body, decoded leniently."""
+
+    __slots__ = ("limit", "parts", "size")
+
+    def __init__(self, limit: int):
+        self.limit, self.parts, self.size = limit, [], 0
+
+    def add(self, data: bytes) -> None:
+        if self.size < self.limit and data:
+            part = data[: self.limit - self.size]
+            self.parts.append(part)
+            self.size += len(part)
+
+    def text(self) -> str:
+        return b"".join(self.parts).decode("utf-8", errors="replace")
+
+
+class AuditMiddleware:
+    def __init__(self, app: Any, *, audit: Any, log_content: bool = False, max_content_chars: int = 8192):
+        """`audit`: an `AuditLog` (anything with `record(row)`)."""
+        self.app = app
+        self._audit = audit
+        self._content = log_content
+        self._limit = max_content_chars
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http" or not audited(scope["method"], scope["path"]):
+            await self.app(scope, receive, send)
+            return
+        t0 = time.perf_counter()
+        state = scope.setdefault("state", {})  # (authentication puts the identity here; read it afterwards)
+        status = [500]
+        asked = _Capture(self._limit) if self._content else None
+        answered = _Capture(self._limit) if self._content else None
+
+        async def send_noting(message) -> None:
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            elif answered is not None and message["type"] == "http.response.body":
+                answered.add(message.get("body", b""))
+            await send(message)
+
+        async def receive_noting():
+            message = await receive()
+            if message["type"] == "http.request":
+                asked.add(message.get("body", b""))
+            return message
+
+        trail = RequestTrail()
+        token = TRAIL.set(trail)
+        try:
+            await self.app(scope, receive_noting if asked is not None else receive, send_noting)
+        finally:
+            TRAIL.reset(token)
+            content = ""
+            if asked is not None:
+                query = scope.get("query_string", b"").decode("latin-1")
+                content = json.dumps({"query": query[: self._limit], "request": asked.text(),
+                                      "answer": answered.text()}, ensure_ascii=False)
+            self._audit.record(self._row(scope, state, status[0], time.perf_counter() - t0, trail, content))
+
+    def _row(self, scope, state, status: int, latency: float, trail: RequestTrail, content: str):
+        who = state.get("identity") if isinstance(state, dict) else None
+        spend = current_spend()
+        privacy = trail.privacy
+        if not privacy:
+            for k, v in scope["headers"]:
+                if k == b"x-nlweb-privacy":
+                    privacy = v.decode("latin-1")[:32]
+                    break
+        return AuditRow(  # positional: ~1 µs on the request path (the field names are in audit_chain.AuditRow)
+            0, time.time(), "request", current_request_id(), scope["method"], scope["path"][:200], status, latency,
+            str(getattr(who, "team", "") or ""), str(getattr(who, "role", "") or "anonymous"), trail.model[:200],
+            ",".join(trail.deployments), trail.reason[:300], privacy or "any", trail.tokens_in, trail.tokens_out,
+            round(spend.cost_usd, 10) if spend is not None else 0.0, 0, "",
+            str(getattr(who, "key_id", "") or ""), str(getattr(who, "subject", "") or ""),
+            str(getattr(who, "name", "") or ""), content, "")

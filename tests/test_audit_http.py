@@ -1,0 +1,147 @@
+"""The audit log through the real app: one row per audited request with who, what served it, tokens, cost,
+status and latency; no content unless audit.log_content; the identity authentication leaves in the scope."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+import httpx
+import pytest
+from starlette.middleware import Middleware
+
+from nlweb_local.governance.audit import verify
+from nlweb_local.providers.testing import ScriptedProvider
+from nlweb_local.server.app import create_app
+from nlweb_local.telemetry import build_telemetry
+from stand_ins import scripted_service, service_settings
+
+
+@dataclass(frozen=True)
+class Identity:  # the shape authentication puts on scope["state"]["identity"]
+    key_id: str
+    name: str
+    role: str
+    team: str
+    subject: str
+
+
+class FakeAuth:
+    """Stands in for the authentication middleware: a request with `x-test-user` gets that identity."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        for k, v in scope.get("headers", ()):
+            if k == b"x-test-user":
+                user = v.decode()
+                scope["state"]["identity"] = Identity(f"k-{user}", f"{user}'s key", "user", "search", user)
+        await self.app(scope, receive, send)
+
+
+def app_with_audit(tmp_path, **audit):
+    settings = service_settings(tmp_path, {"name": "cloud", "engine": "openai", "model": "gpt-4o-mini"})
+    for k, v in audit.items():
+        setattr(settings.audit, k, v)
+    settings.llm.rounds = 1
+    local, cloud = ScriptedProvider("local", "local says hi"), ScriptedProvider("cloud", "cloud answers", local=False)
+    cloud.model = "gpt-4o-mini"  # priced by the shipped table
+    tel = build_telemetry(settings, ledger=False)
+    comp = scripted_service(settings, {"local": local, "cloud": cloud}, telemetry=tel)
+    app = create_app(settings, comp, close_components=False)
+    app.user_middleware.append(Middleware(FakeAuth))  # innermost, where authentication sits
+    return app, comp, local
+
+
+def chat(text, model="auto"):
+    return {"model": model, "messages": [{"role": "user", "content": text}]}
+
+
+def rows(comp):
+    comp.audit.flush()
+    return [r for r in comp.audit.store.scan()]
+
+
+async def test_one_row_per_audited_request_with_what_served_it(tmp_path):
+    app, comp, local = app_with_audit(tmp_path)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://127.0.0.1") as c:
+        r = await c.post("/v1/chat/completions", json=chat("secret question"), headers={"x-test-user": "alice"})
+        assert r.status_code == 200
+        r2 = await c.post("/v1/chat/completions", json=chat("to the cloud", model="cloud"),
+                          headers={"x-nlweb-privacy": "any"})
+        assert r2.status_code == 200
+        bad = await c.post("/v1/chat/completions", json=chat("x", model="no-such-model"))
+        assert bad.status_code == 404
+        assert (await c.get("/health")).status_code == 200  # not audited
+        assert (await c.get("/admin/breakers")).status_code == 200  # a read: not audited
+        assert (await c.post("/admin/breakers/cloud/open")).status_code == 200  # a change: audited
+    got = rows(comp)
+    assert [(x.method, x.endpoint, x.status) for x in got] == [
+        ("POST", "/v1/chat/completions", 200), ("POST", "/v1/chat/completions", 200),
+        ("POST", "/v1/chat/completions", 404), ("POST", "/admin/breakers/cloud/open", 200)]
+    first, second = got[0], got[1]
+    assert first.request_id == r.headers["x-request-id"] and first.latency_s > 0
+    assert (first.subject, first.key_id, first.name, first.role, first.team) == ("alice", "k-alice", "alice's key", "user", "search")
+    assert first.deployment == "local" and first.route_reason and first.model == "auto" and first.privacy == "any"
+    assert first.tokens_in == len("secret question") // 4 + 1 and first.tokens_out == 3
+    assert first.content == ""  # data minimisation: no prompt, no answer
+    assert "secret question" not in json.dumps([x._asdict() for x in got])
+    assert second.deployment == "cloud" and second.role == "anonymous" and second.subject == ""
+    assert second.cost_usd > 0 and first.cost_usd >= 0
+    assert verify(comp.audit.store).ok
+    await comp.close()
+
+
+async def test_content_is_kept_only_with_log_content(tmp_path):
+    app, comp, _ = app_with_audit(tmp_path, log_content=True, max_content_chars=300)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://127.0.0.1") as c:
+        r = await c.post("/v1/chat/completions", json=chat("what is in the box?"), headers={"x-test-user": "bob"})
+        assert r.status_code == 200
+    (row,) = rows(comp)
+    content = json.loads(row.content)
+    assert "what is in the box?" in content["request"] and "local says hi" in content["answer"]
+    n = comp.audit.store.erase(subject="bob")  # GDPR: the content goes with the identity
+    assert n == 1 and all(not x.content for x in rows(comp) if x.kind == "request")
+    assert verify(comp.audit.store).ok
+    await comp.close()
+
+
+async def test_ask_is_audited_with_its_llm_calls(tmp_path, embedder, store):
+    from nlweb_local.ingest.pipeline import Ingestor
+    from conftest import FIXTURE_SITE
+
+    settings = service_settings(tmp_path)
+    settings.search.llm_rank_limit = 2
+    settings.server.autoload_demo = False
+    Ingestor(embedder, store, settings.ingest, progress=False).ingest(FIXTURE_SITE, "fixture")
+    comp = scripted_service(settings, {"local": ScriptedProvider("local", '{"score": 80, "description": "ok"}')},
+                            embedder=embedder, store=store, telemetry=None)
+    app = create_app(settings, comp, close_components=False)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://localhost") as c:
+        r = await c.get("/ask", params={"query": "trout fishing", "site": "fixture", "streaming": "false"})
+        assert r.status_code == 200
+    (row,) = rows(comp)
+    assert row.endpoint == "/ask" and row.status == 200 and row.deployment == "local" and row.tokens_in > 0
+    comp.audit.close()
+    await comp.close()
+
+
+def test_audit_off_builds_no_log_and_no_wrapper(tmp_path):
+    settings = service_settings(tmp_path)
+    settings.audit.enabled = False
+    comp = scripted_service(settings, {"local": ScriptedProvider("local")}, telemetry=None)
+    assert comp.audit is None and not (tmp_path / "audit.sqlite").exists()
+    from nlweb_local.governance.audit_trail import AuditedProvider
+
+    assert not isinstance(comp.gateway, AuditedProvider)
+
+
+@pytest.mark.parametrize("method, path, expected", [
+    ("POST", "/v1/chat/completions", True), ("GET", "/v1/models", True), ("GET", "/ask", True),
+    ("POST", "/mcp", True), ("POST", "/chat/send", True), ("POST", "/admin/breakers/x/open", True),
+    ("DELETE", "/admin/keys/k1", True), ("GET", "/admin/stats", False), ("GET", "/health", False),
+    ("GET", "/metrics", False), ("OPTIONS", "/v1/chat/completions", False), ("GET", "/", False)])
+def test_which_requests_are_audited(method, path, expected):
+    from nlweb_local.governance.audit_middleware import audited
+
+    assert audited(method, path) is expected
