@@ -246,7 +246,7 @@ async def test_admin_fleet_lists_every_instance(tmp_path, two_engines):
     settings.llm.deployments.append(DeploymentSettings(name="single", engine="openai", model="fake-model",
                                                        url=f"{a.url}/v1", api_key="sk-test"))
     comp = scripted_service(settings, {}, telemetry=None)
-    with TestClient(create_app(settings, comp, close_components=True)) as c:
+    with TestClient(create_app(settings, comp, close_components=True), base_url="http://localhost") as c:
         r = c.post("/v1/chat/completions", json={"model": "pool", "messages": [{"role": "user", "content": "hi"}]})
         assert r.status_code == 200, r.text
         body = c.get("/admin/fleet").json()
@@ -281,7 +281,7 @@ def test_through_the_gateway_a_dead_instance_fails_no_request_and_the_deployment
                                            "fleet": {"policy": "round-robin"}}, embedded_enabled=False)
     comp = scripted_service(settings, {}, telemetry=None)
     b.stop()
-    with TestClient(create_app(settings, comp, close_components=True)) as c:
+    with TestClient(create_app(settings, comp, close_components=True), base_url="http://localhost") as c:
         codes = [c.post("/v1/chat/completions", json={"model": "auto", "stream": n % 2 == 1,
                                                       "messages": [{"role": "user", "content": f"hi {n}"}]}).status_code
                  for n in range(10)]

@@ -59,7 +59,7 @@ def kitchen_app(tmp_path):
 
 @pytest.fixture()
 def client(tmp_path):
-    with kitchen_app(tmp_path) as app, TestClient(app, raise_server_exceptions=False) as c:
+    with kitchen_app(tmp_path) as app, TestClient(app, raise_server_exceptions=False, base_url="http://localhost") as c:
         yield c
 
 

@@ -51,7 +51,7 @@ async def gateway(tmp_path):
     engines = {"smol-v1": ScriptedProvider("smol-v1", "one says hi"), "smol-v2": ScriptedProvider("smol-v2", "two says hi")}
     comp = scripted_service(settings, engines, telemetry=tel)
     app = create_app(settings, comp, close_components=False)
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gw") as client:
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://localhost") as client:
         yield client, comp, engines, settings
     await comp.close()
     tel.close()
@@ -255,7 +255,7 @@ async def test_two_replicas_share_a_postgresql_registry(tmp_path):
             comps.append(scripted_service(settings, {"smol-v1": ScriptedProvider("smol-v1", "one"),
                                                      "smol-v2": ScriptedProvider("smol-v2", "two")}))
         clients = [httpx.AsyncClient(transport=httpx.ASGITransport(app=create_app(settings, c, close_components=False)),
-                                     base_url="http://gw") for c in comps]
+                                     base_url="http://localhost") for c in comps]
         a, b = clients
         assert (await ask(b))[0].endswith("version=smol@v1")
         r = await a.post("/admin/registry/aliases/chat-default", json={"name": "smol", "version": "v2"})

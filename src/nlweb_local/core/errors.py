@@ -18,7 +18,9 @@
         ├── OverloadedError        503  (an engine or upstream is overloaded; carries retry_after)
         │   ├── QueueFullError     503  nlweb-local's own queue in front of an engine cannot take the
         │   │                           call before its deadline: back-pressure, never a breaker failure
-        │   └── NoDeploymentError  503  nothing can serve now (carries the reason per deployment)
+        │   ├── NoDeploymentError  503  nothing can serve now (carries the reason per deployment)
+        │   └── IdentityProviderUnavailableError 503  SSO's JWKS cannot be fetched: token users wait,
+        │                               API keys keep working (its message is ours: told as it is)
         ├── RateLimitedError       429  (carries retry_after)
         │   └── QuotaExceededError 429  a caller's own limit (key or team): names the limit, says when it resets
         ├── StreamInterruptedError 502  a stream failed after tokens were sent (not retried)
@@ -142,6 +144,14 @@ class OverloadedError(ProviderError):
     def __init__(self, message: str, *, retry_after: float = 1.0, **kw):
         super().__init__(message, **kw)
         self.retry_after = retry_after if math.isfinite(retry_after) and retry_after > 0 else 1.0
+
+
+class IdentityProviderUnavailableError(OverloadedError):
+    """The identity provider's JWKS cannot be fetched: SSO token users are refused until it can."""
+
+    @property
+    def public_message(self) -> str:
+        return self.message  # nlweb-local's own words (the exception type only, never the URL)
 
 
 class QueueFullError(OverloadedError):

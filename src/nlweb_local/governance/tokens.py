@@ -22,7 +22,7 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Callable
 
-from ..core.errors import AuthError, BadRequestError, ForbiddenError, OverloadedError
+from ..core.errors import AuthError, BadRequestError, ForbiddenError, IdentityProviderUnavailableError, OverloadedError
 from .identity import Identity, Limits, Role
 
 REFETCH_S = 30.0
@@ -81,9 +81,9 @@ class TokenVerifier:
                     raw = await asyncio.to_thread(self._fetch, url)
                 except Exception as e:  # noqa: BLE001  (DNS, refused, timeout, an HTTP error)
                     if not fresh:
-                        raise OverloadedError(f"the identity provider's JWKS cannot be fetched ({type(e).__name__}); "
-                                              "token users are refused until it can (API keys keep working)",
-                                              retry_after=REFETCH_S) from None
+                        raise IdentityProviderUnavailableError(f"the identity provider's JWKS cannot be fetched ({type(e).__name__}); "
+                                                              "token users are refused until it can (API keys keep "
+                                                              "working)", retry_after=REFETCH_S) from None
                 else:
                     self._keys, self._fetched_at = self._parse(raw, url), self._clock()
         key = self._keys.get(kid)
