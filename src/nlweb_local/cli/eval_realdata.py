@@ -15,6 +15,9 @@ with the configured embedder, and each question is asked of the same /ask pipeli
     NDCG@5   binary gains                                                           (answerable questions)
     hit@5    share of answerable questions with a relevant item among the first five shown
     shown    mean items shown for questions the site cannot answer (lower is better)
+
+With `conversations.jsonl` ({"prev": [...], "query", "follow_up": bool}) beside them, it also prints how
+often `search.followup.refers_back` tells a follow-up from a new topic.
 """
 from __future__ import annotations
 
@@ -133,8 +136,19 @@ async def _run(args: argparse.Namespace, settings: Settings) -> int:
         for name, m in [("", r), *((f"  {site}", m) for site, m in r["sites"].items())]:
             print(f"{(name or r['cut_off'])[:20]:<20} {m['p@5']:>6.3f} {m['ndcg@5']:>7.3f} {m['hit@5']:>6.3f} "
                   f"{m['shown_unanswerable'] if m['shown_unanswerable'] is not None else float('nan'):>24.2f}")
-    print(json.dumps({"questions": len(questions), "strategy": args.strategy, "seconds": round(seconds, 1),
-                      "results": results}))
+    summary = {"questions": len(questions), "strategy": args.strategy, "seconds": round(seconds, 1), "results": results}
+    turns = data / "conversations.jsonl"
+    if turns.exists():
+        from ..search.followup import refers_back
+
+        rows = [json.loads(line) for line in turns.read_text().splitlines() if line.strip()]
+        wrong = [r for r in rows if refers_back(r["query"]) != bool(r["follow_up"])]
+        merged = sum(1 for r in wrong if not r["follow_up"])
+        print(f"follow-up detection: {len(rows) - len(wrong)}/{len(rows)} right; topic changes merged: {merged}; "
+              f"follow-ups missed: {len(wrong) - merged}")
+        summary["follow_up_detection"] = {"turns": len(rows), "right": len(rows) - len(wrong),
+                                          "topic_changes_merged": merged, "follow_ups_missed": len(wrong) - merged}
+    print(json.dumps(summary))
     return 0
 
 
