@@ -31,3 +31,12 @@ def test_no_margin_is_the_fixed_cut():
 
 def test_empty():
     assert keep([]) == []
+
+
+def test_an_item_under_min_score_must_also_be_similar_enough_on_its_own():
+    # (score, similarity score): the best of an unanswerable question, lifted by a small model's vote
+    items = [(34, 12), (30, 25), (22, 21)]
+    kept = Cutoff(margin=15, floor=20, sure=51).keep(items, lambda i: i[0], similarity_of=lambda i: i[1])
+    assert kept == [(30, 25), (22, 21)]
+    # an item above min_score is shown whatever its similarity (it may have been streamed already)
+    assert Cutoff().keep([(80, 5)], lambda i: i[0], similarity_of=lambda i: i[1]) == [(80, 5)]

@@ -6,20 +6,22 @@ NLWeb's own Wikipedia movie sample the relevant items score 39–50 while on a r
 60–80, and the old fixed cut (`min_score` 51) showed nothing on the first. A client that names
 `min_score` gets exactly that fixed cut. Otherwise the cut follows the candidates of this question:
 
-    shown = score > floor  and  (score > sure  or  score ≥ best − margin)
+    shown = score > sure  or  (score ≥ best − margin  and  score > floor  and  similarity > floor)
 
-`best` is the best score among this question's candidates, `margin` how far below it an item may
-be and still be shown, `floor` a score no shown item is at or under however good the rest are (a
-question the site cannot answer shows nothing), and `sure` the score above which an item is always
-shown (`search.min_score`, 51: on a site whose items score high nothing changes; it is below
-`search.early_send_score`, so an item streamed at once is never taken back). `margin` None: the
-fixed cut at `sure` alone. `margin` and `floor` were chosen on the real-data sample (`nlweb-local eval realdata`)
-and checked on the dev ranking file, whose labels they were not fitted on (README, "Real data").
+`best` is the best score among this question's candidates and `margin` how far below it an item may
+be and still be shown. `sure` is the score above which an item is always shown (`search.min_score`,
+51: on a site whose items score high nothing changes; it is below `search.early_send_score`, so an
+item streamed at once is never taken back). `floor` is the score that an item under `sure` must beat,
+both in its final score and in its retrieval similarity alone (`similarity_score`, the same 0–100
+scale): a question the site cannot answer shows nothing, even when a small model's vote lifts an
+off-topic best candidate. `margin` None: the fixed cut at `sure` alone. `margin` and `floor` were set
+before measuring and checked on the real-data sample (`nlweb-local eval realdata`: flat for margins
+10–25) and on the dev ranking file, whose labels they were not fitted on (README, "Real data").
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence, TypeVar
+from typing import Callable, Sequence, TypeVar
 
 T = TypeVar("T")
 
@@ -30,17 +32,17 @@ class Cutoff:
     floor: int = 20
     sure: int = 51
 
-    def threshold(self, best: int, min_score: int | None = None) -> int:
-        """Items scoring strictly above this are shown. `min_score` (a client's explicit one) wins."""
+    def keep(self, ranked: Sequence[T], score_of: Callable[[T], int], min_score: int | None = None,
+             similarity_of: Callable[[T], int] | None = None) -> list[T]:
+        """The items of `ranked` that are shown, in their order. `min_score` (a client's explicit one) is a
+        fixed cut; `similarity_of` gives an item's retrieval similarity score (None: its score stands in)."""
         if min_score is not None:
-            return min_score
+            return [r for r in ranked if score_of(r) > min_score]
         if self.margin is None:
-            return self.sure
-        return max(self.floor, min(self.sure, best - self.margin - 1))
-
-    def keep(self, ranked: Sequence[T], score_of, min_score: int | None = None) -> list[T]:
-        """The items of `ranked` that are shown, in their order."""
+            return [r for r in ranked if score_of(r) > self.sure]
         if not ranked:
             return []
-        line = self.threshold(max(score_of(r) for r in ranked), min_score)
-        return [r for r in ranked if score_of(r) > line]
+        near = max(score_of(r) for r in ranked) - self.margin
+        similarity_of = similarity_of or score_of
+        return [r for r in ranked if score_of(r) > self.sure or
+                (score_of(r) >= near and score_of(r) > self.floor and similarity_of(r) > self.floor)]

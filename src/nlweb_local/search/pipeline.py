@@ -19,7 +19,7 @@ from .events import (AskRequest, Begin, Decontextualized, End, Event, Failure, G
                      Results, Summary)
 from .ports import Embedder, StructuredLLM, VectorStore
 from .prompts import DECONTEXTUALIZE_SCHEMA, decontextualize_prompt, generate_prompt, summarize_prompt
-from .ranking import Ranker, RankStats
+from .ranking import Ranker, RankStats, similarity_score
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +29,14 @@ _STOP = frozenset("""a an and are as at be but by can do does for from has have 
 show some such than that the them these they this those to us was we what which who why will with would you your
 about any also more most only other want wants need needs find like please give get tell""".split())
 _META = ("you asked", "i'm not sure", "i am not sure", "i can't", "i cannot", "sorry", "as an ai", "the user")
+
+
+def _score(r: RankedItem) -> int:
+    return r.score
+
+
+def _similarity(r: RankedItem) -> int:
+    return similarity_score(r.similarity)
 
 
 def _content_words(text: str) -> set[str]:
@@ -156,7 +164,7 @@ class AskPipeline:
             while notified < len(stats.notices):
                 yield Notice(stats.notices[notified])
                 notified += 1
-            final = self._cutoff.keep(sorted(kept, key=lambda r: -r.score), lambda r: r.score, req.min_score)[: req.max_results]
+            final = self._cutoff.keep(sorted(kept, key=lambda r: -r.score), _score, req.min_score, _similarity)[: req.max_results]
             rest = [r for r in final if r.item.url not in sent][: max(0, req.max_results - len(sent))]
             if rest:
                 yield Results(rest)
