@@ -109,8 +109,11 @@ def _nlweb_tokens(query: str, rows: list[dict]) -> int:
 async def _candidates(embedder, rows: list[dict]):
     from ..core.item_text import item_text
     from ..core.types import Item, ScoredItem
+    from ..search.followup import refers_back
 
     prev = rows[0].get("prev") or []
+    if not refers_back(rows[0]["query"]):  # a new topic is retrieved by itself, as /ask does
+        prev = []
     vectors = await asyncio.to_thread(embedder.embed, [" ".join([*prev, rows[0]["query"]])] +
                                       [item_text(r["schema_object"]) for r in rows])
     qv = vectors[0]
