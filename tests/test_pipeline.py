@@ -260,3 +260,42 @@ async def test_an_answer_from_a_fallback_deployment_is_used_but_not_cached(loade
     first.fail_with = None
     await collect(p, AskRequest("vegetarian curry"))
     assert len(cache) == 2 and stand_in.calls == 2
+
+
+async def test_a_new_topic_in_a_conversation_is_not_merged_with_the_last_question(loaded, embedder):
+    llm = FunctionLLM(scores_by_name({"Ridge 2 tent": 90}))
+    events = await collect(AskPipeline(llm, embedder, loaded, settings()),
+                           AskRequest("a two-person backpacking tent", prev=["a quick vegetarian dinner"]))
+    assert not any(t is TaskKind.DECONTEXTUALIZE for t, _ in llm.calls)  # no rewrite asked for
+    rank_prompts = [p for t, p in llm.calls if t is TaskKind.RANK]
+    assert rank_prompts and all("Question: a two-person backpacking tent\n" in p for p in rank_prompts)
+    items = [r for e in events if isinstance(e, Results) for r in e.items]
+    assert items[0].item.name == "Ridge 2 tent"
+
+
+async def test_a_real_follow_up_is_still_rewritten(loaded, embedder):
+    llm = FunctionLLM(lambda t, p, s: '{"decontextualized_query": "movies portraying AI as a killer machine"}'
+                      if t is TaskKind.DECONTEXTUALIZE else json.dumps({"score": 50, "description": ""}))
+    events = await collect(AskPipeline(llm, embedder, loaded, settings()),
+                           AskRequest("now, how about some that portray AI as a killer machine",
+                                      prev=["movies with a good AI"]))
+    assert llm.calls[0][0] is TaskKind.DECONTEXTUALIZE
+    dq = [e for e in events if isinstance(e, Decontextualized)]
+    assert dq[0].decontextualized == "movies portraying AI as a killer machine"
+
+
+async def test_the_default_cut_off_shows_the_best_of_a_site_whose_items_all_score_low(loaded, embedder):
+    # every item scores under the old fixed min_score 51: the default rule still shows the best ones
+    llm = FunctionLLM(scores_by_name({"Chickpea curry": 45, "Red lentil dal": 38}, default=5))
+    events = await collect(AskPipeline(llm, embedder, loaded, settings()), AskRequest("vegetarian curry"))
+    names = [r.item.name for e in events if isinstance(e, Results) for r in e.items]
+    assert names == ["Chickpea curry", "Red lentil dal"]  # 45 and 38 are within 15 of the best; 5s are under the floor
+    # a client that names min_score gets exactly that fixed cut
+    events = await collect(AskPipeline(llm, embedder, loaded, settings()), AskRequest("vegetarian curry", min_score=51))
+    assert any(isinstance(e, NoResults) for e in events)
+
+
+async def test_nothing_is_shown_when_every_candidate_is_under_the_floor(loaded, embedder):
+    llm = FunctionLLM(scores_by_name({}, default=12))
+    events = await collect(AskPipeline(llm, embedder, loaded, settings()), AskRequest("waterproof jacket"))
+    assert any(isinstance(e, NoResults) for e in events)

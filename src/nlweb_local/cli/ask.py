@@ -81,7 +81,7 @@ async def _local(args: argparse.Namespace, settings: Settings, raw: bool) -> boo
             return False
         pipeline = comp.pipeline  # the same pipeline the server runs
         req = AskRequest(query=args.query, sites=[s for s in (args.site or "").split(",") if s and s != "all"],
-                         prev=args.prev, mode=args.mode, min_score=settings.search.min_score,
+                         prev=args.prev, mode=args.mode,
                          max_results=args.max_results or settings.search.max_results)
         renderer = V3Renderer(req)
         ok = True

@@ -39,11 +39,13 @@ def register(sub: argparse._SubParsersAction) -> None:
                        "with and without the lexical vetoes, over labelled question pairs (e.g. "
                        "benchmarks/data/cache_pairs.jsonl); the last line is JSON with the configured threshold's "
                        "precision and hit_rate.")
-    p.add_argument("what", choices=["rank", "curve", "cache"],
-                   help="rank: write rankings; curve: hybrid NDCG@10 against cloud share; cache: semantic cache precision")
+    p.add_argument("what", choices=["rank", "curve", "cache", "realdata"],
+                   help="rank: write rankings; curve: hybrid NDCG@10 against cloud share; cache: semantic cache precision; "
+                        "realdata: P@5 of labelled questions over real sites through /ask (--data a folder, e.g. "
+                        "benchmarks/data/realdata; see cli/eval_realdata.py)")
     p.add_argument("--data", required=True, help="JSON lines: rank/curve {query, prev, url, site, name, schema_object, "
                    "label?}; cache {a, b, same, kind}")
-    p.add_argument("--out", help="rankings file to write (rank; required there)")
+    p.add_argument("--out", help="rankings file to write (rank; required there); realdata: what each question showed")
     p.add_argument("--bands", default="0,5,10,15,20,25,30,40,50",
                    help="curve: band sizes (candidates per query sent to the cloud model), comma-separated")
     p.add_argument("--target-share", type=float, help="curve: print the band whose cloud-token share stays within this")
@@ -107,8 +109,11 @@ def _nlweb_tokens(query: str, rows: list[dict]) -> int:
 async def _candidates(embedder, rows: list[dict]):
     from ..core.item_text import item_text
     from ..core.types import Item, ScoredItem
+    from ..search.followup import refers_back
 
     prev = rows[0].get("prev") or []
+    if not refers_back(rows[0]["query"]):  # a new topic is retrieved by itself, as /ask does
+        prev = []
     vectors = await asyncio.to_thread(embedder.embed, [" ".join([*prev, rows[0]["query"]])] +
                                       [item_text(r["schema_object"]) for r in rows])
     qv = vectors[0]
@@ -118,10 +123,11 @@ async def _candidates(embedder, rows: list[dict]):
 
 async def _rank(pipeline, llm, q: str, rows: list[dict], cands) -> list:
     from ..search.events import AskRequest
+    from ..search.followup import refers_back
 
     prev = rows[0].get("prev") or []
     req = AskRequest(query=q, prev=list(prev))
-    if llm is None and prev:  # no model to decontextualise with: the conversation is the query
+    if llm is None and prev and refers_back(q):  # no model to decontextualise a follow-up with: the conversation is the query
         req.decontextualized_query = " ".join([*prev, q])
     _, ranked, _ = await pipeline.rank_fixed(req, cands)
     return ranked
@@ -134,6 +140,10 @@ async def _run(args: argparse.Namespace, settings: Settings) -> int:
         from .eval_cache import run_cache_eval
 
         return await run_cache_eval(args, settings)
+    if args.what == "realdata":
+        from .eval_realdata import run_realdata_eval
+
+        return await run_realdata_eval(args, settings)
     if not args.out:
         raise SourceError("eval rank needs --out FILE (the rankings to write)")
     from ..providers.replay import ReplayProvider

@@ -20,7 +20,7 @@ class AskRequest:
     last_ans: list[dict[str, Any]] = field(default_factory=list)
     decontextualized_query: str | None = None
     mode: Mode = "list"
-    min_score: int = 51
+    min_score: int | None = None  # a client's explicit cut-off (fixed); None: the site-independent rule of search/cutoff.py
     max_results: int = 10
     query_id: str = ""
     conversation_id: str = ""

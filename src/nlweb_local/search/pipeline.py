@@ -13,11 +13,13 @@ from ..core.errors import NlwebError, NoDeploymentError, OverloadedError, Provid
 from ..core.item_text import item_text
 from ..core.types import ScoredItem, TaskKind
 from .answer_cache import AnswerCache
+from .cutoff import Cutoff
+from .followup import refers_back
 from .events import (AskRequest, Begin, Decontextualized, End, Event, Failure, Generated, NoResults, Notice, RankedItem,
                      Results, Summary)
 from .ports import Embedder, StructuredLLM, VectorStore
 from .prompts import DECONTEXTUALIZE_SCHEMA, decontextualize_prompt, generate_prompt, summarize_prompt
-from .ranking import Ranker, RankStats
+from .ranking import Ranker, RankStats, similarity_score
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +29,14 @@ _STOP = frozenset("""a an and are as at be but by can do does for from has have 
 show some such than that the them these they this those to us was we what which who why will with would you your
 about any also more most only other want wants need needs find like please give get tell""".split())
 _META = ("you asked", "i'm not sure", "i am not sure", "i can't", "i cannot", "sorry", "as an ai", "the user")
+
+
+def _score(r: RankedItem) -> int:
+    return r.score
+
+
+def _similarity(r: RankedItem) -> int:
+    return similarity_score(r.similarity)
 
 
 def _content_words(text: str) -> set[str]:
@@ -57,6 +67,7 @@ class AskPipeline:
         self._embedder = embedder
         self._store = store
         self._s = settings
+        self._cutoff = Cutoff(settings.score_margin, settings.score_floor, settings.min_score)
         if rank_cache is None and settings.rank_cache_entries > 0:
             rank_cache = BoundedCache(settings.rank_cache_entries)
         self._ranker = Ranker(llm, llm_rank_limit=settings.llm_rank_limit, llm_weight=settings.llm_weight,
@@ -82,7 +93,7 @@ class AskPipeline:
     async def _decontextualize(self, req: AskRequest) -> str:
         if req.decontextualized_query:
             return req.decontextualized_query
-        if not req.prev:
+        if not req.prev or not refers_back(req.query):  # a new topic is searched as asked, never merged
             return req.query
         answers = [str(a.get("title") or a.get("name") or "") for a in req.last_ans if isinstance(a, dict)]
         try:
@@ -147,13 +158,13 @@ class AskPipeline:
                 while notified < len(stats.notices):
                     yield Notice(stats.notices[notified])
                     notified += 1
-                if ranked.score > max(self._s.early_send_score, req.min_score) and len(sent) < req.max_results:
+                if ranked.score > max(self._s.early_send_score, req.min_score or 0) and len(sent) < req.max_results:
                     sent.add(ranked.item.url)
                     yield Results([ranked])
             while notified < len(stats.notices):
                 yield Notice(stats.notices[notified])
                 notified += 1
-            final = sorted((r for r in kept if r.score > req.min_score), key=lambda r: -r.score)[: req.max_results]
+            final = self._cutoff.keep(sorted(kept, key=lambda r: -r.score), _score, req.min_score, _similarity)[: req.max_results]
             rest = [r for r in final if r.item.url not in sent][: max(0, req.max_results - len(sent))]
             if rest:
                 yield Results(rest)

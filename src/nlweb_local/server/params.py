@@ -101,6 +101,11 @@ def prev_texts(v: Any, name: str) -> list[str]:
     return _str_list(v, name)[-10:]
 
 
+def _opt_int(v: Any, name: str, lo: int, hi: int) -> int | None:
+    """A whole number the client may leave out (None)."""
+    return None if _first(v) in (None, "") else _int(v, name, 0, lo, hi)
+
+
 def _int(v: Any, name: str, default: int, lo: int, hi: int) -> int:
     v = _first(v)
     if v is None or v == "":
@@ -175,7 +180,7 @@ def parse_ask(params: dict[str, Any], raw_json: dict[str, Any] | None, s: Search
         last_ans=_last_ans(params.get("last_ans")),
         decontextualized_query=dq.strip() if isinstance(dq, str) and dq.strip() else None,
         mode=_MODES[mode_raw],  # type: ignore[arg-type]
-        min_score=_int(params.get("min_score"), "min_score", s.min_score, 0, 100),
+        min_score=_opt_int(params.get("min_score"), "min_score", 0, 100),
         max_results=_int(params.get("max_results"), "max_results", s.max_results, 1, 100),
         query_id=str(_first(params.get("query_id")) or uuid.uuid4().hex[:12]),
         conversation_id=str(_first(params.get("conversation_id")) or ""),
@@ -199,7 +204,7 @@ def _parse_v05(body: dict[str, Any], s: SearchSettings) -> ParsedAsk:
         prev=prev_texts(ctx.get("prev"), "context.prev"),
         decontextualized_query=q.get("decontextualized_query") if isinstance(q.get("decontextualized_query"), str) else None,
         mode=_MODES.get(mode, "list"),  # type: ignore[arg-type]
-        min_score=s.min_score,
+        min_score=None,
         max_results=_int(q.get("num_results"), "query.num_results", s.max_results, 1, 100),
         query_id=uuid.uuid4().hex[:12], conversation_id=str(session.get("conversation_id", "")),
     )
