@@ -27,6 +27,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--expires", metavar="AGE", help="lifetime, e.g. 30d, 12h, 2w; default never")
     c.add_argument("--allow-from", nargs="+", default=[], metavar="CIDR", help="networks it may be used from, e.g. "
                    "10.0.0.0/8; default anywhere (behind a proxy: auth.trusted_proxies)")
+    c.add_argument("--privacy", choices=["any", "local_only"], default="any", help="local_only: every LLM call made "
+                   "with the key stays on local deployments, whatever the request says")
     c.add_argument("--rpm", type=int, metavar="N", help="requests a minute")
     c.add_argument("--tokens-per-day", type=int, metavar="N", help="LLM tokens (in + out) a UTC day")
     c.add_argument("--usd-per-day", type=float, metavar="USD", help="LLM spend a UTC day, in US dollars")
@@ -43,6 +45,7 @@ def _when(t: float | None) -> str:
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
+    from ..core.types import Privacy
     from ..governance import open_keyring
     from ..governance.identity import Limits
     from ..governance.keys import parse_duration, parse_role
@@ -54,7 +57,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
                                 "usd_per_day": args.usd_per_day})
             record, key = keyring.create(args.name, parse_role(args.role), team=args.team, models=args.models,
                                          sites=args.sites, expires_in_s=parse_duration(args.expires) if args.expires else None,
-                                         limits=limits, allow_from=args.allow_from)
+                                         limits=limits, allow_from=args.allow_from, privacy=Privacy(args.privacy))
             print(f"created key {record.key_id} ({record.name}, role {record.role.label}"
                   f"{', team ' + record.team if record.team else ''}, expires {_when(record.expires_at)}); "
                   "the secret is shown once, keep it now:", file=sys.stderr)
@@ -70,6 +73,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
                     scope = " ".join(([f"models={','.join(r.models)}"] if r.models else [])
                                      + ([f"sites={','.join(r.sites)}"] if r.sites else [])
                                      + ([f"from={','.join(r.allow_from)}"] if r.allow_from else [])
+                                     + ([f"privacy={r.privacy.value}"] if r.privacy.value != "any" else [])
                                      + [f"{k}={v}" for k, v in d["limits"].items()])
                     print(f"{r.key_id:<13}{r.name[:19]:<20}{d['role']:<9}{r.team[:11]:<12}{d['status']:<8}"
                           f"{_when(r.expires_at):<17}{scope}")

@@ -117,6 +117,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
               f"pick another with --port, e.g. --port {settings.server.port + 1}", file=sys.stderr)
         return 1
     port = sock.getsockname()[1]  # (--port 0: the one the system gave)
+    guard = air_gap(settings)  # (after binding: the listening address is no outbound connection)
     shown = host if host not in ("0.0.0.0", "::") else "127.0.0.1"
     url = f"http://{f'[{shown}]' if ':' in shown else shown}:{port}"
     settings.data_path.mkdir(parents=True, exist_ok=True)
@@ -144,4 +145,23 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     finally:
         remove_record(record)
         sock.close()
+        if guard is not None:
+            guard.uninstall()
     return 0
+
+
+def air_gap(settings: Settings):
+    """With `air_gap: true`: refuse outbound connections to anything but loopback and the configured local
+    engines and services from now on (governance/air_gap.py), and never ask a model hub; else None."""
+    if not settings.air_gap:
+        return None
+    import os
+
+    from ..governance.air_gap import guard_for
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    guard = guard_for(settings).install()
+    log.warning("air_gap: cloud deployments are not built; outbound connections are allowed to loopback%s only",
+                f" and {', '.join(sorted(guard.hosts))}" if guard.hosts else "")
+    return guard

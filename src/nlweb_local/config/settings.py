@@ -92,6 +92,10 @@ class DeploymentSettings(_Section):
     serves: str | None = Field(None, pattern=r"^[^@\s]+@[^@\s]+$", description="NAME@VERSION of the model registry "
                                "this deployment serves: a request for a registry alias pointing at that version goes "
                                "here, and x-nlweb-route and the ledger name the version; model empty = the version's file")
+    location: Literal["auto", "local", "cloud"] = Field("auto", description="where the engine runs, for local_only "
+                                                         "requests and air_gap: auto = in-process engines are local, an "
+                                                         "HTTP engine is local when its host is loopback, private or in "
+                                                         "llm.local_hosts; declare cloud for a local proxy to a cloud API")
 
     @model_validator(mode="after")
     def _one_kind_of_address(self) -> "DeploymentSettings":
@@ -142,6 +146,7 @@ class LLMSettings(_Section):
     groups: dict[str, list[str]] = Field(default_factory=dict, description="model alias or task kind (rank, decontextualize, summarize, generate, chat, code, json) -> the deployments that may serve it")
     rollout_local_share: float | None = Field(None, ge=0, le=1, description="migration phase: share of conversations sent local first (e.g. 0.05, 0.25, 0.75, 1.0); null = off")
     quality_threshold: float = Field(0.5, ge=0, le=1, description="quality strategy: difficulty at which a request escalates (calibrate with `nlweb-local router calibrate`)")
+    local_hosts: list[str] = Field(default_factory=list, description="hosts whose engines count as local (names, IP addresses or CIDR networks), besides loopback and private addresses")
 
     def embedded_deployment(self) -> DeploymentSettings | None:
         """The embedded llama.cpp engine as the ordinary `llama_cpp` deployment the `llm.*` keys stand for
@@ -192,6 +197,7 @@ class SearchSettings(_Section):
     llm_deadline_s: float = Field(10.0, gt=0, description="longest one of /ask's LLM calls may wait and run; a call that cannot start in time is refused at once (that item keeps its similarity score, the answer says it is degraded), and /ask itself answers 503 + Retry-After when none could")
     summary_max_tokens: int = Field(160, ge=16)
     generate_max_tokens: int = Field(220, ge=16)
+    site_privacy: dict[str, Literal["any", "local_only"]] = Field(default_factory=dict, description="site -> privacy class: every LLM call made for a local_only site's items (ranking, summaries, answers; with the site named in the question, all of its calls) stays on local deployments")
 
 
 class IngestSettings(_Section):
@@ -323,6 +329,35 @@ class LimitSettings(_Section):
     usd_per_day: float | None = Field(None, ge=0, description="LLM spend a UTC day in US dollars (priced as in the cost ledger); null = no limit")
 
 
+class TeamSettings(LimitSettings):
+    """A team: its limits, and the privacy class of every call its keys make."""
+
+    privacy: Literal["any", "local_only"] = Field("any", description="local_only: every LLM call of the team's keys stays on local deployments")
+
+
+class PrivacySettings(_Section):
+    """Redaction before cloud calls (governance/redaction.py). See the README's "Securing nlweb-local"."""
+
+    redact: bool = Field(False, description="replace e-mail addresses, phone numbers, card numbers and IBANs (and redact_patterns) by placeholders such as [EMAIL_1] in every call to a cloud deployment, and put the originals back where the answer echoes them")
+    redact_kinds: list[Literal["email", "phone", "card", "iban"]] = Field(default_factory=lambda: ["email", "phone", "card", "iban"], description="which built-in kinds are redacted")
+    redact_patterns: dict[str, str] = Field(default_factory=dict, description="more kinds: NAME -> regular expression (e.g. EMPLOYEE_ID: 'EMP-[0-9]{6}'); a match becomes [NAME_1]")
+    phone_region: str | None = Field(None, description="region (ISO 3166, e.g. GB) for phone numbers written without +country code; null = international numbers and North American ones only")
+
+    @model_validator(mode="after")
+    def _patterns_compile(self) -> "PrivacySettings":
+        import re
+
+        for name, pattern in self.redact_patterns.items():
+            if not re.fullmatch(r"[A-Z][A-Z0-9_]{0,31}", name):
+                raise ValueError(f"redact_patterns: the name {name!r} must be upper case letters, digits and _ (it "
+                                 "becomes the placeholder [NAME_1])")
+            try:
+                re.compile(pattern)
+            except re.error as e:
+                raise ValueError(f"redact_patterns.{name}: {pattern!r} is not a regular expression: {e}") from None
+        return self
+
+
 class JwtSettings(_Section):
     """SSO: OIDC/JWT bearer tokens, checked against the identity provider's JWKS (governance/tokens.py)."""
 
@@ -359,7 +394,7 @@ class AuthSettings(_Section):
     key_cache_entries: int = Field(10_000, ge=1, description="keys kept in memory after their first use")
     key_cache_ttl_s: float = Field(10.0, gt=0, description="how long a key found in the store is trusted without reading it again: a key revoked by the CLI (another process) stops working within this; /admin/keys acts at once")
     limits_redis_url: str | None = Field(None, description="keep the limits' counters in Redis (e.g. redis://127.0.0.1:6379/0) so that every replica shares them; null = in this process")
-    teams: dict[str, LimitSettings] = Field(default_factory=dict, description="team name -> its limits (requests_per_minute, tokens_per_day, usd_per_day)")
+    teams: dict[str, TeamSettings] = Field(default_factory=dict, description="team name -> its limits (requests_per_minute, tokens_per_day, usd_per_day) and privacy (any, local_only)")
     trusted_proxies: list[str] = Field(default_factory=list, description="CIDR networks of reverse proxies whose X-Forwarded-For is believed when a key's allow_from is checked; empty = the connecting address is the client")
     jwt: JwtSettings = JwtSettings()
 
@@ -402,6 +437,8 @@ class Settings(_Section):
                              "set one of them")
         return self
     auth: AuthSettings = AuthSettings()
+    privacy: PrivacySettings = PrivacySettings()
+    air_gap: bool = Field(False, description="no cloud deployment is built (each is skipped with a warning), the process refuses outbound connections to anything but loopback and the configured local engines and services, and /health says air_gap: true")
 
     @property
     def data_path(self) -> Path:

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..core.errors import BadRequestError
+from ..core.types import Privacy
 
 
 class Role(enum.IntEnum):
@@ -81,6 +82,7 @@ class Identity:
     subject: str = ""
     limits: Limits = field(default_factory=Limits)  # the key's own (its team's are in the settings)
     allow_from: tuple[str, ...] = ()  # CIDR networks the key may be used from (empty: anywhere)
+    privacy: Privacy = Privacy.ANY  # local_only: every LLM call this caller makes stays on local deployments
 
     def may(self, needed: Role) -> bool:
         return self.role >= needed

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Protocol
 
 from ..core.errors import BadRequestError
+from ..core.types import Privacy
 from .identity import Role
 from .keys import KeyRecord, Limits
 
@@ -28,9 +29,13 @@ SCHEMA = """CREATE TABLE IF NOT EXISTS api_keys (
     hash       TEXT NOT NULL UNIQUE,
     created_at DOUBLE PRECISION NOT NULL,
     expires_at DOUBLE PRECISION,
-    revoked_at DOUBLE PRECISION
+    revoked_at DOUBLE PRECISION,
+    privacy    TEXT NOT NULL DEFAULT 'any'
 )"""
-_COLUMNS = "key_id, name, role, team, models, sites, limits, allow_from, hash, created_at, expires_at, revoked_at"
+# a store made before keys had a privacy class gains the column (every key in it: any)
+ADD_PRIVACY = "ALTER TABLE api_keys ADD COLUMN privacy TEXT NOT NULL DEFAULT 'any'"
+_COLUMNS = ("key_id, name, role, team, models, sites, limits, allow_from, hash, created_at, expires_at, revoked_at, "
+            "privacy")
 
 
 class KeyStore(Protocol):
@@ -47,7 +52,7 @@ class KeyStore(Protocol):
 def _row(r: tuple) -> KeyRecord:
     return KeyRecord(key_id=r[0], name=r[1], role=Role.parse(r[2]), team=r[3], models=tuple(json.loads(r[4])),
                      sites=tuple(json.loads(r[5])), limits=Limits.of(json.loads(r[6])), allow_from=tuple(json.loads(r[7])),
-                     hash=r[8], created_at=r[9], expires_at=r[10], revoked_at=r[11])
+                     hash=r[8], created_at=r[9], expires_at=r[10], revoked_at=r[11], privacy=Privacy(r[12] or "any"))
 
 
 class SqliteKeyStore:
@@ -59,6 +64,8 @@ class SqliteKeyStore:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA busy_timeout=5000")
             self._db.execute(SCHEMA)
+            if "privacy" not in {r[1] for r in self._db.execute("PRAGMA table_info(api_keys)")}:
+                self._db.execute(ADD_PRIVACY)
         except sqlite3.DatabaseError as e:
             raise BadRequestError(f"the key store {self.path} cannot be opened: {e}") from None
         self._lock = threading.Lock()
@@ -70,10 +77,10 @@ class SqliteKeyStore:
 
     def add(self, record: KeyRecord) -> None:
         with self._lock:
-            self._db.execute(f"INSERT INTO api_keys ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            self._db.execute(f"INSERT INTO api_keys ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                              (record.key_id, record.name, record.role.label, record.team, json.dumps(list(record.models)),
                               json.dumps(list(record.sites)), json.dumps(record.limits.as_dict()), json.dumps(list(record.allow_from)), record.hash,
-                              record.created_at, record.expires_at, record.revoked_at))
+                              record.created_at, record.expires_at, record.revoked_at, record.privacy.value))
 
     def by_hash(self, digest: str) -> KeyRecord | None:
         return self._one(f"SELECT {_COLUMNS} FROM api_keys WHERE hash = ?", (digest,))

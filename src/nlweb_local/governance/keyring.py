@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from ..core.errors import BadRequestError, NotFoundError
+from ..core.types import Privacy
 from .identity import Limits, Role
 from .key_store import KeyStore
 from .keys import KeyRecord, key_hash, load_secret, new_key, parse_networks, with_new_secret
@@ -33,7 +34,7 @@ class Keyring:
 
     def create(self, name: str, role: Role, *, team: str = "", models: Sequence[str] = (), sites: Sequence[str] = (),
                expires_in_s: float | None = None, limits: Limits = Limits(),
-               allow_from: Sequence[str] = ()) -> tuple[KeyRecord, str]:
+               allow_from: Sequence[str] = (), privacy: Privacy = Privacy.ANY) -> tuple[KeyRecord, str]:
         """(the stored record, the whole key — shown once, never stored)."""
         name = name.strip()
         if not name or len(name) > _NAME_MAX:
@@ -46,7 +47,7 @@ class Keyring:
         now = self._clock()
         record = KeyRecord(key_id, name, role, key_hash(secret, key), team=team.strip(),
                            models=tuple(m for m in models if m), sites=tuple(s for s in sites if s), limits=limits,
-                           allow_from=parse_networks(allow_from),
+                           allow_from=parse_networks(allow_from), privacy=privacy,
                            created_at=now, expires_at=now + expires_in_s if expires_in_s else None)
         self.store.add(record)
         return record, key

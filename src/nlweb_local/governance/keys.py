@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from ..core.errors import BadRequestError
+from ..core.types import Privacy
 from .identity import Identity, Limits, Role
 
 PREFIX = "nlk_"
@@ -47,10 +48,11 @@ class KeyRecord:
     created_at: float = 0.0
     expires_at: float | None = None
     revoked_at: float | None = None
+    privacy: Privacy = Privacy.ANY  # local_only: every LLM call made with this key stays local
 
     def identity(self) -> Identity:
         return Identity(self.key_id, self.name, self.role, self.team, self.models, self.sites, subject=self.name,
-                        limits=self.limits, allow_from=self.allow_from)
+                        limits=self.limits, allow_from=self.allow_from, privacy=self.privacy)
 
     def status(self, now: float) -> str:
         if self.revoked_at is not None:
@@ -65,7 +67,7 @@ class KeyRecord:
         return {"id": self.key_id, "name": self.name, "role": self.role.label, "team": self.team,
                 "models": list(self.models), "sites": list(self.sites), "limits": self.limits.as_dict(), "allow_from": list(self.allow_from),
                 "created_at": self.created_at, "expires_at": self.expires_at, "revoked_at": self.revoked_at,
-                "status": self.status(now)}
+                "status": self.status(now), "privacy": self.privacy.value}
 
 
 def new_key() -> tuple[str, str]:

@@ -10,7 +10,8 @@ from typing import Any, Sequence
 
 from ..core.errors import AuthError, ModelOutputError, NotFoundError, ProviderError
 from ..core.json_coerce import coerce_to_schema
-from ..core.types import DEFAULT_CONTEXT, CallContext, ChatRequest, LabelProbs, Message, TaskKind
+from ..core.privacy import strictest
+from ..core.types import DEFAULT_CONTEXT, CallContext, ChatRequest, LabelProbs, Message, Privacy, TaskKind
 from .base import Classifier, Provider
 
 log = logging.getLogger(__name__)
@@ -33,15 +34,20 @@ class ProviderStructuredLLM:
         self._provider = provider
         self._system = system_prompt
         self._context = context
+        self._local_only = context.with_(privacy=Privacy.LOCAL_ONLY)
+
+    def _ctx(self, privacy: Privacy) -> CallContext:
+        """This port's context, held to `privacy` where that is stricter (the call's own class)."""
+        return self._context if strictest(self._context.privacy, privacy) is self._context.privacy else self._local_only
 
     def admit(self) -> None:
         """Refuse a new request up front when the provider could not start one of this port's calls
         before its deadline (`context.deadline_s`)."""
         self._provider.admit(ChatRequest(messages=[], max_tokens=1, context=self._context))
 
-    async def write(self, task: TaskKind, prompt: str, *, max_tokens: int = 200) -> str:
+    async def write(self, task: TaskKind, prompt: str, *, max_tokens: int = 200, privacy: Privacy = Privacy.ANY) -> str:
         req = ChatRequest(messages=[Message("system", WRITER_PROMPT), Message("user", prompt)], max_tokens=max_tokens,
-                          temperature=0.0, task=task, repeat_penalty=1.15, context=self._context)
+                          temperature=0.0, task=task, repeat_penalty=1.15, context=self._ctx(privacy))
         resp = await self._provider.complete(req)
         text = _trim_unfinished(resp.content.strip()) if resp.finish_reason == "length" else resp.content.strip()
         if not text:
@@ -49,23 +55,26 @@ class ProviderStructuredLLM:
         return text
 
     async def classify(self, task: TaskKind, prompt: str, labels: Sequence[str], *,
-                       difficulty: float | None = None) -> LabelProbs:
-        ctx = self._context if difficulty is None else self._context.with_(difficulty=difficulty)
+                       difficulty: float | None = None, privacy: Privacy = Privacy.ANY) -> LabelProbs:
+        ctx = self._ctx(privacy)
+        ctx = ctx if difficulty is None else ctx.with_(difficulty=difficulty)
         req = ChatRequest(messages=[Message("system", CLASSIFY_PROMPT), Message("user", prompt)], max_tokens=1,
                           temperature=0.0, task=task, context=ctx)
         provider = self._provider
         if provider.capabilities.classify and isinstance(provider, Classifier):
             return await provider.classify(req, labels)
         schema = {"type": "object", "properties": {"answer": {"type": "string", "enum": list(labels)}}, "required": ["answer"]}
-        out = await self.ask(task, prompt + f"\nAnswer as {{\"answer\": one of {list(labels)}}}.", schema, max_tokens=16)
+        out = await self.ask(task, prompt + f"\nAnswer as {{\"answer\": one of {list(labels)}}}.", schema, max_tokens=16,
+                             privacy=privacy)
         chosen = next((lab for lab in labels if lab.lower() == out["answer"].strip().lower()), None)
         if chosen is None:
             raise ModelOutputError(f"{task.value}: answer {out['answer']!r} is none of {list(labels)}", deployment=self._provider.name)
         return LabelProbs({lab: 1.0 if lab == chosen else 0.0 for lab in labels})
 
-    async def ask(self, task: TaskKind, prompt: str, schema: dict[str, Any], *, max_tokens: int = 128) -> dict[str, Any]:
+    async def ask(self, task: TaskKind, prompt: str, schema: dict[str, Any], *, max_tokens: int = 128,
+                  privacy: Privacy = Privacy.ANY) -> dict[str, Any]:
         req = ChatRequest(messages=[Message("system", self._system), Message("user", prompt)],
-                          max_tokens=max_tokens, temperature=0.0, json_schema=schema, task=task, context=self._context)
+                          max_tokens=max_tokens, temperature=0.0, json_schema=schema, task=task, context=self._ctx(privacy))
         resp = await self._provider.complete(req)
         try:
             return coerce_to_schema(resp.content, schema)
@@ -97,15 +106,16 @@ class FallbackStructuredLLM:
         except _UNUSABLE:
             self._fallback.admit()
 
-    async def write(self, task: TaskKind, prompt: str, *, max_tokens: int = 200) -> str:
-        return await self._call(lambda llm: llm.write(task, prompt, max_tokens=max_tokens))
+    async def write(self, task: TaskKind, prompt: str, *, max_tokens: int = 200, privacy: Privacy = Privacy.ANY) -> str:
+        return await self._call(lambda llm: llm.write(task, prompt, max_tokens=max_tokens, privacy=privacy))
 
     async def classify(self, task: TaskKind, prompt: str, labels: Sequence[str], *,
-                       difficulty: float | None = None) -> LabelProbs:
-        return await self._call(lambda llm: llm.classify(task, prompt, labels, difficulty=difficulty))
+                       difficulty: float | None = None, privacy: Privacy = Privacy.ANY) -> LabelProbs:
+        return await self._call(lambda llm: llm.classify(task, prompt, labels, difficulty=difficulty, privacy=privacy))
 
-    async def ask(self, task: TaskKind, prompt: str, schema: dict[str, Any], *, max_tokens: int = 128) -> dict[str, Any]:
-        return await self._call(lambda llm: llm.ask(task, prompt, schema, max_tokens=max_tokens))
+    async def ask(self, task: TaskKind, prompt: str, schema: dict[str, Any], *, max_tokens: int = 128,
+                  privacy: Privacy = Privacy.ANY) -> dict[str, Any]:
+        return await self._call(lambda llm: llm.ask(task, prompt, schema, max_tokens=max_tokens, privacy=privacy))
 
     async def _call(self, run):
         try:

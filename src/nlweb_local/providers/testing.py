@@ -10,7 +10,7 @@ from typing import Any, Callable, Sequence
 
 from ..core.errors import ModelOutputError, OverloadedError
 from ..core.json_coerce import coerce_to_schema
-from ..core.types import LabelProbs, TaskKind
+from ..core.types import LabelProbs, Privacy, TaskKind
 
 AnswerFn = Callable[[TaskKind, str, dict[str, Any]], str]
 
@@ -22,29 +22,33 @@ class FunctionLLM:
         self._max_queue = max_queue
         self.pending = 0
         self.calls: list[tuple[TaskKind, str]] = []
+        self.privacies: list[Privacy] = []  # each call's privacy class, in order
 
     def admit(self) -> None:
         if self._max_queue is not None and self.pending >= self._max_queue:
             raise OverloadedError(f"queue full ({self.pending} calls waiting); retry after a moment", retry_after=2.0, deployment="function")
 
-    async def write(self, task: TaskKind, prompt: str, *, max_tokens: int = 200) -> str:
+    async def write(self, task: TaskKind, prompt: str, *, max_tokens: int = 200, privacy: Privacy = Privacy.ANY) -> str:
         self.calls.append((task, prompt))
+        self.privacies.append(privacy)
         text = self._answer(task, prompt, {}).strip()
         if not text:
             raise ModelOutputError(f"{task.value}: empty answer", deployment="function")
         return text
 
     async def classify(self, task: TaskKind, prompt: str, labels: Sequence[str], *,
-                       difficulty: float | None = None) -> LabelProbs:
+                       difficulty: float | None = None, privacy: Privacy = Privacy.ANY) -> LabelProbs:
         """The answer function's JSON, read as label probabilities: `{"yes": 0.9}`, or `{"score": 90}`
         for yes/no labels (P(first label) = score / 100)."""
         out = await self.ask(task, prompt, {"type": "object", "properties": {"score": {"type": "number", "minimum": 0,
-                             "maximum": 100}}, "required": ["score"]})
+                             "maximum": 100}}, "required": ["score"]}, privacy=privacy)
         p = out["score"] / 100.0
         return LabelProbs({labels[0]: p, **{lab: (1 - p) / max(1, len(labels) - 1) for lab in labels[1:]}})
 
-    async def ask(self, task: TaskKind, prompt: str, schema: dict[str, Any], *, max_tokens: int = 128) -> dict[str, Any]:
+    async def ask(self, task: TaskKind, prompt: str, schema: dict[str, Any], *, max_tokens: int = 128,
+                  privacy: Privacy = Privacy.ANY) -> dict[str, Any]:
         self.calls.append((task, prompt))
+        self.privacies.append(privacy)
         self.pending += 1
         try:
             if self._delay:

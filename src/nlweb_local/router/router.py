@@ -18,7 +18,8 @@ from typing import Any, AsyncIterator, Callable, Iterator, Sequence
 
 from ..core.errors import (BadRequestError, ContextLengthError, ModelNotFoundError, NlwebError, NoDeploymentError,
                            NotFoundError, ProviderError, ProviderTimeoutError, StreamInterruptedError)
-from ..core.types import ChatChunk, ChatRequest, ChatResponse, EmbeddingResponse, LabelProbs, Served, TaskKind
+from ..core.privacy import REQUIRED, strictest
+from ..core.types import ChatChunk, ChatRequest, ChatResponse, EmbeddingResponse, LabelProbs, Privacy, Served, TaskKind
 from ..providers.base import BaseProvider, Capabilities, Classifier, LoadSnapshot, Provider
 from .breaker import BreakerSnapshot, CircuitBreaker
 from .model import AliasSource, DeploymentInfo, DeploymentView, RequestFeatures, RouteDecision
@@ -225,7 +226,8 @@ class Router(BaseProvider):
         if name == "quality":  # only the quality strategy reads it
             hardness = ctx.difficulty if ctx.difficulty is not None else difficulty(req)
         f = RequestFeatures(task=req.task, prompt_tokens=estimate_tokens(req), max_tokens=req.max_tokens,
-                            needs_json=req.json_schema is not None, needs_tools=bool(req.tools), privacy=ctx.privacy,
+                            needs_json=req.json_schema is not None, needs_tools=bool(req.tools),
+                            privacy=strictest(ctx.privacy, REQUIRED.get()),
                             difficulty=hardness, conversation=ctx.conversation, priority=ctx.priority)
         allowed = ctx.deployments or self.groups.get(req.task.value, ())
         if allowed and not any(a in self._routes for a in allowed):
@@ -371,9 +373,18 @@ class Router(BaseProvider):
         out, served = await self._unary(request, d, lambda p, r: p.classify(r, labels))
         return replace(out, served=served)
 
+    def embeds(self, *, local_only: bool = False) -> bool:
+        """Whether a deployment (a local one, with `local_only`) serves embeddings."""
+        return any(r.provider.capabilities.embeddings and (r.info.local or not local_only) for r in self._routes.values())
+
     async def embed(self, texts: Sequence[str]) -> EmbeddingResponse:
+        """The first embedding deployment whose breaker lets the call through; only local ones when the
+        request being served is local_only (`core.privacy.REQUIRED`: an embedding call carries no context)."""
+        local_only = REQUIRED.get() is Privacy.LOCAL_ONLY
         for name, route in self._routes.items():
             breaker = self._state.of(name).breaker
+            if local_only and not route.info.local:
+                continue
             if route.provider.capabilities.embeddings and breaker.allows():
                 try:
                     out = await route.provider.embed(texts)

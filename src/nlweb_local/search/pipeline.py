@@ -5,13 +5,14 @@ import asyncio
 import logging
 import re
 import time
-from typing import AsyncIterator, Sequence
+from typing import AsyncIterator, Callable, Sequence
 
 from ..config.settings import SearchSettings
 from ..core.cache import BoundedCache, Cache
 from ..core.errors import NlwebError, NoDeploymentError, OverloadedError, ProviderError
 from ..core.item_text import item_text
-from ..core.types import ScoredItem, TaskKind
+from ..core.privacy import strictest
+from ..core.types import Item, Privacy, ScoredItem, TaskKind
 from .answer_cache import AnswerCache
 from .cutoff import Cutoff
 from .followup import refers_back
@@ -73,6 +74,27 @@ class AskPipeline:
         self._ranker = Ranker(llm, llm_rank_limit=settings.llm_rank_limit, llm_weight=settings.llm_weight,
                              calibrate=settings.calibrate_llm, cache=rank_cache, model_version=model_version)
 
+    # -- privacy: a local_only site's items never reach a cloud deployment (search.site_privacy) --------------
+    def _sites_privacy(self, sites: Sequence[str]) -> Privacy:
+        table = self._s.site_privacy
+        return strictest(*(Privacy(table[s]) for s in sites if s in table)) if table else Privacy.ANY
+
+    def _named(self, req: AskRequest) -> Privacy:
+        """The class of every call a question makes: that of the sites it names."""
+        return self._sites_privacy(req.sites)
+
+    def _scope(self, req: AskRequest) -> Privacy:
+        """The class of a call about the question alone (decontextualising): the sites it names, or for a
+        question to all sites, every site's (an earlier answer may quote any of them)."""
+        return self._sites_privacy(req.sites or list(self._s.site_privacy))
+
+    def _item_privacy(self, named: Privacy) -> Callable[[Item], Privacy]:
+        return lambda item: strictest(named, self._sites_privacy((item.site,)))
+
+    def _about(self, named: Privacy, items: Sequence[RankedItem]) -> Privacy:
+        """The class of a call that quotes `items` (a summary, a generated answer)."""
+        return strictest(named, self._sites_privacy([r.item.site for r in items]))
+
     def admit(self) -> None:
         """Refuse a new request up front (OverloadedError) when the LLM queue is full. When no LLM can
         serve at all (every breaker open), admit anyway: ranking degrades to similarity and says so."""
@@ -87,7 +109,7 @@ class AskPipeline:
         rank exactly as /ask does. For evaluation (`nlweb-local eval rank`)."""
         query = await self._decontextualize(req)
         stats = RankStats()
-        ranked = [r async for r in self._ranker.rank(query, candidates, stats)]
+        ranked = [r async for r in self._ranker.rank(query, candidates, stats, self._item_privacy(self._named(req)))]
         return query, sorted(ranked, key=lambda r: -r.score), stats
 
     async def _decontextualize(self, req: AskRequest) -> str:
@@ -98,7 +120,7 @@ class AskPipeline:
         answers = [str(a.get("title") or a.get("name") or "") for a in req.last_ans if isinstance(a, dict)]
         try:
             out = await self._llm.ask(TaskKind.DECONTEXTUALIZE, decontextualize_prompt(req.query, req.prev, answers),
-                                      DECONTEXTUALIZE_SCHEMA, max_tokens=60)
+                                      DECONTEXTUALIZE_SCHEMA, max_tokens=60, privacy=self._scope(req))
             text = out["decontextualized_query"].strip()
             if plausible_rewrite(text, req.query, req.prev):
                 return text
@@ -153,7 +175,8 @@ class AskPipeline:
             sent: set[str] = set()
             kept: list[RankedItem] = []
             notified = 0
-            async for ranked in self._ranker.rank(query, candidates, stats):
+            named = self._named(req)
+            async for ranked in self._ranker.rank(query, candidates, stats, self._item_privacy(named)):
                 kept.append(ranked)
                 while notified < len(stats.notices):
                     yield Notice(stats.notices[notified])
@@ -172,9 +195,9 @@ class AskPipeline:
             if not shown:
                 yield NoResults(f"Nothing relevant enough was found for “{req.query}”.")
             elif req.mode == "summarize":
-                yield Summary(await self._summarize(query, shown))
+                yield Summary(await self._summarize(query, shown, named))
             elif req.mode == "generate":
-                answer, used = await self._generate(query, shown)
+                answer, used = await self._generate(query, shown, named)
                 yield Generated(answer, used)
             yield End(stats={"seconds": round(time.perf_counter() - started, 3), "llm_scored": stats.llm_scored,
                              "cache_hits": stats.cache_hits, "similarity_only": stats.similarity_only,
@@ -189,21 +212,22 @@ class AskPipeline:
             yield Failure(e.public_message, e.status)  # (an engine's own words stay in the log)
             yield End(error=True)
 
-    async def _summarize(self, query: str, shown: list[RankedItem]) -> str:
+    async def _summarize(self, query: str, shown: list[RankedItem], named: Privacy = Privacy.ANY) -> str:
         entries = [f"{r.item.name}: {r.description}"[:240] for r in shown[:5]]
         try:
             return await self._llm.write(TaskKind.SUMMARIZE, summarize_prompt(query, entries),
-                                         max_tokens=self._s.summary_max_tokens)
+                                         max_tokens=self._s.summary_max_tokens, privacy=self._about(named, shown[:5]))
         except ProviderError as e:
             log.info("summary failed: %s", e)
         return "Top results: " + "; ".join(r.item.name for r in shown[:5]) + "."
 
-    async def _generate(self, query: str, shown: list[RankedItem]) -> tuple[str, list[RankedItem]]:
+    async def _generate(self, query: str, shown: list[RankedItem],
+                        named: Privacy = Privacy.ANY) -> tuple[str, list[RankedItem]]:
         used = shown[:4]
         entries = [item_text(r.item.schema_object, 320) for r in used]
         try:
             answer = await self._llm.write(TaskKind.GENERATE, generate_prompt(query, entries),
-                                           max_tokens=self._s.generate_max_tokens)
+                                           max_tokens=self._s.generate_max_tokens, privacy=self._about(named, used))
         except ProviderError as e:
             log.info("generation failed: %s", e)
             answer = ""

@@ -34,12 +34,12 @@ import math
 import statistics
 from collections import deque
 from dataclasses import dataclass, field
-from typing import AsyncIterator, Sequence
+from typing import AsyncIterator, Callable, Sequence
 
 from ..core.cache import Cache
 from ..core.errors import ModelOutputError, ProviderError
 from ..core.item_text import item_text
-from ..core.types import ScoredItem, TaskKind
+from ..core.types import Item, Privacy, ScoredItem, TaskKind
 from .events import RankedItem
 from .ports import StructuredLLM
 from .prompts import RANK_LABELS, rank_prompt
@@ -103,7 +103,8 @@ class Ranker:
         centre = statistics.median(self._recent)
         return 100.0 / (1.0 + math.exp(-(logit - centre)))
 
-    async def _score_one(self, query: str, c: ScoredItem, sem: asyncio.Semaphore, stats: RankStats) -> RankedItem | None:
+    async def _score_one(self, query: str, c: ScoredItem, sem: asyncio.Semaphore, stats: RankStats,
+                         privacy: Privacy = Privacy.ANY) -> RankedItem | None:
         sim = similarity_score(c.similarity)
         text = item_text(c.item.schema_object, self._item_chars)
         key = rank_cache_key(query, text, self._version)
@@ -111,7 +112,7 @@ class Ranker:
         if p_yes is not None:
             stats.cache_hits += 1
         else:
-            answer = await self._ask_llm(query, text, c, sem, stats)
+            answer = await self._ask_llm(query, text, c, sem, stats, privacy)
             if answer is None:  # faulted: similarity stands in; wrong-shaped answer: dropped
                 return RankedItem(c.item, sim, _fallback_description(c), c.similarity) if c.item.url in stats.faulted else None
             p_yes, failover = answer
@@ -123,12 +124,13 @@ class Ranker:
         return RankedItem(c.item, score, _fallback_description(c), c.similarity)
 
     async def _ask_llm(self, query: str, text: str, c: ScoredItem, sem: asyncio.Semaphore,
-                       stats: RankStats) -> tuple[float, bool] | None:
+                       stats: RankStats, privacy: Privacy = Privacy.ANY) -> tuple[float, bool] | None:
         """(P(Yes), whether a fallback deployment answered) from the LLM, or None: a wrong-shaped answer (item
         dropped) or an engine fault (recorded in `stats.faulted`; the item keeps its similarity score)."""
         async with sem:
             try:
-                probs = await self._llm.classify(TaskKind.RANK, rank_prompt(query, text), RANK_LABELS, difficulty=1.0)
+                probs = await self._llm.classify(TaskKind.RANK, rank_prompt(query, text), RANK_LABELS, difficulty=1.0,
+                                                 privacy=privacy)
             except ModelOutputError as e:
                 stats.dropped_bad_output += 1
                 log.info("dropped %s: %s", c.item.url, e)
@@ -143,12 +145,16 @@ class Ranker:
                 return None
         return float(probs.probs[RANK_LABELS[0]]), probs.served is not None and probs.served.failover
 
-    async def rank(self, query: str, candidates: Sequence[ScoredItem], stats: RankStats) -> AsyncIterator[RankedItem]:
-        """Yield ranked items as they are known: LLM-scored ones in completion order, then the rest."""
+    async def rank(self, query: str, candidates: Sequence[ScoredItem], stats: RankStats,
+                   privacy: Callable[[Item], Privacy] | None = None) -> AsyncIterator[RankedItem]:
+        """Yield ranked items as they are known: LLM-scored ones in completion order, then the rest.
+        `privacy(item)`: the class of the call that ranks `item` (None: ANY)."""
         ordered = sorted(candidates, key=lambda c: -c.similarity)
         head, tail = ordered[: self._limit], ordered[self._limit:]
         sem = asyncio.Semaphore(self._concurrency)
-        tasks = [asyncio.create_task(self._score_one(query, c, sem, stats)) for c in head]
+        tasks = [asyncio.create_task(self._score_one(query, c, sem, stats,
+                                                     privacy(c.item) if privacy is not None else Privacy.ANY))
+                 for c in head]
         floor: int | None = None  # the lowest score the LLM gave: unread items stay below it
         try:
             for fut in asyncio.as_completed(tasks):

@@ -45,7 +45,7 @@ def create_app(settings: Settings, components: Components | None = None, *, clos
         return JSONResponse({"message-type": "sites", "sites": visible(s.name for s in infos)})
 
     async def health(request: Request) -> Response:
-        return JSONResponse({"status": "healthy", "version": __version__})
+        return JSONResponse({"status": "healthy", "version": __version__, "air_gap": settings.air_gap})
 
     async def ready(request: Request) -> Response:
         checks: dict[str, str] = {}
@@ -122,7 +122,8 @@ def middleware(comp: Components) -> list[Middleware]:
     """The one middleware list, outermost first: trusted Host names (400 otherwise) → request id (an
     `x-request-id` per request, followed into every ledger row and span of that request) → the audit log
     (a row per audited request) → CORS (with server.cors_origins) → cross-site write refusal (CSRF) →
-    authentication (with governance) → tracing (a span per request, when `telemetry.tracing` is on)."""
+    authentication (with governance) → the request's privacy class (x-nlweb-privacy, key, team) → tracing
+    (a span per request, when `telemetry.tracing` is on)."""
     from ..telemetry.context import RequestIdMiddleware
     from .origin_checks import HostAllowlist, OriginCheckMiddleware, TrustedHostMiddleware
 
@@ -130,8 +131,17 @@ def middleware(comp: Components) -> list[Middleware]:
     tracing = getattr(comp.telemetry, "tracing", None)
     return [Middleware(TrustedHostMiddleware, hosts=HostAllowlist(server.allowed_hosts, listen_host=server.host)),
             Middleware(RequestIdMiddleware), *_audit_middleware(comp), *_cors(server.cors_origins),
-            Middleware(OriginCheckMiddleware, cors_origins=server.cors_origins), *_auth(comp),
+            Middleware(OriginCheckMiddleware, cors_origins=server.cors_origins), *_auth(comp), _privacy(comp),
             *([tracing.middleware()] if tracing is not None else [])]
+
+
+def _privacy(comp: Components) -> Middleware:
+    """The privacy class each request requires (its x-nlweb-privacy header, its key's and team's): after
+    authentication, which names the caller."""
+    from ..governance.privacy import CallerPrivacy
+    from .privacy_middleware import PrivacyMiddleware
+
+    return Middleware(PrivacyMiddleware, callers=CallerPrivacy.from_settings(comp.settings.auth))
 
 
 def _auth(comp: Components) -> list[Middleware]:

@@ -9,9 +9,14 @@ only the parts it names replaced.
 The chain every LLM call goes through is built by one fold:
 
     each deployment:  compose(adapter, telemetry.deployment_wrappers(...))   metered, then traced
-    the gateway:      compose(Router(routes, state), [*telemetry.router_wrappers(), response cache, governed,
-                      audit trail]) (governed: governance's identity, model scope and limits; the audit trail
-                      outermost, so it sees what was served and what governance refused)
+    the gateway:      compose(Router(routes, state), [*telemetry.router_wrappers(), response cache, privacy floor,
+                      governed, audit trail]) (privacy floor: the strictest privacy class of the call, the
+                      request, the key and its team, onto the call's context; governed: governance's identity,
+                      model scope and limits; the audit trail outermost, so it sees what was served and what
+                      governance refused)
+    locality:         each deployment is local or cloud by its declared location or address
+                      (governance/locality.py); with `air_gap` a cloud one is not built; with `privacy.redact`
+                      a cloud one's adapter is wrapped by the redaction (placeholders out, originals back in)
     /ask:             ProviderStructuredLLM(gateway); with llm.search_deployment, pinned to it and falling
                       back to the embedded engine when it cannot serve (FallbackStructuredLLM),
                       and the pipeline's answer cache (search.answer_cache) keyed on the store's index version
@@ -110,11 +115,18 @@ def build_router(settings: Settings, *, providers: Mapping[str, Provider] | None
     from ..router.router import Route
     from ..router.state import InProcessRouterState
 
+    from ..governance.locality import Locality, located
+
     s = settings.llm
     given = dict(providers or {})
-    deployments = s.all_deployments()
+    locality = Locality(s.local_hosts)  # where each deployment runs (its address, not its engine type)
+    deployments, groups = s.all_deployments(), s.groups
+    if settings.air_gap:  # no cloud deployment is even built
+        deployments, groups = _air_gapped(deployments, groups, locality)
+        given = {k: v for k, v in given.items() if k in {d.name for d in deployments}}
     if not deployments:
-        raise BadRequestError("no LLM deployment: enable llm.embedded_enabled or configure llm.deployments")
+        raise BadRequestError("no LLM deployment: enable llm.embedded_enabled or configure llm.deployments"
+                              + (" (air_gap: only local deployments are built)" if settings.air_gap else ""))
     names = [d.name for d in deployments]
     if len(set(names)) != len(names):
         raise BadRequestError(f"deployment names must be unique: {names}")
@@ -127,11 +139,14 @@ def build_router(settings: Settings, *, providers: Mapping[str, Provider] | None
             if registry is None:
                 raise BadRequestError(f"deployment {d.name!r} serves {d.serves}, but no model registry was given")
             d = registry.deployment(d)
-        adapter = given[d.name] if d.name in given else build_adapter(d, s.breaker)
+        placement = locality.of(d)
+        adapter = located(given[d.name] if d.name in given else build_adapter(d, s.breaker), placement)
         version = d.serves or deployment_version(d)
         wrappers = (telemetry.deployment_wrappers(engine=d.engine, price_in_per_m=d.price_in_per_m,
                                                   price_out_per_m=d.price_out_per_m, model_version=version)
                     if telemetry is not None else [])
+        if not placement.local and settings.privacy.redact:  # personal data never reaches a cloud deployment
+            wrappers = [_redaction(settings, telemetry), *wrappers]
         info = DeploymentInfo.of(d.name, adapter.capabilities, model=adapter.model, model_version=version,
                                  price_in_per_m=d.price_in_per_m, price_out_per_m=d.price_out_per_m,
                                  max_concurrency=d.max_concurrency, tier=d.tier, serves=d.serves or "")
@@ -149,13 +164,36 @@ def build_router(settings: Settings, *, providers: Mapping[str, Provider] | None
     if state is None:
         state = InProcessRouterState(lambda name: CircuitBreaker(name, s.breaker, on_change=_log_breaker))
     try:
-        return Router(routes, strategy=s.strategy, strategies=strategies, groups=s.groups, state=state, rounds=s.rounds,
+        return Router(routes, strategy=s.strategy, strategies=strategies, groups=groups, state=state, rounds=s.rounds,
                       registry=getattr(registry, "view", None))
     except ValueError as e:
         raise BadRequestError(f"llm.groups: {e}") from None
 
 
-IN_PROCESS_ENGINES = frozenset({"llama_cpp", "transformers", "sentence_transformers"})
+def _air_gapped(deployments: list[DeploymentSettings], groups: dict[str, list[str]],
+                locality: Any) -> tuple[list[DeploymentSettings], dict[str, list[str]]]:
+    """`air_gap`: the local deployments only, and the groups without the others (governance/air_gap.py)."""
+    from ..governance.air_gap import air_gapped
+
+    kept, skipped = air_gapped(deployments, locality)
+    pruned = {k: [m for m in v if m not in skipped] for k, v in groups.items()}
+    for k, v in pruned.items():
+        if not v:
+            log.warning("air_gap: llm.groups.%s has no local deployment; requests for it are refused", k)
+    return kept, {k: v for k, v in pruned.items() if v}
+
+
+def _redaction(settings: Settings, telemetry: Any) -> Callable[[Provider], Provider]:
+    """`privacy.redact`'s wrapper for a cloud deployment's chain, counting into nlweb_redactions_total."""
+    from ..governance.redacting import redacting, redaction_counter
+    from ..governance.redaction import Detector
+
+    p = settings.privacy
+    detector = Detector(p.redact_kinds, p.redact_patterns, phone_region=p.phone_region)
+    return redacting(detector, redaction_counter(telemetry.metrics) if telemetry is not None else None)
+
+
+from ..governance.locality import IN_PROCESS_ENGINES  # noqa: E402  (engines that run inside nlweb-local)
 
 
 def build_adapter(d: DeploymentSettings, breaker: Any) -> Provider:
@@ -334,7 +372,10 @@ def build_components(settings: Settings, *, embedder: Any = _BUILD, store: Any =
 
         governance = build_governance(settings)
         closers.append(governance.close)
+    from ..governance.privacy import CallerPrivacy, privacy_floor
+
     wrappers = [*(telemetry.router_wrappers() if telemetry is not None else []), *([cached] if cached else []),
+                privacy_floor(CallerPrivacy.from_settings(settings.auth)),  # every call's privacy class, on its context
                 *([governed_wrapper(governance, router, telemetry)] if governance is not None else []),
                 *([_audited] if audit is not None else [])]  # outermost: the audit trail sees what was served
     gateway = compose(router, wrappers)
@@ -342,6 +383,9 @@ def build_components(settings: Settings, *, embedder: Any = _BUILD, store: Any =
     embeddings = cached(in_process, routed=False) if cached is not None and in_process is not None else in_process
     if llm is _BUILD:
         search = settings.llm.search_deployment
+        if search and settings.air_gap and search not in router.names():
+            log.warning("air_gap: llm.search_deployment %r is not built; /ask's calls are routed like any call", search)
+            search = None
         context = CallContext(deadline_s=settings.search.llm_deadline_s)
         llm = ProviderStructuredLLM(gateway, context=context)
         if search:

@@ -24,6 +24,7 @@ from starlette.routing import Route as HttpRoute
 from ..config.settings import ServerSettings
 from ..core.errors import BadRequestError, ContextLengthError, ModelNotFoundError, NlwebError, ProviderError
 from ..cache.response import ResponseCache
+from ..core.privacy import required
 from ..core.types import CacheControl, CallContext, ChatRequest, EmbeddingResponse, Privacy, Served
 from ..providers.base import Provider
 from ..retrieval.base import Embedder
@@ -355,7 +356,9 @@ class Gateway:
             self._check_embedding_limits(texts)
             resolve_model(self._router, wire.model, also=(self._embedder_name,))
             cache = ""
-            if self._provider.capabilities.embeddings:
+            # a local_only request (core.privacy.REQUIRED: its header, key, team) embeds on a local deployment,
+            # else in process: its text never goes to a cloud embedding deployment
+            if self._provider.capabilities.embeddings and self._router.embeds(local_only=required() is Privacy.LOCAL_ONLY):
                 out = await _embed(self._provider, texts, control)
                 vectors, model, route, cache = out.vectors, out.model, f"{out.deployment}; embedding deployment", out.cache
             elif self._embedder is not None:

@@ -3,7 +3,7 @@
     GET    /admin/keys                  every key (never a secret or hash)
     POST   /admin/keys                  {"name", "role", "team"?, "models"?, "sites"?, "expires"? ("30d"),
                                          "limits"? {requests_per_minute, tokens_per_day, usd_per_day},
-                                         "allow_from"? ["10.0.0.0/8", ...]}
+                                         "allow_from"? ["10.0.0.0/8", ...], "privacy"? ("local_only")}
                                         -> 201, the key with its "secret" (shown this once)
     POST   /admin/keys/{id}/revoke      (or DELETE /admin/keys/{id})
     POST   /admin/keys/{id}/rotate      -> the key with its new "secret"; the old one stops working
@@ -18,13 +18,14 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from ..core.errors import BadRequestError, ForbiddenError, NlwebError, NotFoundError
+from ..core.privacy import parse_privacy
 from ..governance import Governance
 from ..governance.identity import Limits
 from ..governance.keys import parse_duration, parse_role
 from .body import parse_json, read_request_body
 from .errors import openai_error
 
-_FIELDS = {"name", "role", "team", "models", "sites", "expires", "limits", "allow_from"}
+_FIELDS = {"name", "role", "team", "models", "sites", "expires", "limits", "allow_from", "privacy"}
 
 
 def _strings(body: dict[str, Any], name: str) -> list[str]:
@@ -74,7 +75,8 @@ def key_routes(governance: Governance, *, max_body_bytes: int, body_timeout_s: f
             record, secret = await asyncio.to_thread(
                 keyring.create, body["name"], parse_role(body["role"]), team=team, models=_strings(body, "models"),
                 sites=_strings(body, "sites"), expires_in_s=parse_duration(expires) if expires else None,
-                limits=Limits.of(limits), allow_from=_strings(body, "allow_from"))
+                limits=Limits.of(limits), allow_from=_strings(body, "allow_from"),
+                privacy=parse_privacy(body.get("privacy") or "any", "'privacy'"))
         except NlwebError as e:
             return openai_error(e)
         auth.keys_changed()
