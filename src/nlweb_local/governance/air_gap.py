@@ -170,7 +170,8 @@ class OutboundGuard:
             return orig["sendto"](sock, data, *args)
 
         def getaddrinfo(host: Any, *args: Any, **kwargs: Any) -> Any:
-            guard._check_name(host)
+            if _ip(host if isinstance(host, str) else str(host)) is None:  # (an address needs no lookup: connect decides)
+                guard._check_name(host, args[0] if args else kwargs.get("port"))
             return orig["getaddrinfo"](host, *args, **kwargs)
 
         socket.socket.connect = connect  # type: ignore[method-assign]
@@ -198,7 +199,8 @@ class OutboundGuard:
             return await orig["uv.sock_connect"](loop, sock, address)
 
         async def getaddrinfo(loop: Any, host: Any, port: Any, *a: Any, **kw: Any) -> Any:
-            guard._check_name(host, port)
+            if _ip(host if isinstance(host, str) else str(host)) is None:
+                guard._check_name(host, port)
             return await orig["uv.getaddrinfo"](loop, host, port, *a, **kw)
 
         async def create_datagram_endpoint(loop: Any, factory: Any, local_addr: Any = None, remote_addr: Any = None,
