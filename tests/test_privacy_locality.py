@@ -162,3 +162,18 @@ def test_the_process_refuses_a_connection_the_air_gap_does_not_allow():
                 loop.close()
             assert guard.refused.count("192.0.2.1:8080") == 2
     server.close()
+
+
+def test_serve_installs_the_guard_only_with_air_gap(tmp_path):
+    from nlweb_local.cli.serve import air_gap
+
+    settings = service_settings(tmp_path, {"name": "gpu", "engine": "vllm", "model": "m", "url": "http://10.0.0.5:8000/v1"})
+    assert air_gap(settings) is None
+    settings.air_gap = True
+    guard = air_gap(settings)
+    try:
+        assert guard.hosts == {"10.0.0.5"}
+        with pytest.raises(AirGapRefused):
+            socket.create_connection(("192.0.2.7", 443), timeout=1)
+    finally:
+        guard.uninstall()

@@ -262,11 +262,12 @@ class Gateway:
         if not infos:  # (e.g. an alias of embedding deployments: the router says why)
             req.max_tokens = req.max_tokens or DEFAULT_MAX_TOKENS
             return
-        if ctx.privacy is Privacy.LOCAL_ONLY:
+        if ctx.privacy is Privacy.LOCAL_ONLY or required() is Privacy.LOCAL_ONLY:  # (the header's, the key's, the team's)
             infos = [i for i in infos if i.local]
             if not infos:
-                raise _bad_header("no local deployment may serve this request; drop x-nlweb-privacy: local_only "
-                                  "or pick a local model (GET /v1/models)", "x-nlweb-privacy")
+                raise _bad_header("no local deployment may serve this request, which is local_only (its "
+                                  "x-nlweb-privacy header, or its key's or team's privacy); pick a local model "
+                                  "(GET /v1/models)", "x-nlweb-privacy")
         if req.json_schema is not None:
             infos = [i for i in infos if i.json_schema]
             if not infos:
