@@ -230,7 +230,7 @@ def test_build_router_wraps_every_deployment_with_its_price(tmp_path):
     cfg = tmp_path / "c.yaml"
     cfg.write_text(yaml.safe_dump({"data_dir": str(tmp_path), "llm": {"deployments": [
         {"name": "oai", "engine": "openai", "model": "gpt-4o-mini-2024-07-18", "url": "http://127.0.0.1:9/v1",
-         "api_key": "unused"},
+         "api_key": "unused", "location": "cloud"},  # (a loopback stand-in for the cloud API: local by address)
         {"name": "gpu", "engine": "vllm", "model": "qwen", "url": "http://127.0.0.1:9", "price_in_per_m": 0.5,
          "price_out_per_m": 0.7}]}}))
     settings = load_settings(cfg, environ={})
