@@ -240,3 +240,21 @@ def test_cli_start_list_report_stop(tmp_path, capsys):
     assert out["metric"] == "latency" and out["verdict"].startswith("too few samples")
     assert "VERDICT (latency)" in ab("report")
     assert "it serves smol@v1 again" in ab("stop", "--alias", "chat-default")
+
+
+def test_eval_rank_deployment_names_a_variant(tmp_path):
+    """`eval rank --deployment` takes a deployment, or the NAME@VERSION a deployment serves (offline evidence
+    per variant), with the version's registered file as its model."""
+    from nlweb_local.cli.eval_cmd import _deployment
+    from nlweb_local.core.errors import SourceError
+
+    s = service_settings(tmp_path, *SERVED, embedded_enabled=False)
+    registry = build_registry(s)
+    path = tmp_path / "smol-v2.gguf"
+    path.write_bytes(b"weights v2")
+    registry.register("smol", "v2", file=path, by="ci")
+    registry.close()
+    d = _deployment(s, "smol@v2")
+    assert d.name == "smol-v2" and d.model == str(path.resolve())
+    with pytest.raises(SourceError, match="neither a deployment nor a version"):
+        _deployment(s, "smol@v7")
