@@ -183,6 +183,11 @@ async def test_a_running_experiment_splits_the_alias_sticky_per_conversation(ser
     assert 30 < sum(v == "smol@v2" for v in first.values()) < 90  # both variants serve, near the weights
     for i in range(0, 120, 10):  # the same conversation stays on its variant
         assert (await chat(client, f"c{i}"))[0] == first[f"c{i}"]
+    async with client.stream("POST", "/v1/chat/completions", headers={"x-nlweb-conversation": "c7"},
+                             json={"model": "chat-default", "stream": True,
+                                   "messages": [{"role": "user", "content": "hi"}]}) as r:  # streamed: the same
+        assert r.status_code == 200 and r.headers["x-nlweb-route"].endswith("version=" + first["c7"])
+        await r.aread()
     metrics = (await client.get("/metrics")).text
     assert 'nlweb_ab_assignments_total{alias="chat-default",variant="smol@v2"}' in metrics
     # a second start is refused and changes nothing
@@ -198,7 +203,7 @@ async def test_a_running_experiment_splits_the_alias_sticky_per_conversation(ser
     assert 'nlweb_ab_feedback_total{alias="chat-default",rating="positive",variant="' + version + '"}' \
         in (await client.get("/metrics")).text
     rep = (await client.get("/admin/experiments/report?alias=chat-default")).json()
-    assert sum(c["requests"] for c in rep["counts"].values()) == 133 and rep["counts"][version]["ratings"] == 1
+    assert sum(c["requests"] for c in rep["counts"].values()) == 134 and rep["counts"][version]["ratings"] == 1
     assert rep["verdict"].startswith("too few samples")
     # stop: the alias serves its version again, for everyone
     assert (await client.post("/admin/experiments/chat-default/stop")).status_code == 200
