@@ -33,6 +33,21 @@ NANO = 1_000_000_000  # dollars are counted in nano-dollars (integers: atomic in
 MINUTE, DAY = 60, 86_400
 
 
+@dataclass(frozen=True, slots=True)
+class BudgetUse:
+    """How much of one day's budget (tokens or dollars) a key or team has used or reserved so far today."""
+
+    scope: str  # "key" or "team"
+    who: str  # the key id or the team name
+    what: str  # "tokens_per_day" or "usd_per_day"
+    used: float  # tokens, or dollars
+    limit: float
+
+    @property
+    def share(self) -> float:
+        return self.used / self.limit if self.limit > 0 else 1.0
+
+
 @dataclass(slots=True)
 class Held:
     """A reservation: the counters charged (with what was reserved on each) and what each counts."""
@@ -153,6 +168,20 @@ class LimitPolicy:
         nano = math.ceil(usd * NANO)
         await self.counters.adjust([(c.key, (tokens if counts_tokens else nano) - c.amount, c.ttl_s)
                                     for c, counts_tokens in zip(held.charges, held.plan.tokens)])
+
+    async def usage(self) -> list[BudgetUse]:
+        """Today's use of every day budget of the keys seen since start and of their teams (for the budget
+        alert, off the request path: one counter read each)."""
+        bounds: dict[str, Bound] = {}
+        for _, plan in list(self._plans.values()):
+            for b in plan.budget:
+                bounds.setdefault(b.prefix, b)
+        day = int(self._now() // DAY)
+        out = []
+        for b in bounds.values():
+            used = await self.counters.value(f"{b.prefix}{day}")
+            out.append(BudgetUse(b.scope, b.who, _NAMES[b.what], used / NANO if b.what == "usd" else used, b.limit))
+        return out
 
 
 _NAMES = {"rpm": "requests_per_minute", "tok": "tokens_per_day", "usd": "usd_per_day"}

@@ -334,6 +334,8 @@ def build_components(settings: Settings, *, embedder: Any = _BUILD, store: Any =
 
         governance = build_governance(settings)
         closers.append(governance.close)
+    if governance is not None and telemetry is not None and telemetry.monitor is not None:
+        telemetry.monitor.budgets = governance.limits.usage  # keys' and teams' budgets at 80 %: the budget alert
     wrappers = [*(telemetry.router_wrappers() if telemetry is not None else []), *([cached] if cached else []),
                 *([governed_wrapper(governance, router, telemetry)] if governance is not None else []),
                 *([_audited] if audit is not None else [])]  # outermost: the audit trail sees what was served

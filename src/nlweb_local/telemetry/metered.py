@@ -13,6 +13,7 @@ import time
 from typing import Any, AsyncIterator, Awaitable, Callable
 
 from ..core.types import ChatChunk, ChatRequest
+from ..governance.identity import CURRENT
 from ..providers.base import Provider
 from ..providers.wrapper import CallKind, StreamTally, WrapperProvider, answer_tokens, observed
 from .context import current_request_id, current_spend, new_request_id
@@ -124,8 +125,10 @@ class MeteredProvider(WrapperProvider):
             s.error(err)
         if self._ledger is None and self._window is None:
             return
+        who = CURRENT.get()  # the caller governance authenticated (None: no auth)
         row = CallRecord(self._now(), current_request_id() or new_request_id(), self.name, self._local, s.task,
-                         tokens_in, tokens_out, elapsed, ttft, cost, ref, ref - cost, err, "", 0.0, self.model_version)
+                         tokens_in, tokens_out, elapsed, ttft, cost, ref, ref - cost, err, "", 0.0, self.model_version,
+                         *((who.key_id, who.team) if who is not None else ()))
         if self._ledger is not None:
             self._ledger.record(row)
         if self._window is not None:
