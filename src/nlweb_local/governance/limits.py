@@ -79,9 +79,16 @@ class Plan:
     tokens: tuple[bool, ...] = ()  # per budget bound: counts tokens (else nano-dollars)
     day: int = -1  # the day `day_keys` are for
     day_keys: tuple[str, ...] = ()
+    minute: int = -1  # the minute `minute_keys` are for
+    minute_keys: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         self.tokens = tuple(b.what == "tok" for b in self.budget)
+
+    def rpm_keys_for(self, minute: int) -> tuple[str, ...]:
+        if minute != self.minute:
+            self.minute_keys, self.minute = tuple(f"{b.prefix}{minute}" for b in self.rpm), minute
+        return self.minute_keys
 
     def keys_for(self, day: int) -> tuple[str, ...]:
         if day != self.day:
@@ -122,12 +129,14 @@ class LimitPolicy:
         return bool(self.plan(ident).budget)
 
     async def admit_request(self, ident: Identity) -> None:
-        bounds = self.plan(ident).rpm
+        plan = self.plan(ident)
+        bounds = plan.rpm
         if not bounds:
             return
         now = self._now()
         window, reset = int(now // MINUTE), MINUTE - now % MINUTE
-        refused = await self.counters.reserve([Charge(f"{b.prefix}{window}", 1, b.scaled, reset + 5) for b in bounds])
+        refused = await self.counters.reserve([Charge(key, 1, b.scaled, reset + 5)
+                                               for key, b in zip(plan.rpm_keys_for(window), bounds)])
         if refused is not None:
             b = bounds[refused.index]
             raise _over(ident, b, now, reset)

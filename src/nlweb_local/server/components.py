@@ -374,8 +374,8 @@ def governed_wrapper(governance: Any, router: Router, telemetry: Any = None) -> 
 
     def price(name: str, tokens_in: int, tokens_out: int) -> float:
         meter = meters.get(name)
-        if meter is not None:  # (its price model at its measured throughput; the reference price is not needed)
-            return meter.price.cost_at(tokens_in, tokens_out, meter.meter.tokens_per_s())
+        if meter is not None:  # (its price model, at its measured throughput where that matters)
+            return meter.call_cost(tokens_in, tokens_out)
         info = infos.get(name)
         return (tokens_in * info.price_in_per_m + tokens_out * info.price_out_per_m) / 1e6 if info else 0.0
 

@@ -75,6 +75,11 @@ class MeteredProvider(WrapperProvider):
         self._series: dict[str, CallSeries] = {}
         self.meter = ThroughputMeter(clock)
 
+    def call_cost(self, tokens_in: int, tokens_out: int) -> float:
+        """What a call of that size costs on this deployment now (its throughput read only when the price
+        depends on it: governance prices every call twice, reserve and settle)."""
+        return self.price.cost_at(tokens_in, tokens_out, self.meter.tokens_per_s() if self._by_throughput else None)
+
     def cost(self, tokens_in: int, tokens_out: int) -> tuple[float, float]:
         """(what a call of that size costs on this deployment now, what the reference model would charge)."""
         cost = self.price.cost_at(tokens_in, tokens_out, self.meter.tokens_per_s() if self._by_throughput else None)
