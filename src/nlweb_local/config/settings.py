@@ -313,6 +313,10 @@ class RegistrySettings(_Section):
                                      "<data_dir>/registry.sqlite")
     poll_s: float = Field(2.0, gt=0, description="how often a server looks for registry changes made elsewhere (another "
                           "replica, the CLI); changes through this server's /admin/registry apply at once")
+    canary_check_s: float = Field(1.0, gt=0, description="how often a server flushes its canary counts to the registry "
+                                  "and decides canary stages (a rollback made elsewhere reaches it within this)")
+    canary_min_requests: int = Field(100, ge=1, description="candidate calls a canary stage needs before it is judged "
+                                     "(models promote --min-requests overrides it)")
 
 
 class LimitSettings(_Section):

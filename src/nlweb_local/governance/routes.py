@@ -65,9 +65,11 @@ ROUTES: tuple[RouteRule, ...] = (
     RouteRule("/admin/breakers/{name}/{action}", OPERATOR),
     RouteRule("/admin/fleet", OPERATOR),
     RouteRule("/admin/registry", OPERATOR),
+    RouteRule("/admin/canary", OPERATOR),
     # admins: keys, model releases
     RouteRule("/admin/registry/aliases/{alias}", ADMIN),
     RouteRule("/admin/registry/aliases/{alias}/rollback", ADMIN),
+    RouteRule("/admin/canary/{alias}", ADMIN),
     RouteRule("/admin/keys", ADMIN),
     RouteRule("/admin/keys/{key_id}", ADMIN),
     RouteRule("/admin/keys/{key_id}/{action}", ADMIN),

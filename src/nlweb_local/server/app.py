@@ -92,9 +92,12 @@ def create_app(settings: Settings, components: Components | None = None, *, clos
         probe = (asyncio.create_task(comp.router.probe_forever(settings.llm.health_interval_s))
                  if comp.router is not None else None)
         alerts = comp.telemetry.start() if comp.telemetry is not None else None  # alert rules, in the background
+        canary = asyncio.create_task(comp.canary.run_forever()) if comp.canary is not None else None  # stage decisions
         yield
         if probe is not None:
             probe.cancel()
+        if canary is not None:
+            canary.cancel()
         if comp.telemetry is not None:
             await comp.telemetry.stop(alerts)  # (the ledger is flushed and closed by its closer)
         if owned:
@@ -176,5 +179,9 @@ def gateway_routes(comp: Components, settings: Settings) -> list:
         from .registry_admin import registry_routes
 
         routes += registry_routes(comp.registry, comp.router)
+        if comp.registry.canaries is not None:  # /admin/canary: canary releases, their stages and decisions
+            from .canary_admin import canary_routes
+
+            routes += canary_routes(comp.registry, settings.registry.canary_min_requests)
     return routes
 

@@ -56,6 +56,7 @@ class Components:
     embeddings: Provider | None = None  # what serves /v1/embeddings when no deployment embeds: the in-process model, cached
     telemetry: Any = None  # telemetry.Telemetry (None: not measured)
     registry: Any = None  # registry.ModelRegistry: models, versions, aliases (its `view`: the router's)
+    canary: Any = None  # registry.canary_watch.CanaryWatch: canary stage decisions (started by the app)
     governance: Any = None  # governance.Governance: keys, roles, limits (None: no auth at all)
     audit: Any = None  # governance.audit.AuditLog (None: audit.enabled off)
     closers: list[Callable[[], Any]] = field(default_factory=list)
@@ -334,7 +335,8 @@ def build_components(settings: Settings, *, embedder: Any = _BUILD, store: Any =
 
         governance = build_governance(settings)
         closers.append(governance.close)
-    wrappers = [*(telemetry.router_wrappers() if telemetry is not None else []), *([cached] if cached else []),
+    canary, split = build_canary(settings, registry, router, telemetry)
+    wrappers = [split, *(telemetry.router_wrappers() if telemetry is not None else []), *([cached] if cached else []),
                 *([governed_wrapper(governance, router, telemetry)] if governance is not None else []),
                 *([_audited] if audit is not None else [])]  # outermost: the audit trail sees what was served
     gateway = compose(router, wrappers)
@@ -355,7 +357,26 @@ def build_components(settings: Settings, *, embedder: Any = _BUILD, store: Any =
                                         ProviderStructuredLLM(gateway, context=fallback), name=search)
     pipeline = build_pipeline(settings, llm, embedder, store, telemetry, closers, semantic=semantic)
     return Components(settings, embedder, store, llm, pipeline, router=router, gateway=gateway, embeddings=embeddings,
-                      telemetry=telemetry, registry=registry, governance=governance, audit=audit, closers=closers)
+                      telemetry=telemetry, registry=registry, governance=governance, audit=audit, closers=closers,
+                      canary=canary)
+
+
+def build_canary(settings: Settings, registry: Any, router: Router, telemetry: Any) -> tuple[Any, Any]:
+    """The canary split (the wrapper next to the router) and its watch (stage decisions, alerts on rollback)."""
+    from ..registry.canary_split import CanarySplit, CanaryTally, CanaryView
+    from ..registry.canary_watch import CanaryWatch
+    from ..telemetry.context import current_request_id
+
+    view, tally = CanaryView(registry.canaries), CanaryTally()
+    view.reload()
+    alias_reload = registry.on_change
+    registry.on_change = lambda: (alias_reload() if alias_reload else None, view.reload())
+    monitor = getattr(telemetry, "monitor", None)
+    notifiers = monitor.engine.notifiers if monitor is not None else []
+    watch = CanaryWatch(registry.canaries, view, tally, interval_s=settings.registry.canary_check_s,
+                        on_change=alias_reload, notifiers=notifiers)
+    return watch, lambda inner: CanarySplit(inner, view, tally, serving=router.resolve_model,
+                                            request_id=current_request_id)
 
 
 def governed_wrapper(governance: Any, router: Router, telemetry: Any = None) -> Callable[[Provider], Provider]:
