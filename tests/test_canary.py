@@ -18,8 +18,10 @@ from nlweb_local.registry.canary import start_canary
 from nlweb_local.server.app import create_app
 from nlweb_local.telemetry import build_telemetry
 from stand_ins import scripted_service
-from test_registry_cli import cli  # noqa: F401  (the fixture)
+import test_registry_cli
 from test_registry_routing import registered, settings_for
+
+cli = test_registry_cli.cli  # (the fixture: `nlweb-local --config ... models ARGS`)
 
 
 @pytest_asyncio.fixture(loop_scope="function")
@@ -204,3 +206,49 @@ def test_cli_canary_from_ci_and_status(cli, tmp_path):
     assert rc != 0 and "must end at 100" in err
     rc, _, err = cli("promote", "smol", "v2", "--alias", "chat-default", "--canary", "5,100", "--guard", "error_rate>1%")
     assert rc != 0 and "use < or <=" in err
+
+
+async def test_two_replicas_share_a_canary_through_postgresql(tmp_path):
+    """Two gateways on one PostgreSQL registry: the stage is judged on both replicas' counts together, one
+    replica's decision is the other's at its next check, and a rollback made on one reaches the other."""
+    from test_registry_store import pg_schema
+
+    url, drop = pg_schema()
+    comps, clients = [], []
+    try:
+        settings = settings_for(tmp_path)
+        settings.registry.database_url = url
+        registered(tmp_path, settings)
+        for _ in range(2):
+            comps.append(scripted_service(settings, {"smol-v1": ScriptedProvider("smol-v1", "one"),
+                                                     "smol-v2": ScriptedProvider("smol-v2", "two")}))
+        clients = [httpx.AsyncClient(transport=httpx.ASGITransport(app=create_app(settings, c, close_components=False)),
+                                     base_url="http://localhost") for c in comps]
+        a, b = comps
+        start_canary(a.registry, "smol", "v2", alias="chat-default", stages="50,100", guards="error_rate<2%",
+                     min_requests=30, by="ci")
+        await b.canary.tick()  # b sees the canary at its next check
+        first = await traffic(clients[1], 0, 40)
+        assert 0 < sum(v == "smol@v2" for _, v in first) < 40
+        await traffic(clients[0], 1000, 40)
+        await b.canary.tick()  # b's counts alone (~20 candidate calls) are short of 30
+        assert [d["action"] for d in b.registry.canaries.decisions(1)] in (["start"], [])
+        assert (await a.canary.tick()) != []  # a flushes its own and judges both replicas' counts: 100 %
+        await b.canary.tick()
+        assert {v for _, v in await traffic(clients[1], 2000, 20)} == {"smol@v2"}
+        assert b.registry.aliases()[0].key == "smol@v2"
+
+        b.registry.set_alias("chat-default", "smol", "v1", by="ci")  # again, and roll back through the other replica
+        start_canary(b.registry, "smol", "v2", alias="chat-default", stages="50,100", guards="error_rate<2%",
+                     min_requests=10**6, by="ci")
+        await a.canary.tick()
+        assert "smol@v2" in {v for _, v in await traffic(clients[0], 3000, 40)}
+        b.registry.rollback("chat-default", by="oncall")
+        await a.canary.tick()
+        assert {v for _, v in await traffic(clients[0], 4000, 40)} == {"smol@v1"}
+    finally:
+        for c in clients:
+            await c.aclose()
+        for c in comps:
+            await c.close()
+        drop()

@@ -56,6 +56,9 @@ class CanaryView:
         if not force and version == self._seen:
             return False
         running = self._canaries.running(promoted_since=self._clock() - KEEP_PROMOTED_S)
+        if any(c.status == PROMOTED for c in running):  # (only while the alias still points where it promoted)
+            targets = {a.alias: a.key for a in self._canaries.store.aliases()}
+            running = [c for c in running if c.status != PROMOTED or targets.get(c.alias) == c.key]
         self._seen = version
         splits = {c.alias: _split(c) for c in sorted(running, key=lambda c: c.id)}
         changed = splits != self._splits

@@ -39,7 +39,8 @@ def canary_routes(registry: Any, min_requests: int) -> list[Route]:
             if not isinstance(body, dict) or not all(isinstance(body.get(k), str) for k in ("name", "version")):
                 raise BadRequestError('send {"name": "MODEL", "version": "VERSION"} (and optionally '
                                       '"stages": "5,25,50,100", "guards": "error_rate<2%", "min_requests": 100)')
-            c = await asyncio.to_thread(start_canary, registry, body["name"], body["version"], alias=request.path_params["alias"],
+            c = await asyncio.to_thread(start_canary, registry, body["name"], body["version"],
+                                        alias=request.path_params["alias"],
                                         stages=str(body.get("stages", "5,25,50,100")),
                                         guards=str(body.get("guards", DEFAULT_GUARDS)),
                                         min_requests=body.get("min_requests", min_requests), by=_who(request))
