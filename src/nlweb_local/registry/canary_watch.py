@@ -77,6 +77,8 @@ class CanaryWatch:
         self.canaries.flush(self.replica, snapshot)
         self.view.reload(force=False)
         applied: list[tuple[Canary, Decision]] = []
+        if not self.view.splits():  # (a canary's start moves the registry's version: the view then holds it)
+            return applied
         for c in self.canaries.running():
             baseline, candidate = self.canaries.figures(c.id, c.stage)
             d = decide(c, baseline, candidate)
