@@ -75,6 +75,8 @@ class CanaryTally:
         self._counts: dict[tuple[int, int, str], Figures] = {}
 
     def record(self, split: Split, arm: str, ttft_s: float | None, failed: bool) -> None:
+        if split.weight >= 100:  # (promoted: nothing left to judge)
+            return
         key = (split.canary, split.stage, arm)
         f = self._counts.get(key)
         if f is None:
