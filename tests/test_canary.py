@@ -252,3 +252,19 @@ async def test_two_replicas_share_a_canary_through_postgresql(tmp_path):
         for c in comps:
             await c.close()
         drop()
+
+
+async def test_with_a_feedback_source_the_quality_guard_rolls_back_a_worse_candidate(gateway):
+    """The quality guard judges mean ratings per version over the stage (a stand-in feedback source)."""
+    client, comp, _ = gateway
+    scores = {"smol@v1": (4.0, 10), "smol@v2": (2.0, 10)}  # (sum, count): means 0.4 and 0.2
+    comp.canary.ratings = lambda key, since, until: scores[key]
+    start_canary(comp.registry, "smol", "v2", alias="chat-default", stages="30,100", guards="quality>=-0.02",
+                 min_requests=10, by="ci")
+    for batch in range(20):
+        await traffic(client, batch * 50, 50)
+        if await comp.canary.tick():
+            break
+    (c,) = comp.registry.canaries.canaries()
+    last = comp.registry.canaries.decisions(c.id)[-1]
+    assert c.status == "rolled_back" and "quality>=-0.02 broken: mean rating 0.200 vs 0.400 (delta -0.200)" in last["reason"]

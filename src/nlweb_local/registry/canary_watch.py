@@ -51,9 +51,13 @@ def decide(c: Canary, baseline: Figures, candidate: Figures, *, has_feedback: bo
 class CanaryWatch:
     def __init__(self, canaries: CanaryStore, view: CanaryView, tally: CanaryTally, *, interval_s: float = 1.0,
                  on_change: Callable[[], Any] | None = None, notifiers: Sequence[Callable[..., Any]] = (),
-                 replica: str | None = None, clock: Callable[[], float] = time.time):
+                 replica: str | None = None, clock: Callable[[], float] = time.time,
+                 ratings: Callable[[str, float, float], tuple[float, int]] | None = None):
         """`on_change`: after this replica changed the registry (the alias view reloads at once);
-        `notifiers`: telemetry's alert notifiers, each called as `notify("firing", Alert, since)`."""
+        `notifiers`: telemetry's alert notifiers, each called as `notify("firing", Alert, since)`;
+        `ratings(NAME@VERSION, since, until)` -> (sum of ratings, how many): a feedback source for the
+        quality guard (None: none, the guard is skipped)."""
+        self.ratings = ratings
         self.canaries = canaries
         self.view = view
         self.tally = tally
@@ -81,7 +85,11 @@ class CanaryWatch:
             return applied
         for c in self.canaries.running():
             baseline, candidate = self.canaries.figures(c.id, c.stage)
-            d = decide(c, baseline, candidate)
+            if self.ratings is not None:
+                now = self._clock()
+                baseline.rating_sum, baseline.ratings = self.ratings(c.base_key, c.stage_at, now)
+                candidate.rating_sum, candidate.ratings = self.ratings(c.key, c.stage_at, now)
+            d = decide(c, baseline, candidate, has_feedback=self.ratings is not None)
             if d.action == "hold":
                 continue
             if self.canaries.apply(c, d, by=f"canary-watch:{self.replica}") is not None:
