@@ -51,7 +51,8 @@ class CanaryView:
         return dict(self._splits)
 
     def reload(self, *, force: bool = True) -> bool:
-        """Read the running canaries (blocking; `force=False`: only when the registry's version moved)."""
+        """Read the running canaries (blocking; `force=False`: only when the registry's version moved). True
+        when it read them."""
         version = self._canaries.store.version()
         if not force and version == self._seen:
             return False
@@ -60,10 +61,8 @@ class CanaryView:
             targets = {a.alias: a.key for a in self._canaries.store.aliases()}
             running = [c for c in running if c.status != PROMOTED or targets.get(c.alias) == c.key]
         self._seen = version
-        splits = {c.alias: _split(c) for c in sorted(running, key=lambda c: c.id)}
-        changed = splits != self._splits
-        self._splits = splits  # (one reference swap)
-        return changed
+        self._splits = {c.alias: _split(c) for c in sorted(running, key=lambda c: c.id)}  # (one reference swap)
+        return True
 
 
 def _split(c: Canary) -> Split:

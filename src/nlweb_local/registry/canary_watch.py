@@ -79,7 +79,8 @@ class CanaryWatch:
 
     def _tick(self, snapshot: dict) -> list[tuple[Canary, Decision]]:
         self.canaries.flush(self.replica, snapshot)
-        self.view.reload(force=False)
+        if self.view.reload(force=False) and self._on_change is not None:
+            self._on_change()  # (the registry moved: the alias view reads it in the same tick, so both agree)
         applied: list[tuple[Canary, Decision]] = []
         if not self.view.splits():  # (a canary's start moves the registry's version: the view then holds it)
             return applied
