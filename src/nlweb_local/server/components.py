@@ -9,8 +9,8 @@ only the parts it names replaced.
 The chain every LLM call goes through is built by one fold:
 
     each deployment:  compose(adapter, telemetry.deployment_wrappers(...))   metered, then traced
-    the gateway:      compose(Router(routes, state), [*telemetry.router_wrappers(), response cache, governed,
-                      audit trail]) (governed: governance's identity, model scope and limits; the audit trail
+    the gateway:      compose(Router(routes, state), [*telemetry.router_wrappers(), response cache, A/B split,
+                      governed, audit trail]) (governed: governance's identity, model scope and limits; the audit trail
                       outermost, so it sees what was served and what governance refused)
     /ask:             ProviderStructuredLLM(gateway); with llm.search_deployment, pinned to it and falling
                       back to the embedded engine when it cannot serve (FallbackStructuredLLM),
@@ -340,8 +340,13 @@ def build_components(settings: Settings, *, embedder: Any = _BUILD, store: Any =
 
         governance = build_governance(settings)
         closers.append(governance.close)
-    canary, split = build_canary(settings, registry, router, telemetry)
-    wrappers = [split, *(telemetry.router_wrappers() if telemetry is not None else []), *([cached] if cached else []),
+    from ..registry.experiment_split import split_wrapper
+
+    split = split_wrapper(registry, router, telemetry)  # A/B experiments: inside governance, outside the cache
+    canary, canary_split = build_canary(settings, registry, router, telemetry)  # canaries: next to the router
+    wrappers = [canary_split, *(telemetry.router_wrappers() if telemetry is not None else []),
+                *([cached] if cached else []),
+                *([split] if split is not None else []),
                 *([governed_wrapper(governance, router, telemetry)] if governance is not None else []),
                 *([_audited] if audit is not None else [])]  # outermost: the audit trail sees what was served
     gateway = compose(router, wrappers)
