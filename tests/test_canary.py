@@ -98,7 +98,7 @@ async def test_a_healthy_candidate_reaches_100_percent(gateway):
     decisions = comp.registry.canaries.decisions(c.id)
     print(f"healthy candidate: promoted after {sent} requests; v2 share per batch {shares}")
     assert c.status == "promoted" and [d["action"] for d in decisions] == ["start", "advance", "promote"]
-    assert "quality>=-0.02 (skipped: no feedback source" in decisions[-1]["reason"]
+    assert "quality>=-0.02 (skipped: 0 candidate and 0 baseline ratings (fewer than 5 each))" in decisions[-1]["reason"]
     assert 0 < shares[0] < 40  # ~10 % in the first stage
     history = comp.registry.history("chat-default")
     assert (history[-1].action, history[-1].version, history[-1].by) == ("promote", "v2", "ci (canary)")

@@ -186,6 +186,9 @@ class CanaryStore:
             if not s._run("SELECT 1 FROM model_versions WHERE name = ? AND version = ?", (name, version)):
                 raise NotFoundError(f"{version_key(name, version)} is not registered (nlweb-local models register "
                                     f"{name} {version} --file PATH)")
+            if s._run("SELECT 1 FROM experiments WHERE alias = ? AND stopped_at IS NULL", (alias,)):
+                raise BadRequestError(f"an A/B test is running on {alias}: a canary would split the same traffic; "
+                                      f"stop it first (nlweb-local ab stop --alias {alias})")
             if s._run("SELECT 1 FROM canaries WHERE alias = ? AND status = ?", (alias, RUNNING)):
                 raise BadRequestError(f"a canary is already running on {alias}: see nlweb-local models canary status, "
                                       f"or stop it with nlweb-local models rollback {alias}")

@@ -124,4 +124,15 @@ class CanaryWatch:
             await asyncio.sleep(self._interval_s)
 
 
-__all__ = ["CanaryWatch", "KEEP_PROMOTED_S", "decide"]
+def feedback_ratings(store: Any) -> Callable[[str, float, float], tuple[float, int]]:
+    """The quality guard's source: `POST /feedback` ratings (scores normalised to [0, 1]) of the calls a
+    version served, in the registry database's `feedback` table."""
+    def ratings(key: str, since: float, until: float) -> tuple[float, int]:
+        with store._reading():
+            row = store._run("SELECT SUM(score), COUNT(*) FROM feedback WHERE model_version = ? AND at >= ? AND at < ?",
+                             (key, since, until))[0]
+        return float(row[0] or 0.0), int(row[1] or 0)
+    return ratings
+
+
+__all__ = ["CanaryWatch", "KEEP_PROMOTED_S", "decide", "feedback_ratings"]

@@ -374,7 +374,7 @@ def build_components(settings: Settings, *, embedder: Any = _BUILD, store: Any =
 def build_canary(settings: Settings, registry: Any, router: Router, telemetry: Any) -> tuple[Any, Any]:
     """The canary split (the wrapper next to the router) and its watch (stage decisions, alerts on rollback)."""
     from ..registry.canary_split import CanarySplit, CanaryTally, CanaryView
-    from ..registry.canary_watch import CanaryWatch
+    from ..registry.canary_watch import CanaryWatch, feedback_ratings
     from ..telemetry.context import current_request_id
 
     view, tally = CanaryView(registry.canaries), CanaryTally()
@@ -384,7 +384,7 @@ def build_canary(settings: Settings, registry: Any, router: Router, telemetry: A
     monitor = getattr(telemetry, "monitor", None)
     notifiers = monitor.engine.notifiers if monitor is not None else []
     watch = CanaryWatch(registry.canaries, view, tally, interval_s=settings.registry.canary_check_s,
-                        on_change=alias_reload, notifiers=notifiers)
+                        on_change=alias_reload, notifiers=notifiers, ratings=feedback_ratings(registry.store))
     return watch, lambda inner: CanarySplit(inner, view, tally, serving=router.resolve_model,
                                             request_id=current_request_id)
 
