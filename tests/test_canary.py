@@ -268,3 +268,21 @@ async def test_with_a_feedback_source_the_quality_guard_rolls_back_a_worse_candi
     (c,) = comp.registry.canaries.canaries()
     last = comp.registry.canaries.decisions(c.id)[-1]
     assert c.status == "rolled_back" and "quality>=-0.02 broken: mean rating 0.200 vs 0.400 (delta -0.200)" in last["reason"]
+
+
+async def test_feedback_through_post_feedback_drives_the_quality_guard(gateway):
+    """Users rate answers (POST /feedback with the answer's x-request-id): the candidate's answers rated
+    down, the baseline's up; the quality guard rolls the canary back."""
+    client, comp, _ = gateway
+    start_canary(comp.registry, "smol", "v2", alias="chat-default", stages="40,100", guards="quality>=-0.02",
+                 min_requests=10, by="ci")
+    for i in range(80):
+        r = await client.post("/v1/chat/completions", json={"model": "chat-default", "messages": [
+            {"role": "user", "content": f"q{i}"}]}, headers={"x-nlweb-conversation": f"rate-{i}"})
+        assert r.status_code == 200
+        worse = r.headers["x-nlweb-route"].endswith("version=smol@v2")
+        f = await client.post("/feedback", json={"request_id": r.headers["x-request-id"], "rating": -1 if worse else 1})
+        assert f.status_code == 201 and f.json()["model_version"] == ("smol@v2" if worse else "smol@v1")
+    applied = await comp.canary.tick()
+    assert [d.action for _, d in applied] == ["rollback"]
+    assert "quality>=-0.02 broken: mean rating 0.000 vs 1.000" in applied[0][1].reason
