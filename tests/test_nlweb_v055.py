@@ -59,8 +59,10 @@ def test_v055_list_streams_start_one_result_per_item_then_complete(client):
     for it in items:  # the fields the page renders a card from
         assert it["url"].startswith("https://e.example/") and it["site"] == "kitchen"
         assert it["schema_object"]["@type"] == "Recipe" and isinstance(it["description"], str)
+    assert [d["index"] for n, d in events if n == "result"] == [0, 1, 2]
+    assert events[0][1]["_meta"] == {"version": "0.55", "response_type": "answer", "mode": "list", "site": "kitchen"}
     assert events[0][1]["conversation_id"] == "1764180000000"
-    assert events[-1][1]["_meta"]["nlweb/streaming_status"] == "finished"
+    assert events[-1][1]["_meta"] == {"version": "0.55"}
 
 
 def test_v055_summary_and_generate_pass_through_unnamed(client):
@@ -102,7 +104,7 @@ def test_v055_not_streamed_is_one_json_answer(client):
     r = post(client, page_body("apple desserts", site="kitchen", streaming=False))
     assert r.status_code == 200, r.text
     body = r.json()
-    assert body["_meta"] == {"version": "0.55", "response_type": "Answer"}
+    assert body["_meta"] == {"version": "0.55", "response_type": "answer"}
     assert [it["name"] for it in body["results"]] == ["Apple pie", "Lentil curry", "Pear tart"]
 
 

@@ -3,15 +3,16 @@
 That page (`chat-interface-unified.js`, late 2025) POSTs a v0.5-shaped body with `meta.version: "0.55"` and
 `prefer.streaming: true` to /ask, reads the response body as SSE and dispatches on the event name:
 
-    event: start     -> the answer begins (the data is not read)
-    event: result    -> {"item": {...}}, one card per event
-    event: complete  -> the answer is over
+    event: start     -> {"_meta": {"version": "0.55", "response_type": "answer", "mode", "site"}, "streaming": true}
+    event: result    -> {"index": n, "item": {...}}, one card per event
+    event: complete  -> {"_meta": {"version": "0.55"[, "error": true][, "degraded": true]}}
     event: error     -> {"message": "..."}
     (no name)        -> a chat message passed through as is: `decontextualized_query`, `summary` (text in
                         `content`), `nlws` (generate mode: the answer and its items), `no_results` ...
 
 An item is the same object the chat transport sends (`url`, `name`, `site`, `score`, `description`,
-`schema_object`), which the page renders as a card. In generate mode the items come once, inside `nlws`,
+`schema_object`), which the page renders as a card. The event names and payloads follow NLWeb's own server
+(its v0.55 commit, March 2026: the `start`/`result`/`complete` senders beside the older message senders). In generate mode the items come once, inside `nlws`,
 so no card is shown twice. Streamed or not, `complete` (or the body) says `degraded` when the LLM was
 unavailable.
 """
@@ -38,17 +39,21 @@ class V055Renderer(V3Renderer):
         super().__init__(req)
         self.degraded = False
         self.failure: str | None = None
+        self._index = 0
 
     def render(self, event: Event) -> list[dict[str, Any]]:
         r = self._req
         match event:
             case Begin(query=q):
-                return [named("start", {"_meta": {"version": VERSION, "response_type": "Answer"}, "query": q,
-                                        "query_id": r.query_id, "conversation_id": r.conversation_id})]
+                meta = {"version": VERSION, "response_type": "answer", "mode": r.mode, "site": ",".join(r.sites) or "all"}
+                return [named("start", {"_meta": meta, "streaming": True, "query": q, "query_id": r.query_id,
+                                        "conversation_id": r.conversation_id})]
             case Results() if r.mode == "generate":
                 return []  # the items come once, in `nlws`
             case Results(items=items):
-                return [named("result", {"item": item_json(i)}) for i in items]
+                out = [named("result", {"index": self._index + n, "item": item_json(i)}) for n, i in enumerate(items)]
+                self._index += len(items)
+                return out
             case Decontextualized(original=o, decontextualized=d):
                 return [named(None, self._msg(message_type="decontextualized_query", decontextualized_query=d,
                                               original_query=o))]
@@ -65,13 +70,12 @@ class V055Renderer(V3Renderer):
                 return [named("error", {"message": m, "status": s})]
             case End(error=err, degraded=degraded):
                 self.degraded = degraded
-                done: dict[str, Any] = {"_meta": {"version": VERSION, "nlweb/streaming_status": "finished"},
-                                        "query_id": r.query_id}
+                meta = {"version": VERSION}
                 if err:
-                    done["error"] = True
+                    meta["error"] = True
                 if degraded:
-                    done["degraded"] = True
-                return [named("complete", done)]
+                    meta["degraded"] = True  # ranked by similarity only where the LLM was unavailable
+                return [named("complete", {"_meta": meta, "query_id": r.query_id})]
         return []
 
     @staticmethod
@@ -81,7 +85,7 @@ class V055Renderer(V3Renderer):
 
     def body(self, messages: list[dict[str, Any]]) -> Any:
         """The same answer as one JSON object (a client that asked for `prefer.streaming: false`)."""
-        meta: dict[str, Any] = {"version": VERSION, "response_type": "Failure" if self.failure else "Answer"}
+        meta: dict[str, Any] = {"version": VERSION, "response_type": "failure" if self.failure else "answer"}
         if self.degraded:
             meta["degraded"] = True
         if self.failure is not None:
