@@ -176,5 +176,10 @@ def gateway_routes(comp: Components, settings: Settings) -> list:
         from .registry_admin import registry_routes
 
         routes += registry_routes(comp.registry, comp.router)
+        from .experiments_admin import experiment_routes
+        from .feedback import feedback_routes
+
+        routes += experiment_routes(comp.registry, settings, comp.telemetry)  # A/B tests: /admin/experiments
+        routes += feedback_routes(comp.registry, comp.telemetry)  # ratings of answers: POST /feedback
     return routes
 

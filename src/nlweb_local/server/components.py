@@ -9,8 +9,8 @@ only the parts it names replaced.
 The chain every LLM call goes through is built by one fold:
 
     each deployment:  compose(adapter, telemetry.deployment_wrappers(...))   metered, then traced
-    the gateway:      compose(Router(routes, state), [*telemetry.router_wrappers(), response cache, governed,
-                      audit trail]) (governed: governance's identity, model scope and limits; the audit trail
+    the gateway:      compose(Router(routes, state), [*telemetry.router_wrappers(), response cache, A/B split,
+                      governed, audit trail]) (governed: governance's identity, model scope and limits; the audit trail
                       outermost, so it sees what was served and what governance refused)
     /ask:             ProviderStructuredLLM(gateway); with llm.search_deployment, pinned to it and falling
                       back to the embedded engine when it cannot serve (FallbackStructuredLLM),
@@ -235,11 +235,16 @@ def build_pipeline(settings: Settings, llm: StructuredLLM, embedder: Embedder, s
 def build_cache_store(settings: Settings, name: str, max_entries: int, telemetry: Any = None,
                       closers: list[Callable[[], Any]] | None = None) -> Cache[dict]:
     """Where the response and answer caches keep their entries: `build_cache`'s backend (in process,
-    bounded; or Redis, shared by replicas). These caches count their own lookups (exact and semantic
+    bounded; or Redis, shared by replicas, with near copies in process: `cache.near`). These caches count their own lookups (exact and semantic
     apart), so the store counts only a shared backend's failures. A store that holds connections adds
     its `close` to `closers`."""
     store = build_cache(name, settings, telemetry.metrics if telemetry is not None else None, max_entries,
                         count_lookups=False)
+    c = settings.cache_store
+    if hasattr(store, "redis_key") and c.near_entries > 0:  # shared in Redis: keep near copies of what is hot
+        from ..cache.near import NearCache
+
+        store = NearCache(store, max_entries=c.near_entries, ttl_s=c.near_ttl_s)
     if closers is not None and hasattr(store, "close"):
         closers.append(store.close)
     return store
@@ -334,7 +339,11 @@ def build_components(settings: Settings, *, embedder: Any = _BUILD, store: Any =
 
         governance = build_governance(settings)
         closers.append(governance.close)
+    from ..registry.experiment_split import split_wrapper
+
+    split = split_wrapper(registry, router, telemetry)  # A/B experiments: inside governance, outside the cache
     wrappers = [*(telemetry.router_wrappers() if telemetry is not None else []), *([cached] if cached else []),
+                *([split] if split is not None else []),
                 *([governed_wrapper(governance, router, telemetry)] if governance is not None else []),
                 *([_audited] if audit is not None else [])]  # outermost: the audit trail sees what was served
     gateway = compose(router, wrappers)
