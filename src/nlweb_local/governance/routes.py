@@ -55,6 +55,7 @@ ROUTES: tuple[RouteRule, ...] = (
     RouteRule("/mcp", USER, budget_first=True),
     RouteRule("/who", USER),
     RouteRule("/sites", USER),
+    RouteRule("/openapi.json", USER),  # the API's description (server/openapi.py)
     RouteRule("/chat/sse", USER, budget_first=True),
     RouteRule("/chat/ws", USER, budget_first=True),
     RouteRule("/feedback", USER),  # a rating of an answer (A/B evidence)

@@ -22,6 +22,7 @@ from .ask import AskEndpoint
 from .chat import ChatEndpoint
 from .components import Components, build_components
 from .mcp_tools import SearchTools
+from .openapi import openapi_route
 from .who_endpoint import WhoEndpoint
 
 log = logging.getLogger(__name__)
@@ -81,6 +82,7 @@ def create_app(settings: Settings, components: Components | None = None, *, clos
         *(_telemetry_routes(comp) if comp.telemetry is not None else []),
         *(_key_routes(comp, settings) if comp.governance is not None else []),
         Mount("/static", app=StaticFiles(directory=STATIC), name="static"),
+        openapi_route(__version__),  # GET /openapi.json: every route above (server/openapi.py)
     ]
 
     @asynccontextmanager

@@ -342,6 +342,8 @@ def build_components(settings: Settings, *, embedder: Any = _BUILD, store: Any =
     from ..registry.experiment_split import split_wrapper
 
     split = split_wrapper(registry, router, telemetry)  # A/B experiments: inside governance, outside the cache
+    if governance is not None and telemetry is not None and telemetry.monitor is not None:
+        telemetry.monitor.budgets = governance.limits.usage  # keys' and teams' budgets at 80 %: the budget alert
     wrappers = [*(telemetry.router_wrappers() if telemetry is not None else []), *([cached] if cached else []),
                 *([split] if split is not None else []),
                 *([governed_wrapper(governance, router, telemetry)] if governance is not None else []),
@@ -381,8 +383,8 @@ def governed_wrapper(governance: Any, router: Router, telemetry: Any = None) -> 
 
     def price(name: str, tokens_in: int, tokens_out: int) -> float:
         meter = meters.get(name)
-        if meter is not None:  # (its price model at its measured throughput; the reference price is not needed)
-            return meter.price.cost_at(tokens_in, tokens_out, meter.meter.tokens_per_s())
+        if meter is not None:  # (its price model, at its measured throughput where that matters)
+            return meter.call_cost(tokens_in, tokens_out)
         info = infos.get(name)
         return (tokens_in * info.price_in_per_m + tokens_out * info.price_out_per_m) / 1e6 if info else 0.0
 
