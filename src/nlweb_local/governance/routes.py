@@ -64,6 +64,7 @@ ROUTES: tuple[RouteRule, ...] = (
     RouteRule("/admin/breakers", OPERATOR),
     RouteRule("/admin/breakers/{name}/{action}", OPERATOR),
     RouteRule("/admin/fleet", OPERATOR),
+    RouteRule("/admin/memory", OPERATOR),
     RouteRule("/admin/registry", OPERATOR),
     # admins: keys, model releases
     RouteRule("/admin/registry/aliases/{alias}", ADMIN),
