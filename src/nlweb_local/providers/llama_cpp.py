@@ -91,7 +91,7 @@ class LlamaCppProvider(BaseProvider):
 
     def __init__(self, model_path: str | Path | None = None, *, n_ctx: int = 2048, n_threads: int | None = None,
                  max_queue: int = 64, call_timeout_s: float = 60.0, seed: int = 0, name: str = "llama_cpp",
-                 priority_ageing_s: float = 10.0, lazy_load: bool = False):
+                 priority_ageing_s: float = 10.0, lazy_load: bool = False, chat_template: str | None = None):
         path = Path(model_path) if model_path else packaged_smollm2_path()
         if not path.exists():
             raise BadRequestError(f"GGUF model {path} does not exist (check llm.model_path)")
@@ -99,6 +99,7 @@ class LlamaCppProvider(BaseProvider):
         self._n_ctx, self._n_threads, self._seed = n_ctx, n_threads or os.cpu_count() or 2, seed
         self._llama: Any = None
         self._formatter: Any = None
+        self._chat_template = chat_template
         self._load_lock = asyncio.Lock()
         self.name = name
         self.model = path.stem
@@ -122,13 +123,16 @@ class LlamaCppProvider(BaseProvider):
         t0 = time.perf_counter()
         llama = Llama(model_path=str(self.path), n_ctx=self._n_ctx, n_threads=self._n_threads, n_batch=512,
                       seed=self._seed, verbose=False)
-        template = llama.metadata.get("tokenizer.chat_template")
+        template = self._chat_template or llama.metadata.get("tokenizer.chat_template")
         if not template:
             llama.close()
-            raise BadRequestError(f"{self.path.name} has no chat template in its metadata; use an instruct/chat GGUF model")
+            raise BadRequestError(f"{self.path.name} has no chat template in its metadata; use an instruct/chat GGUF "
+                                  "model, or give one in the deployment's options.chat_template (Jinja)")
         eos = llama._model.token_get_text(llama.token_eos()) if llama.token_eos() >= 0 else ""
         bos = llama._model.token_get_text(llama.token_bos()) if llama.token_bos() >= 0 else ""
         self._formatter = Jinja2ChatFormatter(template, eos_token=eos, bos_token=bos)
+        if self._chat_template:  # the deployment's template, not the one llama-cpp-python would guess
+            llama.chat_handler = self._formatter.to_chat_handler()
         self._label_cache.clear()
         self._llama = llama
         log.info("loaded %s in %.1fs (n_ctx=%d)", self.path.name, time.perf_counter() - t0, self._n_ctx)
@@ -418,7 +422,8 @@ class LlamaCppProvider(BaseProvider):
         self._executor.shutdown(wait=False, cancel_futures=True)
 
 
-OPTIONS = frozenset({"n_ctx", "n_threads", "max_queue", "seed", "priority_ageing_s", "lazy_load"})
+OPTIONS = frozenset({"n_ctx", "n_threads", "max_queue", "seed", "priority_ageing_s", "lazy_load",
+                     "chat_template"})
 
 
 def from_settings(d, environ) -> LlamaCppProvider:
@@ -427,7 +432,7 @@ def from_settings(d, environ) -> LlamaCppProvider:
     (null = all cores), max_queue (calls waiting beyond it are refused; default 64), seed (default 0),
     priority_ageing_s (a waiting call gains one priority level per this many seconds; default 10),
     lazy_load (load the model on its first call, not at start; set for every llama_cpp deployment when
-    llm.memory.budget_mb is set).
+    llm.memory.budget_mb is set), chat_template (a Jinja chat template for a GGUF file without one).
     The `llm.*` keys of the embedded engine produce such a deployment (`LLMSettings.embedded_deployment`)."""
     o = d.options
     unknown = set(o) - OPTIONS
@@ -437,4 +442,4 @@ def from_settings(d, environ) -> LlamaCppProvider:
     return LlamaCppProvider(d.model or None, n_ctx=d.context_window or o.get("n_ctx") or 2048,
                             n_threads=o.get("n_threads"), max_queue=o.get("max_queue", 64), call_timeout_s=d.timeout_s,
                             seed=o.get("seed", 0), name=d.name, priority_ageing_s=o.get("priority_ageing_s", 10.0),
-                            lazy_load=bool(o.get("lazy_load", False)))
+                            lazy_load=bool(o.get("lazy_load", False)), chat_template=o.get("chat_template"))
