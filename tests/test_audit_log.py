@@ -12,8 +12,8 @@ import pytest
 from nlweb_local.governance.audit import AuditLog, export, verify
 from nlweb_local.governance.audit_chain import entry
 from nlweb_local.governance.audit_store import AuditStoreError, PostgresAuditStore, SqliteAuditStore
+from postgres_server import PG_URL, pg_url
 
-PG_URL = "postgresql://postgres@127.0.0.1:5432/test"
 
 
 def request_row(i: int, subject: str = "alice", **kw):
@@ -44,6 +44,7 @@ class Sqlite:
 class Postgres:
     def __init__(self, tmp_path):
         psycopg = pytest.importorskip("psycopg")
+        pg_url()  # skips, or fails under NLWEB_REQUIRE_POSTGRES, when no server answers
         self.table = f"audit_test_{uuid.uuid4().hex[:12]}"
         self._psycopg = psycopg
 

@@ -13,6 +13,7 @@ import httpx
 import pytest
 
 from conftest import FIXTURE_SITE
+from nlweb_local.cache.near import NearCache
 from nlweb_local.cache.redis import RedisCache
 from nlweb_local.cache.response import ResponseCache
 from nlweb_local.core.errors import BadRequestError
@@ -94,7 +95,8 @@ async def test_a_replica_answers_from_what_another_stored(redis_server, tmp_path
         assert len(keys) == 4
         assert all(0 < raw.pttl(k) <= 3_600_000 for k in keys)  # the expiry is Redis's (cache.ttl_s)
         cache = find(b.comp.gateway, ResponseCache)
-        assert isinstance(cache._store, RedisCache) and (cache.hits, cache.misses) == (3, 0)
+        assert isinstance(cache._store, NearCache) and isinstance(cache._store.far, RedisCache)  # near copies
+        assert (cache.hits, cache.misses) == (3, 0)
         stats = (await b.client.get("/admin/stats")).json()
         assert stats["caches"]["response"]["hits"] == 4 and stats["cache_hits"]["response"]["hits"] == 4
         # a streamed request is answered from a non-streamed answer's entry too, and the other way round
@@ -119,7 +121,7 @@ async def test_namespaces_stay_apart_across_replicas(redis_server, tmp_path):
 
 
 async def test_a_corrupt_entry_in_redis_is_dropped_and_counted_never_served(redis_server, tmp_path):
-    async with replicas(tmp_path, redis_server.url, n=1) as (a,):
+    async with replicas(tmp_path, redis_server.url, n=1, near_entries=0) as (a,):  # (a near copy would answer)
         await a.client.post("/v1/chat/completions", json=chat("fragile"))
         raw = redis_server.client()
         (key,) = raw.keys("nlweb:cache:response:*")
@@ -138,7 +140,7 @@ async def test_a_corrupt_entry_in_redis_is_dropped_and_counted_never_served(redi
 async def test_a_redis_outage_mid_run_turns_caching_off_without_errors_and_it_comes_back(redis_server, tmp_path,
                                                                                         caplog):
     caplog.set_level(logging.WARNING, logger="nlweb_local.cache.redis")
-    async with replicas(tmp_path, redis_server.url, n=1, redis_retry_s=0.0) as (a,):
+    async with replicas(tmp_path, redis_server.url, n=1, redis_retry_s=0.0, near_entries=0) as (a,):
         async def ask(text="steady"):
             r = await a.client.post("/v1/chat/completions", json=chat(text))
             assert r.status_code == 200 and r.json()["choices"][0]["message"]["content"] == "local says hello to you"
@@ -195,6 +197,7 @@ async def test_ask_answers_are_shared_and_an_ingest_through_one_replica_invalida
         for i in range(2):
             settings = replica_settings(tmp_path / f"replica{i}", redis_server.url)
             settings.search.llm_rank_limit = 3
+            settings.cache_store.near_entries = 0  # (the corrupt entry below must be read from Redis)
             llm = FunctionLLM(answer)
             comp = scripted_service(settings, {"local": ScriptedProvider("local")}, embedder=embedder, store=store,
                                     llm=llm, telemetry=None)

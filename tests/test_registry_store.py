@@ -15,18 +15,16 @@ from nlweb_local.registry import ModelRegistry, ModelVersion, PostgresRegistrySt
 from nlweb_local.registry.artifacts import quantisation_of
 from nlweb_local.registry.records import AliasChange
 from nlweb_local.registry.store import SCHEMA_VERSION, RegistryStoreError, rollback_target
+from postgres_server import PG_URL, pg_url
 
-PG = "postgresql://postgres@127.0.0.1:5432/test"
+PG = PG_URL
 ENGINES = ("llama_cpp", "vllm")
 
 
 def pg_schema():
     """A fresh schema in the test database, and its dropper; skips when PostgreSQL is not running here."""
     psycopg = pytest.importorskip("psycopg")
-    try:
-        admin = psycopg.connect(PG, autocommit=True, connect_timeout=3)
-    except psycopg.OperationalError as e:
-        pytest.skip(f"no PostgreSQL at {PG}: {e}")
+    admin = psycopg.connect(pg_url(), autocommit=True, connect_timeout=3)
     schema = f"registry_{uuid.uuid4().hex[:12]}"
     admin.execute(f"CREATE SCHEMA {schema}")
 

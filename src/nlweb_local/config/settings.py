@@ -292,6 +292,8 @@ class CacheBackendSettings(_Section):
     redis_default_ttl_s: float = Field(86_400.0, gt=0, description="expiry of Redis entries stored without a TTL (bound the server's memory with its maxmemory and an allkeys-lru policy)")
     redis_compress_over: int = Field(1024, ge=0, description="values larger than this many bytes (serialised) are stored zlib-compressed")
     redis_max_value_bytes: int = Field(4 << 20, ge=1024, description="a value larger than this once compressed is not stored (counted in nlweb_cache_errors_total{error=\"too_large\"})")
+    near_entries: int = Field(1000, ge=0, description="with Redis: response and /ask entries also kept in this process (an in-process hit skips the round trip); 0 = none")
+    near_ttl_s: float = Field(5.0, gt=0, description="how long an in-process copy of a Redis entry is kept: an entry may be served this long after it expired in Redis or another replica deleted it")
 
 
 class SemanticCacheSettings(_Section):

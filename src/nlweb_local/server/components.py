@@ -278,11 +278,16 @@ def build_pipeline(settings: Settings, llm: StructuredLLM, embedder: Embedder, s
 def build_cache_store(settings: Settings, name: str, max_entries: int, telemetry: Any = None,
                       closers: list[Callable[[], Any]] | None = None) -> Cache[dict]:
     """Where the response and answer caches keep their entries: `build_cache`'s backend (in process,
-    bounded; or Redis, shared by replicas). These caches count their own lookups (exact and semantic
+    bounded; or Redis, shared by replicas, with near copies in process: `cache.near`). These caches count their own lookups (exact and semantic
     apart), so the store counts only a shared backend's failures. A store that holds connections adds
     its `close` to `closers`."""
     store = build_cache(name, settings, telemetry.metrics if telemetry is not None else None, max_entries,
                         count_lookups=False)
+    c = settings.cache_store
+    if hasattr(store, "redis_key") and c.near_entries > 0:  # shared in Redis: keep near copies of what is hot
+        from ..cache.near import NearCache
+
+        store = NearCache(store, max_entries=c.near_entries, ttl_s=c.near_ttl_s)
     if closers is not None and hasattr(store, "close"):
         closers.append(store.close)
     return store
