@@ -119,6 +119,40 @@ async def test_concurrent_first_calls_load_the_model_once():
         await budget.close()
 
 
+async def test_a_call_cancelled_while_its_model_loads_leaves_the_model_loaded_and_free():
+    a = LoadableModel("a", 50, load_delay_s=0.1)
+    budget, p = budget_of(100, a)
+    try:
+        call = asyncio.create_task(p["a"].complete(ask()))
+        await asyncio.sleep(0.02)
+        call.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await call
+        await asyncio.sleep(0.15)  # the load goes on to its end
+        m = budget.model("a")
+        assert a.loaded and m.state == "loaded" and m.in_use == 0 and budget.used_mb() == 50
+    finally:
+        await budget.close()
+
+
+async def test_a_failed_unload_keeps_the_model_counted_and_the_new_one_unloaded():
+    a, b = LoadableModel("a", 70), LoadableModel("b", 70)
+    budget, p = budget_of(100, a, b)
+
+    async def broken(model=None):
+        raise RuntimeError("engine stuck")
+
+    try:
+        await p["a"].complete(ask())
+        a.unload = broken
+        with pytest.raises(QueueFullError, match="unloading a to make room failed"):
+            await p["b"].complete(ask())
+        assert budget.model("a").state == "loaded" and budget.model("b").state == "unloaded" and not b.loaded
+        assert budget.used_mb() == 70
+    finally:
+        await budget.close()
+
+
 async def test_keep_alive_unloads_idle_models_and_minus_one_never_does():
     clock = Clock()
     a, b = LoadableModel("a", 30), LoadableModel("b", 30)

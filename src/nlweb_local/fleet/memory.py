@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 Pool = Literal["ram", "gpu"]
 State = Literal["unloaded", "loading", "loaded", "unloading"]
+POLL_S = 0.5  # a waiting call looks again at least this often (a release by a cancelled call notifies nobody)
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 
 
@@ -164,7 +165,7 @@ class MemoryBudget:
                 f"model of deployment {deployment!r} needs {m.size_mb:.0f} MiB, more than the whole memory budget "
                 f"(llm.memory.{'budget_mb' if m.pool == 'ram' else 'gpu_budget_mb'} = {budget:.0f} MiB); raise the "
                 "budget, or serve a smaller model or context (n_ctx)", retry_after=3600.0, deployment=deployment)
-        end = self._clock() + (deadline_s or self.settings.wait_s)
+        end = time.monotonic() + (deadline_s or self.settings.wait_s)  # (real time: `clock` is for idleness)
         async with self._cond:
             while True:
                 if m.state == "loaded":
@@ -179,9 +180,20 @@ class MemoryBudget:
             for v in victims:
                 v.state = "unloading"
             m.state = "loading"
-        await self._evict(victims, "budget")
-        await self._load(m)  # (it holds the model for this call already)
+        # evicting and loading run to the end in a task of their own even if this call is cancelled, so the
+        # states always say what is in memory; the call that started them holds the model (in_use) once loaded
+        task = asyncio.ensure_future(self._make_room_and_load(victims, m))
+        try:
+            await asyncio.shield(task)
+        except asyncio.CancelledError:
+            task.add_done_callback(lambda t: None if t.cancelled() or t.exception() else self._drop(m))
+            raise
         return m
+
+    def _drop(self, m: ResidentModel) -> None:
+        """Give back a hold whose caller went away (on the event loop; waiters re-check within a poll)."""
+        m.in_use -= 1
+        m.last_used = self._clock()
 
     def _victims(self, m: ResidentModel, budget: float | None) -> list[ResidentModel] | None:
         """The idle models to unload (least recently used first) so that `m` fits; None: it cannot fit now."""
@@ -199,18 +211,29 @@ class MemoryBudget:
         return chosen if free >= m.size_mb else None
 
     async def _wait(self, end: float, m: ResidentModel, budget: float | None) -> None:
-        left = end - self._clock()
+        """Wait for a change (a release, a load, an unload), at most `POLL_S` before looking again."""
+        left = end - time.monotonic()
         if left > 0:
             try:
-                await asyncio.wait_for(self._cond.wait(), left)
-                return
+                await asyncio.wait_for(self._cond.wait(), min(left, POLL_S))
             except TimeoutError:
                 pass
+            return
         busy = ", ".join(f"{o.deployment} ({o.size_mb:.0f} MiB, {o.in_use} calls)" for o in self._models.values()
                          if o.pool == m.pool and o.state != "unloaded" and o is not m)
         raise QueueFullError(f"model of deployment {m.deployment!r} ({m.size_mb:.0f} MiB) is waiting for memory: the "
                              f"budget of {budget or 0:.0f} MiB is held by models in use ({busy or 'loading'})",
                              retry_after=max(1.0, self.settings.wait_s / 2), deployment=m.deployment)
+
+    async def _make_room_and_load(self, victims: list[ResidentModel], m: ResidentModel) -> None:
+        if not await self._evict(victims, "budget"):
+            async with self._cond:
+                m.state = "unloaded"
+                self._cond.notify_all()
+            raise QueueFullError(f"model of deployment {m.deployment!r} cannot be loaded: unloading "
+                                 f"{', '.join(v.deployment for v in victims)} to make room failed (see the log)",
+                                 retry_after=5.0, deployment=m.deployment)
+        await self._load(m)
 
     async def _load(self, m: ResidentModel) -> None:
         before = self._rss()
@@ -233,7 +256,9 @@ class MemoryBudget:
             log.warning("memory: loading %s grew RSS by %.0f MiB, more than its %.0f MiB estimate; set its memory_mb",
                         m.deployment, grown, m.size_mb)
 
-    async def _evict(self, victims: list[ResidentModel], reason: str) -> None:
+    async def _evict(self, victims: list[ResidentModel], reason: str) -> bool:
+        """Unload `victims` (marked "unloading"); False when one of them could not be (it stays counted)."""
+        ok = True
         for v in victims:
             try:
                 await v.lifecycle.unload()
@@ -242,17 +267,18 @@ class MemoryBudget:
                 async with self._cond:
                     v.state = "loaded"
                     self._cond.notify_all()
+                ok = False
                 continue
             async with self._cond:
                 v.state = "unloaded"
                 v.evictions[reason] = v.evictions.get(reason, 0) + 1
                 self._cond.notify_all()
             log.info("memory: unloaded %s (%s)", v.deployment, reason)
+        return ok
 
     async def release(self, m: ResidentModel) -> None:
+        self._drop(m)  # at once, even if this task is cancelled while it waits for the lock below
         async with self._cond:
-            m.in_use -= 1
-            m.last_used = self._clock()
             self._cond.notify_all()
         if m.keep_alive_s == 0:
             await self.sweep()
@@ -266,7 +292,7 @@ class MemoryBudget:
                        and m.keep_alive_s is not None and now - m.last_used >= m.keep_alive_s]
             for m in expired:
                 m.state = "unloading"
-        await self._evict(expired, "keep_alive")
+        await asyncio.shield(self._evict(expired, "keep_alive"))  # (states stay true if the sweep is cancelled)
 
     def _start_reaper(self) -> None:
         if self._reaper is None or self._reaper.done():
