@@ -48,7 +48,7 @@ def test_the_sugar_builds_the_engine_the_keys_name(made, tmp_path, yaml_text):
     s = settings.llm
     assert direct == {"model_path": s.model_path, "n_ctx": s.n_ctx, "n_threads": s.n_threads, "max_queue": s.max_queue,
                       "call_timeout_s": s.call_timeout_s, "seed": s.seed, "name": s.embedded_name,
-                      "priority_ageing_s": s.priority_ageing_s}
+                      "priority_ageing_s": s.priority_ageing_s, "lazy_load": False, "chat_template": None}
 
 
 def test_a_llama_cpp_deployment_refuses_options_it_does_not_know(made):
