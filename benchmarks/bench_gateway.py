@@ -21,6 +21,12 @@ concurrency 1, 16 and 64 after a short warm-up, interleaved (c=1 for all, then c
 - litellm     LiteLLM's proxy, one worker, installed by this script in its own virtual environment
               under the cache folder (null figures, with the reason, when that is not possible).
 
+--governance: instead, the gateway with governance off (no auth, no limits, no audit log: `build_components`
+with governance=None, audit=None) against the gateway with governance on (auth.enabled, a user key in a team
+on every request with requests/minute, tokens/day and $/day limits on the key and the team, high enough never
+to refuse, and the audit log), both started in this run and measured turn about at c=16 for --rounds rounds;
+prints both throughputs (median of rounds) and the ratio (target >= 0.85).
+
 The gateway's settings are the user's (--config, $NLWEB_LOCAL_CONFIG or ./nlweb-local.yaml, and
 NLWEB_LOCAL_* variables) with the LLM side replaced by the mock. Needs `wrk` (apt-get install -y wrk).
 The last line printed is one JSON object with the figures and the ratios to quote.
@@ -55,6 +61,8 @@ KIT_FILES = ("mock_upstream.py", "floor_proxy.py", "post.lua")
 CONCURRENCY = (1, 16, 64)
 MODEL = "gpt-4.1-mini"  # what post.lua asks for: the gateway's deployment and LiteLLM's model_name
 SETTINGS_ENV = "NLWEB_BENCH_GATEWAY_SETTINGS"
+GOVERNANCE_ENV = "NLWEB_BENCH_GATEWAY_GOVERNANCE"  # "off": compose without governance and audit
+GOVERNANCE_TARGET = 0.85
 UVICORN_FAST = ["--loop", "uvloop", "--http", "httptools", "--no-access-log", "--log-level", "warning"]
 TARGETS = {"c1_added_ratio_vs_floor": 1.5, "c16_rps_ratio_vs_floor": 0.70, "rps_ratio_vs_litellm": 10.0,
            "soak_rss_growth_pct": 5.0}
@@ -74,6 +82,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-litellm", action="store_true", help="skip LiteLLM (its figures are null)")
     p.add_argument("--litellm-venv", help="LiteLLM's virtual environment (default: <cache>/nlweb-bench/litellm-venv)")
     p.add_argument("--litellm-spec", default="litellm[proxy]", help="what pip installs there (default litellm[proxy])")
+    p.add_argument("--governance", action="store_true",
+                   help="measure governance on (a key on every request: auth + limits + audit) against governance off, "
+                        "at c=16, in this run; prints both and the ratio")
+    p.add_argument("--rounds", type=int, default=3, help="--governance: rounds of (off, on) runs (default 3)")
     p.add_argument("--config", metavar="FILE",
                    help="settings file (default: $NLWEB_LOCAL_CONFIG or ./nlweb-local.yaml); the baseline reads it too")
     return p
@@ -314,7 +326,8 @@ def gateway_app():
     from nlweb_local.server.components import build_components
 
     settings = Settings.model_validate_json(Path(os.environ[SETTINGS_ENV]).read_text())
-    components = build_components(settings, embedder=_InertEmbedder(), store=_EmptyStore())
+    off = {"governance": None, "audit": None} if os.environ.get(GOVERNANCE_ENV) == "off" else {}
+    components = build_components(settings, embedder=_InertEmbedder(), store=_EmptyStore(), **off)
     return create_app(settings, components, close_components=True)
 
 
@@ -494,6 +507,10 @@ def run(args: argparse.Namespace, settings) -> int:
     check_kit(kit)
     previous = signal.signal(signal.SIGTERM, _terminate)  # so that `kill` stops the processes started here too
     try:
+        if args.governance:
+            figures = measure_governance(args, settings, kit)
+            print(json.dumps(figures))
+            return 0
         results, notes, duration = measure_all(args, settings, kit)
     except RuntimeError as e:
         print(f"bench_gateway.py: {e}", file=sys.stderr)
@@ -566,15 +583,90 @@ def measure_all(args: argparse.Namespace, settings, kit: Path) -> tuple[dict, di
     return results, notes, duration
 
 
+def governed_settings(settings, data_dir: Path):
+    """Governance on: auth required, the audit log kept, a team with limits; returns (settings, key)."""
+    from nlweb_local.config.settings import LimitSettings
+    from nlweb_local.governance import open_keyring
+    from nlweb_local.governance.identity import Limits, Role
+
+    s = settings.model_copy(deep=True)
+    s.auth.enabled = True
+    s.audit.enabled = True
+    big = dict(requests_per_minute=10**9, tokens_per_day=10**12, usd_per_day=10.0**6)
+    s.auth.teams = {"bench": LimitSettings(**big)}
+    keyring = open_keyring(s)
+    try:
+        _, key = keyring.create("bench", Role.USER, team="bench", limits=Limits(**big))
+    finally:
+        keyring.close()
+    return s, key
+
+
+def measure_governance(args: argparse.Namespace, settings, kit: Path) -> dict[str, Any]:
+    """Governance off vs on, the same gateway, turn about at c=16; prints and returns the figures."""
+    import statistics
+
+    duration = 2.0 if args.quick else args.duration
+    proxy_cpu, load_cpu, pin_note = pinning()
+    py = sys.executable
+    with tempfile.TemporaryDirectory(prefix="nlweb-bench-gov-") as tmp, ExitStack() as stack:
+        logs = Path(tmp)
+        bench = Bench(kit.resolve(), duration, logs, proxy_cpu, load_cpu)
+        print(f"gateway governance benchmark: {duration:g} s per run at c=16, {args.rounds} rounds; {pin_note}", flush=True)
+        mock_port = free_port()
+        start(stack, "mock", [*load_cpu, py, str(bench.kit / "mock_upstream.py"), str(mock_port)], mock_port, logs)
+        body = lua_body(bench.kit)
+        notes: dict[str, Any] = {}
+        app = ["--factory", "--app-dir", str(Path(__file__).resolve().parent), "bench_gateway:gateway_app"]
+        targets = []
+        for name in ("off", "on"):
+            (logs / name).mkdir()
+            s = gateway_settings(settings, mock_port, logs / name)
+            headers = None
+            if name == "on":
+                s, key = governed_settings(s, logs / name)
+                headers = {"Authorization": f"Bearer {key}"}
+            cfg = logs / f"{name}-settings.json"
+            cfg.write_text(s.model_dump_json())
+            env = {SETTINGS_ENV: str(cfg), GOVERNANCE_ENV: name}
+            proc, url = start_gateway(stack, bench, f"governance-{name}", app, env, body, notes, headers=headers)
+            if name == "on":  # no key: refused (auth is really on)
+                status, _, _ = post_once(url, body)
+                if status != 401:
+                    raise RuntimeError(f"governance on answered {status} without a key (expected 401)")
+            targets.append(Target(name, url, proc.pid, headers))
+        for t in targets:
+            bench.wrk(t.url, 16, 1, t.headers)  # warm-up
+        runs: dict[str, list[WrkResult]] = {"off": [], "on": []}
+        for _ in range(max(1, args.rounds)):
+            for t in targets:
+                runs[t.name].append(bench.wrk(t.url, 16, duration, t.headers, t.pid))
+    rps = {k: statistics.median(r.rps for r in v) for k, v in runs.items()}
+    cpu = {k: statistics.median(r.cpu_us_per_request for r in v if r.cpu_us_per_request is not None)
+           if any(r.cpu_us_per_request is not None for r in v) else None for k, v in runs.items()}
+    errors = {k: sum(r.errors for r in v) for k, v in runs.items()}
+    ratio = _ratio(rps["on"], rps["off"])
+    print(f"  c=16 governance off: {rps['off']:8.0f} req/s  p50 {statistics.median(r.p50 for r in runs['off']):.2f} ms"
+          f"  cpu {cpu['off'] or float('nan'):.0f} us/req  errors {errors['off']}")
+    print(f"  c=16 governance on:  {rps['on']:8.0f} req/s  p50 {statistics.median(r.p50 for r in runs['on']):.2f} ms"
+          f"  cpu {cpu['on'] or float('nan'):.0f} us/req  errors {errors['on']}  (auth + limits + audit, a key on every request)")
+    met = None if ratio is None else ratio >= GOVERNANCE_TARGET
+    print(f"  on / off: {ratio}x (target >= {GOVERNANCE_TARGET}: {'met' if met else 'NOT met'})")
+    return {"mode": "governance", "c16_rps_governance_off": round(rps["off"], 1), "c16_rps_governance_on": round(rps["on"], 1),
+            "c16_rps_ratio_governance": ratio, "cpu_us_per_request": cpu, "errors": errors,
+            "rounds": {k: [round(r.rps, 1) for r in v] for k, v in runs.items()}, "target_met": met,
+            "duration_s": duration, "pinning": pin_note}
+
+
 def start_gateway(stack: ExitStack, bench: Bench, name: str, app: list[str], env: dict[str, str], body: bytes,
-                  notes: dict[str, Any]) -> tuple[subprocess.Popen, str]:
+                  notes: dict[str, Any], headers: dict[str, str] | None = None) -> tuple[subprocess.Popen, str]:
     """A gateway process (`uvicorn` + `app`, the factory's arguments) on the proxy core; checks that it
     answers the benchmark's request and notes its route header and RSS (`<name>_route`, `<name>_rss_mb_before`)."""
     port = free_port()
     proc = start(stack, name, [*bench.proxy_cpu, sys.executable, "-m", "uvicorn", *app, "--host", "127.0.0.1",
                                "--port", str(port), *UVICORN_FAST], port, bench.workdir, env=env)
     url = f"http://127.0.0.1:{port}/v1/chat/completions"
-    status, headers, answer = post_once(url, body)
+    status, headers, answer = post_once(url, body, headers)
     if status != 200:
         raise RuntimeError(f"the {name} answered {status}: {answer[:300]!r}; log: {tail(bench.workdir / f'{name}.log')}")
     notes[f"{name}_route"] = {k.lower(): v for k, v in headers.items()}.get("x-nlweb-route")

@@ -284,3 +284,25 @@ def test_one_very_short_run(tmp_path, capsys, monkeypatch):
         assert f["baseline_rev"] == "HEAD" and f["baseline_c16_rps"] is not None and f["rps_ratio_vs_baseline"] is not None
         assert f["baseline_errors"] == 0 and f["baseline_route"].startswith(bg.MODEL)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_governed_settings_turn_auth_and_audit_on_and_make_a_key(tmp_path):
+    s, key = bg.governed_settings(bg.gateway_settings(Settings(), 40000, tmp_path), tmp_path)
+    assert s.auth.enabled and s.audit.enabled and key.startswith("nlk_")
+    assert s.auth.teams["bench"].tokens_per_day and Settings.model_validate_json(s.model_dump_json()) == s
+
+
+@pytest.mark.slow
+def test_one_very_short_governance_run(tmp_path, capsys, monkeypatch):
+    """--governance: governance off and on in one run (on: a key on every request, 401 without), both at c=16."""
+    if shutil.which("wrk") is None or not (KIT / "post.lua").exists():
+        pytest.skip("needs wrk and the gateway kit")
+    monkeypatch.chdir(tmp_path)
+    args = bg.build_parser().parse_args(["--kit", str(KIT), "--governance", "--duration", "1", "--rounds", "1"])
+    assert bg.run(args, Settings()) == 0
+    out = capsys.readouterr().out
+    f = json.loads(out.strip().splitlines()[-1])
+    assert f["c16_rps_governance_off"] > 0 and f["c16_rps_governance_on"] > 0
+    assert f["c16_rps_ratio_governance"] is not None and f["errors"] == {"off": 0, "on": 0}
+    assert "governance on" in out and "on / off" in out
+    assert list(tmp_path.iterdir()) == []

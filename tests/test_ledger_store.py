@@ -86,7 +86,7 @@ def test_migrations_run_in_order_each_once(tmp_path):
     ran = []
     steps = (*MIGRATIONS,
              Migration("record a step", lambda conn: ran.append(2)),
-             Migration("add a column", ("ALTER TABLE llm_calls ADD COLUMN team TEXT NOT NULL DEFAULT ''",)))
+             Migration("add a column", ("ALTER TABLE llm_calls ADD COLUMN project TEXT NOT NULL DEFAULT ''",)))
     store = SqliteLedgerStore(path, migrations=steps)
     assert store.schema_version == len(steps) and ran == [2]
     store.write([row(1)])  # rows by name: the extra column takes its default
@@ -103,13 +103,13 @@ def test_a_failing_migration_changes_nothing(tmp_path):
     def boom(conn):
         raise sqlite3.OperationalError("disk on fire")
 
-    steps = (*MIGRATIONS, Migration("add a column", ("ALTER TABLE llm_calls ADD COLUMN team TEXT",)),
+    steps = (*MIGRATIONS, Migration("add a column", ("ALTER TABLE llm_calls ADD COLUMN project TEXT",)),
              Migration("fails", boom))
     with pytest.raises(LedgerStoreError, match=f"schema version {len(steps)}.*disk on fire"):
         SqliteLedgerStore(path, migrations=steps)
     assert user_version(path) == 0  # every step of that open rolled back, the version too
     with sql(path) as conn:
-        assert "team" not in [c[1] for c in conn.execute("PRAGMA table_info(llm_calls)")]
+        assert "project" not in [c[1] for c in conn.execute("PRAGMA table_info(llm_calls)")]
     assert read_calls(path) == [row(0)]
 
 
@@ -130,7 +130,7 @@ def test_rows_are_written_by_column_name_not_by_position(tmp_path):
         ("ts", "REAL"), ("request_id", "TEXT"), ("deployment", "TEXT"), ("local", "INTEGER"), ("task", "TEXT"),
         ("tokens_in", "INTEGER"), ("tokens_out", "INTEGER"), ("latency_s", "REAL"), ("ttft_s", "REAL"),
         ("cost_usd", "REAL"), ("reference_usd", "REAL"), ("savings_usd", "REAL"), ("error", "TEXT"),
-        ("cache", "TEXT"), ("saved_usd", "REAL"), ("model_version", "TEXT")]))
+        ("cache", "TEXT"), ("saved_usd", "REAL"), ("model_version", "TEXT"), ("caller", "TEXT"), ("team", "TEXT")]))
     with sql(path) as conn:
         conn.execute(f"CREATE TABLE llm_calls (note TEXT DEFAULT 'n/a', {shuffled}, id INTEGER PRIMARY KEY)")
         conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")

@@ -149,6 +149,26 @@ async def test_health_probe_feeds_eligibility():
     assert (await router.complete(req())).deployment == "local"
 
 
+async def test_a_failed_probe_while_calls_are_in_flight_means_busy_not_down():
+    """A single-worker engine answers its health endpoint late while it generates: with calls in flight
+    (which fail, and open the breaker, if it is really dead) it stays in routing; idle, it goes down."""
+    import asyncio
+
+    router, local, cloud, _ = fleet()
+    local.token_delay_s = 0.05
+    busy = asyncio.create_task(router.complete(req()))
+    await asyncio.sleep(0.02)  # the call is in flight on local
+    local.healthy = False  # its health probe now fails (a busy single-worker engine)
+    await router.probe()
+    assert router.view("local").healthy and "busy: 1 calls in flight" in router.load("local").detail
+    local.token_delay_s = 0.0
+    assert (await router.complete(req())).deployment == "local"
+    assert (await busy).deployment == "local"
+    await router.probe()  # idle now, and its probe still fails: down
+    assert not router.view("local").healthy
+    assert (await router.complete(req())).deployment == "cloud"
+
+
 async def test_a_non_streamed_call_fails_over_even_after_tokens():
     """Nobody has seen a non-streamed answer yet, so a half-way failure can still fail over."""
     router, local, cloud, _ = fleet()

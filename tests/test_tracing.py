@@ -219,12 +219,13 @@ async def test_tracing_off_creates_no_span_and_no_wrapper(tmp_path, fake):
         r = await client.post("/v1/chat/completions", json=chat("hi"))
         assert r.status_code == 200 and r.headers["x-request-id"]
     assert tel.tracing is None
-    # no TracedRouter, no TracedProvider: the plain path (the audit trail, governance, the response cache, the router)
+    # no TracedRouter, no TracedProvider: the plain path (the audit trail, governance, the A/B split, the response
+    # cache, the router)
     chain, p = [], comp.gateway
     while p is not None:
         chain.append(type(p).__name__)
         p = getattr(p, "inner", None)
-    assert chain == ["AuditedProvider", "GovernedProvider", "ResponseCache", "Router"], chain
+    assert chain == ["AuditedProvider", "GovernedProvider", "ExperimentSplit", "ResponseCache", "Router"], chain
     assert all(type(comp.router.provider(n)).__name__ == "MeteredProvider" for n in comp.router.names())
     assert exporter.get_finished_spans() == ()
     await comp.close()

@@ -27,6 +27,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "like 24h, 7d, 30m")
     p.add_argument("--until", metavar="WHEN", help="end (exclusive), same forms as --since; default now")
     p.add_argument("--format", choices=["table", "json", "csv"], default="table")
+    p.add_argument("--by", choices=["key", "team"], help="instead: calls, tokens and cost per API key (key id or SSO "
+                   "subject) or per team")
     p.add_argument("--chart", metavar="FILE.png", help="also draw daily spend (local, cloud), the cloud-equivalent "
                    "cost, savings and the 3-year TCO projection into a PNG (needs: pip install 'nlweb-local[charts]')")
     p.set_defaults(func=run)
@@ -71,7 +73,10 @@ def run(args: argparse.Namespace, settings: Settings, *, now: float | None = Non
     if not path.exists():
         raise BadRequestError(f"no cost ledger at {path} yet: serve some LLM traffic first (nlweb-local serve), "
                               "or point telemetry.ledger_path at one")
-    rep = build_report(read_calls(path, since, until), assumptions(settings), since=since, until=until)
+    calls = read_calls(path, since, until)
+    if getattr(args, "by", None):
+        return _report_by(calls, args.by, args.format)
+    rep = build_report(calls, assumptions(settings), since=since, until=until)
     chart = getattr(args, "chart", None)
     if chart:
         from ..telemetry.chart import chart_data, render_chart
@@ -88,4 +93,18 @@ def run(args: argparse.Namespace, settings: Settings, *, now: float | None = Non
                            for x in (since, until)) if since or until else "all recorded calls"
         print(f"Cost report: {span} (ledger {path})\n")
         sys.stdout.write(render_table(rep))
+    return 0
+
+
+def _report_by(calls, by: str, fmt: str) -> int:
+    from ..telemetry.spend_by import render_csv as by_csv
+    from ..telemetry.spend_by import render_table as by_table
+    from ..telemetry.spend_by import spend_by
+
+    groups = spend_by(calls, by)
+    if fmt == "json":
+        json.dump(groups, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    else:
+        sys.stdout.write(by_csv(groups, by) if fmt == "csv" else by_table(groups, by))
     return 0

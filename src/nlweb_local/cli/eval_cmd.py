@@ -54,6 +54,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--strategy", choices=["local", "replay", "similarity"], default="local",
                    help="local: the embedded model (default); replay: the recorded cloud answers in --data "
                         "(stands in for the cloud model, priced as gpt-4.1); similarity: embeddings only")
+    p.add_argument("--deployment", metavar="D", help="rank --strategy local: rank with this deployment of "
+                   "llm.deployments instead of the embedded engine (e.g. the one serving an A/B variant, NAME@VERSION)")
     p.add_argument("--llm-rank-limit", type=int, help="candidates the LLM scores (default: search.llm_rank_limit)")
     p.add_argument("--llm-weight", type=float, help="share of the LLM score (default: search.llm_weight; replay: 1.0)")
     p.add_argument("--limit", type=int, help="only the first N queries (cache: pairs)")
@@ -161,6 +163,10 @@ async def _run(args: argparse.Namespace, settings: Settings) -> int:
         provider = ReplayProvider(r for rows in groups.values() for r in rows)
         s.llm_weight = 1.0 if args.llm_weight is None else args.llm_weight
         s.calibrate_llm = False  # the recorded scores are on NLWeb's 0-100 scale already
+    elif args.strategy == "local" and getattr(args, "deployment", None):
+        provider = build_provider(_deployment(settings, args.deployment))
+        if args.llm_weight is not None:
+            s.llm_weight = args.llm_weight
     elif args.strategy == "local":
         embedded = settings.llm.embedded_deployment()
         if embedded is None:
@@ -192,6 +198,25 @@ async def _run(args: argparse.Namespace, settings: Settings) -> int:
     if provider is not None:
         await provider.close()
     return 0
+
+
+def _deployment(settings: Settings, name: str):
+    """The deployment `name` of llm.deployments — or the one serving the registry version `name`
+    (NAME@VERSION) — with its model file from the registry when it `serves` a version."""
+    deployments = settings.llm.all_deployments()
+    d = next((d for d in deployments if d.name == name), None) or next((d for d in deployments if d.serves == name), None)
+    if d is None:
+        raise SourceError(f"--deployment {name!r} is neither a deployment nor a version a deployment serves "
+                          f"({', '.join(x.name for x in deployments) or 'none configured'})")
+    if not d.serves:
+        return d
+    from ..registry import build_registry
+
+    registry = build_registry(settings)
+    try:
+        return registry.deployment(d)
+    finally:
+        registry.close()
 
 
 async def _curve(args: argparse.Namespace, settings: Settings) -> int:

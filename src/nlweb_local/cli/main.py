@@ -19,7 +19,7 @@ EPILOG = """examples:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import ask, audit, bench, config_cmd, cost, eval_cmd, ingest, keys, models, router_cmd, serve, sites
+    from . import ab, ask, audit, bench, config_cmd, cost, eval_cmd, ingest, keys, models, router_cmd, serve, sites
 
     p = argparse.ArgumentParser(prog="nlweb-local", description="Self-hosted NLWeb search with a local LLM.",
                                 epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -29,7 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="debug logging and model-loading progress (otherwise only `serve` logs, at server.log_level, "
                    "and other commands print warnings and errors only, on stderr)")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for module in (serve, ingest, ask, sites, models, router_cmd, config_cmd, eval_cmd, bench, cost, keys, audit):
+    for module in (serve, ingest, ask, sites, models, ab, router_cmd, config_cmd, eval_cmd, bench, cost, keys, audit):
         module.register(sub)
     return p
 

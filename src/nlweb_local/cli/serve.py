@@ -107,6 +107,9 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         settings.server.port = args.port
     host = settings.server.host
     refuse_open_exposure(settings, insecure=args.insecure)
+    from ..server.tls import check_tls, uvicorn_tls
+
+    tls = check_tls(settings.server) is not None  # unusable certificate or key: fail now, with the path and why
     try:
         sock = bind(host, settings.server.port)
     except OSError as e:
@@ -118,7 +121,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         return 1
     port = sock.getsockname()[1]  # (--port 0: the one the system gave)
     shown = host if host not in ("0.0.0.0", "::") else "127.0.0.1"
-    url = f"http://{f'[{shown}]' if ':' in shown else shown}:{port}"
+    url = f"{'https' if tls else 'http'}://{f'[{shown}]' if ':' in shown else shown}:{port}"
     settings.data_path.mkdir(parents=True, exist_ok=True)
     try:
         check_store_free(settings)  # another process's store: fail now, not after loading the models
@@ -139,7 +142,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
                         "are answered (DNS rebinding protection): list the names and addresses clients use in "
                         "server.allowed_hosts")
         print(f"nlweb-local is ready: open {url}/ in a browser (Ctrl-C stops)", file=sys.stderr, flush=True)
-        server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning"))
+        server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning",
+                                                **uvicorn_tls(settings.server)))
         server.run(sockets=[sock])
     finally:
         remove_record(record)

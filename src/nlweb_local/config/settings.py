@@ -57,6 +57,16 @@ class ServerSettings(_Section):
     allowed_hosts: list[str] = Field(default_factory=list, description="Host header values served (a name, name:port, or *.domain); others get 400 (DNS rebinding). Always allowed: localhost, 127.0.0.1, ::1 and server.host; [\"*\"] = any")
     cors_origins: list[str] = Field(default_factory=list, description="browser origins (e.g. https://intranet.example) allowed to call the API cross-site (CORS); a cross-site POST/PUT/PATCH/DELETE from any other origin gets 403 (CSRF)")
     log_queries: bool = Field(False, description="log each /ask query text at INFO (off: only its length, sites and mode)")
+    tls_cert: str | None = Field(None, description="PEM certificate (chain) file: serve HTTPS; needs tls_key too")
+    tls_key: str | None = Field(None, description="PEM private key file of tls_cert (unencrypted)")
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> "ServerSettings":
+        if bool(self.tls_cert) != bool(self.tls_key):
+            given, missing = ("tls_cert", "tls_key") if self.tls_cert else ("tls_key", "tls_cert")
+            raise ValueError(f"server.{given} is set but server.{missing} is not: HTTPS needs both the certificate "
+                             "and its private key (PEM files)")
+        return self
 
 
 class FleetSettings(_Section):

@@ -33,6 +33,21 @@ NANO = 1_000_000_000  # dollars are counted in nano-dollars (integers: atomic in
 MINUTE, DAY = 60, 86_400
 
 
+@dataclass(frozen=True, slots=True)
+class BudgetUse:
+    """How much of one day's budget (tokens or dollars) a key or team has used or reserved so far today."""
+
+    scope: str  # "key" or "team"
+    who: str  # the key id or the team name
+    what: str  # "tokens_per_day" or "usd_per_day"
+    used: float  # tokens, or dollars
+    limit: float
+
+    @property
+    def share(self) -> float:
+        return self.used / self.limit if self.limit > 0 else 1.0
+
+
 @dataclass(slots=True)
 class Held:
     """A reservation: the counters charged (with what was reserved on each) and what each counts."""
@@ -64,9 +79,16 @@ class Plan:
     tokens: tuple[bool, ...] = ()  # per budget bound: counts tokens (else nano-dollars)
     day: int = -1  # the day `day_keys` are for
     day_keys: tuple[str, ...] = ()
+    minute: int = -1  # the minute `minute_keys` are for
+    minute_keys: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         self.tokens = tuple(b.what == "tok" for b in self.budget)
+
+    def rpm_keys_for(self, minute: int) -> tuple[str, ...]:
+        if minute != self.minute:
+            self.minute_keys, self.minute = tuple(f"{b.prefix}{minute}" for b in self.rpm), minute
+        return self.minute_keys
 
     def keys_for(self, day: int) -> tuple[str, ...]:
         if day != self.day:
@@ -107,12 +129,14 @@ class LimitPolicy:
         return bool(self.plan(ident).budget)
 
     async def admit_request(self, ident: Identity) -> None:
-        bounds = self.plan(ident).rpm
+        plan = self.plan(ident)
+        bounds = plan.rpm
         if not bounds:
             return
         now = self._now()
         window, reset = int(now // MINUTE), MINUTE - now % MINUTE
-        refused = await self.counters.reserve([Charge(f"{b.prefix}{window}", 1, b.scaled, reset + 5) for b in bounds])
+        refused = await self.counters.reserve([Charge(key, 1, b.scaled, reset + 5)
+                                               for key, b in zip(plan.rpm_keys_for(window), bounds)])
         if refused is not None:
             b = bounds[refused.index]
             raise _over(ident, b, now, reset)
@@ -153,6 +177,20 @@ class LimitPolicy:
         nano = math.ceil(usd * NANO)
         await self.counters.adjust([(c.key, (tokens if counts_tokens else nano) - c.amount, c.ttl_s)
                                     for c, counts_tokens in zip(held.charges, held.plan.tokens)])
+
+    async def usage(self) -> list[BudgetUse]:
+        """Today's use of every day budget of the keys seen since start and of their teams (for the budget
+        alert, off the request path: one counter read each)."""
+        bounds: dict[str, Bound] = {}
+        for _, plan in list(self._plans.values()):
+            for b in plan.budget:
+                bounds.setdefault(b.prefix, b)
+        day = int(self._now() // DAY)
+        out = []
+        for b in bounds.values():
+            used = await self.counters.value(f"{b.prefix}{day}")
+            out.append(BudgetUse(b.scope, b.who, _NAMES[b.what], used / NANO if b.what == "usd" else used, b.limit))
+        return out
 
 
 _NAMES = {"rpm": "requests_per_minute", "tok": "tokens_per_day", "usd": "usd_per_day"}

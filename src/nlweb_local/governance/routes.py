@@ -55,8 +55,10 @@ ROUTES: tuple[RouteRule, ...] = (
     RouteRule("/mcp", USER, budget_first=True),
     RouteRule("/who", USER),
     RouteRule("/sites", USER),
+    RouteRule("/openapi.json", USER),  # the API's description (server/openapi.py)
     RouteRule("/chat/sse", USER, budget_first=True),
     RouteRule("/chat/ws", USER, budget_first=True),
+    RouteRule("/feedback", USER),  # a rating of an answer (A/B evidence)
     # operators: read the service's state, command breakers
     RouteRule("/metrics", OPERATOR),
     RouteRule("/dashboard", OPERATOR),
@@ -66,9 +68,12 @@ ROUTES: tuple[RouteRule, ...] = (
     RouteRule("/admin/fleet", OPERATOR),
     RouteRule("/admin/memory", OPERATOR),
     RouteRule("/admin/registry", OPERATOR),
+    RouteRule("/admin/experiments", OPERATOR),
+    RouteRule("/admin/experiments/report", OPERATOR),
     # admins: keys, model releases
     RouteRule("/admin/registry/aliases/{alias}", ADMIN),
     RouteRule("/admin/registry/aliases/{alias}/rollback", ADMIN),
+    RouteRule("/admin/experiments/{alias}/{action}", ADMIN),  # start, stop
     RouteRule("/admin/keys", ADMIN),
     RouteRule("/admin/keys/{key_id}", ADMIN),
     RouteRule("/admin/keys/{key_id}/{action}", ADMIN),

@@ -3,9 +3,9 @@ request names sites: /ask, MCP's ask, and the listings /sites and /who. No ident
 sites: everything."""
 from __future__ import annotations
 
-from typing import Iterable, TypeVar
+from typing import Callable, Iterable, TypeVar
 
-from ..core.errors import ForbiddenError
+from ..core.errors import ForbiddenError, NlwebError
 from .identity import current
 
 T = TypeVar("T")
@@ -32,3 +32,25 @@ def visible(items: Iterable[T], site_of=lambda x: x) -> list[T]:
     if ident is None or not ident.sites:
         return list(items)
     return [x for x in items if site_of(x) in ident.sites]
+
+
+def visible_models(ids: Iterable[str], resolve: Callable[[str], tuple[str, ...]]) -> set[str] | None:
+    """Which of the model names (aliases, deployments, `auto`) the current caller's key may use, as the
+    governed wrapper decides a call: a name in the key's models, or one that resolves to a deployment one of
+    them resolves to; `auto` when any is served. None: no identity or no model scope (everything)."""
+    ident = current()
+    if ident is None or not ident.models:
+        return None
+
+    def deployments(name: str) -> tuple[str, ...]:
+        try:
+            return resolve(name) or (name,)
+        except NlwebError:  # (a registry alias no deployment serves)
+            return ()
+
+    allowed = {d for m in ident.models for d in deployments(m)}
+    out = set()
+    for name in ids:
+        if name in ident.models or any(d in allowed for d in deployments(name)):
+            out.add(name)
+    return out

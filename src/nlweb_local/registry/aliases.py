@@ -20,9 +20,18 @@ import asyncio
 import logging
 import threading
 import time
-from typing import Callable
+from typing import Any, Callable
 
 from .store import RegistryStore
+
+
+def running_experiments(store: Any) -> dict[str, Any]:
+    """alias -> its running A/B experiment ({} for a store without the experiment table, e.g. a fake)."""
+    if not hasattr(store, "_run"):
+        return {}
+    from .experiment_store import ExperimentStore
+
+    return ExperimentStore(store).running()
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +47,7 @@ class RegistryAliases:
         self._polling: asyncio.Task | None = None
         self.generation = 0
         self.polls = 0
+        self.experiments: dict[str, Any] = {}  # alias -> its running A/B experiment (experiments.Experiment)
         self.reload()
 
     def target(self, alias: str) -> str | None:
@@ -65,10 +75,12 @@ class RegistryAliases:
             if version == self._seen:
                 return False
             targets = {a.alias: a.key for a in self._store.aliases()}
+            experiments = running_experiments(self._store)
             self._seen = version
-            if targets == self._targets:
+            if targets == self._targets and experiments == self.experiments:
                 return False
             self._targets = targets  # (one reference swap: readers see the old dict or the new one)
+            self.experiments = experiments
             self.generation += 1
             return True
 

@@ -24,6 +24,7 @@ from contextlib import contextmanager
 from typing import Any, Iterator, Protocol, Sequence
 
 from ..core.errors import BadRequestError, NlwebError, NotFoundError
+from .experiment_store import TABLES as EXPERIMENT_TABLES
 from .records import Alias, AliasChange, ModelVersion, version_key
 
 
@@ -49,6 +50,7 @@ MIGRATIONS: tuple[tuple[str, tuple[str, ...]], ...] = (
   from_version TEXT, action TEXT NOT NULL, changed_at DOUBLE PRECISION NOT NULL, changed_by TEXT NOT NULL)""",
         "CREATE INDEX alias_history_alias ON alias_history (alias, seq)",
     )),
+    EXPERIMENT_TABLES,  # (registry/experiment_store.py)
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -423,9 +423,15 @@ class Router(BaseProvider):
         async def one(r: Route) -> None:
             st = self._state.of(r.info.name)
             try:
-                st.load = await asyncio.wait_for(r.provider.health(), timeout_s)
+                snap = await asyncio.wait_for(r.provider.health(), timeout_s)
             except (NlwebError, asyncio.TimeoutError, OSError) as e:
-                st.load = LoadSnapshot(healthy=False, detail=f"health probe failed: {e!r}"[:200])
+                snap = LoadSnapshot(healthy=False, detail=f"health probe failed: {e!r}"[:200])
+            if not snap.healthy and st.in_flight > 0 and st.load.healthy:
+                # Busy, not down: a single-worker engine answers its health endpoint late (or not) while it
+                # generates. Its calls in flight tell whether it is alive — a dead engine fails them, and the
+                # breaker opens on that — so a failed probe does not take it out of routing meanwhile.
+                snap = replace(st.load, detail=f"busy: {st.in_flight} calls in flight; probe: {snap.detail}"[:200])
+            st.load = snap
         await asyncio.gather(*(one(r) for r in self._routes.values()))
 
     async def probe_forever(self, interval_s: float = 10.0) -> None:

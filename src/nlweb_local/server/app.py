@@ -22,6 +22,7 @@ from .ask import AskEndpoint
 from .chat import ChatEndpoint
 from .components import Components, build_components
 from .mcp_tools import SearchTools
+from .openapi import openapi_route
 from .who_endpoint import WhoEndpoint
 
 log = logging.getLogger(__name__)
@@ -81,6 +82,7 @@ def create_app(settings: Settings, components: Components | None = None, *, clos
         *(_telemetry_routes(comp) if comp.telemetry is not None else []),
         *(_key_routes(comp, settings) if comp.governance is not None else []),
         Mount("/static", app=StaticFiles(directory=STATIC), name="static"),
+        openapi_route(__version__),  # GET /openapi.json: every route above (server/openapi.py)
     ]
 
     @asynccontextmanager
@@ -178,5 +180,10 @@ def gateway_routes(comp: Components, settings: Settings) -> list:
         from .registry_admin import registry_routes
 
         routes += registry_routes(comp.registry, comp.router)
+        from .experiments_admin import experiment_routes
+        from .feedback import feedback_routes
+
+        routes += experiment_routes(comp.registry, settings, comp.telemetry)  # A/B tests: /admin/experiments
+        routes += feedback_routes(comp.registry, comp.telemetry)  # ratings of answers: POST /feedback
     return routes
 

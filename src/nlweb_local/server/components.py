@@ -9,8 +9,8 @@ only the parts it names replaced.
 The chain every LLM call goes through is built by one fold:
 
     each deployment:  compose(adapter, telemetry.deployment_wrappers(...))   metered, then traced
-    the gateway:      compose(Router(routes, state), [*telemetry.router_wrappers(), response cache, governed,
-                      audit trail]) (governed: governance's identity, model scope and limits; the audit trail
+    the gateway:      compose(Router(routes, state), [*telemetry.router_wrappers(), response cache, A/B split,
+                      governed, audit trail]) (governed: governance's identity, model scope and limits; the audit trail
                       outermost, so it sees what was served and what governance refused)
     /ask:             ProviderStructuredLLM(gateway); with llm.search_deployment, pinned to it and falling
                       back to the embedded engine when it cannot serve (FallbackStructuredLLM),
@@ -388,7 +388,13 @@ def build_components(settings: Settings, *, embedder: Any = _BUILD, store: Any =
 
         governance = build_governance(settings)
         closers.append(governance.close)
+    from ..registry.experiment_split import split_wrapper
+
+    split = split_wrapper(registry, router, telemetry)  # A/B experiments: inside governance, outside the cache
+    if governance is not None and telemetry is not None and telemetry.monitor is not None:
+        telemetry.monitor.budgets = governance.limits.usage  # keys' and teams' budgets at 80 %: the budget alert
     wrappers = [*(telemetry.router_wrappers() if telemetry is not None else []), *([cached] if cached else []),
+                *([split] if split is not None else []),
                 *([governed_wrapper(governance, router, telemetry)] if governance is not None else []),
                 *([_audited] if audit is not None else [])]  # outermost: the audit trail sees what was served
     gateway = compose(router, wrappers)
@@ -427,8 +433,8 @@ def governed_wrapper(governance: Any, router: Router, telemetry: Any = None) -> 
 
     def price(name: str, tokens_in: int, tokens_out: int) -> float:
         meter = meters.get(name)
-        if meter is not None:  # (its price model at its measured throughput; the reference price is not needed)
-            return meter.price.cost_at(tokens_in, tokens_out, meter.meter.tokens_per_s())
+        if meter is not None:  # (its price model, at its measured throughput where that matters)
+            return meter.call_cost(tokens_in, tokens_out)
         info = infos.get(name)
         return (tokens_in * info.price_in_per_m + tokens_out * info.price_out_per_m) / 1e6 if info else 0.0
 

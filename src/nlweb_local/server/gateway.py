@@ -24,6 +24,7 @@ from starlette.routing import Route as HttpRoute
 from ..config.settings import ServerSettings
 from ..core.errors import BadRequestError, ContextLengthError, ModelNotFoundError, NlwebError, ProviderError
 from ..cache.response import ResponseCache
+from ..governance.scopes import visible_models
 from ..core.types import CacheControl, CallContext, ChatRequest, EmbeddingResponse, Privacy, Served
 from ..providers.base import Provider
 from ..retrieval.base import Embedder
@@ -403,7 +404,10 @@ class Gateway:
         for v in self._router.deployments():
             data.append({"id": v.name, "object": "model", "created": created,
                          "owned_by": "local" if v.info.local else "cloud", "root": v.info.model})
-        if self._embedder is not None:
+        usable = visible_models([m["id"] for m in data], self._router.resolve_model)  # a key's --models scope
+        if usable is not None:
+            data = [m for m in data if m["id"] in usable or (m["id"] == "auto" and bool(usable))]  # auto: among them
+        if self._embedder is not None:  # (embeddings are not held to a key's models)
             data.append({"id": self._embedder_name, "object": "model", "created": created, "owned_by": "local"})
         return JSONResponse({"object": "list", "data": data})
 

@@ -12,14 +12,15 @@ from typing import Any
 
 
 class ThreadedServer:
-    def __init__(self, app: Any, *, start_timeout_s: float = 30.0):
+    def __init__(self, app: Any, *, start_timeout_s: float = 30.0, **config: Any):
+        """`config`: more uvicorn.Config arguments (e.g. ssl_certfile and ssl_keyfile: then `url` is https)."""
         import uvicorn
 
         self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self._sock.bind(("127.0.0.1", 0))
         self.port = self._sock.getsockname()[1]
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
+        self.url = f"{'https' if config.get('ssl_certfile') else 'http'}://127.0.0.1:{self.port}"
+        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on", **config))
         self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self._sock]}, daemon=True)
         self.thread.start()
         deadline = time.monotonic() + start_timeout_s

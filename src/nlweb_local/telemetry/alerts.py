@@ -8,7 +8,8 @@ Rules and severities:
     critical  deployment_down   a deployment's breaker is open, or its health probe fails
     critical  error_rate        failed calls / calls over the window ≥ error_rate (with ≥ min_calls)
     warning   p95_latency       p95 latency over the window above p95_latency_s
-    warning   budget            this month's spend ≥ budget_share × monthly_budget_usd
+    warning   budget            this month's spend ≥ budget_share × monthly_budget_usd; and per API key and team
+                                (governance), today's tokens or dollars ≥ budget_share × its day budget
     warning   memory            machine memory in use ≥ memory_percent
     info      cloud_share       the share of calls served by the cloud rose above cloud_share_info
 
@@ -49,6 +50,7 @@ class Signals:
     healthy: dict[str, bool] = field(default_factory=dict)  # deployment -> last health probe
     month_spend_usd: float | None = None
     memory_percent: float | None = None
+    budgets: tuple[Any, ...] = ()  # governance.limits.BudgetUse: each key's and team's day budgets, used so far
 
 
 Rule = Callable[[Signals, AlertSettings], list[Alert]]  # the thresholds are the config section itself
@@ -101,6 +103,18 @@ def budget(s: Signals, t: AlertSettings) -> list[Alert]:
     return []
 
 
+def limit_budgets(s: Signals, t: AlertSettings) -> list[Alert]:
+    """A key's or a team's day budget (auth.teams, a key's --limits) at budget_share or more."""
+    out = []
+    for u in s.budgets:
+        if u.share >= t.budget_share:
+            used = f"${u.used:.4f} of ${u.limit:g}" if u.what == "usd_per_day" else f"{u.used:g} of {u.limit:g} tokens"
+            out.append(Alert("budget", f"budget:{u.scope}:{u.who}:{u.what}", "warning",
+                             f"{u.scope} {u.who!r} has used {u.share:.0%} of its {u.what} budget today ({used})",
+                             round(u.share, 4), t.budget_share))
+    return out
+
+
 def memory(s: Signals, t: AlertSettings) -> list[Alert]:
     if s.memory_percent is not None and s.memory_percent >= t.memory_percent:
         return [Alert("memory", "memory", "warning", f"machine memory {s.memory_percent:.0f}% in use",
@@ -118,7 +132,8 @@ def cloud_share(s: Signals, t: AlertSettings) -> list[Alert]:
     return []
 
 
-RULES: tuple[Rule, ...] = (service_down, deployment_down, error_rate, p95_latency, budget, memory, cloud_share)
+RULES: tuple[Rule, ...] = (service_down, deployment_down, error_rate, p95_latency, budget, limit_budgets, memory,
+                          cloud_share)
 
 
 class WebhookNotifier:
@@ -208,6 +223,7 @@ class AlertMonitor:
         self._window_s = window_s
         self._interval_s = interval_s
         self._month_start = month_start or _month_start
+        self.budgets: Callable[[], Any] | None = None  # async () -> [BudgetUse] (governance's limits, when on)
 
     async def signals(self) -> Signals:
         from .stats import summarize
@@ -222,7 +238,8 @@ class AlertMonitor:
         ledger = self._telemetry.ledger
         if ledger is not None and self.engine.thresholds.monthly_budget_usd:
             spend = await asyncio.to_thread(ledger.spend, self._month_start(now))
-        return Signals(stats, breakers, healthy, spend, _memory_percent())
+        budgets = tuple(await self.budgets()) if self.budgets is not None else ()
+        return Signals(stats, breakers, healthy, spend, _memory_percent(), budgets)
 
     async def run_once(self) -> list[tuple[str, Alert]]:
         return await self.engine.evaluate(await self.signals())

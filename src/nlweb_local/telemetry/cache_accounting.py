@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
+from ..governance.identity import CURRENT
 from ..providers.wrapper import find
 from .context import current_request_id, current_spend, new_request_id
 from .ledger import CallRecord
@@ -55,8 +56,10 @@ class CacheAccounts:
         self._tally.saved_usd += saved_usd
         if self._ledger is None and self._window is None:
             return
+        who = CURRENT.get()
         row = CallRecord(self._now(), current_request_id() or new_request_id(), deployment, local, task, tokens_in,
-                         tokens_out, latency_s, None, 0.0, reference_usd, reference_usd, "", self.cache, saved_usd)
+                         tokens_out, latency_s, None, 0.0, reference_usd, reference_usd, "", self.cache, saved_usd,
+                         "", *((who.key_id, who.team) if who is not None else ()))
         if self._ledger is not None:
             self._ledger.record(row)
         if self._window is not None:

@@ -9,6 +9,7 @@ process opening the same file at the same time waits for the lock, then finds th
     version 1   llm_calls and its ts index (CREATE ... IF NOT EXISTS: a version-0 file keeps its rows)
     version 2   cache hits: columns `cache` (which cache answered; '' for an LLM call) and `saved_usd`
     version 3   `model_version`: the model registry's NAME@VERSION that served (else a fingerprint)
+    version 4   `caller` and `team`: whose key the call was made for (governance), for `cost report --by`
 
 To change the schema, append a `Migration` (plain SQL, so the PostgreSQL store can follow the same
 steps); never edit one that has shipped. A file newer than this code is refused rather than guessed at.
@@ -53,6 +54,10 @@ MIGRATIONS: tuple[Migration, ...] = (
     )),
     Migration("llm_calls: the model version that served (the registry's NAME@VERSION, else a fingerprint)", (
         "ALTER TABLE llm_calls ADD COLUMN model_version TEXT NOT NULL DEFAULT ''",
+    )),
+    Migration("llm_calls: who the call was for (the API key id or SSO subject, and its team)", (
+        "ALTER TABLE llm_calls ADD COLUMN caller TEXT NOT NULL DEFAULT ''",
+        "ALTER TABLE llm_calls ADD COLUMN team TEXT NOT NULL DEFAULT ''",
     )),
 )
 SCHEMA_VERSION = len(MIGRATIONS)

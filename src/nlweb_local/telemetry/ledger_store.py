@@ -40,6 +40,8 @@ class CallRecord(NamedTuple):
     #                  (then cost_usd is 0, and the fields below say what the original call cost)
     saved_usd: float = 0.0  # a cache hit: what the call it replaced cost
     model_version: str = ""  # the model registry's NAME@VERSION that served, else the deployment's fingerprint
+    caller: str = ""  # the API key id (or SSO subject) the call was made for; "" without auth
+    team: str = ""  # that caller's team
 
     @property
     def ok(self) -> bool:

@@ -13,6 +13,7 @@ import time
 from typing import Any, AsyncIterator, Awaitable, Callable
 
 from ..core.types import ChatChunk, ChatRequest
+from ..governance.identity import CURRENT
 from ..providers.base import Provider
 from ..providers.wrapper import CallKind, StreamTally, WrapperProvider, answer_tokens, observed
 from .context import current_request_id, current_spend, new_request_id
@@ -74,6 +75,11 @@ class MeteredProvider(WrapperProvider):
         self._series: dict[str, CallSeries] = {}
         self.meter = ThroughputMeter(clock)
 
+    def call_cost(self, tokens_in: int, tokens_out: int) -> float:
+        """What a call of that size costs on this deployment now (its throughput read only when the price
+        depends on it: governance prices every call twice, reserve and settle)."""
+        return self.price.cost_at(tokens_in, tokens_out, self.meter.tokens_per_s() if self._by_throughput else None)
+
     def cost(self, tokens_in: int, tokens_out: int) -> tuple[float, float]:
         """(what a call of that size costs on this deployment now, what the reference model would charge)."""
         cost = self.price.cost_at(tokens_in, tokens_out, self.meter.tokens_per_s() if self._by_throughput else None)
@@ -124,8 +130,10 @@ class MeteredProvider(WrapperProvider):
             s.error(err)
         if self._ledger is None and self._window is None:
             return
+        who = CURRENT.get()  # the caller governance authenticated (None: no auth)
         row = CallRecord(self._now(), current_request_id() or new_request_id(), self.name, self._local, s.task,
-                         tokens_in, tokens_out, elapsed, ttft, cost, ref, ref - cost, err, "", 0.0, self.model_version)
+                         tokens_in, tokens_out, elapsed, ttft, cost, ref, ref - cost, err, "", 0.0, self.model_version,
+                         *((who.key_id, who.team) if who is not None else ()))
         if self._ledger is not None:
             self._ledger.record(row)
         if self._window is not None:

@@ -533,8 +533,32 @@
       bits.push((this.failed ? "Failed after " : "Answered in ") + secs.toFixed(1) + " s");
       this.footer.textContent = "";
       this.footer.appendChild(el("span", { class: "elapsed", text: bits.join(" · ") }));
+      if (this.onRate && this.gotContent && !this.failed && !(opts && opts.aborted)) this.footer.appendChild(this.rating());
       this.footer.hidden = false;
       this.node.dataset.state = this.failed ? "error" : opts && opts.aborted ? "aborted" : "done";
+    }
+
+    /** Thumbs up / down for this answer: POST /feedback (the quality evidence of A/B tests). */
+    rating() {
+      const thanks = el("span", { class: "rate-note", "aria-live": "polite", text: "" });
+      const buttons = [];
+      const send = async (value, chosen) => {
+        for (const b of buttons) b.disabled = true;
+        chosen.setAttribute("aria-pressed", "true");
+        try {
+          const res = await this.onRate(value);
+          thanks.textContent = res.ok ? "Thanks for the feedback." : "Could not send the feedback (HTTP " + res.status + ").";
+        } catch (_) {
+          thanks.textContent = "Could not send the feedback.";
+        }
+      };
+      for (const [value, label, glyph] of [[1, "Good answer", "\u{1F44D}"], [-1, "Bad answer", "\u{1F44E}"]]) {
+        const b = el("button", { type: "button", class: "rate", "aria-label": label, title: label, "aria-pressed": "false", text: glyph });
+        b.dataset.rating = String(value);
+        b.addEventListener("click", () => send(value, b));
+        buttons.push(b);
+      }
+      return el("span", { class: "rate-group", role: "group", "aria-label": "Rate this answer" }, [...buttons, thanks]);
     }
   }
 
@@ -546,6 +570,7 @@
   /** Applies one protocol message to a turn. Returns true when the response is over. */
   function handleMessage(turn, msg) {
     if (!msg || typeof msg !== "object") return false;
+    if (msg.query_id && !turn.queryId) turn.queryId = String(msg.query_id);
     const type = msg.message_type || msg["message-type"] || msg.type || "";
     switch (type) {
       case "begin-nlweb-response":
@@ -734,6 +759,14 @@
           headers: { Accept: "text/event-stream" },
           signal: controller.signal,
         });
+        turn.requestId = res.headers.get("x-request-id") || "";
+        turn.onRate = (rating) =>
+          authedFetch("/feedback", {
+            method: "POST",
+            headers: { "Content-Type": "application/json" },
+            body: JSON.stringify(Object.assign({ rating: rating }, turn.requestId ? { request_id: turn.requestId } : {},
+              turn.queryId ? { query_id: turn.queryId } : {})),
+          });
         if (!res.ok) {
           let detail = "";
           try {
