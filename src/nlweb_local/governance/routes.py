@@ -66,6 +66,7 @@ ROUTES: tuple[RouteRule, ...] = (
     RouteRule("/admin/breakers", OPERATOR),
     RouteRule("/admin/breakers/{name}/{action}", OPERATOR),
     RouteRule("/admin/fleet", OPERATOR),
+    RouteRule("/admin/memory", OPERATOR),
     RouteRule("/admin/registry", OPERATOR),
     RouteRule("/admin/canary", OPERATOR),
     RouteRule("/admin/experiments", OPERATOR),

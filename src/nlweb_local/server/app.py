@@ -173,10 +173,12 @@ def gateway_routes(comp: Components, settings: Settings) -> list:
     from .admin import breaker_routes
     from .fleet_admin import fleet_routes
     from .gateway import Gateway
+    from .memory_admin import memory_routes
 
     assert comp.router is not None and comp.gateway is not None
     gateway = Gateway(comp.gateway, comp.router, comp.embedder, server=settings.server, embeddings=comp.embeddings)
-    routes = [*gateway.routes(), *breaker_routes(comp.router), *fleet_routes(comp.router)]
+    routes = [*gateway.routes(), *breaker_routes(comp.router), *fleet_routes(comp.router),
+              *memory_routes(comp.memory)]
     if comp.registry is not None:  # /admin/registry: models, versions, aliases, history; alias moves, rollback
         from .registry_admin import registry_routes
 

@@ -59,6 +59,7 @@ class Components:
     canary: Any = None  # registry.canary_watch.CanaryWatch: canary stage decisions (started by the app)
     governance: Any = None  # governance.Governance: keys, roles, limits (None: no auth at all)
     audit: Any = None  # governance.audit.AuditLog (None: audit.enabled off)
+    memory: Any = None  # fleet.memory.MemoryBudget (None: llm.memory has no budget)
     closers: list[Callable[[], Any]] = field(default_factory=list)
 
     async def close(self) -> None:
@@ -101,11 +102,12 @@ def build_store(settings: Settings, dimension: int) -> VectorStore:
 
 
 def build_router(settings: Settings, *, providers: Mapping[str, Provider] | None = None, telemetry: Any = None,
-                 state: RouterState | None = None, registry: Any = None) -> Router:
+                 state: RouterState | None = None, registry: Any = None, memory: Any = None) -> Router:
     """Every deployment behind one router, each adapter composed with the telemetry wrappers.
     `providers` replaces the adapter of the deployments it names (tests). `registry` (a
     `registry.ModelRegistry` with its `view`): deployments that `serve` a registered version are
-    checked against it, and the router resolves its aliases per request."""
+    checked against it, and the router resolves its aliases per request. `memory` (a `fleet.memory.MemoryBudget`):
+    in-process deployments load on their first call, within its budget (`budgeted`)."""
     from ..router.breaker import CircuitBreaker
     from ..router.model import DeploymentInfo
     from ..router.router import Route
@@ -128,7 +130,11 @@ def build_router(settings: Settings, *, providers: Mapping[str, Provider] | None
             if registry is None:
                 raise BadRequestError(f"deployment {d.name!r} serves {d.serves}, but no model registry was given")
             d = registry.deployment(d)
+        if memory is not None and d.engine in BUDGETED_ENGINES and d.name not in given:
+            d = d.model_copy(update={"options": {**d.options, "lazy_load": True}})
         adapter = given[d.name] if d.name in given else build_adapter(d, s.breaker)
+        if memory is not None and d.engine in BUDGETED_ENGINES:
+            adapter = budgeted(d, adapter, memory)
         version = d.serves or deployment_version(d)
         wrappers = (telemetry.deployment_wrappers(engine=d.engine, price_in_per_m=d.price_in_per_m,
                                                   price_out_per_m=d.price_out_per_m, model_version=version)
@@ -157,6 +163,43 @@ def build_router(settings: Settings, *, providers: Mapping[str, Provider] | None
 
 
 IN_PROCESS_ENGINES = frozenset({"llama_cpp", "transformers", "sentence_transformers"})
+BUDGETED_ENGINES = frozenset({"llama_cpp"})  # in-process engines whose models llm.memory loads and unloads
+
+
+def build_memory(settings: Settings) -> Any:
+    """The host's model memory budget (`llm.memory`), or None when neither budget_mb nor gpu_budget_mb is set."""
+    m = settings.llm.memory
+    if m.budget_mb is None and m.gpu_budget_mb is None:
+        return None
+    from ..fleet.memory import MemoryBudget
+
+    return MemoryBudget(m)
+
+
+def budgeted(d: DeploymentSettings, adapter: Provider, memory: Any) -> Provider:
+    """`adapter` under the memory budget: registered with its size (`memory_mb`, else the engine's estimate)
+    and keep_alive, and wrapped so that each call holds its model loaded."""
+    from ..fleet.memory import BudgetedModel
+    from ..providers.base import ModelLifecycle
+    from ..providers.wrapper import find
+
+    lifecycle = find(adapter, ModelLifecycle)
+    if lifecycle is None:
+        raise BadRequestError(f"deployment {d.name!r}: engine {d.engine!r} cannot load and unload its model, so "
+                              "llm.memory cannot manage it", deployment=d.name)
+    size = d.memory_mb
+    if size is None:
+        estimate = getattr(lifecycle, "estimated_memory_mb", None)
+        if estimate is None:
+            raise BadRequestError(f"deployment {d.name!r}: set memory_mb (the MiB its model takes) for llm.memory's "
+                                  "budget", deployment=d.name)
+        try:
+            size = estimate(memory.settings.gguf_factor)
+        except (OSError, ValueError) as e:
+            raise BadRequestError(f"deployment {d.name!r}: cannot estimate its model's size ({e}); set memory_mb",
+                                  deployment=d.name) from e
+    memory.register(d.name, lifecycle, size, keep_alive=d.keep_alive)
+    return BudgetedModel(adapter, memory)
 
 
 def build_adapter(d: DeploymentSettings, breaker: Any) -> Provider:
@@ -326,9 +369,15 @@ def build_components(settings: Settings, *, embedder: Any = _BUILD, store: Any =
             closers.append(audit.close)
     registry = build_model_registry(settings)
     closers.append(registry.close)
-    router = build_router(settings, providers=providers, telemetry=telemetry, state=state, registry=registry)
+    memory = build_memory(settings)
+    router = build_router(settings, providers=providers, telemetry=telemetry, state=state, registry=registry,
+                          memory=memory)
+    if memory is not None:
+        closers.append(memory.close)
     if telemetry is not None:
         telemetry.watch(router)
+        if memory is not None:
+            telemetry.metrics.watch_memory(memory)
     semantic = None
     if settings.semantic_cache.enabled:  # paraphrased questions answered from the cache (off by default)
         from ..cache.semantic import SemanticIndex
@@ -370,7 +419,7 @@ def build_components(settings: Settings, *, embedder: Any = _BUILD, store: Any =
     pipeline = build_pipeline(settings, llm, embedder, store, telemetry, closers, semantic=semantic)
     return Components(settings, embedder, store, llm, pipeline, router=router, gateway=gateway, embeddings=embeddings,
                       telemetry=telemetry, registry=registry, governance=governance, audit=audit, closers=closers,
-                      canary=canary)
+                      canary=canary, memory=memory)
 
 
 def build_canary(settings: Settings, registry: Any, router: Router, telemetry: Any) -> tuple[Any, Any]:

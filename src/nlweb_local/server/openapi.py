@@ -106,6 +106,7 @@ OPS: dict[tuple[str, str], Op] = {
     ("/admin/breakers/{name}/{action}", "POST"): Op("open (?seconds=) or reset a breaker", [
         _q("seconds", {"type": "number", "exclusiveMinimum": 0}, "how long an opened breaker stays open")]),
     ("/admin/fleet", "GET"): Op("the instances of every fleet deployment"),
+    ("/admin/memory", "GET"): Op("the model memory budget: budgets, memory in use, each model's state, loads and evictions"),
     ("/admin/registry", "GET"): Op("models, versions, aliases and their history", [
         _q("history", {"type": "integer", "minimum": 0, "maximum": 10000}, "most history rows (default 100)")]),
     ("/admin/registry/aliases/{alias}", "POST"): Op("point an alias at a model version", body=_ALIAS_BODY),
