@@ -133,6 +133,26 @@ async def test_call_deadline():
     await p.close()
 
 
+async def test_lazy_load_loads_on_the_first_call_and_unload_frees_it():
+    from nlweb_local.providers.base import ModelLifecycle
+
+    p = LlamaCppProvider(n_ctx=512, lazy_load=True)
+    try:
+        assert isinstance(p, ModelLifecycle) and not p.loaded
+        assert "not loaded" in (await p.health()).detail
+        first = await p.complete(req("Say hi.", max_tokens=4))
+        assert p.loaded and first.content
+        await p.unload()
+        assert not p.loaded and (await p.health()).healthy
+        again = await p.complete(req("Say hi.", max_tokens=4))  # loads again
+        assert p.loaded and again.content == first.content
+        with pytest.raises(BadRequestError, match="cannot sleep"):
+            await p.sleep()
+    finally:
+        await p.close()
+    assert not p.loaded  # closing frees the model
+
+
 def test_missing_model_file_is_a_clear_error(tmp_path):
     with pytest.raises(BadRequestError, match="does not exist"):
         LlamaCppProvider(tmp_path / "nope.gguf")

@@ -241,3 +241,32 @@ def test_request_types_are_plain_messages():
     body = p.chat_body(ChatRequest(messages=[Message("system", "s"), Message("user", "u")]))
     assert body["messages"] == [{"role": "system", "content": "s"}, {"role": "user", "content": "u"}]
     assert "format" not in body and "tools" not in body and "keep_alive" not in body
+
+
+# -- ModelLifecycle: what the memory manager drives ----------------------------------------------------------
+async def test_the_model_lifecycle_drives_ollamas_own_load_and_unload(provider, fake):
+    from nlweb_local.core.errors import BadRequestError
+    from nlweb_local.providers.base import ModelLifecycle
+
+    assert isinstance(provider, ModelLifecycle)
+    await provider.unload()  # (earlier tests' chats loaded it)
+    assert canonical(MODEL) not in fake.loaded()
+    await provider.load()
+    assert fake.last("/api/generate") == {"model": MODEL, "stream": False, "keep_alive": "10m"}  # its keep_alive
+    assert canonical(MODEL) in fake.loaded() and (await provider.health()).healthy
+    await provider.unload()
+    assert fake.last("/api/generate") == {"model": MODEL, "keep_alive": 0, "stream": False}
+    assert canonical(MODEL) not in fake.loaded() and not await provider.is_sleeping()
+    with pytest.raises(BadRequestError, match="cannot sleep"):
+        await provider.sleep()
+
+
+async def test_a_deployments_keep_alive_reaches_ollama_unless_its_option_overrides_it():
+    d = DeploymentSettings(name="o", engine="ollama", model="m", keep_alive="30m")
+    p = from_settings(d, {})
+    q = from_settings(d.model_copy(update={"options": {"keep_alive": -1}}), {})
+    try:
+        assert p.chat_body(plain())["keep_alive"] == "30m" and q.chat_body(plain())["keep_alive"] == -1
+    finally:
+        await p.close()
+        await q.close()

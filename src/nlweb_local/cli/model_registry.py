@@ -4,6 +4,7 @@
     models versions [NAME]            models aliases
     models alias ALIAS NAME VERSION   models promote NAME VERSION --alias A
     models rollback ALIAS             models history [ALIAS] [--format json]
+    models promote ... --canary 5,25,50,100 --guard ...   models canary status   (cli/model_canary.py)
 
 The registry is the one `registry.database_url` names (default: <data_dir>/registry.sqlite); a running
 server sees a change within `registry.poll_s`.
@@ -20,7 +21,7 @@ from typing import Any
 from ..config.settings import Settings
 from ..core.errors import BadRequestError
 
-ACTIONS = ("register", "versions", "aliases", "alias", "promote", "rollback", "history")
+ACTIONS = ("register", "versions", "aliases", "alias", "promote", "rollback", "history", "canary")
 PROGRESS_OVER = 64 * 1024 * 1024  # files larger than this show a progress bar while hashed
 
 
@@ -39,6 +40,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--by", help="who makes the change (default: your user name)")
     g.add_argument("--force", action="store_true", help="alias/promote: even if no configured deployment serves the version")
     g.add_argument("--format", choices=["text", "json"], default="text", help="versions/aliases/history output")
+    from . import model_canary
+
+    model_canary.add_arguments(g)
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
@@ -47,6 +51,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     words = [w for w in [args.name, *args.rest] if w is not None]
     registry = build_registry(settings)
     try:
+        args.settings = settings
         return _ACTIONS[args.action](registry, args, words)
     finally:
         registry.close()
@@ -93,6 +98,10 @@ def _register(registry: Any, args: argparse.Namespace, words: list[str]) -> int:
             bar.close()
     print(f"registered {v.key}: {v.engine}, {v.artifact}, sha256 {v.sha256}"
           + (f", {v.quantisation}" if v.quantisation else ""))
+    if args.promote_canary:
+        from . import model_canary
+
+        return model_canary.start(registry, args, args.settings, name, version, _who(args))
     return 0
 
 
@@ -153,6 +162,10 @@ def _promote(registry: Any, args: argparse.Namespace, words: list[str]) -> int:
     name, version = _words(words, "promote NAME VERSION --alias ALIAS", 2)
     if not args.alias:
         raise BadRequestError("usage: nlweb-local models promote NAME VERSION --alias ALIAS")
+    if args.canary:
+        from . import model_canary
+
+        return model_canary.start(registry, args, args.settings, name, version, _who(args))
     return _said(registry.promote(name, version, alias=args.alias, by=_who(args), force=args.force),
                  args.alias, name, version)
 
@@ -186,5 +199,11 @@ def _history(registry: Any, args: argparse.Namespace, words: list[str]) -> int:
     return 0
 
 
+def _canary(registry: Any, args: argparse.Namespace, words: list[str]) -> int:
+    from . import model_canary
+
+    return model_canary.status(registry, args, words)
+
+
 _ACTIONS = {"register": _register, "versions": _versions, "aliases": _aliases, "alias": _alias,
-            "promote": _promote, "rollback": _rollback, "history": _history}
+            "promote": _promote, "rollback": _rollback, "history": _history, "canary": _canary}

@@ -80,6 +80,19 @@ class FleetSettings(_Section):
     stale_s: float = Field(30.0, gt=0, description="an instance's scraped health and load older than this are ignored (the breaker and in-flight counts still apply)")
 
 
+class MemorySettings(_Section):
+    """The host's model memory budget (fleet/memory.py): in-process models load on their first call and the
+    least recently used idle one is unloaded when a new one would not fit."""
+
+    budget_mb: int | None = Field(None, ge=1, description="MiB of RAM the in-process models (llama_cpp) may take together; null = no budget: they load at start and stay")
+    gpu_budget_mb: int | None = Field(None, ge=1, description="MiB of GPU memory for models placed on a GPU; null = gpu_share of what NVML reports (none without NVML)")
+    gpu_share: float = Field(0.9, gt=0, le=1, description="share of the GPU memory NVML reports that models may take when gpu_budget_mb is null")
+    keep_alive: str | float = Field("5m", description="a model idle this long is unloaded (as Ollama: \"5m\", \"1h\", seconds; -1 = never; 0 = after each call); a deployment's keep_alive overrides it")
+    gguf_factor: float = Field(1.3, ge=1, description="a GGUF model's size in memory: its file size x this, plus its KV cache (from the file's metadata and n_ctx)")
+    wait_s: float = Field(30.0, gt=0, description="longest a call without a deadline waits for busy models to free memory before 503")
+    sweep_interval_s: float = Field(1.0, gt=0, description="how often idle models are checked against their keep_alive")
+
+
 class DeploymentSettings(_Section):
     """One deployment: an engine serving a model at an endpoint (or in-process)."""
 
@@ -99,6 +112,8 @@ class DeploymentSettings(_Section):
     tier: int = Field(0, ge=0, description="quality tier for the quality strategy: higher is stronger")
     max_concurrency: int = Field(64, ge=1, description="most calls in flight at once")
     options: dict[str, Any] = Field(default_factory=dict, description="engine-specific options (see the README)")
+    keep_alive: str | float | None = Field(None, description="with llm.memory.budget_mb (in-process) or on Ollama: unload the model after this long idle (\"5m\", seconds, -1 = never, 0 = after each call); null = llm.memory.keep_alive (Ollama: its own default)")
+    memory_mb: float | None = Field(None, gt=0, description="MiB the model takes in memory, for llm.memory's budget; null = estimated (GGUF: file size x gguf_factor + KV cache)")
     serves: str | None = Field(None, pattern=r"^[^@\s]+@[^@\s]+$", description="NAME@VERSION of the model registry "
                                "this deployment serves: a request for a registry alias pointing at that version goes "
                                "here, and x-nlweb-route and the ledger name the version; model empty = the version's file")
@@ -153,6 +168,7 @@ class LLMSettings(_Section):
     health_interval_s: float = Field(10.0, gt=0, description="how often each deployment's health/load is probed")
     rounds: int = Field(2, ge=1, le=5, description="times the whole fallback chain is tried (with a short backoff) before a call fails")
     breaker: BreakerSettings = BreakerSettings()
+    memory: MemorySettings = MemorySettings()
     groups: dict[str, list[str]] = Field(default_factory=dict, description="model alias or task kind (rank, decontextualize, summarize, generate, chat, code, json) -> the deployments that may serve it")
     rollout_local_share: float | None = Field(None, ge=0, le=1, description="migration phase: share of conversations sent local first (e.g. 0.05, 0.25, 0.75, 1.0); null = off")
     quality_threshold: float = Field(0.5, ge=0, le=1, description="quality strategy: difficulty at which a request escalates (calibrate with `nlweb-local router calibrate`)")
@@ -331,6 +347,10 @@ class RegistrySettings(_Section):
                                      "<data_dir>/registry.sqlite")
     poll_s: float = Field(2.0, gt=0, description="how often a server looks for registry changes made elsewhere (another "
                           "replica, the CLI); changes through this server's /admin/registry apply at once")
+    canary_check_s: float = Field(1.0, gt=0, description="how often a server flushes its canary counts to the registry "
+                                  "and decides canary stages (a rollback made elsewhere reaches it within this)")
+    canary_min_requests: int = Field(100, ge=1, description="candidate calls a canary stage needs before it is judged "
+                                     "(models promote --min-requests overrides it)")
 
 
 class LimitSettings(_Section):

@@ -18,6 +18,7 @@
         ├── OverloadedError        503  (an engine or upstream is overloaded; carries retry_after)
         │   ├── QueueFullError     503  nlweb-local's own queue in front of an engine cannot take the
         │   │                           call before its deadline: back-pressure, never a breaker failure
+        │   │   └── InsufficientMemoryError 507  a model larger than the host's memory budget (llm.memory)
         │   ├── NoDeploymentError  503  nothing can serve now (carries the reason per deployment)
         │   └── IdentityProviderUnavailableError 503  SSO's JWKS cannot be fetched: token users wait,
         │                               API keys keep working (its message is ours: told as it is)
@@ -162,6 +163,13 @@ class QueueFullError(OverloadedError):
     @property
     def public_message(self) -> str:  # nlweb-local's own words, about its own queue
         return self.message
+
+
+class InsufficientMemoryError(QueueFullError):
+    """A model that cannot fit in the host's memory budget even with every other model unloaded: it is
+    never loaded (no OOM kill); the message names the budget and the model's size."""
+
+    status = 507
 
 
 class NoDeploymentError(OverloadedError):

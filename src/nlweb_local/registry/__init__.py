@@ -5,6 +5,9 @@
     backends.py   SQLite (WAL, the default) and PostgreSQL (registry.database_url)
     catalog.py    ModelRegistry: the rules (hash checked, engine known, alias targets exist), on the store
     aliases.py    RegistryAliases: the router's in-memory view of the aliases, reloaded on change
+    canary.py     canary releases (stages, decisions, counts in the registry database); guards.py their
+                  guards; canary_split.py the wrapper that splits an alias's traffic; canary_watch.py the
+                  periodic stage decision
     artifacts.py  a model file's SHA-256 and the quantisation its name states
 
 A deployment serves a registered version (`llm.deployments[].serves: NAME@VERSION`); a request whose
@@ -38,5 +41,13 @@ def build_registry(settings: Any, *, engines: Any = None, clock: Callable[[], fl
     llm = settings.llm
     deployments = llm.all_deployments()
     store = open_store(settings.registry.database_url, settings.data_path)
-    return ModelRegistry(store, engines=engines, reserved=[*(d.name for d in deployments), *llm.groups],
-                         served={d.serves for d in deployments if d.serves}, clock=clock or time.time)
+    registry = ModelRegistry(store, engines=engines, reserved=[*(d.name for d in deployments), *llm.groups],
+                             served={d.serves for d in deployments if d.serves}, clock=clock or time.time)
+    from .canary import CanaryStore
+
+    try:
+        registry.canaries = CanaryStore(store, clock=clock or time.time)
+    except BaseException:
+        store.close()
+        raise
+    return registry

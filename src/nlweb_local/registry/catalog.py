@@ -47,6 +47,7 @@ class ModelRegistry:
         self._clock = clock
         self.on_change = on_change
         self.view: Any = None  # the server's RegistryAliases over this store (set by the composition root)
+        self.canaries: Any = None  # canary.CanaryStore over the same database (set by build_registry)
 
     # -- reads --------------------------------------------------------------------------------------
     def versions(self, name: str | None = None) -> list[ModelVersion]:
@@ -109,6 +110,12 @@ class ModelRegistry:
         return self._move(alias, name, version, by=by, action="promote", must_exist=True, force=force)
 
     def rollback(self, alias: str, *, by: str) -> AliasChange:
+        """During a canary on `alias`: stop it (its traffic returns to the baseline at once); else move the
+        alias back to the version before."""
+        stopped = self.canaries.stop(checked_name(alias, "alias"), by=by) if self.canaries is not None else None
+        if stopped is not None:
+            self._changed()
+            return stopped[1]
         change = self.store.rollback(checked_name(alias, "alias"), at=self._clock(), by=by)
         self._changed()
         return change
@@ -119,8 +126,21 @@ class ModelRegistry:
         if alias in self._reserved:
             raise BadRequestError(f"alias {alias!r} is already a deployment, an llm.groups entry or 'auto': "
                                   "pick another name")
+        if self.canaries is not None and (c := self.canaries.running_on(alias)) is not None:
+            raise BadRequestError(f"a canary of {c.key} is running on {alias}: let it finish (nlweb-local models canary "
+                                  f"status), or stop it with nlweb-local models rollback {alias}")
+        if not force:
+            self.check_served(name, version, alias)
+        change = self.store.set_alias(alias, name, version, action=action, at=self._clock(), by=by,
+                                      must_exist=must_exist)
+        if change is not None:
+            self._changed()
+        return change
+
+    def check_served(self, name: str, version: str, alias: str) -> None:
+        """A configured deployment serves NAME@VERSION (when the configuration is known)."""
         key = version_key(name, version)
-        if not force and self._served is not None and key not in self._served:
+        if self._served is not None and key not in self._served:
             if self.store.get_version(name, version) is None:  # (say the plainer fault first)
                 known = [v.version for v in self.store.versions(name)]
                 raise NotFoundError(f"{key} is not registered" + (f" (versions of {name}: {', '.join(known)})" if known
@@ -128,11 +148,6 @@ class ModelRegistry:
                                                                   "--file PATH)"))
             raise BadRequestError(f"no configured deployment serves {key}: add one to llm.deployments with "
                                   f"`serves: {key}` (and restart), or pass --force to point {alias} at it anyway")
-        change = self.store.set_alias(alias, name, version, action=action, at=self._clock(), by=by,
-                                      must_exist=must_exist)
-        if change is not None:
-            self._changed()
-        return change
 
     def _changed(self) -> None:
         if self.on_change is not None:

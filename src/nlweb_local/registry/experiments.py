@@ -134,6 +134,10 @@ class Experiments:
         current = next((a for a in self.registry.aliases() if a.alias == alias), None)
         if current is None:
             raise NotFoundError(f"no alias {alias!r}: set it first with nlweb-local models alias {alias} NAME VERSION")
+        canaries = getattr(self.registry, "canaries", None)
+        if canaries is not None and (c := canaries.running_on(alias)) is not None:
+            raise BadRequestError(f"a canary of {c.key} is running on {alias}: an A/B test would split the same "
+                                  f"traffic; wait for it, or stop it with nlweb-local models rollback {alias}")
         parsed = parse_variants(variants, current.name)
         for v in parsed:  # (the plainer fault first; the store checks again inside its transaction)
             if self.registry.store.get_version(current.name, v.version) is None:

@@ -83,6 +83,8 @@ def rollback_target(changes: Sequence[AliasChange]) -> tuple[str, str] | None:
     keep going back (v1 → v2 → v3, rollback: v2, rollback: v1) instead of toggling. None: nothing before."""
     stack: list[tuple[str, str]] = []
     for c in changes:
+        if c.action.startswith("canary-"):  # (a canary's start and rollback never moved the alias)
+            continue
         if c.action == "rollback" and stack:
             stack.pop()
             if not stack or stack[-1] != (c.name, c.version):  # (a history edited by hand: trust the row)

@@ -17,7 +17,8 @@ from dataclasses import dataclass, replace
 from typing import Any, AsyncIterator, Callable, Iterator, Sequence
 
 from ..core.errors import (BadRequestError, ContextLengthError, ModelNotFoundError, NlwebError, NoDeploymentError,
-                           NotFoundError, ProviderError, ProviderTimeoutError, StreamInterruptedError)
+                           NotFoundError, ProviderError, ProviderTimeoutError, QueueFullError,
+                           StreamInterruptedError)
 from ..core.privacy import REQUIRED, strictest
 from ..core.types import ChatChunk, ChatRequest, ChatResponse, EmbeddingResponse, LabelProbs, Privacy, Served, TaskKind
 from ..providers.base import BaseProvider, Capabilities, Classifier, LoadSnapshot, Provider
@@ -51,6 +52,15 @@ def difficulty(req: ChatRequest) -> float:
     score += 0.2 * sum(w in text for w in ("why", "explain", "compare", "prove", "step by step", "code", "analy"))
     score += 0.2 if req.task in (TaskKind.GENERATE, TaskKind.CHAT) else 0.0
     return min(1.0, score)
+
+
+class Failures(dict):
+    """Why each deployment tried failed (deployment → message); `told`: those whose message is nlweb-local's own
+    (`QueueFullError`: its own queue or memory budget), which the caller may read."""
+
+    def __init__(self):
+        super().__init__()
+        self.told: set[str] = set()
 
 
 def _served(info: DeploymentInfo, d: RouteDecision, failures: dict[str, str]) -> Served:
@@ -241,7 +251,7 @@ class Router(BaseProvider):
         waits = [w for w in (self._state.of(n).breaker.retry_after() for n in self._routes) if w > 0]
         return NoDeploymentError("no deployment can serve this request now", reasons=reasons,
                                  retry_after=max(1.0, min(waits)) if waits else 1.0, deployment="router",
-                                 failed=tuple(failures))
+                                 failed=tuple(n for n in failures if n not in getattr(failures, "told", ())))
 
     # -- calls ----------------------------------------------------------------------------------
     def _attempts(self, req: ChatRequest, d: RouteDecision) -> Iterator[tuple[Route, ChatRequest] | float]:
@@ -265,7 +275,7 @@ class Router(BaseProvider):
         d = self.decide(request)
         if not d.ordered:
             raise self._nothing(d, {})
-        failures: dict[str, str] = {}
+        failures: dict[str, str] = Failures()
         for step in self._attempts(request, d):
             if step.__class__ is float:
                 await asyncio.sleep(step)
@@ -308,6 +318,8 @@ class Router(BaseProvider):
             if not isinstance(e, (ProviderError, ContextLengthError)):
                 raise  # the request's own fault: another deployment would refuse it too
             failures[name] = e.message[:200]
+            if isinstance(e, QueueFullError):  # nlweb-local's own words (its queue, its memory budget): told as they are
+                failures.told.add(name)
             log.info("route %s failed before its first token (%s); trying the next", name, type(e).__name__)
         finally:
             await chunks.aclose()  # closed here, in this task, whatever ended the attempt
@@ -318,7 +330,7 @@ class Router(BaseProvider):
         through, fails over to the next deployment. Returns (answer, who served)."""
         if not d.ordered:
             raise self._nothing(d, {})
-        failures: dict[str, str] = {}
+        failures: dict[str, str] = Failures()
         for step in self._attempts(request, d):
             if step.__class__ is float:
                 await asyncio.sleep(step)
@@ -351,6 +363,8 @@ class Router(BaseProvider):
             if not isinstance(e, (ProviderError, ContextLengthError)):
                 raise
             failures[name] = e.message[:200]
+            if isinstance(e, QueueFullError):  # nlweb-local's own words (its queue, its memory budget): told as they are
+                failures.told.add(name)
             log.info("route %s failed (%s); trying the next", name, type(e).__name__)
             return None
         finally:

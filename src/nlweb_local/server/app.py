@@ -94,9 +94,12 @@ def create_app(settings: Settings, components: Components | None = None, *, clos
         probe = (asyncio.create_task(comp.router.probe_forever(settings.llm.health_interval_s))
                  if comp.router is not None else None)
         alerts = comp.telemetry.start() if comp.telemetry is not None else None  # alert rules, in the background
+        canary = asyncio.create_task(comp.canary.run_forever()) if comp.canary is not None else None  # stage decisions
         yield
         if probe is not None:
             probe.cancel()
+        if canary is not None:
+            canary.cancel()
         if comp.telemetry is not None:
             await comp.telemetry.stop(alerts)  # (the ledger is flushed and closed by its closer)
         if owned:
@@ -180,10 +183,12 @@ def gateway_routes(comp: Components, settings: Settings) -> list:
     from .admin import breaker_routes
     from .fleet_admin import fleet_routes
     from .gateway import Gateway
+    from .memory_admin import memory_routes
 
     assert comp.router is not None and comp.gateway is not None
     gateway = Gateway(comp.gateway, comp.router, comp.embedder, server=settings.server, embeddings=comp.embeddings)
-    routes = [*gateway.routes(), *breaker_routes(comp.router), *fleet_routes(comp.router)]
+    routes = [*gateway.routes(), *breaker_routes(comp.router), *fleet_routes(comp.router),
+              *memory_routes(comp.memory)]
     if comp.registry is not None:  # /admin/registry: models, versions, aliases, history; alias moves, rollback
         from .registry_admin import registry_routes
 
@@ -193,5 +198,9 @@ def gateway_routes(comp: Components, settings: Settings) -> list:
 
         routes += experiment_routes(comp.registry, settings, comp.telemetry)  # A/B tests: /admin/experiments
         routes += feedback_routes(comp.registry, comp.telemetry)  # ratings of answers: POST /feedback
+        if comp.registry.canaries is not None:  # /admin/canary: canary releases, their stages and decisions
+            from .canary_admin import canary_routes
+
+            routes += canary_routes(comp.registry, settings.registry.canary_min_requests)
     return routes
 

@@ -18,9 +18,10 @@ from .body import ClientGone
 from .errors import nlweb_error
 from .params import collect_params, implied_api, parse_ask
 from .wire import Renderer, V05Renderer, V1Renderer, V3Renderer
+from .wire_v055 import V055Renderer
 
 log = logging.getLogger(__name__)
-_RENDERERS = {"v3": V3Renderer, "v1": V1Renderer, "v0.5": V05Renderer}
+_RENDERERS = {"v3": V3Renderer, "v1": V1Renderer, "v0.5": V05Renderer, "v0.55": V055Renderer}
 
 
 async def guarded(events: AsyncIterator[Event], outcome: Callable[[str], None] | None = None) -> AsyncIterator[Event]:
@@ -117,9 +118,10 @@ class AskEndpoint:
         return JSONResponse(renderer.body(messages), status_code=status, headers=cache)
 
     async def _stream(self, events: AsyncIterator[Event], renderer: Renderer) -> AsyncIterator[bytes]:
+        frame = getattr(renderer, "frame", sse_frame)  # v0.55 names its events
         async for ev in with_keepalive(events, self._settings.server.keepalive_s):
             if ev is None:
                 yield b": keepalive\n\n"
                 continue
             for msg in renderer.render(ev):
-                yield sse_frame(msg)
+                yield frame(msg)

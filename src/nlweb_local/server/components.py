@@ -61,8 +61,10 @@ class Components:
     embeddings: Provider | None = None  # what serves /v1/embeddings when no deployment embeds: the in-process model, cached
     telemetry: Any = None  # telemetry.Telemetry (None: not measured)
     registry: Any = None  # registry.ModelRegistry: models, versions, aliases (its `view`: the router's)
+    canary: Any = None  # registry.canary_watch.CanaryWatch: canary stage decisions (started by the app)
     governance: Any = None  # governance.Governance: keys, roles, limits (None: no auth at all)
     audit: Any = None  # governance.audit.AuditLog (None: audit.enabled off)
+    memory: Any = None  # fleet.memory.MemoryBudget (None: llm.memory has no budget)
     closers: list[Callable[[], Any]] = field(default_factory=list)
 
     async def close(self) -> None:
@@ -105,11 +107,12 @@ def build_store(settings: Settings, dimension: int) -> VectorStore:
 
 
 def build_router(settings: Settings, *, providers: Mapping[str, Provider] | None = None, telemetry: Any = None,
-                 state: RouterState | None = None, registry: Any = None) -> Router:
+                 state: RouterState | None = None, registry: Any = None, memory: Any = None) -> Router:
     """Every deployment behind one router, each adapter composed with the telemetry wrappers.
     `providers` replaces the adapter of the deployments it names (tests). `registry` (a
     `registry.ModelRegistry` with its `view`): deployments that `serve` a registered version are
-    checked against it, and the router resolves its aliases per request."""
+    checked against it, and the router resolves its aliases per request. `memory` (a `fleet.memory.MemoryBudget`):
+    in-process deployments load on their first call, within its budget (`budgeted`)."""
     from ..router.breaker import CircuitBreaker
     from ..router.model import DeploymentInfo
     from ..router.router import Route
@@ -140,7 +143,12 @@ def build_router(settings: Settings, *, providers: Mapping[str, Provider] | None
                 raise BadRequestError(f"deployment {d.name!r} serves {d.serves}, but no model registry was given")
             d = registry.deployment(d)
         placement = locality.of(d)
-        adapter = located(given[d.name] if d.name in given else build_adapter(d, s.breaker), placement)
+        if memory is not None and d.engine in BUDGETED_ENGINES and d.name not in given:
+            d = d.model_copy(update={"options": {**d.options, "lazy_load": True}})
+        adapter = given[d.name] if d.name in given else build_adapter(d, s.breaker)
+        if memory is not None and d.engine in BUDGETED_ENGINES:
+            adapter = budgeted(d, adapter, memory)
+        adapter = located(adapter, placement)
         version = d.serves or deployment_version(d)
         wrappers = (telemetry.deployment_wrappers(engine=d.engine, price_in_per_m=d.price_in_per_m,
                                                   price_out_per_m=d.price_out_per_m, model_version=version)
@@ -194,6 +202,43 @@ def _redaction(settings: Settings, telemetry: Any) -> Callable[[Provider], Provi
 
 
 from ..governance.locality import IN_PROCESS_ENGINES  # noqa: E402  (engines that run inside nlweb-local)
+BUDGETED_ENGINES = frozenset({"llama_cpp"})  # in-process engines whose models llm.memory loads and unloads
+
+
+def build_memory(settings: Settings) -> Any:
+    """The host's model memory budget (`llm.memory`), or None when neither budget_mb nor gpu_budget_mb is set."""
+    m = settings.llm.memory
+    if m.budget_mb is None and m.gpu_budget_mb is None:
+        return None
+    from ..fleet.memory import MemoryBudget
+
+    return MemoryBudget(m)
+
+
+def budgeted(d: DeploymentSettings, adapter: Provider, memory: Any) -> Provider:
+    """`adapter` under the memory budget: registered with its size (`memory_mb`, else the engine's estimate)
+    and keep_alive, and wrapped so that each call holds its model loaded."""
+    from ..fleet.memory import BudgetedModel
+    from ..providers.base import ModelLifecycle
+    from ..providers.wrapper import find
+
+    lifecycle = find(adapter, ModelLifecycle)
+    if lifecycle is None:
+        raise BadRequestError(f"deployment {d.name!r}: engine {d.engine!r} cannot load and unload its model, so "
+                              "llm.memory cannot manage it", deployment=d.name)
+    size = d.memory_mb
+    if size is None:
+        estimate = getattr(lifecycle, "estimated_memory_mb", None)
+        if estimate is None:
+            raise BadRequestError(f"deployment {d.name!r}: set memory_mb (the MiB its model takes) for llm.memory's "
+                                  "budget", deployment=d.name)
+        try:
+            size = estimate(memory.settings.gguf_factor)
+        except (OSError, ValueError) as e:
+            raise BadRequestError(f"deployment {d.name!r}: cannot estimate its model's size ({e}); set memory_mb",
+                                  deployment=d.name) from e
+    memory.register(d.name, lifecycle, size, keep_alive=d.keep_alive)
+    return BudgetedModel(adapter, memory)
 
 
 def build_adapter(d: DeploymentSettings, breaker: Any) -> Provider:
@@ -363,9 +408,15 @@ def build_components(settings: Settings, *, embedder: Any = _BUILD, store: Any =
             closers.append(audit.close)
     registry = build_model_registry(settings)
     closers.append(registry.close)
-    router = build_router(settings, providers=providers, telemetry=telemetry, state=state, registry=registry)
+    memory = build_memory(settings)
+    router = build_router(settings, providers=providers, telemetry=telemetry, state=state, registry=registry,
+                          memory=memory)
+    if memory is not None:
+        closers.append(memory.close)
     if telemetry is not None:
         telemetry.watch(router)
+        if memory is not None:
+            telemetry.metrics.watch_memory(memory)
     semantic = None
     if settings.semantic_cache.enabled:  # paraphrased questions answered from the cache (off by default)
         from ..cache.semantic import SemanticIndex
@@ -383,7 +434,9 @@ def build_components(settings: Settings, *, embedder: Any = _BUILD, store: Any =
     split = split_wrapper(registry, router, telemetry)  # A/B experiments: inside governance, outside the cache
     if governance is not None and telemetry is not None and telemetry.monitor is not None:
         telemetry.monitor.budgets = governance.limits.usage  # keys' and teams' budgets at 80 %: the budget alert
-    wrappers = [*(telemetry.router_wrappers() if telemetry is not None else []), *([cached] if cached else []),
+    canary, canary_split = build_canary(settings, registry, router, telemetry)  # canaries: next to the router
+    wrappers = [canary_split, *(telemetry.router_wrappers() if telemetry is not None else []),
+                *([cached] if cached else []),
                 *([split] if split is not None else []),
                 privacy_floor(CallerPrivacy.from_settings(settings.auth)),  # every call's privacy class, on its context
                 *([governed_wrapper(governance, router, telemetry)] if governance is not None else []),
@@ -409,7 +462,26 @@ def build_components(settings: Settings, *, embedder: Any = _BUILD, store: Any =
                                         ProviderStructuredLLM(gateway, context=fallback), name=search)
     pipeline = build_pipeline(settings, llm, embedder, store, telemetry, closers, semantic=semantic)
     return Components(settings, embedder, store, llm, pipeline, router=router, gateway=gateway, embeddings=embeddings,
-                      telemetry=telemetry, registry=registry, governance=governance, audit=audit, closers=closers)
+                      telemetry=telemetry, registry=registry, governance=governance, audit=audit, closers=closers,
+                      canary=canary, memory=memory)
+
+
+def build_canary(settings: Settings, registry: Any, router: Router, telemetry: Any) -> tuple[Any, Any]:
+    """The canary split (the wrapper next to the router) and its watch (stage decisions, alerts on rollback)."""
+    from ..registry.canary_split import CanarySplit, CanaryTally, CanaryView
+    from ..registry.canary_watch import CanaryWatch, feedback_ratings
+    from ..telemetry.context import current_request_id
+
+    view, tally = CanaryView(registry.canaries), CanaryTally()
+    view.reload()
+    alias_reload = registry.on_change
+    registry.on_change = lambda: (alias_reload() if alias_reload else None, view.reload())
+    monitor = getattr(telemetry, "monitor", None)
+    notifiers = monitor.engine.notifiers if monitor is not None else []
+    watch = CanaryWatch(registry.canaries, view, tally, interval_s=settings.registry.canary_check_s,
+                        on_change=alias_reload, notifiers=notifiers, ratings=feedback_ratings(registry.store))
+    return watch, lambda inner: CanarySplit(inner, view, tally, serving=router.resolve_model,
+                                            request_id=current_request_id)
 
 
 def governed_wrapper(governance: Any, router: Router, telemetry: Any = None) -> Callable[[Provider], Provider]:

@@ -57,6 +57,8 @@ _KEY_BODY = {"type": "object", "required": ["name", "role"], "additionalProperti
                                                 "usd_per_day": {"type": "number", "minimum": 0}}}}}
 _ALIAS_BODY = {"type": "object", "required": ["name", "version"], "properties": {
     "name": _STR, "version": _STR, "promote": {"type": "boolean"}}}
+_CANARY_BODY = {"type": "object", "required": ["name", "version"], "properties": {
+    "name": _STR, "version": _STR, "stages": _STR, "guards": _STR, "min_requests": {"type": "integer", "minimum": 1}}}
 _JSONRPC = {"oneOf": [{"$ref": "#/components/schemas/JsonRpcMessage"},
                       {"type": "array", "items": {"$ref": "#/components/schemas/JsonRpcMessage"}}]}
 _JSONRPC_MESSAGE = {"type": "object", "required": ["jsonrpc"], "properties": {
@@ -104,10 +106,15 @@ OPS: dict[tuple[str, str], Op] = {
     ("/admin/breakers/{name}/{action}", "POST"): Op("open (?seconds=) or reset a breaker", [
         _q("seconds", {"type": "number", "exclusiveMinimum": 0}, "how long an opened breaker stays open")]),
     ("/admin/fleet", "GET"): Op("the instances of every fleet deployment"),
+    ("/admin/memory", "GET"): Op("the model memory budget: budgets, memory in use, each model's state, loads and evictions"),
     ("/admin/registry", "GET"): Op("models, versions, aliases and their history", [
         _q("history", {"type": "integer", "minimum": 0, "maximum": 10000}, "most history rows (default 100)")]),
     ("/admin/registry/aliases/{alias}", "POST"): Op("point an alias at a model version", body=_ALIAS_BODY),
-    ("/admin/registry/aliases/{alias}/rollback", "POST"): Op("move an alias back to its previous version"),
+    ("/admin/registry/aliases/{alias}/rollback", "POST"): Op("move an alias back to its previous version (during "
+                                                             "a canary: stop it)"),
+    ("/admin/canary", "GET"): Op("canary releases: stages, each side's figures, decisions", [
+        _q("alias", _STR, "only this alias's canaries")]),
+    ("/admin/canary/{alias}", "POST"): Op("start a canary release of a version on the alias", body=_CANARY_BODY),
     ("/admin/keys", "GET"): Op("list the API keys (never their secrets)"),
     ("/admin/keys", "POST"): Op("create an API key (the secret is in this answer only)", body=_KEY_BODY),
     ("/admin/keys/{key_id}", "GET"): Op("one key"),

@@ -27,7 +27,7 @@ _MODES = {"list": "list", "none": "list", "": "list", "summarize": "summarize", 
 class ParsedAsk:
     ask: AskRequest
     streaming: bool
-    api: str  # "v3" | "v1" | "v0.5"
+    api: str  # "v3" | "v1" | "v0.5" | "v0.55"
 
 
 def _decode(body: bytes) -> str:
@@ -161,7 +161,7 @@ def implied_api(method: str, accept: str, default_api: str, eventsource_api: str
 
 def parse_ask(params: dict[str, Any], raw_json: dict[str, Any] | None, s: SearchSettings, default_api: str) -> ParsedAsk:
     if raw_json is not None and isinstance(raw_json.get("query"), dict):
-        return _parse_v05(raw_json, s)
+        return _parse_v05(raw_json, s, _first(params.get("api")))
     query = _first(params.get("query"))
     if not isinstance(query, str) or not query.strip():
         raise BadRequestError("missing required parameter 'query' (the user's question), e.g. /ask?query=spicy+snacks")
@@ -188,7 +188,20 @@ def parse_ask(params: dict[str, Any], raw_json: dict[str, Any] | None, s: Search
     return ParsedAsk(ask, _bool(params.get("streaming"), True), api)
 
 
-def _parse_v05(body: dict[str, Any], s: SearchSettings) -> ParsedAsk:
+def v05_dialect(meta: dict[str, Any], api: Any) -> str:
+    """A v0.5-shaped body (`query` an object) is answered in "v0.55" (named SSE events: `start`, `result`,
+    `complete`) when its `meta.version` is 0.55 or later, as NLWeb's newest chat page sends; otherwise in
+    "v0.5" (unnamed `data:` events, as NLWeb's 0.5x packages). `api=v0.5|v0.55` in the URL wins."""
+    if isinstance(api, str) and api.lower() in ("v0.5", "v0.55"):
+        return api.lower()
+    try:
+        version = float(str(meta.get("version", "0.5")))
+    except ValueError:
+        version = 0.5
+    return "v0.55" if version >= 0.55 else "v0.5"
+
+
+def _parse_v05(body: dict[str, Any], s: SearchSettings, api: Any = None) -> ParsedAsk:
     q = body["query"]
     text = q.get("text")
     if not isinstance(text, str) or not text.strip():
@@ -208,4 +221,4 @@ def _parse_v05(body: dict[str, Any], s: SearchSettings) -> ParsedAsk:
         max_results=_int(q.get("num_results"), "query.num_results", s.max_results, 1, 100),
         query_id=uuid.uuid4().hex[:12], conversation_id=str(session.get("conversation_id", "")),
     )
-    return ParsedAsk(ask, _bool(prefer.get("streaming"), True), "v0.5")
+    return ParsedAsk(ask, _bool(prefer.get("streaming"), True), v05_dialect(meta, api))

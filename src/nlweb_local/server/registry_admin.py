@@ -78,7 +78,15 @@ def _overview(registry: Any, router: Any, limit: int) -> dict[str, Any]:
             "models": [{"name": name, "versions": versions} for name, versions in models.items()],
             "aliases": [{**a.as_dict(), "deployments": serving.get(a.key, [])} for a in registry.aliases()],
             "history": [c.as_dict() for c in registry.history(limit=limit)],
-            "deployments": serving}
+            "deployments": serving, "canaries": _running_canaries(registry)}
+
+
+def _running_canaries(registry: Any) -> list[dict[str, Any]]:
+    if getattr(registry, "canaries", None) is None:
+        return []
+    from .canary_admin import canaries
+
+    return canaries(registry, running_only=True)
 
 
 def _history_limit(text: str) -> int:

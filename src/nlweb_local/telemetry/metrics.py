@@ -30,6 +30,14 @@ Caches (`core.cache.BoundedCache`, reporting through `cache_lookups(name)`):
 Pulled at scrape time from the router (`RouterCollector`): breaker state, queue depth, running calls,
 health per deployment, and the engine's own prefix-cache counters where it reports them
 (nlweb_engine_prefix_cache_tokens{deployment,kind=queried|hit}, from `LoadSnapshot.prompt_cache`). The ledger adds its queue depth and dropped rows.
+
+Pulled at scrape time from the model memory budget (`MemoryCollector`, when `llm.memory` has one):
+
+    nlweb_model_loads_total{deployment}                      models loaded into memory
+    nlweb_model_evictions_total{deployment,reason}           models unloaded; reason: budget|keep_alive
+    nlweb_model_memory_budgeted_bytes{pool}                  memory counted against the budget (ram|gpu)
+    nlweb_model_memory_budget_bytes{pool}                    the budget
+    nlweb_model_loaded{deployment}                           1 while its model is loaded (or loading)
 """
 from __future__ import annotations
 
@@ -149,6 +157,10 @@ class GatewayMetrics:
         """Export breaker states, queue depths and health of `router`'s deployments at scrape time."""
         self.registry.register(RouterCollector(router, self.deployment_label))
 
+    def watch_memory(self, memory: Any) -> None:
+        """Export the model memory budget's loads, evictions and memory in use at scrape time."""
+        self.registry.register(MemoryCollector(memory, self.deployment_label))
+
     def cache_lookups(self, cache: str) -> "CacheTally":
         """The `on_lookup(hit)` callback of a `BoundedCache` named `cache`, counting into
         nlweb_cache_requests_total{cache, result}. Caches with one name share one tally."""
@@ -254,6 +266,40 @@ class RouterCollector:
                 prefix.add_metric((d, "queried"), cache.queried_tokens)
                 prefix.add_metric((d, "hit"), cache.hit_tokens)
         return [breaker, waiting, running, healthy, prefix]
+
+
+class MemoryCollector:
+    """Reads `fleet.memory.MemoryBudget.snapshot()` when Prometheus scrapes."""
+
+    def __init__(self, memory: Any, deployment_label: BoundedLabel):
+        self._memory = memory
+        self._label = deployment_label
+
+    def describe(self) -> Iterable:
+        return []
+
+    def collect(self) -> Iterable:
+        snap = self._memory.snapshot()
+        loads = CounterMetricFamily("nlweb_model_loads", "models loaded into memory by the memory budget",
+                                    labels=("deployment",))
+        evictions = CounterMetricFamily("nlweb_model_evictions", "models unloaded by the memory budget (budget: to make "
+                                        "room for another; keep_alive: idle too long)", labels=("deployment", "reason"))
+        loaded = GaugeMetricFamily("nlweb_model_loaded", "1 while the model is loaded (or loading)", labels=("deployment",))
+        used = GaugeMetricFamily("nlweb_model_memory_budgeted_bytes", "memory of the loaded models, counted against "
+                                 "the budget", labels=("pool",))
+        budget = GaugeMetricFamily("nlweb_model_memory_budget_bytes", "the model memory budget", labels=("pool",))
+        for m in snap["models"]:
+            d = self._label(m["deployment"])
+            loads.add_metric((d,), m["loads"])
+            for reason in ("budget", "keep_alive"):
+                evictions.add_metric((d, reason), m["evictions"].get(reason, 0))
+            loaded.add_metric((d,), 0.0 if m["state"] == "unloaded" else 1.0)
+        for pool, mb in snap["used_mb"].items():
+            used.add_metric((pool,), mb * 2**20)
+        for pool, mb in snap["budget_mb"].items():
+            if mb is not None:
+                budget.add_metric((pool,), mb * 2**20)
+        return [loads, evictions, loaded, used, budget]
 
 
 class ResourceCollector:

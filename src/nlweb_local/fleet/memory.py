@@ -1,0 +1,354 @@
+"""`MemoryBudget`: which in-process models are loaded, within the host's memory budget (`llm.memory`), and
+`BudgetedModel`, the wrapper that puts a deployment's calls under it.
+
+    call ─► BudgetedModel ─► budget.use(deployment) ─► loaded? serve : evict LRU idle models, load, serve
+
+- A model is loaded on its first call. When it would not fit, the least recently used *idle* models (no call
+  in progress) of the same memory pool (RAM, or GPU) are unloaded first; a call waits (within its deadline,
+  else `llm.memory.wait_s`) while busy models hold the memory, then gets 503 + Retry-After.
+- A model larger than the whole budget is never loaded: `InsufficientMemoryError` (507) names the budget
+  and the model's size. No call can make the process take more than the budget for models.
+- An idle model is unloaded `keep_alive` after its last call (as Ollama: "5m", seconds, -1 never, 0 at once).
+- A model's size is its deployment's `memory_mb`, else the engine's estimate (`model_size.py`: GGUF file
+  size × `gguf_factor` + KV cache). The RSS growth measured around each load is kept beside it
+  (`/admin/memory`), and a load that grew RSS well past its estimate is logged, so the figure can be set.
+- Loads and evictions are counted per deployment (`snapshot()`; telemetry exports them as
+  nlweb_model_loads_total / nlweb_model_evictions_total and the budgeted memory in use as a gauge).
+
+Memory is reserved before a load starts and freed after an unload ends, so what is counted never falls
+below what is held. Loads and unloads run outside the lock: calls to loaded models go on meanwhile.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+import time
+from dataclasses import dataclass, field
+from typing import Any, AsyncIterator, Awaitable, Callable, Literal, TypeVar
+
+from ..core.errors import BadRequestError, InsufficientMemoryError, QueueFullError
+from ..core.types import ChatChunk, ChatRequest
+from ..providers.base import LoadSnapshot, ModelLifecycle, Provider
+from ..providers.wrapper import CallKind, WrapperProvider, close_after_error
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+Pool = Literal["ram", "gpu"]
+State = Literal["unloaded", "loading", "loaded", "unloading"]
+POLL_S = 0.5  # a waiting call looks again at least this often (a release by a cancelled call notifies nobody)
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def keep_alive_seconds(value: str | float | int | None) -> float | None:
+    """Ollama's keep_alive as seconds: "5m", "1h30m", "90s", 300 → seconds; negative → None (never unload)."""
+    if value is None:
+        return None
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return None if value < 0 else float(value)
+    text = str(value).strip()
+    try:
+        n = float(text)
+        return None if n < 0 else n
+    except ValueError:
+        pass
+    parts = re.findall(r"(\d+(?:\.\d+)?)(ms|h|m|s)", text)
+    if not parts or "".join(a + u for a, u in parts) != text.lstrip("-"):
+        raise BadRequestError(f"keep_alive {value!r} is not a duration (e.g. \"5m\", \"1h\", \"30s\", 300, -1)")
+    if text.startswith("-"):
+        return None
+    return sum(float(a) * _UNITS[u] for a, u in parts)
+
+
+def process_rss_mb() -> float:
+    """This process's resident memory in MiB (/proc/self/status; psutil elsewhere; 0 when neither)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    try:
+        import psutil
+
+        return psutil.Process().memory_info().rss / 2**20
+    except Exception:  # noqa: BLE001 - no way to measure: nothing measured
+        return 0.0
+
+
+def nvml_gpu_total_mb() -> float | None:
+    """The memory of GPU 0 as NVML reports it (pynvml, optional); None without NVML or a GPU."""
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        return pynvml.nvmlDeviceGetMemoryInfo(pynvml.nvmlDeviceGetHandleByIndex(0)).total / 2**20
+    except Exception:  # noqa: BLE001 - no package, driver or GPU
+        return None
+
+
+@dataclass
+class ResidentModel:
+    """One model the budget manages, and its state."""
+
+    deployment: str
+    lifecycle: ModelLifecycle
+    size_mb: float
+    keep_alive_s: float | None  # None: never unloaded for idleness
+    pool: Pool = "ram"
+    state: State = "unloaded"
+    in_use: int = 0
+    last_used: float = 0.0
+    loads: int = 0
+    evictions: dict[str, int] = field(default_factory=dict)  # reason (budget | keep_alive) → count
+    measured_mb: float | None = None  # RSS growth around its last load
+
+    def view(self, now: float) -> dict[str, Any]:
+        return {"deployment": self.deployment, "pool": self.pool, "state": self.state, "size_mb": round(self.size_mb, 1),
+                "measured_mb": None if self.measured_mb is None else round(self.measured_mb, 1),
+                "in_use": self.in_use, "idle_s": round(now - self.last_used, 1) if self.state == "loaded" and not self.in_use else None,
+                "keep_alive_s": self.keep_alive_s, "loads": self.loads, "evictions": dict(self.evictions)}
+
+
+class MemoryBudget:
+    """The memory budget of one host: `budget_mb` of RAM, `gpu_budget_mb` of GPU memory (None: no budget)."""
+
+    def __init__(self, settings: Any, *, clock: Callable[[], float] = time.monotonic,
+                 rss_mb: Callable[[], float] = process_rss_mb, gpu_total_mb: Callable[[], float | None] = nvml_gpu_total_mb):
+        self.settings = settings
+        self.budget_mb: dict[Pool, float | None] = {"ram": settings.budget_mb, "gpu": settings.gpu_budget_mb}
+        if self.budget_mb["gpu"] is None:
+            total = gpu_total_mb()
+            self.budget_mb["gpu"] = total * settings.gpu_share if total else None
+        self.default_keep_alive_s = keep_alive_seconds(settings.keep_alive)
+        self._clock, self._rss = clock, rss_mb
+        self._models: dict[str, ResidentModel] = {}
+        self._cond = asyncio.Condition()
+        self._reaper: asyncio.Task | None = None
+
+    # -- registration ----------------------------------------------------------------------------
+    def register(self, deployment: str, lifecycle: ModelLifecycle, size_mb: float, *,
+                 keep_alive: str | float | None = None, pool: Pool = "ram") -> ResidentModel:
+        budget = self.budget_mb[pool]
+        ka = self.default_keep_alive_s if keep_alive is None else keep_alive_seconds(keep_alive)
+        m = self._models[deployment] = ResidentModel(deployment, lifecycle, size_mb, ka, pool)
+        if budget is not None and size_mb > budget:
+            log.warning("deployment %s: its model (%.0f MiB) is larger than the %s budget (%.0f MiB); its calls "
+                        "will be refused", deployment, size_mb, pool, budget)
+        return m
+
+    def model(self, deployment: str) -> ResidentModel:
+        return self._models[deployment]
+
+    def used_mb(self, pool: Pool = "ram") -> float:
+        """Memory counted against the budget: models loaded, loading (reserved) or still unloading."""
+        return sum(m.size_mb for m in self._models.values() if m.pool == pool and m.state != "unloaded")
+
+    # -- calls -----------------------------------------------------------------------------------
+    @contextlib.asynccontextmanager
+    async def use(self, deployment: str, deadline_s: float | None = None) -> AsyncIterator[ResidentModel]:
+        """Hold `deployment`'s model loaded for the duration (loading it, and evicting others, first)."""
+        m = await self.acquire(deployment, deadline_s)
+        try:
+            yield m
+        finally:
+            await self.release(m)
+
+    async def acquire(self, deployment: str, deadline_s: float | None = None) -> ResidentModel:
+        self._start_reaper()
+        m = self._models[deployment]
+        budget = self.budget_mb[m.pool]
+        if budget is not None and m.size_mb > budget:
+            raise InsufficientMemoryError(
+                f"model of deployment {deployment!r} needs {m.size_mb:.0f} MiB, more than the whole memory budget "
+                f"(llm.memory.{'budget_mb' if m.pool == 'ram' else 'gpu_budget_mb'} = {budget:.0f} MiB); raise the "
+                "budget, or serve a smaller model or context (n_ctx)", retry_after=3600.0, deployment=deployment)
+        end = time.monotonic() + (deadline_s or self.settings.wait_s)  # (real time: `clock` is for idleness)
+        async with self._cond:
+            while True:
+                if m.state == "loaded":
+                    m.in_use += 1
+                    m.last_used = self._clock()
+                    return m
+                if m.state == "unloaded":
+                    victims = self._victims(m, budget)
+                    if victims is not None:
+                        break
+                await self._wait(end, m, budget)
+            for v in victims:
+                v.state = "unloading"
+            m.state = "loading"
+        # evicting and loading run to the end in a task of their own even if this call is cancelled, so the
+        # states always say what is in memory; the call that started them holds the model (in_use) once loaded
+        task = asyncio.ensure_future(self._make_room_and_load(victims, m))
+        try:
+            await asyncio.shield(task)
+        except asyncio.CancelledError:
+            task.add_done_callback(lambda t: None if t.cancelled() or t.exception() else self._drop(m))
+            raise
+        return m
+
+    def _drop(self, m: ResidentModel) -> None:
+        """Give back a hold whose caller went away (on the event loop; waiters re-check within a poll)."""
+        m.in_use -= 1
+        m.last_used = self._clock()
+
+    def _victims(self, m: ResidentModel, budget: float | None) -> list[ResidentModel] | None:
+        """The idle models to unload (least recently used first) so that `m` fits; None: it cannot fit now."""
+        if budget is None:
+            return []
+        free = budget - self.used_mb(m.pool)
+        chosen: list[ResidentModel] = []
+        idle = sorted((o for o in self._models.values() if o.pool == m.pool and o.state == "loaded" and not o.in_use),
+                      key=lambda o: o.last_used)
+        for o in idle:
+            if free >= m.size_mb:
+                break
+            chosen.append(o)
+            free += o.size_mb
+        return chosen if free >= m.size_mb else None
+
+    async def _wait(self, end: float, m: ResidentModel, budget: float | None) -> None:
+        """Wait for a change (a release, a load, an unload), at most `POLL_S` before looking again."""
+        left = end - time.monotonic()
+        if left > 0:
+            try:
+                await asyncio.wait_for(self._cond.wait(), min(left, POLL_S))
+            except TimeoutError:
+                pass
+            return
+        busy = ", ".join(f"{o.deployment} ({o.size_mb:.0f} MiB, {o.in_use} calls)" for o in self._models.values()
+                         if o.pool == m.pool and o.state != "unloaded" and o is not m)
+        raise QueueFullError(f"model of deployment {m.deployment!r} ({m.size_mb:.0f} MiB) is waiting for memory: the "
+                             f"budget of {budget or 0:.0f} MiB is held by models in use ({busy or 'loading'})",
+                             retry_after=max(1.0, self.settings.wait_s / 2), deployment=m.deployment)
+
+    async def _make_room_and_load(self, victims: list[ResidentModel], m: ResidentModel) -> None:
+        if not await self._evict(victims, "budget"):
+            async with self._cond:
+                m.state = "unloaded"
+                self._cond.notify_all()
+            raise QueueFullError(f"model of deployment {m.deployment!r} cannot be loaded: unloading "
+                                 f"{', '.join(v.deployment for v in victims)} to make room failed (see the log)",
+                                 retry_after=5.0, deployment=m.deployment)
+        await self._load(m)
+
+    async def _load(self, m: ResidentModel) -> None:
+        before = self._rss()
+        try:
+            await m.lifecycle.load()
+        except BaseException:
+            async with self._cond:
+                m.state = "unloaded"
+                self._cond.notify_all()
+            raise
+        grown = self._rss() - before
+        async with self._cond:
+            m.state, m.loads, m.last_used = "loaded", m.loads + 1, self._clock()
+            m.in_use += 1  # the call that loaded it
+            m.measured_mb = grown if grown > 0 else None
+            self._cond.notify_all()
+        log.info("memory: loaded %s (%.0f MiB budgeted, RSS +%.0f MiB; %.0f MiB in use)", m.deployment, m.size_mb,
+                 grown, self.used_mb(m.pool))
+        if grown > 1.25 * m.size_mb + 16:
+            log.warning("memory: loading %s grew RSS by %.0f MiB, more than its %.0f MiB estimate; set its memory_mb",
+                        m.deployment, grown, m.size_mb)
+
+    async def _evict(self, victims: list[ResidentModel], reason: str) -> bool:
+        """Unload `victims` (marked "unloading"); False when one of them could not be (it stays counted)."""
+        ok = True
+        for v in victims:
+            try:
+                await v.lifecycle.unload()
+            except Exception as e:  # noqa: BLE001 - it stays counted as loaded: the budget never undercounts
+                log.error("memory: unloading %s failed (%r); it stays counted", v.deployment, e)
+                async with self._cond:
+                    v.state = "loaded"
+                    self._cond.notify_all()
+                ok = False
+                continue
+            async with self._cond:
+                v.state = "unloaded"
+                v.evictions[reason] = v.evictions.get(reason, 0) + 1
+                self._cond.notify_all()
+            log.info("memory: unloaded %s (%s)", v.deployment, reason)
+        return ok
+
+    async def release(self, m: ResidentModel) -> None:
+        self._drop(m)  # at once, even if this task is cancelled while it waits for the lock below
+        async with self._cond:
+            self._cond.notify_all()
+        if m.keep_alive_s == 0:
+            await self.sweep()
+
+    # -- keep-alive ------------------------------------------------------------------------------
+    async def sweep(self) -> None:
+        """Unload the idle models whose keep_alive has run out."""
+        now = self._clock()
+        async with self._cond:
+            expired = [m for m in self._models.values() if m.state == "loaded" and not m.in_use
+                       and m.keep_alive_s is not None and now - m.last_used >= m.keep_alive_s]
+            for m in expired:
+                m.state = "unloading"
+        await asyncio.shield(self._evict(expired, "keep_alive"))  # (states stay true if the sweep is cancelled)
+
+    def _start_reaper(self) -> None:
+        if self._reaper is None or self._reaper.done():
+            self._reaper = asyncio.get_running_loop().create_task(self._reap())
+
+    async def _reap(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.sweep_interval_s)
+            try:
+                await self.sweep()
+            except Exception:  # noqa: BLE001 - the next sweep tries again
+                log.exception("memory: keep-alive sweep failed")
+
+    # -- views -----------------------------------------------------------------------------------
+    def snapshot(self) -> dict[str, Any]:
+        """For /admin/memory and the metrics: the budgets, what is in use, and every model."""
+        now = self._clock()
+        return {"budget_mb": {p: (None if b is None else round(b, 1)) for p, b in self.budget_mb.items()},
+                "used_mb": {p: round(self.used_mb(p), 1) for p in self.budget_mb},
+                "process_rss_mb": round(self._rss(), 1),
+                "models": [m.view(now) for m in self._models.values()]}
+
+    async def close(self) -> None:
+        if self._reaper is not None:
+            self._reaper.cancel()
+            await asyncio.gather(self._reaper, return_exceptions=True)
+
+
+class BudgetedModel(WrapperProvider):
+    """A deployment's calls under the memory budget: each holds its model loaded until it ends."""
+
+    def __init__(self, inner: Provider, budget: MemoryBudget):
+        super().__init__(inner)
+        self.budget = budget
+
+    async def around_call(self, kind: CallKind, subject: Any, run: Callable[[], Awaitable[T]]) -> T:
+        deadline = subject.deadline_s if isinstance(subject, ChatRequest) else None
+        async with self.budget.use(self.name, deadline):
+            return await run()
+
+    def around_stream(self, request: ChatRequest, chunks: AsyncIterator[ChatChunk]) -> AsyncIterator[ChatChunk]:
+        return self._held(request, chunks)
+
+    async def _held(self, request: ChatRequest, chunks: AsyncIterator[ChatChunk]) -> AsyncIterator[ChatChunk]:
+        error: BaseException | None = None
+        try:
+            async with self.budget.use(self.name, request.deadline_s):
+                async for ch in chunks:
+                    yield ch
+        except BaseException as e:
+            error = e
+            raise
+        finally:
+            await close_after_error(chunks, error)
+
+    async def health(self) -> LoadSnapshot:
+        if self.budget.model(self.name).state == "unloaded":
+            return LoadSnapshot(healthy=True, detail=f"{self.model} (not loaded: loads on its next call)")
+        return await self.inner.health()
