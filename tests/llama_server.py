@@ -14,7 +14,7 @@ real engine, a connection is refused while it starts or after it died; it then s
 from __future__ import annotations
 
 import os
-import select
+import selectors
 import signal
 import socket
 import subprocess
@@ -70,8 +70,9 @@ class LlamaServer:
                  str(self.n_ctx), self.alias, *([str(self.n_threads)] if self.n_threads else [])], pass_fds=(sock.fileno(), ready_w), stdout=out, stderr=subprocess.STDOUT,
                 start_new_session=True)
         os.close(ready_w)
-        with os.fdopen(ready_r, "rb") as ready:  # "ready", or end of file when the engine died first
-            said = ready.read(5) if select.select([ready], [], [], START_S)[0] else b""
+        with os.fdopen(ready_r, "rb") as ready, selectors.DefaultSelector() as sel:  # (epoll: any fd number)
+            sel.register(ready, selectors.EVENT_READ)
+            said = ready.read(5) if sel.select(START_S) else b""  # "ready", or end of file if the engine died
         if said != b"ready":
             self.kill()
             pytest.fail(f"llama_cpp.server did not start within {START_S:.0f} s: "

@@ -79,8 +79,9 @@ async def test_kill_the_local_engine_under_load_then_restore(tmp_path):
         window=6, min_calls=2, failure_rate=0.5, open_s=2.0, probe_calls=1, restore_shares=[0.1, 0.5], calls_per_stage=4))
     settings.llm.deployments = [
         DeploymentSettings(name="engine", engine="llama_cpp_server", model="smollm2", url=f"{engine.url}/v1", timeout_s=20),
+        # the fake cloud listens on loopback, which would make it local: it stands for a cloud API
         DeploymentSettings(name="cloud", engine="openai", model="fake-model", url=f"{cloud.url}/v1", api_key="sk-test",
-                           price_in_per_m=2.5, price_out_per_m=10),
+                           price_in_per_m=2.5, price_out_per_m=10, location="cloud"),
     ]
     store = QdrantStore(dimension=2, path=tmp_path / "q")
     comp = build_components(settings, embedder=NoEmbedder(), store=store, telemetry=None)  # as serve composes it

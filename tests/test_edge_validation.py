@@ -44,8 +44,8 @@ def gw(tmp_path):
     embedder.calls = 0
     comp = scripted_service(settings, {"local": local, "cloud": cloud}, embedder=embedder, store=store, telemetry=None,
                             llm=FunctionLLM(lambda t, p, s: '{"score": 90, "description": "pie"}'))
-    with TestClient(create_app(settings, comp, close_components=False), raise_server_exceptions=False, base_url="http://localhost") as c:
-        yield c, local, cloud, embedder
+    with TestClient(create_app(settings, comp, close_components=True), raise_server_exceptions=False, base_url="http://localhost") as c:
+        yield c, local, cloud, embedder  # (closing the app closes the components: the audit, registry and key stores)
     store.close()
 
 
