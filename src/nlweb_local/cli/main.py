@@ -15,11 +15,12 @@ EPILOG = """examples:
   nlweb-local ask "vegetarian curry" --site myrecipes --mode summarize
   nlweb-local models list                            # deployments, their health, Ollama's installed/loaded models
   nlweb-local config show                            # effective settings (defaults < nlweb-local.yaml < NLWEB_LOCAL_* env)
+  nlweb-local deploy k8s --out k8s/                  # Kubernetes manifests for these settings (gateway, engines, autoscaling)
 """
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import ab, ask, audit, bench, config_cmd, cost, eval_cmd, ingest, keys, models, router_cmd, serve, sites
+    from . import ab, ask, audit, bench, config_cmd, cost, deploy, eval_cmd, ingest, keys, models, router_cmd, serve, sites
 
     p = argparse.ArgumentParser(prog="nlweb-local", description="Self-hosted NLWeb search with a local LLM.",
                                 epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -29,7 +30,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="debug logging and model-loading progress (otherwise only `serve` logs, at server.log_level, "
                    "and other commands print warnings and errors only, on stderr)")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for module in (serve, ingest, ask, sites, models, ab, router_cmd, config_cmd, eval_cmd, bench, cost, keys, audit):
+    for module in (serve, ingest, ask, sites, models, ab, router_cmd, config_cmd, eval_cmd, bench, cost, keys, audit,
+                   deploy):
         module.register(sub)
     return p
 
