@@ -1,4 +1,5 @@
-"""Chaos with real processes: kill the local engine under load, then bring it back.
+"""Chaos with real processes: kill the local engine under load, then bring it back; kill two of a fleet's three
+instances under load, then bring them back.
 
 The local deployment is the real llama-cpp-python server (SmolLM2) in its own process; the cloud
 fallback is the wire-faithful OpenAI fake. Clients call the real gateway over HTTP with the official
@@ -140,3 +141,100 @@ async def test_kill_the_local_engine_under_load_then_restore(tmp_path):
     assert after[-5:] == ["engine"] * 5  # all traffic local again at the end
     first_local = after.index("engine")
     assert "cloud" in after[first_local:], "while restoring, part of the traffic still went to the cloud"
+
+
+async def test_kill_two_of_three_instances_under_load_then_they_return(tmp_path):
+    """One deployment, three real llama-cpp-python servers as its `instances`, behind the real gateway over HTTP,
+    with no other deployment to fall back on. Under concurrent load two instances are killed, one after the
+    other: no client request fails (a call on a dying instance moves to another before its first token).
+    Both restart on their ports, pass the probes, rejoin the pool and serve calls again (GET /admin/fleet)."""
+    import aiohttp
+
+    from nlweb_local.config.settings import BreakerSettings, DeploymentSettings, FleetSettings
+    from nlweb_local.retrieval.qdrant_store import QdrantStore
+
+    engines = [LlamaServer(tmp_path / f"engine{i}.log", n_ctx=512, n_threads=1) for i in range(3)]
+    await asyncio.gather(*(asyncio.to_thread(e.start) for e in engines))
+    urls = [f"{e.url}/v1" for e in engines]
+    settings = load_settings(environ={})
+    settings.llm.embedded_enabled = False
+    settings.llm.health_interval_s = 0.5
+    settings.cache.enabled = False  # every request must reach an engine
+    settings.llm.breaker = BreakerSettings(window=6, min_calls=2, failure_rate=0.5, open_s=1.0, probe_calls=1,
+                                           restore_shares=[0.5], calls_per_stage=2)
+    settings.llm.deployments = [DeploymentSettings(name="engine", engine="llama_cpp_server", model="smollm2",
+                                                   instances=urls, timeout_s=30,
+                                                   fleet=FleetSettings(policy="least-outstanding"))]
+    store = QdrantStore(dimension=2, path=tmp_path / "q")
+    comp = build_components(settings, embedder=NoEmbedder(), store=store, telemetry=None)
+    srv = LiveServer(create_app(settings, comp, close_components=True))
+    client = openai.AsyncOpenAI(base_url=f"{srv.url}/v1", api_key="unused", max_retries=0, timeout=60)
+    admin = aiohttp.ClientSession()
+    failures: list[str] = []
+    served_requests = 0
+    stop = asyncio.Event()
+
+    async def fleet() -> dict[str, dict]:
+        async with admin.get(f"{srv.url}/admin/fleet") as r:
+            assert r.status == 200, await r.text()
+            return {i["url"]: i for i in (await r.json())["deployments"][0]["instances"]}
+
+    async def until(predicate, timeout_s: float, what: str) -> dict[str, dict]:
+        """Poll /admin/fleet (bounded) until `predicate(instances)` holds."""
+        end = time.monotonic() + timeout_s
+        while True:
+            view = await fleet()
+            if predicate(view):
+                return view
+            if time.monotonic() > end:
+                pytest.fail(f"{what} did not happen within {timeout_s:.0f} s; instances "
+                            f"{[{k: i[k] for k in ('url', 'up', 'breaker', 'served', 'failed', 'detail')} for i in view.values()]}")
+            await asyncio.sleep(0.2)
+
+    def served(view: dict[str, dict]) -> list[int]:
+        return [view[u]["served"] for u in urls]
+
+    async def user(i: int) -> None:
+        nonlocal served_requests
+        while not stop.is_set():
+            try:
+                r = await client.chat.completions.create(
+                    model="engine", messages=[{"role": "user", "content": f"Say hi to user {i}."}], max_tokens=4,
+                    temperature=0)
+                assert r.choices[0].message.content is not None
+                served_requests += 1
+            except Exception as e:  # noqa: BLE001 - every failure is recorded and fails the test below
+                failures.append(repr(e))
+            await asyncio.sleep(0.02)  # a user's think time
+
+    tasks = [asyncio.create_task(user(i)) for i in range(3)]
+    try:
+        start = await until(lambda v: min(served(v)) >= 2, 90, "all three instances serving")
+        a, b, c = urls
+        engines[0].kill()  # the chaos: one instance dies under load ...
+        after_a = await until(lambda v: not v[a]["up"] and served(v)[1] + served(v)[2] >= sum(served(start)[1:]) + 6,
+                              60, "the first instance out of the pool and 6 calls served by the others")
+        engines[1].kill()  # ... then a second one
+        after_b = await until(lambda v: not v[b]["up"] and served(v)[2] >= served(after_a)[2] + 6, 60,
+                              "the second instance out of the pool and 6 calls served by the last one")
+        assert not after_b[a]["up"]
+        await asyncio.gather(*(asyncio.to_thread(e.start) for e in engines[:2]))  # both back, on the same ports
+        back = await fleet()
+        end = await until(lambda v: all(v[u]["up"] and v[u]["served"] >= back[u]["served"] + 3 for u in (a, b)), 120,
+                          "both restarted instances passing the probes and serving 3 calls each")
+        stop.set()
+        await asyncio.gather(*tasks)
+    finally:
+        stop.set()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await admin.close()
+        srv.stop()
+        for e in engines:
+            e.close()
+        store.close()
+    print(f"\nchaos (3 instances): {served_requests} requests served, {len(failures)} failed; served per instance "
+          f"at start {served(start)}, after the 1st kill {served(after_a)}, after the 2nd {served(after_b)}, "
+          f"after the restarts {served(back)} -> {served(end)}; failed calls per instance "
+          f"{[end[u]['failed'] for u in urls]}")
+    assert failures == [], f"{len(failures)} client requests failed: {failures[:3]}"
+    assert all(end[u]["breaker"] in ("closed", "restoring") for u in urls)

@@ -135,3 +135,26 @@ def test_refusals(tmp_path, capsys):
     docs = [d for d in yaml.safe_load_all(capsys.readouterr().out) if d]
     gateway = by_kind(docs, "Deployment")["nlweb-local"]["spec"]["template"]["spec"]["containers"][0]
     assert gateway["command"][-1] == "--insecure"
+
+
+def test_the_readme_several_engines_example_loads_and_deploys(tmp_path):
+    """README's "Running several engines" example (two llama-server instances, one Ollama) is valid settings;
+    deployed, its URL deployments stay as they are and the embedded engine becomes a llama-server workload."""
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    section = readme.split("### Running several engines", 1)[1]
+    example = re.search(r"```yaml\n(.*?)```", section, re.S).group(1)
+    cfg = tmp_path / "several.yaml"
+    cfg.write_text(example)
+    settings = load_settings(cfg, environ={})
+    llama, ollama = settings.llm.deployments
+    assert (llama.engine, len(llama.instances), llama.fleet.policy) == ("llama_server", 2, "p2c")
+    assert (ollama.engine, ollama.url, ollama.instances) == ("ollama", "http://127.0.0.1:11434", [])
+    docs, _ = manifests(settings, K8sOptions(insecure=True))
+    assert validate_all(docs) == len(docs)
+    config = yaml.safe_load(by_kind(docs, "ConfigMap")["nlweb-local-config"]["data"]["nlweb-local.yaml"])
+    assert [d["name"] for d in config["llm"]["deployments"]] == ["local", "llama", "ollama"]
+    assert config["llm"]["deployments"][1]["instances"] == llama.instances
+    assert set(by_kind(docs, "Deployment")) == {"nlweb-local", "nlweb-local-engine-local"}

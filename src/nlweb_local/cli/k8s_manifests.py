@@ -6,7 +6,7 @@ What nlweb-local would launch itself becomes its own workload, so that it scales
   llama.cpp's `llama-server` (image `ghcr.io/ggml-org/llama.cpp:server`, whose entrypoint is llama-server),
   reading its GGUF file from a volume of models (a PersistentVolumeClaim mounted read-only at /models; the
   file name is the one the config names). The gateway's config reaches it as an ordinary `llama_server`
-  deployment at the Service's URL, `location: local` (a cluster name is not a loopback address);
+  deployment at the Service's URL, `location: local` (a name that does not resolve at start would be cloud);
 - the gateway is a Deployment (replicas >= 2) + Service whose replicas agree through shared state: the
   caches and the limits' counters in Redis (`cache_store.redis_url`, `auth.limits_redis_url`), the model
   registry and the audit log in PostgreSQL (`registry.database_url`, `audit.database_url`), the index in a
