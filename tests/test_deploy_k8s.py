@@ -12,8 +12,6 @@ from nlweb_local.cli.main import main
 from nlweb_local.config.settings import load_settings
 from nlweb_local.core.errors import BadRequestError
 
-pytest.importorskip("kubernetes_validate")
-
 SAMPLE = """
 auth:
   enabled: true
