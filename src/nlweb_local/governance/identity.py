@@ -5,7 +5,7 @@ audit log) and in a context variable for the length of the request (`current()`,
 wrapper and the endpoints that apply site scopes: tasks a request starts copy it).
 
     user      /ask, /mcp, /v1/*, /chat/*, /who, /sites — within the key's models and sites
-    operator  what a user may, plus the admin read endpoints, breakers, metrics and the dashboard
+    operator  what a user may, plus the admin read endpoints (the dashboard's data), breakers and metrics
     admin     everything, key management included
 """
 from __future__ import annotations

@@ -98,7 +98,8 @@ OPS: dict[tuple[str, str], Op] = {
     ("/mcp", "GET"): Op("MCP: the server-sent event stream (405: this server sends none)"),
     ("/mcp", "DELETE"): Op("MCP: end a session"),
     ("/metrics", "GET"): Op("Prometheus metrics", response="text/plain"),
-    ("/dashboard", "GET"): Op("the operator's dashboard", response="text/html"),
+    ("/dashboard", "GET"): Op("the operator's dashboard page (no data: it reads /admin/* with the key typed into it)",
+                              response="text/html"),
     ("/admin/stats", "GET"): Op("latency, throughput, cost over a window", [
         _q("window", {"type": "number", "exclusiveMinimum": 0, "maximum": 604800}, "seconds (default 300)"),
         _q("buckets", {"type": "integer", "minimum": 1, "maximum": 500}, "time-series buckets (default 30)")]),
