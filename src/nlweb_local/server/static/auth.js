@@ -41,7 +41,7 @@
     form.id = "api-key-form";
     form.hidden = true;
     form.setAttribute("autocomplete", "off");
-    form.style.cssText = "display:flex;flex-wrap:wrap;align-items:center;gap:8px;padding:10px 16px;" +
+    form.style.cssText = "display:none;flex-wrap:wrap;align-items:center;gap:8px;padding:10px 16px;" +
       "background:var(--warn-soft,#fff5e0);color:var(--text,#1c2230);border-bottom:1px solid var(--border,#e1e4ee);" +
       "font:14px/1.4 system-ui,sans-serif;position:relative;z-index:20";
     const label = document.createElement("label");
@@ -72,7 +72,7 @@
       if (!key) return;
       keep(key);
       input.value = "";
-      form.hidden = true;
+      shown(false);
       for (const fn of listeners) {
         try {
           fn(key);
@@ -85,6 +85,11 @@
     return form;
   }
 
+  function shown(on) {
+    form.hidden = !on;
+    form.style.display = on ? "flex" : "none"; // (a page's CSS may not hide [hidden] elements with a display)
+  }
+
   /* Show the key field, saying why (`why`: the server's message, or nothing). */
   function ask(why) {
     const f = build();
@@ -92,7 +97,7 @@
       "Enter an API key (an admin makes one with: nlweb-local keys create --name NAME --role user). " +
       "It is kept in this tab only.";
     if (f.hidden) {
-      f.hidden = false;
+      shown(true);
       f.querySelector("#api-key").focus();
     }
   }
