@@ -359,6 +359,7 @@ class LimitSettings(_Section):
     requests_per_minute: int | None = Field(None, ge=0, description="requests a minute, all the team's keys together; null = no limit")
     tokens_per_day: int | None = Field(None, ge=0, description="LLM tokens (in + out) a UTC day; null = no limit")
     usd_per_day: float | None = Field(None, ge=0, description="LLM spend a UTC day in US dollars (priced as in the cost ledger); null = no limit")
+    usd_per_month: float | None = Field(None, ge=0, description="LLM spend a UTC calendar month in US dollars; null = no limit")
 
 
 class TeamSettings(LimitSettings):
@@ -429,7 +430,7 @@ class AuthSettings(_Section):
     key_cache_entries: int = Field(10_000, ge=1, description="keys kept in memory after their first use")
     key_cache_ttl_s: float = Field(10.0, gt=0, description="how long a key found in the store is trusted without reading it again: a key revoked by the CLI (another process) stops working within this; /admin/keys acts at once")
     limits_redis_url: str | None = Field(None, description="keep the limits' counters in Redis (e.g. redis://127.0.0.1:6379/0) so that every replica shares them; null = in this process")
-    teams: dict[str, TeamSettings] = Field(default_factory=dict, description="team name -> its limits (requests_per_minute, tokens_per_day, usd_per_day) and privacy (any, local_only)")
+    teams: dict[str, TeamSettings] = Field(default_factory=dict, description="team name -> its limits (requests_per_minute, tokens_per_day, usd_per_day, usd_per_month) and privacy (any, local_only)")
     trusted_proxies: list[str] = Field(default_factory=list, description="CIDR networks of reverse proxies whose X-Forwarded-For is believed when a key's allow_from is checked; empty = the connecting address is the client")
     jwt: JwtSettings = JwtSettings()
 

@@ -88,7 +88,8 @@ def build_governance(settings: Any) -> Governance:
         tokens = TokenVerifier(a.jwt, cache_entries=a.key_cache_entries)
     auth = Authenticator(keyring, enabled=a.enabled, cache_entries=a.key_cache_entries, ttl_s=a.key_cache_ttl_s,
                          tokens=tokens)
-    teams = {name: Limits(t.requests_per_minute, t.tokens_per_day, t.usd_per_day) for name, t in a.teams.items()}
+    teams = {name: Limits(t.requests_per_minute, t.tokens_per_day, t.usd_per_day, t.usd_per_month)
+             for name, t in a.teams.items()}
     from .keys import parse_networks
 
     proxies = tuple(ipaddress.ip_network(n) for n in parse_networks(a.trusted_proxies))

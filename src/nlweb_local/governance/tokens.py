@@ -54,8 +54,8 @@ class TokenVerifier:
         self._lock = asyncio.Lock()
         self._cache: OrderedDict[str, tuple[Identity, float]] = OrderedDict()
         self._max = cache_entries
-        self.user_limits = Limits(settings.user_limits.requests_per_minute, settings.user_limits.tokens_per_day,
-                                  settings.user_limits.usd_per_day)
+        u = settings.user_limits
+        self.user_limits = Limits(u.requests_per_minute, u.tokens_per_day, u.usd_per_day, u.usd_per_month)
         if settings.jwks_file:
             try:
                 self._keys = self._parse(Path(settings.jwks_file).expanduser().read_bytes(), settings.jwks_file)

@@ -54,7 +54,8 @@ _KEY_BODY = {"type": "object", "required": ["name", "role"], "additionalProperti
     "expires": {"type": "string", "description": "a duration such as 30d or 12h"},
     "limits": {"type": "object", "properties": {"requests_per_minute": {"type": "integer", "minimum": 0},
                                                 "tokens_per_day": {"type": "integer", "minimum": 0},
-                                                "usd_per_day": {"type": "number", "minimum": 0}}}}}
+                                                "usd_per_day": {"type": "number", "minimum": 0},
+                                                "usd_per_month": {"type": "number", "minimum": 0}}}}}
 _ALIAS_BODY = {"type": "object", "required": ["name", "version"], "properties": {
     "name": _STR, "version": _STR, "promote": {"type": "boolean"}}}
 _CANARY_BODY = {"type": "object", "required": ["name", "version"], "properties": {
