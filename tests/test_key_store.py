@@ -146,3 +146,34 @@ def test_a_store_that_cannot_be_reached_stops_the_start_naming_it_without_the_pa
     assert "hunter2" not in e.value.message and e.value.status == 503
     with pytest.raises(Exception, match="keys_database_url must be postgresql"):
         open_key_store("mysql://x/y", tmp_path / "x")
+
+
+async def test_a_postgresql_outage_gives_503_with_retry_after_and_cached_keys_keep_working(tmp_path, pg_schema):
+    """The server's connection is cut and the database cannot be reached again (its URL now names a port
+    where nothing listens): a key seen before is still served from the cache; a key not seen yet gets 503
+    with Retry-After saying the key store cannot be read (not 401, not a 500 with the driver's words)."""
+    import socket
+
+    import psycopg
+
+    url, _ = pg_schema
+    svc = governed_service(tmp_path, auth={"keys_database_url": url, "key_cache_ttl_s": 300})
+    seen, unseen = svc.key("seen", "user"), svc.key("unseen", "user")
+    try:
+        async with client(svc) as c:
+            assert (await c.post("/v1/chat/completions", json=CHAT, headers={"x-api-key": seen})).status_code == 200
+            store = svc.comp.governance.keyring.store
+            s = socket.socket()
+            s.bind(("127.0.0.1", 0))
+            dead = s.getsockname()[1]
+            s.close()
+            store._connect = lambda: psycopg.connect(f"postgresql://postgres@127.0.0.1:{dead}/test", connect_timeout=2)
+            with psycopg.connect(PG_URL, autocommit=True) as admin:
+                admin.execute("SELECT pg_terminate_backend(%s)", (store._conn.info.backend_pid,))
+            r = await c.post("/v1/chat/completions", json=CHAT, headers={"x-api-key": unseen})
+            assert r.status_code == 503, r.text
+            assert "key store cannot be read or written now" in r.json()["error"]["message"]
+            assert str(dead) not in r.text and int(r.headers["retry-after"]) >= 1
+            assert (await c.post("/v1/chat/completions", json=CHAT, headers={"x-api-key": seen})).status_code == 200
+    finally:
+        await svc.comp.close()
