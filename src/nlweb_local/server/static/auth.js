@@ -93,9 +93,10 @@
   /* Show the key field, saying why (`why`: the server's message, or nothing). */
   function ask(why) {
     const f = build();
-    f.querySelector("#api-key-note").textContent = (why ? why + " " : "") +
-      "Enter an API key (an admin makes one with: nlweb-local keys create --name NAME --role user). " +
-      "It is kept in this tab only.";
+    const hint = why && why.includes("keys create") ? "" :
+      " Enter an API key (an admin makes one with: nlweb-local keys create --name NAME --role user).";
+    f.querySelector("#api-key-note").textContent = (why || "This server needs an API key.") + hint +
+      " The key is kept in this tab only.";
     if (f.hidden) {
       shown(true);
       f.querySelector("#api-key").focus();
