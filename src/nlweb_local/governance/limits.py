@@ -77,6 +77,7 @@ class Plan:
     rpm: tuple[Bound, ...]
     budget: tuple[Bound, ...]  # tokens and dollars a day, dollars a month
     money: bool  # a dollar limit among them (else calls need no pricing)
+    monthly: bool = False  # a month's limit among them (its counters live until the month's end)
     tokens: tuple[bool, ...] = ()  # per budget bound: counts tokens (else nano-dollars)
     day: int = -1  # the day `day_keys` are for
     day_keys: tuple[str, ...] = ()
@@ -121,7 +122,8 @@ class LimitPolicy:
                                             ("usdm", lim.usd_per_month, NANO, budget)):
                 if limit is not None:
                     into.append(Bound(scope, who, what, limit, math.floor(limit * unit), f"{what}:{scope}:{who}:"))
-        plan = Plan(tuple(rpm), tuple(budget), any(b.what in ("usd", "usdm") for b in budget))
+        plan = Plan(tuple(rpm), tuple(budget), any(b.what in ("usd", "usdm") for b in budget),
+                    monthly=any(b.what == "usdm" for b in budget))
         if len(self._plans) >= 4096:
             self._plans.clear()
         self._plans[id(ident)] = (ident, plan)
@@ -164,10 +166,9 @@ class LimitPolicy:
             return None
         now = self._now()
         day = int(now // DAY)
-        ttl = DAY - now % DAY + 60
+        ttl = (_month(now)[1] if plan.monthly else DAY - now % DAY) + 60  # (a day's counter may outlive its day)
         nano = math.ceil(usd * NANO)
-        charges = [Charge(key, tokens if counts_tokens else nano, b.scaled,
-                          ttl if b.what != "usdm" else _month(now)[1] + 60)
+        charges = [Charge(key, tokens if counts_tokens else nano, b.scaled, ttl)
                    for key, counts_tokens, b in zip(plan.keys_for(day), plan.tokens, bounds)]
         refused = await self.counters.reserve(charges)
         if refused is not None:
