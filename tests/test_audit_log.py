@@ -272,3 +272,27 @@ def test_the_postgres_writer_reconnects_after_losing_its_connection(tmp_path):
         log.close()
     finally:
         b.drop()
+
+
+@pytest.mark.slow
+def test_serve_refuses_to_start_on_a_damaged_log_naming_it_and_why(tmp_path):
+    """The whole command, in its own process: `nlweb-local serve` over a damaged audit.sqlite exits non-zero,
+    naming the file and the reason, and leaves the file as it was (no new chain over it)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    data = tmp_path / "data"
+    data.mkdir()
+    log = data / "audit.sqlite"
+    log.write_bytes(b"\x00garbage" * 512)
+    exe = Path(sys.executable).parent / "nlweb-local"
+    env = {**os.environ, "NLWEB_LOCAL_DATA_DIR": str(data), "NLWEB_LOCAL_SERVER__AUTOLOAD_DEMO": "false"}
+    out = subprocess.run([str(exe), "serve", "--port", "0"], capture_output=True, text=True, timeout=240, env=env,
+                         cwd=tmp_path)
+    assert out.returncode != 0
+    err = out.stderr
+    assert f"nlweb-local: error: the audit log {log}" in err and "will not start a new chain" in err, err[-2000:]
+    assert "ready" not in err
+    assert log.read_bytes() == b"\x00garbage" * 512

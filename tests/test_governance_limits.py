@@ -198,3 +198,48 @@ async def test_a_cancelled_caller_s_reservation_is_undone(redis_server):
         assert await c.value("tok:c") == 0
     finally:
         await c.close()
+
+
+async def test_a_month_budget_spans_the_days_of_a_utc_calendar_month():
+    """usd_per_month (a team's here): spend on one day counts on the next, a day budget resets and the month's
+    does not; refused with 429 naming usd_per_month and the first of the next month; the new month starts
+    afresh; the budget alert sees the month's share."""
+    from datetime import datetime, timezone
+
+    from nlweb_local.core.errors import QuotaExceededError
+    from nlweb_local.governance.identity import Identity, Role
+    from nlweb_local.governance.limits import LimitPolicy
+
+    t = [datetime(2026, 11, 29, 12, tzinfo=timezone.utc).timestamp()]
+    counters = InProcessCounters(clock=lambda: t[0])
+    policy = LimitPolicy(counters, teams={"red": Limits(usd_per_day=0.7, usd_per_month=1.0)}, now=lambda: t[0])
+    member = Identity(key_id="k1", name="m", role=Role.USER, team="red")
+    held = await policy.reserve(member, 0, 0.6)
+    await policy.settle(held, 0, 0.6)
+    with pytest.raises(QuotaExceededError) as e:  # the same day: past 0.7 a day and 1.0 a month
+        await policy.reserve(member, 0, 0.3)
+    assert e.value.limit == "usd_per_day"
+    t[0] += 86_400  # the next day (the 30th): the day budget is fresh, the month's is not
+    uses = {u.what: u for u in await policy.usage()}
+    assert round(uses["usd_per_month"].share, 6) == 0.6 and uses["usd_per_day"].used == 0
+    assert await policy.reserve(member, 0, 0.3) is not None  # 0.9 of the month
+    with pytest.raises(QuotaExceededError) as e:
+        await policy.reserve(member, 0, 0.2)
+    assert e.value.limit == "usd_per_month"
+    assert "$1 a month" in e.value.message and "2026-12-01T00:00:00Z" in e.value.message
+    assert 0 < e.value.retry_after <= 86_400 + 60
+    t[0] = datetime(2026, 12, 1, 0, 0, 30, tzinfo=timezone.utc).timestamp()  # a new month
+    assert await policy.reserve(member, 0, 0.6) is not None
+
+
+def test_keys_create_takes_a_month_budget(tmp_path, monkeypatch, capsys):
+    import json
+
+    from nlweb_local.cli.main import main
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("NLWEB_LOCAL_DATA_DIR", str(tmp_path / "data"))
+    assert main(["keys", "create", "--name", "m", "--role", "user", "--usd-per-month", "25"]) == 0
+    capsys.readouterr()
+    assert main(["keys", "list", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)[0]["limits"] == {"usd_per_month": 25.0}

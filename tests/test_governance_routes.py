@@ -12,7 +12,7 @@ from governance_app import client, governed_service
 from nlweb_local.governance.identity import Role
 from nlweb_local.governance.routes import RouteTable
 
-PUBLIC_EXPECTED = {"/health", "/ready", "/", "/static"}
+PUBLIC_EXPECTED = {"/health", "/ready", "/", "/static", "/dashboard"}  # (the dashboard page holds no data)
 
 
 @pytest.fixture(scope="module")

@@ -36,13 +36,13 @@ def token(keys, *, kid="k1", signer=None, **claims):
     return jwt.encode(body, keys[signer or kid][0], algorithm="RS256", headers={"kid": kid})
 
 
-def sso_service(tmp_path, keys, **jwt_settings):
+def sso_service(tmp_path, keys, *, teams=None, **jwt_settings):
     tmp_path.mkdir(parents=True, exist_ok=True)
     jwks = tmp_path / "jwks.json"
     jwks.write_text(json.dumps({"keys": [keys["k1"][1]]}))
     settings = {"jwks_file": str(jwks), "issuer": ISSUER, "audience": AUDIENCE,
                 "role_map": {"nlweb-admins": "admin"}, **jwt_settings}
-    return governed_service(tmp_path, auth={"jwt": settings})
+    return governed_service(tmp_path, auth={"jwt": settings, **({"teams": teams} if teams else {})})
 
 
 async def test_a_valid_token_maps_its_claims_to_an_identity(tmp_path, keys):
@@ -138,3 +138,49 @@ async def test_a_jwks_url_is_fetched_cached_and_its_outage_refuses_only_token_us
             assert r.status_code == 200  # keys keep working
     finally:
         server.shutdown()
+
+
+async def test_a_privacy_claim_keeps_the_token_users_calls_local_and_the_strictest_class_wins(tmp_path, keys):
+    """`privacy_map` maps the token's `privacy` claim to a class; with the local engine down, a local_only token
+    user's call is refused rather than sent to the cloud, whatever its own header says, while a plain token
+    user's same call goes to the cloud; a team's local_only (from the token's team claim) holds too."""
+    from nlweb_local.core.errors import ProviderConnectionError
+
+    svc = sso_service(tmp_path, keys, privacy_map={"confidential": "local_only"},
+                      teams={"vault": {"privacy": "local_only"}})
+    svc.local.fail_with = ProviderConnectionError("local engine down", deployment="local")
+    async with client(svc) as c:
+        async def ask(tok, **headers):
+            return await c.post("/v1/chat/completions", json=CHAT, headers={"authorization": f"Bearer {tok}", **headers})
+
+        r = await ask(token(keys, privacy="confidential"), **{"x-nlweb-privacy": "any"})
+        assert r.status_code == 503, r.text
+        r = await ask(token(keys, privacy=["public", "local_only"]))  # a list: the strictest mapped value
+        assert r.status_code == 503, r.text
+        r = await ask(token(keys, team="vault"))  # the token's team is local_only
+        assert r.status_code == 503, r.text
+        assert svc.cloud.contexts == []  # none of them reached the cloud deployment
+        r = await ask(token(keys, privacy="public"))  # a value the map does not know: no class
+        assert r.status_code == 200 and r.headers["x-nlweb-route"].startswith("cloud"), r.text
+        r = await ask(token(keys), **{"x-nlweb-privacy": "local_only"})  # the header alone is enough too
+        assert r.status_code == 503
+        svc.local.fail_with = None
+        r = await ask(token(keys, privacy="confidential"))
+        assert r.status_code == 200 and r.headers["x-nlweb-route"].startswith("local")
+        assert svc.local.contexts[-1].privacy.value == "local_only"
+
+
+async def test_each_token_user_has_the_user_limits_of_their_own(tmp_path, keys):
+    """`user_limits` apply per `sub`: alice's second request in the minute is 429 naming the limit; bob's
+    first still goes through."""
+    svc = sso_service(tmp_path, keys, user_limits={"requests_per_minute": 1})
+    async with client(svc) as c:
+        async def ask(sub):
+            return await c.post("/v1/chat/completions", json=CHAT,
+                                headers={"authorization": f"Bearer {token(keys, sub=sub)}"})
+
+        assert (await ask("alice")).status_code == 200
+        r = await ask("alice")
+        assert r.status_code == 429 and r.json()["error"]["code"] == "requests_per_minute"
+        assert int(r.headers["retry-after"]) >= 1
+        assert (await ask("bob")).status_code == 200

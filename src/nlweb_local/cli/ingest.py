@@ -53,6 +53,10 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         return 2
     if args.source and "://" not in args.source and not Path(args.source).exists():
         raise SourceError(f"{args.source}: no such file (give a path to a file, or an http(s) URL)")
+    if args.source:
+        from .air_gap import check_fetch
+
+        check_fetch(settings, args, args.source, "nlweb-local ingest")  # (before anything loads or connects)
     from ..ingest.pipeline import Ingestor
     from ..server.components import build_embedder, build_store
     from .remote import check_store_free

@@ -32,6 +32,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--rpm", type=int, metavar="N", help="requests a minute")
     c.add_argument("--tokens-per-day", type=int, metavar="N", help="LLM tokens (in + out) a UTC day")
     c.add_argument("--usd-per-day", type=float, metavar="USD", help="LLM spend a UTC day, in US dollars")
+    c.add_argument("--usd-per-month", type=float, metavar="USD", help="LLM spend a UTC calendar month, in US dollars")
     ls = ks.add_parser("list", help="every key (never its secret)")
     ls.add_argument("--json", action="store_true")
     for name, what in (("revoke", "stop a key working"), ("rotate", "give a key a new secret (the old one stops working)")):
@@ -54,7 +55,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     try:
         if args.action == "create":
             limits = Limits.of({"requests_per_minute": args.rpm, "tokens_per_day": args.tokens_per_day,
-                                "usd_per_day": args.usd_per_day})
+                                "usd_per_day": args.usd_per_day, "usd_per_month": args.usd_per_month})
             record, key = keyring.create(args.name, parse_role(args.role), team=args.team, models=args.models,
                                          sites=args.sites, expires_in_s=parse_duration(args.expires) if args.expires else None,
                                          limits=limits, allow_from=args.allow_from, privacy=Privacy(args.privacy))

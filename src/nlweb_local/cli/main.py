@@ -53,7 +53,14 @@ def main(argv: list[str] | None = None) -> int:
         logging.basicConfig(level=level, format="%(asctime)s %(levelname)-7s %(name)s: %(message)s", datefmt="%H:%M:%S")
         for noisy in ("httpx", "sentence_transformers", "urllib3"):
             logging.getLogger(noisy).setLevel(logging.WARNING)
-        return int(args.func(args, settings) or 0)
+        from .air_gap import install
+
+        guard = install(settings, args)  # air_gap: no outbound connection but to loopback and the local engines
+        try:
+            return int(args.func(args, settings) or 0)
+        finally:
+            if guard is not None:
+                guard.uninstall()
     except NlwebError as e:
         print(f"nlweb-local: error: {e.message}", file=sys.stderr)
         return 2 if e.status == 400 else 1

@@ -65,6 +65,10 @@ async def _lifecycle(args: argparse.Namespace, settings: Settings) -> int:
 
     if not args.name:
         raise BadRequestError(f"models {args.action}: name the model, e.g. nlweb-local models {args.action} llama3.2:1b")
+    if args.action == "pull":
+        from .air_gap import check_pull
+
+        check_pull(settings, args.name)
     d = _target(args, settings)
     models = OllamaModels.at(_ollama_url(d), deployment=d.name)
     try:

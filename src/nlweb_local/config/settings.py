@@ -359,6 +359,7 @@ class LimitSettings(_Section):
     requests_per_minute: int | None = Field(None, ge=0, description="requests a minute, all the team's keys together; null = no limit")
     tokens_per_day: int | None = Field(None, ge=0, description="LLM tokens (in + out) a UTC day; null = no limit")
     usd_per_day: float | None = Field(None, ge=0, description="LLM spend a UTC day in US dollars (priced as in the cost ledger); null = no limit")
+    usd_per_month: float | None = Field(None, ge=0, description="LLM spend a UTC calendar month in US dollars; null = no limit")
 
 
 class TeamSettings(LimitSettings):
@@ -404,6 +405,8 @@ class JwtSettings(_Section):
     role_map: dict[str, Literal["admin", "operator", "user"]] = Field(default_factory=dict, description="claim value -> role (e.g. {nlweb-admins: admin}); the values admin, operator and user map to themselves")
     default_role: Literal["admin", "operator", "user"] | None = Field(None, description="role of a valid token whose claim maps to none; null = refuse it (403)")
     team_claim: str = Field("team", description="claim holding the caller's team (its limits: auth.teams)")
+    privacy_claim: str = Field("privacy", description="claim holding the caller's privacy class (a string, or a list: the strictest mapped class wins); the class of every LLM call the token's user makes, with the request's x-nlweb-privacy header, the team's and the site's: the strictest wins")
+    privacy_map: dict[str, Literal["any", "local_only"]] = Field(default_factory=dict, description="claim value -> privacy class (e.g. {confidential: local_only}); the values any and local_only map to themselves, others are ignored")
     user_limits: LimitSettings = Field(default_factory=LimitSettings, description="limits of each token user (by `sub`)")
 
     @model_validator(mode="after")
@@ -422,11 +425,12 @@ class AuthSettings(_Section):
 
     enabled: bool = Field(False, description="require an API key on every route but /health, /ready and the chat page's files; auth is also on as soon as any key exists (nlweb-local keys create)")
     keys_path: str | None = Field(None, description="the key store (SQLite); null = <data_dir>/keys.sqlite")
+    keys_database_url: str | None = Field(None, description="keep the keys in PostgreSQL (postgresql://user@host/db; needs pip install 'nlweb-local[postgres]') so that several servers share them; every server needs the same auth.secret_path file; overrides keys_path")
     secret_path: str | None = Field(None, description="the server secret keys are hashed with (HMAC-SHA256); null = <data_dir>/auth.secret (back it up with the key store)")
     key_cache_entries: int = Field(10_000, ge=1, description="keys kept in memory after their first use")
     key_cache_ttl_s: float = Field(10.0, gt=0, description="how long a key found in the store is trusted without reading it again: a key revoked by the CLI (another process) stops working within this; /admin/keys acts at once")
     limits_redis_url: str | None = Field(None, description="keep the limits' counters in Redis (e.g. redis://127.0.0.1:6379/0) so that every replica shares them; null = in this process")
-    teams: dict[str, TeamSettings] = Field(default_factory=dict, description="team name -> its limits (requests_per_minute, tokens_per_day, usd_per_day) and privacy (any, local_only)")
+    teams: dict[str, TeamSettings] = Field(default_factory=dict, description="team name -> its limits (requests_per_minute, tokens_per_day, usd_per_day, usd_per_month) and privacy (any, local_only)")
     trusted_proxies: list[str] = Field(default_factory=list, description="CIDR networks of reverse proxies whose X-Forwarded-For is believed when a key's allow_from is checked; empty = the connecting address is the client")
     jwt: JwtSettings = JwtSettings()
 

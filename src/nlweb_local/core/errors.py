@@ -20,8 +20,10 @@
         │   │                           call before its deadline: back-pressure, never a breaker failure
         │   │   └── InsufficientMemoryError 507  a model larger than the host's memory budget (llm.memory)
         │   ├── NoDeploymentError  503  nothing can serve now (carries the reason per deployment)
-        │   └── IdentityProviderUnavailableError 503  SSO's JWKS cannot be fetched: token users wait,
-        │                               API keys keep working (its message is ours: told as it is)
+        │   ├── IdentityProviderUnavailableError 503  SSO's JWKS cannot be fetched: token users wait,
+        │   │                           API keys keep working (its message is ours: told as it is)
+        │   └── KeyStoreUnavailableError 503  the key store (PostgreSQL) cannot be reached: keys cannot
+        │                               be checked now (its message is ours; the driver's words are logged)
         ├── RateLimitedError       429  (carries retry_after)
         │   └── QuotaExceededError 429  a caller's own limit (key or team): names the limit, says when it resets
         ├── StreamInterruptedError 502  a stream failed after tokens were sent (not retried)
@@ -153,6 +155,14 @@ class IdentityProviderUnavailableError(OverloadedError):
     @property
     def public_message(self) -> str:
         return self.message  # nlweb-local's own words (the exception type only, never the URL)
+
+
+class KeyStoreUnavailableError(OverloadedError):
+    """The key store cannot be read or written now (its database is down): keys cannot be checked."""
+
+    @property
+    def public_message(self) -> str:
+        return self.message  # nlweb-local's own words (the driver's are in the server log)
 
 
 class QueueFullError(OverloadedError):

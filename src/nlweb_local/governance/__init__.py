@@ -2,7 +2,7 @@
 
     identity.py       Identity, Role, the current caller (a context variable)
     keys.py           the key format, the HMAC hash, durations
-    key_store.py      the KeyStore port and SQLite (portable SQL)
+    key_store.py      the KeyStore port and SQLite (portable SQL); key_store_pg.py: PostgreSQL, the same SQL
     keyring.py        create / list / revoke / rotate (the CLI and /admin/keys)
     authenticate.py   a key -> an Identity (one HMAC + one dict lookup), cached, invalidated on revoke
     tokens.py         SSO: an OIDC/JWT bearer token -> an Identity (PyJWT, a JWKS file or URL)
@@ -63,9 +63,10 @@ def secret_path(settings: Any) -> Path:
 
 
 def open_keyring(settings: Any) -> Keyring:
-    from .key_store import SqliteKeyStore
+    """The keyring over the store the settings name: PostgreSQL by `auth.keys_database_url`, else SQLite."""
+    from .key_store import open_key_store
 
-    return Keyring(SqliteKeyStore(keys_path(settings)), secret_path(settings))
+    return Keyring(open_key_store(settings.auth.keys_database_url, keys_path(settings)), secret_path(settings))
 
 
 def build_counters(settings: Any) -> Counters:
@@ -87,7 +88,8 @@ def build_governance(settings: Any) -> Governance:
         tokens = TokenVerifier(a.jwt, cache_entries=a.key_cache_entries)
     auth = Authenticator(keyring, enabled=a.enabled, cache_entries=a.key_cache_entries, ttl_s=a.key_cache_ttl_s,
                          tokens=tokens)
-    teams = {name: Limits(t.requests_per_minute, t.tokens_per_day, t.usd_per_day) for name, t in a.teams.items()}
+    teams = {name: Limits(t.requests_per_minute, t.tokens_per_day, t.usd_per_day, t.usd_per_month)
+             for name, t in a.teams.items()}
     from .keys import parse_networks
 
     proxies = tuple(ipaddress.ip_network(n) for n in parse_networks(a.trusted_proxies))

@@ -67,7 +67,8 @@ def allowed_endpoints(settings: Any, locality: Locality) -> set[str]:
             hosts.update(h for h in (_host_of(u) for u in [d.url, *d.instances]) if h)
     services = {"store.url": settings.store.url, "cache_store.redis_url": settings.cache_store.redis_url,
                 "cache.redis_url": settings.cache.redis_url, "auth.limits_redis_url": settings.auth.limits_redis_url,
-                "audit.database_url": settings.audit.database_url, "registry.database_url": settings.registry.database_url,
+                "audit.database_url": settings.audit.database_url,
+                "auth.keys_database_url": settings.auth.keys_database_url, "registry.database_url": settings.registry.database_url,
                 "auth.jwt.jwks_url": settings.auth.jwt.jwks_url,
                 "telemetry.otlp_endpoint": getattr(settings.telemetry, "otlp_endpoint", None)}
     for key, url in services.items():

@@ -120,7 +120,8 @@ class AuditMiddleware:
         hit = self._identities.get(id(who))
         if hit is not None and hit[0] is who:
             return hit[1]
-        fields = (str(getattr(who, "team", "") or ""), str(getattr(who, "role", "") or "anonymous"),
+        role = getattr(who, "role", "")
+        fields = (str(getattr(who, "team", "") or ""), str(getattr(role, "label", role) or "anonymous"),  # (Role: its name)
                   str(getattr(who, "key_id", "") or ""), str(getattr(who, "subject", "") or ""),
                   str(getattr(who, "name", "") or ""))
         if len(self._identities) >= 4096:

@@ -5,7 +5,7 @@ audit log) and in a context variable for the length of the request (`current()`,
 wrapper and the endpoints that apply site scopes: tasks a request starts copy it).
 
     user      /ask, /mcp, /v1/*, /chat/*, /who, /sites — within the key's models and sites
-    operator  what a user may, plus the admin read endpoints, breakers, metrics and the dashboard
+    operator  what a user may, plus the admin read endpoints (the dashboard's data), breakers and metrics
     admin     everything, key management included
 """
 from __future__ import annotations
@@ -49,18 +49,21 @@ class Limits:
     requests_per_minute: int | None = None
     tokens_per_day: int | None = None
     usd_per_day: float | None = None
+    usd_per_month: float | None = None  # a UTC calendar month
 
     def as_dict(self) -> dict[str, Any]:
         return {k: v for k, v in (("requests_per_minute", self.requests_per_minute),
-                                  ("tokens_per_day", self.tokens_per_day), ("usd_per_day", self.usd_per_day))
+                                  ("tokens_per_day", self.tokens_per_day), ("usd_per_day", self.usd_per_day),
+                                  ("usd_per_month", self.usd_per_month))
                 if v is not None}
 
     @classmethod
     def of(cls, data: dict[str, Any] | None) -> "Limits":
         data = data or {}
-        unknown = set(data) - {"requests_per_minute", "tokens_per_day", "usd_per_day"}
+        unknown = set(data) - {"requests_per_minute", "tokens_per_day", "usd_per_day", "usd_per_month"}
         if unknown:
-            raise BadRequestError(f"unknown limits {sorted(unknown)}: use requests_per_minute, tokens_per_day, usd_per_day")
+            raise BadRequestError(f"unknown limits {sorted(unknown)}: use requests_per_minute, tokens_per_day, usd_per_day, "
+                                  "usd_per_month")
         out = cls(**{k: v for k, v in data.items() if v is not None})
         for k, v in out.as_dict().items():
             if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:

@@ -1,11 +1,11 @@
-"""`LimitPolicy`: requests per minute, tokens per day and dollars per day, per key and per team.
+"""`LimitPolicy`: requests per minute, tokens per day and dollars per day and month, per key and per team.
 
     await policy.admit_request(identity)        # one request (the auth middleware): requests/minute
     await policy.check_budget(identity)         # refuse up front when a day's budget is already spent
     held = await policy.reserve(identity, tokens, usd)   # before an LLM call: its estimate
     await policy.settle(held, tokens, usd)      # after it: the real usage (0, 0 when it failed)
 
-Windows are fixed and UTC-aligned: a minute, a day (from 00:00 UTC). Over a limit raises
+Windows are fixed and UTC-aligned: a minute, a day (from 00:00 UTC), a calendar month. Over a limit raises
 `QuotaExceededError` (429) naming the limit, whose it is, and when its window resets.
 
 The bound under concurrency: a reservation is checked and taken atomically, all counters at once
@@ -39,7 +39,7 @@ class BudgetUse:
 
     scope: str  # "key" or "team"
     who: str  # the key id or the team name
-    what: str  # "tokens_per_day" or "usd_per_day"
+    what: str  # "tokens_per_day", "usd_per_day" or "usd_per_month"
     used: float  # tokens, or dollars
     limit: float
 
@@ -59,7 +59,8 @@ class Held:
 @dataclass(frozen=True, slots=True)
 class Bound:
     """One limit that applies to a caller: whose (scope "key" or "team", and which), what ("rpm", "tok",
-    "usd"), the limit as configured and in counter units, and its counter's key without the window."""
+    "usd", "usdm": dollars a month), the limit as configured and in counter units, and its counter's key
+    without the window."""
 
     scope: str
     who: str
@@ -74,8 +75,9 @@ class Plan:
     """Every limit that applies to one identity, worked out once (the hot path only adds the window)."""
 
     rpm: tuple[Bound, ...]
-    budget: tuple[Bound, ...]  # tokens and dollars a day
+    budget: tuple[Bound, ...]  # tokens and dollars a day, dollars a month
     money: bool  # a dollar limit among them (else calls need no pricing)
+    monthly: bool = False  # a month's limit among them (its counters live until the month's end)
     tokens: tuple[bool, ...] = ()  # per budget bound: counts tokens (else nano-dollars)
     day: int = -1  # the day `day_keys` are for
     day_keys: tuple[str, ...] = ()
@@ -92,7 +94,8 @@ class Plan:
 
     def keys_for(self, day: int) -> tuple[str, ...]:
         if day != self.day:
-            self.day_keys, self.day = tuple(f"{b.prefix}{day}" for b in self.budget), day
+            month = _month(day * DAY)[0]
+            self.day_keys, self.day = tuple(f"{b.prefix}{month if b.what == 'usdm' else day}" for b in self.budget), day
         return self.day_keys
 
 
@@ -115,10 +118,12 @@ class LimitPolicy:
         rpm, budget = [], []
         for scope, who, lim in whose:
             for what, limit, unit, into in (("rpm", lim.requests_per_minute, 1, rpm), ("tok", lim.tokens_per_day, 1, budget),
-                                            ("usd", lim.usd_per_day, NANO, budget)):
+                                            ("usd", lim.usd_per_day, NANO, budget),
+                                            ("usdm", lim.usd_per_month, NANO, budget)):
                 if limit is not None:
                     into.append(Bound(scope, who, what, limit, math.floor(limit * unit), f"{what}:{scope}:{who}:"))
-        plan = Plan(tuple(rpm), tuple(budget), any(b.what == "usd" for b in budget))
+        plan = Plan(tuple(rpm), tuple(budget), any(b.what in ("usd", "usdm") for b in budget),
+                    monthly=any(b.what == "usdm" for b in budget))
         if len(self._plans) >= 4096:
             self._plans.clear()
         self._plans[id(ident)] = (ident, plan)
@@ -144,15 +149,15 @@ class LimitPolicy:
     async def check_budget(self, ident: Identity) -> None:
         """Refuse at once when a day's token or money budget is already used up (so /ask answers 429
         instead of a degraded answer)."""
-        bounds = self.plan(ident).budget
+        plan = self.plan(ident)
+        bounds = plan.budget
         if not bounds:
             return
         now = self._now()
-        day, reset = int(now // DAY), DAY - now % DAY
-        for b in bounds:
-            used = await self.counters.value(f"{b.prefix}{day}")
+        for b, key in zip(bounds, plan.keys_for(int(now // DAY))):
+            used = await self.counters.value(key)
             if used >= b.scaled:
-                raise _over(ident, b, now, reset, used=used)
+                raise _over(ident, b, now, _month(now)[1] if b.what == "usdm" else DAY - now % DAY, used=used)
 
     async def reserve(self, ident: Identity, tokens: int, usd: float) -> Held | None:
         plan = self.plan(ident)
@@ -161,13 +166,14 @@ class LimitPolicy:
             return None
         now = self._now()
         day = int(now // DAY)
-        ttl = DAY - now % DAY + 60
+        ttl = (_month(now)[1] if plan.monthly else DAY - now % DAY) + 60  # (a day's counter may outlive its day)
         nano = math.ceil(usd * NANO)
         charges = [Charge(key, tokens if counts_tokens else nano, b.scaled, ttl)
                    for key, counts_tokens, b in zip(plan.keys_for(day), plan.tokens, bounds)]
         refused = await self.counters.reserve(charges)
         if refused is not None:
-            raise _over(ident, bounds[refused.index], now, refused.reset_in_s, used=refused.used,
+            b = bounds[refused.index]  # (it resets when its window ends: the counter outlives it by a minute)
+            raise _over(ident, b, now, _month(now)[1] if b.what == "usdm" else DAY - now % DAY, used=refused.used,
                         need=charges[refused.index].amount)
         return Held(charges, plan)
 
@@ -185,15 +191,23 @@ class LimitPolicy:
         for _, plan in list(self._plans.values()):
             for b in plan.budget:
                 bounds.setdefault(b.prefix, b)
-        day = int(self._now() // DAY)
+        now = self._now()
+        day, month = int(now // DAY), _month(now)[0]
         out = []
         for b in bounds.values():
-            used = await self.counters.value(f"{b.prefix}{day}")
-            out.append(BudgetUse(b.scope, b.who, _NAMES[b.what], used / NANO if b.what == "usd" else used, b.limit))
+            used = await self.counters.value(f"{b.prefix}{month if b.what == 'usdm' else day}")
+            out.append(BudgetUse(b.scope, b.who, _NAMES[b.what], used / NANO if b.what != "tok" else used, b.limit))
         return out
 
 
-_NAMES = {"rpm": "requests_per_minute", "tok": "tokens_per_day", "usd": "usd_per_day"}
+def _month(now: float) -> tuple[int, float]:
+    """(the UTC calendar month `now` falls in, as year * 12 + month - 1; seconds until the next begins)."""
+    d = datetime.fromtimestamp(now, timezone.utc)
+    following = datetime(d.year + d.month // 12, d.month % 12 + 1, 1, tzinfo=timezone.utc)
+    return d.year * 12 + d.month - 1, following.timestamp() - now
+
+
+_NAMES = {"rpm": "requests_per_minute", "tok": "tokens_per_day", "usd": "usd_per_day", "usdm": "usd_per_month"}
 
 
 def _over(ident: Identity, b: Bound, now: float, reset_in: float, *, used: int | None = None,
@@ -201,7 +215,7 @@ def _over(ident: Identity, b: Bound, now: float, reset_in: float, *, used: int |
     """`used`, `need`: in counter units."""
     name = _NAMES[b.what]
     text = {"rpm": f"{int(b.limit)} requests a minute", "tok": f"{int(b.limit)} tokens a day",
-            "usd": f"${b.limit:g} a day"}[b.what]
+            "usd": f"${b.limit:g} a day", "usdm": f"${b.limit:g} a month"}[b.what]
     whose = f"key {ident.name!r} ({ident.key_id})" if b.scope == "key" else f"team {b.who!r}"
     resets = datetime.fromtimestamp(now + reset_in, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
     detail = ""
@@ -214,4 +228,4 @@ def _over(ident: Identity, b: Bound, now: float, reset_in: float, *, used: int |
 
 
 def _amount(what: str, value: int) -> str:
-    return f"${value / NANO:.9f}".rstrip("0").rstrip(".") if what == "usd" else f"{value}"
+    return f"${value / NANO:.9f}".rstrip("0").rstrip(".") if what in ("usd", "usdm") else f"{value}"

@@ -46,6 +46,7 @@ ROUTES: tuple[RouteRule, ...] = (
     RouteRule("/ready", PUBLIC),
     RouteRule("/", PUBLIC),
     RouteRule("/static", PUBLIC, prefix=True),
+    RouteRule("/dashboard", PUBLIC),  # the page only (no data): it reads /admin/* with the key typed into it
     # users, within their key's models and sites
     RouteRule("/v1/chat/completions", USER),
     RouteRule("/v1/completions", USER),
@@ -61,7 +62,6 @@ ROUTES: tuple[RouteRule, ...] = (
     RouteRule("/feedback", USER),  # a rating of an answer (A/B evidence)
     # operators: read the service's state, command breakers
     RouteRule("/metrics", OPERATOR),
-    RouteRule("/dashboard", OPERATOR),
     RouteRule("/admin/stats", OPERATOR),
     RouteRule("/admin/breakers", OPERATOR),
     RouteRule("/admin/breakers/{name}/{action}", OPERATOR),

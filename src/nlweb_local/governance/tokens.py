@@ -6,6 +6,9 @@ and maps its claims to an `Identity` (`auth.jwt`).
     role        the `role_claim` (a string or a list) through `role_map` (admin/operator/user map to
                 themselves); the highest wins; none mapped: `default_role`, else 403
     team        the `team_claim`; limits: `user_limits` per `sub`, and the team's
+    privacy     the `privacy_claim` (a string or a list) through `privacy_map` (any/local_only map to
+                themselves); the strictest wins, and with the request's header, the team's and the
+                site's, the strictest of all holds every LLM call (governance/privacy.py)
 
 The JWKS is a file (read once) or a URL fetched in a worker thread and kept `jwks_cache_s`; a token
 naming a key id the set lacks fetches again at once (at most every 30 s: key rotation at the provider).
@@ -23,10 +26,13 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..core.errors import AuthError, BadRequestError, ForbiddenError, IdentityProviderUnavailableError, OverloadedError
+from ..core.privacy import strictest
+from ..core.types import Privacy
 from .identity import Identity, Limits, Role
 
 REFETCH_S = 30.0
 _ROLES = {"admin": Role.ADMIN, "operator": Role.OPERATOR, "user": Role.USER}
+_PRIVACY = {p.value: p for p in Privacy}
 
 
 def looks_like_jwt(credential: str) -> bool:
@@ -48,8 +54,8 @@ class TokenVerifier:
         self._lock = asyncio.Lock()
         self._cache: OrderedDict[str, tuple[Identity, float]] = OrderedDict()
         self._max = cache_entries
-        self.user_limits = Limits(settings.user_limits.requests_per_minute, settings.user_limits.tokens_per_day,
-                                  settings.user_limits.usd_per_day)
+        u = settings.user_limits
+        self.user_limits = Limits(u.requests_per_minute, u.tokens_per_day, u.usd_per_day, u.usd_per_month)
         if settings.jwks_file:
             try:
                 self._keys = self._parse(Path(settings.jwks_file).expanduser().read_bytes(), settings.jwks_file)
@@ -141,7 +147,14 @@ class TokenVerifier:
                                  f"{self.s.role_claim!r}: {raw!r}); ask an admin to map it (auth.jwt.role_map)")
         team = claims.get(self.s.team_claim)
         return Identity(key_id=f"sub:{sub}", name=sub, role=role, team=team if isinstance(team, str) else "",
-                        subject=sub, limits=self.user_limits)
+                        subject=sub, limits=self.user_limits, privacy=self._privacy(claims))
+
+    def _privacy(self, claims: dict[str, Any]) -> Privacy:
+        """The strictest class the `privacy_claim` maps to (values not mapped: ignored; none: any)."""
+        raw = claims.get(self.s.privacy_claim)
+        values = raw if isinstance(raw, list) else [raw] if raw is not None else []
+        return strictest(*(p for v in values if isinstance(v, str)
+                           for p in [_PRIVACY.get(self.s.privacy_map.get(v, v))] if p is not None))
 
 
 def _fetch(url: str) -> bytes:

@@ -14,6 +14,9 @@ The chain every LLM call goes through is built by one fold:
                       call, the request, the key and its team, onto the call's context; governed: governance's
                       identity, model scope and limits; the audit trail outermost, so it sees what was served and
                       what governance refused)
+    /v1/embeddings:   in process (no embedding deployment): compose(the embedding provider, [governed, audit
+                      trail]) inside the response cache, so its tokens count against the caller's limits and
+                      its audit row names what served it, as a chat call's does
     locality:         each deployment is local or cloud by its declared location or address
                       (governance/locality.py); with `air_gap` a cloud one is not built; with `privacy.redact`
                       a cloud one's adapter is wrapped by the redaction (placeholders out, originals back in)
@@ -435,14 +438,17 @@ def build_components(settings: Settings, *, embedder: Any = _BUILD, store: Any =
     if governance is not None and telemetry is not None and telemetry.monitor is not None:
         telemetry.monitor.budgets = governance.limits.usage  # keys' and teams' budgets at 80 %: the budget alert
     canary, canary_split = build_canary(settings, registry, router, telemetry)  # canaries: next to the router
+    governed_audited = [*([governed_wrapper(governance, router, telemetry)] if governance is not None else []),
+                        *([_audited] if audit is not None else [])]  # outermost: the audit trail sees what was served
     wrappers = [canary_split, *(telemetry.router_wrappers() if telemetry is not None else []),
                 *([cached] if cached else []),
                 *([split] if split is not None else []),
                 privacy_floor(CallerPrivacy.from_settings(settings.auth)),  # every call's privacy class, on its context
-                *([governed_wrapper(governance, router, telemetry)] if governance is not None else []),
-                *([_audited] if audit is not None else [])]  # outermost: the audit trail sees what was served
+                *governed_audited]
     gateway = compose(router, wrappers)
     in_process = getattr(embedder, "provider", None)  # retrieval's embedder adapts a provider: /v1/embeddings uses it
+    if in_process is not None:  # held to the caller's limits and noted in the audit trail like any call (a cache
+        in_process = compose(in_process, governed_audited)  # hit, outside them, costs nothing, as on the gateway)
     embeddings = cached(in_process, routed=False) if cached is not None and in_process is not None else in_process
     if llm is _BUILD:
         search = settings.llm.search_deployment

@@ -2,7 +2,7 @@
 
     GET    /admin/keys                  every key (never a secret or hash)
     POST   /admin/keys                  {"name", "role", "team"?, "models"?, "sites"?, "expires"? ("30d"),
-                                         "limits"? {requests_per_minute, tokens_per_day, usd_per_day},
+                                         "limits"? {requests_per_minute, tokens_per_day, usd_per_day, usd_per_month},
                                          "allow_from"? ["10.0.0.0/8", ...], "privacy"? ("local_only")}
                                         -> 201, the key with its "secret" (shown this once)
     POST   /admin/keys/{id}/revoke      (or DELETE /admin/keys/{id})
@@ -68,7 +68,7 @@ def key_routes(governance: Governance, *, max_body_bytes: int, body_timeout_s: f
                 raise BadRequestError("'expires' is a duration such as \"30d\" or \"12h\"")
             limits = body.get("limits")
             if limits is not None and not isinstance(limits, dict):
-                raise BadRequestError("'limits' is an object: {requests_per_minute, tokens_per_day, usd_per_day}")
+                raise BadRequestError("'limits' is an object: {requests_per_minute, tokens_per_day, usd_per_day, usd_per_month}")
             team = body.get("team") or ""
             if not isinstance(team, str):
                 raise BadRequestError("'team' must be a string")

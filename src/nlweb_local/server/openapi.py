@@ -54,7 +54,8 @@ _KEY_BODY = {"type": "object", "required": ["name", "role"], "additionalProperti
     "expires": {"type": "string", "description": "a duration such as 30d or 12h"},
     "limits": {"type": "object", "properties": {"requests_per_minute": {"type": "integer", "minimum": 0},
                                                 "tokens_per_day": {"type": "integer", "minimum": 0},
-                                                "usd_per_day": {"type": "number", "minimum": 0}}}}}
+                                                "usd_per_day": {"type": "number", "minimum": 0},
+                                                "usd_per_month": {"type": "number", "minimum": 0}}}}}
 _ALIAS_BODY = {"type": "object", "required": ["name", "version"], "properties": {
     "name": _STR, "version": _STR, "promote": {"type": "boolean"}}}
 _CANARY_BODY = {"type": "object", "required": ["name", "version"], "properties": {
@@ -98,7 +99,8 @@ OPS: dict[tuple[str, str], Op] = {
     ("/mcp", "GET"): Op("MCP: the server-sent event stream (405: this server sends none)"),
     ("/mcp", "DELETE"): Op("MCP: end a session"),
     ("/metrics", "GET"): Op("Prometheus metrics", response="text/plain"),
-    ("/dashboard", "GET"): Op("the operator's dashboard", response="text/html"),
+    ("/dashboard", "GET"): Op("the operator's dashboard page (no data: it reads /admin/* with the key typed into it)",
+                              response="text/html"),
     ("/admin/stats", "GET"): Op("latency, throughput, cost over a window", [
         _q("window", {"type": "number", "exclusiveMinimum": 0, "maximum": 604800}, "seconds (default 300)"),
         _q("buckets", {"type": "integer", "minimum": 1, "maximum": 500}, "time-series buckets (default 30)")]),

@@ -108,9 +108,10 @@ def limit_budgets(s: Signals, t: AlertSettings) -> list[Alert]:
     out = []
     for u in s.budgets:
         if u.share >= t.budget_share:
-            used = f"${u.used:.4f} of ${u.limit:g}" if u.what == "usd_per_day" else f"{u.used:g} of {u.limit:g} tokens"
+            used = f"${u.used:.4f} of ${u.limit:g}" if u.what.startswith("usd") else f"{u.used:g} of {u.limit:g} tokens"
             out.append(Alert("budget", f"budget:{u.scope}:{u.who}:{u.what}", "warning",
-                             f"{u.scope} {u.who!r} has used {u.share:.0%} of its {u.what} budget today ({used})",
+                             f"{u.scope} {u.who!r} has used {u.share:.0%} of its {u.what} budget "
+                             f"{'this month' if u.what.endswith('month') else 'today'} ({used})",
                              round(u.share, 4), t.budget_share))
     return out
 

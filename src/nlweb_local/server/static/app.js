@@ -659,25 +659,10 @@
       },
     };
 
-    // With auth on (an API key exists), the first 401 asks for a key once; this browser keeps it
-    // (localStorage) and sends it as x-api-key on every request.
-    async function authedFetch(url, init) {
-      const send = () => {
-        const key = store.get("api-key");
-        const headers = Object.assign({}, (init && init.headers) || {});
-        if (key) headers["x-api-key"] = key;
-        return fetch(url, Object.assign({}, init, { headers: headers }));
-      };
-      let res = await send();
-      if (res.status === 401) {
-        const key = window.prompt("This nlweb-local needs an API key (its admin makes one with: nlweb-local keys create --name NAME --role user)");
-        if (key && key.trim()) {
-          store.set("api-key", key.trim());
-          res = await send();
-        }
-      }
-      return res;
-    }
+    // With auth on, the first 401 shows the key field (auth.js); the key is kept in this tab
+    // (sessionStorage) and sent as Authorization: Bearer on every request, the /ask stream included.
+    const auth = window.nlwebAuth;
+    const authedFetch = auth ? auth.fetch : (url, init) => fetch(url, init);
 
     const params = new URLSearchParams(window.location.search);
     const savedMode = params.get("mode") || store.get("mode");
@@ -710,7 +695,7 @@
         const wanted = params.get("site") || store.get("site");
         for (const s of sites) {
           const name = text(typeof s === "object" && s ? s.name || s.site : s);
-          if (!name || name === "all") continue;
+          if (!name || name === "all" || [...siteSel.options].some((o) => o.value === name)) continue;
           siteSel.appendChild(el("option", { value: name, text: name }));
         }
         if (wanted && [...siteSel.options].some((o) => o.value === wanted)) siteSel.value = wanted;
@@ -877,6 +862,7 @@
     });
 
     loadSites();
+    if (auth) auth.onKey(() => loadSites()); // a key entered after a 401: the site list, now readable
     focusInput();
   }
 
