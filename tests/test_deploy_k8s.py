@@ -65,6 +65,12 @@ def test_gateway_replicas_share_state_through_the_secret(settings, tmp_path):
     assert env["NLWEB_LOCAL_CACHE_STORE__REDIS_URL"]["key"] == env["NLWEB_LOCAL_AUTH__LIMITS_REDIS_URL"]["key"] == "redis-url"
     assert env["NLWEB_LOCAL_REGISTRY__DATABASE_URL"]["key"] == env["NLWEB_LOCAL_AUDIT__DATABASE_URL"]["key"] == "database-url"
     assert env["NLWEB_KEY_GPT"] == {"name": "nlweb-local", "key": "nlweb-key-gpt"}
+    # API keys are shared too: the key store in PostgreSQL, hashed with one secret file from the Secret
+    assert env["NLWEB_LOCAL_AUTH__KEYS_DATABASE_URL"]["key"] == "database-url"
+    pod = gateway["spec"]["template"]["spec"]
+    secret_volume = next(v for v in pod["volumes"] if v["name"] == "auth-secret")
+    assert secret_volume["secret"]["secretName"] == "nlweb-local"
+    assert {"name": "auth-secret", "mountPath": "/etc/nlweb-local-secret", "readOnly": True} in pod["containers"][0]["volumeMounts"]
     config = yaml.safe_load(by_kind(docs, "ConfigMap")["nlweb-local-config"]["data"]["nlweb-local.yaml"])
     deployments = {d["name"]: d for d in config["llm"]["deployments"]}
     # the launched engines become llama_server deployments at their Service, still local; the others stay as they were
@@ -74,6 +80,7 @@ def test_gateway_replicas_share_state_through_the_secret(settings, tmp_path):
     assert deployments["ollama"]["url"] == "http://ollama:11434"
     assert deployments["gpt"]["api_key_env"] == "NLWEB_KEY_GPT" and "api_key" not in deployments["gpt"]
     assert config["llm"]["embedded_enabled"] is False and config["store"]["url"] == "http://qdrant:6333"
+    assert config["auth"]["secret_path"] == "/etc/nlweb-local-secret/auth-secret"
     # the config the ConfigMap holds loads as settings, with the Secret's URLs given as the pod's environment
     path = tmp_path / "k8s.yaml"
     path.write_text(yaml.safe_dump(config))

@@ -42,7 +42,10 @@ SECRET_ENV = {
     "auth.limits_redis_url": ("NLWEB_LOCAL_AUTH__LIMITS_REDIS_URL", "redis-url"),
     "registry.database_url": ("NLWEB_LOCAL_REGISTRY__DATABASE_URL", "database-url"),
     "audit.database_url": ("NLWEB_LOCAL_AUDIT__DATABASE_URL", "database-url"),
+    "auth.keys_database_url": ("NLWEB_LOCAL_AUTH__KEYS_DATABASE_URL", "database-url"),
 }
+# every replica hashes API keys with the same server secret: a file from the Secret's key `auth-secret`
+AUTH_SECRET_DIR, AUTH_SECRET_KEY = "/etc/nlweb-local-secret", "auth-secret"
 
 
 @dataclass(frozen=True)
@@ -240,14 +243,28 @@ def gateway_settings(settings: Settings, o: K8sOptions) -> tuple[dict[str, Any],
         raise BadRequestError("the gateway would listen on the pod network without auth: turn auth on (auth.enabled, "
                               "with SSO in auth.jwt so that every replica accepts the same tokens) or pass --insecure "
                               "for a cluster-internal service behind auth of your own")
-    if s.auth.enabled and not (s.auth.jwt.jwks_url or s.auth.jwt.jwks_file):
-        notes.append("API keys live in each replica's own key store (SQLite under data_dir): with several replicas "
-                     "use SSO tokens (auth.jwt), which every replica checks alike")
+    if s.auth.enabled:
+        # the keys live in PostgreSQL (auth.keys_database_url, from the Secret), hashed with one shared secret
+        s.auth.secret_path = f"{AUTH_SECRET_DIR}/{AUTH_SECRET_KEY}"
+        notes.append(f"API keys are shared through PostgreSQL (database-url) and hashed with the Secret's key "
+                     f"{AUTH_SECRET_KEY} (mounted at {s.auth.secret_path}): create it once, e.g. "
+                     f"--from-literal={AUTH_SECRET_KEY}=$(openssl rand -hex 32), and make keys with "
+                     f"`nlweb-local keys create` against the same database and secret")
     data = s.model_dump(mode="json", exclude_defaults=True)
     return data, env, notes
 
 
-def gateway_documents(config_yaml: str, env: dict[str, str], o: K8sOptions) -> list[dict[str, Any]]:
+def _secret_file_volume(o: K8sOptions, auth: bool) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The auth secret as a read-only file (mount, volume), when auth is on."""
+    if not auth:
+        return [], []
+    return ([{"name": "auth-secret", "mountPath": AUTH_SECRET_DIR, "readOnly": True}],
+            [{"name": "auth-secret", "secret": {"secretName": o.secret, "defaultMode": 0o400,
+                                                "items": [{"key": AUTH_SECRET_KEY, "path": AUTH_SECRET_KEY}]}}])
+
+
+def gateway_documents(config_yaml: str, env: dict[str, str], o: K8sOptions, *,
+                      auth: bool = False) -> list[dict[str, Any]]:
     """The gateway: ConfigMap (the config), Deployment (replicas >= 2, state shared through the Secret's URLs)
     and Service. The Secret itself is referenced, never written."""
     import hashlib
@@ -259,13 +276,14 @@ def gateway_documents(config_yaml: str, env: dict[str, str], o: K8sOptions) -> l
     command = ["nlweb-local", "--config", f"{CONFIG_DIR}/{CONFIG_FILE}", "serve", "--no-demo"]
     if o.insecure:
         command.append("--insecure")
+    secret_mounts, secret_volumes = _secret_file_volume(o, auth)
     container = {
         "name": "gateway", "image": o.image, "command": command,
         "ports": [{"name": "http", "containerPort": GATEWAY_PORT}],
         "env": [{"name": var, "valueFrom": {"secretKeyRef": {"name": o.secret, "key": key}}}
                 for var, key in sorted(env.items())],
         "volumeMounts": [{"name": "config", "mountPath": CONFIG_DIR, "readOnly": True},
-                         {"name": "data", "mountPath": DATA_DIR}],
+                         {"name": "data", "mountPath": DATA_DIR}, *secret_mounts],
         "readinessProbe": _probe("/ready", GATEWAY_PORT, periodSeconds=5),
         "livenessProbe": _probe("/health", GATEWAY_PORT, periodSeconds=10, failureThreshold=6),
         "startupProbe": _probe("/health", GATEWAY_PORT, periodSeconds=5, failureThreshold=60),
@@ -281,7 +299,7 @@ def gateway_documents(config_yaml: str, env: dict[str, str], o: K8sOptions) -> l
                  "template": {"metadata": template_meta, "spec": {
                      "containers": [container],
                      "volumes": [{"name": "config", "configMap": {"name": f"{name}-config"}},
-                                 {"name": "data", "emptyDir": {}}]}}},
+                                 {"name": "data", "emptyDir": {}}, *secret_volumes]}}},
     }
     service = {"apiVersion": "v1", "kind": "Service", "metadata": _meta(name, o, "gateway"),
                "spec": {"selector": _selector(meta),
@@ -302,10 +320,10 @@ def manifests(settings: Settings, o: K8sOptions) -> tuple[list[dict[str, Any]], 
         raise BadRequestError("--queue-target must be above 0")
     config, env, notes = gateway_settings(settings, o)
     engines = launched(settings)
-    docs = gateway_documents(yaml.safe_dump(config, sort_keys=False), env, o)
+    docs = gateway_documents(yaml.safe_dump(config, sort_keys=False), env, o, auth=settings.auth.enabled)
     for d in engines:
         docs += engine_documents(d, o)
-    keys = sorted(set(env.values()))
+    keys = sorted(set(env.values()) | ({AUTH_SECRET_KEY} if settings.auth.enabled else set()))
     notes.insert(0, f"create the Secret first: kubectl create secret generic {o.secret} "
                  + " ".join(f"--from-literal={k}=..." for k in keys)
                  + " (redis-url: redis://HOST:6379/0; database-url: postgresql://USER:PASSWORD@HOST/DB)")
