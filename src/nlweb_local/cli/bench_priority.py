@@ -11,11 +11,12 @@ tokens, 32 generated; batch calls: 1,000 prompt tokens, 128 generated (about 1 s
 Interactive calls arrive open-loop (Poisson, `--priority-rate` a second, `--priority-calls` of them) and
 their time to first token is measured:
   unloaded       nothing else runs
-  fifo           batch callers keep the queue nearly full, and every call is of one class (what an engine's
-                 own FIFO queue does: no priorities)
+  fifo           batch callers keep the queue nearly full, and every call is of one class and one tenant
+                 (what an engine's own FIFO queue does: no priorities, no fair sharing)
   priority       batch calls are class batch, interactive ones interactive; the gate is work-conserving
-  reserve        the same, with fleet.reserve {interactive: 1 slot per instance}: batch calls never take
-                 the last free slot of the deployment (the recommended setting for mixed traffic)
+  reserve        the same, with fleet.reserve {interactive: `--priority-reserve` slots per instance}: batch
+                 calls never take the last free slots of the deployment (the recommended setting for mixed
+                 traffic: size it to the interactive calls running at once)
 `priority_inversion_ratio` = p95 TTFT under the flood with priorities and the reserve / p95 unloaded.
 """
 from __future__ import annotations
@@ -37,9 +38,11 @@ INTERACTIVE, BATCH = (300, 32), (1000, 128)  # (prompt tokens, generated tokens)
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("bench fleet: priority inversion")
-    g.add_argument("--priority-calls", type=int, default=60, help="interactive calls per phase (default 60)")
-    g.add_argument("--priority-rate", type=float, default=4.0, help="interactive arrivals a second (default 4)")
+    g.add_argument("--priority-calls", type=int, default=40, help="interactive calls per phase (default 40)")
+    g.add_argument("--priority-rate", type=float, default=2.0, help="interactive arrivals a second (default 2)")
     g.add_argument("--priority-instances", type=int, default=2, help="engines of 4 slots each (default 2)")
+    g.add_argument("--priority-reserve", type=int, default=1, help="reserve phase: slots per engine kept for "
+                   "interactive calls (fleet.reserve; default 1)")
 
 
 class ContendedEngine:
@@ -126,7 +129,7 @@ async def _ttft(gate: Any, request: ChatRequest) -> float | None:
 
 async def _phase(mode: str, args: argparse.Namespace) -> dict[str, Any]:
     """One phase: optionally a batch flood, then open-loop interactive arrivals; their TTFT percentiles."""
-    reserve = {"interactive": args.priority_instances} if mode == "reserve" else {}
+    reserve = {"interactive": args.priority_reserve * args.priority_instances} if mode == "reserve" else {}
     gate = _deployment(args.priority_instances, reserve)
     capacity = SLOTS * args.priority_instances
     interactive, batch = (0, 0) if mode == "fifo" else (10, -10)
@@ -138,7 +141,7 @@ async def _phase(mode: str, args: argparse.Namespace) -> dict[str, Any]:
         nonlocal batch_done
         while not stop.is_set():
             try:
-                await gate.complete(_call(BATCH, batch, f"batch-{k % 4}"))
+                await gate.complete(_call(BATCH, batch, f"batch-{k % 4}" if mode != "fifo" else ""))
                 batch_done += 1
             except QueueFullError:
                 await asyncio.sleep(0.05)
@@ -159,16 +162,18 @@ async def _phase(mode: str, args: argparse.Namespace) -> dict[str, Any]:
         if delay > 0:
             await asyncio.sleep(delay)
         queued.append(gate.gate.waiting)
-        tasks.append(asyncio.create_task(_ttft(gate, _call(INTERACTIVE, interactive, f"user-{k % 3}"))))
+        tenant = f"user-{k % 3}" if mode != "fifo" else ""  # fifo: one class, one tenant
+        tasks.append(asyncio.create_task(_ttft(gate, _call(INTERACTIVE, interactive, tenant))))
     got = await asyncio.gather(*tasks)
     stop.set()
     for t in flood:
         t.cancel()
     await asyncio.gather(*flood, return_exceptions=True)
     times = sorted(t for t in got if t is not None)
+    seconds = time.perf_counter() - started
     return {"calls": calls, "refused": sum(t is None for t in got), "p50_ttft_s": round(_pct(times, 0.5), 4),
             "p95_ttft_s": round(_pct(times, 0.95), 4), "queued_at_arrival": round(sum(queued) / len(queued), 1),
-            "batch_served": batch_done, "seconds": round(time.perf_counter() - started, 1)}
+            "batch_per_s": round(batch_done / seconds, 2), "seconds": round(seconds, 1)}
 
 
 def _pct(xs: list[float], p: float) -> float:
@@ -185,7 +190,7 @@ def priority_inversion(args: argparse.Namespace) -> dict[str, Any]:
         figures[mode] = out
         print(f"  priority     {mode:9s} interactive TTFT p50 {out['p50_ttft_s'] * 1000:7.1f} ms  p95 "
               f"{out['p95_ttft_s'] * 1000:7.1f} ms  ({out['calls']} calls, {out['refused']} refused, "
-              f"{out['queued_at_arrival']} batch calls queued at arrival, {out['batch_served']} batch served, "
+              f"{out['queued_at_arrival']} batch calls queued at arrival, batch served {out['batch_per_s']}/s, "
               f"{out['seconds']} s)", flush=True)
     base = figures["unloaded"]["p95_ttft_s"]
     figures["priority_inversion_ratio"] = round(figures["reserve"]["p95_ttft_s"] / base, 3)
