@@ -150,3 +150,73 @@ async def test_a_key_with_a_class_that_is_not_one_is_refused_when_made(tmp_path)
         await svc.comp.close()
     assert bad.status_code == 400 and "batch (-10)" in bad.json()["error"]["message"]
     assert ok.status_code == 201 and ok.json()["max_priority"] == "batch" and ok.json()["priority"] is None
+
+
+def test_an_ask_requests_llm_calls_run_at_its_priority(store, embedder, tmp_path):
+    """/ask builds its own calls (rank, summarise, ...): the request's class reaches each of them."""
+    import json
+
+    from starlette.testclient import TestClient
+
+    from nlweb_local.core.types import Item
+    from nlweb_local.server.app import create_app
+    from governance_app import RecordingProvider
+    from stand_ins import scripted_service, service_settings
+
+    names = ["Chickpea curry", "Lemon tart"]
+    store.upsert([Item(f"https://d.example/{i}", n, "d", json.dumps({"@type": "Recipe", "name": n}))
+                  for i, n in enumerate(names)], embedder.embed(names))
+    settings = service_settings(tmp_path)
+    settings.cache.ask_enabled = False
+    settings.search.rank_cache_entries = 0
+    seen: list[int] = []
+
+    class Recording(RecordingProvider):
+        async def classify(self, request, labels):
+            seen.append(request.context.priority)
+            return await super().classify(request, labels)
+
+    local = Recording("local", '{"score": 80, "description": "ok"}', classify=True)
+    comp = scripted_service(settings, {"local": local}, embedder=embedder, store=store, telemetry=None)
+    with TestClient(create_app(settings, comp), base_url="http://localhost") as c:
+        r = c.get("/ask", params={"query": "curry", "streaming": "false", "min_score": 0},
+                  headers={"x-nlweb-priority": "batch"})
+    assert r.status_code == 200
+    calls = seen + [ctx.priority for ctx in local.contexts]
+    assert calls and set(calls) == {-10}
+
+
+def test_the_keys_cli_gives_a_key_a_class_and_refuses_one_that_is_none(tmp_path, capsys):
+    import json
+    import sqlite3
+
+    from nlweb_local.cli.main import main
+
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"data_dir: {tmp_path}\n")
+    assert main(["--config", str(cfg), "keys", "create", "--name", "k", "--role", "user", "--priority", "asap"]) == 2
+    assert "batch (-10)" in capsys.readouterr().err
+    assert main(["--config", str(cfg), "keys", "create", "--name", "k", "--role", "user", "--priority", "batch",
+                 "--max-priority", "default"]) == 0
+    capsys.readouterr()
+    assert main(["--config", str(cfg), "keys", "list"]) == 0
+    assert "priority=batch max_priority=default" in capsys.readouterr().out
+    # a key store made before keys had classes gains the columns, its keys none
+    old = tmp_path / "old.sqlite"
+    db = sqlite3.connect(old)
+    db.execute("CREATE TABLE api_keys (key_id TEXT PRIMARY KEY, name TEXT NOT NULL, role TEXT NOT NULL, team TEXT NOT "
+               "NULL, models TEXT NOT NULL, sites TEXT NOT NULL, limits TEXT NOT NULL, allow_from TEXT NOT NULL, hash "
+               "TEXT NOT NULL UNIQUE, created_at DOUBLE PRECISION NOT NULL, expires_at DOUBLE PRECISION, revoked_at "
+               "DOUBLE PRECISION, privacy TEXT NOT NULL DEFAULT 'any')")
+    db.execute("INSERT INTO api_keys VALUES ('abc', 'n', 'user', '', '[]', '[]', '{}', '[]', 'h', 0, NULL, NULL, 'any')")
+    db.commit()
+    db.close()
+    from nlweb_local.governance.key_store import SqliteKeyStore
+
+    store = SqliteKeyStore(old)
+    try:
+        (record,) = store.all()
+        assert record.priority == "" and record.identity().max_priority == ""
+        assert json.loads(json.dumps(record.public()))["priority"] is None
+    finally:
+        store.close()
