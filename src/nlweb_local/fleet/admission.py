@@ -159,11 +159,3 @@ class AdmissionGate(WrapperProvider):
         return {"slots": g.capacity, "running": g.running, "waiting": g.waiting, "max_waiting": g.max_waiting,
                 "drain_rate_per_s": None if rate is None else round(rate, 3), "displaced": g.displaced,
                 "refused": self.refused}
-
-
-def gated(settings: FleetSettings, *, classes: PriorityClasses, weights: Mapping[str, float],
-          ageing_s: float) -> Callable[[Provider], Provider]:
-    """The deployment's gate when `fleet.slots` is set; else the adapter as it is."""
-    if settings.slots is None:
-        return lambda inner: inner
-    return lambda inner: AdmissionGate(inner, settings, classes=classes, weights=weights, ageing_s=ageing_s)

@@ -2,7 +2,7 @@
 
 `llama_cpp.Llama` is not thread-safe, so every call runs on one dedicated worker thread; the event
 loop only awaits. Waiting calls take the model in priority order (`ChatRequest.context.priority`, the
-`x-nlweb-priority` header; FIFO within a priority and ageing, `PriorityGate`).
+`x-nlweb-priority` header or the key's class; fair between tenants within a priority, and ageing: `PriorityGate`).
 
 Back-pressure is honest: the model's drain rate is measured (an EWMA of each call's *service* time on
 the model thread, queue wait excluded). A call is refused at once with `QueueFullError` (503 +
