@@ -37,10 +37,10 @@ import collections
 import heapq
 import itertools
 import time
-from typing import Any, AsyncIterator, Callable, Mapping, Sequence
+from typing import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 
 from ..core.priority import ASKED
-from ..core.types import ChatChunk, ChatRequest
+from ..core.types import ChatChunk, ChatRequest, ChatResponse, LabelProbs
 from .base import Provider
 from .wrapper import WrapperProvider
 
@@ -271,10 +271,12 @@ class RequestPriority(WrapperProvider):
             request.context = request.context.with_(priority=asked)  # (in place: the edge made it for this call)
         return request
 
-    async def around_call(self, kind: Any, subject: Any, run: Callable[[], Any]) -> Any:
-        if kind != "embed":
-            self._stamped(subject)
-        return await run()
+    # (complete and stream directly, not through `around_call`: one coroutine less on the hot path)
+    def complete(self, request: ChatRequest) -> Awaitable[ChatResponse]:
+        return self.inner.complete(self._stamped(request))
+
+    async def classify(self, request: ChatRequest, labels: Sequence[str]) -> LabelProbs:
+        return await super().classify(self._stamped(request), labels)
 
     def stream(self, request: ChatRequest) -> AsyncIterator[ChatChunk]:
         return self.inner.stream(self._stamped(request))
