@@ -48,7 +48,8 @@ def test_the_sugar_builds_the_engine_the_keys_name(made, tmp_path, yaml_text):
     s = settings.llm
     assert direct == {"model_path": s.model_path, "n_ctx": s.n_ctx, "n_threads": s.n_threads, "max_queue": s.max_queue,
                       "call_timeout_s": s.call_timeout_s, "seed": s.seed, "name": s.embedded_name,
-                      "priority_ageing_s": s.priority_ageing_s, "lazy_load": False, "chat_template": None}
+                      "priority_ageing_s": s.priority_ageing_s, "lazy_load": False, "chat_template": None,
+                      "tenant_weights": None}
 
 
 def test_a_llama_cpp_deployment_refuses_options_it_does_not_know(made):
@@ -61,4 +62,5 @@ def test_a_llama_cpp_deployment_refuses_options_it_does_not_know(made):
 def test_a_plain_llama_cpp_deployment_keeps_its_defaults(made):
     build_provider(DeploymentSettings(name="x", engine="llama_cpp", timeout_s=5), {})
     assert made == [{"model_path": None, "n_ctx": 2048, "n_threads": None, "max_queue": 64, "call_timeout_s": 5,
-                     "seed": 0, "name": "x", "priority_ageing_s": 10.0, "lazy_load": False, "chat_template": None}]
+                     "seed": 0, "name": "x", "priority_ageing_s": 10.0, "lazy_load": False, "chat_template": None,
+                     "tenant_weights": None}]

@@ -11,7 +11,10 @@ simulated engines (`providers.testing.SimulatedEngine`: slots, a queue, service 
     `instances: [one URL]` pays), and an in-process engine that costs nothing (the layer's own cost
     per call, the worst case). A deployment with a plain `url` has no fleet layer at all.
 
-The last line is one JSON object: `p95_ratio_p2c_vs_round_robin`, `fleet_overhead_rps_ratio`, and the figures.
+(3) priority inversion: interactive TTFT p95 unloaded and under a flood of batch calls (bench_priority.py).
+
+The last line is one JSON object: `p95_ratio_p2c_vs_round_robin`, `fleet_overhead_rps_ratio`,
+`priority_inversion_ratio`, and the figures.
 """
 from __future__ import annotations
 
@@ -25,6 +28,7 @@ from typing import Any
 from ..config.settings import FleetSettings, Settings
 from ..core.types import ChatRequest, Message
 from ..providers.testing import SimulatedEngine
+from . import bench_priority
 
 SLOTS, PREFILL_S, PER_TOKEN_S, SLOWDOWN = 4, 0.02, 0.002, 3.0
 TOKENS = (16, 96)
@@ -37,6 +41,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--load", type=float, default=0.6, help="arrival rate as a share of the fleet's capacity (default 0.6)")
     g.add_argument("--overhead-calls", type=int, default=20000, help="calls per overhead run (default 20000)")
     g.add_argument("--fleet-seed", type=int, default=7, help="seed of the arrivals and call sizes (default 7)")
+    bench_priority.add_arguments(p)
 
 
 def _pct(xs: list[float], p: float) -> float:
@@ -217,5 +222,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     print(f"  overhead     c=16, OpenAI-compatible adapter over HTTP to a zero-delay engine: bare {http['bare_rps']} "
           f"calls/s, fleet of one {http['fleet_rps']} calls/s (ratio {http['rps_ratio']}; implied by the layer's own "
           f"cost: {figures['fleet_overhead_rps_ratio_implied']})", flush=True)
+    figures["priority"] = bench_priority.priority_inversion(args)  # (3): bench_priority.py
+    figures["priority_inversion_ratio"] = figures["priority"]["priority_inversion_ratio"]
     print(json.dumps(figures))
     return 0

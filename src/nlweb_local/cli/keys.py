@@ -29,6 +29,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "10.0.0.0/8; default anywhere (behind a proxy: auth.trusted_proxies)")
     c.add_argument("--privacy", choices=["any", "local_only"], default="any", help="local_only: every LLM call made "
                    "with the key stays on local deployments, whatever the request says")
+    c.add_argument("--priority", default="", metavar="CLASS", help="priority class (llm.priority.classes: interactive, "
+                   "default, batch) or integer of its requests that send no x-nlweb-priority; default: the team's, else default")
+    c.add_argument("--max-priority", default="", metavar="CLASS", help="highest class its requests may run at (a higher "
+                   "x-nlweb-priority is lowered to it), e.g. batch for an offline job's key; default any")
     c.add_argument("--rpm", type=int, metavar="N", help="requests a minute")
     c.add_argument("--tokens-per-day", type=int, metavar="N", help="LLM tokens (in + out) a UTC day")
     c.add_argument("--usd-per-day", type=float, metavar="USD", help="LLM spend a UTC day, in US dollars")
@@ -46,6 +50,7 @@ def _when(t: float | None) -> str:
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
+    from ..core.priority import PriorityClasses
     from ..core.types import Privacy
     from ..governance import open_keyring
     from ..governance.identity import Limits
@@ -56,9 +61,14 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         if args.action == "create":
             limits = Limits.of({"requests_per_minute": args.rpm, "tokens_per_day": args.tokens_per_day,
                                 "usd_per_day": args.usd_per_day, "usd_per_month": args.usd_per_month})
+            p = settings.llm.priority
+            classes = PriorityClasses(p.classes, p.default_class)
+            priority = classes.check(args.priority, "--priority") or ""
+            max_priority = classes.check(args.max_priority, "--max-priority") or ""
             record, key = keyring.create(args.name, parse_role(args.role), team=args.team, models=args.models,
                                          sites=args.sites, expires_in_s=parse_duration(args.expires) if args.expires else None,
-                                         limits=limits, allow_from=args.allow_from, privacy=Privacy(args.privacy))
+                                         limits=limits, allow_from=args.allow_from, privacy=Privacy(args.privacy),
+                                         priority=priority, max_priority=max_priority)
             print(f"created key {record.key_id} ({record.name}, role {record.role.label}"
                   f"{', team ' + record.team if record.team else ''}, expires {_when(record.expires_at)}); "
                   "the secret is shown once, keep it now:", file=sys.stderr)
@@ -75,6 +85,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
                                      + ([f"sites={','.join(r.sites)}"] if r.sites else [])
                                      + ([f"from={','.join(r.allow_from)}"] if r.allow_from else [])
                                      + ([f"privacy={r.privacy.value}"] if r.privacy.value != "any" else [])
+                                     + ([f"priority={r.priority}"] if r.priority else [])
+                                     + ([f"max_priority={r.max_priority}"] if r.max_priority else [])
                                      + [f"{k}={v}" for k, v in d["limits"].items()])
                     print(f"{r.key_id:<13}{r.name[:19]:<20}{d['role']:<9}{r.team[:11]:<12}{d['status']:<8}"
                           f"{_when(r.expires_at):<17}{scope}")

@@ -78,6 +78,9 @@ class FleetSettings(_Section):
     affinity_prefix_chars: int = Field(256, ge=1, description="affinity without a conversation id: hash this many first characters of the prompt")
     affinity_spill: int = Field(2, ge=0, description="affinity: a call goes elsewhere (p2c) when its instance has more than 2x the least busy one's queue plus this")
     stale_s: float = Field(30.0, gt=0, description="an instance's scraped health and load older than this are ignored (the breaker and in-flight counts still apply)")
+    slots: int | None = Field(None, ge=1, description="calls each instance serves at once (an HTTP engine's parallel slots or batch); set, a gate in front of the deployment's instances admits instances x slots calls at once and queues the rest by priority class, fair between tenants (llm.priority), refusing at once (503 + Retry-After) a call that could not start before its deadline at the measured drain rate; null = no gate (max_concurrency alone bounds the deployment)")
+    max_waiting: int = Field(64, ge=0, description="with slots: calls that may wait for the deployment; when full, a call displaces the newest waiter of a lower class, else it is refused (503 + Retry-After)")
+    reserve: dict[str, int] = Field(default_factory=dict, description="with slots: priority class -> slots that calls of lower classes never take (e.g. {interactive: 1}: a flood of batch calls leaves a slot for the next interactive one); at most all slots but one are held back")
 
 
 class MemorySettings(_Section):
@@ -134,6 +137,24 @@ class DeploymentSettings(_Section):
         return self.api_key or (environ.get(self.api_key_env) if self.api_key_env else None)
 
 
+class PrioritySettings(_Section):
+    """Priority classes and fair sharing (x-nlweb-priority; a key's or team's class): wherever calls wait for
+    an engine — the embedded llama.cpp engine's queue, a deployment's gate (llm.deployments[].fleet.slots)."""
+
+    classes: dict[str, int] = Field(default_factory=lambda: {"interactive": 10, "default": 0, "batch": -10}, description="class name -> priority (higher is served first); x-nlweb-priority takes a name or an integer, anything else gets 400")
+    default_class: str = Field("default", description="the class of a request that names none (and whose key and team name none)")
+    tenant_weights: dict[str, float] = Field(default_factory=dict, description="team name or key id -> its weight in the fair share of calls waiting in one class (default 1; 2 = twice the calls of a weight-1 tenant while both wait)")
+
+    @model_validator(mode="after")
+    def _known_default(self) -> "PrioritySettings":
+        if self.default_class not in self.classes:
+            raise ValueError(f"llm.priority.default_class {self.default_class!r} is not one of the classes "
+                             f"({', '.join(self.classes)})")
+        if any(not w > 0 for w in self.tenant_weights.values()):
+            raise ValueError("llm.priority.tenant_weights must be positive numbers")
+        return self
+
+
 class BreakerSettings(_Section):
     """A deployment's circuit breaker (router/breaker.py takes this type directly)."""
 
@@ -169,6 +190,7 @@ class LLMSettings(_Section):
     rounds: int = Field(2, ge=1, le=5, description="times the whole fallback chain is tried (with a short backoff) before a call fails")
     breaker: BreakerSettings = BreakerSettings()
     memory: MemorySettings = MemorySettings()
+    priority: PrioritySettings = PrioritySettings()
     groups: dict[str, list[str]] = Field(default_factory=dict, description="model alias or task kind (rank, decontextualize, summarize, generate, chat, code, json) -> the deployments that may serve it")
     rollout_local_share: float | None = Field(None, ge=0, le=1, description="migration phase: share of conversations sent local first (e.g. 0.05, 0.25, 0.75, 1.0); null = off")
     quality_threshold: float = Field(0.5, ge=0, le=1, description="quality strategy: difficulty at which a request escalates (calibrate with `nlweb-local router calibrate`)")
@@ -183,7 +205,9 @@ class LLMSettings(_Section):
         return DeploymentSettings(name=self.embedded_name, engine="llama_cpp", model=self.model_path or "",
                                   timeout_s=self.call_timeout_s, context_window=self.n_ctx, max_concurrency=self.max_queue,
                                   options={"n_ctx": self.n_ctx, "n_threads": self.n_threads, "max_queue": self.max_queue,
-                                           "seed": self.seed, "priority_ageing_s": self.priority_ageing_s})
+                                           "seed": self.seed, "priority_ageing_s": self.priority_ageing_s,
+                                           **({"tenant_weights": dict(self.priority.tenant_weights)}
+                                              if self.priority.tenant_weights else {})})
 
     def all_deployments(self) -> list[DeploymentSettings]:
         """Every deployment the router serves: the embedded one first (when enabled), then `deployments`."""
@@ -366,6 +390,8 @@ class TeamSettings(LimitSettings):
     """A team: its limits, and the privacy class of every call its keys make."""
 
     privacy: Literal["any", "local_only"] = Field("any", description="local_only: every LLM call of the team's keys stays on local deployments")
+    priority: str | None = Field(None, description="priority class (llm.priority.classes) or integer of the team's requests that send no x-nlweb-priority (a key's own class wins); null = the default class")
+    max_priority: str | None = Field(None, description="highest priority class the team's requests may run at: a higher x-nlweb-priority is lowered to it (e.g. batch for an offline team); null = any")
 
 
 class PrivacySettings(_Section):

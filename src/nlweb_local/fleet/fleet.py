@@ -79,6 +79,10 @@ class Fleet(BaseProvider):
         self._rescrapes: dict[str, asyncio.Task] = {}  # at most one scrape per instance triggered by a failed call
 
     # -- reading -----------------------------------------------------------------------------------
+    def instance_count(self) -> int:
+        """How many instances the deployment has (its admission gate's capacity follows it)."""
+        return len(self._instances)
+
     def status(self) -> list[InstanceStatus]:
         now = self._clock()
         return [i.status(now, self._s.stale_s) for i in self._instances]

@@ -86,6 +86,8 @@ class Identity:
     limits: Limits = field(default_factory=Limits)  # the key's own (its team's are in the settings)
     allow_from: tuple[str, ...] = ()  # CIDR networks the key may be used from (empty: anywhere)
     privacy: Privacy = Privacy.ANY  # local_only: every LLM call this caller makes stays on local deployments
+    priority: str = ""  # priority class (or integer) of its requests that name none ("": the team's, else the default)
+    max_priority: str = ""  # highest class its requests may run at ("": any)
 
     def may(self, needed: Role) -> bool:
         return self.role >= needed

@@ -34,14 +34,19 @@ SCHEMA = """CREATE TABLE IF NOT EXISTS api_keys (
     created_at DOUBLE PRECISION NOT NULL,
     expires_at DOUBLE PRECISION,
     revoked_at DOUBLE PRECISION,
-    privacy    TEXT NOT NULL DEFAULT 'any'
+    privacy    TEXT NOT NULL DEFAULT 'any',
+    priority   TEXT NOT NULL DEFAULT '',
+    max_priority TEXT NOT NULL DEFAULT ''
 )"""
 # a store made before keys had a privacy class gains the column (every key in it: any)
 ADD_PRIVACY = "ALTER TABLE api_keys ADD COLUMN privacy TEXT NOT NULL DEFAULT 'any'"
 log = logging.getLogger(__name__)
 RETRY_AFTER_S = 5.0
+# ... and one made before keys had a priority class gains those (every key in it: none)
+ADD_PRIORITY = ("ALTER TABLE api_keys ADD COLUMN priority TEXT NOT NULL DEFAULT ''",
+                "ALTER TABLE api_keys ADD COLUMN max_priority TEXT NOT NULL DEFAULT ''")
 _COLUMNS = ("key_id, name, role, team, models, sites, limits, allow_from, hash, created_at, expires_at, revoked_at, "
-            "privacy")
+            "privacy, priority, max_priority")
 
 
 class KeyStore(Protocol):
@@ -58,7 +63,8 @@ class KeyStore(Protocol):
 def _row(r: tuple) -> KeyRecord:
     return KeyRecord(key_id=r[0], name=r[1], role=Role.parse(r[2]), team=r[3], models=tuple(json.loads(r[4])),
                      sites=tuple(json.loads(r[5])), limits=Limits.of(json.loads(r[6])), allow_from=tuple(json.loads(r[7])),
-                     hash=r[8], created_at=r[9], expires_at=r[10], revoked_at=r[11], privacy=Privacy(r[12] or "any"))
+                     hash=r[8], created_at=r[9], expires_at=r[10], revoked_at=r[11], privacy=Privacy(r[12] or "any"),
+                     priority=r[13] or "", max_priority=r[14] or "")
 
 
 class SqlKeyStore:
@@ -91,10 +97,11 @@ class SqlKeyStore:
         return _row(rows[0]) if rows else None
 
     def add(self, record: KeyRecord) -> None:
-        self._run(f"INSERT INTO api_keys ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        self._run(f"INSERT INTO api_keys ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                   (record.key_id, record.name, record.role.label, record.team, json.dumps(list(record.models)),
                    json.dumps(list(record.sites)), json.dumps(record.limits.as_dict()), json.dumps(list(record.allow_from)),
-                   record.hash, record.created_at, record.expires_at, record.revoked_at, record.privacy.value))
+                   record.hash, record.created_at, record.expires_at, record.revoked_at, record.privacy.value,
+                   record.priority, record.max_priority))
 
     def by_hash(self, digest: str) -> KeyRecord | None:
         return self._one(f"SELECT {_COLUMNS} FROM api_keys WHERE hash = ?", (digest,))
@@ -130,8 +137,12 @@ class SqliteKeyStore(SqlKeyStore):
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA busy_timeout=5000")
             self._db.execute(SCHEMA)
-            if "privacy" not in {r[1] for r in self._db.execute("PRAGMA table_info(api_keys)")}:
+            columns = {r[1] for r in self._db.execute("PRAGMA table_info(api_keys)")}
+            if "privacy" not in columns:
                 self._db.execute(ADD_PRIVACY)
+            if "priority" not in columns:
+                for sql in ADD_PRIORITY:
+                    self._db.execute(sql)
         except sqlite3.DatabaseError as e:
             raise BadRequestError(f"the key store {self.path} cannot be opened: {e}") from None
 

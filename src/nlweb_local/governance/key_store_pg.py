@@ -17,6 +17,9 @@ from .key_store import RETRY_AFTER_S, SCHEMA, SqlKeyStore, log
 SCHEMA_LOCK = 0x6E6C6B73  # advisory lock held while the table is made ("nlks"): two servers starting at once
 # a store made before keys had a privacy class gains the column (every key in it: any)
 ADD_PRIVACY = "ALTER TABLE api_keys ADD COLUMN IF NOT EXISTS privacy TEXT NOT NULL DEFAULT 'any'"
+# ... and one made before keys had a priority class gains those (every key in it: none)
+ADD_PRIORITY = ("ALTER TABLE api_keys ADD COLUMN IF NOT EXISTS priority TEXT NOT NULL DEFAULT ''",
+                "ALTER TABLE api_keys ADD COLUMN IF NOT EXISTS max_priority TEXT NOT NULL DEFAULT ''")
 
 
 def redacted(url: str) -> str:
@@ -45,6 +48,8 @@ class PostgresKeyStore(SqlKeyStore):
                 self._conn.execute("SELECT pg_advisory_xact_lock(%s)", (SCHEMA_LOCK,))
                 self._conn.execute(SCHEMA)
                 self._conn.execute(ADD_PRIVACY)
+                for sql in ADD_PRIORITY:
+                    self._conn.execute(sql)
         except psycopg.Error as e:
             log.error("the key store %s: %s: %s", self.where, type(e).__name__, e)
             raise KeyStoreUnavailableError(f"cannot open the key store at {self.where} ({type(e).__name__}: "

@@ -34,7 +34,8 @@ class Keyring:
 
     def create(self, name: str, role: Role, *, team: str = "", models: Sequence[str] = (), sites: Sequence[str] = (),
                expires_in_s: float | None = None, limits: Limits = Limits(),
-               allow_from: Sequence[str] = (), privacy: Privacy = Privacy.ANY) -> tuple[KeyRecord, str]:
+               allow_from: Sequence[str] = (), privacy: Privacy = Privacy.ANY, priority: str = "",
+               max_priority: str = "") -> tuple[KeyRecord, str]:
         """(the stored record, the whole key — shown once, never stored)."""
         name = name.strip()
         if not name or len(name) > _NAME_MAX:
@@ -47,7 +48,8 @@ class Keyring:
         now = self._clock()
         record = KeyRecord(key_id, name, role, key_hash(secret, key), team=team.strip(),
                            models=tuple(m for m in models if m), sites=tuple(s for s in sites if s), limits=limits,
-                           allow_from=parse_networks(allow_from), privacy=privacy,
+                           allow_from=parse_networks(allow_from), privacy=privacy, priority=priority.strip(),
+                           max_priority=max_priority.strip(),
                            created_at=now, expires_at=now + expires_in_s if expires_in_s else None)
         self.store.add(record)
         return record, key

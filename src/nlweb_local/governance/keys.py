@@ -49,10 +49,13 @@ class KeyRecord:
     expires_at: float | None = None
     revoked_at: float | None = None
     privacy: Privacy = Privacy.ANY  # local_only: every LLM call made with this key stays local
+    priority: str = ""  # priority class of its requests that send no x-nlweb-priority ("": the team's or default)
+    max_priority: str = ""  # highest class its requests may run at ("": any)
 
     def identity(self) -> Identity:
         return Identity(self.key_id, self.name, self.role, self.team, self.models, self.sites, subject=self.name,
-                        limits=self.limits, allow_from=self.allow_from, privacy=self.privacy)
+                        limits=self.limits, allow_from=self.allow_from, privacy=self.privacy, priority=self.priority,
+                        max_priority=self.max_priority)
 
     def status(self, now: float) -> str:
         if self.revoked_at is not None:
@@ -67,7 +70,8 @@ class KeyRecord:
         return {"id": self.key_id, "name": self.name, "role": self.role.label, "team": self.team,
                 "models": list(self.models), "sites": list(self.sites), "limits": self.limits.as_dict(), "allow_from": list(self.allow_from),
                 "created_at": self.created_at, "expires_at": self.expires_at, "revoked_at": self.revoked_at,
-                "status": self.status(now), "privacy": self.privacy.value}
+                "status": self.status(now), "privacy": self.privacy.value, "priority": self.priority or None,
+                "max_priority": self.max_priority or None}
 
 
 def new_key() -> tuple[str, str]:

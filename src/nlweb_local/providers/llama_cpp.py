@@ -2,7 +2,7 @@
 
 `llama_cpp.Llama` is not thread-safe, so every call runs on one dedicated worker thread; the event
 loop only awaits. Waiting calls take the model in priority order (`ChatRequest.context.priority`, the
-`x-nlweb-priority` header; FIFO within a priority and ageing, `PriorityGate`).
+`x-nlweb-priority` header or the key's class; fair between tenants within a priority, and ageing: `PriorityGate`).
 
 Back-pressure is honest: the model's drain rate is measured (an EWMA of each call's *service* time on
 the model thread, queue wait excluded). A call is refused at once with `QueueFullError` (503 +
@@ -25,12 +25,12 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, AsyncIterator, Sequence
+from typing import Any, AsyncIterator, Mapping, Sequence
 
 from ..core.errors import BadRequestError, ContextLengthError, ProviderError, ProviderTimeoutError, QueueFullError
 from ..core.types import ChatChunk, ChatRequest, LabelProbs, Usage
 from .base import BaseProvider, Capabilities, LoadSnapshot
-from .priority import PriorityGate
+from .priority import PriorityGate, tenant_of
 
 log = logging.getLogger(__name__)
 _DONE = object()
@@ -91,7 +91,8 @@ class LlamaCppProvider(BaseProvider):
 
     def __init__(self, model_path: str | Path | None = None, *, n_ctx: int = 2048, n_threads: int | None = None,
                  max_queue: int = 64, call_timeout_s: float = 60.0, seed: int = 0, name: str = "llama_cpp",
-                 priority_ageing_s: float = 10.0, lazy_load: bool = False, chat_template: str | None = None):
+                 priority_ageing_s: float = 10.0, lazy_load: bool = False, chat_template: str | None = None,
+                 tenant_weights: Mapping[str, float] | None = None):
         path = Path(model_path) if model_path else packaged_smollm2_path()
         if not path.exists():
             raise BadRequestError(f"GGUF model {path} does not exist (check llm.model_path)")
@@ -109,7 +110,8 @@ class LlamaCppProvider(BaseProvider):
         self._max_queue = max_queue
         self._timeout_s = call_timeout_s
         self._pending = 0  # calls admitted and not finished (running + waiting); touched on the loop only
-        self._gate = PriorityGate(capacity=1, max_waiting=max_queue, ageing_s=priority_ageing_s)  # who goes next
+        self._gate = PriorityGate(capacity=1, max_waiting=max_queue, ageing_s=priority_ageing_s,
+                                  weights=tenant_weights)  # who goes next: by priority, fair between tenants
         self._service_s = 1.0  # EWMA of one call's time on the model thread: the measured drain rate is 1/this
         self._closed = False
         self._label_cache: dict[tuple[str, ...], dict[str, set[int]]] = {}
@@ -196,7 +198,7 @@ class LlamaCppProvider(BaseProvider):
                 f"the local model has {self._pending} calls queued (limit llm.max_queue={self._max_queue}); "
                 f"it drains in about {self.drain_s():.0f}s", retry_after=max(1.0, self.drain_s()), deployment=self.name)
         if request is not None:
-            ahead = self._gate.running + self._gate.ahead(request.context.priority)
+            ahead = self._gate.running + self._gate.ahead(request.context.priority, tenant_of(request))
             wait = ahead * self._service_s
             budget = request.deadline_s or self._timeout_s
             if ahead and wait >= budget:
@@ -212,7 +214,8 @@ class LlamaCppProvider(BaseProvider):
         finally:
             self._service_s = 0.8 * self._service_s + 0.2 * (time.perf_counter() - t0)
 
-    async def _on_model(self, loop: asyncio.AbstractEventLoop, deadline: float, priority: int, fn, *args) -> asyncio.Future:
+    async def _on_model(self, loop: asyncio.AbstractEventLoop, deadline: float, request: ChatRequest, fn,
+                        *args) -> asyncio.Future:
         """Wait for the model (highest priority first, within the deadline), then run `fn` on its
         thread. The caller calls `self._gate.release()` when done with the returned future (on the loop:
         the next waiter's job queues behind this one on the single model thread). Not getting a turn in
@@ -220,7 +223,10 @@ class LlamaCppProvider(BaseProvider):
         asked = time.perf_counter()
         try:
             async with asyncio.timeout(max(0.0, deadline - asked)):
-                await self._gate.acquire(priority)
+                await self._gate.acquire(request.context.priority, tenant_of(request))
+        except asyncio.QueueFull as e:
+            raise QueueFullError(f"the local model's queue is full: {e}", retry_after=max(1.0, self.drain_s()),
+                                 deployment=self.name) from None
         except TimeoutError:
             raise QueueFullError("no turn on the local model within the call's deadline (queue wait)",
                                  retry_after=max(1.0, self.drain_s()), deployment=self.name) from None
@@ -352,7 +358,7 @@ class LlamaCppProvider(BaseProvider):
         turn: float | None = None
         try:
             await self.load()
-            fut = await self._on_model(asyncio.get_running_loop(), deadline, request.context.priority, self._classify_sync,
+            fut = await self._on_model(asyncio.get_running_loop(), deadline, request, self._classify_sync,
                                        request, labels)
             turn = time.perf_counter()
             probs, usage = await asyncio.wait_for(asyncio.shield(fut), max(0.001, deadline - turn))
@@ -379,7 +385,7 @@ class LlamaCppProvider(BaseProvider):
         pending_delta: tuple[str, str | None] | None = None
         try:
             await self.load()
-            fut = await self._on_model(loop, deadline, request.context.priority, self._run, request, loop, queue, cancel)
+            fut = await self._on_model(loop, deadline, request, self._run, request, loop, queue, cancel)
             turn = time.perf_counter()
             while True:
                 remaining = deadline - time.perf_counter()
@@ -423,7 +429,7 @@ class LlamaCppProvider(BaseProvider):
 
 
 OPTIONS = frozenset({"n_ctx", "n_threads", "max_queue", "seed", "priority_ageing_s", "lazy_load",
-                     "chat_template"})
+                     "chat_template", "tenant_weights"})
 
 
 def from_settings(d, environ) -> LlamaCppProvider:
@@ -432,7 +438,8 @@ def from_settings(d, environ) -> LlamaCppProvider:
     (null = all cores), max_queue (calls waiting beyond it are refused; default 64), seed (default 0),
     priority_ageing_s (a waiting call gains one priority level per this many seconds; default 10),
     lazy_load (load the model on its first call, not at start; set for every llama_cpp deployment when
-    llm.memory.budget_mb is set), chat_template (a Jinja chat template for a GGUF file without one).
+    llm.memory.budget_mb is set), chat_template (a Jinja chat template for a GGUF file without one),
+    tenant_weights (team or key id -> weight of its fair share among waiting calls of one priority; default 1).
     The `llm.*` keys of the embedded engine produce such a deployment (`LLMSettings.embedded_deployment`)."""
     o = d.options
     unknown = set(o) - OPTIONS
@@ -442,4 +449,5 @@ def from_settings(d, environ) -> LlamaCppProvider:
     return LlamaCppProvider(d.model or None, n_ctx=d.context_window or o.get("n_ctx") or 2048,
                             n_threads=o.get("n_threads"), max_queue=o.get("max_queue", 64), call_timeout_s=d.timeout_s,
                             seed=o.get("seed", 0), name=d.name, priority_ageing_s=o.get("priority_ageing_s", 10.0),
-                            lazy_load=bool(o.get("lazy_load", False)), chat_template=o.get("chat_template"))
+                            lazy_load=bool(o.get("lazy_load", False)), chat_template=o.get("chat_template"),
+                            tenant_weights=o.get("tenant_weights"))

@@ -61,6 +61,12 @@ class Failures(dict):
     def __init__(self):
         super().__init__()
         self.told: set[str] = set()
+        self.retry_after: list[float] = []  # when the told ones said to come back
+
+    def refused_only(self) -> bool:
+        """Every deployment tried was refused by nlweb-local's own queue (back-pressure: another round a few
+        milliseconds later would only be refused again, or time out)."""
+        return bool(self) and self.told.issuperset(self)
 
 
 def _served(info: DeploymentInfo, d: RouteDecision, failures: dict[str, str]) -> Served:
@@ -249,6 +255,7 @@ class Router(BaseProvider):
     def _nothing(self, d: RouteDecision, failures: dict[str, str]) -> NoDeploymentError:
         reasons = {**d.rejected, **failures}
         waits = [w for w in (self._state.of(n).breaker.retry_after() for n in self._routes) if w > 0]
+        waits += getattr(failures, "retry_after", [])  # a full queue's own estimate of when it drains
         return NoDeploymentError("no deployment can serve this request now", reasons=reasons,
                                  retry_after=max(1.0, min(waits)) if waits else 1.0, deployment="router",
                                  failed=tuple(n for n in failures if n not in getattr(failures, "told", ())))
@@ -275,9 +282,11 @@ class Router(BaseProvider):
         d = self.decide(request)
         if not d.ordered:
             raise self._nothing(d, {})
-        failures: dict[str, str] = Failures()
+        failures = Failures()
         for step in self._attempts(request, d):
             if step.__class__ is float:
+                if failures.refused_only():  # every deployment's own queue said no: at once, with its Retry-After
+                    break
                 await asyncio.sleep(step)
                 continue
             route, sub = step
@@ -320,6 +329,7 @@ class Router(BaseProvider):
             failures[name] = e.message[:200]
             if isinstance(e, QueueFullError):  # nlweb-local's own words (its queue, its memory budget): told as they are
                 failures.told.add(name)
+                failures.retry_after.append(e.retry_after)
             log.info("route %s failed before its first token (%s); trying the next", name, type(e).__name__)
         finally:
             await chunks.aclose()  # closed here, in this task, whatever ended the attempt
@@ -330,9 +340,11 @@ class Router(BaseProvider):
         through, fails over to the next deployment. Returns (answer, who served)."""
         if not d.ordered:
             raise self._nothing(d, {})
-        failures: dict[str, str] = Failures()
+        failures = Failures()
         for step in self._attempts(request, d):
             if step.__class__ is float:
+                if failures.refused_only():  # every deployment's own queue said no: at once, with its Retry-After
+                    break
                 await asyncio.sleep(step)
                 continue
             result = await self._try_unary(step[0], step[1], d, call, failures)
@@ -365,6 +377,7 @@ class Router(BaseProvider):
             failures[name] = e.message[:200]
             if isinstance(e, QueueFullError):  # nlweb-local's own words (its queue, its memory budget): told as they are
                 failures.told.add(name)
+                failures.retry_after.append(e.retry_after)
             log.info("route %s failed (%s); trying the next", name, type(e).__name__)
             return None
         finally:

@@ -119,15 +119,19 @@ def _key_routes(comp: Components, settings: Settings) -> list:
     """/admin/keys (server/keys_admin.py)."""
     from .keys_admin import key_routes
 
+    from ..core.priority import PriorityClasses
+
+    p = settings.llm.priority
     return key_routes(comp.governance, max_body_bytes=settings.server.max_body_bytes,
-                      body_timeout_s=settings.server.body_timeout_s)
+                      body_timeout_s=settings.server.body_timeout_s, classes=PriorityClasses(p.classes, p.default_class))
 
 
 def middleware(comp: Components) -> list[Middleware]:
     """The one middleware list, outermost first: trusted Host names (400 otherwise) → request id (an
     `x-request-id` per request, followed into every ledger row and span of that request) → the audit log
     (a row per audited request) → CORS (with server.cors_origins) → cross-site write refusal (CSRF) →
-    authentication (with governance) → the request's privacy class (x-nlweb-privacy, key, team) → tracing
+    authentication (with governance) → the request's privacy class (x-nlweb-privacy, key, team) → its
+    priority (x-nlweb-priority, key, team) → tracing
     (a span per request, when `telemetry.tracing` is on)."""
     from ..telemetry.context import RequestIdMiddleware
     from .origin_checks import HostAllowlist, OriginCheckMiddleware, TrustedHostMiddleware
@@ -137,6 +141,7 @@ def middleware(comp: Components) -> list[Middleware]:
     return [Middleware(TrustedHostMiddleware, hosts=HostAllowlist(server.allowed_hosts, listen_host=server.host)),
             Middleware(RequestIdMiddleware), *_audit_middleware(comp), *_cors(server.cors_origins),
             Middleware(OriginCheckMiddleware, cors_origins=server.cors_origins), *_auth(comp), _privacy(comp),
+            _priority(comp),
             *([tracing.middleware()] if tracing is not None else [])]
 
 
@@ -147,6 +152,13 @@ def _privacy(comp: Components) -> Middleware:
     from .privacy_middleware import PrivacyMiddleware
 
     return Middleware(PrivacyMiddleware, callers=CallerPrivacy.from_settings(comp.settings.auth))
+
+
+def _priority(comp: Components) -> Middleware:
+    """The priority each request runs at (x-nlweb-priority, the key's and team's class): after auth."""
+    from .priority_middleware import CallerPriority, PriorityMiddleware
+
+    return Middleware(PriorityMiddleware, callers=CallerPriority.from_settings(comp.settings))
 
 
 def _auth(comp: Components) -> list[Middleware]:

@@ -10,8 +10,9 @@ The chain every LLM call goes through is built by one fold:
 
     each deployment:  compose(adapter, telemetry.deployment_wrappers(...))   metered, then traced
     the gateway:      compose(Router(routes, state), [*telemetry.router_wrappers(), response cache, A/B split,
-                      privacy floor, governed, audit trail]) (privacy floor: the strictest privacy class of the
-                      call, the request, the key and its team, onto the call's context; governed: governance's
+                      privacy floor, request priority, governed, audit trail]) (privacy floor: the strictest
+                      privacy class of the call, the request, the key and its team, onto the call's context;
+                      request priority: x-nlweb-priority or the key's/team's class, onto it too; governed: governance's
                       identity, model scope and limits; the audit trail outermost, so it sees what was served and
                       what governance refused)
     /v1/embeddings:   in process (no embedding deployment): compose(the embedding provider, [governed, audit
@@ -149,6 +150,9 @@ def build_router(settings: Settings, *, providers: Mapping[str, Provider] | None
         if memory is not None and d.engine in BUDGETED_ENGINES and d.name not in given:
             d = d.model_copy(update={"options": {**d.options, "lazy_load": True}})
         adapter = given[d.name] if d.name in given else build_adapter(d, s.breaker)
+        max_concurrency = d.max_concurrency
+        if d.fleet.slots is not None and d.engine not in IN_PROCESS_ENGINES:  # a bounded, prioritised queue
+            adapter, max_concurrency = _gated(d, adapter, s)
         if memory is not None and d.engine in BUDGETED_ENGINES:
             adapter = budgeted(d, adapter, memory)
         adapter = located(adapter, placement)
@@ -160,7 +164,7 @@ def build_router(settings: Settings, *, providers: Mapping[str, Provider] | None
             wrappers = [_redaction(settings, telemetry), *wrappers]
         info = DeploymentInfo.of(d.name, adapter.capabilities, model=adapter.model, model_version=version,
                                  price_in_per_m=d.price_in_per_m, price_out_per_m=d.price_out_per_m,
-                                 max_concurrency=d.max_concurrency, tier=d.tier, serves=d.serves or "")
+                                 max_concurrency=max_concurrency, tier=d.tier, serves=d.serves or "")
         routes.append(Route(info, compose(adapter, wrappers)))
     import functools
 
@@ -179,6 +183,21 @@ def build_router(settings: Settings, *, providers: Mapping[str, Provider] | None
                       registry=getattr(registry, "view", None))
     except ValueError as e:
         raise BadRequestError(f"llm.groups: {e}") from None
+
+
+def _gated(d: DeploymentSettings, adapter: Provider, llm: Any) -> tuple[Provider, int]:
+    """The deployment behind its admission gate (fleet/admission.py), and the router's in-flight bound for it:
+    the gate bounds the deployment (running + waiting), so the router leaves it room to displace a waiter."""
+    from ..core.priority import PriorityClasses
+    from ..fleet.admission import AdmissionGate
+
+    p = llm.priority
+    try:
+        gate = AdmissionGate(adapter, d.fleet, classes=PriorityClasses(p.classes, p.default_class),
+                             weights=p.tenant_weights, ageing_s=llm.priority_ageing_s)
+    except BadRequestError as e:
+        raise BadRequestError(f"deployment {d.name!r}: {e.message}", deployment=d.name) from None
+    return gate, gate.gate.capacity + 2 * d.fleet.max_waiting + 1
 
 
 def _air_gapped(deployments: list[DeploymentSettings], groups: dict[str, list[str]],
@@ -432,6 +451,7 @@ def build_components(settings: Settings, *, embedder: Any = _BUILD, store: Any =
         governance = build_governance(settings)
         closers.append(governance.close)
     from ..governance.privacy import CallerPrivacy, privacy_floor
+    from ..providers.priority import request_priority
     from ..registry.experiment_split import split_wrapper
 
     split = split_wrapper(registry, router, telemetry)  # A/B experiments: inside governance, outside the cache
@@ -444,6 +464,7 @@ def build_components(settings: Settings, *, embedder: Any = _BUILD, store: Any =
                 *([cached] if cached else []),
                 *([split] if split is not None else []),
                 privacy_floor(CallerPrivacy.from_settings(settings.auth)),  # every call's privacy class, on its context
+                request_priority,  # the request's priority (header, key, team: the HTTP edge's), on every call's context
                 *governed_audited]
     gateway = compose(router, wrappers)
     in_process = getattr(embedder, "provider", None)  # retrieval's embedder adapts a provider: /v1/embeddings uses it

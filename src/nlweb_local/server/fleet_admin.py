@@ -1,7 +1,8 @@
 """`GET /admin/fleet`: every deployment with its instances — health, breaker, calls in flight, the engine's
 queue, EWMA latency and how old the last scrape is — over the router's typed API (`router.provider(name)`
 and `find(..., Fleet)`). A deployment with one URL (or in-process) is a fleet of one: one row, from the
-router's own view of it."""
+router's own view of it. `admission`: the deployment's gate (fleet.slots): slots, running, waiting, the
+measured drain rate, calls displaced and refused (None without one)."""
 from __future__ import annotations
 
 from typing import Any
@@ -10,6 +11,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from ..fleet.admission import AdmissionGate
 from ..fleet.fleet import Fleet
 from ..providers.wrapper import find
 
@@ -27,8 +29,10 @@ def fleet_view(router: Any) -> dict[str, Any]:
                           "breaker": v.breaker, "in_flight": v.in_flight, "waiting": load.waiting, "running": load.running,
                           "ewma_latency_s": None if v.ewma_ttft_s is None else round(v.ewma_ttft_s, 4),
                           "kv_cache_usage": load.kv_cache_usage, "scrape_age_s": None, "served": None, "failed": None}]
+        gate = find(router.provider(name), AdmissionGate)  # fleet.slots: its bounded, prioritised queue
         out.append({"deployment": name, "model": v.info.model, "breaker": v.breaker,
-                    "policy": fleet.policy_name if fleet is not None else None, "instances": instances})
+                    "policy": fleet.policy_name if fleet is not None else None, "instances": instances,
+                    "admission": gate.status() if gate is not None else None})
     return {"deployments": out}
 
 

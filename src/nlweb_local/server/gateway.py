@@ -2,7 +2,8 @@
 
 Every request goes through the router; every answer says which deployment served it and why
 (`x-nlweb-route`). Per request: `x-nlweb-strategy`, `x-nlweb-privacy: local_only`,
-`x-nlweb-deadline-ms`, `x-nlweb-priority`, `x-nlweb-conversation`; the response cache's controls
+`x-nlweb-deadline-ms`, `x-nlweb-conversation`, `x-nlweb-priority` (read on every endpoint by
+server/priority_middleware.py and put on each call by the gateway's RequestPriority); the response cache's controls
 (`cache` in the body, `Cache-Control`, `x-nlweb-cache-namespace`: server/cache_controls.py), and its
 outcome in `x-nlweb-cache` (hit, miss, semantic-hit; similarity=0.97). Errors use OpenAI's format.
 """
@@ -42,7 +43,7 @@ DEFAULT_MAX_TOKENS = 512  # what a request that names no max_tokens may generate
 MAX_DEADLINE_MS = 86_400_000.0  # a day
 _PRIVACY = {"any": Privacy.ANY, "local_only": Privacy.LOCAL_ONLY}
 # what the completion endpoints read from a request's headers (one pass over the ASGI scope)
-_READ_HEADERS = frozenset({b"content-length", b"x-nlweb-privacy", b"x-nlweb-strategy", b"x-nlweb-priority",
+_READ_HEADERS = frozenset({b"content-length", b"x-nlweb-privacy", b"x-nlweb-strategy",
                            b"x-nlweb-conversation", b"x-nlweb-deadline-ms", *CACHE_HEADERS})
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 
@@ -84,11 +85,7 @@ def call_context(h: Mapping[str, str], model: str | None, router: Router,
     privacy = _PRIVACY.get(h.get("x-nlweb-privacy", "any").strip().lower())
     if privacy is None:
         raise _bad_header("x-nlweb-privacy must be 'local_only' or 'any'", "x-nlweb-privacy")
-    try:
-        priority = int(h.get("x-nlweb-priority") or 0)
-    except ValueError:
-        raise _bad_header("x-nlweb-priority must be an integer (higher is served first)", "x-nlweb-priority") from None
-    return CallContext(strategy=h.get("x-nlweb-strategy") or None, privacy=privacy, priority=priority,
+    return CallContext(strategy=h.get("x-nlweb-strategy") or None, privacy=privacy,
                        conversation=h.get("x-nlweb-conversation", ""), deployments=resolve_model(router, model),
                        deadline_s=_deadline(h), cache=cache)
 

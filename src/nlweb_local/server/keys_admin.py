@@ -3,7 +3,8 @@
     GET    /admin/keys                  every key (never a secret or hash)
     POST   /admin/keys                  {"name", "role", "team"?, "models"?, "sites"?, "expires"? ("30d"),
                                          "limits"? {requests_per_minute, tokens_per_day, usd_per_day, usd_per_month},
-                                         "allow_from"? ["10.0.0.0/8", ...], "privacy"? ("local_only")}
+                                         "allow_from"? ["10.0.0.0/8", ...], "privacy"? ("local_only"),
+                                         "priority"? ("batch"), "max_priority"? ("default")}
                                         -> 201, the key with its "secret" (shown this once)
     POST   /admin/keys/{id}/revoke      (or DELETE /admin/keys/{id})
     POST   /admin/keys/{id}/rotate      -> the key with its new "secret"; the old one stops working
@@ -18,6 +19,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from ..core.errors import BadRequestError, ForbiddenError, NlwebError, NotFoundError
+from ..core.priority import PriorityClasses
 from ..core.privacy import parse_privacy
 from ..governance import Governance
 from ..governance.identity import Limits
@@ -25,7 +27,8 @@ from ..governance.keys import parse_duration, parse_role
 from .body import parse_json, read_request_body
 from .errors import openai_error
 
-_FIELDS = {"name", "role", "team", "models", "sites", "expires", "limits", "allow_from", "privacy"}
+_FIELDS = {"name", "role", "team", "models", "sites", "expires", "limits", "allow_from", "privacy", "priority",
+           "max_priority"}
 
 
 def _strings(body: dict[str, Any], name: str) -> list[str]:
@@ -44,8 +47,17 @@ def _loopback(request: Request) -> bool:
         return False
 
 
-def key_routes(governance: Governance, *, max_body_bytes: int, body_timeout_s: float) -> list[Route]:
+def _class(classes: PriorityClasses, body: dict[str, Any], name: str) -> str:
+    value = body.get(name) or ""
+    if not isinstance(value, (str, int)) or isinstance(value, bool):
+        raise BadRequestError(f"'{name}' must be a priority class ({classes.names()}) or an integer")
+    return classes.check(str(value), f"'{name}'") or ""
+
+
+def key_routes(governance: Governance, *, max_body_bytes: int, body_timeout_s: float,
+               classes: PriorityClasses | None = None) -> list[Route]:
     keyring, auth = governance.keyring, governance.authenticator
+    classes = classes or PriorityClasses()
 
     async def listing(request: Request) -> Response:
         if request.method == "GET":
@@ -76,7 +88,8 @@ def key_routes(governance: Governance, *, max_body_bytes: int, body_timeout_s: f
                 keyring.create, body["name"], parse_role(body["role"]), team=team, models=_strings(body, "models"),
                 sites=_strings(body, "sites"), expires_in_s=parse_duration(expires) if expires else None,
                 limits=Limits.of(limits), allow_from=_strings(body, "allow_from"),
-                privacy=parse_privacy(body.get("privacy") or "any", "'privacy'"))
+                privacy=parse_privacy(body.get("privacy") or "any", "'privacy'"),
+                priority=_class(classes, body, "priority"), max_priority=_class(classes, body, "max_priority"))
         except NlwebError as e:
             return openai_error(e)
         auth.keys_changed()

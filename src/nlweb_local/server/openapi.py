@@ -52,6 +52,9 @@ _KEY_BODY = {"type": "object", "required": ["name", "role"], "additionalProperti
     "models": {"type": "array", "items": _STR}, "sites": {"type": "array", "items": _STR},
     "allow_from": {"type": "array", "items": _STR, "description": "CIDR networks the key may be used from"},
     "expires": {"type": "string", "description": "a duration such as 30d or 12h"},
+    "priority": {"type": "string", "description": "priority class (interactive, default, batch) or integer of its "
+                 "requests that send no x-nlweb-priority"},
+    "max_priority": {"type": "string", "description": "highest priority class its requests may run at"},
     "limits": {"type": "object", "properties": {"requests_per_minute": {"type": "integer", "minimum": 0},
                                                 "tokens_per_day": {"type": "integer", "minimum": 0},
                                                 "usd_per_day": {"type": "number", "minimum": 0},
