@@ -1,0 +1,179 @@
+"""Launched replicas with real `python -m llama_cpp.server` processes (the packaged SmolLM2): launch on a free
+loopback port, register into the fleet, drain before stop (a call in flight on a replica being stopped
+finishes), errors naming the model file, and the autoscaler scaling 1 -> 3 -> 1 under a load ramp through
+the gateway with no failed request. No step waits a fixed time: each waits, with a bound, for what it needs."""
+import asyncio
+import os
+import time
+
+import pytest
+
+from nlweb_local.config.settings import BreakerSettings, DeploymentSettings
+from nlweb_local.core.types import ChatRequest, Message
+from nlweb_local.fleet.launcher import LaunchError, ReplicaLauncher
+from nlweb_local.fleet.replicas import build_replica_sets
+from nlweb_local.providers.registry import build_provider
+from nlweb_local.server.components import build_adapter
+
+pytest.importorskip("llama_cpp.server.app", reason="pip install 'llama-cpp-python[server]'")
+LAUNCH = {"n_ctx": 512, "n_threads": 1, "start_timeout_s": 120, "drain_timeout_s": 60}
+
+
+def launched(**fields):
+    d = DeploymentSettings(**{"name": "smol", "engine": "llama_cpp_server", "timeout_s": 60, "launch": LAUNCH, **fields})
+    fleet = build_adapter(d, BreakerSettings())
+    sets = build_replica_sets([d], lambda name: fleet, build_provider)
+    return fleet, sets, sets.get("smol")
+
+
+def ask(text, max_tokens=2):
+    return ChatRequest([Message("user", text)], max_tokens=max_tokens)
+
+
+async def until(predicate, timeout_s, what, state=lambda: None):
+    end = time.monotonic() + timeout_s
+    while not predicate():
+        if time.monotonic() > end:
+            pytest.fail(f"{what} did not happen within {timeout_s:.0f} s: {state()}")
+        await asyncio.sleep(0.05)
+
+
+def alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def test_a_missing_model_file_is_an_error_naming_it(tmp_path):
+    missing = tmp_path / "nowhere" / "model.gguf"
+    with pytest.raises(LaunchError, match=f"the model file {missing} does not exist"):
+        launched(model=str(missing), replicas=1)
+
+
+async def test_a_file_that_is_not_a_model_fails_the_launch_naming_it(tmp_path):
+    bogus = tmp_path / "bogus.gguf"
+    bogus.write_bytes(b"not a gguf file at all")
+    fleet, sets, s = launched(model=str(bogus), replicas=1)
+    try:
+        with pytest.raises(LaunchError) as e:
+            await sets.start()
+        assert f"llama_cpp.server exited (code 1) while loading {bogus}" in e.value.message
+        assert s.launcher.current == 0 and fleet.status() == []
+    finally:
+        await sets.close()
+        await fleet.close()
+
+
+@pytest.mark.slow
+async def test_launch_serve_and_drain_a_call_in_flight_before_stopping(tmp_path):
+    fleet, sets, s = launched(replicas=2, fleet={"policy": "least-outstanding"})
+    launcher: ReplicaLauncher = s.launcher
+    pids = []
+    try:
+        await asyncio.gather(launcher.launch(), launcher.launch())  # (no autoscaler: it would replace the one stopped)
+        reps = launcher.replicas()
+        pids = [r["pid"] for r in reps]
+        assert [r["state"] for r in reps] == ["serving", "serving"] and len({r["port"] for r in reps}) == 2
+        assert sorted(i.url for i in fleet.status()) == sorted(r["url"] for r in reps)
+        assert all(r["url"].startswith("http://127.0.0.1:") for r in reps)
+        first = await fleet.complete(ask("Say hi."))
+        assert first.content is not None
+
+        long_call = asyncio.create_task(fleet.complete(ask("Write a long story about a cat.", max_tokens=48)))
+        await until(lambda: any(i.in_flight for i in fleet.status()), 30, "the long call in flight")
+        busy_url = next(i.url for i in fleet.status() if i.in_flight)
+        busy = next(r for r in launcher._replicas if r.url == busy_url)
+        alive_at_answer = []
+        long_call.add_done_callback(lambda _: alive_at_answer.append((busy.state, alive(busy.pid))))
+        stopping = asyncio.create_task(launcher.stop(busy))
+        await until(lambda: busy.state == "draining", 5, "draining")
+        assert [i.url for i in fleet.status()] != [] and busy_url not in [i.url for i in fleet.status()]
+        # new calls meanwhile go to the other replica; the draining one still runs the long call
+        during = await asyncio.gather(*(fleet.complete(ask(f"Hi {n}")) for n in range(3)))
+        assert all(r.content is not None for r in during)
+        await stopping
+        assert long_call.result().content and alive_at_answer == [("draining", True)]  # answered before SIGTERM
+        assert busy.process.returncode is not None and not alive(busy.pid)
+        assert [r["state"] for r in launcher.replicas()] == ["serving"]
+    finally:
+        await sets.close()
+        await fleet.close()
+    assert not any(alive(p) for p in pids)  # every replica stopped with the set
+
+
+@pytest.mark.slow
+async def test_autoscaling_1_to_3_under_a_ramp_and_back_to_1_with_no_failed_request(tmp_path):
+    from prometheus_client import generate_latest
+
+    from nlweb_local.server.fleet_admin import fleet_view
+    from stand_ins import scripted_service, service_settings
+
+    autoscale = {"min_replicas": 1, "max_replicas": 3, "ttft_slo_s": 60, "target_utilisation": 1.0,
+                 "scale_up_cooldown_s": 0, "scale_down_cooldown_s": 1, "interval_s": 0.2, "window_s": 1}
+    settings = service_settings(tmp_path, {"name": "smol", "engine": "llama_cpp_server", "timeout_s": 60,
+                                           "autoscale": autoscale, "launch": LAUNCH}, embedded_enabled=False)
+    comp = scripted_service(settings, {})
+    s = comp.replicas.get("smol")
+    failures, served, users = [], [0], []
+    stop = asyncio.Event()
+
+    def state():
+        return {"replicas": s.launcher.replicas(), "autoscaler": s.autoscaler.view(), "failures": failures[:3]}
+
+    async def user(i):
+        n = 0
+        while not stop.is_set() and i < active[0]:
+            n += 1
+            try:
+                r = await comp.gateway.complete(ask(f"User {i}, question {n}: say hi."))
+                assert r.content is not None
+                served[0] += 1
+            except Exception as e:  # noqa: BLE001 - every failure is recorded and fails the test
+                failures.append(repr(e))
+
+    def users_now(n):
+        active[0] = n
+        while len([u for u in users if not u.done()]) < n:
+            users.append(asyncio.create_task(user(len(users))))
+
+    active = [0]
+    pids = set()
+    try:
+        await comp.replicas.start()
+        assert s.launcher.current == 1
+        users_now(1)
+        await until(lambda: served[0] >= 3, 60, "one user served", state)
+        assert s.launcher.current == 1  # one user on one replica: no queue, hold
+
+        users_now(4)  # the ramp
+        await until(lambda: sum(r["state"] == "serving" for r in s.launcher.replicas()) == 3, 180,
+                    "3 replicas serving", state)
+        pids |= {r["pid"] for r in s.launcher.replicas()}
+        at_three = served[0]
+        view = fleet_view(comp.router, comp.replicas)["deployments"][0]
+        assert [r["state"] for r in view["replicas"]["launched"]] == ["serving"] * 3
+        assert view["replicas"]["autoscaler"]["desired"] == 3 and len(view["instances"]) == 3
+        await until(lambda: served[0] >= at_three + 12, 120, "calls served by the 3 replicas", state)
+        metrics = generate_latest(comp.telemetry.metrics.registry).decode()
+        assert 'nlweb_fleet_replicas{deployment="smol"} 3.0' in metrics
+        assert 'nlweb_fleet_queue_depth{deployment="smol"}' in metrics
+
+        active[0] = 1  # down to one user, who goes on calling while replicas are drained and stopped
+        await until(lambda: len(s.launcher.replicas()) == 1 and s.autoscaler.desired == 1, 120, "back to 1 replica", state)
+        left = served[0]
+        await until(lambda: served[0] >= left + 3, 60, "the last replica serving", state)
+        active[0] = 0  # idle: stays at min_replicas
+        await asyncio.gather(*users)
+        assert s.launcher.current == 1 and s.autoscaler.scale_events == {"up": 1, "down": 1}
+        assert [(e["from"], e["to"]) for e in s.autoscaler.events] == [(1, 3), (3, 1)]
+        metrics = generate_latest(comp.telemetry.metrics.registry).decode()
+        assert 'nlweb_fleet_scale_events_total{deployment="smol",direction="up"} 1.0' in metrics
+        assert 'nlweb_fleet_replicas_desired{deployment="smol"} 1.0' in metrics
+    finally:
+        stop.set()
+        await asyncio.gather(*users, return_exceptions=True)
+        await comp.close()
+    assert failures == [] and served[0] > 0
+    assert pids and not any(alive(p) for p in pids)
