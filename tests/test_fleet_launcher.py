@@ -177,3 +177,26 @@ async def test_autoscaling_1_to_3_under_a_ramp_and_back_to_1_with_no_failed_requ
         await comp.close()
     assert failures == [] and served[0] > 0
     assert pids and not any(alive(p) for p in pids)
+
+
+@pytest.mark.slow
+def test_the_server_launches_replicas_at_start_shows_them_and_stops_them_at_shutdown(tmp_path):
+    from starlette.testclient import TestClient
+
+    from nlweb_local.server.app import create_app
+    from stand_ins import scripted_service, service_settings
+
+    settings = service_settings(tmp_path, {"name": "smol", "engine": "llama_cpp_server", "replicas": 1, "launch": LAUNCH},
+                                embedded_enabled=False)
+    comp = scripted_service(settings, {}, telemetry=None)
+    with TestClient(create_app(settings, comp, close_components=True), base_url="http://localhost") as c:
+        r = c.post("/v1/chat/completions", json={"model": "smol", "max_tokens": 2,
+                                                 "messages": [{"role": "user", "content": "Say hi."}]})
+        assert r.status_code == 200, r.text
+        smol = c.get("/admin/fleet").json()["deployments"][0]
+    (replica,) = smol["replicas"]["launched"]
+    assert replica["state"] == "serving" and replica["url"] == f"http://127.0.0.1:{replica['port']}/v1"
+    assert [i["url"] for i in smol["instances"]] == [replica["url"]] and smol["instances"][0]["served"] == 1
+    auto = smol["replicas"]["autoscaler"]
+    assert (auto["current"], auto["desired"], auto["min_replicas"], auto["max_replicas"]) == (1, 1, 1, 1)
+    assert not alive(replica["pid"])  # stopped with the server

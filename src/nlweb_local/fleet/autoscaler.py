@@ -84,7 +84,8 @@ class Autoscaler:
         return ScaleSignals(queue_depth=max(x.queue_depth for x in s), in_flight=max(x.in_flight for x in s),
                             ttft_s=max((x.ttft_s for x in s if x.ttft_s is not None), default=None),
                             utilisation=max(x.utilisation for x in s), replicas=self.launcher.current,
-                            since_change_s=now - self.last_change, observed_s=now - s[0].at)
+                            since_change_s=now - self.last_change,
+                            observed_s=now - s[0].at + self.settings.interval_s)  # (each sample stands for an interval)
 
     def step(self) -> ScaleDecision | None:
         """Sample, decide, act (in the background). None: holding while replicas start."""
