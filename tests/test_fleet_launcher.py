@@ -200,3 +200,28 @@ def test_the_server_launches_replicas_at_start_shows_them_and_stops_them_at_shut
     auto = smol["replicas"]["autoscaler"]
     assert (auto["current"], auto["desired"], auto["min_replicas"], auto["max_replicas"]) == (1, 1, 1, 1)
     assert not alive(replica["pid"])  # stopped with the server
+
+
+async def test_instances_join_and_leave_a_fleet_at_runtime():
+    """What the launcher relies on: an empty fleet refuses with 503 until an instance joins; a detached
+    instance gets no new call while its call in flight finishes."""
+    from nlweb_local.core.errors import OverloadedError
+    from nlweb_local.fleet.fleet import Fleet
+    from nlweb_local.providers.testing import ScriptedProvider
+
+    fleet = Fleet("d", [], template=ScriptedProvider("d"))
+    with pytest.raises(OverloadedError, match="no instance yet") as e:
+        await fleet.complete(ask("hi"))
+    assert e.value.status == 503 and fleet.status() == [] and not (await fleet.health()).healthy
+    slow, quick = ScriptedProvider("d", text="slow", token_delay_s=0.05), ScriptedProvider("d", text="quick")
+    fleet.add("http://a", slow)
+    with pytest.raises(ValueError, match="already an instance"):
+        fleet.add("http://a", quick)
+    in_flight = asyncio.create_task(fleet.complete(ask("hi")))
+    await until(lambda: fleet.status()[0].in_flight == 1, 5, "a call on a")
+    fleet.add("http://b", quick)
+    inst = fleet.detach("http://a")
+    assert [s.url for s in fleet.status()] == ["http://b"] and inst.in_flight == 1
+    assert {(await fleet.complete(ask(f"hi {n}"))).content for n in range(4)} == {"quick"}
+    assert (await in_flight).content == "slow" and inst.in_flight == 0 and slow.calls == 1
+    await fleet.close()
