@@ -148,9 +148,11 @@ async def test_autoscaling_1_to_3_under_a_ramp_and_back_to_1_with_no_failed_requ
         assert s.launcher.current == 1  # one user on one replica: no queue, hold
 
         users_now(4)  # the ramp
+        t_ramp = time.monotonic()
         await until(lambda: sum(r["state"] == "serving" for r in s.launcher.replicas()) == 3, 180,
                     "3 replicas serving", state)
         pids |= {r["pid"] for r in s.launcher.replicas()}
+        print(f"\nramp to 4 users -> 3 replicas serving: {time.monotonic() - t_ramp:.1f} s")
         at_three = served[0]
         view = fleet_view(comp.router, comp.replicas)["deployments"][0]
         assert [r["state"] for r in view["replicas"]["launched"]] == ["serving"] * 3
@@ -161,13 +163,16 @@ async def test_autoscaling_1_to_3_under_a_ramp_and_back_to_1_with_no_failed_requ
         assert 'nlweb_fleet_queue_depth{deployment="smol"}' in metrics
 
         active[0] = 1  # down to one user, who goes on calling while replicas are drained and stopped
+        t_calm = time.monotonic()
         await until(lambda: len(s.launcher.replicas()) == 1 and s.autoscaler.desired == 1, 120, "back to 1 replica", state)
         left = served[0]
+        print(f"back to 1 user -> 1 replica: {time.monotonic() - t_calm:.1f} s")
         await until(lambda: served[0] >= left + 3, 60, "the last replica serving", state)
         active[0] = 0  # idle: stays at min_replicas
         await asyncio.gather(*users)
         assert s.launcher.current == 1 and s.autoscaler.scale_events == {"up": 1, "down": 1}
         assert [(e["from"], e["to"]) for e in s.autoscaler.events] == [(1, 3), (3, 1)]
+        assert s.autoscaler.events[1]["in_flight"] == 1  # scaled down while the user's calls went on
         metrics = generate_latest(comp.telemetry.metrics.registry).decode()
         assert 'nlweb_fleet_scale_events_total{deployment="smol",direction="up"} 1.0' in metrics
         assert 'nlweb_fleet_replicas_desired{deployment="smol"} 1.0' in metrics
@@ -175,6 +180,7 @@ async def test_autoscaling_1_to_3_under_a_ramp_and_back_to_1_with_no_failed_requ
         stop.set()
         await asyncio.gather(*users, return_exceptions=True)
         await comp.close()
+    print(f"calls served: {served[0]}, failed: {len(failures)}")
     assert failures == [] and served[0] > 0
     assert pids and not any(alive(p) for p in pids)
 

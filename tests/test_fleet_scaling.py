@@ -253,3 +253,33 @@ def test_settings_refuse_replicas_where_nothing_can_be_launched():
     with pytest.raises(ValidationError, match="between autoscale.min_replicas"):
         DeploymentSettings(name="d", engine="llama_cpp_server", replicas=5, autoscale={"max_replicas": 3})
     assert math.isinf(ScaleSignals(0, 0, None, 0, 1).since_change_s)
+
+
+async def test_queue_depth_is_exported_for_every_deployment(tmp_path):
+    """nlweb_fleet_queue_depth: a deployment without a fleet counts as one instance of one slot."""
+    import asyncio
+
+    from prometheus_client import generate_latest
+
+    from nlweb_local.core.types import ChatRequest, Message
+    from nlweb_local.providers.testing import ScriptedProvider
+    from stand_ins import scripted_service, service_settings
+
+    settings = service_settings(tmp_path, {"name": "single", "engine": "openai", "model": "m", "api_key": "sk-test",
+                                           "url": "http://127.0.0.1:9/v1"}, embedded_enabled=False)
+    slow = ScriptedProvider("single", text="one two three four", token_delay_s=0.5)
+    comp = scripted_service(settings, {"single": slow})
+    try:
+        def depth():
+            text = generate_latest(comp.telemetry.metrics.registry).decode()
+            return next(line for line in text.splitlines() if line.startswith('nlweb_fleet_queue_depth{deployment="single"}'))
+
+        assert depth().endswith(" 0.0")
+        calls = [asyncio.create_task(comp.gateway.complete(ChatRequest([Message("user", f"q{n}")]))) for n in range(3)]
+        while comp.router.view("single").in_flight < 3:  # (each call takes 2 s: 4 words, 0.5 s apart)
+            await asyncio.sleep(0.01)
+        assert depth().endswith(" 2.0")  # 3 in flight, 1 slot
+        await asyncio.gather(*calls)
+        assert depth().endswith(" 0.0")
+    finally:
+        await comp.close()

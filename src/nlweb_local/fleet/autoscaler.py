@@ -100,22 +100,23 @@ class Autoscaler:
                 return None
             log.warning("fleet %s: %d of %d replicas running; launching again", self.name, self.launcher.current,
                         self.desired)
-            self._change(now, self.launcher.current, self.desired, "replacing replicas that stopped")
+            self._change(now, self.launcher.current, self.desired, "replacing replicas that stopped", None)
             return None
         self._samples.append(measure(self.fleet.status(), self.slots, now))
         while self._samples and now - self._samples[0].at > self.settings.window_s:
             self._samples.popleft()
-        decision = desired_replicas(self.signals(now), self.settings, self.slots)
+        signals = self.signals(now)
+        decision = desired_replicas(signals, self.settings, self.slots)
         self.last_decision = decision
         current = self.launcher.current
         if decision.replicas != current:
             self.scale_events[decision.direction(current)] += 1
-            self._change(now, current, decision.replicas, decision.reason)
+            self._change(now, current, decision.replicas, decision.reason, signals.in_flight)
         return decision
 
-    def _change(self, now: float, current: int, to: int, reason: str) -> None:
+    def _change(self, now: float, current: int, to: int, reason: str, in_flight: float | None) -> None:
         log.info("fleet %s: scaling %d -> %d (%s)", self.name, current, to, reason)
-        self.events.append({"at": time.time(), "from": current, "to": to, "reason": reason})
+        self.events.append({"at": time.time(), "from": current, "to": to, "reason": reason, "in_flight": in_flight})
         self.desired, self.last_change = to, now
         self._samples.clear()
         self.launcher.scale_to(to)

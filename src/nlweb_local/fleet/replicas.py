@@ -16,8 +16,9 @@ from typing import Any, Callable, Sequence
 
 from ..config.settings import AutoscaleSettings, DeploymentSettings
 from ..providers.base import Provider
-from .autoscaler import Autoscaler, queue_depth
+from .autoscaler import Autoscaler, measure, queue_depth
 from .fleet import Fleet
+from .instance import InstanceStatus
 from .launcher import ReplicaLauncher
 
 log = logging.getLogger(__name__)
@@ -100,13 +101,24 @@ class ReplicaSets:
                 s.task = None
         await asyncio.gather(*(s.launcher.close() for s in self._sets.values()), return_exceptions=True)
 
-    def gauges(self, fleets: Sequence[tuple[str, Fleet]]) -> list[dict[str, Any]]:
-        """Per fleet deployment, for the metrics: its queue depth and, when launched, replicas and scale events."""
+    def gauges(self, router: Any) -> list[dict[str, Any]]:
+        """Per deployment of `router`, for the metrics: its queue depth (a fleet: over its instances; else
+        the deployment as one instance, from the router's view) and, when launched, its replicas and scale
+        events."""
+        from ..providers.wrapper import find
+
         out = []
-        for name, fleet in fleets:
+        for name in router.names():
+            fleet = find(router.provider(name), Fleet)
             s = self._sets.get(name)
-            row: dict[str, Any] = {"deployment": name,
-                                   "queue_depth": queue_depth(fleet, s.autoscaler.slots if s is not None else None)}
+            if fleet is not None:
+                depth = queue_depth(fleet, s.autoscaler.slots if s is not None else None)
+            else:
+                v, load = router.view(name), router.load(name)
+                depth = measure([InstanceStatus(name, v.healthy and v.admits, v.healthy, load.detail, v.breaker,
+                                                v.in_flight, load.waiting, load.running, v.ewma_ttft_s, None,
+                                                None, 0, 0)], None).queue_depth
+            row: dict[str, Any] = {"deployment": name, "queue_depth": depth}
             if s is not None:
                 row.update(current=s.launcher.current, desired=s.autoscaler.desired,
                            scale_events=dict(s.autoscaler.scale_events))

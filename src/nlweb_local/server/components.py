@@ -425,7 +425,7 @@ def build_components(settings: Settings, *, embedder: Any = _BUILD, store: Any =
         telemetry.watch(router)
         from ..telemetry.fleet_metrics import FleetCollector
 
-        telemetry.metrics.registry.register(FleetCollector(lambda: replicas.gauges(fleets_of(router)),
+        telemetry.metrics.registry.register(FleetCollector(lambda: replicas.gauges(router),
                                                            telemetry.metrics.deployment_label))
         if memory is not None:
             telemetry.metrics.watch_memory(memory)
@@ -476,14 +476,6 @@ def build_components(settings: Settings, *, embedder: Any = _BUILD, store: Any =
     return Components(settings, embedder, store, llm, pipeline, router=router, gateway=gateway, embeddings=embeddings,
                       telemetry=telemetry, registry=registry, governance=governance, audit=audit, closers=closers,
                       canary=canary, memory=memory, replicas=replicas)
-
-
-def fleets_of(router: Router) -> list[tuple[str, Any]]:
-    """The deployments served by a `fleet.Fleet` (several instances, or launched replicas), with it."""
-    from ..fleet.fleet import Fleet
-    from ..providers.wrapper import find
-
-    return [(n, f) for n in router.names() if (f := find(router.provider(n), Fleet)) is not None]
 
 
 def build_replicas(settings: Settings, router: Router) -> Any:

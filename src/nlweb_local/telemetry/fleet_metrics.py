@@ -1,9 +1,10 @@
 """Fleet metrics, read when Prometheus scrapes (`FleetCollector`, over `fleet.replicas.ReplicaSets.gauges`):
 
-    nlweb_fleet_queue_depth{deployment}             calls waiting for a free slot on a fleet deployment's
-                                                    instances (the engines' own queues, or the calls in flight
-                                                    beyond their slots): the autoscaler's signal, and the one a
-                                                    Kubernetes HPA / KEDA scaler reads
+    nlweb_fleet_queue_depth{deployment}             calls waiting for a free slot on a deployment's instances
+                                                    (the engines' own queues, or the calls in flight beyond their
+                                                    slots; a deployment without a fleet counts as one instance):
+                                                    the autoscaler's signal, and the one a Kubernetes HPA / KEDA
+                                                    scaler reads
     nlweb_fleet_replicas{deployment}                launched replicas starting or serving
     nlweb_fleet_replicas_desired{deployment}        the count the autoscaler last decided
     nlweb_fleet_scale_events_total{deployment,direction}   direction: up|down
