@@ -52,6 +52,14 @@ def test_a_missing_model_file_is_an_error_naming_it(tmp_path):
         launched(model=str(missing), replicas=1)
 
 
+def test_a_missing_server_package_is_an_error_saying_what_to_install(monkeypatch):
+    from nlweb_local.fleet import launcher
+
+    monkeypatch.setattr(launcher, "SERVER_MODULES", ("fastapi", "no_such_module_for_the_test"))
+    with pytest.raises(LaunchError, match=r"needs no_such_module_for_the_test: pip install 'nlweb-local\[replicas\]'"):
+        launched(replicas=1)
+
+
 async def test_a_file_that_is_not_a_model_fails_the_launch_naming_it(tmp_path):
     bogus = tmp_path / "bogus.gguf"
     bogus.write_bytes(b"not a gguf file at all")

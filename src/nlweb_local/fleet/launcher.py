@@ -18,6 +18,7 @@ import asyncio
 import collections
 import contextlib
 import dataclasses
+import importlib.util
 import logging
 import os
 import signal
@@ -36,6 +37,7 @@ State = Literal["starting", "serving", "draining", "stopping"]
 OUTPUT_LINES = 60  # the end of each engine's output kept in memory (for errors and /admin/fleet)
 PORT_TRIES = 3  # a port taken between picking and binding: try another
 POLL_S = 0.05
+SERVER_MODULES = ("fastapi", "sse_starlette", "starlette_context", "pydantic_settings", "uvicorn")  # its extra's
 CHILD_ENV_DROP = ("HOST", "PORT", "CONFIG_FILE", "MODEL")  # llama_cpp.server reads these over its arguments
 
 
@@ -116,6 +118,10 @@ class ReplicaLauncher:
                 for r in self._replicas]
 
     def check_model(self) -> None:
+        missing = [m for m in SERVER_MODULES if importlib.util.find_spec(m) is None]
+        if missing:
+            raise LaunchError(f"deployment {self.name!r}: launching replicas runs python -m llama_cpp.server, which "
+                              f"needs {', '.join(missing)}: pip install 'nlweb-local[replicas]'", deployment=self.name)
         if not self.model_path.is_file():
             raise LaunchError(f"deployment {self.name!r}: the model file {self.model_path} does not exist; set model "
                               "to a GGUF file (or leave it empty for the packaged SmolLM2)", deployment=self.name)
