@@ -190,13 +190,28 @@ class ReplicaLauncher:
                 raise LaunchError(f"deployment {self.name!r}: llama_cpp.server exited (code {r.process.returncode}) "
                                   f"while loading {self.model_path}: {r.tail()}", deployment=self.name)
             snap = await r.provider.health()
-            if snap.healthy:
+            if snap.healthy and await self._serves_alias(r):
                 return
             if self._clock() > deadline:
                 raise LaunchError(f"deployment {self.name!r}: llama_cpp.server with {self.model_path} did not answer "
                                   f"within {self.settings.start_timeout_s:g}s (launch.start_timeout_s): {r.tail()}",
                                   deployment=self.name)
             await asyncio.sleep(POLL_S)
+
+    async def _serves_alias(self, r: Replica) -> bool:
+        """The server that answers on the port is this replica (its model under our alias), not another process
+        that took the port between our picking it and the replica binding it."""
+        import aiohttp
+
+        try:
+            async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as s:
+                async with s.get(f"{r.url}/models") as resp:
+                    body = await resp.json(content_type=None)
+        except (aiohttp.ClientError, asyncio.TimeoutError, ValueError):
+            return False
+        data = body.get("data") if isinstance(body, dict) else None
+        ids = [m.get("id") for m in data or () if isinstance(m, dict)]
+        return r.process.returncode is None and self.alias in ids
 
     # -- stopping ------------------------------------------------------------------------------------
     async def stop(self, r: Replica) -> None:
