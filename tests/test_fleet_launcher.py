@@ -39,11 +39,12 @@ async def until(predicate, timeout_s, what, state=lambda: None):
 
 
 def alive(pid):
+    """Running (a zombie, exited but not yet reaped by whoever adopted it, is not)."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
         return False
-    return True
 
 
 def test_a_missing_model_file_is_an_error_naming_it(tmp_path):
@@ -239,3 +240,47 @@ async def test_instances_join_and_leave_a_fleet_at_runtime():
     assert {(await fleet.complete(ask(f"hi {n}"))).content for n in range(4)} == {"quick"}
     assert (await in_flight).content == "slow" and inst.in_flight == 0 and slow.calls == 1
     await fleet.close()
+
+
+ORPHAN = """
+import asyncio, sys
+sys.path.insert(0, sys.argv[1])
+from test_fleet_launcher import launched
+
+async def main():
+    fleet, sets, s = launched(replicas=1)
+    replica = await s.launcher.launch()
+    print(replica.pid, flush=True)
+    await asyncio.sleep(600)
+
+asyncio.run(main())
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not os.path.exists("/proc/self/stat"), reason="Linux only: PR_SET_PDEATHSIG")
+def test_replicas_do_not_outlive_a_server_killed_without_stopping_them(tmp_path):
+    import selectors
+    import signal
+    import subprocess
+    import sys
+
+    here = os.path.dirname(__file__)
+    server = subprocess.Popen([sys.executable, "-c", ORPHAN, here], stdout=subprocess.PIPE, env={**os.environ})
+    try:
+        with selectors.DefaultSelector() as sel:
+            sel.register(server.stdout, selectors.EVENT_READ)
+            line = server.stdout.readline() if sel.select(120) else b""
+        assert line.strip().isdigit(), f"the replica did not start: {line!r}"
+        pid = int(line)
+        assert alive(pid)
+        server.send_signal(signal.SIGKILL)  # no shutdown, no stop
+        server.wait()
+        end = time.monotonic() + 30
+        while alive(pid) and time.monotonic() < end:
+            time.sleep(0.05)
+        assert not alive(pid), "the replica outlived its server"
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait()
