@@ -267,6 +267,7 @@ def test_replicas_do_not_outlive_a_server_killed_without_stopping_them(tmp_path)
 
     here = os.path.dirname(__file__)
     server = subprocess.Popen([sys.executable, "-c", ORPHAN, here], stdout=subprocess.PIPE, env={**os.environ})
+    pid = None
     try:
         with selectors.DefaultSelector() as sel:
             sel.register(server.stdout, selectors.EVENT_READ)
@@ -284,3 +285,5 @@ def test_replicas_do_not_outlive_a_server_killed_without_stopping_them(tmp_path)
         if server.poll() is None:
             server.kill()
             server.wait()
+        if pid is not None and alive(pid):  # (the test failed: leave no engine behind)
+            os.kill(pid, signal.SIGKILL)
