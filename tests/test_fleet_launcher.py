@@ -153,7 +153,7 @@ async def test_autoscaling_1_to_3_under_a_ramp_and_back_to_1_with_no_failed_requ
         await comp.replicas.start()
         assert s.launcher.current == 1
         users_now(1)
-        await until(lambda: served[0] >= 3, 60, "one user served", state)
+        await until(lambda: served[0] >= 2, 60, "one user served", state)
         assert s.launcher.current == 1  # one user on one replica: no queue, hold
 
         users_now(4)  # the ramp
@@ -162,11 +162,11 @@ async def test_autoscaling_1_to_3_under_a_ramp_and_back_to_1_with_no_failed_requ
                     "3 replicas serving", state)
         pids |= {r["pid"] for r in s.launcher.replicas()}
         print(f"\nramp to 4 users -> 3 replicas serving: {time.monotonic() - t_ramp:.1f} s")
-        at_three = served[0]
         view = fleet_view(comp.router, comp.replicas)["deployments"][0]
         assert [r["state"] for r in view["replicas"]["launched"]] == ["serving"] * 3
         assert view["replicas"]["autoscaler"]["desired"] == 3 and len(view["instances"]) == 3
-        await until(lambda: served[0] >= at_three + 12, 120, "calls served by the 3 replicas", state)
+        fleet = comp.replicas.get("smol").autoscaler.fleet
+        await until(lambda: all(i.served for i in fleet.status()), 120, "each of the 3 replicas serving", state)
         metrics = generate_latest(comp.telemetry.metrics.registry).decode()
         assert 'nlweb_fleet_replicas{deployment="smol"} 3.0' in metrics
         assert 'nlweb_fleet_queue_depth{deployment="smol"}' in metrics
@@ -176,7 +176,7 @@ async def test_autoscaling_1_to_3_under_a_ramp_and_back_to_1_with_no_failed_requ
         await until(lambda: len(s.launcher.replicas()) == 1 and s.autoscaler.desired == 1, 120, "back to 1 replica", state)
         left = served[0]
         print(f"back to 1 user -> 1 replica: {time.monotonic() - t_calm:.1f} s")
-        await until(lambda: served[0] >= left + 3, 60, "the last replica serving", state)
+        await until(lambda: served[0] >= left + 1, 60, "the last replica serving", state)
         active[0] = 0  # idle: stays at min_replicas
         await asyncio.gather(*users)
         assert s.launcher.current == 1 and s.autoscaler.scale_events == {"up": 1, "down": 1}

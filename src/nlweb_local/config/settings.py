@@ -129,6 +129,7 @@ class LaunchSettings(_Section):
     n_threads: int | None = Field(None, ge=1, description="CPU threads of each replica; null = llama.cpp's default")
     args: list[str] = Field(default_factory=list, description="more command-line options for llama_cpp.server (e.g. [\"--n_gpu_layers\", \"-1\"])")
     start_timeout_s: float = Field(120.0, gt=0, description="longest a replica may take to load its model and answer; then it is stopped and the launch fails")
+    warm_up: bool = Field(True, description="send each new replica a one-token call before it joins the pool (its first call pages the model in: seconds, which no user should wait)")
     drain_timeout_s: float = Field(60.0, ge=0, description="a replica being stopped takes no new calls and gets this long to finish its calls in flight, then it is terminated")
     stop_timeout_s: float = Field(10.0, gt=0, description="after SIGTERM, a replica that has not exited within this long is killed")
 

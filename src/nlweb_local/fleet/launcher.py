@@ -3,7 +3,8 @@
     launch   python -m llama_cpp.server --model FILE --host 127.0.0.1 --port P (a free loopback port) as a
              child process (its own session, so a Ctrl-C to the server's terminal does not kill it mid-call;
              on Linux it gets SIGTERM if the server dies without stopping it), its output drained into a
-             bounded buffer; once its /v1/models answers, its adapter joins the fleet as an instance
+             bounded buffer; once its /v1/models answers with its model, and a one-token warm-up call
+             (`warm_up`) has paged the model in, its adapter joins the fleet as an instance
     stop     drain first: the instance leaves the fleet (no new call, no failover to it), its calls in flight
              finish (for up to `drain_timeout_s`), then SIGTERM, and SIGKILL after `stop_timeout_s`
 
@@ -29,7 +30,8 @@ from pathlib import Path
 from typing import Any, Callable, Literal
 
 from ..config.settings import LaunchSettings
-from ..core.errors import BadRequestError
+from ..core.errors import BadRequestError, NlwebError
+from ..core.types import ChatRequest, Message
 from ..providers.base import Provider
 
 log = logging.getLogger(__name__)
@@ -191,12 +193,23 @@ class ReplicaLauncher:
                                   f"while loading {self.model_path}: {r.tail()}", deployment=self.name)
             snap = await r.provider.health()
             if snap.healthy and await self._serves_alias(r):
+                if self.settings.warm_up:
+                    await self._warm_up(r, deadline)
                 return
             if self._clock() > deadline:
                 raise LaunchError(f"deployment {self.name!r}: llama_cpp.server with {self.model_path} did not answer "
                                   f"within {self.settings.start_timeout_s:g}s (launch.start_timeout_s): {r.tail()}",
                                   deployment=self.name)
             await asyncio.sleep(POLL_S)
+
+    async def _warm_up(self, r: Replica, deadline: float) -> None:
+        """One one-token call: the engine's first call pages its model in and sets up its buffers."""
+        left = max(1.0, deadline - self._clock())
+        try:
+            await r.provider.complete(ChatRequest([Message("user", "Hi")], max_tokens=1, deadline_s=left))
+        except NlwebError as e:
+            raise LaunchError(f"deployment {self.name!r}: llama_cpp.server with {self.model_path} answered, but its "
+                              f"first call failed ({e.message}): {r.tail()}", deployment=self.name) from e
 
     async def _serves_alias(self, r: Replica) -> bool:
         """The server that answers on the port is this replica (its model under our alias), not another process
