@@ -122,6 +122,22 @@ def test_measure_reads_queue_and_utilisation_from_the_instances():
     # an engine that reports its own slots (vLLM: 8 running, 3 waiting): its queue is what it reports
     s = measure([inst("v", 11, waiting=3, running=8)], slots=None)
     assert (s.queue_depth, s.in_flight, s.utilisation) == (3, 11, 1.0)
+    # calls held in front of the instances (an admission gate) queue too
+    s = measure([inst("a", 1), inst("b", 1)], slots=1, waiting=4)
+    assert (s.queue_depth, s.in_flight, s.utilisation) == (4, 6, 1.0)
+
+
+def test_calls_waiting_in_front_of_the_fleet_scale_it_up():
+    clock = Clock()
+    sim = SimDeployment(clock, start_ticks=1)
+    gate = [0]
+    a = AutoscaleSettings(min_replicas=1, max_replicas=3, scale_up_cooldown_s=0, window_s=1)
+    scaler = Autoscaler("d", sim, sim, a, waiting=lambda: gate[0], clock=clock)
+    run(scaler, sim, clock, [(3, 1)])  # one call on the one replica (a gate lets no more through)
+    assert sim.current == 1
+    gate[0] = 2
+    run(scaler, sim, clock, [(1, 1)])
+    assert sim.current == 3 and "queue 2 > 1 per replica" in scaler.events[-1]["reason"]
 
 
 # -- the loop, on a simulated clock -----------------------------------------------------------------

@@ -3,9 +3,10 @@ to the peaks of the last `window_s` seconds, and drives the launcher (`launcher.
 
     sample   from the fleet's instances (`Fleet.status()`): calls in flight through this gateway, what the
              engines report queued/running, EWMA time to first token
-             queue depth   per instance, what waits for a free slot: the engine's own queue, or the calls
+             queue depth   what waits for a free slot: per instance, the engine's own queue or the calls
                            in flight beyond its slots (launch.slots; an engine that reports what it runs:
-                           that many) — `nlweb_fleet_queue_depth{deployment}`, the signal an HPA/KEDA
+                           that many), plus the calls held in the deployment's admission gate when it
+                           has one — `nlweb_fleet_queue_depth{deployment}`, the signal an HPA/KEDA
                            scaler of Kubernetes replicas reads too
              utilisation   busy slots / all slots of the instances serving
     hold     while a replica is starting (its effect is not measurable yet); the samples start afresh
@@ -42,10 +43,12 @@ class Sample:
     ttft_s: float | None
 
 
-def measure(statuses: Sequence[Any], slots: int | None, at: float = 0.0) -> Sample:
+def measure(statuses: Sequence[Any], slots: int | None, at: float = 0.0, waiting: int = 0) -> Sample:
     """One look at a fleet's instances (`InstanceStatus`es). `slots`: calls one instance serves at once
-    (None: what the engine reports running, at least 1)."""
-    queue = in_flight = busy = capacity = 0
+    (None: what the engine reports running, at least 1). `waiting`: calls held in front of the instances
+    (a deployment's admission gate), queued too."""
+    queue = in_flight = waiting
+    busy = capacity = 0
     ttfts = []
     for s in statuses:
         load = max(s.in_flight, s.running + s.waiting)
@@ -61,16 +64,18 @@ def measure(statuses: Sequence[Any], slots: int | None, at: float = 0.0) -> Samp
                   sum(ttfts) / len(ttfts) if ttfts else None)
 
 
-def queue_depth(fleet: Any, slots: int | None) -> int:
-    return measure(fleet.status(), slots).queue_depth
+def queue_depth(fleet: Any, slots: int | None, waiting: Callable[[], int] | None = None) -> int:
+    return measure(fleet.status(), slots, waiting=waiting() if waiting is not None else 0).queue_depth
 
 
 class Autoscaler:
     """Scales `launcher`'s replicas of `fleet` within `settings` (min/max, objective, cooldowns)."""
 
     def __init__(self, name: str, fleet: Any, launcher: Any, settings: AutoscaleSettings, *, slots: int = 1,
-                 clock: Callable[[], float] = time.monotonic):
+                 waiting: Callable[[], int] | None = None, clock: Callable[[], float] = time.monotonic):
+        """`waiting()`: calls held in front of the fleet (its deployment's admission gate), part of the queue."""
         self.name, self.fleet, self.launcher, self.settings, self.slots = name, fleet, launcher, settings, slots
+        self.waiting = waiting
         self._clock = clock
         self._samples: collections.deque[Sample] = collections.deque(maxlen=MAX_SAMPLES)
         self.desired = launcher.current
@@ -102,7 +107,8 @@ class Autoscaler:
                         self.desired)
             self._change(now, self.launcher.current, self.desired, "replacing replicas that stopped", None)
             return None
-        self._samples.append(measure(self.fleet.status(), self.slots, now))
+        self._samples.append(measure(self.fleet.status(), self.slots, now,
+                                     self.waiting() if self.waiting is not None else 0))
         while self._samples and now - self._samples[0].at > self.settings.window_s:
             self._samples.popleft()
         signals = self.signals(now)
@@ -133,5 +139,5 @@ class Autoscaler:
         a, d = self.settings, self.last_decision
         return {"current": self.launcher.current, "desired": self.desired, "min_replicas": a.min_replicas,
                 "max_replicas": a.max_replicas, "ttft_slo_s": a.ttft_slo_s,
-                "queue_depth": queue_depth(self.fleet, self.slots), "reason": d.reason if d is not None else None,
+                "queue_depth": queue_depth(self.fleet, self.slots, self.waiting), "reason": d.reason if d is not None else None,
                 "scale_events": dict(self.scale_events), "events": list(self.events)[-10:]}

@@ -101,7 +101,8 @@ class ReplicaSets:
                 s.task = None
         await asyncio.gather(*(s.launcher.close() for s in self._sets.values()), return_exceptions=True)
 
-    def gauges(self, router: Any) -> list[dict[str, Any]]:
+    def gauges(self, router: Any, waiting_of: Callable[[str], Callable[[], int] | None] = lambda name: None
+               ) -> list[dict[str, Any]]:
         """Per deployment of `router`, for the metrics: its queue depth (a fleet: over its instances; else
         the deployment as one instance, from the router's view) and, when launched, its replicas and scale
         events."""
@@ -112,7 +113,7 @@ class ReplicaSets:
             fleet = find(router.provider(name), Fleet)
             s = self._sets.get(name)
             if fleet is not None:
-                depth = queue_depth(fleet, s.autoscaler.slots if s is not None else None)
+                depth = queue_depth(fleet, s.autoscaler.slots if s is not None else None, waiting_of(name))
             else:
                 v, load = router.view(name), router.load(name)
                 depth = measure([InstanceStatus(name, v.healthy and v.admits, v.healthy, load.detail, v.breaker,
@@ -127,9 +128,11 @@ class ReplicaSets:
 
 
 def build_replica_sets(deployments: Sequence[DeploymentSettings], fleet_of: Callable[[str], Fleet | None],
-                       build: Callable[[DeploymentSettings], Provider]) -> ReplicaSets:
+                       build: Callable[[DeploymentSettings], Provider],
+                       waiting_of: Callable[[str], Callable[[], int] | None] = lambda name: None) -> ReplicaSets:
     """A `ReplicaSet` for each launched deployment whose chain holds a launched fleet (`fleet_of(name)`;
-    None where a test gave the deployment another adapter)."""
+    None where a test gave the deployment another adapter). `waiting_of(name)`: how to read the calls held
+    in front of its fleet (its admission gate), or None."""
     sets = []
     for d in deployments:
         fleet = fleet_of(d.name) if d.launched else None
@@ -139,6 +142,6 @@ def build_replica_sets(deployments: Sequence[DeploymentSettings], fleet_of: Call
         launcher = ReplicaLauncher(d.name, fleet, lambda url, d=d: build(replica_settings(d, url)), path, alias,
                                    d.launch)
         scaling = scaling_of(d)
-        sets.append(ReplicaSet(d.name, launcher, Autoscaler(d.name, fleet, launcher, scaling, slots=d.launch.slots),
-                               d.replicas or scaling.min_replicas))
+        scaler = Autoscaler(d.name, fleet, launcher, scaling, slots=d.launch.slots, waiting=waiting_of(d.name))
+        sets.append(ReplicaSet(d.name, launcher, scaler, d.replicas or scaling.min_replicas))
     return ReplicaSets(sets)

@@ -419,13 +419,14 @@ def build_components(settings: Settings, *, embedder: Any = _BUILD, store: Any =
                           memory=memory)
     if memory is not None:
         closers.append(memory.close)
-    replicas = build_replicas(settings, router)
+    waiting_of = gate_waiting(router)
+    replicas = build_replicas(settings, router, waiting_of)
     closers.append(replicas.close)
     if telemetry is not None:
         telemetry.watch(router)
         from ..telemetry.fleet_metrics import FleetCollector
 
-        telemetry.metrics.registry.register(FleetCollector(lambda: replicas.gauges(router),
+        telemetry.metrics.registry.register(FleetCollector(lambda: replicas.gauges(router, waiting_of),
                                                            telemetry.metrics.deployment_label))
         if memory is not None:
             telemetry.metrics.watch_memory(memory)
@@ -478,8 +479,9 @@ def build_components(settings: Settings, *, embedder: Any = _BUILD, store: Any =
                       canary=canary, memory=memory, replicas=replicas)
 
 
-def build_replicas(settings: Settings, router: Router) -> Any:
-    """The launched deployments' replicas and autoscalers (`fleet.replicas.ReplicaSets`; the app starts them)."""
+def build_replicas(settings: Settings, router: Router, waiting_of: Callable[[str], Any]) -> Any:
+    """The launched deployments' replicas and autoscalers (`fleet.replicas.ReplicaSets`; the app starts them);
+    `waiting_of`: `gate_waiting(router)`."""
     from ..fleet.fleet import Fleet
     from ..fleet.replicas import build_replica_sets
     from ..providers.registry import build_provider
@@ -487,7 +489,22 @@ def build_replicas(settings: Settings, router: Router) -> Any:
 
     built = set(router.names())
     return build_replica_sets([d for d in settings.llm.deployments if d.name in built],
-                              lambda name: find(router.provider(name), Fleet), build_provider)
+                              lambda name: find(router.provider(name), Fleet), build_provider, waiting_of)
+
+
+def gate_waiting(router: Router) -> Callable[[str], Callable[[], int] | None]:
+    """name -> how to read the calls waiting in that deployment's admission gate (`fleet.slots`), or None."""
+    try:
+        from ..fleet.admission import AdmissionGate  # (fleet/admission.py: a deployment's bounded queue)
+    except ImportError:  # a tree without admission gates
+        return lambda name: None
+    from ..providers.wrapper import find
+
+    def of(name: str) -> Callable[[], int] | None:
+        gate = find(router.provider(name), AdmissionGate)
+        return (lambda: gate.gate.waiting) if gate is not None else None
+
+    return of
 
 
 def build_canary(settings: Settings, registry: Any, router: Router, telemetry: Any) -> tuple[Any, Any]:
