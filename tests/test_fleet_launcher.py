@@ -116,7 +116,7 @@ async def test_launch_serve_and_drain_a_call_in_flight_before_stopping(tmp_path)
 async def test_autoscaling_1_to_3_under_a_ramp_and_back_to_1_with_no_failed_request(tmp_path):
     from prometheus_client import generate_latest
 
-    from nlweb_local.server.fleet_admin import fleet_view
+    from nlweb_local.server.fleet_admin import fleet_view, with_replicas
     from stand_ins import scripted_service, service_settings
 
     autoscale = {"min_replicas": 1, "max_replicas": 3, "ttft_slo_s": 60, "target_utilisation": 1.0,
@@ -162,7 +162,7 @@ async def test_autoscaling_1_to_3_under_a_ramp_and_back_to_1_with_no_failed_requ
                     "3 replicas serving", state)
         pids |= {r["pid"] for r in s.launcher.replicas()}
         print(f"\nramp to 4 users -> 3 replicas serving: {time.monotonic() - t_ramp:.1f} s")
-        view = fleet_view(comp.router, comp.replicas)["deployments"][0]
+        view = with_replicas(fleet_view(comp.router), comp.replicas)["deployments"][0]
         assert [r["state"] for r in view["replicas"]["launched"]] == ["serving"] * 3
         assert view["replicas"]["autoscaler"]["desired"] == 3 and len(view["instances"]) == 3
         fleet = comp.replicas.get("smol").autoscaler.fleet

@@ -1,9 +1,7 @@
 """`GET /admin/fleet`: every deployment with its instances — health, breaker, calls in flight, the engine's
 queue, EWMA latency and how old the last scrape is — over the router's typed API (`router.provider(name)`
 and `find(..., Fleet)`). A deployment with one URL (or in-process) is a fleet of one: one row, from the
-router's own view of it. A deployment with launched `replicas` also shows them (pid, port, state: starting,
-serving, draining, stopping) and its autoscaler (current and desired replicas, the last decision's reason,
-scale events)."""
+router's own view of it."""
 from __future__ import annotations
 
 from typing import Any
@@ -16,7 +14,7 @@ from ..fleet.fleet import Fleet
 from ..providers.wrapper import find
 
 
-def fleet_view(router: Any, replicas: Any = None) -> dict[str, Any]:
+def fleet_view(router: Any) -> dict[str, Any]:
     out = []
     for name in router.names():
         fleet = find(router.provider(name), Fleet)
@@ -29,17 +27,25 @@ def fleet_view(router: Any, replicas: Any = None) -> dict[str, Any]:
                           "breaker": v.breaker, "in_flight": v.in_flight, "waiting": load.waiting, "running": load.running,
                           "ewma_latency_s": None if v.ewma_ttft_s is None else round(v.ewma_ttft_s, 4),
                           "kv_cache_usage": load.kv_cache_usage, "scrape_age_s": None, "served": None, "failed": None}]
-        row = {"deployment": name, "model": v.info.model, "breaker": v.breaker,
-               "policy": fleet.policy_name if fleet is not None else None, "instances": instances}
-        launched = replicas.get(name) if replicas else None
+        out.append({"deployment": name, "model": v.info.model, "breaker": v.breaker,
+                    "policy": fleet.policy_name if fleet is not None else None, "instances": instances})
+    return {"deployments": out}
+
+
+def with_replicas(view: dict[str, Any], replicas: Any) -> dict[str, Any]:
+    """`view` with, for each deployment whose replicas nlweb-local launches (`fleet.replicas.ReplicaSets`),
+    `replicas`: the launched processes (pid, port, URL, state: starting, serving, draining, stopping; age)
+    and its autoscaler (current and desired replicas, bounds, queue depth, the last decision's reason, scale
+    events)."""
+    for row in view["deployments"]:
+        launched = replicas.get(row["deployment"]) if replicas else None
         if launched is not None:
             row["replicas"] = launched.view()
-        out.append(row)
-    return {"deployments": out}
+    return view
 
 
 def fleet_routes(router: Any, replicas: Any = None) -> list[Route]:
     async def fleet(request: Request) -> Response:
-        return JSONResponse(fleet_view(router, replicas))
+        return JSONResponse(with_replicas(fleet_view(router), replicas))
 
     return [Route("/admin/fleet", fleet)]
