@@ -20,6 +20,7 @@ from ..core.errors import BadRequestError
 log = logging.getLogger(__name__)
 ENV_PREFIX = "NLWEB_LOCAL_"
 DEFAULT_CONFIG_NAME = "nlweb-local.yaml"
+LAUNCHABLE_ENGINES = frozenset({"llama_cpp_server"})  # engines whose replicas nlweb-local starts itself (fleet/launcher.py)
 
 
 class _Section(BaseModel):
@@ -96,6 +97,46 @@ class MemorySettings(_Section):
     sweep_interval_s: float = Field(1.0, gt=0, description="how often idle models are checked against their keep_alive")
 
 
+class AutoscaleSettings(_Section):
+    """How a deployment with launched `replicas` scales between min_replicas and max_replicas
+    (fleet/scaling.py: the policy; fleet/autoscaler.py: the loop)."""
+
+    min_replicas: int = Field(1, ge=1, description="fewest replicas kept running (also while idle)")
+    max_replicas: int = Field(3, ge=1, description="most replicas launched (each one is a process holding the model in memory)")
+    ttft_slo_s: float = Field(2.0, gt=0, description="time-to-first-token objective: above it while calls are in flight, scale up; "
+                              "with calls in flight, scale down only while it is under half of it")
+    queue_per_replica: float = Field(1.0, ge=0, description="scale up when more calls than this per replica wait for a free slot")
+    target_utilisation: float = Field(0.8, gt=0, le=1, description="replicas wanted = calls in flight / (launch.slots x this), "
+                                      "at least min_replicas: the count a scale-up goes to and a scale-down stops at")
+    scale_down_utilisation: float = Field(0.5, gt=0, le=1, description="scale down only while under this share of the replicas' slots "
+                                          "is busy (between it and a queue: hold, the hysteresis band)")
+    scale_up_cooldown_s: float = Field(10.0, ge=0, description="no scale-up sooner than this after the last change")
+    scale_down_cooldown_s: float = Field(60.0, ge=0, description="no scale-down sooner than this after the last change")
+    interval_s: float = Field(1.0, gt=0, description="how often the autoscaler samples the fleet and decides")
+    window_s: float = Field(10.0, gt=0, description="the decision reads the peaks of the samples of the last window_s seconds "
+                            "(a short lull does not scale down)")
+
+    @model_validator(mode="after")
+    def _bounds(self) -> "AutoscaleSettings":
+        if self.min_replicas > self.max_replicas:
+            raise ValueError(f"autoscale: min_replicas ({self.min_replicas}) is above max_replicas ({self.max_replicas})")
+        return self
+
+
+class LaunchSettings(_Section):
+    """How nlweb-local starts a deployment's replicas (fleet/launcher.py): `python -m llama_cpp.server` on a
+    free loopback port, a child process of the server, stopped with it."""
+
+    slots: int = Field(1, ge=1, description="calls one replica serves at once (llama_cpp.server: 1); more in flight count as queued")
+    n_ctx: int = Field(2048, ge=256, description="context window of each replica, in tokens")
+    n_threads: int | None = Field(None, ge=1, description="CPU threads of each replica; null = llama.cpp's default")
+    args: list[str] = Field(default_factory=list, description="more command-line options for llama_cpp.server (e.g. [\"--n_gpu_layers\", \"-1\"])")
+    start_timeout_s: float = Field(120.0, gt=0, description="longest a replica may take to load its model and answer; then it is stopped and the launch fails")
+    warm_up: bool = Field(True, description="send each new replica a one-token call before it joins the pool (its first call pages the model in: seconds, which no user should wait)")
+    drain_timeout_s: float = Field(60.0, ge=0, description="a replica being stopped takes no new calls and gets this long to finish its calls in flight, then it is terminated")
+    stop_timeout_s: float = Field(10.0, gt=0, description="after SIGTERM, a replica that has not exited within this long is killed")
+
+
 class DeploymentSettings(_Section):
     """One deployment: an engine serving a model at an endpoint (or in-process)."""
 
@@ -106,6 +147,12 @@ class DeploymentSettings(_Section):
     url: str | None = Field(None, description="base URL of the engine's HTTP API")
     instances: list[str] = Field(default_factory=list, description="several base URLs of the same engine and model (instead of url): a fleet, balanced per call")
     fleet: FleetSettings = FleetSettings()
+    replicas: int | None = Field(None, ge=1, description="launch this many engine processes (engine llama_cpp_server: python -m "
+                                 "llama_cpp.server with the model file; model empty = the packaged SmolLM2) on free loopback "
+                                 "ports, as the instances of a fleet; with autoscale, how many to start with (null = min_replicas)")
+    autoscale: AutoscaleSettings | None = Field(None, description="scale the launched replicas between min_replicas and max_replicas "
+                                                "on queue depth, time to first token and utilisation; null = a fixed count")
+    launch: LaunchSettings = LaunchSettings()
     api_key: str | None = Field(None, description="API key (prefer api_key_env: keep secrets out of files)")
     api_key_env: str | None = Field(None, description="environment variable holding the API key")
     timeout_s: float = Field(120.0, gt=0, description="default deadline of one call")
@@ -131,7 +178,22 @@ class DeploymentSettings(_Section):
             raise ValueError(f"deployment {self.name!r}: set url (one instance) or instances (several), not both")
         if len(set(self.instances)) != len(self.instances) or not all(u.strip() for u in self.instances):
             raise ValueError(f"deployment {self.name!r}: instances must be distinct, non-empty URLs")
+        if self.launched:
+            if self.engine not in LAUNCHABLE_ENGINES:
+                raise ValueError(f"deployment {self.name!r}: replicas and autoscale launch engine processes, which nlweb-local "
+                                 f"does for engine {' or '.join(sorted(LAUNCHABLE_ENGINES))}, not {self.engine!r}")
+            if self.url or self.instances:
+                raise ValueError(f"deployment {self.name!r}: launched replicas get their own addresses; remove url/instances")
+            a = self.autoscale
+            if a is not None and self.replicas is not None and not a.min_replicas <= self.replicas <= a.max_replicas:
+                raise ValueError(f"deployment {self.name!r}: replicas ({self.replicas}) must be between autoscale.min_replicas "
+                                 f"({a.min_replicas}) and autoscale.max_replicas ({a.max_replicas})")
         return self
+
+    @property
+    def launched(self) -> bool:
+        """nlweb-local starts this deployment's engine processes itself (`replicas` or `autoscale`)."""
+        return self.replicas is not None or self.autoscale is not None
 
     def key(self, environ: Mapping[str, str]) -> str | None:
         return self.api_key or (environ.get(self.api_key_env) if self.api_key_env else None)

@@ -56,19 +56,24 @@ def affinity_key(request: ChatRequest, prefix_chars: int) -> str:
 
 
 class Fleet(BaseProvider):
-    """A deployment served by several instances; `members` are (URL, adapter) pairs, adapters built alike."""
+    """A deployment served by several instances; `members` are (URL, adapter) pairs, adapters built alike.
+    `template`: an adapter built alike but never called (its model and capabilities), for a fleet whose
+    instances come later (`add`: launched replicas); without it a fleet needs a member."""
 
     def __init__(self, name: str, members: Sequence[tuple[str, Provider]], settings: FleetSettings = FleetSettings(),
                  *, breaker: Callable[[str], CircuitBreaker] = CircuitBreaker, policy: Policy | None = None,
-                 clock: Callable[[], float] = time.monotonic, rng: random.Random | None = None):
-        if not members:
+                 clock: Callable[[], float] = time.monotonic, rng: random.Random | None = None,
+                 template: Provider | None = None):
+        if not members and template is None:
             raise BadRequestError(f"deployment {name!r}: a fleet needs at least one instance", deployment=name)
         self.name = name
+        self._breaker = breaker
         self._instances = [Instance(url, p, breaker(f"{name}@{url}")) for url, p in members]
         self._by_id = {i.id: i for i in self._instances}
         self._single = self._instances[0] if len(self._instances) == 1 else None
-        first = members[0][1]
+        first = template if template is not None else members[0][1]
         self.model, self.capabilities = first.model, first.capabilities
+        self._classifies = isinstance(first, Classifier)
         self._s = settings
         self.policy_name = settings.policy if policy is None else getattr(policy, "__name__", "custom")
         self._policy = policy or policy_named(settings.policy, spill=settings.affinity_spill)
@@ -77,6 +82,24 @@ class Fleet(BaseProvider):
         self._rng = rng or random.Random()
         self._sequence = 0
         self._rescrapes: dict[str, asyncio.Task] = {}  # at most one scrape per instance triggered by a failed call
+
+    # -- instances coming and going (launched replicas: fleet/launcher.py) ---------------------------
+    def add(self, url: str, provider: Provider) -> None:
+        """A new instance, in the pool for the next call (a fresh breaker, not scraped yet)."""
+        if url in self._by_id:
+            raise ValueError(f"fleet {self.name}: {url} is already an instance")
+        inst = Instance(url, provider, self._breaker(f"{self.name}@{url}"))
+        self._instances = [*self._instances, inst]
+        self._by_id[url] = inst
+        self._single = self._instances[0] if len(self._instances) == 1 else None
+
+    def detach(self, url: str) -> Instance:
+        """Take an instance out of the pool: no new call goes to it (nor a failover from another); the calls
+        it has in flight go on (its `in_flight` says how many). Its adapter is the caller's to close."""
+        inst = self._by_id.pop(url)
+        self._instances = [i for i in self._instances if i is not inst]
+        self._single = self._instances[0] if len(self._instances) == 1 else None
+        return inst
 
     # -- reading -----------------------------------------------------------------------------------
     def instance_count(self) -> int:
@@ -95,6 +118,9 @@ class Fleet(BaseProvider):
         return self._policy(PickFeatures(key, self._sequence - 1), views, self._rng)
 
     def _down(self) -> OverloadedError:
+        if not self._instances:
+            return OverloadedError(f"{self.name}: no instance yet (its replicas are starting)", retry_after=1.0,
+                                   deployment=self.name)
         now = self._clock()
         why = "; ".join(f"{i.id}: {'breaker ' + i.breaker.state.value if not i.breaker.available() else i.load.detail}"
                         for i in self._instances if not i.view(now, self._s.stale_s).up)
@@ -136,7 +162,7 @@ class Fleet(BaseProvider):
         started = self._clock()
         last: NlwebError | None = None
         for inst in self._candidates(request):
-            if not inst.breaker.allows():
+            if self._by_id.get(inst.id) is not inst or not inst.breaker.allows():  # (detached meanwhile: draining)
                 continue
             left = self._left(request, started) if last is not None else request.deadline_s
             sub = request if last is None else request.with_deadline(left)
@@ -174,7 +200,7 @@ class Fleet(BaseProvider):
         started = self._clock()
         last: NlwebError | None = None
         for inst in self._candidates(request):
-            if not inst.breaker.allows():
+            if self._by_id.get(inst.id) is not inst or not inst.breaker.allows():  # (detached meanwhile: draining)
                 continue
             if last is None:  # the first attempt gets the request as it came
                 left, sub = (request.deadline_s if request is not None else None), request
@@ -207,7 +233,7 @@ class Fleet(BaseProvider):
         return await self._unary(request, lambda p, r: p.complete(r))
 
     async def classify(self, request: ChatRequest, labels: Sequence[str]) -> LabelProbs:
-        if not isinstance(self._instances[0].provider, Classifier):
+        if not self._classifies:
             raise BadRequestError(f"deployment {self.name!r} cannot classify (no next-token probabilities)",
                                   deployment=self.name)
         return await self._unary(request, lambda p, r: p.classify(r, labels))

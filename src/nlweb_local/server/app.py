@@ -91,6 +91,8 @@ def create_app(settings: Settings, components: Components | None = None, *, clos
         # (measured 20–30 µs of GC per request at the default threshold of 700).
         gc.set_threshold(20_000, 50, 100)
         gc.freeze()  # what start-up built (modules, settings, the app) is never scanned by a collection again
+        if comp.replicas:  # launched engine processes: serving before the first request (a bad model file stops here)
+            await comp.replicas.start()
         probe = (asyncio.create_task(comp.router.probe_forever(settings.llm.health_interval_s))
                  if comp.router is not None else None)
         alerts = comp.telemetry.start() if comp.telemetry is not None else None  # alert rules, in the background
@@ -102,6 +104,8 @@ def create_app(settings: Settings, components: Components | None = None, *, clos
             canary.cancel()
         if comp.telemetry is not None:
             await comp.telemetry.stop(alerts)  # (the ledger is flushed and closed by its closer)
+        if comp.replicas:
+            await comp.replicas.close()  # drained, then stopped: no engine process outlives the server
         if owned:
             await comp.close()
 
@@ -199,7 +203,7 @@ def gateway_routes(comp: Components, settings: Settings) -> list:
 
     assert comp.router is not None and comp.gateway is not None
     gateway = Gateway(comp.gateway, comp.router, comp.embedder, server=settings.server, embeddings=comp.embeddings)
-    routes = [*gateway.routes(), *breaker_routes(comp.router), *fleet_routes(comp.router),
+    routes = [*gateway.routes(), *breaker_routes(comp.router), *fleet_routes(comp.router, comp.replicas),
               *memory_routes(comp.memory)]
     if comp.registry is not None:  # /admin/registry: models, versions, aliases, history; alias moves, rollback
         from .registry_admin import registry_routes

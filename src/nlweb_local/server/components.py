@@ -69,6 +69,7 @@ class Components:
     governance: Any = None  # governance.Governance: keys, roles, limits (None: no auth at all)
     audit: Any = None  # governance.audit.AuditLog (None: audit.enabled off)
     memory: Any = None  # fleet.memory.MemoryBudget (None: llm.memory has no budget)
+    replicas: Any = None  # fleet.replicas.ReplicaSets: launched engine processes (started and stopped by the app)
     closers: list[Callable[[], Any]] = field(default_factory=list)
 
     async def close(self) -> None:
@@ -268,10 +269,15 @@ def build_adapter(d: DeploymentSettings, breaker: Any) -> Provider:
     URL, each with its own breaker (`breaker`: the `BreakerSettings` of llm.breaker)."""
     from ..providers.registry import build_provider
 
+    from ..router.breaker import CircuitBreaker
+
+    if d.launched:  # replicas nlweb-local launches: a fleet without instances until they start (fleet/replicas.py)
+        from ..fleet.replicas import launched_fleet
+
+        return launched_fleet(d, build_provider, lambda name: CircuitBreaker(name, breaker, on_change=_log_breaker))
     if not d.instances:
         return build_provider(d)
     from ..fleet.fleet import Fleet
-    from ..router.breaker import CircuitBreaker
 
     if d.engine in IN_PROCESS_ENGINES:
         raise BadRequestError(f"deployment {d.name!r}: engine {d.engine!r} runs inside nlweb-local and has no instances; "
@@ -435,8 +441,15 @@ def build_components(settings: Settings, *, embedder: Any = _BUILD, store: Any =
                           memory=memory)
     if memory is not None:
         closers.append(memory.close)
+    waiting_of = gate_waiting(router)
+    replicas = build_replicas(settings, router, waiting_of)
+    closers.append(replicas.close)
     if telemetry is not None:
         telemetry.watch(router)
+        from ..telemetry.fleet_metrics import FleetCollector
+
+        telemetry.metrics.registry.register(FleetCollector(lambda: replicas.gauges(router, waiting_of),
+                                                           telemetry.metrics.deployment_label))
         if memory is not None:
             telemetry.metrics.watch_memory(memory)
     semantic = None
@@ -490,7 +503,35 @@ def build_components(settings: Settings, *, embedder: Any = _BUILD, store: Any =
     pipeline = build_pipeline(settings, llm, embedder, store, telemetry, closers, semantic=semantic)
     return Components(settings, embedder, store, llm, pipeline, router=router, gateway=gateway, embeddings=embeddings,
                       telemetry=telemetry, registry=registry, governance=governance, audit=audit, closers=closers,
-                      canary=canary, memory=memory)
+                      canary=canary, memory=memory, replicas=replicas)
+
+
+def build_replicas(settings: Settings, router: Router, waiting_of: Callable[[str], Any]) -> Any:
+    """The launched deployments' replicas and autoscalers (`fleet.replicas.ReplicaSets`; the app starts them);
+    `waiting_of`: `gate_waiting(router)`."""
+    from ..fleet.fleet import Fleet
+    from ..fleet.replicas import build_replica_sets
+    from ..providers.registry import build_provider
+    from ..providers.wrapper import find
+
+    built = set(router.names())
+    return build_replica_sets([d for d in settings.llm.deployments if d.name in built],
+                              lambda name: find(router.provider(name), Fleet), build_provider, waiting_of)
+
+
+def gate_waiting(router: Router) -> Callable[[str], Callable[[], int] | None]:
+    """name -> how to read the calls waiting in that deployment's admission gate (`fleet.slots`), or None."""
+    try:
+        from ..fleet.admission import AdmissionGate  # (fleet/admission.py: a deployment's bounded queue)
+    except ImportError:  # a tree without admission gates
+        return lambda name: None
+    from ..providers.wrapper import find
+
+    def of(name: str) -> Callable[[], int] | None:
+        gate = find(router.provider(name), AdmissionGate)
+        return (lambda: gate.gate.waiting) if gate is not None else None
+
+    return of
 
 
 def build_canary(settings: Settings, registry: Any, router: Router, telemetry: Any) -> tuple[Any, Any]:

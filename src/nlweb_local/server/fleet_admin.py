@@ -36,8 +36,20 @@ def fleet_view(router: Any) -> dict[str, Any]:
     return {"deployments": out}
 
 
-def fleet_routes(router: Any) -> list[Route]:
+def with_replicas(view: dict[str, Any], replicas: Any) -> dict[str, Any]:
+    """`view` with, for each deployment whose replicas nlweb-local launches (`fleet.replicas.ReplicaSets`),
+    `replicas`: the launched processes (pid, port, URL, state: starting, serving, draining, stopping; age)
+    and its autoscaler (current and desired replicas, bounds, queue depth, the last decision's reason, scale
+    events)."""
+    for row in view["deployments"]:
+        launched = replicas.get(row["deployment"]) if replicas else None
+        if launched is not None:
+            row["replicas"] = launched.view()
+    return view
+
+
+def fleet_routes(router: Any, replicas: Any = None) -> list[Route]:
     async def fleet(request: Request) -> Response:
-        return JSONResponse(fleet_view(router))
+        return JSONResponse(with_replicas(fleet_view(router), replicas))
 
     return [Route("/admin/fleet", fleet)]
