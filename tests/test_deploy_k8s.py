@@ -163,3 +163,31 @@ def test_the_readme_several_engines_example_loads_and_deploys(tmp_path):
     assert [d["name"] for d in config["llm"]["deployments"]] == ["local", "llama", "ollama"]
     assert config["llm"]["deployments"][1]["instances"] == llama.instances
     assert set(by_kind(docs, "Deployment")) == {"nlweb-local", "nlweb-local-engine-local"}
+
+
+def test_launched_replicas_become_engine_pods_with_their_own_bounds(tmp_path):
+    """A llama_cpp_server deployment that nlweb-local launches (`replicas` / `autoscale`) becomes llama-server
+    pods: autoscale's min/max bound the autoscaler; a fixed `replicas: N` is N pods and no autoscaler."""
+    path = tmp_path / "nlweb-local.yaml"
+    path.write_text("""
+auth: {enabled: true}
+llm:
+  embedded_enabled: false
+  deployments:
+    - {name: scaled, engine: llama_cpp_server, model: /srv/models/a.gguf, autoscale: {min_replicas: 2, max_replicas: 5}}
+    - {name: fixed, engine: llama_cpp_server, model: /srv/models/b.gguf, replicas: 3}
+""")
+    docs, _ = manifests(load_settings(path, environ={}), K8sOptions(autoscaler="hpa"))
+    assert validate_all(docs) == len(docs)  # raises on an invalid document
+    engines = by_kind(docs, "Deployment")
+    assert engines["nlweb-local-engine-scaled"]["spec"]["replicas"] == 2
+    assert engines["nlweb-local-engine-fixed"]["spec"]["replicas"] == 3
+    hpas = by_kind(docs, "HorizontalPodAutoscaler")
+    assert set(hpas) == {"nlweb-local-engine-scaled"}
+    spec = hpas["nlweb-local-engine-scaled"]["spec"]
+    assert (spec["minReplicas"], spec["maxReplicas"]) == (2, 5)
+    assert spec["metrics"][0]["external"]["target"] == {"type": "AverageValue", "averageValue": "2"}
+    config = yaml.safe_load(by_kind(docs, "ConfigMap")["nlweb-local-config"]["data"]["nlweb-local.yaml"])
+    gateway_view = {d["name"]: d for d in config["llm"]["deployments"]}
+    assert gateway_view["scaled"]["engine"] == "llama_server" and "autoscale" not in gateway_view["scaled"]
+    assert gateway_view["fixed"]["url"] == "http://nlweb-local-engine-fixed:8080/v1"

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 from typing import Any, Literal
 
-from ..config.settings import DeploymentSettings, Settings
+from ..config.settings import LAUNCHABLE_ENGINES, DeploymentSettings, Settings
 from ..core.errors import BadRequestError
 
 ENGINE_PORT = 8080
@@ -63,7 +63,7 @@ class K8sOptions:
     autoscaler: Literal["hpa", "keda", "none"] = "hpa"
     min_replicas: int = 1
     max_replicas: int = 4
-    queue_metric: str = "nlweb_deployment_queue_depth"
+    queue_metric: str = "nlweb_fleet_queue_depth"
     queue_target: float = 2.0
     prometheus_url: str = "http://prometheus-server.monitoring.svc:80"
     parallel: int = 2
@@ -99,9 +99,23 @@ def engine_name(o: K8sOptions, d: DeploymentSettings) -> str:
     return dns_name(f"{o.name}-engine-{d.name}")
 
 
+def runs_itself(d: DeploymentSettings) -> bool:
+    """In-process llama.cpp (the embedded engine included), or llama_cpp.server `replicas`/`autoscale`."""
+    return d.engine in LAUNCHED_ENGINES or (d.engine in LAUNCHABLE_ENGINES and bool(d.replicas or d.autoscale))
+
+
 def launched(settings: Settings) -> list[DeploymentSettings]:
-    """The deployments nlweb-local would run itself (in-process llama.cpp, the embedded engine included)."""
-    return [d for d in settings.llm.all_deployments() if d.engine in LAUNCHED_ENGINES]
+    """The deployments nlweb-local would run itself: each becomes llama-server pods."""
+    return [d for d in settings.llm.all_deployments() if runs_itself(d)]
+
+
+def replica_bounds(d: DeploymentSettings, o: K8sOptions) -> tuple[int, int]:
+    """(min, max) pods: the deployment's own autoscale bounds, a fixed `replicas: N`, else the options'."""
+    if d.autoscale is not None:
+        return d.autoscale.min_replicas, d.autoscale.max_replicas
+    if d.replicas:
+        return d.replicas, d.replicas
+    return max(1, o.min_replicas), max(o.min_replicas, o.max_replicas, 1)
 
 
 def model_file(d: DeploymentSettings) -> str:
@@ -142,7 +156,7 @@ def engine_documents(d: DeploymentSettings, o: K8sOptions) -> list[dict[str, Any
         container["resources"] = {"requests": {"memory": f"{int(d.memory_mb)}Mi"}}
     deployment = {
         "apiVersion": "apps/v1", "kind": "Deployment", "metadata": meta,
-        "spec": {"replicas": o.min_replicas, "selector": {"matchLabels": _selector(meta)},
+        "spec": {"replicas": replica_bounds(d, o)[0], "selector": {"matchLabels": _selector(meta)},
                  "template": {"metadata": {"labels": dict(meta["labels"])},
                               "spec": {"containers": [container],
                                        "volumes": [{"name": "models", "persistentVolumeClaim": {
@@ -155,24 +169,24 @@ def engine_documents(d: DeploymentSettings, o: K8sOptions) -> list[dict[str, Any
 
 
 def queue_query(d: DeploymentSettings, o: K8sOptions) -> str:
-    # every gateway replica probes the same engines, so they report the same queue: max, not sum
-    return f'max({o.queue_metric}{{deployment="{d.name}"}})'
+    # each gateway replica counts the calls it has waiting for the engine's pods: the sum is the queue
+    return f'sum({o.queue_metric}{{deployment="{d.name}"}})'
 
 
 def autoscaler_documents(d: DeploymentSettings, target: str, o: K8sOptions) -> list[dict[str, Any]]:
-    """The engine's autoscaler on the queue depth the gateway exports for deployment `d`. The gateway reaches
-    the engine through its Service, so each probe reads one pod's queue: the metric is a per-pod queue, and
-    the target is of type Value (desired replicas = current x queue / target), not AverageValue."""
-    if o.autoscaler == "none":
+    """The engine's autoscaler on the queue depth the gateway replicas export for deployment `d`
+    (`nlweb_fleet_queue_depth`: the calls each gateway has waiting for the engine's pods, summed over the
+    gateways). The target is a queue per pod, of type AverageValue: desired pods = total queue / target."""
+    bounds = replica_bounds(d, o)
+    if o.autoscaler == "none" or bounds[0] == bounds[1]:  # none asked for, or a fixed `replicas: N`
         return []
     meta = _meta(target, o, "autoscaler", d.name)
     target_ref = {"apiVersion": "apps/v1", "kind": "Deployment", "name": target}
-    bounds = (max(1, o.min_replicas), max(o.min_replicas, o.max_replicas, 1))
     if o.autoscaler == "keda":
         return [{"apiVersion": "keda.sh/v1alpha1", "kind": "ScaledObject", "metadata": meta,
                  "spec": {"scaleTargetRef": {"name": target}, "minReplicaCount": bounds[0],
                           "maxReplicaCount": bounds[1], "pollingInterval": 15, "cooldownPeriod": 300,
-                          "triggers": [{"type": "prometheus", "metricType": "Value", "metadata": {
+                          "triggers": [{"type": "prometheus", "metricType": "AverageValue", "metadata": {
                               "serverAddress": o.prometheus_url, "query": queue_query(d, o),
                               "threshold": _quantity(o.queue_target)}}]}}]
     return [{"apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler", "metadata": meta,
@@ -180,7 +194,7 @@ def autoscaler_documents(d: DeploymentSettings, target: str, o: K8sOptions) -> l
                       "metrics": [{"type": "External", "external": {
                           "metric": {"name": o.queue_metric,
                                      "selector": {"matchLabels": {"deployment": _label_value(d.name)}}},
-                          "target": {"type": "Value", "value": _quantity(o.queue_target)}}}],
+                          "target": {"type": "AverageValue", "averageValue": _quantity(o.queue_target)}}}],
                       # hysteresis: up at once, down only after 5 minutes below the target, one pod at a time
                       "behavior": {"scaleUp": {"stabilizationWindowSeconds": 0},
                                    "scaleDown": {"stabilizationWindowSeconds": 300,
@@ -207,7 +221,7 @@ def gateway_settings(settings: Settings, o: K8sOptions) -> tuple[dict[str, Any],
     notes: list[str] = []
     deployments = []
     for d in s.llm.all_deployments():
-        if d.engine in LAUNCHED_ENGINES:
+        if runs_itself(d):
             d = DeploymentSettings(name=d.name, engine="llama_server", model=d.name, location="local",
                                    url=f"http://{engine_name(o, d)}:{ENGINE_PORT}/v1", timeout_s=d.timeout_s,
                                    context_window=d.context_window or d.options.get("n_ctx"), tier=d.tier,

@@ -521,10 +521,7 @@ def build_replicas(settings: Settings, router: Router, waiting_of: Callable[[str
 
 def gate_waiting(router: Router) -> Callable[[str], Callable[[], int] | None]:
     """name -> how to read the calls waiting in that deployment's admission gate (`fleet.slots`), or None."""
-    try:
-        from ..fleet.admission import AdmissionGate  # (fleet/admission.py: a deployment's bounded queue)
-    except ImportError:  # a tree without admission gates
-        return lambda name: None
+    from ..fleet.admission import AdmissionGate  # (fleet/admission.py: a deployment's bounded queue)
     from ..providers.wrapper import find
 
     def of(name: str) -> Callable[[], int] | None:
