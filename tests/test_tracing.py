@@ -219,13 +219,13 @@ async def test_tracing_off_creates_no_span_and_no_wrapper(tmp_path, fake):
         r = await client.post("/v1/chat/completions", json=chat("hi"))
         assert r.status_code == 200 and r.headers["x-request-id"]
     assert tel.tracing is None
-    # no TracedRouter, no TracedProvider: the plain path (the audit trail, governance, the privacy floor, the A/B
-    # split, the response cache, the canary split, the router)
+    # no TracedRouter, no TracedProvider: the plain path (the audit trail, governance, the request's priority,
+    # the privacy floor, the A/B split, the response cache, the canary split, the router)
     chain, p = [], comp.gateway
     while p is not None:
         chain.append(type(p).__name__)
         p = getattr(p, "inner", None)
-    assert chain == ["AuditedProvider", "GovernedProvider", "PrivacyFloor", "ExperimentSplit", "ResponseCache",
+    assert chain == ["AuditedProvider", "GovernedProvider", "RequestPriority", "PrivacyFloor", "ExperimentSplit", "ResponseCache",
                      "CanarySplit", "Router"], chain
     assert all(type(comp.router.provider(n)).__name__ == "MeteredProvider" for n in comp.router.names())
     assert exporter.get_finished_spans() == ()
