@@ -60,35 +60,43 @@ class InProcessCounters:
             return None
         return entry
 
-    def _add(self, key: str, entry: list | None, delta: int, ttl_s: float, now: float) -> None:
-        if entry is not None:
-            entry[0] += delta
-            return
+    def _new(self, key: str, amount: int, ttl_s: float, now: float) -> None:
+        """A counter that is absent or expired starts (again) at `amount`, expiring in `ttl_s`."""
         if len(self._data) >= self._sweep_over:
             for k in [k for k, e in self._data.items() if now >= e[1]]:
                 del self._data[k]
-        self._data[key] = [delta, now + ttl_s]
+        self._data[key] = [amount, now + ttl_s]
 
     async def reserve(self, charges: Sequence[Charge]) -> Refusal | None:
+        data = self._data
         with self._lock:
             now = self._clock()
-            entries = []
-            for i, c in enumerate(charges):
-                entry = self._live(c.key, now)
-                used = entry[0] if entry is not None else 0
-                if used + c.amount > c.limit:
-                    return Refusal(i, used, entry[1] - now if entry is not None else c.ttl_s)
-                entries.append(entry)
-            for c, entry in zip(charges, entries):
-                self._add(c.key, entry, c.amount, c.ttl_s, now)
+            for i, (key, amount, limit, ttl_s) in enumerate(charges):  # every charge must fit ...
+                entry = data.get(key)
+                if entry is not None and now < entry[1]:
+                    if entry[0] + amount > limit:
+                        return Refusal(i, entry[0], entry[1] - now)
+                elif amount > limit:
+                    return Refusal(i, 0, ttl_s)
+            for key, amount, _, ttl_s in charges:  # ... before any is taken
+                entry = data.get(key)
+                if entry is not None and now < entry[1]:
+                    entry[0] += amount
+                else:
+                    self._new(key, amount, ttl_s, now)
         return None
 
     async def adjust(self, changes: Sequence[tuple[str, int, float]]) -> None:
+        data = self._data
         with self._lock:
             now = self._clock()
             for key, delta, ttl_s in changes:
                 if delta:
-                    self._add(key, self._live(key, now), delta, ttl_s, now)
+                    entry = data.get(key)
+                    if entry is not None and now < entry[1]:
+                        entry[0] += delta
+                    else:
+                        self._new(key, delta, ttl_s, now)
 
     async def value(self, key: str) -> int:
         with self._lock:

@@ -79,21 +79,30 @@ class Plan:
     tokens: tuple[bool, ...] = ()  # per budget bound: counts tokens (else nano-dollars)
     day: int = -1  # the day `day_keys` are for
     day_keys: tuple[str, ...] = ()
-    minute: int = -1  # the minute `minute_keys` are for
-    minute_keys: tuple[str, ...] = ()
+    minute: int = -1  # the minute `minute_charges` are for
+    minute_charges: tuple[Charge, ...] = ()
 
     def __post_init__(self) -> None:
         self.tokens = tuple(b.what == "tok" for b in self.budget)
 
-    def rpm_keys_for(self, minute: int) -> tuple[str, ...]:
+    def rpm_charges(self, minute: int, reset_in: float) -> tuple[Charge, ...]:
+        """One request against each requests/minute limit in `minute`. Made once a minute: a counter's
+        expiry (the window's end, +5 s) is the one worked out at the window's first request, so a counter
+        created later in the window may outlive it by up to a minute (it is never read after its window:
+        its key names the minute)."""
         if minute != self.minute:
-            self.minute_keys, self.minute = tuple(f"{b.prefix}{minute}" for b in self.rpm), minute
-        return self.minute_keys
+            self.minute_charges = tuple(_charge(Charge, (f"{b.prefix}{minute}", 1, b.scaled, reset_in + 5))
+                                        for b in self.rpm)
+            self.minute = minute
+        return self.minute_charges
 
     def keys_for(self, day: int) -> tuple[str, ...]:
         if day != self.day:
             self.day_keys, self.day = tuple(f"{b.prefix}{day}" for b in self.budget), day
         return self.day_keys
+
+
+_charge = tuple.__new__  # _charge(Charge, (key, amount, limit, ttl_s)): a Charge without its Python-level __new__
 
 
 class LimitPolicy:
@@ -130,16 +139,14 @@ class LimitPolicy:
 
     async def admit_request(self, ident: Identity) -> None:
         plan = self.plan(ident)
-        bounds = plan.rpm
-        if not bounds:
+        if not plan.rpm:
             return
         now = self._now()
-        window, reset = int(now // MINUTE), MINUTE - now % MINUTE
-        refused = await self.counters.reserve([Charge(key, 1, b.scaled, reset + 5)
-                                               for key, b in zip(plan.rpm_keys_for(window), bounds)])
+        window = int(now // MINUTE)
+        refused = await self.counters.reserve(plan.minute_charges if window == plan.minute
+                                              else plan.rpm_charges(window, MINUTE - now % MINUTE))
         if refused is not None:
-            b = bounds[refused.index]
-            raise _over(ident, b, now, reset)
+            raise _over(ident, plan.rpm[refused.index], now, MINUTE - now % MINUTE)
 
     async def check_budget(self, ident: Identity) -> None:
         """Refuse at once when a day's token or money budget is already used up (so /ask answers 429
@@ -163,8 +170,9 @@ class LimitPolicy:
         day = int(now // DAY)
         ttl = DAY - now % DAY + 60
         nano = math.ceil(usd * NANO)
-        charges = [Charge(key, tokens if counts_tokens else nano, b.scaled, ttl)
-                   for key, counts_tokens, b in zip(plan.keys_for(day), plan.tokens, bounds)]
+        charges = [_charge(Charge, (key, tokens if counts_tokens else nano, b.scaled, ttl))
+                   for key, counts_tokens, b in zip(plan.day_keys if day == plan.day else plan.keys_for(day),
+                                                    plan.tokens, bounds)]
         refused = await self.counters.reserve(charges)
         if refused is not None:
             raise _over(ident, bounds[refused.index], now, refused.reset_in_s, used=refused.used,
@@ -174,9 +182,9 @@ class LimitPolicy:
     async def settle(self, held: Held | None, tokens: int, usd: float) -> None:
         if held is None:
             return
-        nano = math.ceil(usd * NANO)
-        await self.counters.adjust([(c.key, (tokens if counts_tokens else nano) - c.amount, c.ttl_s)
-                                    for c, counts_tokens in zip(held.charges, held.plan.tokens)])
+        nano = math.ceil(usd * NANO) if held.plan.money else 0
+        await self.counters.adjust([(key, (tokens if counts_tokens else nano) - amount, ttl_s)
+                                    for (key, amount, _, ttl_s), counts_tokens in zip(held.charges, held.plan.tokens)])
 
     async def usage(self) -> list[BudgetUse]:
         """Today's use of every day budget of the keys seen since start and of their teams (for the budget
