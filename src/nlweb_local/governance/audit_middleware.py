@@ -8,7 +8,8 @@ when the response is done; without one the row says role "anonymous".
 
 The request body and the answer are kept only with `audit.log_content` (each cut to
 `audit.max_content_chars`); otherwise the request path pays for a context variable, two clock reads
-and one queue append.
+and one queue append: what the row needs is read when the response is done and queued as it is, and
+the row (identity fields, privacy class, JSON of the content) is made on the audit log's writer thread.
 """
 from __future__ import annotations
 
@@ -54,7 +55,7 @@ _ANONYMOUS = ("", "anonymous", "", "", "")
 
 class AuditMiddleware:
     def __init__(self, app: Any, *, audit: Any, log_content: bool = False, max_content_chars: int = 8192):
-        """`audit`: an `AuditLog` (anything with `record(row)`)."""
+        """`audit`: an `AuditLog` (anything with `record_later(make, args)`, which queues the row `make(*args)`)."""
         self.app = app
         self._audit = audit
         self._content = log_content
@@ -90,31 +91,40 @@ class AuditMiddleware:
             await self.app(scope, receive_noting if asked is not None else receive, send_noting)
         finally:
             TRAIL.reset(token)
-            content = ""
+            content = None
             if asked is not None:
-                query = scope.get("query_string", b"").decode("latin-1")
-                content = json.dumps({"query": query[: self._limit], "request": asked.text(),
-                                      "answer": answered.text()}, ensure_ascii=False)
-            self._audit.record(self._row(scope, state, status[0], time.perf_counter() - t0, trail, content))
+                content = (scope.get("query_string", b""), asked, answered)
+            spend = current_spend()
+            who = state.get("identity") if isinstance(state, dict) else None
+            # what the row needs, read now (the request's context and its outcome); the row itself is made
+            # on the audit log's writer thread (`_row`)
+            self._audit.record_later(self._row, (time.time(), current_request_id(), scope["method"], scope["path"],
+                                                 scope["headers"], status[0], time.perf_counter() - t0, who, trail,
+                                                 spend.cost_usd if spend is not None else 0.0, content))
 
-    def _row(self, scope, state, status: int, latency: float, trail: RequestTrail, content: str):
-        who = state.get("identity") if isinstance(state, dict) else None
-        spend = current_spend()
+    def _row(self, ts: float, request_id: str, method: str, path: str, headers: Any, status: int, latency: float,
+             who: Any, trail: RequestTrail, cost: float, content: tuple | None) -> AuditRow:
+        """The audit row of one request (on the writer thread)."""
         privacy = trail.privacy
         if not privacy:
-            for k, v in scope["headers"]:
+            for k, v in headers:
                 if k == b"x-nlweb-privacy":
                     privacy = v.decode("latin-1")[:32]
                     break
         team, role, key_id, subject, name = self._who(who)
-        return AuditRow(  # positional: ~1 µs on the request path (the field names are in audit_chain.AuditRow)
-            0, time.time(), "request", current_request_id(), scope["method"], scope["path"][:200], status, latency,
+        text = ""
+        if content is not None:
+            query, asked, answered = content
+            text = json.dumps({"query": query.decode("latin-1")[: self._limit], "request": asked.text(),
+                               "answer": answered.text()}, ensure_ascii=False)
+        return AuditRow(  # positional (the field names are in audit_chain.AuditRow)
+            0, ts, "request", request_id, method, path[:200], status, latency,
             team, role, trail.model[:200], ",".join(trail.deployments), trail.reason[:300], privacy or "any",
-            trail.tokens_in, trail.tokens_out, round(spend.cost_usd, 10) if spend is not None else 0.0, 0, "",
-            key_id, subject, name, content, "")
+            trail.tokens_in, trail.tokens_out, round(cost, 10), 0, "", key_id, subject, name, text, "")
 
     def _who(self, who) -> tuple[str, str, str, str, str]:
-        """The identity's audited fields, worked out once per identity (the authenticator reuses them)."""
+        """The identity's audited fields, worked out once per identity (the authenticator reuses them; only
+        the writer thread calls this)."""
         if who is None:
             return _ANONYMOUS
         hit = self._identities.get(id(who))
