@@ -17,11 +17,12 @@ import json
 import time
 from typing import Any
 
-from ..telemetry.context import current_request_id, current_spend
+from ..telemetry.context import REQUEST_ID, SPEND
 from .audit_chain import AuditRow
 from .audit_trail import TRAIL, RequestTrail
 
 _UNSAFE = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+_perf_counter, _time = time.perf_counter, time.time
 
 
 def audited(method: str, path: str) -> bool:
@@ -66,16 +67,37 @@ class AuditMiddleware:
         if scope["type"] != "http" or not audited(scope["method"], scope["path"]):
             await self.app(scope, receive, send)
             return
-        t0 = time.perf_counter()
+        if self._content:
+            await self._with_content(scope, receive, send)
+            return
+        t0 = _perf_counter()
         state = scope.setdefault("state", {})  # (authentication puts the identity here; read it afterwards)
         status = [500]
-        asked = _Capture(self._limit) if self._content else None
-        answered = _Capture(self._limit) if self._content else None
 
         async def send_noting(message) -> None:
             if message["type"] == "http.response.start":
                 status[0] = message["status"]
-            elif answered is not None and message["type"] == "http.response.body":
+            await send(message)
+
+        trail = RequestTrail()
+        token = TRAIL.set(trail)
+        try:
+            await self.app(scope, receive, send_noting)
+        finally:
+            TRAIL.reset(token)
+            self._record(scope, state, status[0], _perf_counter() - t0, trail, None)
+
+    async def _with_content(self, scope, receive, send) -> None:
+        """`audit.log_content`: the request body and the answer are kept too (each cut to max_content_chars)."""
+        t0 = _perf_counter()
+        state = scope.setdefault("state", {})
+        status = [500]
+        asked, answered = _Capture(self._limit), _Capture(self._limit)
+
+        async def send_noting(message) -> None:
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            elif message["type"] == "http.response.body":
                 answered.add(message.get("body", b""))
             await send(message)
 
@@ -88,19 +110,20 @@ class AuditMiddleware:
         trail = RequestTrail()
         token = TRAIL.set(trail)
         try:
-            await self.app(scope, receive_noting if asked is not None else receive, send_noting)
+            await self.app(scope, receive_noting, send_noting)
         finally:
             TRAIL.reset(token)
-            content = None
-            if asked is not None:
-                content = (scope.get("query_string", b""), asked, answered)
-            spend = current_spend()
-            who = state.get("identity") if isinstance(state, dict) else None
-            # what the row needs, read now (the request's context and its outcome); the row itself is made
-            # on the audit log's writer thread (`_row`)
-            self._audit.record_later(self._row, (time.time(), current_request_id(), scope["method"], scope["path"],
-                                                 scope["headers"], status[0], time.perf_counter() - t0, who, trail,
-                                                 spend.cost_usd if spend is not None else 0.0, content))
+            self._record(scope, state, status[0], _perf_counter() - t0, trail,
+                         (scope.get("query_string", b""), asked, answered))
+
+    def _record(self, scope, state, status: int, latency: float, trail: RequestTrail, content: tuple | None) -> None:
+        """What the row needs, read now (the request's context and outcome); the row itself is made on the
+        audit log's writer thread (`_row`)."""
+        spend = SPEND.get()
+        self._audit.record_later(self._row, (_time(), REQUEST_ID.get(), scope["method"], scope["path"],
+                                             scope["headers"], status, latency,
+                                             state.get("identity") if isinstance(state, dict) else None, trail,
+                                             spend.cost_usd if spend is not None else 0.0, content))
 
     def _row(self, ts: float, request_id: str, method: str, path: str, headers: Any, status: int, latency: float,
              who: Any, trail: RequestTrail, cost: float, content: tuple | None) -> AuditRow:

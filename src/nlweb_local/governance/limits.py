@@ -21,12 +21,13 @@ from __future__ import annotations
 
 import math
 import time
+from operator import sub
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Callable, Mapping
 
 from ..core.errors import QuotaExceededError
-from .counters import Charge, Counters
+from .counters import STALE, Cells, Charge, Counters, InProcessCounters, Refusal
 from .identity import Identity, Limits
 
 NANO = 1_000_000_000  # dollars are counted in nano-dollars (integers: atomic increments)
@@ -50,10 +51,13 @@ class BudgetUse:
 
 @dataclass(slots=True)
 class Held:
-    """A reservation: the counters charged (with what was reserved on each) and what each counts."""
+    """A reservation: the counters charged (with what was reserved on each) and what each counts. In
+    process, `cells` are the counters themselves and `amounts` what was reserved on each (no `charges`)."""
 
-    charges: list[Charge]
+    charges: list[Charge] | None
     plan: "Plan"
+    cells: Cells | None = None
+    amounts: list[int] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,9 +85,22 @@ class Plan:
     day_keys: tuple[str, ...] = ()
     minute: int = -1  # the minute `minute_charges` are for
     minute_charges: tuple[Charge, ...] = ()
+    rpm_limits: tuple[int, ...] = ()  # in counter units, per bound
+    budget_limits: tuple[int, ...] = ()
+    ones: tuple[int, ...] = ()  # what one request adds to each requests/minute counter
+    pick: tuple[int, ...] = ()  # per budget bound: 0 counts tokens, 1 nano-dollars (an index into (tokens, nano))
+    # in process: the counters themselves, for the window they were lent for
+    minute_cells: Cells | None = None
+    cells_minute: int = -1
+    day_cells: Cells | None = None
+    cells_day: int = -1
 
     def __post_init__(self) -> None:
         self.tokens = tuple(b.what == "tok" for b in self.budget)
+        self.rpm_limits = tuple(b.scaled for b in self.rpm)
+        self.budget_limits = tuple(b.scaled for b in self.budget)
+        self.ones = (1,) * len(self.rpm)
+        self.pick = tuple(0 if t else 1 for t in self.tokens)
 
     def rpm_charges(self, minute: int, reset_in: float) -> tuple[Charge, ...]:
         """One request against each requests/minute limit in `minute`. Made once a minute: a counter's
@@ -112,6 +129,7 @@ class LimitPolicy:
         self._teams = dict(teams)
         self._now = now
         self._plans: dict[int, tuple[Identity, Plan]] = {}  # by id(identity): the authenticator reuses them
+        self._local = counters if isinstance(counters, InProcessCounters) else None  # lends its counters
 
     def plan(self, ident: Identity) -> Plan:
         hit = self._plans.get(id(ident))
@@ -143,10 +161,25 @@ class LimitPolicy:
             return
         now = self._now()
         window = int(now // MINUTE)
-        refused = await self.counters.reserve(plan.minute_charges if window == plan.minute
-                                              else plan.rpm_charges(window, MINUTE - now % MINUTE))
+        if self._local is not None:
+            refused = self._take_rpm(plan, window, now)
+        else:
+            refused = await self.counters.reserve(plan.minute_charges if window == plan.minute
+                                                  else plan.rpm_charges(window, MINUTE - now % MINUTE))
         if refused is not None:
             raise _over(ident, plan.rpm[refused.index], now, MINUTE - now % MINUTE)
+
+    def _take_rpm(self, plan: Plan, window: int, now: float) -> Refusal | None:
+        local = self._local
+        assert local is not None
+        cells = plan.minute_cells
+        refused = local.take(cells, plan.ones, plan.rpm_limits) if cells is not None and plan.cells_minute == window \
+            else STALE
+        if refused is STALE:  # a new minute (or the first request): this minute's counters
+            cells = plan.minute_cells = local.cells([f"{b.prefix}{window}" for b in plan.rpm], MINUTE - now % MINUTE + 5)
+            plan.cells_minute = window
+            refused = local.take(cells, plan.ones, plan.rpm_limits)
+        return refused
 
     async def check_budget(self, ident: Identity) -> None:
         """Refuse at once when a day's token or money budget is already used up (so /ask answers 429
@@ -161,15 +194,24 @@ class LimitPolicy:
             if used >= b.scaled:
                 raise _over(ident, b, now, reset, used=used)
 
-    async def reserve(self, ident: Identity, tokens: int, usd: float) -> Held | None:
-        plan = self.plan(ident)
+    async def reserve(self, ident: Identity, tokens: int, usd: float, plan: Plan | None = None) -> Held | None:
+        """`plan`: the identity's (`plan(ident)`), when the caller has it already."""
+        if plan is None:
+            plan = self.plan(ident)
         bounds = plan.budget
         if not bounds:
             return None
         now = self._now()
         day = int(now // DAY)
-        ttl = DAY - now % DAY + 60
         nano = math.ceil(usd * NANO)
+        if self._local is not None:
+            amounts = list(map((tokens, nano).__getitem__, plan.pick))
+            cells, refused = self._take_budget(plan, day, now, amounts)
+            if refused is None:
+                return Held(None, plan, cells, amounts)
+            raise _over(ident, bounds[refused.index], now, refused.reset_in_s, used=refused.used,
+                        need=amounts[refused.index])
+        ttl = DAY - now % DAY + 60
         charges = [_charge(Charge, (key, tokens if counts_tokens else nano, b.scaled, ttl))
                    for key, counts_tokens, b in zip(plan.day_keys if day == plan.day else plan.keys_for(day),
                                                     plan.tokens, bounds)]
@@ -179,12 +221,31 @@ class LimitPolicy:
                         need=charges[refused.index].amount)
         return Held(charges, plan)
 
+    def _take_budget(self, plan: Plan, day: int, now: float, amounts: list[int]) -> tuple[Cells, Refusal | None]:
+        local = self._local
+        assert local is not None
+        cells = plan.day_cells
+        refused = local.take(cells, amounts, plan.budget_limits) if cells is not None and plan.cells_day == day \
+            else STALE
+        if refused is STALE:  # a new day (or the first call): today's counters
+            cells = plan.day_cells = local.cells(plan.keys_for(day), DAY - now % DAY + 60)
+            plan.cells_day = day
+            refused = local.take(cells, amounts, plan.budget_limits)
+        assert cells is not None
+        return cells, refused
+
     async def settle(self, held: Held | None, tokens: int, usd: float) -> None:
         if held is None:
             return
-        nano = math.ceil(usd * NANO) if held.plan.money else 0
+        plan = held.plan
+        nano = math.ceil(usd * NANO) if plan.money else 0
+        if held.cells is not None:
+            assert self._local is not None and held.amounts is not None
+            self._local.give(held.cells, map(sub, map((tokens, nano).__getitem__, plan.pick), held.amounts))
+            return
+        assert held.charges is not None
         await self.counters.adjust([(key, (tokens if counts_tokens else nano) - amount, ttl_s)
-                                    for (key, amount, _, ttl_s), counts_tokens in zip(held.charges, held.plan.tokens)])
+                                    for (key, amount, _, ttl_s), counts_tokens in zip(held.charges, plan.tokens)])
 
     async def usage(self) -> list[BudgetUse]:
         """Today's use of every day budget of the keys seen since start and of their teams (for the budget
