@@ -31,17 +31,16 @@ _MISSING = ("missing credentials: send an API key as 'Authorization: Bearer <key
 
 
 def credential(headers: Any) -> str | None:
-    """The key a request carries (None: none): its first Authorization header (Bearer), else its first
-    x-api-key; `AuthError` for an Authorization header that is not Bearer."""
-    found = dict(reversed(headers))  # (one pass in C; reversed: the first of a repeated header wins)
-    v = found.get(b"authorization")
-    if v is not None:
-        scheme, _, value = v.decode("latin-1").strip().partition(" ")
-        if scheme.lower() != "bearer" or not value.strip():
-            raise AuthError("malformed Authorization header: use 'Authorization: Bearer <key>'")
-        return value.strip()
-    v = found.get(b"x-api-key")
-    return v.decode("latin-1").strip() if v is not None else None
+    """The key a request carries (None: none); `AuthError` for an Authorization header that is not Bearer."""
+    for k, v in headers:
+        if k == b"authorization":
+            scheme, _, value = v.decode("latin-1").strip().partition(" ")
+            if scheme.lower() != "bearer" or not value.strip():
+                raise AuthError("malformed Authorization header: use 'Authorization: Bearer <key>'")
+            return value.strip()
+        if k == b"x-api-key":
+            return v.decode("latin-1").strip()
+    return None
 
 
 def _within(address: str, networks: Any) -> bool:
