@@ -25,7 +25,8 @@ concurrency 1, 16 and 64 after a short warm-up, interleaved (c=1 for all, then c
 with governance=None, audit=None) against the gateway with governance on (auth.enabled, a user key in a team
 on every request with requests/minute, tokens/day and $/day limits on the key and the team, high enough never
 to refuse, and the audit log), both started in this run and measured turn about at c=16 for --rounds rounds;
-prints both throughputs (median of rounds) and the ratio (target >= 0.85).
+prints both throughputs (median of rounds) and their ratio on / off (target >= 0.85), each one's CPU time per
+request and the CPU ratio off / on (steadier than req/s on a shared machine), and errors (non-2xx apart).
 
 The gateway's settings are the user's (--config, $NLWEB_LOCAL_CONFIG or ./nlweb-local.yaml, and
 NLWEB_LOCAL_* variables) with the LLM side replaced by the mock. Needs `wrk` (apt-get install -y wrk).
@@ -111,6 +112,7 @@ class WrkResult:
     requests: int
     errors: int  # non-2xx answers plus socket errors
     cpu_s: float | None = None  # CPU time the proxy under test used during the run (user + system)
+    non2xx: int = 0  # of `errors`: answers that were not 2xx (the rest: connect/read/write errors and timeouts)
 
     @property
     def cpu_us_per_request(self) -> float | None:
@@ -147,7 +149,7 @@ def parse_wrk(out: str) -> WrkResult:
     non2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
     sock = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
     errors = (int(non2xx.group(1)) if non2xx else 0) + (sum(map(int, sock.groups())) if sock else 0)
-    return WrkResult(float(rps.group(1)), pct, int(reqs.group(1)), errors)
+    return WrkResult(float(rps.group(1)), pct, int(reqs.group(1)), errors, non2xx=int(non2xx.group(1)) if non2xx else 0)
 
 
 @dataclass
@@ -645,15 +647,18 @@ def measure_governance(args: argparse.Namespace, settings, kit: Path) -> dict[st
     cpu = {k: statistics.median(r.cpu_us_per_request for r in v if r.cpu_us_per_request is not None)
            if any(r.cpu_us_per_request is not None for r in v) else None for k, v in runs.items()}
     errors = {k: sum(r.errors for r in v) for k, v in runs.items()}
+    non2xx = {k: sum(r.non2xx for r in v) for k, v in runs.items()}
     ratio = _ratio(rps["on"], rps["off"])
-    print(f"  c=16 governance off: {rps['off']:8.0f} req/s  p50 {statistics.median(r.p50 for r in runs['off']):.2f} ms"
-          f"  cpu {cpu['off'] or float('nan'):.0f} us/req  errors {errors['off']}")
-    print(f"  c=16 governance on:  {rps['on']:8.0f} req/s  p50 {statistics.median(r.p50 for r in runs['on']):.2f} ms"
-          f"  cpu {cpu['on'] or float('nan'):.0f} us/req  errors {errors['on']}  (auth + limits + audit, a key on every request)")
+    cpu_ratio = _ratio(cpu["off"], cpu["on"])  # CPU per request, off / on: steadier than req/s on a busy machine
+    for k, what in (("off", ""), ("on", "  (auth + limits + audit, a key on every request)")):
+        print(f"  c=16 governance {k + ':':4s} {rps[k]:8.0f} req/s  p50 {statistics.median(r.p50 for r in runs[k]):.2f} ms"
+              f"  cpu {cpu[k] or float('nan'):.0f} us/req  errors {errors[k]} ({non2xx[k]} non-2xx){what}")
     met = None if ratio is None else ratio >= GOVERNANCE_TARGET
-    print(f"  on / off: {ratio}x (target >= {GOVERNANCE_TARGET}: {'met' if met else 'NOT met'})")
+    print(f"  on / off: {ratio}x req/s (target >= {GOVERNANCE_TARGET}: {'met' if met else 'NOT met'}); "
+          f"CPU per request off / on: {cpu_ratio}x")
     return {"mode": "governance", "c16_rps_governance_off": round(rps["off"], 1), "c16_rps_governance_on": round(rps["on"], 1),
-            "c16_rps_ratio_governance": ratio, "cpu_us_per_request": cpu, "errors": errors,
+            "c16_rps_ratio_governance": ratio, "cpu_ratio_off_over_on": cpu_ratio, "cpu_us_per_request": cpu,
+            "errors": errors, "non2xx": non2xx,
             "rounds": {k: [round(r.rps, 1) for r in v] for k, v in runs.items()}, "target_met": met,
             "duration_s": duration, "pinning": pin_note}
 

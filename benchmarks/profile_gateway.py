@@ -4,7 +4,11 @@ request by package (self time: py-spy's share of the samples × the process's me
 request) and the hottest functions.
 
     .venv/bin/python benchmarks/profile_gateway.py [--kit ../shared/bench/gateway] [--seconds 15] [-c 16]
-        [--target gateway|floor] [--py-spy PATH] [--folded OUT.txt]
+        [--target gateway|floor] [--governance on|off] [--py-spy PATH] [--folded OUT.txt]
+
+--governance: the gateway exactly as `bench_gateway.py --governance` runs it, governance off (no auth, no
+limits, no audit log) or on (a user key in a team on every request, limits on both, the audit log); without
+it, the gateway as `bench_gateway.py` runs it (governance as the settings say).
 
 py-spy is not a project dependency: pip install py-spy anywhere (e.g. a tools venv) and pass --py-spy.
 Needs ptrace rights on the gateway process (root, or CAP_SYS_PTRACE in a container).
@@ -83,6 +87,8 @@ def main() -> int:
     ap.add_argument("-c", "--connections", type=int, default=16)
     ap.add_argument("--target", choices=["gateway", "floor"], default="gateway")
     ap.add_argument("--py-spy", default=shutil.which("py-spy") or "py-spy")
+    ap.add_argument("--governance", choices=["on", "off"],
+                    help="the gateway of `bench_gateway.py --governance`, with governance on or off")
     ap.add_argument("--folded", help="also keep py-spy's collapsed stacks here")
     ap.add_argument("--top", type=int, default=25)
     args = ap.parse_args()
@@ -95,25 +101,33 @@ def main() -> int:
         bg.start(stack, "mock", [*load_cpu, sys.executable, str(kit / "mock_upstream.py"), str(mock_port)], mock_port, logs)
         cfg = logs / "settings.json"
         (logs / "data").mkdir()
-        cfg.write_text(bg.gateway_settings(load_settings(environ={}), mock_port, logs / "data").model_dump_json())
+        s = bg.gateway_settings(load_settings(environ={}), mock_port, logs / "data")
+        env, headers = {bg.SETTINGS_ENV: str(cfg)}, None
+        if args.governance == "on":
+            s, key = bg.governed_settings(s, logs / "data")
+            headers = {"Authorization": f"Bearer {key}"}
+        if args.governance is not None:
+            env[bg.GOVERNANCE_ENV] = args.governance
+        cfg.write_text(s.model_dump_json())
         app = (["floor_proxy:app", "--app-dir", str(kit)] if args.target == "floor"
                else ["--factory", "--app-dir", str(HERE), "bench_gateway:gateway_app"])
         proc = bg.start(stack, args.target, [*proxy_cpu, sys.executable, "-m", "uvicorn", *app, "--host", "127.0.0.1",
                                              "--port", str(port), *bg.UVICORN_FAST], port, logs,
-                        env={bg.SETTINGS_ENV: str(cfg), "UPSTREAM": f"http://127.0.0.1:{mock_port}/v1/chat/completions"})
+                        env={**env, "UPSTREAM": f"http://127.0.0.1:{mock_port}/v1/chat/completions"})
         url = f"http://127.0.0.1:{port}/v1/chat/completions"
         bench = bg.Bench(kit, args.seconds, logs, proxy_cpu, load_cpu)
-        bench.wrk(url, args.connections, 1)  # warm-up
+        bench.wrk(url, args.connections, 1, headers)  # warm-up
         out = logs / "folded.txt"
         spy = subprocess.Popen([args.py_spy, "record", "--pid", str(proc.pid), "--duration", str(args.seconds),
                                 "--rate", "500", "--format", "raw", "--output", str(out), "--nonblocking"],
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
         stack.callback(bg.stop, spy)
         time.sleep(0.5)
-        w = bench.wrk(url, args.connections, args.seconds, pid=proc.pid)
+        w = bench.wrk(url, args.connections, args.seconds, headers, pid=proc.pid)
         err = spy.communicate(timeout=args.seconds + 60)[1]
         cpu = w.cpu_us_per_request
-        print(f"{args.target} c={args.connections}: {w.rps:,.0f} req/s, p50 {w.p50:.3f} ms, p99 {w.p99:.3f} ms, "
+        what = args.target + (f" (governance {args.governance})" if args.governance else "")
+        print(f"{what} c={args.connections}: {w.rps:,.0f} req/s, p50 {w.p50:.3f} ms, p99 {w.p99:.3f} ms, "
               f"{w.errors} errors, {cpu or float('nan'):.0f} µs CPU per request (py-spy's own overhead included)")
         if not out.exists():
             print(f"py-spy wrote nothing: {err.strip()[-500:]}")

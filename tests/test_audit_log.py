@@ -26,6 +26,22 @@ def request_row(i: int, subject: str = "alice", **kw):
     return entry(**fields)
 
 
+def test_linked_values_hash_as_the_chain_s_definition_says():
+    """The writer's fast linking (plain tuples, conversions written out) gives the rows `row_hash` and
+    `personal_hash` define, ints and floats given as other types included."""
+    from nlweb_local.governance.audit_chain import GENESIS, AuditRow, check_row, link, linked_values, personal_hash, row_hash
+
+    rows = [request_row(1), request_row(2, "bob", status="503", latency_s=1, cost_usd=0, tokens_in=7.0),
+            entry(ts=5, kind="gap", count=3, detail="3 audit rows were lost")]
+    values = linked_values(rows, (41, "ab" * 32))
+    prev_seq, prev = 41, "ab" * 32
+    for v in values:
+        r = AuditRow._make(v)
+        assert r.personal_hash == personal_hash(r) and r.row_hash == row_hash(r) and check_row(r, prev_seq, prev) == ""
+        prev_seq, prev = r.seq, r.row_hash
+    assert [r.seq for r in link(rows, None)] == [1, 2, 3] and link(rows, None)[0].prev_hash == GENESIS
+
+
 class Sqlite:
     def __init__(self, tmp_path):
         self.path = tmp_path / "audit.sqlite"

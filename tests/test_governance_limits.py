@@ -8,7 +8,7 @@ import time
 import pytest
 
 from governance_app import client, governed_service
-from nlweb_local.governance.counters import Charge, InProcessCounters
+from nlweb_local.governance.counters import STALE, Charge, InProcessCounters
 from nlweb_local.governance.governed import estimate_prompt
 from nlweb_local.governance.identity import Limits
 from nlweb_local.core.types import ChatRequest, Message
@@ -147,6 +147,26 @@ async def test_in_process_counters_reserve_all_or_nothing_and_expire():
     assert await c.value("a") == 3
     now[0] = 61
     assert await c.value("a") == 0 and await c.reserve([Charge("b", 5, 5, 60)]) is None
+
+
+async def test_lent_cells_are_the_counters_all_or_nothing_and_go_stale_when_they_expire():
+    """The in-process fast path (`cells`, `take`, `give`) charges the very counters `value`/`reserve` see."""
+    now = [0.0]
+    c = InProcessCounters(clock=lambda: now[0])
+    await c.reserve([Charge("a", 2, 10, 30)])
+    cells = c.cells(["a", "b"], 60)
+    assert cells.until == 30  # "a" expires first (its window ends first)
+    assert c.take(cells, [5, 5], [10, 5]) is None
+    assert await c.value("a") == 7 and await c.value("b") == 5
+    refused = c.take(cells, [1, 1], [10, 5])
+    assert refused is not None and refused.index == 1 and refused.used == 5 and refused.reset_in_s == 60
+    assert await c.value("a") == 7  # nothing taken from "a" either
+    c.give(cells, [-3, -1])
+    assert await c.value("a") == 4 and await c.value("b") == 4
+    now[0] = 30  # "a"'s window is over: the cells are stale, nothing is charged
+    assert c.take(cells, [1, 1], [10, 5]) is STALE and await c.value("b") == 4
+    fresh = c.cells(["a", "b"], 60)
+    assert c.take(fresh, [1, 1], [10, 5]) is None and await c.value("a") == 1 and await c.value("b") == 5
 
 
 async def test_redis_counters_are_atomic_and_expire(redis_server):

@@ -21,13 +21,14 @@ _BY_NAME = {p.value: p for p in Privacy}
 REQUIRED: ContextVar[Privacy] = ContextVar("nlweb_privacy", default=Privacy.ANY)
 
 
+_STRICTEST = max(_ORDER, key=_ORDER.__getitem__)
+
+
 def strictest(*classes: Privacy) -> Privacy:
     """The strictest of `classes` (ANY for none)."""
-    out = Privacy.ANY
-    for c in classes:
-        if _ORDER[c] > _ORDER[out]:
-            out = c
-    return out
+    if _STRICTEST in classes:  # (the common answers without a Python loop: one of them is the strictest there is,
+        return _STRICTEST      # or none is stricter than ANY)
+    return max(classes, key=_ORDER.__getitem__, default=Privacy.ANY)
 
 
 def parse_privacy(text: str, what: str = "privacy") -> Privacy:

@@ -7,7 +7,8 @@
 What a row holds, and the hash chain that makes edits, deletions and reordering show (while a GDPR
 erasure still verifies), is described in `audit_chain.py`; where rows live in `audit_store.py`.
 
-Durability: `record` is an O(1) append to a bounded in-memory queue (`audit.queue` rows). The writer
+Durability: `record` (or `record_later`, whose row the writer thread makes) is an O(1) append to a bounded
+in-memory queue (`audit.queue` rows). The writer
 commits a batch at least every `audit.flush_interval_s` (1 s by default), with SQLite's
 synchronous=FULL. A clean shutdown (`close`, which the app's lifespan and `atexit` call) writes
 everything queued; a crash loses at most the rows of the last flush interval. When the queue
@@ -20,7 +21,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from typing import IO, Any
+from typing import IO, Any, Callable
 
 from ..core.batch_writer import BatchWriter
 from .audit_chain import AuditRow, ChainChecker, Verification, entry
@@ -43,6 +44,12 @@ class AuditLog:
     def record(self, row: AuditRow) -> None:
         self._writer.put(row)
 
+    def record_later(self, make: Callable[..., AuditRow], args: tuple) -> None:
+        """Queue a row that the writer thread makes, `make(*args)`, just before writing it (the request
+        path reads what the row needs; hashing, formatting and the identity's fields happen off it).
+        `args` must not change after this call."""
+        self._writer.put((make, args))
+
     def flush(self, timeout_s: float = 10.0) -> bool:
         return self._writer.flush(timeout_s)
 
@@ -57,12 +64,12 @@ class AuditLog:
     def written(self) -> int:
         return self._writer.written
 
-    def _write(self, batch: list[AuditRow]) -> int:
+    def _write(self, batch: list) -> int:
         lost = self._writer.dropped - self._reported
-        rows = batch
+        rows = [r if type(r) is AuditRow else r[0](*r[1]) for r in batch]  # (record_later's: made now)
         if lost > 0:
             rows = [entry(ts=self._clock(), kind="gap", count=lost,
-                          detail=f"{lost} audit rows were lost (queue full or store failing)"), *batch]
+                          detail=f"{lost} audit rows were lost (queue full or store failing)"), *rows]
         for attempt in range(3):
             try:
                 self.store.append(rows)

@@ -37,7 +37,7 @@ from __future__ import annotations
 import hashlib
 import os
 from dataclasses import dataclass
-from typing import Iterable, NamedTuple
+from typing import Iterable, NamedTuple, Sequence
 
 import orjson
 
@@ -132,17 +132,33 @@ _SEQ, _SALT, _PERSONAL, _ERASED, _PREV, _ROW = (_I[c] for c in ("seq", "salt", "
 def link(rows: Iterable[AuditRow], head: tuple[int, str] | None) -> list[AuditRow]:
     """`rows` appended after `head` ((seq, row_hash) of the last row; None: an empty log): numbered, salted
     and hashed."""
+    return [AuditRow._make(v) for v in linked_values(rows, head)]
+
+
+# (the public part's layout, spelled out in linked_values: a change of the columns must change it too)
+assert PUBLIC == ("seq", "ts", "kind", "request_id", "method", "endpoint", "status", "latency_s", "team", "role",
+                  "model", "deployment", "route_reason", "privacy", "tokens_in", "tokens_out", "cost_usd", "count",
+                  "detail") and COLUMNS[_N_PUBLIC:] == (*PERSONAL, "personal_hash", "erased", "prev_hash", "row_hash")
+
+
+def linked_values(rows: Iterable[Sequence], head: tuple[int, str] | None) -> list[tuple]:
+    """What `link` makes, as plain tuples in column order (what the store inserts: no NamedTuple per row).
+    The same hashes as `personal_hash`/`row_hash`, with the public part's conversions written out
+    (~2x faster than the general `_public` on the writer thread)."""
     seq, prev = head if head is not None else (0, GENESIS)
     rows = list(rows)
     salts = os.urandom(16 * len(rows)).hex()  # one system call per batch: 32 hex digits a row
+    sha, dumps = hashlib.sha256, orjson.dumps
     out = []
     for i, r in enumerate(rows):
         seq += 1
-        v = list(r)
-        v[_SEQ], v[_SALT], v[_ERASED], v[_PREV] = seq, salts[32 * i: 32 * i + 32], 0, prev
-        v[_PERSONAL] = _h(_canon([str(r.key_id), str(r.subject), str(r.name), str(r.content), v[_SALT]]))
-        prev = v[_ROW] = _h(prev.encode(), _canon(_public(v)), v[_PERSONAL].encode())
-        out.append(AuditRow._make(v))
+        salt = salts[32 * i: 32 * i + 32]
+        personal = sha(dumps([str(r[19]), str(r[20]), str(r[21]), str(r[22]), salt])).hexdigest()
+        public = dumps([seq, repr(float(r[1])), r[2], r[3], r[4], r[5], int(r[6]), repr(float(r[7])), r[8], r[9],
+                        r[10], r[11], r[12], r[13], int(r[14]), int(r[15]), repr(float(r[16])), int(r[17]), r[18]])
+        row = sha(b"%s\n%s\n%s" % (prev.encode(), public, personal.encode())).hexdigest()
+        out.append((seq, *r[1:19], r[19], r[20], r[21], r[22], salt, personal, 0, prev, row))
+        prev = row
     return out
 
 

@@ -8,7 +8,8 @@ when the response is done; without one the row says role "anonymous".
 
 The request body and the answer are kept only with `audit.log_content` (each cut to
 `audit.max_content_chars`); otherwise the request path pays for a context variable, two clock reads
-and one queue append.
+and one queue append: what the row needs is read when the response is done and queued as it is, and
+the row (identity fields, privacy class, JSON of the content) is made on the audit log's writer thread.
 """
 from __future__ import annotations
 
@@ -16,11 +17,12 @@ import json
 import time
 from typing import Any
 
-from ..telemetry.context import current_request_id, current_spend
+from ..telemetry.context import REQUEST_ID, SPEND
 from .audit_chain import AuditRow
 from .audit_trail import TRAIL, RequestTrail
 
 _UNSAFE = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+_perf_counter, _time = time.perf_counter, time.time
 
 
 def audited(method: str, path: str) -> bool:
@@ -54,7 +56,7 @@ _ANONYMOUS = ("", "anonymous", "", "", "")
 
 class AuditMiddleware:
     def __init__(self, app: Any, *, audit: Any, log_content: bool = False, max_content_chars: int = 8192):
-        """`audit`: an `AuditLog` (anything with `record(row)`)."""
+        """`audit`: an `AuditLog` (anything with `record_later(make, args)`, which queues the row `make(*args)`)."""
         self.app = app
         self._audit = audit
         self._content = log_content
@@ -65,16 +67,37 @@ class AuditMiddleware:
         if scope["type"] != "http" or not audited(scope["method"], scope["path"]):
             await self.app(scope, receive, send)
             return
-        t0 = time.perf_counter()
+        if self._content:
+            await self._with_content(scope, receive, send)
+            return
+        t0 = _perf_counter()
         state = scope.setdefault("state", {})  # (authentication puts the identity here; read it afterwards)
         status = [500]
-        asked = _Capture(self._limit) if self._content else None
-        answered = _Capture(self._limit) if self._content else None
 
         async def send_noting(message) -> None:
             if message["type"] == "http.response.start":
                 status[0] = message["status"]
-            elif answered is not None and message["type"] == "http.response.body":
+            await send(message)
+
+        trail = RequestTrail()
+        token = TRAIL.set(trail)
+        try:
+            await self.app(scope, receive, send_noting)
+        finally:
+            TRAIL.reset(token)
+            self._record(scope, state, status[0], _perf_counter() - t0, trail, None)
+
+    async def _with_content(self, scope, receive, send) -> None:
+        """`audit.log_content`: the request body and the answer are kept too (each cut to max_content_chars)."""
+        t0 = _perf_counter()
+        state = scope.setdefault("state", {})
+        status = [500]
+        asked, answered = _Capture(self._limit), _Capture(self._limit)
+
+        async def send_noting(message) -> None:
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            elif message["type"] == "http.response.body":
                 answered.add(message.get("body", b""))
             await send(message)
 
@@ -87,34 +110,44 @@ class AuditMiddleware:
         trail = RequestTrail()
         token = TRAIL.set(trail)
         try:
-            await self.app(scope, receive_noting if asked is not None else receive, send_noting)
+            await self.app(scope, receive_noting, send_noting)
         finally:
             TRAIL.reset(token)
-            content = ""
-            if asked is not None:
-                query = scope.get("query_string", b"").decode("latin-1")
-                content = json.dumps({"query": query[: self._limit], "request": asked.text(),
-                                      "answer": answered.text()}, ensure_ascii=False)
-            self._audit.record(self._row(scope, state, status[0], time.perf_counter() - t0, trail, content))
+            self._record(scope, state, status[0], _perf_counter() - t0, trail,
+                         (scope.get("query_string", b""), asked, answered))
 
-    def _row(self, scope, state, status: int, latency: float, trail: RequestTrail, content: str):
-        who = state.get("identity") if isinstance(state, dict) else None
-        spend = current_spend()
+    def _record(self, scope, state, status: int, latency: float, trail: RequestTrail, content: tuple | None) -> None:
+        """What the row needs, read now (the request's context and outcome); the row itself is made on the
+        audit log's writer thread (`_row`)."""
+        spend = SPEND.get()
+        self._audit.record_later(self._row, (_time(), REQUEST_ID.get(), scope["method"], scope["path"],
+                                             scope["headers"], status, latency,
+                                             state.get("identity") if isinstance(state, dict) else None, trail,
+                                             spend.cost_usd if spend is not None else 0.0, content))
+
+    def _row(self, ts: float, request_id: str, method: str, path: str, headers: Any, status: int, latency: float,
+             who: Any, trail: RequestTrail, cost: float, content: tuple | None) -> AuditRow:
+        """The audit row of one request (on the writer thread)."""
         privacy = trail.privacy
         if not privacy:
-            for k, v in scope["headers"]:
+            for k, v in headers:
                 if k == b"x-nlweb-privacy":
                     privacy = v.decode("latin-1")[:32]
                     break
         team, role, key_id, subject, name = self._who(who)
-        return AuditRow(  # positional: ~1 µs on the request path (the field names are in audit_chain.AuditRow)
-            0, time.time(), "request", current_request_id(), scope["method"], scope["path"][:200], status, latency,
+        text = ""
+        if content is not None:
+            query, asked, answered = content
+            text = json.dumps({"query": query.decode("latin-1")[: self._limit], "request": asked.text(),
+                               "answer": answered.text()}, ensure_ascii=False)
+        return AuditRow(  # positional (the field names are in audit_chain.AuditRow)
+            0, ts, "request", request_id, method, path[:200], status, latency,
             team, role, trail.model[:200], ",".join(trail.deployments), trail.reason[:300], privacy or "any",
-            trail.tokens_in, trail.tokens_out, round(spend.cost_usd, 10) if spend is not None else 0.0, 0, "",
-            key_id, subject, name, content, "")
+            trail.tokens_in, trail.tokens_out, round(cost, 10), 0, "", key_id, subject, name, text, "")
 
     def _who(self, who) -> tuple[str, str, str, str, str]:
-        """The identity's audited fields, worked out once per identity (the authenticator reuses them)."""
+        """The identity's audited fields, worked out once per identity (the authenticator reuses them; only
+        the writer thread calls this)."""
         if who is None:
             return _ANONYMOUS
         hit = self._identities.get(id(who))

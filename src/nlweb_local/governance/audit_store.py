@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 from ..core.errors import NlwebError
-from .audit_chain import COLUMNS, AuditRow, check_row, entry, link
+from .audit_chain import COLUMNS, AuditRow, check_row, entry, linked_values
 
 TAIL = 100  # rows checked at open
 _NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
@@ -115,13 +115,12 @@ class SqlAuditStore:
             got = self._execute(f"SELECT seq, row_hash FROM {self.table} ORDER BY seq DESC LIMIT 1")
         return (int(got[0][0]), str(got[0][1])) if got else None
 
-    def append(self, rows: Sequence[AuditRow]) -> list[AuditRow]:
-        """Link `rows` after the chain's head and insert them, in one transaction; returns them linked."""
+    def append(self, rows: Sequence[AuditRow]) -> int:
+        """Link `rows` after the chain's head and insert them, in one transaction; returns how many."""
         try:
             with self._writing():
-                linked = link(rows, self._head_locked())
-                self._executemany(self._insert, [tuple(r) for r in linked])
-            return linked
+                self._executemany(self._insert, linked_values(rows, self._head_locked()))
+            return len(rows)
         except self._errors as e:
             raise AuditStoreError(f"writing {len(rows)} audit rows to {self.where}: {e}") from e
 
@@ -139,7 +138,7 @@ class SqlAuditStore:
                                   f"salt = '', erased = 1 WHERE {field} = ? AND erased = 0", (value,))
                     note = entry(ts=ts, kind="erasure", endpoint="nlweb-local audit erase", count=len(rows),
                                  detail=detail or f"erased the identity and content of {len(rows)} rows")
-                    self._executemany(self._insert, [tuple(r) for r in link([note], self._head_locked())])
+                    self._executemany(self._insert, linked_values([note], self._head_locked()))
             return len(rows)
         except self._errors as e:
             raise AuditStoreError(f"erasing from {self.where}: {e}") from e

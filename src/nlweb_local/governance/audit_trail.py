@@ -16,21 +16,36 @@ import time
 from contextvars import ContextVar
 from typing import Any, AsyncIterator, Awaitable, Callable
 
-from ..core.types import ChatChunk, ChatRequest, Privacy, Served
-from ..providers.wrapper import CallKind, StreamTally, WrapperProvider, answer_tokens, observed
+from ..core.types import ChatChunk, ChatRequest, ChatResponse, Privacy, Served
+from ..providers.wrapper import CallKind, StreamTally, WrapperProvider, answer_tokens, call_tokens, observed
 
 _MAX_DEPLOYMENTS = 8
 
 
 class RequestTrail:
-    """One request's LLM calls, summed: bounded (at most a few deployment names are kept)."""
+    """One request's LLM calls, summed: bounded (at most a few deployment names are kept). What it keeps
+    on the request path is references and sums; the texts (`privacy`, `reason`) are made when read (the
+    audit row is made on the audit log's writer thread)."""
 
-    __slots__ = ("deployments", "reason", "model", "privacy", "tokens_in", "tokens_out", "calls")
+    __slots__ = ("deployments", "served", "model", "strictest", "tokens_in", "tokens_out", "calls")
 
     def __init__(self) -> None:
         self.deployments: list[str] = []
-        self.reason = self.model = self.privacy = ""
+        self.served: Served | None = None  # the first call's (its route reason)
+        self.model = ""
+        self.strictest: Privacy | None = None  # the strictest privacy class of the calls (None: no call)
         self.tokens_in = self.tokens_out = self.calls = 0
+
+    @property
+    def privacy(self) -> str:
+        return self.strictest.value if self.strictest is not None else ""
+
+    @property
+    def reason(self) -> str:
+        served = self.served
+        if served is None:
+            return ""
+        return served.reason + (f"; after failover from {', '.join(served.failover_from)}" if served.failover_from else "")
 
     def note(self, request: ChatRequest | None, served: Served | None, tokens_in: int, tokens_out: int,
              deployment: str = "") -> None:
@@ -41,14 +56,15 @@ class RequestTrail:
             if not self.model and request.model:
                 self.model = request.model
             privacy = request.context.privacy
-            if privacy is Privacy.LOCAL_ONLY or not self.privacy:
-                self.privacy = privacy.value
-        name = served.deployment if served is not None else deployment
-        if served is not None and not self.reason:
-            self.reason = served.reason + (f"; after failover from {', '.join(served.failover_from)}"
-                                           if served.failover_from else "")
-        if name and name not in self.deployments and len(self.deployments) < _MAX_DEPLOYMENTS:
-            self.deployments.append(name)
+            if privacy is Privacy.LOCAL_ONLY or self.strictest is None:
+                self.strictest = privacy
+        if served is not None:
+            if self.served is None:
+                self.served = served
+            deployment = served.deployment
+        deployments = self.deployments
+        if deployment and deployment not in deployments and len(deployments) < _MAX_DEPLOYMENTS:
+            deployments.append(deployment)
 
 
 TRAIL: ContextVar[RequestTrail | None] = ContextVar("nlweb_audit_trail", default=None)
@@ -56,6 +72,14 @@ TRAIL: ContextVar[RequestTrail | None] = ContextVar("nlweb_audit_trail", default
 
 class AuditedProvider(WrapperProvider):
     """Notes every call into the current request's `RequestTrail` (none: passes the call on untouched)."""
+
+    async def complete(self, request: ChatRequest) -> ChatResponse:  # (the common call, without around_call's indirection)
+        out = await self.inner.complete(request)
+        trail = TRAIL.get()
+        if trail is not None:
+            tin, tout = call_tokens(out.usage, request, len(out.content))
+            trail.note(request, out.served, tin, tout, out.deployment)
+        return out
 
     async def around_call(self, kind: CallKind, subject: Any, run: Callable[[], Awaitable[Any]]) -> Any:
         out = await run()

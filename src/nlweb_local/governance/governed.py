@@ -18,7 +18,7 @@ from typing import Any, AsyncIterator, Callable, Iterable, Sequence
 from ..core.errors import ForbiddenError
 from ..core.types import CallContext, ChatChunk, ChatRequest, ChatResponse, EmbeddingResponse, LabelProbs, Served
 from ..providers.base import Provider
-from ..providers.wrapper import StreamTally, WrapperProvider, answer_tokens, close_after_error, prompt_chars
+from ..providers.wrapper import StreamTally, WrapperProvider, answer_tokens, call_tokens, close_after_error, prompt_chars
 from .identity import CURRENT, Identity
 from .limits import Held, LimitPolicy
 
@@ -103,7 +103,7 @@ class GovernedProvider(WrapperProvider):
         if plan.money:  # the dearest deployment the call may be served by
             for d in (req.context.deployments if req is not None else ()) or self._deployments():
                 usd = max(usd, self._price(d, tokens_in, tokens_out))
-        return await self._policy.reserve(ident, tokens_in + tokens_out, usd)
+        return await self._policy.reserve(ident, tokens_in + tokens_out, usd, plan)
 
     async def _settle(self, held: Held | None, deployment: str, tokens_in: int, tokens_out: int, free: bool) -> None:
         if held is None:
@@ -131,8 +131,10 @@ class GovernedProvider(WrapperProvider):
             await self._release(held)
             raise
         if held is not None:
-            await self._settle(held, out.deployment or (out.served.deployment if out.served else ""),
-                               *answer_tokens("complete", req, out), free=_free(out.served))
+            served = out.served
+            tokens_in, tokens_out = call_tokens(out.usage, req, len(out.content))
+            await self._settle(held, out.deployment or (served.deployment if served is not None else ""),
+                               tokens_in, tokens_out, served is not None and _free(served))
         return out
 
     async def classify(self, request: ChatRequest, labels: Sequence[str]) -> LabelProbs:

@@ -21,12 +21,13 @@ from __future__ import annotations
 
 import math
 import time
+from operator import sub
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Callable, Mapping
 
 from ..core.errors import QuotaExceededError
-from .counters import Charge, Counters
+from .counters import STALE, Cells, Charge, Counters, InProcessCounters, Refusal
 from .identity import Identity, Limits
 
 NANO = 1_000_000_000  # dollars are counted in nano-dollars (integers: atomic increments)
@@ -50,10 +51,13 @@ class BudgetUse:
 
 @dataclass(slots=True)
 class Held:
-    """A reservation: the counters charged (with what was reserved on each) and what each counts."""
+    """A reservation: the counters charged (with what was reserved on each) and what each counts. In
+    process, `cells` are the counters themselves and `amounts` what was reserved on each (no `charges`)."""
 
-    charges: list[Charge]
+    charges: list[Charge] | None
     plan: "Plan"
+    cells: Cells | None = None
+    amounts: list[int] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,22 +85,44 @@ class Plan:
     tokens: tuple[bool, ...] = ()  # per budget bound: counts tokens (else nano-dollars)
     day: int = -1  # the day `day_keys` are for
     day_keys: tuple[str, ...] = ()
-    minute: int = -1  # the minute `minute_keys` are for
-    minute_keys: tuple[str, ...] = ()
+    minute: int = -1  # the minute `minute_charges` are for
+    minute_charges: tuple[Charge, ...] = ()
+    rpm_limits: tuple[int, ...] = ()  # in counter units, per bound
+    budget_limits: tuple[int, ...] = ()
+    ones: tuple[int, ...] = ()  # what one request adds to each requests/minute counter
+    pick: tuple[int, ...] = ()  # per budget bound: 0 counts tokens, 1 nano-dollars (an index into (tokens, nano))
+    # in process: the counters themselves, for the window they were lent for
+    minute_cells: Cells | None = None
+    cells_minute: int = -1
+    day_cells: Cells | None = None
+    cells_day: int = -1
 
     def __post_init__(self) -> None:
         self.tokens = tuple(b.what == "tok" for b in self.budget)
+        self.rpm_limits = tuple(b.scaled for b in self.rpm)
+        self.budget_limits = tuple(b.scaled for b in self.budget)
+        self.ones = (1,) * len(self.rpm)
+        self.pick = tuple(0 if t else 1 for t in self.tokens)
 
-    def rpm_keys_for(self, minute: int) -> tuple[str, ...]:
+    def rpm_charges(self, minute: int, reset_in: float) -> tuple[Charge, ...]:
+        """One request against each requests/minute limit in `minute`. Made once a minute: a counter's
+        expiry (the window's end, +5 s) is the one worked out at the window's first request, so a counter
+        created later in the window may outlive it by up to a minute (it is never read after its window:
+        its key names the minute)."""
         if minute != self.minute:
-            self.minute_keys, self.minute = tuple(f"{b.prefix}{minute}" for b in self.rpm), minute
-        return self.minute_keys
+            self.minute_charges = tuple(_charge(Charge, (f"{b.prefix}{minute}", 1, b.scaled, reset_in + 5))
+                                        for b in self.rpm)
+            self.minute = minute
+        return self.minute_charges
 
     def keys_for(self, day: int) -> tuple[str, ...]:
         if day != self.day:
             month = _month(day * DAY)[0]
             self.day_keys, self.day = tuple(f"{b.prefix}{month if b.what == 'usdm' else day}" for b in self.budget), day
         return self.day_keys
+
+
+_charge = tuple.__new__  # _charge(Charge, (key, amount, limit, ttl_s)): a Charge without its Python-level __new__
 
 
 class LimitPolicy:
@@ -106,6 +132,7 @@ class LimitPolicy:
         self._teams = dict(teams)
         self._now = now
         self._plans: dict[int, tuple[Identity, Plan]] = {}  # by id(identity): the authenticator reuses them
+        self._local = counters if isinstance(counters, InProcessCounters) else None  # lends its counters
 
     def plan(self, ident: Identity) -> Plan:
         hit = self._plans.get(id(ident))
@@ -135,16 +162,29 @@ class LimitPolicy:
 
     async def admit_request(self, ident: Identity) -> None:
         plan = self.plan(ident)
-        bounds = plan.rpm
-        if not bounds:
+        if not plan.rpm:
             return
         now = self._now()
-        window, reset = int(now // MINUTE), MINUTE - now % MINUTE
-        refused = await self.counters.reserve([Charge(key, 1, b.scaled, reset + 5)
-                                               for key, b in zip(plan.rpm_keys_for(window), bounds)])
+        window = int(now // MINUTE)
+        if self._local is not None:
+            refused = self._take_rpm(plan, window, now)
+        else:
+            refused = await self.counters.reserve(plan.minute_charges if window == plan.minute
+                                                  else plan.rpm_charges(window, MINUTE - now % MINUTE))
         if refused is not None:
-            b = bounds[refused.index]
-            raise _over(ident, b, now, reset)
+            raise _over(ident, plan.rpm[refused.index], now, MINUTE - now % MINUTE)
+
+    def _take_rpm(self, plan: Plan, window: int, now: float) -> Refusal | None:
+        local = self._local
+        assert local is not None
+        cells = plan.minute_cells
+        refused = local.take(cells, plan.ones, plan.rpm_limits) if cells is not None and plan.cells_minute == window \
+            else STALE
+        if refused is STALE:  # a new minute (or the first request): this minute's counters
+            cells = plan.minute_cells = local.cells([f"{b.prefix}{window}" for b in plan.rpm], MINUTE - now % MINUTE + 5)
+            plan.cells_minute = window
+            refused = local.take(cells, plan.ones, plan.rpm_limits)
+        return refused
 
     async def check_budget(self, ident: Identity) -> None:
         """Refuse at once when a day's token or money budget is already used up (so /ask answers 429
@@ -159,8 +199,10 @@ class LimitPolicy:
             if used >= b.scaled:
                 raise _over(ident, b, now, _month(now)[1] if b.what == "usdm" else DAY - now % DAY, used=used)
 
-    async def reserve(self, ident: Identity, tokens: int, usd: float) -> Held | None:
-        plan = self.plan(ident)
+    async def reserve(self, ident: Identity, tokens: int, usd: float, plan: Plan | None = None) -> Held | None:
+        """`plan`: the identity's (`plan(ident)`), when the caller has it already."""
+        if plan is None:
+            plan = self.plan(ident)
         bounds = plan.budget
         if not bounds:
             return None
@@ -168,8 +210,17 @@ class LimitPolicy:
         day = int(now // DAY)
         ttl = (_month(now)[1] if plan.monthly else DAY - now % DAY) + 60  # (a day's counter may outlive its day)
         nano = math.ceil(usd * NANO)
-        charges = [Charge(key, tokens if counts_tokens else nano, b.scaled, ttl)
-                   for key, counts_tokens, b in zip(plan.keys_for(day), plan.tokens, bounds)]
+        if self._local is not None:
+            amounts = list(map((tokens, nano).__getitem__, plan.pick))
+            cells, refused = self._take_budget(plan, day, ttl, amounts)
+            if refused is None:
+                return Held(None, plan, cells, amounts)
+            b = bounds[refused.index]  # (it resets when its window ends)
+            raise _over(ident, b, now, _month(now)[1] if b.what == "usdm" else DAY - now % DAY, used=refused.used,
+                        need=amounts[refused.index])
+        charges = [_charge(Charge, (key, tokens if counts_tokens else nano, b.scaled, ttl))
+                   for key, counts_tokens, b in zip(plan.day_keys if day == plan.day else plan.keys_for(day),
+                                                    plan.tokens, bounds)]
         refused = await self.counters.reserve(charges)
         if refused is not None:
             b = bounds[refused.index]  # (it resets when its window ends: the counter outlives it by a minute)
@@ -177,12 +228,31 @@ class LimitPolicy:
                         need=charges[refused.index].amount)
         return Held(charges, plan)
 
+    def _take_budget(self, plan: Plan, day: int, ttl: float, amounts: list[int]) -> tuple[Cells, Refusal | None]:
+        local = self._local
+        assert local is not None
+        cells = plan.day_cells
+        refused = local.take(cells, amounts, plan.budget_limits) if cells is not None and plan.cells_day == day \
+            else STALE
+        if refused is STALE:  # a new day (or the first call): today's counters
+            cells = plan.day_cells = local.cells(plan.keys_for(day), ttl)
+            plan.cells_day = day
+            refused = local.take(cells, amounts, plan.budget_limits)
+        assert cells is not None
+        return cells, refused
+
     async def settle(self, held: Held | None, tokens: int, usd: float) -> None:
         if held is None:
             return
-        nano = math.ceil(usd * NANO)
-        await self.counters.adjust([(c.key, (tokens if counts_tokens else nano) - c.amount, c.ttl_s)
-                                    for c, counts_tokens in zip(held.charges, held.plan.tokens)])
+        plan = held.plan
+        nano = math.ceil(usd * NANO) if plan.money else 0
+        if held.cells is not None:
+            assert self._local is not None and held.amounts is not None
+            self._local.give(held.cells, map(sub, map((tokens, nano).__getitem__, plan.pick), held.amounts))
+            return
+        assert held.charges is not None
+        await self.counters.adjust([(key, (tokens if counts_tokens else nano) - amount, ttl_s)
+                                    for (key, amount, _, ttl_s), counts_tokens in zip(held.charges, plan.tokens)])
 
     async def usage(self) -> list[BudgetUse]:
         """Today's use of every day budget of the keys seen since start and of their teams (for the budget

@@ -26,13 +26,13 @@ class CallerPrivacy:
     """The privacy class of a caller: its key's, and its team's (`auth.teams.<team>.privacy`)."""
 
     def __init__(self, teams: Mapping[str, Privacy] | None = None):
-        self._teams = dict(teams or {})
+        self._teams = {name: p for name, p in (teams or {}).items() if p is not Privacy.ANY}  # (the others add nothing)
 
     def of(self, ident: Identity | None) -> Privacy:
         if ident is None:
             return Privacy.ANY
-        team = self._teams.get(ident.team, Privacy.ANY) if ident.team else Privacy.ANY
-        return strictest(ident.privacy, team)
+        team = self._teams.get(ident.team) if self._teams else None
+        return ident.privacy if team is None else strictest(ident.privacy, team)
 
     @classmethod
     def from_settings(cls, auth: Any) -> "CallerPrivacy":
@@ -45,7 +45,8 @@ class PrivacyFloor(WrapperProvider):
         self._callers = callers
 
     def _floor(self) -> Privacy:
-        return strictest(REQUIRED.get(), self._callers.of(CURRENT.get()))
+        required, ident = REQUIRED.get(), CURRENT.get()
+        return required if ident is None else strictest(required, self._callers.of(ident))
 
     def _held(self, request: ChatRequest) -> ChatRequest:
         """The request, its context raised to the floor (in place: the edge made it for this call)."""

@@ -46,8 +46,9 @@ class PrivacyMiddleware:
                 return
             await refuse(scope, send, e)
             return
-        state = scope.get("state") or {}
-        privacy = strictest(asked, self._callers.of(state.get("identity")))
+        state = scope.get("state")
+        ident = state.get("identity") if state else None
+        privacy = asked if ident is None else strictest(asked, self._callers.of(ident))
         if privacy is Privacy.ANY:
             await self.app(scope, receive, send)
             return

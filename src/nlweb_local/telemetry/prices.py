@@ -13,7 +13,7 @@ counts both), so the sum of local costs over a period is what the machine's busy
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Protocol
 
@@ -65,6 +65,10 @@ class HardwareCost:
     power_watts: float
     electricity_usd_per_kwh: float
     assumed_tokens_per_s: float = 50.0  # until the deployment's throughput has been measured
+    _per_s: float = field(init=False, repr=False, compare=False, default=0.0)  # per_hour / 3600, for cost_at
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_per_s", self.per_hour / 3600.0)
 
     @property
     def hardware_per_hour(self) -> float:
@@ -83,7 +87,7 @@ class HardwareCost:
 
     def cost_at(self, tokens_in: int, tokens_out: int, tokens_per_s: float | None) -> float:
         tps = tokens_per_s if tokens_per_s is not None and tokens_per_s > 0 else self.assumed_tokens_per_s
-        return self.per_hour / 3600.0 * (tokens_in + tokens_out) / tps if tps > 0 else 0.0
+        return self._per_s * (tokens_in + tokens_out) / tps if tps > 0 else 0.0
 
     def at(self, tokens_per_s: float | None) -> Price:
         measured = tokens_per_s is not None and tokens_per_s > 0
