@@ -248,6 +248,7 @@ def _part_affinity(args: argparse.Namespace) -> dict[str, Any]:
 def _part_priority(args: argparse.Namespace) -> dict[str, Any]:
     """(3) priority inversion: its figures, `priority_inversion_ratio` among them (until it is written: none,
     and the key is null)."""
+    print("  not in this build: priority_inversion_ratio is null", flush=True)
     return {}
 
 
