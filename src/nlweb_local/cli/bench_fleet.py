@@ -37,10 +37,10 @@ TOKENS = (16, 96)
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("bench fleet")
-    g.add_argument("--instances", type=int, default=3, help="simulated engines, one of them 3x slower (default 3)")
-    g.add_argument("--calls", type=int, default=1500, help="calls per policy (default 1500)")
-    g.add_argument("--load", type=float, default=0.6, help="arrival rate as a share of the fleet's capacity (default 0.6)")
-    g.add_argument("--overhead-calls", type=int, default=20000, help="calls per overhead run (default 20000)")
+    g.add_argument("--instances", type=int, default=3, help="(1) simulated engines, one of them 3x slower (default 3)")
+    g.add_argument("--calls", type=int, default=1500, help="(1) calls per policy (default 1500)")
+    g.add_argument("--load", type=float, default=0.6, help="(1) arrival rate as a share of the fleet's capacity (default 0.6)")
+    g.add_argument("--overhead-calls", type=int, default=20000, help="(4) calls per overhead run (default 20000)")
     g.add_argument("--fleet-seed", type=int, default=7, help="seed of the arrivals and call sizes (default 7)")
     g.add_argument("--parts", default="all", help="which parts to run, comma-separated: 1 (heterogeneous), 2 (affinity: "
                    "real llama_cpp.server processes), 3 (priority), 4 (overhead), or all (default)")
