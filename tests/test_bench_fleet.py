@@ -29,8 +29,8 @@ def test_bench_fleet_affinity_part_with_real_llama_servers(capsys):
     """Part 2 at its smallest: two real llama_cpp.server processes with their prompt cache on, two
     conversations of two turns per policy; only its figures are in the JSON line (the others null)."""
     pytest.importorskip("llama_cpp.server.app", reason="pip install 'llama-cpp-python[server]'")
-    assert main(["bench", "fleet", "--parts", "2", "--conversations", "2", "--turns", "2", "--doc-words", "40",
-                 "--answer-tokens", "4", "--affinity-n-ctx", "512", "--affinity-cache-mb", "64"]) == 0
+    assert main(["bench", "fleet", "--parts", "2", "--affinity-instances", "2", "--conversations", "2", "--turns", "2",
+                 "--doc-words", "40", "--answer-tokens", "4", "--affinity-n-ctx", "512", "--affinity-cache-mb", "64"]) == 0
     last = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert KEYS <= set(last) and last["parts"] == ["affinity"]
     assert last["affinity_ttft_ratio"] > 0 and last["p95_ratio_p2c_vs_round_robin"] is None

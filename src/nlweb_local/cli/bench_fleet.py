@@ -7,7 +7,7 @@
     `--load` of the fleet's capacity, go through a `Fleet` with P2C-EWMA and then with round-robin (the
     instances are scraped every 0.5 s, as the router's probe loop would); p50 and p95 latency of each.
 (2) affinity: TTFT of multi-turn chats with the affinity policy vs without, over real `llama_cpp.server`
-    processes with their prompt cache on (`bench_fleet_affinity.py`): `affinity_ttft_ratio` (p50, with/without).
+    processes with their prompt cache on (`bench_fleet_affinity.py`): `affinity_ttft_ratio` (mean, with/without).
 (3) priority inversion: `priority_inversion_ratio` (interactive p95 TTFT under a batch flood / unloaded).
 (4) overhead: 16 concurrent callers on one zero-delay engine, with a fleet of one around it and bare,
     7 rounds of one run each (order alternating); the median of the rounds' ratios. Twice: the OpenAI-compatible adapter over
