@@ -47,6 +47,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     from . import bench_fleet_affinity
 
     bench_fleet_affinity.add_arguments(g)
+    try:  # (3)'s options, where the tree has it
+        from . import bench_priority
+    except ImportError:
+        return
+    bench_priority.add_arguments(p)
 
 
 def _pct(xs: list[float], p: float) -> float:
@@ -246,10 +251,14 @@ def _part_affinity(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _part_priority(args: argparse.Namespace) -> dict[str, Any]:
-    """(3) priority inversion: its figures, `priority_inversion_ratio` among them (until it is written: none,
-    and the key is null)."""
-    print("  not in this build: priority_inversion_ratio is null", flush=True)
-    return {}
+    """(3) priority inversion (`bench_priority.py`, where the tree has it; else the key is null)."""
+    try:
+        from . import bench_priority
+    except ImportError:
+        print("  not in this build (no cli/bench_priority.py): priority_inversion_ratio is null", flush=True)
+        return {}
+    out = bench_priority.priority_inversion(args)
+    return {"priority": out, "priority_inversion_ratio": out["priority_inversion_ratio"]}
 
 
 def _part_overhead(args: argparse.Namespace) -> dict[str, Any]:
