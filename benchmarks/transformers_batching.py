@@ -57,7 +57,7 @@ async def main() -> None:
     from nlweb_local.providers.transformers_batched import TransformersBatchedProvider
 
     t0 = time.perf_counter()
-    provider = TransformersBatchedProvider.load(args.model or None, device=args.device, dtype=args.dtype,
+    provider = TransformersBatchedProvider.open(args.model or None, device=args.device, dtype=args.dtype,
                                                 max_batch_size=max(args.n), max_queue=max(args.n))
     load_s = time.perf_counter() - t0
     device = str(next(provider._scheduler.model.parameters()).device)

@@ -30,7 +30,7 @@ class Clock:
 
 def budget_of(mb: float, *models: LoadableModel, clock=None, keep_alive="5m", **kw) -> tuple[MemoryBudget, dict]:
     b = MemoryBudget(MemorySettings(budget_mb=mb, keep_alive=keep_alive, **kw), clock=clock or Clock(),
-                     rss_mb=lambda: 0.0, gpu_total_mb=lambda: None)
+                     rss_mb=lambda: 0.0, gpu=lambda: {"nvml": False, "why": "none here"})
     wrapped = {}
     for m in models:
         b.register(m.name, m, m.size_mb)
@@ -157,7 +157,7 @@ async def test_keep_alive_unloads_idle_models_and_minus_one_never_does():
     clock = Clock()
     a, b = LoadableModel("a", 30), LoadableModel("b", 30)
     budget = MemoryBudget(MemorySettings(budget_mb=100, keep_alive="10s"), clock=clock, rss_mb=lambda: 0.0,
-                          gpu_total_mb=lambda: None)
+                          gpu=lambda: {"nvml": False, "why": "none here"})
     budget.register("a", a, 30)
     budget.register("b", b, 30, keep_alive=-1)
     pa, pb = BudgetedModel(a, budget), BudgetedModel(b, budget)
@@ -180,7 +180,7 @@ async def test_keep_alive_unloads_idle_models_and_minus_one_never_does():
 
 async def test_keep_alive_zero_unloads_after_each_call():
     a = LoadableModel("a", 30)
-    budget = MemoryBudget(MemorySettings(budget_mb=100), rss_mb=lambda: 0.0, gpu_total_mb=lambda: None)
+    budget = MemoryBudget(MemorySettings(budget_mb=100), rss_mb=lambda: 0.0, gpu=lambda: {"nvml": False, "why": "none here"})
     budget.register("a", a, 30, keep_alive=0)
     p = BudgetedModel(a, budget)
     try:
@@ -194,7 +194,7 @@ async def test_keep_alive_zero_unloads_after_each_call():
 async def test_the_reaper_unloads_without_traffic():
     a = LoadableModel("a", 30)
     budget = MemoryBudget(MemorySettings(budget_mb=100, keep_alive="50ms", sweep_interval_s=0.02),
-                          rss_mb=lambda: 0.0, gpu_total_mb=lambda: None)
+                          rss_mb=lambda: 0.0, gpu=lambda: {"nvml": False, "why": "none here"})
     budget.register("a", a, 30)
     try:
         await BudgetedModel(a, budget).complete(ask())

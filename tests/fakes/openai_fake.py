@@ -17,6 +17,11 @@ Canned answers (tests/provider_contract.py): "Hello! I am a fake model." in seve
 `{"city": "Paris"}` when `response_format` is set; a `get_weather` call when `tools` are given;
 with `logprobs: true`, first-token top logprobs that favour the Yes/No word in the last message.
 
+vLLM's sleep mode (dev mode): `/sleep?level=N`, `/wake_up`, `/is_sleeping`. A real vLLM must not get a
+generation request while asleep (it crashed with a CUDA error, vllm#15483; later ones refuse with 503) nor
+be put to sleep with requests in flight (vllm#45520): here the first answers 503 and each is counted
+(`chats_while_asleep`, `slept_while_busy`), so a test can assert that neither happened.
+
 `fault(kind)` makes the NEXT chat request fail: rate_limit, overloaded, mid_stream, hang,
 model_missing, bad_json. Serving, faults and the request record are `FakeEngine`'s (tests/fakes/base.py):
 
@@ -102,6 +107,10 @@ class OpenAIFake(FakeEngine):
         self.azure_deployment, self.azure_key = azure_deployment, azure_key
         self.loading = False
         self.sleeping_level = 0
+        self.chats_in_flight = 0
+        self.chats_while_asleep = 0  # generation requests that reached the engine asleep
+        self.slept_while_busy = 0  # /sleep calls while generation requests were in flight
+        self.sleeps = self.wakes = 0
         self.slots = [{"id": 0, "is_processing": True}, {"id": 1, "is_processing": False}]
         self.metrics_text: str | None = VLLM_METRICS
         self.legacy_health = False
@@ -142,11 +151,14 @@ class OpenAIFake(FakeEngine):
         return web.json_response({"is_sleeping": self.sleeping_level > 0})
 
     async def _sleep(self, request: web.Request) -> web.Response:
+        self.slept_while_busy += self.chats_in_flight > 0
         self.sleeping_level = int(request.query.get("level", "1"))
+        self.sleeps += 1
         return web.Response(status=200)
 
     async def _wake(self, request: web.Request) -> web.Response:
         self.sleeping_level = 0
+        self.wakes += 1
         return web.Response(status=200)
 
     def clear_faults(self) -> None:
@@ -194,6 +206,16 @@ class OpenAIFake(FakeEngine):
 
     # -- chat ----------------------------------------------------------------------------------
     async def _chat(self, request: web.Request) -> web.StreamResponse:
+        if self.sleeping_level:
+            self.chats_while_asleep += 1
+            return error(503, "The engine is sleeping; POST /wake_up first", "server_error")
+        self.chats_in_flight += 1
+        try:
+            return await self._chat_awake(request)
+        finally:
+            self.chats_in_flight -= 1
+
+    async def _chat_awake(self, request: web.Request) -> web.StreamResponse:
         body = await self.read(request)
         refused = self._refuse(request, body)
         if refused is not None:

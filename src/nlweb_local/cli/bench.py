@@ -1,7 +1,7 @@
 """`nlweb-local bench ask`: time to first result and to the end of /ask on the demo site, and ingestion speed.
 `nlweb-local bench overload`: overload, honest back-pressure and recovery (`bench_overload.py`).
 `nlweb-local bench cache`: cache hit rates and what a hit costs on a Zipf workload (`bench_cache.py`).
-`nlweb-local bench fleet`: balancing over simulated engines, one 3x slower, and the fleet layer's overhead (`bench_fleet.py`).
+`nlweb-local bench fleet`: balancing over simulated engines, one 3x slower; affinity's TTFT over real llama_cpp.server processes; the fleet layer's overhead (`bench_fleet.py`).
 (The gateway's overhead benchmark is a developer tool: `python benchmarks/bench_gateway.py`.)"""
 from __future__ import annotations
 
@@ -36,7 +36,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "ingestion items/s; overload: closed-loop /ask overload against a real serve, then calm: refusals, "
                    "Retry-After honesty, degraded answers, recovery; cache: hit rates on a Zipf workload with "
                    "paraphrases, a hit's latency vs the pass-through, a cached /ask answer's; fleet: p95 with P2C vs "
-                   "round-robin over simulated engines, one 3x slower, and the fleet layer's overhead (the gateway's overhead: "
+                   "round-robin over simulated engines, one 3x slower, TTFT with affinity vs without over real "
+                   "llama_cpp.server processes, and the fleet layer's overhead (the gateway's overhead: "
                    "python benchmarks/bench_gateway.py --help, in a checkout)")
     p.add_argument("--mode", choices=["list", "summarize", "generate"], default="list")
     p.add_argument("--questions", type=int, default=len(QUESTIONS), help="how many of the fixed questions to run")

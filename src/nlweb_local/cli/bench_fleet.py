@@ -1,20 +1,22 @@
-"""`nlweb-local bench fleet`: what the fleet's balancing buys and what the layer costs, in one run, on
-simulated engines (`providers.testing.SimulatedEngine`: slots, a queue, service time = prefill + tokens).
+"""`nlweb-local bench fleet`: what the fleet's balancing buys and what the layer costs, in one run. Parts
+(`--parts`, default all), each adding its figures to the one JSON line:
 
-(1) heterogeneous instances: `--instances` engines of 4 slots each (20 ms to the first token, then 2 ms
+(1) heterogeneous instances, on simulated engines (`providers.testing.SimulatedEngine`: slots, a queue, service
+    time = prefill + tokens): `--instances` engines of 4 slots each (20 ms to the first token, then 2 ms
     per token; 16–96 tokens a call), one of them 3× slower. The same open-loop Poisson arrivals, at
     `--load` of the fleet's capacity, go through a `Fleet` with P2C-EWMA and then with round-robin (the
     instances are scraped every 0.5 s, as the router's probe loop would); p50 and p95 latency of each.
+(2) affinity: TTFT of multi-turn chats with the affinity policy vs without, over real `llama_cpp.server`
+    processes with their prompt cache on (`bench_fleet_affinity.py`): `affinity_ttft_ratio` (mean, with/without).
+(3) priority inversion: `priority_inversion_ratio` (interactive p95 TTFT under a batch flood / unloaded).
 (4) overhead: 16 concurrent callers on one zero-delay engine, with a fleet of one around it and bare,
     7 rounds of one run each (order alternating); the median of the rounds' ratios. Twice: the OpenAI-compatible adapter over
     HTTP to a zero-delay engine in another process (`fleet_overhead_rps_ratio`: what a deployment with
     `instances: [one URL]` pays), and an in-process engine that costs nothing (the layer's own cost
     per call, the worst case). A deployment with a plain `url` has no fleet layer at all.
 
-(3) priority inversion: interactive TTFT p95 unloaded and under a flood of batch calls (bench_priority.py).
-
-The last line is one JSON object: `p95_ratio_p2c_vs_round_robin`, `fleet_overhead_rps_ratio`,
-`priority_inversion_ratio`, and the figures.
+The last line is one JSON object: `p95_ratio_p2c_vs_round_robin`, `affinity_ttft_ratio`,
+`priority_inversion_ratio`, `fleet_overhead_rps_ratio` (each null when its part did not run), and the figures.
 """
 from __future__ import annotations
 
@@ -28,7 +30,6 @@ from typing import Any
 from ..config.settings import FleetSettings, Settings
 from ..core.types import ChatRequest, Message
 from ..providers.testing import SimulatedEngine
-from . import bench_priority
 
 SLOTS, PREFILL_S, PER_TOKEN_S, SLOWDOWN = 4, 0.02, 0.002, 3.0
 TOKENS = (16, 96)
@@ -36,11 +37,20 @@ TOKENS = (16, 96)
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("bench fleet")
-    g.add_argument("--instances", type=int, default=3, help="simulated engines, one of them 3x slower (default 3)")
-    g.add_argument("--calls", type=int, default=1500, help="calls per policy (default 1500)")
-    g.add_argument("--load", type=float, default=0.6, help="arrival rate as a share of the fleet's capacity (default 0.6)")
-    g.add_argument("--overhead-calls", type=int, default=20000, help="calls per overhead run (default 20000)")
+    g.add_argument("--instances", type=int, default=3, help="(1) simulated engines, one of them 3x slower (default 3)")
+    g.add_argument("--calls", type=int, default=1500, help="(1) calls per policy (default 1500)")
+    g.add_argument("--load", type=float, default=0.6, help="(1) arrival rate as a share of the fleet's capacity (default 0.6)")
+    g.add_argument("--overhead-calls", type=int, default=20000, help="(4) calls per overhead run (default 20000)")
     g.add_argument("--fleet-seed", type=int, default=7, help="seed of the arrivals and call sizes (default 7)")
+    g.add_argument("--parts", default="all", help="which parts to run, comma-separated: 1 (heterogeneous), 2 (affinity: "
+                   "real llama_cpp.server processes), 3 (priority), 4 (overhead), or all (default)")
+    from . import bench_fleet_affinity
+
+    bench_fleet_affinity.add_arguments(g)
+    try:  # (3)'s options, where the tree has it
+        from . import bench_priority
+    except ImportError:
+        return
     bench_priority.add_arguments(p)
 
 
@@ -197,7 +207,28 @@ async def _overhead_http(calls: int) -> dict[str, float]:
         mock.wait(10)
 
 
-def run(args: argparse.Namespace, settings: Settings) -> int:
+# the keys every run's JSON line holds (null when its part did not run), so that scripts can read them
+KEYS = ("p95_ratio_p2c_vs_round_robin", "affinity_ttft_ratio", "priority_inversion_ratio", "fleet_overhead_rps_ratio")
+PART_NAMES = {"1": "heterogeneous", "2": "affinity", "3": "priority", "4": "overhead"}
+
+
+def parts_of(text: str) -> list[str]:
+    """`--parts`: numbers or names, comma-separated ("1,2", "affinity,overhead", "all")."""
+    names = {v: k for k, v in PART_NAMES.items()}
+    if text.strip() == "all":
+        return list(PART_NAMES)
+    chosen = []
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        key = part if part in PART_NAMES else names.get(part)
+        if key is None:
+            raise SystemExit(f"nlweb-local bench fleet: --parts {part!r} is none of "
+                             f"{', '.join(f'{k} ({v})' for k, v in PART_NAMES.items())}, all")
+        chosen.append(key)
+    return sorted(set(chosen))
+
+
+def _part_heterogeneous(args: argparse.Namespace) -> dict[str, Any]:
+    """(1) P2C-EWMA vs round-robin over simulated instances, one of them 3x slower."""
     if args.instances < 2:
         raise SystemExit("nlweb-local bench fleet: --instances must be at least 2 (one of them is the slow one)")
     figures: dict[str, Any] = {"instances": args.instances, "slowdown": SLOWDOWN, "load": args.load,
@@ -209,6 +240,30 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
               f"slow instance share {out['slow_instance_share']:.0%}  ({out['offered_rps']} calls/s offered, "
               f"{out['seconds']} s)", flush=True)
     figures["p95_ratio_p2c_vs_round_robin"] = round(figures["p2c"]["p95_s"] / figures["round-robin"]["p95_s"], 3)
+    return figures
+
+
+def _part_affinity(args: argparse.Namespace) -> dict[str, Any]:
+    """(2) affinity on/off TTFT on multi-turn chats with real llama_cpp.server processes (bench_fleet_affinity.py)."""
+    from . import bench_fleet_affinity
+
+    return bench_fleet_affinity.run_part(args)
+
+
+def _part_priority(args: argparse.Namespace) -> dict[str, Any]:
+    """(3) priority inversion (`bench_priority.py`, where the tree has it; else the key is null)."""
+    try:
+        from . import bench_priority
+    except ImportError:
+        print("  not in this build (no cli/bench_priority.py): priority_inversion_ratio is null", flush=True)
+        return {}
+    out = bench_priority.priority_inversion(args)
+    return {"priority": out, "priority_inversion_ratio": out["priority_inversion_ratio"]}
+
+
+def _part_overhead(args: argparse.Namespace) -> dict[str, Any]:
+    """(4) the fleet layer's overhead at c=16: in process and over HTTP."""
+    figures: dict[str, Any] = {}
     over = asyncio.run(_compare(_Instant(), _fleet([_Instant()], "p2c"), args.overhead_calls))
     http = asyncio.run(_overhead_http(args.overhead_calls // 10))
     figures["overhead_in_process"], figures["overhead_http"] = over, http
@@ -222,7 +277,18 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     print(f"  overhead     c=16, OpenAI-compatible adapter over HTTP to a zero-delay engine: bare {http['bare_rps']} "
           f"calls/s, fleet of one {http['fleet_rps']} calls/s (ratio {http['rps_ratio']}; implied by the layer's own "
           f"cost: {figures['fleet_overhead_rps_ratio_implied']})", flush=True)
-    figures["priority"] = bench_priority.priority_inversion(args)  # (3): bench_priority.py
-    figures["priority_inversion_ratio"] = figures["priority"]["priority_inversion_ratio"]
+    return figures
+
+
+PARTS = {"1": _part_heterogeneous, "2": _part_affinity, "3": _part_priority, "4": _part_overhead}
+
+
+def run(args: argparse.Namespace, settings: Settings) -> int:
+    figures: dict[str, Any] = {"parts": [PART_NAMES[k] for k in parts_of(args.parts)]}
+    for key in parts_of(args.parts):  # each part adds its figures (and its key) to the one JSON line
+        print(f"({key}) {PART_NAMES[key]}", flush=True)
+        figures.update(PARTS[key](args))
+    for key in KEYS:
+        figures.setdefault(key, None)
     print(json.dumps(figures))
     return 0

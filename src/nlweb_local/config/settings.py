@@ -88,13 +88,14 @@ class MemorySettings(_Section):
     """The host's model memory budget (fleet/memory.py): in-process models load on their first call and the
     least recently used idle one is unloaded when a new one would not fit."""
 
-    budget_mb: int | None = Field(None, ge=1, description="MiB of RAM the in-process models (llama_cpp) may take together; null = no budget: they load at start and stay")
+    budget_mb: int | None = Field(None, ge=1, description="MiB of RAM the in-process models (llama_cpp, transformers on the CPU) may take together; null = no budget: they load at start and stay")
     gpu_budget_mb: int | None = Field(None, ge=1, description="MiB of GPU memory for models placed on a GPU; null = gpu_share of what NVML reports (none without NVML)")
     gpu_share: float = Field(0.9, gt=0, le=1, description="share of the GPU memory NVML reports that models may take when gpu_budget_mb is null")
     keep_alive: str | float = Field("5m", description="a model idle this long is unloaded (as Ollama: \"5m\", \"1h\", seconds; -1 = never; 0 = after each call); a deployment's keep_alive overrides it")
     gguf_factor: float = Field(1.3, ge=1, description="a GGUF model's size in memory: its file size x this, plus its KV cache (from the file's metadata and n_ctx)")
     wait_s: float = Field(30.0, gt=0, description="longest a call without a deadline waits for busy models to free memory before 503")
     sweep_interval_s: float = Field(1.0, gt=0, description="how often idle models are checked against their keep_alive")
+    remote_budgets_mb: dict[str, int] = Field(default_factory=dict, description="GPU MiB per remote host (its name or address as in the deployments' url) for vllm deployments there: each awake model counts its memory_mb, and the least recently used idle one is put to sleep (vLLM sleep mode, level 1) to wake another; a vllm deployment with a keep_alive sleeps when idle that long, with or without a budget here")
 
 
 class AutoscaleSettings(_Section):

@@ -14,6 +14,12 @@
   (`/admin/memory`), and a load that grew RSS well past its estimate is logged, so the figure can be set.
 - Loads and evictions are counted per deployment (`snapshot()`; telemetry exports them as
   nlweb_model_loads_total / nlweb_model_evictions_total and the budgeted memory in use as a gauge).
+- Pools: "ram" (in-process models on the CPU), "gpu" (in-process models on this host's GPU: `gpu_budget_mb`,
+  else `gpu_share` of what NVML reports; without NVML no GPU budget, and `/admin/memory` says so), and
+  "host:NAME" for remote engines that can free their accelerator (vLLM's sleep mode, `SleepWake`):
+  `remote_budgets_mb` gives each remote host's budget; loading is waking up, unloading is putting to sleep.
+  A remote engine may be awake before nlweb-local starts: the budget asks (`is_sleeping`) once, counts the
+  awake ones as loaded, and a sweep puts idle models to sleep while a pool is over its budget.
 
 Memory is reserved before a load starts and freed after an unload ends, so what is counted never falls
 below what is held. Loads and unloads run outside the lock: calls to loaded models go on meanwhile.
@@ -35,7 +41,7 @@ from ..providers.wrapper import CallKind, WrapperProvider, close_after_error
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-Pool = Literal["ram", "gpu"]
+Pool = str  # "ram", "gpu", or "host:NAME" (a remote host's accelerator)
 State = Literal["unloaded", "loading", "loaded", "unloading"]
 POLL_S = 0.5  # a waiting call looks again at least this often (a release by a cancelled call notifies nobody)
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
@@ -78,15 +84,32 @@ def process_rss_mb() -> float:
         return 0.0
 
 
-def nvml_gpu_total_mb() -> float | None:
-    """The memory of GPU 0 as NVML reports it (pynvml, optional); None without NVML or a GPU."""
+def nvml_gpu_memory() -> dict[str, Any]:
+    """GPU 0's memory as NVML reports it (`pynvml`, from the optional nvidia-ml-py): {"nvml": True, "total_mb",
+    "used_mb"}, else {"nvml": False, "why": ...} (no package, no driver, no GPU)."""
     try:
         import pynvml
-
+    except ImportError:
+        return {"nvml": False, "why": "pynvml is not installed (pip install nvidia-ml-py)"}
+    try:
         pynvml.nvmlInit()
-        return pynvml.nvmlDeviceGetMemoryInfo(pynvml.nvmlDeviceGetHandleByIndex(0)).total / 2**20
-    except Exception:  # noqa: BLE001 - no package, driver or GPU
-        return None
+        info = pynvml.nvmlDeviceGetMemoryInfo(pynvml.nvmlDeviceGetHandleByIndex(0))
+        return {"nvml": True, "total_mb": round(info.total / 2**20, 1), "used_mb": round(info.used / 2**20, 1)}
+    except Exception as e:  # noqa: BLE001 - no driver or GPU
+        return {"nvml": False, "why": f"NVML reports no GPU ({type(e).__name__}: {e})"[:200]}
+
+
+def nvml_gpu_total_mb() -> float | None:
+    """The memory of GPU 0 as NVML reports it (pynvml, optional); None without NVML or a GPU."""
+    got = nvml_gpu_memory()
+    return got["total_mb"] if got["nvml"] else None
+
+
+def _setting_of(pool: Pool) -> str:
+    """The setting that gives `pool`'s budget."""
+    if pool.startswith("host:"):
+        return f"llm.memory.remote_budgets_mb[{pool[5:]!r}]"
+    return "llm.memory.budget_mb" if pool == "ram" else "llm.memory.gpu_budget_mb"
 
 
 @dataclass
@@ -116,22 +139,29 @@ class MemoryBudget:
     """The memory budget of one host: `budget_mb` of RAM, `gpu_budget_mb` of GPU memory (None: no budget)."""
 
     def __init__(self, settings: Any, *, clock: Callable[[], float] = time.monotonic,
-                 rss_mb: Callable[[], float] = process_rss_mb, gpu_total_mb: Callable[[], float | None] = nvml_gpu_total_mb):
+                 rss_mb: Callable[[], float] = process_rss_mb, gpu: Callable[[], dict[str, Any]] = nvml_gpu_memory):
         self.settings = settings
         self.budget_mb: dict[Pool, float | None] = {"ram": settings.budget_mb, "gpu": settings.gpu_budget_mb}
-        if self.budget_mb["gpu"] is None:
-            total = gpu_total_mb()
-            self.budget_mb["gpu"] = total * settings.gpu_share if total else None
+        self._gpu = gpu
+        gpu_now = gpu()
+        self.gpu_budget_source = "llm.memory.gpu_budget_mb" if settings.gpu_budget_mb is not None else None
+        if self.budget_mb["gpu"] is None and gpu_now["nvml"]:
+            self.budget_mb["gpu"] = gpu_now["total_mb"] * settings.gpu_share
+            self.gpu_budget_source = f"NVML: {settings.gpu_share:g} of GPU 0's {gpu_now['total_mb']:.0f} MiB"
+        for host, mb in (getattr(settings, "remote_budgets_mb", None) or {}).items():
+            self.budget_mb[f"host:{host}"] = float(mb)
         self.default_keep_alive_s = keep_alive_seconds(settings.keep_alive)
         self._clock, self._rss = clock, rss_mb
         self._models: dict[str, ResidentModel] = {}
         self._cond = asyncio.Condition()
         self._reaper: asyncio.Task | None = None
+        self._synced: asyncio.Task | None = None  # the first look at remote engines (awake or asleep)
 
     # -- registration ----------------------------------------------------------------------------
     def register(self, deployment: str, lifecycle: ModelLifecycle, size_mb: float, *,
                  keep_alive: str | float | None = None, pool: Pool = "ram") -> ResidentModel:
-        budget = self.budget_mb[pool]
+        """`pool` "host:NAME" without a budget in `remote_budgets_mb`: only keep_alive applies to it."""
+        budget = self.budget_mb.setdefault(pool, None)
         ka = self.default_keep_alive_s if keep_alive is None else keep_alive_seconds(keep_alive)
         m = self._models[deployment] = ResidentModel(deployment, lifecycle, size_mb, ka, pool)
         if budget is not None and size_mb > budget:
@@ -158,12 +188,14 @@ class MemoryBudget:
 
     async def acquire(self, deployment: str, deadline_s: float | None = None) -> ResidentModel:
         self._start_reaper()
+        if self._synced is not None:
+            await asyncio.shield(self._synced)
         m = self._models[deployment]
         budget = self.budget_mb[m.pool]
         if budget is not None and m.size_mb > budget:
             raise InsufficientMemoryError(
                 f"model of deployment {deployment!r} needs {m.size_mb:.0f} MiB, more than the whole memory budget "
-                f"(llm.memory.{'budget_mb' if m.pool == 'ram' else 'gpu_budget_mb'} = {budget:.0f} MiB); raise the "
+                f"({_setting_of(m.pool)} = {budget:.0f} MiB); raise the "
                 "budget, or serve a smaller model or context (n_ctx)", retry_after=3600.0, deployment=deployment)
         end = time.monotonic() + (deadline_s or self.settings.wait_s)  # (real time: `clock` is for idleness)
         async with self._cond:
@@ -285,7 +317,8 @@ class MemoryBudget:
 
     # -- keep-alive ------------------------------------------------------------------------------
     async def sweep(self) -> None:
-        """Unload the idle models whose keep_alive has run out."""
+        """Unload the idle models whose keep_alive has run out, then, in a pool over its budget (remote
+        engines found awake), idle models least recently used first until it fits."""
         now = self._clock()
         async with self._cond:
             expired = [m for m in self._models.values() if m.state == "loaded" and not m.in_use
@@ -293,8 +326,46 @@ class MemoryBudget:
             for m in expired:
                 m.state = "unloading"
         await asyncio.shield(self._evict(expired, "keep_alive"))  # (states stay true if the sweep is cancelled)
+        await self._fit()
+
+    async def _fit(self) -> None:
+        """In each pool over its budget, unload idle models (least recently used first) until it fits."""
+        async with self._cond:
+            over: list[ResidentModel] = []
+            for pool, budget in self.budget_mb.items():
+                excess = self.used_mb(pool) - budget if budget is not None else 0.0
+                for m in sorted((m for m in self._models.values() if m.pool == pool and m.state == "loaded"
+                                 and not m.in_use), key=lambda m: m.last_used):
+                    if excess <= 0:
+                        break
+                    m.state = "unloading"
+                    over.append(m)
+                    excess -= m.size_mb
+        await asyncio.shield(self._evict(over, "budget"))
+
+    async def sync(self) -> None:
+        """Ask the engines that can sleep whether they are awake (a remote engine starts awake, and may have
+        been woken by someone else): an awake one is counted as loaded, idle since now."""
+        async def ask(m: ResidentModel) -> tuple[ResidentModel, bool | None]:
+            try:
+                return m, not await m.lifecycle.is_sleeping()
+            except Exception as e:  # noqa: BLE001 - unknown: it stays as it is counted
+                log.warning("memory: cannot tell whether %s is awake (%r)", m.deployment, e)
+                return m, None
+
+        remote = [m for m in self._models.values() if m.pool.startswith("host:")]
+        answers = await asyncio.gather(*(ask(m) for m in remote))
+        async with self._cond:
+            for m, awake in answers:
+                if awake and m.state == "unloaded":
+                    m.state, m.last_used = "loaded", self._clock()
+                    log.info("memory: %s is awake (counted: %.0f MiB of %s)", m.deployment, m.size_mb, m.pool)
+            self._cond.notify_all()
+        await self._fit()
 
     def _start_reaper(self) -> None:
+        if self._synced is None and any(m.pool.startswith("host:") for m in self._models.values()):
+            self._synced = asyncio.get_running_loop().create_task(self.sync())
         if self._reaper is None or self._reaper.done():
             self._reaper = asyncio.get_running_loop().create_task(self._reap())
 
@@ -310,15 +381,19 @@ class MemoryBudget:
     def snapshot(self) -> dict[str, Any]:
         """For /admin/memory and the metrics: the budgets, what is in use, and every model."""
         now = self._clock()
+        gpu = self._gpu()
+        gpu["budget"] = self.gpu_budget_source or ("none: " + ("set llm.memory.gpu_budget_mb" if gpu["nvml"] else
+                                                              "RAM only (no NVML to read the GPU's memory from)"))
         return {"budget_mb": {p: (None if b is None else round(b, 1)) for p, b in self.budget_mb.items()},
                 "used_mb": {p: round(self.used_mb(p), 1) for p in self.budget_mb},
-                "process_rss_mb": round(self._rss(), 1),
+                "process_rss_mb": round(self._rss(), 1), "gpu": gpu,
                 "models": [m.view(now) for m in self._models.values()]}
 
     async def close(self) -> None:
-        if self._reaper is not None:
-            self._reaper.cancel()
-            await asyncio.gather(self._reaper, return_exceptions=True)
+        for task in (self._reaper, self._synced):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
 
 
 class BudgetedModel(WrapperProvider):
@@ -352,3 +427,32 @@ class BudgetedModel(WrapperProvider):
         if self.budget.model(self.name).state == "unloaded":
             return LoadSnapshot(healthy=True, detail=f"{self.model} (not loaded: loads on its next call)")
         return await self.inner.health()
+
+
+class SleepWake:
+    """A remote engine's sleep mode as the lifecycle the budget drives: loading is waking it up, unloading is
+    putting it to sleep (vLLM in dev mode: POST /wake_up, POST /sleep?level=1, GET /is_sleeping). Level 1
+    only: it keeps the weights in the engine's CPU memory, so /wake_up alone restores them (after level 2
+    vLLM needs its weights reloaded, which /wake_up does not do)."""
+
+    def __init__(self, engine: ModelLifecycle, *, deployment: str, level: int = 1):
+        if level != 1:
+            raise BadRequestError(f"deployment {deployment!r}: options.sleep_level {level} is not supported; the memory "
+                                  "budget puts vLLM to sleep at level 1 (weights kept in CPU memory)", deployment=deployment)
+        self.engine, self.level = engine, level
+
+    async def load(self, model: str | None = None) -> None:
+        if await self.engine.is_sleeping():
+            await self.engine.wake()
+
+    async def unload(self, model: str | None = None) -> None:
+        await self.engine.sleep(self.level)
+
+    async def sleep(self, level: int = 1) -> None:
+        await self.engine.sleep(level)
+
+    async def wake(self) -> None:
+        await self.engine.wake()
+
+    async def is_sleeping(self) -> bool:
+        return await self.engine.is_sleeping()

@@ -100,3 +100,24 @@ def estimate_gguf_mb(path: str | Path, n_ctx: int, factor: float) -> float:
     p = Path(path)
     shape = gguf_shape(gguf_metadata(p))
     return (p.stat().st_size * factor + shape.kv_cache_bytes(n_ctx)) / MIB
+
+
+def gguf_tensor_shapes(path: str | Path) -> list[tuple[int, ...]]:
+    """The shape of every tensor a GGUF file holds (from its tensor index, after the metadata; no data read)."""
+    with open(path, "rb") as f:
+        if f.read(4) != b"GGUF":
+            raise ValueError(f"{path} is not a GGUF file")
+        if _read(f, "<I") < 2:
+            raise ValueError(f"{path}: GGUF version too old (convert it again with a current llama.cpp)")
+        tensors, kvs = _read(f, "<Q"), _read(f, "<Q")
+        for _ in range(kvs):
+            _string(f)
+            _value(f, _read(f, "<I"))
+        shapes = []
+        for _ in range(tensors):
+            _string(f)  # name
+            dims = _read(f, "<I")
+            shapes.append(tuple(_read(f, "<Q") for _ in range(dims)))
+            _read(f, "<I")  # type
+            _read(f, "<Q")  # offset
+        return shapes

@@ -148,13 +148,14 @@ def build_router(settings: Settings, *, providers: Mapping[str, Provider] | None
                 raise BadRequestError(f"deployment {d.name!r} serves {d.serves}, but no model registry was given")
             d = registry.deployment(d)
         placement = locality.of(d)
-        if memory is not None and d.engine in BUDGETED_ENGINES and d.name not in given:
+        in_budget = memory is not None and manages(memory, d)
+        if in_budget and d.engine in BUDGETED_ENGINES and d.name not in given:
             d = d.model_copy(update={"options": {**d.options, "lazy_load": True}})
         adapter = given[d.name] if d.name in given else build_adapter(d, s.breaker)
         max_concurrency = d.max_concurrency
         if d.fleet.slots is not None and d.engine not in IN_PROCESS_ENGINES:  # a bounded, prioritised queue
             adapter, max_concurrency = _gated(d, adapter, s)
-        if memory is not None and d.engine in BUDGETED_ENGINES:
+        if in_budget:
             adapter = budgeted(d, adapter, memory)
         adapter = located(adapter, placement)
         version = d.serves or deployment_version(d)
@@ -225,13 +226,31 @@ def _redaction(settings: Settings, telemetry: Any) -> Callable[[Provider], Provi
 
 
 from ..governance.locality import IN_PROCESS_ENGINES  # noqa: E402  (engines that run inside nlweb-local)
-BUDGETED_ENGINES = frozenset({"llama_cpp"})  # in-process engines whose models llm.memory loads and unloads
+BUDGETED_ENGINES = frozenset({"llama_cpp", "transformers"})  # in-process engines whose models llm.memory loads and unloads
+SLEEPING_ENGINES = frozenset({"vllm"})  # remote engines whose sleep mode llm.memory drives (fleet/memory.py: SleepWake)
+
+
+def _host(d: DeploymentSettings) -> str:
+    from urllib.parse import urlsplit
+
+    return urlsplit(d.url or "").hostname or ""
+
+
+def manages(memory: Any, d: DeploymentSettings) -> bool:
+    """Whether llm.memory manages deployment `d`: an in-process engine when a RAM or GPU budget is set; a vllm
+    deployment (one url) with a keep_alive, or on a host of remote_budgets_mb."""
+    m = memory.settings
+    if d.engine in BUDGETED_ENGINES:
+        return m.budget_mb is not None or m.gpu_budget_mb is not None
+    return d.engine in SLEEPING_ENGINES and not d.instances and (d.keep_alive is not None or _host(d) in m.remote_budgets_mb)
 
 
 def build_memory(settings: Settings) -> Any:
-    """The host's model memory budget (`llm.memory`), or None when neither budget_mb nor gpu_budget_mb is set."""
+    """The host's model memory budget (`llm.memory`), or None when it has nothing to manage: no budget_mb,
+    gpu_budget_mb or remote_budgets_mb, and no vllm deployment with a keep_alive."""
     m = settings.llm.memory
-    if m.budget_mb is None and m.gpu_budget_mb is None:
+    sleepers = any(d.engine in SLEEPING_ENGINES and d.keep_alive is not None for d in settings.llm.all_deployments())
+    if m.budget_mb is None and m.gpu_budget_mb is None and not m.remote_budgets_mb and not sleepers:
         return None
     from ..fleet.memory import MemoryBudget
 
@@ -249,7 +268,16 @@ def budgeted(d: DeploymentSettings, adapter: Provider, memory: Any) -> Provider:
     if lifecycle is None:
         raise BadRequestError(f"deployment {d.name!r}: engine {d.engine!r} cannot load and unload its model, so "
                               "llm.memory cannot manage it", deployment=d.name)
-    size = d.memory_mb
+    pool, size = getattr(lifecycle, "memory_pool", "ram"), d.memory_mb
+    if d.engine in SLEEPING_ENGINES:  # loading is waking it up; unloading, putting it to sleep
+        from ..fleet.memory import SleepWake
+
+        lifecycle = SleepWake(lifecycle, deployment=d.name, level=int(d.options.get("sleep_level", 1)))
+        pool = f"host:{_host(d)}"
+        if size is None and _host(d) in memory.settings.remote_budgets_mb:
+            raise BadRequestError(f"deployment {d.name!r}: set memory_mb (the GPU MiB its model takes awake) for "
+                                  f"llm.memory.remote_budgets_mb[{_host(d)!r}]", deployment=d.name)
+        size = size or 0.0
     if size is None:
         estimate = getattr(lifecycle, "estimated_memory_mb", None)
         if estimate is None:
@@ -260,7 +288,7 @@ def budgeted(d: DeploymentSettings, adapter: Provider, memory: Any) -> Provider:
         except (OSError, ValueError) as e:
             raise BadRequestError(f"deployment {d.name!r}: cannot estimate its model's size ({e}); set memory_mb",
                                   deployment=d.name) from e
-    memory.register(d.name, lifecycle, size, keep_alive=d.keep_alive)
+    memory.register(d.name, lifecycle, size, keep_alive=d.keep_alive, pool=pool)
     return BudgetedModel(adapter, memory)
 
 

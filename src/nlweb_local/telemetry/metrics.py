@@ -34,8 +34,8 @@ health per deployment, and the engine's own prefix-cache counters where it repor
 Pulled at scrape time from the model memory budget (`MemoryCollector`, when `llm.memory` has one):
 
     nlweb_model_loads_total{deployment}                      models loaded into memory
-    nlweb_model_evictions_total{deployment,reason}           models unloaded; reason: budget|keep_alive
-    nlweb_model_memory_budgeted_bytes{pool}                  memory counted against the budget (ram|gpu)
+    nlweb_model_evictions_total{deployment,reason}           models unloaded (or put to sleep); reason: budget|keep_alive
+    nlweb_model_memory_budgeted_bytes{pool}                  memory counted against the budget (ram|gpu|host:NAME)
     nlweb_model_memory_budget_bytes{pool}                    the budget
     nlweb_model_loaded{deployment}                           1 while its model is loaded (or loading)
 """
