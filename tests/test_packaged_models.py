@@ -39,7 +39,7 @@ def _chunks(data: bytes, n: int) -> list[bytes]:
 
 def _model(key: str, data: bytes, n: int) -> pm.PackagedModel:
     parts = tuple(pm.Part(f"{key}-part{i}==1.0", f"{key}_part{i}", f"data/part{i:02d}.bin") for i in range(1, n + 1))
-    return pm.PackagedModel(key, "synthetic", f"{key}.gguf", hashlib.sha256(data).hexdigest(), len(data), parts, "tiny")
+    return pm.PackagedModel(key, "synthetic", f"{key}.gguf", hashlib.sha256(data).hexdigest(), len(data), parts, "tiny", key)
 
 
 class FakePip:

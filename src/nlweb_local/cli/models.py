@@ -203,7 +203,7 @@ def _install(args: argparse.Namespace, settings: Settings) -> int:
     print(f"{model.key}: {'assembled and verified' if changed else 'already installed'}: {path} (sha256 {digest})")
     _register_installed(settings, model.key, path, digest)
     print(f"use it for every task:  llm: {{model_path: {path}}}\n"
-          f"or as one more deployment: llm: {{deployments: [{{name: {model.key.split('.')[0]}, engine: llama_cpp, "
+          f"or as one more deployment: llm: {{deployments: [{{name: {model.deployment}, engine: llama_cpp, "
           f"model: {path}}}]}}")
     return 0
 

