@@ -135,10 +135,14 @@ async def _rps(provider: Any, calls: int, concurrency: int = 16) -> float:
     return per * concurrency / (time.perf_counter() - t0)
 
 
-async def _compare(bare: Any, fleet: Any, calls: int, rounds: int = 7) -> dict[str, float]:
+async def _compare(bare: Any, fleet: Any, calls: int, rounds: int = 7) -> dict[str, Any]:
     """Rounds of one bare run and one fleet run (the order alternating); the median of the rounds' ratios,
-    so that a burst of other work on the machine spoils one round, not the figure."""
+    so that a burst of other work on the machine spoils one round, not the figure. With it: the spread of
+    the rounds' ratios (quartiles) and the load average before and after (other work on the machine)."""
+    import os
     import statistics
+
+    load_before = os.getloadavg()[0]
 
     await _rps(bare, calls // 10)  # warm-up
     await _rps(fleet, calls // 10)
@@ -152,8 +156,11 @@ async def _compare(bare: Any, fleet: Any, calls: int, rounds: int = 7) -> dict[s
         f_runs.append(f)
         ratios.append(f / b)
     b, f = statistics.median(b_runs), statistics.median(f_runs)
+    q1, _, q3 = statistics.quantiles(ratios, n=4)
     return {"bare_rps": round(b), "fleet_rps": round(f), "rps_ratio": round(statistics.median(ratios), 3),
-            "added_us_per_call": round((1 / f - 1 / b) * 1e6, 1)}
+            "added_us_per_call": round((1 / f - 1 / b) * 1e6, 1), "rounds": rounds,
+            "rps_ratio_quartiles": [round(q1, 3), round(q3, 3)],
+            "load_avg_1m": [round(load_before, 2), round(os.getloadavg()[0], 2)]}
 
 
 # a zero-delay OpenAI-compatible engine in its own process (so it does not share this one's CPU time)
@@ -188,7 +195,7 @@ async def _overhead_http(calls: int) -> dict[str, float]:
         bare, inner = OpenAICompatProvider(d), OpenAICompatProvider(d)
         fleet = _fleet([inner], "p2c")
         try:
-            return await _compare(bare, fleet, calls)
+            return await _compare(bare, fleet, calls // 2, rounds=15)  # more, shorter rounds: HTTP is the noisier
         finally:
             await bare.close()
             await fleet.close()
