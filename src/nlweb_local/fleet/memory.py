@@ -407,5 +407,5 @@ class BudgetedModel(WrapperProvider):
 
     async def health(self) -> LoadSnapshot:
         if self.budget.model(self.name).state == "unloaded":
-            return LoadSnapshot(healthy=True, detail=f"{self.model} (not loaded: loads on its next call)")
+            return LoadSnapshot(healthy=True, detail=f"{self.model} (not loaded: loads on its next call)", models=())
         return await self.inner.health()
