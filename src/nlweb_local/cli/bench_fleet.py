@@ -6,7 +6,8 @@ simulated engines (`providers.testing.SimulatedEngine`: slots, a queue, service 
     `--load` of the fleet's capacity, go through a `Fleet` with P2C-EWMA and then with round-robin (the
     instances are scraped every 0.5 s, as the router's probe loop would); p50 and p95 latency of each.
 (4) overhead: 16 concurrent callers on one zero-delay engine, with a fleet of one around it and bare,
-    7 rounds of one run each (order alternating); the median of the rounds' ratios. Twice: the OpenAI-compatible adapter over
+    rounds of one run each (7 in process, 15 over HTTP; order alternating); the median of the rounds'
+    ratios, with their quartiles and the load average (other work on the machine). Twice: the OpenAI-compatible adapter over
     HTTP to a zero-delay engine in another process (`fleet_overhead_rps_ratio`: what a deployment with
     `instances: [one URL]` pays), and an in-process engine that costs nothing (the layer's own cost
     per call, the worst case). A deployment with a plain `url` has no fleet layer at all.
