@@ -145,22 +145,34 @@ async def _compare(bare: Any, fleet: Any, calls: int, rounds: int = 7) -> dict[s
 
     load_before = os.getloadavg()[0]
 
+    cpu = {"bare": 0.0, "fleet": 0.0}  # this process's CPU seconds in each arm (other processes' load hardly moves it)
+
+    async def run(arm: str, provider: Any) -> float:
+        c0 = time.process_time()
+        rps = await _rps(provider, calls)
+        cpu[arm] += time.process_time() - c0
+        return rps
+
     await _rps(bare, calls // 10)  # warm-up
     await _rps(fleet, calls // 10)
     b_runs, f_runs, ratios = [], [], []
     for r in range(rounds):
         if r % 2:
-            f, b = await _rps(fleet, calls), await _rps(bare, calls)
+            f, b = await run("fleet", fleet), await run("bare", bare)
         else:
-            b, f = await _rps(bare, calls), await _rps(fleet, calls)
+            b, f = await run("bare", bare), await run("fleet", fleet)
         b_runs.append(b)
         f_runs.append(f)
         ratios.append(f / b)
     b, f = statistics.median(b_runs), statistics.median(f_runs)
     q1, _, q3 = statistics.quantiles(ratios, n=4)
+    n = rounds * (calls // 16) * 16
     return {"bare_rps": round(b), "fleet_rps": round(f), "rps_ratio": round(statistics.median(ratios), 3),
             "added_us_per_call": round((1 / f - 1 / b) * 1e6, 1), "rounds": rounds,
             "rps_ratio_quartiles": [round(q1, 3), round(q3, 3)],
+            # the throughput ratio of a gateway whose CPU is the bottleneck: CPU per call, bare / fleet
+            "cpu_us_per_call": [round(cpu["bare"] / n * 1e6, 1), round(cpu["fleet"] / n * 1e6, 1)],
+            "cpu_ratio": round(cpu["bare"] / cpu["fleet"], 3),
             "load_avg_1m": [round(load_before, 2), round(os.getloadavg()[0], 2)]}
 
 
