@@ -59,6 +59,23 @@ async def test_an_instance_failing_before_its_first_token_is_replaced_and_its_br
     assert a.calls == 1 and fleet.status()[1].up
 
 
+async def test_a_fleet_of_one_keeps_its_bookkeeping_and_its_breaker_decides():
+    fleet, (a,), clock = scripted_fleet(1)
+    assert (await fleet.complete(ask())).content == "from i0"
+    a.fail_with = ProviderConnectionError("engine: cannot reach http://i0: refused", deployment="engine")
+    with pytest.raises(ProviderConnectionError):  # one failure of two calls: QUICK opens its breaker
+        await fleet.complete(ask())
+    (s,) = fleet.status()
+    assert (s.served, s.failed, s.in_flight, s.breaker) == (1, 1, 0, "open")
+    with pytest.raises(OverloadedError, match="breaker open"):  # its breaker refuses: no call reaches it
+        await fleet.complete(ask())
+    assert a.calls == 2
+    a.fail_with, clock.t = None, clock.t + 6  # open period over: a probe closes it (QUICK: one probe)
+    a.healthy = True
+    await fleet.health()
+    assert (await fleet.complete(ask())).content == "from i0" and fleet.status()[0].breaker == "closed"
+
+
 async def test_a_dropped_keep_alive_connection_does_not_take_a_live_instance_out():
     fleet, (a, b), _ = scripted_fleet(2, "round-robin")
     a.fail_with = lambda: ProviderConnectionError("engine: Server disconnected", deployment="engine") if a.calls == 1 else None

@@ -201,15 +201,19 @@ def test_the_server_launches_replicas_at_start_shows_them_and_stops_them_at_shut
     from nlweb_local.server.app import create_app
     from stand_ins import scripted_service, service_settings
 
+    from nlweb_local.config.settings import MemorySettings
+
     settings = service_settings(tmp_path, {"name": "smol", "engine": "llama_cpp_server", "replicas": 1, "launch": LAUNCH},
-                                embedded_enabled=False)
+                                embedded_enabled=False, memory=MemorySettings(budget_mb=4000))
     comp = scripted_service(settings, {}, telemetry=None)
     with TestClient(create_app(settings, comp, close_components=True), base_url="http://localhost") as c:
         r = c.post("/v1/chat/completions", json={"model": "smol", "max_tokens": 2,
                                                  "messages": [{"role": "user", "content": "Say hi."}]})
         assert r.status_code == 200, r.text
         smol = c.get("/admin/fleet").json()["deployments"][0]
+        (held,) = c.get("/admin/memory").json()["reserved"]  # the replica's model counts in the host's budget
     (replica,) = smol["replicas"]["launched"]
+    assert held["deployment"] == "smol" and held["size_mb"] == replica["reserved_mb"] > 50
     assert replica["state"] == "serving" and replica["url"] == f"http://127.0.0.1:{replica['port']}/v1"
     assert [i["url"] for i in smol["instances"]] == [replica["url"]] and smol["instances"][0]["served"] == 1
     auto = smol["replicas"]["autoscaler"]

@@ -295,3 +295,18 @@ def test_ollama_canonical_names():
 
 def test_ollama_down():
     assert not ollama_snapshot(False, None, "llama3.2").healthy
+
+
+# -- loaded models (the dashboard's per-instance column) ---------------------------------------------------
+
+def test_loaded_models_as_each_engine_names_them():
+    from nlweb_local.providers.load_parsers import openai_models
+
+    assert vllm_snapshot(VLLM_METRICS).models == ("Qwen/Qwen2.5-0.5B-Instruct", "meta-llama/Llama-3.1-8B-Instruct")
+    assert ollama_snapshot(True, PS, "qwen2.5:0.5b").models == ("llama3.2:latest",)  # what is in memory, not ours
+    assert ollama_snapshot(True, {"models": []}, "llama3.2").models == ()
+    assert openai_models('{"object":"list","data":[{"id":"smol","object":"model","owned_by":"me"}]}') == ("smol",)
+    assert openai_models("not json") is None and openai_models('{"data": 3}') is None
+    named = [{"id": 0, "is_processing": False, "model": "gemma-3-270m"}, {"id": 1, "is_processing": True}]
+    assert llama_server_snapshot(None, 200, '{"status":"ok"}', named).models == ("gemma-3-270m",)
+    assert llama_server_snapshot(LLAMA_SERVER_METRICS, 200, '{"status":"ok"}').models is None  # not said

@@ -144,3 +144,71 @@ def test_dashboard_shows_each_caches_hit_rate_and_savings(server):
         screenshot(page, "dashboard-caches.png")
         assert watch.errors == []
         browser.close()
+
+
+@pytest.fixture()
+def fleet_server(tmp_path):
+    """Two listed instances (wire-faithful OpenAI-compatible fakes) behind an admission gate, and a launched
+    deployment whose replica is a stand-in process (tests/test_fleet_memory.py) reserving its model's memory."""
+    from fakes.openai_fake import OpenAIFake
+    from nlweb_local.config.settings import AutoscaleSettings, MemorySettings
+    from nlweb_local.fleet.autoscaler import Autoscaler
+    from nlweb_local.fleet.fleet import Fleet
+    from nlweb_local.fleet.replicas import ReplicaSet, ReplicaSets
+    from nlweb_local.providers.wrapper import find
+    from test_fleet_memory import StandInLauncher
+
+    fakes = [OpenAIFake().start(), OpenAIFake().start()]
+    settings = load_settings(environ={"NLWEB_LOCAL_DATA_DIR": str(tmp_path)})
+    settings.llm.deployments = [
+        DeploymentSettings(name="pool", engine="llama_cpp_server", model="fake-model", api_key="sk-test",
+                           instances=[f"{f.url}/v1" for f in fakes], fleet={"slots": 2}),
+        DeploymentSettings(name="smol", engine="llama_cpp_server", replicas=1)]
+    settings.llm.health_interval_s = 0.3
+    settings.llm.memory = MemorySettings(budget_mb=1000)
+    settings.llm.embedded_enabled = False
+    tel = build_telemetry(settings)  # (it serves the dashboard)
+    comp = scripted_service(settings, {}, embedder=Nothing(), store=Nothing(), telemetry=tel)
+    fleet = find(comp.router.provider("smol"), Fleet)
+    launcher = StandInLauncher("smol", fleet, lambda url: ScriptedProvider("smol", text="hi"),
+                               comp.replicas.get("smol").launcher.model_path, "smol", memory=comp.memory, size_mb=300)
+    scaler = Autoscaler("smol", fleet, launcher, AutoscaleSettings(min_replicas=1, max_replicas=2, interval_s=0.2))
+    comp.replicas = ReplicaSets([ReplicaSet("smol", launcher, scaler, 1)])  # (in place of real llama_cpp.server ones)
+    srv = LiveServer(create_app(settings, comp, close_components=True))
+    yield srv, fakes
+    srv.stop()
+    tel.close()
+    for f in fakes:
+        f.stop()
+
+
+def test_dashboard_shows_instances_models_launched_replicas_autoscaler_and_admission_gate(fleet_server):
+    srv, fakes = fleet_server
+    fleet = httpx.get(f"{srv.url}/admin/fleet").json()
+    (replica,) = next(d for d in fleet["deployments"] if d["deployment"] == "smol")["replicas"]["launched"]
+    with sync_playwright() as p:
+        browser = launch_chromium(p)
+        page = browser.new_page(viewport={"width": 1280, "height": 1600}, locale="en-US", timezone_id="UTC")
+        watch = PageWatch().attach(page)
+        page.goto(f"{srv.url}/dashboard?interval=300&window=300")
+        for f in fakes:  # the listed instances, with what their /v1/models says they have loaded
+            row = page.locator(f'#instances tr[data-instance="{f.url}/v1"]')
+            expect(row.locator(".models")).to_have_text("fake-model", timeout=10_000)
+            expect(row.locator("td").nth(2)).to_have_text("up")
+        expect(page.locator(f'#instances tr[data-instance="{replica["url"]}"] td').nth(0)).to_have_text("smol")
+        launched = page.locator(f'#replicas tr[data-replica="{replica["pid"]}"] td')
+        expect(launched.nth(0)).to_have_text("smol")
+        expect(launched.nth(2)).to_have_text(str(replica["port"]))
+        expect(launched.nth(3)).to_have_text("serving")
+        expect(launched.nth(5)).to_have_text("300 MiB")  # its model's memory, reserved in the host's budget
+        expect(page.locator('#autoscalers tr[data-autoscaler="smol"] .replicas')).to_have_text("1 → 1")
+        expect(page.locator('#autoscalers tr[data-autoscaler="smol"] td').nth(2)).to_have_text("1–2")
+        gate = page.locator('#gates tr[data-gate="pool"]')
+        expect(gate.locator("td").nth(1)).to_have_text("0 / 4")  # two instances x fleet.slots 2
+        expect(gate.locator(".waiting")).to_have_text("0 / 64")
+        expect(gate.locator(".drain")).to_have_text("not measured")
+        expect(page.locator('#gates tr[data-gate="smol"]')).to_have_count(0)  # no gate: no row
+        screenshot(page, "dashboard-fleet.png")
+        assert watch.errors == []
+        browser.close()
+    assert httpx.get(f"{srv.url}/admin/memory").json()["reserved"][0]["size_mb"] == 300

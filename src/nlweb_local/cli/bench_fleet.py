@@ -10,7 +10,8 @@
     processes with their prompt cache on (`bench_fleet_affinity.py`): `affinity_ttft_ratio` (mean, with/without).
 (3) priority inversion: `priority_inversion_ratio` (interactive p95 TTFT under a batch flood / unloaded).
 (4) overhead: 16 concurrent callers on one zero-delay engine, with a fleet of one around it and bare,
-    7 rounds of one run each (order alternating); the median of the rounds' ratios. Twice: the OpenAI-compatible adapter over
+    rounds of one run each (7 in process, 15 over HTTP; order alternating); the median of the rounds'
+    ratios, with their quartiles and the load average (other work on the machine). Twice: the OpenAI-compatible adapter over
     HTTP to a zero-delay engine in another process (`fleet_overhead_rps_ratio`: what a deployment with
     `instances: [one URL]` pays), and an in-process engine that costs nothing (the layer's own cost
     per call, the worst case). A deployment with a plain `url` has no fleet layer at all.
@@ -145,25 +146,44 @@ async def _rps(provider: Any, calls: int, concurrency: int = 16) -> float:
     return per * concurrency / (time.perf_counter() - t0)
 
 
-async def _compare(bare: Any, fleet: Any, calls: int, rounds: int = 7) -> dict[str, float]:
+async def _compare(bare: Any, fleet: Any, calls: int, rounds: int = 7) -> dict[str, Any]:
     """Rounds of one bare run and one fleet run (the order alternating); the median of the rounds' ratios,
-    so that a burst of other work on the machine spoils one round, not the figure."""
+    so that a burst of other work on the machine spoils one round, not the figure. With it: the spread of
+    the rounds' ratios (quartiles) and the load average before and after (other work on the machine)."""
+    import os
     import statistics
+
+    load_before = os.getloadavg()[0]
+
+    cpu = {"bare": 0.0, "fleet": 0.0}  # this process's CPU seconds in each arm (other processes' load hardly moves it)
+
+    async def run(arm: str, provider: Any) -> float:
+        c0 = time.process_time()
+        rps = await _rps(provider, calls)
+        cpu[arm] += time.process_time() - c0
+        return rps
 
     await _rps(bare, calls // 10)  # warm-up
     await _rps(fleet, calls // 10)
     b_runs, f_runs, ratios = [], [], []
     for r in range(rounds):
         if r % 2:
-            f, b = await _rps(fleet, calls), await _rps(bare, calls)
+            f, b = await run("fleet", fleet), await run("bare", bare)
         else:
-            b, f = await _rps(bare, calls), await _rps(fleet, calls)
+            b, f = await run("bare", bare), await run("fleet", fleet)
         b_runs.append(b)
         f_runs.append(f)
         ratios.append(f / b)
     b, f = statistics.median(b_runs), statistics.median(f_runs)
+    q1, _, q3 = statistics.quantiles(ratios, n=4)
+    n = rounds * (calls // 16) * 16
     return {"bare_rps": round(b), "fleet_rps": round(f), "rps_ratio": round(statistics.median(ratios), 3),
-            "added_us_per_call": round((1 / f - 1 / b) * 1e6, 1)}
+            "added_us_per_call": round((1 / f - 1 / b) * 1e6, 1), "rounds": rounds,
+            "rps_ratio_quartiles": [round(q1, 3), round(q3, 3)],
+            # the throughput ratio of a gateway whose CPU is the bottleneck: CPU per call, bare / fleet
+            "cpu_us_per_call": [round(cpu["bare"] / n * 1e6, 1), round(cpu["fleet"] / n * 1e6, 1)],
+            "cpu_ratio": round(cpu["bare"] / cpu["fleet"], 3),
+            "load_avg_1m": [round(load_before, 2), round(os.getloadavg()[0], 2)]}
 
 
 # a zero-delay OpenAI-compatible engine in its own process (so it does not share this one's CPU time)
@@ -198,7 +218,7 @@ async def _overhead_http(calls: int) -> dict[str, float]:
         bare, inner = OpenAICompatProvider(d), OpenAICompatProvider(d)
         fleet = _fleet([inner], "p2c")
         try:
-            return await _compare(bare, fleet, calls)
+            return await _compare(bare, fleet, calls // 2, rounds=15)  # more, shorter rounds: HTTP is the noisier
         finally:
             await bare.close()
             await fleet.close()

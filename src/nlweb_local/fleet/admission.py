@@ -92,6 +92,11 @@ class AdmissionGate(WrapperProvider):
     async def _enter(self, request: ChatRequest) -> float:
         """Wait for a slot (or refuse); the seconds waited."""
         self._follow_capacity()
+        if self.gate.try_acquire(request.context.priority):  # a free slot, nobody waiting: no timer, no clock
+            return 0.0
+        return await self._queue(request)
+
+    async def _queue(self, request: ChatRequest) -> float:
         refusal = self._refusal(request)
         if refusal is not None:
             self.refused += 1
@@ -116,7 +121,13 @@ class AdmissionGate(WrapperProvider):
 
     # -- calls -------------------------------------------------------------------------------------
     async def complete(self, request: ChatRequest) -> ChatResponse:
-        waited = await self._enter(request)
+        self._follow_capacity()
+        if self.gate.try_acquire(request.context.priority):  # the common case, without a coroutine more
+            try:
+                return await self.inner.complete(request)
+            finally:
+                self.gate.release()
+        waited = await self._queue(request)
         try:
             out = await self.inner.complete(self._rest(request, waited))
         finally:

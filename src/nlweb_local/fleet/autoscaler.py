@@ -12,6 +12,9 @@ to the peaks of the last `window_s` seconds, and drives the launcher (`launcher.
     hold     while a replica is starting (its effect is not measurable yet); the samples start afresh
              after every change (they measured another count of replicas)
     replace  a replica whose process died is dropped (`reap`) and launched again, up to the count decided
+    fit      a scale-up goes no further than the host's memory budget admits (`launcher.room()`: each replica
+             reserves its model's size); the autoscaler holds at the count that fits and says why
+             (`memory_hold` in /admin/fleet)
 
 `step()` does no I/O and never waits: launches and drains run in the launcher's background, so a test
 drives it on a simulated clock.
@@ -83,6 +86,24 @@ class Autoscaler:
         self.last_decision: ScaleDecision | None = None
         self.events: collections.deque[dict[str, Any]] = collections.deque(maxlen=MAX_EVENTS)
         self.scale_events = {"up": 0, "down": 0}
+        self.wanted: int | None = None  # what the policy asked for, when the memory budget holds it lower
+        self.memory_hold: str | None = None  # why: the budget's room
+
+    def _fit(self, to: int) -> int:
+        """`to`, or fewer replicas when the memory budget has room for fewer (then `memory_hold` says why)."""
+        current = self.launcher.current
+        room_of = getattr(self.launcher, "room", None)
+        room = room_of() if room_of is not None and to > current else None
+        if room is None or current + room >= to:
+            self.wanted = self.memory_hold = None
+            return to
+        fits = current + room
+        hold = (f"holding at {fits} of the {to} replicas wanted: the memory budget has room for {room} more "
+                f"replica{'s' if room != 1 else ''} of {self.launcher.size_mb:.0f} MiB (llm.memory.budget_mb; see /admin/memory)")
+        if hold != self.memory_hold:
+            log.warning("fleet %s: %s", self.name, hold)
+        self.wanted, self.memory_hold = to, hold
+        return fits
 
     def signals(self, now: float) -> ScaleSignals:
         s = list(self._samples)
@@ -103,10 +124,13 @@ class Autoscaler:
         if self.launcher.current < self.desired:  # a replica died (or a launch failed): replace it
             if now - self.last_change < self.settings.scale_up_cooldown_s:
                 return None
-            log.warning("fleet %s: %d of %d replicas running; launching again", self.name, self.launcher.current,
-                        self.desired)
-            self._change(now, self.launcher.current, self.desired, "replacing replicas that stopped", None)
-            return None
+            to = self._fit(self.desired)
+            if to > self.launcher.current:
+                log.warning("fleet %s: %d of %d replicas running; launching again", self.name, self.launcher.current,
+                            self.desired)
+                self._change(now, self.launcher.current, to, "replacing replicas that stopped", None)
+                return None
+            self.desired = to  # nothing fits: hold here (and decide from the samples as usual)
         self._samples.append(measure(self.fleet.status(), self.slots, now,
                                      self.waiting() if self.waiting is not None else 0))
         while self._samples and now - self._samples[0].at > self.settings.window_s:
@@ -115,9 +139,10 @@ class Autoscaler:
         decision = desired_replicas(signals, self.settings, self.slots)
         self.last_decision = decision
         current = self.launcher.current
-        if decision.replicas != current:
+        to = self._fit(decision.replicas)
+        if to != current:
             self.scale_events[decision.direction(current)] += 1
-            self._change(now, current, decision.replicas, decision.reason, signals.in_flight)
+            self._change(now, current, to, decision.reason, signals.in_flight)
         return decision
 
     def _change(self, now: float, current: int, to: int, reason: str, in_flight: float | None) -> None:
@@ -140,4 +165,5 @@ class Autoscaler:
         return {"current": self.launcher.current, "desired": self.desired, "min_replicas": a.min_replicas,
                 "max_replicas": a.max_replicas, "ttft_slo_s": a.ttft_slo_s,
                 "queue_depth": queue_depth(self.fleet, self.slots, self.waiting), "reason": d.reason if d is not None else None,
+                "wanted": self.wanted, "memory_hold": self.memory_hold,
                 "scale_events": dict(self.scale_events), "events": list(self.events)[-10:]}

@@ -30,6 +30,7 @@ class InstanceStatus:
     scrape_age_s: float | None  # None: never scraped
     served: int
     failed: int
+    models: tuple[str, ...] | None = None  # what its last scrape said it has loaded (None: never said)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -70,4 +71,4 @@ class Instance:
                               v.waiting, v.running, None if self.ewma_s is None else round(self.ewma_s, 4),
                               self.load.kv_cache_usage,
                               None if self.scraped_at is None else round(now - self.scraped_at, 3),
-                              self.served, self.failed)
+                              self.served, self.failed, self.load.models)

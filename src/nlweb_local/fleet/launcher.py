@@ -8,6 +8,11 @@
     stop     drain first: the instance leaves the fleet (no new call, no failover to it), its calls in flight
              finish (for up to `drain_timeout_s`), then SIGTERM, and SIGKILL after `stop_timeout_s`
 
+Memory: with a host budget (`llm.memory`, fleet/memory.py), each launch first reserves the model's size
+(`size_mb`: the deployment's memory_mb, else the GGUF estimate) and frees it once the process has exited; a
+launch that would not fit is refused with `InsufficientMemoryError` (507) naming the budget, before any
+process starts. `room()` says how many more replicas fit now (the autoscaler holds at that count).
+
 A replica is `starting`, `serving`, `draining` or `stopping`; `scale_to(n)` starts or drains replicas in the
 background (`current` counts those starting and serving). A launch that fails — the model file missing,
 the process exiting while it loads, or not answering within `start_timeout_s` — raises `LaunchError`
@@ -30,7 +35,7 @@ from pathlib import Path
 from typing import Any, Callable, Literal
 
 from ..config.settings import LaunchSettings
-from ..core.errors import BadRequestError, NlwebError
+from ..core.errors import BadRequestError, InsufficientMemoryError, NlwebError
 from ..core.types import ChatRequest, Message
 from ..providers.base import Provider
 
@@ -76,6 +81,7 @@ class Replica:
     state: State = "starting"
     reader: asyncio.Task | None = None
     provider: Provider | None = None
+    reservation: Any = None  # its model's memory, held against the budget until the process has exited
 
     @property
     def pid(self) -> int:
@@ -92,8 +98,10 @@ class ReplicaLauncher:
 
     def __init__(self, name: str, fleet: Any, adapter: Callable[[str], Provider], model_path: Path, alias: str,
                  settings: LaunchSettings = LaunchSettings(), *, python: str = sys.executable,
-                 clock: Callable[[], float] = time.monotonic):
+                 clock: Callable[[], float] = time.monotonic, memory: Any = None, size_mb: float | None = None):
+        """`memory`: the host's `MemoryBudget` (None: no budget); `size_mb`: what one replica's model takes."""
         self.name, self.fleet, self._adapter = name, fleet, adapter
+        self.memory, self.size_mb = memory, size_mb
         self.model_path, self.alias, self.settings = Path(model_path), alias, settings
         self._python, self._clock = python, clock
         self._replicas: list[Replica] = []
@@ -116,8 +124,20 @@ class ReplicaLauncher:
 
     def replicas(self) -> list[dict[str, Any]]:
         now = self._clock()
-        return [{"pid": r.pid, "port": r.port, "url": r.url, "state": r.state, "age_s": round(now - r.started_at, 1)}
+        return [{"pid": r.pid, "port": r.port, "url": r.url, "state": r.state, "age_s": round(now - r.started_at, 1),
+                 "reserved_mb": None if r.reservation is None else round(r.reservation.size_mb, 1)}
                 for r in self._replicas]
+
+    def room(self) -> int | None:
+        """How many more replicas the memory budget admits now (None: no budget, or no size known)."""
+        if self.memory is None or not self.size_mb:
+            return None
+        return self.memory.room(self.size_mb)
+
+    def _reserve(self) -> Any:
+        if self.memory is None or not self.size_mb:
+            return None
+        return self.memory.reserve(self.name, f"a launched replica ({self.model_path.name})", self.size_mb)
 
     def check_model(self) -> None:
         missing = [m for m in SERVER_MODULES if importlib.util.find_spec(m) is None]
@@ -136,8 +156,24 @@ class ReplicaLauncher:
 
     # -- launching -----------------------------------------------------------------------------------
     async def launch(self) -> Replica:
-        """Start one replica and wait until it answers; then it is an instance of the fleet."""
+        """Start one replica and wait until it answers; then it is an instance of the fleet. Its model's
+        memory is reserved first (`InsufficientMemoryError` when the budget cannot hold it)."""
         self.check_model()
+        try:
+            reservation = self._reserve()
+        except NlwebError as e:
+            self.last_error = e.message
+            raise
+        try:
+            replica = await self._start()
+        except BaseException:
+            if reservation is not None:
+                self.memory.free(reservation)
+            raise
+        replica.reservation = reservation
+        return replica
+
+    async def _start(self) -> Replica:
         for attempt in range(PORT_TRIES):
             replica = await self._spawn(free_port())
             try:
@@ -266,6 +302,9 @@ class ReplicaLauncher:
                 await asyncio.wait_for(r.reader, 1.0)
         if r.provider is not None:
             await r.provider.close()
+        if r.reservation is not None and proc.returncode is not None:  # exited: its memory is back
+            self.memory.free(r.reservation)
+            r.reservation = None
 
     def reap(self) -> int:
         """Drop the serving replicas whose process has exited (crashed, killed): out of the fleet, adapters
@@ -296,7 +335,7 @@ class ReplicaLauncher:
     async def _launch_logged(self) -> None:
         try:
             await self.launch()
-        except LaunchError as e:
+        except (LaunchError, InsufficientMemoryError) as e:
             log.error("fleet %s: %s", self.name, e.message)
 
     @staticmethod

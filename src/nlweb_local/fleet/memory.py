@@ -21,6 +21,11 @@
   A remote engine may be awake before nlweb-local starts: the budget asks (`is_sleeping`) once, counts the
   awake ones as loaded, and a sweep puts idle models to sleep while a pool is over its budget.
 
+Launched engine processes (`launcher.py`: replicas of a deployment) hold their model outside this process:
+each launch `reserve()`s the model's size against the same budget before the process starts (refused with
+`InsufficientMemoryError` when it would not fit beside what is held) and frees it once the process has
+exited; in-process models count the reservations as held memory (they are never evicted for a load).
+
 Memory is reserved before a load starts and freed after an unload ends, so what is counted never falls
 below what is held. Loads and unloads run outside the lock: calls to loaded models go on meanwhile.
 """
@@ -99,12 +104,6 @@ def nvml_gpu_memory() -> dict[str, Any]:
         return {"nvml": False, "why": f"NVML reports no GPU ({type(e).__name__}: {e})"[:200]}
 
 
-def nvml_gpu_total_mb() -> float | None:
-    """The memory of GPU 0 as NVML reports it (pynvml, optional); None without NVML or a GPU."""
-    got = nvml_gpu_memory()
-    return got["total_mb"] if got["nvml"] else None
-
-
 def _setting_of(pool: Pool) -> str:
     """The setting that gives `pool`'s budget."""
     if pool.startswith("host:"):
@@ -135,6 +134,19 @@ class ResidentModel:
                 "keep_alive_s": self.keep_alive_s, "loads": self.loads, "evictions": dict(self.evictions)}
 
 
+@dataclass(eq=False)
+class Reservation:
+    """Memory held outside this process against the budget (a launched replica's model), until `free`d."""
+
+    deployment: str
+    owner: str  # what holds it, for /admin/memory (e.g. "replica on port 8123")
+    size_mb: float
+    pool: Pool = "ram"
+
+    def view(self) -> dict[str, Any]:
+        return {"deployment": self.deployment, "owner": self.owner, "pool": self.pool, "size_mb": round(self.size_mb, 1)}
+
+
 class MemoryBudget:
     """The memory budget of one host: `budget_mb` of RAM, `gpu_budget_mb` of GPU memory (None: no budget)."""
 
@@ -153,6 +165,7 @@ class MemoryBudget:
         self.default_keep_alive_s = keep_alive_seconds(settings.keep_alive)
         self._clock, self._rss = clock, rss_mb
         self._models: dict[str, ResidentModel] = {}
+        self._reserved: list[Reservation] = []  # (one per launched replica: bounded by their max_replicas)
         self._cond = asyncio.Condition()
         self._reaper: asyncio.Task | None = None
         self._synced: asyncio.Task | None = None  # the first look at remote engines (awake or asleep)
@@ -173,8 +186,45 @@ class MemoryBudget:
         return self._models[deployment]
 
     def used_mb(self, pool: Pool = "ram") -> float:
-        """Memory counted against the budget: models loaded, loading (reserved) or still unloading."""
-        return sum(m.size_mb for m in self._models.values() if m.pool == pool and m.state != "unloaded")
+        """Memory counted against the budget: models loaded, loading (reserved) or still unloading, and what
+        launched processes hold (`reserve`)."""
+        return (sum(m.size_mb for m in self._models.values() if m.pool == pool and m.state != "unloaded")
+                + sum(r.size_mb for r in self._reserved if r.pool == pool))
+
+    # -- memory held by other processes (launched replicas) ---------------------------------------
+    def room(self, size_mb: float, pool: Pool = "ram") -> int | None:
+        """How many more holders of `size_mb` fit beside what is held now (None: no budget)."""
+        budget = self.budget_mb[pool]
+        if budget is None:
+            return None
+        return max(0, int((budget - self.used_mb(pool)) // size_mb)) if size_mb > 0 else None
+
+    def reserve(self, deployment: str, owner: str, size_mb: float, pool: Pool = "ram") -> Reservation:
+        """Hold `size_mb` against the budget for `owner` (a process about to load a model), or refuse with
+        `InsufficientMemoryError` (507) naming the budget, when it would not fit beside what is held now."""
+        budget, used = self.budget_mb[pool], self.used_mb(pool)
+        if budget is not None and used + size_mb > budget:
+            setting = "budget_mb" if pool == "ram" else "gpu_budget_mb"
+            held = ", ".join(f"{o['deployment']} {o['size_mb']:.0f} MiB" for o in self._holders(pool)) or "nothing"
+            raise InsufficientMemoryError(
+                f"deployment {deployment!r}: {owner} needs {size_mb:.0f} MiB, but the memory budget "
+                f"(llm.memory.{setting} = {budget:.0f} MiB) has {max(0.0, budget - used):.0f} MiB free (held: {held}); "
+                "raise the budget, lower max_replicas, or serve a smaller model or context (launch.n_ctx)",
+                retry_after=60.0, deployment=deployment)
+        r = Reservation(deployment, owner, size_mb, pool)
+        self._reserved.append(r)
+        log.info("memory: %.0f MiB reserved for %s of %s (%.0f MiB in use)", size_mb, owner, deployment, self.used_mb(pool))
+        return r
+
+    def free(self, r: Reservation) -> None:
+        """Give back a reservation (its process has exited); freeing twice does nothing."""
+        if r in self._reserved:
+            self._reserved.remove(r)
+
+    def _holders(self, pool: Pool) -> list[dict[str, Any]]:
+        models = [{"deployment": m.deployment, "size_mb": m.size_mb} for m in self._models.values()
+                  if m.pool == pool and m.state != "unloaded"]
+        return models + [r.view() for r in self._reserved if r.pool == pool]
 
     # -- calls -----------------------------------------------------------------------------------
     @contextlib.asynccontextmanager
@@ -387,7 +437,8 @@ class MemoryBudget:
         return {"budget_mb": {p: (None if b is None else round(b, 1)) for p, b in self.budget_mb.items()},
                 "used_mb": {p: round(self.used_mb(p), 1) for p in self.budget_mb},
                 "process_rss_mb": round(self._rss(), 1), "gpu": gpu,
-                "models": [m.view(now) for m in self._models.values()]}
+                "models": [m.view(now) for m in self._models.values()],
+                "reserved": [r.view() for r in self._reserved]}
 
     async def close(self) -> None:
         for task in (self._reaper, self._synced):
@@ -425,7 +476,7 @@ class BudgetedModel(WrapperProvider):
 
     async def health(self) -> LoadSnapshot:
         if self.budget.model(self.name).state == "unloaded":
-            return LoadSnapshot(healthy=True, detail=f"{self.model} (not loaded: loads on its next call)")
+            return LoadSnapshot(healthy=True, detail=f"{self.model} (not loaded: loads on its next call)", models=())
         return await self.inner.health()
 
 

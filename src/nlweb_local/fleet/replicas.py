@@ -48,6 +48,21 @@ def scaling_of(d: DeploymentSettings) -> AutoscaleSettings:
     return AutoscaleSettings(min_replicas=n, max_replicas=n)
 
 
+def replica_size_mb(d: DeploymentSettings, path: Path, gguf_factor: float) -> float:
+    """MiB one replica's model takes: the deployment's memory_mb, else the GGUF estimate (file × factor + KV
+    cache at launch.n_ctx)."""
+    if d.memory_mb is not None:
+        return d.memory_mb
+    from ..core.errors import BadRequestError
+    from .model_size import estimate_gguf_mb
+
+    try:
+        return estimate_gguf_mb(path, d.launch.n_ctx, gguf_factor)
+    except (OSError, ValueError) as e:
+        raise BadRequestError(f"deployment {d.name!r}: cannot estimate the size of {path} for llm.memory's budget "
+                              f"({e}); set memory_mb", deployment=d.name) from e
+
+
 def launched_fleet(d: DeploymentSettings, build: Callable[[DeploymentSettings], Provider],
                    breaker: Callable[[str], Any]) -> Fleet:
     """The fleet of a launched deployment, without instances until its replicas start."""
@@ -129,18 +144,21 @@ class ReplicaSets:
 
 def build_replica_sets(deployments: Sequence[DeploymentSettings], fleet_of: Callable[[str], Fleet | None],
                        build: Callable[[DeploymentSettings], Provider],
-                       waiting_of: Callable[[str], Callable[[], int] | None] = lambda name: None) -> ReplicaSets:
+                       waiting_of: Callable[[str], Callable[[], int] | None] = lambda name: None, *,
+                       memory: Any = None) -> ReplicaSets:
     """A `ReplicaSet` for each launched deployment whose chain holds a launched fleet (`fleet_of(name)`;
     None where a test gave the deployment another adapter). `waiting_of(name)`: how to read the calls held
-    in front of its fleet (its admission gate), or None."""
+    in front of its fleet (its admission gate), or None. `memory`: the host's `MemoryBudget` (each replica
+    reserves its model's size in it), or None."""
     sets = []
     for d in deployments:
         fleet = fleet_of(d.name) if d.launched else None
         if fleet is None:
             continue
         path, alias = launch_target(d)
+        size = replica_size_mb(d, path, memory.settings.gguf_factor) if memory is not None else None
         launcher = ReplicaLauncher(d.name, fleet, lambda url, d=d: build(replica_settings(d, url)), path, alias,
-                                   d.launch)
+                                   d.launch, memory=memory, size_mb=size)
         scaling = scaling_of(d)
         scaler = Autoscaler(d.name, fleet, launcher, scaling, slots=d.launch.slots, waiting=waiting_of(d.name))
         sets.append(ReplicaSet(d.name, launcher, scaler, d.replicas or scaling.min_replicas))

@@ -53,6 +53,7 @@ class LoadSnapshot:
     kv_cache_usage: float | None = None  # 0..1
     loading: bool = False  # up, but still loading a model
     prompt_cache: PromptCacheCounters | None = None  # where the engine reports its prefix-cache hits
+    models: tuple[str, ...] | None = None  # the models the engine has loaded now (None: it does not say)
 
 
 

@@ -419,7 +419,7 @@ class LlamaCppProvider(BaseProvider):
     async def health(self) -> LoadSnapshot:
         detail = self.model if self._llama is not None else f"{self.model} (not loaded: loads on its next call)"
         return LoadSnapshot(healthy=not self._closed, detail=detail, waiting=max(0, self._pending - 1),
-                            running=min(1, self._pending))
+                            running=min(1, self._pending), models=(self.model,) if self._llama is not None else ())
 
     async def close(self) -> None:
         self._closed = True

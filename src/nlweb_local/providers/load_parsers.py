@@ -146,8 +146,9 @@ def vllm_snapshot(metrics_text: str, model: str | None = None) -> LoadSnapshot:
             return LoadSnapshot(healthy=False, detail=f"vLLM serves {', '.join(served)}, not {model!r}")
         return LoadSnapshot(healthy=False, detail="no vLLM load metrics in /metrics")
     kv = _max(samples, ("vllm:kv_cache_usage_perc", "vllm:gpu_cache_usage_perc"), where)
+    served = tuple(sorted({labels.get("model_name", "") for labels, _ in samples.get("vllm:num_requests_running", ())} - {""}))
     return LoadSnapshot(healthy=True, detail=model or "vllm", waiting=waiting or 0, running=running or 0, kv_cache_usage=kv,
-                        prompt_cache=vllm_prompt_cache(samples, where))
+                        prompt_cache=vllm_prompt_cache(samples, where), models=served or None)
 
 
 def tgi_snapshot(metrics_text: str) -> LoadSnapshot:
@@ -202,9 +203,10 @@ def llama_server_snapshot(metrics_text: str | None = None, health_status: int | 
     if health_status is None and running is None and waiting is None:
         return LoadSnapshot(healthy=False, detail="no /health, /metrics or /slots answer from llama-server")
     detail = "all slots busy" if "no slot" in message.lower() else "llama-server"
+    named = tuple(sorted({str(s["model"]) for s in slots or () if isinstance(s, dict) and s.get("model")}))
     return LoadSnapshot(healthy=True, detail=detail, waiting=waiting or 0, running=running or 0,
                         kv_cache_usage=_max(samples, ("llamacpp:kv_cache_usage_ratio",)),
-                        prompt_cache=llama_server_prompt_cache(samples))
+                        prompt_cache=llama_server_prompt_cache(samples), models=named or None)
 
 
 def llama_server_prompt_cache(samples: Samples) -> PromptCacheCounters | None:
@@ -215,6 +217,20 @@ def llama_server_prompt_cache(samples: Samples) -> PromptCacheCounters | None:
     if cached is None or computed is None:
         return None
     return PromptCacheCounters(queried_tokens=cached + computed, hit_tokens=cached)
+
+
+MAX_MODELS = 32  # model names kept from one answer (an engine's list is shown on the dashboard)
+
+
+def openai_models(body: Any) -> tuple[str, ...] | None:
+    """An OpenAI-compatible GET /models answer (`{"data": [{"id": ...}, ...]}`): the ids (None: not that)."""
+    try:
+        data = json.loads(body).get("data") if isinstance(body, (str, bytes)) else None
+    except (json.JSONDecodeError, AttributeError, TypeError, ValueError):
+        return None
+    if not isinstance(data, list):
+        return None
+    return tuple(str(m["id"]) for m in data[:MAX_MODELS] if isinstance(m, dict) and m.get("id"))
 
 
 def ollama_canonical(name: str) -> str:
@@ -229,11 +245,13 @@ def ollama_snapshot(version_ok: bool, ps_json: Mapping[str, Any] | None, model: 
         return LoadSnapshot(healthy=False, detail="Ollama is not answering /api/version")
     wanted = ollama_canonical(model)
     loaded = (ps_json or {}).get("models") or ()
+    names = tuple(str(m.get("name") or m.get("model") or "") for m in loaded[:MAX_MODELS] if isinstance(m, dict))
     head = f"ollama {version}: " if version else ""
     tail = f"; {len(loaded)} model(s) in memory"
     for m in loaded:
         if ollama_canonical(str(m.get("name") or m.get("model") or "")) == wanted:
             vram = m.get("size_vram") or 0
             where = f"{vram / 2**30:.1f} GiB in VRAM" if vram else "on CPU"
-            return LoadSnapshot(healthy=True, detail=f"{head}{model} loaded until {m.get('expires_at', '?')} ({where}){tail}")
-    return LoadSnapshot(healthy=True, detail=f"{head}{model} not loaded: the next call loads it first{tail}")
+            return LoadSnapshot(healthy=True, detail=f"{head}{model} loaded until {m.get('expires_at', '?')} ({where}){tail}",
+                                models=names)
+    return LoadSnapshot(healthy=True, detail=f"{head}{model} not loaded: the next call loads it first{tail}", models=names)

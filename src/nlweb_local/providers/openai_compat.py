@@ -21,7 +21,7 @@ from ..core.errors import (BadRequestError, ModelNotFoundError, ModelOutputError
 from ..core.types import ChatChunk, ChatRequest, ChatResponse, EmbeddingResponse, LabelProbs, Usage
 from .base import BaseProvider, Capabilities, LoadSnapshot, merge_tool_call_delta
 from .http import HttpTransport, error_for_status, iter_sse
-from .load_parsers import llama_server_snapshot, vllm_snapshot
+from .load_parsers import llama_server_snapshot, openai_models, vllm_snapshot
 from .profiles import EngineProfile, profile_for
 
 DEFAULT_AZURE_API_VERSION = "2024-10-21"
@@ -253,8 +253,9 @@ class OpenAICompatProvider(BaseProvider):
             if self.profile.health == "llama_server":
                 return await self._llama_server_health(deadline)
             models = "/openai/models" if self.profile.azure else "/models"
-            await self._http.text("GET", models, params=self._params, deadline_s=deadline)
-            return LoadSnapshot(healthy=True, detail=self.model)
+            _, body = await self._http.text("GET", models, params=self._params, deadline_s=deadline)
+            # a local engine's /models is what it has loaded (a cloud's lists its whole catalogue: not said)
+            return LoadSnapshot(healthy=True, detail=self.model, models=openai_models(body) if self.profile.local else None)
         except NlwebError as e:
             return LoadSnapshot(healthy=False, detail=e.message)
 

@@ -114,6 +114,8 @@ class PriorityGate:
     # -- reading -------------------------------------------------------------------------------------
     def held_back(self, priority: int) -> int:
         """Slots a call of `priority` may not take (reserved for higher classes)."""
+        if not self._reserve:
+            return 0
         return min(self.capacity - 1, sum(n for p, n in self._reserve if priority < p))
 
     def _may_run(self, priority: int) -> bool:
@@ -160,6 +162,14 @@ class PriorityGate:
         return self.waiting / rate if rate else None
 
     # -- acquiring and releasing ---------------------------------------------------------------------
+    def try_acquire(self, priority: int = 0) -> bool:
+        """Take a slot now if a call of `priority` would run at once (nobody waits, one it may take is free);
+        else False and nothing changes. Pair a True with `release()`."""
+        if not self.waiting and self._may_run(priority):
+            self.running += 1
+            return True
+        return False
+
     async def acquire(self, priority: int = 0, tenant: str = "") -> None:
         """Wait for a slot. Pair with `release()` (try/finally). `asyncio.QueueFull` when the queue is full
         (or this waiter was displaced by a call of a higher class)."""

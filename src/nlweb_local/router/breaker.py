@@ -146,6 +146,9 @@ class CircuitBreaker:
     def record(self, error: BaseException | None, duration_s: float = 0.0, *, budget_s: float | None = None) -> None:
         """One call's result. `duration_s`: its service time (without waiting in nlweb-local's own
         queue); `budget_s`: the time it was given (see `outcome`)."""
+        if error is None and self.state is BreakerState.CLOSED:  # the common case: a success while closed
+            self._window(False, duration_s >= self._s.slow_call_s, None)
+            return
         verdict = outcome(error, budget_s=budget_s, fair_s=self._s.slow_call_s)
         if verdict is Outcome.IGNORED:
             self._advance()
@@ -179,11 +182,16 @@ class CircuitBreaker:
             return
         if self.state is BreakerState.OPEN:
             return  # a call that started before the breaker opened
-        if len(self._calls) == self._calls.maxlen:  # the oldest call leaves the window
-            old_failed, old_slow = self._calls[0]
+        self._window(failed, slow, error)
+
+    def _window(self, failed: bool, slow: bool, error: BaseException | None) -> None:
+        """A call recorded while CLOSED: into the window; open when its failure or slow-call rate is reached."""
+        calls = self._calls
+        if len(calls) == calls.maxlen:  # the oldest call leaves the window
+            old_failed, old_slow = calls[0]
             self._n_failed -= old_failed
             self._n_slow -= old_slow
-        self._calls.append((failed, slow))
+        calls.append((failed, slow))
         self._n_failed += failed
         self._n_slow += slow
         n = len(self._calls)

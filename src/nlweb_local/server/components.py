@@ -470,7 +470,7 @@ def build_components(settings: Settings, *, embedder: Any = _BUILD, store: Any =
     if memory is not None:
         closers.append(memory.close)
     waiting_of = gate_waiting(router)
-    replicas = build_replicas(settings, router, waiting_of)
+    replicas = build_replicas(settings, router, waiting_of, memory)
     closers.append(replicas.close)
     if telemetry is not None:
         telemetry.watch(router)
@@ -534,9 +534,9 @@ def build_components(settings: Settings, *, embedder: Any = _BUILD, store: Any =
                       canary=canary, memory=memory, replicas=replicas)
 
 
-def build_replicas(settings: Settings, router: Router, waiting_of: Callable[[str], Any]) -> Any:
+def build_replicas(settings: Settings, router: Router, waiting_of: Callable[[str], Any], memory: Any = None) -> Any:
     """The launched deployments' replicas and autoscalers (`fleet.replicas.ReplicaSets`; the app starts them);
-    `waiting_of`: `gate_waiting(router)`."""
+    `waiting_of`: `gate_waiting(router)`; `memory`: the host's budget, which each replica's model counts in."""
     from ..fleet.fleet import Fleet
     from ..fleet.replicas import build_replica_sets
     from ..providers.registry import build_provider
@@ -544,7 +544,7 @@ def build_replicas(settings: Settings, router: Router, waiting_of: Callable[[str
 
     built = set(router.names())
     return build_replica_sets([d for d in settings.llm.deployments if d.name in built],
-                              lambda name: find(router.provider(name), Fleet), build_provider, waiting_of)
+                              lambda name: find(router.provider(name), Fleet), build_provider, waiting_of, memory=memory)
 
 
 def gate_waiting(router: Router) -> Callable[[str], Callable[[], int] | None]:

@@ -1,5 +1,7 @@
 """`GET /admin/fleet`: every deployment with its instances — health, breaker, calls in flight, the engine's
-queue, EWMA latency and how old the last scrape is — over the router's typed API (`router.provider(name)`
+queue, EWMA latency, how old the last scrape is and the models it has loaded (Ollama /api/ps, vLLM /metrics,
+a local engine's /models, llama-server /slots where they name it; an in-process engine: its own state, which
+the memory budget drives) — over the router's typed API (`router.provider(name)`
 and `find(..., Fleet)`). A deployment with one URL (or in-process) is a fleet of one: one row, from the
 router's own view of it. `admission`: the deployment's gate (fleet.slots): slots, running, waiting, the
 measured drain rate, calls displaced and refused (None without one)."""
@@ -28,7 +30,8 @@ def fleet_view(router: Any) -> dict[str, Any]:
             instances = [{"url": None, "up": v.healthy and v.admits, "healthy": v.healthy, "detail": load.detail,
                           "breaker": v.breaker, "in_flight": v.in_flight, "waiting": load.waiting, "running": load.running,
                           "ewma_latency_s": None if v.ewma_ttft_s is None else round(v.ewma_ttft_s, 4),
-                          "kv_cache_usage": load.kv_cache_usage, "scrape_age_s": None, "served": None, "failed": None}]
+                          "kv_cache_usage": load.kv_cache_usage, "scrape_age_s": None, "served": None, "failed": None,
+                          "models": None if load.models is None else list(load.models)}]
         gate = find(router.provider(name), AdmissionGate)  # fleet.slots: its bounded, prioritised queue
         out.append({"deployment": name, "model": v.info.model, "breaker": v.breaker,
                     "policy": fleet.policy_name if fleet is not None else None, "instances": instances,
