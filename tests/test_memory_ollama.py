@@ -23,8 +23,9 @@ HOST = "127.0.0.1"
 
 @pytest.fixture()
 def fake():
-    with OllamaFake(models=["model-a", "model-b", "model-huge"],
-                    memory_bytes={"model-a": 600 * MIB, "model-b": 600 * MIB, "model-huge": 2000 * MIB}) as f:
+    with OllamaFake(models=["model-a", "model-b", "model-huge", "embed-model"],
+                    memory_bytes={"model-a": 600 * MIB, "model-b": 600 * MIB, "model-huge": 2000 * MIB,
+                                  "embed-model": 600 * MIB}) as f:
         yield f
 
 
@@ -100,6 +101,28 @@ async def test_a_model_with_a_call_in_flight_is_not_unloaded_the_other_waits(fak
         assert fake.unloaded_while_busy == 0 and budget.model("a").evictions == {"budget": 1}
     finally:
         fake.holding = False
+        await budget.close()
+        for x in p.values():
+            await x.close()
+
+
+async def test_an_embedding_model_is_loaded_through_api_embed_and_takes_turns_with_a_chat_model(fake):
+    """Ollama refuses /api/generate for an embedding-only model, even empty (400 "does not support generate"),
+    so it is loaded by an empty /api/embed; its unload (/api/generate, keep_alive 0) is answered for any model."""
+    budget, p = _budget(fake, 1000, ("a", "model-a", 600), ("e", "embed-model", 600))
+    request = ChatRequest([Message("user", "hi")], max_tokens=8)
+    try:
+        assert len((await p["e"].embed(["a sentence"])).vectors) == 1
+        assert fake.loaded() == ["embed-model:latest"]
+        assert (await p["a"].complete(request)).content
+        assert fake.loaded() == ["model-a:latest"]
+        assert len((await p["e"].embed(["again"])).vectors) == 1
+        assert fake.loaded() == ["embed-model:latest"] and fake.most_loaded_bytes == 600 * MIB
+        assert fake.loads == {"embed-model:latest": 2, "model-a:latest": 1}
+        assert budget.model("e").evictions == budget.model("a").evictions == {"budget": 1}
+        loads = [r["body"] for r in fake.requests if r["path"] == "/api/embed" and "input" not in r["body"]]
+        assert loads == [{"model": "embed-model"}] * 2
+    finally:
         await budget.close()
         for x in p.values():
             await x.close()

@@ -6,7 +6,9 @@ bodies with 400/404/503, and an `{"error": ...}` line after a 200 when a stream 
 
 It keeps state like Ollama: models installed (`/api/tags`, `/api/pull`, `DELETE /api/delete`) and
 loaded (`/api/ps`; a request loads its model for `keep_alive`, an empty request loads it, an empty
-request with `keep_alive: 0` unloads it). A model that is not installed answers 404. `/api/ps` lists
+request with `keep_alive: 0` unloads it). A model that is not installed answers 404. A model whose name
+has "embed" in it is embedding-only: any generation request but an unload answers 400 `"NAME" does not
+support generate`; an empty /api/embed loads it. `/api/ps` lists
 each loaded model with its `size` in memory and `size_vram` (all of it, as on one GPU): `memory_bytes`
 per model (default 100 MiB). So a test can assert what a real Ollama host must not see, it records
 `most_loaded_bytes` (the most memory its loaded models ever held at once), `loads` / `unloads` per model,
@@ -200,10 +202,12 @@ class OllamaFake(FakeEngine):
             return _error(400, str(e))
         was_loaded = model in self.loaded()
         empty = not body.get("messages") if chat else not body.get("prompt")
+        unload = empty and "keep_alive" in body and keep_alive_s(body["keep_alive"]) == 0
+        if "embed" in model and not unload:  # Ollama answers an unload before it checks what the model can do
+            return _error(400, f'"{name}" does not support {"chat" if chat else "generate"}')
         if empty:  # load, or unload with keep_alive 0: one JSON object whatever `stream` says
             self._touch(model, body.get("keep_alive"))
-            reason = "unload" if keep_alive_s(body.get("keep_alive")) == 0 else "load"
-            return web.json_response(self._piece(name, "", chat, done=True) | {"done_reason": reason})
+            return web.json_response(self._piece(name, "", chat, done=True) | {"done_reason": "unload" if unload else "load"})
         self._touch(model, body.get("keep_alive"))
         self.in_flight[model] = self.in_flight.get(model, 0) + 1
         try:
