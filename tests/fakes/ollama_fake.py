@@ -6,7 +6,14 @@ bodies with 400/404/503, and an `{"error": ...}` line after a 200 when a stream 
 
 It keeps state like Ollama: models installed (`/api/tags`, `/api/pull`, `DELETE /api/delete`) and
 loaded (`/api/ps`; a request loads its model for `keep_alive`, an empty request loads it, an empty
-request with `keep_alive: 0` unloads it). A model that is not installed answers 404.
+request with `keep_alive: 0` unloads it). A model that is not installed answers 404. A model whose name
+has "embed" in it is embedding-only: any generation request but an unload answers 400 `"NAME" does not
+support generate`; an empty /api/embed loads it. `/api/ps` lists
+each loaded model with its `size` in memory and `size_vram` (all of it, as on one GPU): `memory_bytes`
+per model (default 100 MiB). So a test can assert what a real Ollama host must not see, it records
+`most_loaded_bytes` (the most memory its loaded models ever held at once), `loads` / `unloads` per model,
+and `unloaded_while_busy` (a `keep_alive: 0` for a model with a generation in flight). While `holding`
+is set, an answer waits before its final line (a call kept in flight).
 
 Canned answers (tests/provider_contract.py): "Hello! I am a fake model." in word chunks; `{"city": "Paris"}`
 when `format` is set; a call of the first tool when `tools` are given. `options.num_predict` cuts the
@@ -89,10 +96,17 @@ class OllamaFake(FakeEngine):
     FAULTS = FAULTS
 
     def __init__(self, models: Iterable[str] = ("fake-model",), *, pullable: Iterable[str] | None = None,
-                 context_length: int = 8192):
+                 context_length: int = 8192, memory_bytes: dict[str, int] | None = None):
         super().__init__()
         self.installed: dict[str, dict[str, Any]] = {canonical(m): _tags_entry(canonical(m)) for m in models}
         self.expires: dict[str, float] = {}  # loaded model -> monotonic expiry (inf = forever)
+        self.memory_bytes = {canonical(m): n for m, n in (memory_bytes or {}).items()}  # size in memory (/api/ps)
+        self.in_flight: dict[str, int] = {}  # model -> generations being answered
+        self.loads: dict[str, int] = {}
+        self.unloads: dict[str, int] = {}
+        self.most_loaded_bytes = 0
+        self.unloaded_while_busy = 0
+        self.holding = False
         # names /api/pull can find; None = any name except those containing "nonexistent"
         self.pullable = None if pullable is None else {canonical(m) for m in pullable}
         self.context_length = context_length
@@ -135,12 +149,34 @@ class OllamaFake(FakeEngine):
             return _error(500, "hung request released")
         return None
 
+    def reset(self) -> None:
+        super().reset()
+        self.expires.clear()
+        self.in_flight.clear()
+        self.loads.clear()
+        self.unloads.clear()
+        self.most_loaded_bytes = self.unloaded_while_busy = 0
+        self.holding = False
+
+    def size_of(self, model: str) -> int:
+        return self.memory_bytes.get(canonical(model), 100 * 2**20)
+
+    def loaded_bytes(self) -> int:
+        return sum(self.size_of(m) for m in self.loaded())
+
     def _touch(self, name: str, keep_alive: Any) -> None:
         seconds = keep_alive_s(keep_alive)
+        was_loaded = name in self.loaded()
         if seconds == 0:
+            if was_loaded:
+                self.unloads[name] = self.unloads.get(name, 0) + 1
+                self.unloaded_while_busy += self.in_flight.get(name, 0) > 0
             self.expires.pop(name, None)
-        else:
-            self.expires[name] = time.monotonic() + seconds
+            return
+        self.expires[name] = time.monotonic() + seconds
+        if not was_loaded:
+            self.loads[name] = self.loads.get(name, 0) + 1
+            self.most_loaded_bytes = max(self.most_loaded_bytes, self.loaded_bytes())
 
     # -- generation -------------------------------------------------------------------------------
     async def _chat(self, request: web.Request) -> web.StreamResponse:
@@ -166,12 +202,25 @@ class OllamaFake(FakeEngine):
             return _error(400, str(e))
         was_loaded = model in self.loaded()
         empty = not body.get("messages") if chat else not body.get("prompt")
+        unload = empty and "keep_alive" in body and keep_alive_s(body["keep_alive"]) == 0
+        if "embed" in model and not unload:  # Ollama answers an unload before it checks what the model can do
+            return _error(400, f'"{name}" does not support {"chat" if chat else "generate"}')
         if empty:  # load, or unload with keep_alive 0: one JSON object whatever `stream` says
             self._touch(model, body.get("keep_alive"))
-            reason = "unload" if keep_alive_s(body.get("keep_alive")) == 0 else "load"
-            return web.json_response(self._piece(name, "", chat, done=True) | {"done_reason": reason})
+            return web.json_response(self._piece(name, "", chat, done=True) | {"done_reason": "unload" if unload else "load"})
         self._touch(model, body.get("keep_alive"))
+        self.in_flight[model] = self.in_flight.get(model, 0) + 1
+        try:
+            return await self._generation(request, body, chat, fault, was_loaded)
+        finally:
+            self.in_flight[model] -= 1
+
+    async def _generation(self, request: web.Request, body: dict[str, Any], chat: bool, fault: str | None,
+                          was_loaded: bool) -> web.StreamResponse:
+        name = body["model"]
         pieces, reason, calls = self._pieces(body, chat, fault)
+        while self.holding:  # a test keeps this call in flight
+            await asyncio.sleep(0.01)
         stats = self._stats(body, chat, len(pieces) + (1 if calls else 0), was_loaded)
         if body.get("stream") is False:
             final = self._piece(name, "".join(pieces), chat, done=True, calls=calls) | {"done_reason": reason} | stats
@@ -249,7 +298,7 @@ class OllamaFake(FakeEngine):
 
     async def _ps(self, request: web.Request) -> web.Response:
         now = time.monotonic()
-        models = [self.installed[m] | {"expires_at": _now_iso(t - now), "size_vram": self.installed[m]["size"]}
+        models = [self.installed[m] | {"size": self.size_of(m), "expires_at": _now_iso(t - now), "size_vram": self.size_of(m)}
                   for m, t in self.expires.items() if t > now and m in self.installed]
         return web.json_response({"models": models})
 

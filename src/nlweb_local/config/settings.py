@@ -95,7 +95,7 @@ class MemorySettings(_Section):
     gguf_factor: float = Field(1.3, ge=1, description="a GGUF model's size in memory: its file size x this, plus its KV cache (from the file's metadata and n_ctx)")
     wait_s: float = Field(30.0, gt=0, description="longest a call without a deadline waits for busy models to free memory before 503")
     sweep_interval_s: float = Field(1.0, gt=0, description="how often idle models are checked against their keep_alive")
-    remote_budgets_mb: dict[str, int] = Field(default_factory=dict, description="GPU MiB per remote host (its name or address as in the deployments' url) for vllm deployments there: each awake model counts its memory_mb, and the least recently used idle one is put to sleep (vLLM sleep mode, level 1) to wake another; a vllm deployment with a keep_alive sleeps when idle that long, with or without a budget here")
+    remote_budgets_mb: dict[str, int] = Field(default_factory=dict, description="MiB per remote host (its name or address as in the deployments' url) for the vllm and ollama deployments there: each awake (vLLM) or loaded (Ollama) model counts its memory_mb, and the least recently used idle one is put to sleep (vLLM sleep mode, level 1) or unloaded (Ollama keep_alive 0) to make room for another; a vllm deployment with a keep_alive sleeps when idle that long, with or without a budget here")
 
 
 class AutoscaleSettings(_Section):

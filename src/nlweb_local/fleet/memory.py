@@ -19,7 +19,10 @@
   "host:NAME" for remote engines that can free their accelerator (vLLM's sleep mode, `SleepWake`):
   `remote_budgets_mb` gives each remote host's budget; loading is waking up, unloading is putting to sleep.
   A remote engine may be awake before nlweb-local starts: the budget asks (`is_sleeping`) once, counts the
-  awake ones as loaded, and a sweep puts idle models to sleep while a pool is over its budget.
+  awake ones as loaded, and a sweep puts idle models to sleep while a pool is over its budget. Ollama
+  (`OllamaResidency`) is driven in the same pool by its own controls: loading is an empty request with
+  its keep_alive, unloading one with `keep_alive: 0`, and "awake" is being listed by `/api/ps`, whose
+  `size` / `size_vram` are kept as the measured size (`resident_mb`) instead of this process's RSS growth.
 
 Launched engine processes (`launcher.py`: replicas of a deployment) hold their model outside this process:
 each launch `reserve()`s the model's size against the same budget before the process starts (refused with
@@ -125,11 +128,13 @@ class ResidentModel:
     last_used: float = 0.0
     loads: int = 0
     evictions: dict[str, int] = field(default_factory=dict)  # reason (budget | keep_alive) → count
-    measured_mb: float | None = None  # RSS growth around its last load
+    measured_mb: float | None = None  # RSS growth around its last load (a remote engine: what it reports)
+    measured_vram_mb: float | None = None  # of which on the GPU (engines that say so: Ollama's size_vram)
 
     def view(self, now: float) -> dict[str, Any]:
         return {"deployment": self.deployment, "pool": self.pool, "state": self.state, "size_mb": round(self.size_mb, 1),
                 "measured_mb": None if self.measured_mb is None else round(self.measured_mb, 1),
+                **({} if self.measured_vram_mb is None else {"measured_vram_mb": round(self.measured_vram_mb, 1)}),
                 "in_use": self.in_use, "idle_s": round(now - self.last_used, 1) if self.state == "loaded" and not self.in_use else None,
                 "keep_alive_s": self.keep_alive_s, "loads": self.loads, "evictions": dict(self.evictions)}
 
@@ -318,6 +323,7 @@ class MemoryBudget:
         await self._load(m)
 
     async def _load(self, m: ResidentModel) -> None:
+        reported = getattr(m.lifecycle, "resident_mb", None)  # a remote engine that says what its model takes
         before = self._rss()
         try:
             await m.lifecycle.load()
@@ -326,17 +332,30 @@ class MemoryBudget:
                 m.state = "unloaded"
                 self._cond.notify_all()
             raise
-        grown = self._rss() - before
+        grown, vram = (self._rss() - before, None) if reported is None else await self._reported(m, reported)
         async with self._cond:
             m.state, m.loads, m.last_used = "loaded", m.loads + 1, self._clock()
             m.in_use += 1  # the call that loaded it
             m.measured_mb = grown if grown > 0 else None
+            m.measured_vram_mb = vram
             self._cond.notify_all()
-        log.info("memory: loaded %s (%.0f MiB budgeted, RSS +%.0f MiB; %.0f MiB in use)", m.deployment, m.size_mb,
-                 grown, self.used_mb(m.pool))
+        how = "RSS +" if reported is None else "the engine reports "
+        log.info("memory: loaded %s (%.0f MiB budgeted, %s%.0f MiB; %.0f MiB in use)", m.deployment, m.size_mb,
+                 how, grown, self.used_mb(m.pool))
         if grown > 1.25 * m.size_mb + 16:
-            log.warning("memory: loading %s grew RSS by %.0f MiB, more than its %.0f MiB estimate; set its memory_mb",
-                        m.deployment, grown, m.size_mb)
+            log.warning("memory: loading %s took %.0f MiB (%s), more than its %.0f MiB estimate; set its memory_mb",
+                        m.deployment, grown, how.strip(" +"), m.size_mb)
+
+    @staticmethod
+    async def _reported(m: ResidentModel, reported: Callable[[], Awaitable[tuple[float, float] | None]]
+                        ) -> tuple[float, float | None]:
+        """(MiB, of which on the GPU) as the engine reports its loaded model; (0, None) when it cannot say."""
+        try:
+            got = await reported()
+        except Exception as e:  # noqa: BLE001 - only a figure for /admin/memory: the load itself succeeded
+            log.warning("memory: cannot read what %s takes (%r)", m.deployment, e)
+            return 0.0, None
+        return got if got is not None else (0.0, None)
 
     async def _evict(self, victims: list[ResidentModel], reason: str) -> bool:
         """Unload `victims` (marked "unloading"); False when one of them could not be (it stays counted)."""
@@ -507,3 +526,35 @@ class SleepWake:
 
     async def is_sleeping(self) -> bool:
         return await self.engine.is_sleeping()
+
+
+class OllamaResidency:
+    """Ollama's own controls as the lifecycle the budget drives (`ollama` deployments on a host of
+    `remote_budgets_mb`): loading is an empty `/api/generate` with the deployment's keep_alive, unloading an
+    empty one with `keep_alive: 0`, and a model "sleeps" while `/api/ps` does not list it. Ollama may unload
+    a model by itself (its keep_alive): then the budget counts memory no longer held, never the reverse."""
+
+    def __init__(self, engine: Any, *, deployment: str):
+        self.engine, self.deployment = engine, deployment  # an OllamaProvider (load, unload, resident)
+
+    async def load(self, model: str | None = None) -> None:
+        await self.engine.load()
+
+    async def unload(self, model: str | None = None) -> None:
+        await self.engine.unload()
+
+    async def is_sleeping(self) -> bool:
+        return await self.engine.resident() is None
+
+    async def resident_mb(self) -> tuple[float, float] | None:
+        """(size, size_vram) in MiB as `/api/ps` lists the model; None when it is not loaded."""
+        got = await self.engine.resident()
+        return None if got is None else (got.size / 2**20, got.size_vram / 2**20)
+
+    async def sleep(self, level: int = 1) -> None:
+        raise BadRequestError(f"deployment {self.deployment!r} (ollama) cannot sleep; it is unloaded instead",
+                              deployment=self.deployment)
+
+    async def wake(self) -> None:
+        raise BadRequestError(f"deployment {self.deployment!r} (ollama) cannot wake; it is loaded instead",
+                              deployment=self.deployment)

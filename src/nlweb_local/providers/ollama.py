@@ -21,7 +21,7 @@ from ..core.types import ChatChunk, ChatRequest, EmbeddingResponse, Usage
 from .base import BaseProvider, Capabilities, LoadSnapshot
 from .http import HttpTransport, iter_ndjson
 from .load_parsers import ollama_snapshot
-from .ollama_models import DEFAULT_URL, OllamaModels
+from .ollama_models import DEFAULT_URL, LoadedModel, OllamaModels, same_model
 
 DEFAULT_CONTEXT = 2048  # Ollama's historical default num_ctx; set num_ctx (or context_window) to use more
 _FINISH = {"length": "length", "stop": "stop", "load": "stop", "unload": "stop"}
@@ -135,11 +135,18 @@ class OllamaProvider(BaseProvider):
     # -- ModelLifecycle: Ollama's own controls --------------------------------------------------------
     async def load(self, model: str | None = None) -> None:
         """Load the model into Ollama's memory now (kept for the deployment's keep_alive)."""
-        await self.models.load(model or self.model, keep_alive=self._keep_alive)
+        try:
+            await self.models.load(model or self.model, keep_alive=self._keep_alive)
+        except ModelNotFoundError as e:
+            raise self._pull_hint(e) from None
 
     async def unload(self, model: str | None = None) -> None:
         """Free the model's memory in Ollama now (`keep_alive: 0`); its next call loads it again."""
         await self.models.unload(model or self.model)
+
+    async def resident(self) -> LoadedModel | None:
+        """The deployment's model as `/api/ps` lists it (`size`, `size_vram` in bytes); None when not loaded."""
+        return next((m for m in await self.models.loaded() if same_model(m.name, self.model)), None)
 
     async def sleep(self, level: int = 1) -> None:
         raise BadRequestError(f"deployment {self.name!r} (ollama) cannot sleep; unload it instead (its next call "

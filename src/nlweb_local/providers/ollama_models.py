@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, AsyncIterator, Awaitable, Callable
 
-from ..core.errors import ProviderError
+from ..core.errors import BadRequestError, ProviderError
 from .http import HttpTransport, iter_ndjson
 from .load_parsers import ollama_canonical
 
@@ -143,14 +143,24 @@ class OllamaModels:
         return True
 
     async def load(self, name: str, *, keep_alive: str | int | float | None = None) -> None:
-        """Load a model into memory now (an empty request), so the first real call does not wait for it."""
+        """Load a model into memory now (an empty request), so the first real call does not wait for it.
+        An embedding-only model refuses /api/generate (400 "does not support generate"): it is loaded by an
+        empty /api/embed instead."""
         body: dict[str, Any] = {"model": name, "stream": False}
         if keep_alive is not None:
             body["keep_alive"] = keep_alive
-        await self._http.json("POST", "/api/generate", json_body=body, deadline_s=max(self._timeout_s, 300.0))
+        deadline = max(self._timeout_s, 300.0)
+        try:
+            await self._http.json("POST", "/api/generate", json_body=body, deadline_s=deadline)
+        except BadRequestError as e:
+            if "does not support generate" not in e.message:
+                raise
+            body.pop("stream")
+            await self._http.json("POST", "/api/embed", json_body=body, deadline_s=deadline)
 
     async def unload(self, name: str) -> None:
-        """Free the model's memory now (an empty request with `keep_alive: 0`)."""
+        """Free the model's memory now (an empty request with `keep_alive: 0`; Ollama answers it before it
+        checks what the model can do, so this unloads embedding models too)."""
         await self._http.json("POST", "/api/generate", json_body={"model": name, "keep_alive": 0, "stream": False},
                               deadline_s=self._timeout_s)
 

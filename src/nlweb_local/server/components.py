@@ -228,6 +228,7 @@ def _redaction(settings: Settings, telemetry: Any) -> Callable[[Provider], Provi
 from ..governance.locality import IN_PROCESS_ENGINES  # noqa: E402  (engines that run inside nlweb-local)
 BUDGETED_ENGINES = frozenset({"llama_cpp", "transformers"})  # in-process engines whose models llm.memory loads and unloads
 SLEEPING_ENGINES = frozenset({"vllm"})  # remote engines whose sleep mode llm.memory drives (fleet/memory.py: SleepWake)
+LOADING_ENGINES = frozenset({"ollama"})  # remote engines llm.memory loads and unloads on a budgeted host (OllamaResidency)
 
 
 def _host(d: DeploymentSettings) -> str:
@@ -238,10 +239,13 @@ def _host(d: DeploymentSettings) -> str:
 
 def manages(memory: Any, d: DeploymentSettings) -> bool:
     """Whether llm.memory manages deployment `d`: an in-process engine when a RAM or GPU budget is set; a vllm
-    deployment (one url) with a keep_alive, or on a host of remote_budgets_mb."""
+    deployment (one url) with a keep_alive, or on a host of remote_budgets_mb; an ollama deployment (one url)
+    on a host of remote_budgets_mb (without one, Ollama's own keep_alive applies)."""
     m = memory.settings
     if d.engine in BUDGETED_ENGINES:
         return m.budget_mb is not None or m.gpu_budget_mb is not None
+    if d.engine in LOADING_ENGINES:
+        return not d.instances and _host(d) in m.remote_budgets_mb
     return d.engine in SLEEPING_ENGINES and not d.instances and (d.keep_alive is not None or _host(d) in m.remote_budgets_mb)
 
 
@@ -268,14 +272,18 @@ def budgeted(d: DeploymentSettings, adapter: Provider, memory: Any) -> Provider:
     if lifecycle is None:
         raise BadRequestError(f"deployment {d.name!r}: engine {d.engine!r} cannot load and unload its model, so "
                               "llm.memory cannot manage it", deployment=d.name)
-    pool, size = getattr(lifecycle, "memory_pool", "ram"), d.memory_mb
-    if d.engine in SLEEPING_ENGINES:  # loading is waking it up; unloading, putting it to sleep
-        from ..fleet.memory import SleepWake
+    pool, size, keep_alive = getattr(lifecycle, "memory_pool", "ram"), d.memory_mb, d.keep_alive
+    if d.engine in SLEEPING_ENGINES | LOADING_ENGINES:  # vLLM: waking up and putting to sleep; Ollama: its own load/unload
+        from ..fleet.memory import OllamaResidency, SleepWake
 
-        lifecycle = SleepWake(lifecycle, deployment=d.name, level=int(d.options.get("sleep_level", 1)))
+        if d.engine in SLEEPING_ENGINES:
+            lifecycle = SleepWake(lifecycle, deployment=d.name, level=int(d.options.get("sleep_level", 1)))
+        else:
+            lifecycle = OllamaResidency(lifecycle, deployment=d.name)
+            keep_alive = d.options.get("keep_alive", d.keep_alive)  # what the adapter sends Ollama
         pool = f"host:{_host(d)}"
         if size is None and _host(d) in memory.settings.remote_budgets_mb:
-            raise BadRequestError(f"deployment {d.name!r}: set memory_mb (the GPU MiB its model takes awake) for "
+            raise BadRequestError(f"deployment {d.name!r}: set memory_mb (the MiB its model takes loaded) for "
                                   f"llm.memory.remote_budgets_mb[{_host(d)!r}]", deployment=d.name)
         size = size or 0.0
     if size is None:
@@ -288,7 +296,7 @@ def budgeted(d: DeploymentSettings, adapter: Provider, memory: Any) -> Provider:
         except (OSError, ValueError) as e:
             raise BadRequestError(f"deployment {d.name!r}: cannot estimate its model's size ({e}); set memory_mb",
                                   deployment=d.name) from e
-    memory.register(d.name, lifecycle, size, keep_alive=d.keep_alive, pool=pool)
+    memory.register(d.name, lifecycle, size, keep_alive=keep_alive, pool=pool)
     return BudgetedModel(adapter, memory)
 
 
