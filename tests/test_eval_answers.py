@@ -54,7 +54,7 @@ def test_six_questions_through_the_real_pipeline_meet_the_target(tmp_path, capsy
     (tmp_path / "questions.jsonl").write_text("".join(json.dumps(q) + "\n" for q in picked))
     shutil.copy(SET / "eventbrite.tsv", tmp_path / "eventbrite.tsv")
     settings = load_settings(environ={"NLWEB_LOCAL_DATA_DIR": str(tmp_path / "unused")})
-    args = argparse.Namespace(data=str(tmp_path), limit=None, modes=None, deployment=None,
+    args = argparse.Namespace(data=str(tmp_path), limit=None, modes=None, deployment=None, rejudge=None, deadline=None,
                               out=str(tmp_path / "answers.jsonl"))
     assert asyncio.run(run_answers_eval(args, settings)) == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])

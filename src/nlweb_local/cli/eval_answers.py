@@ -14,8 +14,11 @@ dates, months, weekdays, years, numbers, proper names, quoted titles) of each se
 against the items the sentence cites (all the answer's items when it cites none) and the question; checks
 that each [n] points at an item that supports its sentence; and flags an answer that merely restates the
 question. Printed: per mode and overall, the unsupported-fact rate, citation accuracy, restating answers,
-the share of extractive fallbacks, the median seconds to the complete answer (demo site and all), then
-the ten worst answers; the last line is a JSON summary.
+the stand-in answers (the model wrote nothing usable: the extractive answer, or the pipeline's stand-in
+text when the model failed or ran past search.llm_deadline_s), the median seconds to the complete answer
+(demo site and all), then the ten worst answers; the last line is a JSON summary. `--rejudge FILE` judges
+the answers an earlier run recorded (--out) again without running the model; `--deadline S` gives each
+writing call S seconds instead of search.llm_deadline_s (to judge a model on a machine too slow for it).
 """
 from __future__ import annotations
 
@@ -83,10 +86,17 @@ def judge(row: dict) -> dict:
     objs = [json.loads(i["schema_object"]) if isinstance(i["schema_object"], str) else i["schema_object"]
             for i in row["items"]]
     check = check_answer(row["answer"], Evidence(objs, row["query"]))
+    grounding = row.get("grounding") or {}
+    stand_in = grounding.get("fallback", False) if grounding else row["answer"].startswith(_OLD_STAND_INS)
     row.update(facts=check.facts, unsupported=[f"{f.kind}: {f.text}" for f in check.unsupported],
                citations=check.citations, bad_citations=check.bad_citations, restates=check.restates and bool(row["answer"]),
-               empty=not row["answer"].strip())
+               empty=not row["answer"].strip(), stand_in=bool(stand_in))
     return row
+
+
+# What the pipeline before the grounding pass said when the model wrote nothing (a timeout, an error): counted
+# as stand-in answers when judging answers recorded from it (`--rejudge`), like today's extractive fallback.
+_OLD_STAND_INS = ("Top results: ", "I could not compose an answer")
 
 
 def _median(xs: list[float]) -> float | None:
@@ -98,7 +108,7 @@ def summarise(rows: list[dict], demo_site: str = "cedarvalley") -> dict:
     bad = sum(len(r["unsupported"]) for r in rows)
     cites = sum(r["citations"] for r in rows)
     bad_cites = sum(r["bad_citations"] for r in rows)
-    fallbacks = [r for r in rows if r.get("grounding") and r["grounding"].get("fallback")]
+    fallbacks = [r for r in rows if r.get("stand_in")]
     return {"answers": len(rows), "facts": facts, "unsupported": bad,
             "unsupported_rate": round(bad / facts, 4) if facts else 0.0,
             "citations": cites, "bad_citations": bad_cites,
@@ -118,7 +128,7 @@ def report(rows: list[dict], label: str) -> dict:
     overall = summarise(rows)
     print(f"answers: {label}")
     print(f"{'mode':<10} {'answers':>7} {'facts':>6} {'unsupp.':>7} {'rate':>6} {'cites':>6} {'cite acc':>8} "
-          f"{'restating':>9} {'fallback':>8} {'median s (demo)':>16} {'median s (all)':>14}")
+          f"{'restating':>9} {'stand-in':>8} {'median s (demo)':>16} {'median s (all)':>14}")
     for name, m in [*by_mode.items(), ("all", overall)]:
         acc = f"{m['citation_accuracy']:.1%}" if m["citation_accuracy"] is not None else "-"
         print(f"{name:<10} {m['answers']:>7} {m['facts']:>6} {m['unsupported']:>7} {m['unsupported_rate']:>6.1%} "
@@ -139,11 +149,26 @@ def report(rows: list[dict], label: str) -> dict:
     return {"by_mode": by_mode, "overall": overall}
 
 
+def _rejudge(args: argparse.Namespace) -> int:
+    """Judge the answers of an earlier run (its --out file) again, with today's checker: no model runs."""
+    path = Path(args.rejudge)
+    if not path.exists():
+        raise SourceError(f"{path}: no such file (expected the --out file of an earlier `eval answers`)")
+    rows = [judge(json.loads(line)) for line in path.read_text().splitlines() if line.strip()]
+    if args.limit:
+        rows = rows[: args.limit]
+    out = report(rows, f"{len(rows)} answers recorded in {path}, judged again")
+    print(json.dumps({"answers": len(rows), "rejudged": str(path), **out}))
+    return 0
+
+
 async def _run(args: argparse.Namespace, settings: Settings) -> int:
     from ..ingest.demo import DEMO_SITE, demo_source
     from ..ingest.pipeline import Ingestor
     from ..server.components import build_components
 
+    if getattr(args, "rejudge", None):
+        return _rejudge(args)
     data = Path(args.data)
     if not data.is_dir():
         raise SourceError(f"{data}: not a folder (expected questions.jsonl and NLWeb TSV files)")
@@ -155,8 +180,10 @@ async def _run(args: argparse.Namespace, settings: Settings) -> int:
         raise SourceError(f"--modes: {', '.join(unknown)} is not one of {', '.join(MODES)}")
     with tempfile.TemporaryDirectory(prefix="nlweb-answers-") as tmp:
         llm = settings.llm.model_copy(update={"search_deployment": args.deployment}) if args.deployment else settings.llm
-        s = settings.model_copy(update={"data_dir": tmp, "llm": llm,
-                                        "search": settings.search.model_copy(update={"rank_cache_entries": 20_000}),
+        search = settings.search.model_copy(update={"rank_cache_entries": 20_000})
+        if getattr(args, "deadline", None):
+            search.llm_deadline_s = args.deadline
+        s = settings.model_copy(update={"data_dir": tmp, "llm": llm, "search": search,
                                         "store": settings.store.model_copy(update={"path": None, "url": None}),
                                         "cache": settings.cache.model_copy(update={"ask_enabled": False}),
                                         "server": settings.server.model_copy(update={"autoload_demo": False})})

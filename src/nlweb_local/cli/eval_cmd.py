@@ -60,6 +60,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "llm.deployments instead of the embedded engine (e.g. the one serving an A/B variant, NAME@VERSION); "
                    "answers: write (and rank) with it, pinned as llm.search_deployment")
     p.add_argument("--modes", help="answers: comma-separated /ask modes to judge (default summarize,generate)")
+    p.add_argument("--rejudge", metavar="FILE", help="answers: judge the answers recorded by an earlier run (its --out) "
+                   "again, without running the model")
+    p.add_argument("--deadline", type=float, metavar="S", help="answers: seconds each LLM call of /ask may take "
+                   "(default: search.llm_deadline_s)")
     p.add_argument("--llm-rank-limit", type=int, help="candidates the LLM scores (default: search.llm_rank_limit)")
     p.add_argument("--llm-weight", type=float, help="share of the LLM score (default: search.llm_weight; replay: 1.0)")
     p.add_argument("--limit", type=int, help="only the first N queries (cache: pairs)")

@@ -262,7 +262,7 @@ _MORE_FIELDS = (("recipeCuisine", "cuisine"), ("suitableForDiet", "diet"), ("gen
                 ("actor", "cast"), ("author", "by"), ("category", "category"))
 
 
-def fact_line(obj: Any, limit: int = 360) -> str:
+def fact_line(obj: Any, limit: int = 240) -> str:
     """An item as the writing model reads it: its extractive line, then a few more fields (`cuisine: Indian`)."""
     line = _item_line(obj, None)
     if isinstance(obj, dict):
