@@ -109,8 +109,13 @@ def summarise(rows: list[dict], demo_site: str = "cedarvalley") -> dict:
     cites = sum(r["citations"] for r in rows)
     bad_cites = sum(r["bad_citations"] for r in rows)
     fallbacks = [r for r in rows if r.get("stand_in")]
+    written = [r for r in rows if not r.get("stand_in")]
+    w_facts = sum(r["facts"] for r in written)
+    w_bad = sum(len(r["unsupported"]) for r in written)
     return {"answers": len(rows), "facts": facts, "unsupported": bad,
             "unsupported_rate": round(bad / facts, 4) if facts else 0.0,
+            "model_written": len(written),
+            "unsupported_rate_model_written": round(w_bad / w_facts, 4) if w_facts else None,
             "citations": cites, "bad_citations": bad_cites,
             "citation_accuracy": round(1 - bad_cites / cites, 4) if cites else None,
             "restating": sum(r["restates"] for r in rows), "empty_or_failed": sum(r["empty"] for r in rows),
@@ -128,11 +133,13 @@ def report(rows: list[dict], label: str) -> dict:
     overall = summarise(rows)
     print(f"answers: {label}")
     print(f"{'mode':<10} {'answers':>7} {'facts':>6} {'unsupp.':>7} {'rate':>6} {'cites':>6} {'cite acc':>8} "
-          f"{'restating':>9} {'stand-in':>8} {'median s (demo)':>16} {'median s (all)':>14}")
+          f"{'restating':>9} {'stand-in':>8} {'rate (model-written)':>20} {'median s (demo)':>16} {'median s (all)':>14}")
     for name, m in [*by_mode.items(), ("all", overall)]:
         acc = f"{m['citation_accuracy']:.1%}" if m["citation_accuracy"] is not None else "-"
+        w = m["unsupported_rate_model_written"]
+        written = f"{w:.1%} of {m['model_written']}" if w is not None else f"- of {m['model_written']}"
         print(f"{name:<10} {m['answers']:>7} {m['facts']:>6} {m['unsupported']:>7} {m['unsupported_rate']:>6.1%} "
-              f"{m['citations']:>6} {acc:>8} {m['restating']:>9} {m['fallbacks']:>8} "
+              f"{m['citations']:>6} {acc:>8} {m['restating']:>9} {m['fallbacks']:>8} {written:>20} "
               f"{str(m['median_s_demo']):>16} {str(m['median_s']):>14}")
     worst = sorted(rows, key=badness, reverse=True)[:10]
     print("worst answers:")
