@@ -133,3 +133,15 @@ def test_grounding_falls_back_to_the_items_own_facts_and_they_check():
     check = check_answer(out.text, ev)
     assert check.facts >= 6 and check.unsupported == [] and check.bad_citations == 0 and not check.restates
     assert extractive(Evidence([], "x"), cite=True) == ""
+
+
+def test_grounded_lines_without_stops_are_checked_as_they_were_grounded():
+    """A model's lines without full stops are kept as separate sentences; joined again, the checker must
+    split them where the pass did (else a name runs across two of them)."""
+    ev = Evidence([CHAI, TENT], "chai or a tent")
+    text = "Gentle Cardamom Chai (No Ginger): by Priya Raman\n[2] Ridgeline 2P Backpacking Tent: 349 USD"
+    out = ground(text, ev, cite=True)
+    assert out.text == ("Gentle Cardamom Chai (No Ginger): by Priya Raman [1]. "
+                        "Ridgeline 2P Backpacking Tent: 349 USD [2].")
+    check = check_answer(out.text, ev)
+    assert check.unsupported == [] and check.bad_citations == 0

@@ -161,7 +161,11 @@ def _choose_citations(facts: list[Fact], cited: list[int], sentence: str, ev: Ev
 
 
 def _with_citations(sentence: str, chosen: list[int]) -> str:
-    body = re.sub(r"\s+([.,;:!?])", r"\1", strip_citations(sentence)).strip()
+    """The sentence with `chosen` cited before its final stop; a line without one gets a full stop, so the
+    sentences joined again split where they were checked."""
+    body = re.sub(r"\s+([.,;:!?])", r"\1", strip_citations(sentence)).strip().rstrip(",;:")
+    if not re.search(r"[.!?…][\"”’)]*$", body):
+        body += "."
     if not chosen:
         return body
     marks = "".join(f"[{n}]" for n in chosen)
