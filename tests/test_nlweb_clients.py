@@ -33,7 +33,7 @@ def answer(task: TaskKind, prompt: str, schema) -> str:
     if task is TaskKind.DECONTEXTUALIZE:
         return json.dumps({"decontextualized_query": "vegan apple pie"})
     if task is TaskKind.SUMMARIZE:
-        return "Two desserts and a curry."
+        return "The Apple pie and the Pear tart are desserts."
     return "Bake the apple pie [1]."
 
 
@@ -120,7 +120,7 @@ def test_chat_sse_answers_in_nlweb_chat_framing(client):
 def test_chat_sse_summary_and_generate_are_what_the_page_reads(client):
     msgs = sse(chat_sse(client, chat_envelope("desserts", mode="summarize")))
     summaries = [m for m in msgs if m.get("message_type") == "summary"]
-    assert [m["content"] for m in summaries] == ["Two desserts and a curry."]
+    assert [m["content"] for m in summaries] == ["The Apple pie and the Pear tart are desserts."]
     assert len(items_of(msgs)) == 3  # the list still comes first, as cards
 
     msgs = sse(chat_sse(client, chat_envelope("what should I bake?", mode="generate")))
@@ -229,7 +229,7 @@ def test_eventsource_gets_v1_ending_with_complete(client):
     kinds = [m["message_type"] for m in msgs]
     assert kinds[-1] == "complete" and kinds.count("complete") == 1
     assert "result_batch" in kinds and "summary" in kinds and "begin-nlweb-response" not in kinds
-    assert next(m for m in msgs if m["message_type"] == "summary")["message"] == "Two desserts and a curry."
+    assert next(m for m in msgs if m["message_type"] == "summary")["message"] == "The Apple pie and the Pear tart are desserts."
 
 
 def test_dialect_rule_and_api_override(client):

@@ -68,7 +68,7 @@ def test_v055_list_streams_start_one_result_per_item_then_complete(client):
 def test_v055_summary_and_generate_pass_through_unnamed(client):
     events = named_events(post(client, page_body("desserts", mode="summarize", site="kitchen")))
     summaries = [d for n, d in events if n is None and d.get("message_type") == "summary"]
-    assert [d["content"] for d in summaries] == ["Two desserts and a curry."]
+    assert [d["content"] for d in summaries] == ["The Apple pie and the Pear tart are desserts."]
     assert sum(n == "result" for n, _ in events) == 3
 
     events = named_events(post(client, page_body("what should I bake?", mode="generate", site="kitchen")))

@@ -35,9 +35,9 @@ def scores_by_name(table, default=10):
             name = re.match(r"\w+: ([^.]+)", item).group(1)
             return json.dumps({"score": table.get(name, default), "description": f"about {name}"})
         if task is TaskKind.SUMMARIZE:
-            return "Two curries."
+            return "Chickpea curry is made with spinach."
         if task is TaskKind.GENERATE:
-            return "Try the curry [1]."
+            return "Try the Chickpea curry [1]."
         return '{"decontextualized_query": "vegetarian curry recipes"}'
     return answer
 
@@ -126,11 +126,38 @@ async def test_summarize_and_generate(loaded, embedder):
     llm = FunctionLLM(scores_by_name({"Chickpea curry": 90, "Red lentil dal": 80}))
     p = AskPipeline(llm, embedder, loaded, settings())
     ev = await collect(p, AskRequest("curry", mode="summarize"))
-    assert isinstance(ev[-2], Summary) and ev[-2].text == "Two curries."
+    assert isinstance(ev[-2], Summary) and ev[-2].text == "Chickpea curry is made with spinach."
+    assert ev[-2].items[0].item.name == "Chickpea curry"
     ev = await collect(p, AskRequest("curry", mode="generate"))
     gen = ev[-2]
-    assert isinstance(gen, Generated) and gen.answer == "Try the curry [1]."
+    assert isinstance(gen, Generated) and gen.answer == "Try the Chickpea curry [1]."
     assert gen.items[0].item.name == "Chickpea curry"
+    assert ev[-1].stats["grounding"] == {"kept": 1, "dropped": 0, "recited": 0, "fallback": False}
+
+
+async def test_answers_are_grounded_in_the_items(loaded, embedder):
+    """The model's invented sentence is removed, a citation re-pointed; with nothing left the answer is the
+    items' own facts; with grounding off the text is the model's."""
+    def answer(table):
+        def write(task, prompt, schema):
+            if task is TaskKind.RANK:
+                return scores_by_name({"Chickpea curry": 90, "Red lentil dal": 80})(task, prompt, schema)
+            return table[task]
+        return write
+
+    invented = {TaskKind.GENERATE: "You asked about curry. The Red lentil dal has cumin [1]. "
+                                   "It won a prize in 1998 at the Delhi Fair [2].",
+                TaskKind.SUMMARIZE: "Curry recipes for curry."}
+    p = AskPipeline(FunctionLLM(answer(invented)), embedder, loaded, settings())
+    ev = await collect(p, AskRequest("curry", mode="generate"))
+    assert ev[-2].answer == "The Red lentil dal has cumin [2]."
+    assert ev[-1].stats["grounding"] == {"kept": 1, "dropped": 2, "recited": 1, "fallback": False}
+    ev = await collect(p, AskRequest("curry", mode="summarize"))
+    assert ev[-2].text.startswith("The best matches on the site: Chickpea curry. A vegetarian chickpea curry")
+    assert ev[-1].stats["grounding"]["fallback"]
+    raw = AskPipeline(FunctionLLM(answer(invented)), embedder, loaded, settings(ground_answers=False))
+    ev = await collect(raw, AskRequest("curry", mode="generate"))
+    assert ev[-2].answer == invented[TaskKind.GENERATE] and "grounding" not in ev[-1].stats
 
 
 async def test_llm_rank_limit_scores_only_the_most_similar(loaded, embedder):
@@ -229,7 +256,7 @@ async def test_hybrid_sends_only_the_uncertain_band_to_the_strong_tier(loaded, e
     router = Router([Route(DeploymentInfo("local", True), local, CircuitBreaker("local", BreakerSettings())),
                      Route(DeploymentInfo("cloud", False, price_in_per_m=2.0, price_out_per_m=8.0, tier=2), cloud,
                            CircuitBreaker("cloud", BreakerSettings()))], rng=random.Random(0), strategy="quality")
-    p = AskPipeline(ProviderStructuredLLM(router), embedder, loaded, settings(llm_rank_limit=2))
+    p = AskPipeline(ProviderStructuredLLM(router), embedder, loaded, settings(llm_rank_limit=2, ground_answers=False))
     events = await collect(p, AskRequest("vegetarian curry", mode="summarize"))
     assert cloud.calls == 2 and local.calls == 1
     assert isinstance(events[-2], Summary) and events[-2].text == "Two good curries."

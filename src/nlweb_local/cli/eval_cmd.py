@@ -38,11 +38,13 @@ def register(sub: argparse._SubParsersAction) -> None:
                        "share. cache: the semantic cache's precision and hit rate along the similarity threshold, "
                        "with and without the lexical vetoes, over labelled question pairs (e.g. "
                        "benchmarks/data/cache_pairs.jsonl); the last line is JSON with the configured threshold's "
-                       "precision and hit_rate.")
-    p.add_argument("what", choices=["rank", "curve", "cache", "realdata"],
+                       "precision and hit_rate. answers: the unsupported-fact rate, citation accuracy and restating "
+                       "answers of summaries and generated answers (last line JSON).")
+    p.add_argument("what", choices=["rank", "curve", "cache", "realdata", "answers"],
                    help="rank: write rankings; curve: hybrid NDCG@10 against cloud share; cache: semantic cache precision; "
                         "realdata: P@5 of labelled questions over real sites through /ask (--data a folder, e.g. "
-                        "benchmarks/data/realdata; see cli/eval_realdata.py)")
+                        "benchmarks/data/realdata; see cli/eval_realdata.py); answers: are summaries and generated "
+                        "answers grounded in the items (--data a folder, e.g. benchmarks/data/answers; see cli/eval_answers.py)")
     p.add_argument("--data", required=True, help="JSON lines: rank/curve {query, prev, url, site, name, schema_object, "
                    "label?}; cache {a, b, same, kind}")
     p.add_argument("--out", help="rankings file to write (rank; required there); realdata: what each question showed")
@@ -55,7 +57,13 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="local: the embedded model (default); replay: the recorded cloud answers in --data "
                         "(stands in for the cloud model, priced as gpt-4.1); similarity: embeddings only")
     p.add_argument("--deployment", metavar="D", help="rank --strategy local: rank with this deployment of "
-                   "llm.deployments instead of the embedded engine (e.g. the one serving an A/B variant, NAME@VERSION)")
+                   "llm.deployments instead of the embedded engine (e.g. the one serving an A/B variant, NAME@VERSION); "
+                   "answers: write (and rank) with it, pinned as llm.search_deployment")
+    p.add_argument("--modes", help="answers: comma-separated /ask modes to judge (default summarize,generate)")
+    p.add_argument("--rejudge", metavar="FILE", help="answers: judge the answers recorded by an earlier run (its --out) "
+                   "again, without running the model")
+    p.add_argument("--deadline", type=float, metavar="S", help="answers: seconds each LLM call of /ask may take "
+                   "(default: search.llm_deadline_s)")
     p.add_argument("--llm-rank-limit", type=int, help="candidates the LLM scores (default: search.llm_rank_limit)")
     p.add_argument("--llm-weight", type=float, help="share of the LLM score (default: search.llm_weight; replay: 1.0)")
     p.add_argument("--limit", type=int, help="only the first N queries (cache: pairs)")
@@ -146,6 +154,10 @@ async def _run(args: argparse.Namespace, settings: Settings) -> int:
         from .eval_realdata import run_realdata_eval
 
         return await run_realdata_eval(args, settings)
+    if args.what == "answers":
+        from .eval_answers import run_answers_eval
+
+        return await run_answers_eval(args, settings)
     if not args.out:
         raise SourceError("eval rank needs --out FILE (the rankings to write)")
     from ..providers.replay import ReplayProvider

@@ -308,8 +308,9 @@ class SearchSettings(_Section):
     max_results: int = Field(10, ge=1, le=100, description="default max_results")
     rank_cache_entries: int = Field(20_000, ge=0, description="LLM ranking answers kept by (question, item, model version); 0 = no cache")
     llm_deadline_s: float = Field(10.0, gt=0, description="longest one of /ask's LLM calls may wait and run; a call that cannot start in time is refused at once (that item keeps its similarity score, the answer says it is degraded), and /ask itself answers 503 + Retry-After when none could")
-    summary_max_tokens: int = Field(160, ge=16)
-    generate_max_tokens: int = Field(220, ge=16)
+    summary_max_tokens: int = Field(96, ge=16, description="longest summary the model may write (tokens; two or three sentences, within the 8 s target on a 2-core CPU)")
+    generate_max_tokens: int = Field(112, ge=16, description="longest generated answer the model may write (tokens; a few sentences, within the 8 s target on a 2-core CPU)")
+    ground_answers: bool = Field(True, description="hold summaries and generated answers to the items (search/grounding.py): sentences with a price, time, date, number or name that no item states are removed, citations re-pointed at the items that state them, and an answer with nothing left is assembled from the items' own fields; false: the model's text as written")
     site_privacy: dict[str, Literal["any", "local_only"]] = Field(default_factory=dict, description="site -> privacy class: every LLM call made for a local_only site's items (ranking, summaries, answers; with the site named in the question, all of its calls) stays on local deployments")
 
 

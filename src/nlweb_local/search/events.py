@@ -54,6 +54,7 @@ class Results:
 @dataclass(slots=True)
 class Summary:
     text: str
+    items: list[RankedItem] = field(default_factory=list)  # what it was written from (not on the wire; for evaluation)
 
 
 @dataclass(slots=True)

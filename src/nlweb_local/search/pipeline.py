@@ -10,12 +10,12 @@ from typing import AsyncIterator, Callable, Sequence
 from ..config.settings import SearchSettings
 from ..core.cache import BoundedCache, Cache
 from ..core.errors import NlwebError, NoDeploymentError, OverloadedError, ProviderError
-from ..core.item_text import item_text
 from ..core.privacy import strictest
 from ..core.types import Item, Privacy, ScoredItem, TaskKind
 from .answer_cache import AnswerCache
 from .cutoff import Cutoff
 from .followup import refers_back
+from .grounding import Evidence, extractive, fact_line, ground
 from .events import (AskRequest, Begin, Decontextualized, End, Event, Failure, Generated, NoResults, Notice, RankedItem,
                      Results, Summary)
 from .ports import Embedder, StructuredLLM, VectorStore
@@ -194,14 +194,15 @@ class AskPipeline:
             shown = sorted([r for r in kept if r.item.url in sent] + rest, key=lambda r: -r.score)
             if not shown:
                 yield NoResults(f"Nothing relevant enough was found for “{req.query}”.")
-            elif req.mode == "summarize":
-                yield Summary(await self._summarize(query, shown, named))
-            elif req.mode == "generate":
-                answer, used = await self._generate(query, shown, named)
+            written: dict = {}
+            if shown and req.mode == "summarize":
+                yield Summary(await self._summarize(query, shown, named, written), shown[:5])
+            elif shown and req.mode == "generate":
+                answer, used = await self._generate(query, shown, named, written)
                 yield Generated(answer, used)
             yield End(stats={"seconds": round(time.perf_counter() - started, 3), "llm_scored": stats.llm_scored,
                              "cache_hits": stats.cache_hits, "similarity_only": stats.similarity_only,
-                             "dropped": stats.dropped_bad_output, "engine_faults": stats.engine_faults},
+                             "dropped": stats.dropped_bad_output, "engine_faults": stats.engine_faults, **written},
                       degraded=stats.engine_faults > 0)
         except OverloadedError as e:
             log.warning("ask refused, busy: %s", e.message)
@@ -212,26 +213,39 @@ class AskPipeline:
             yield Failure(e.public_message, e.status)  # (an engine's own words stay in the log)
             yield End(error=True)
 
-    async def _summarize(self, query: str, shown: list[RankedItem], named: Privacy = Privacy.ANY) -> str:
-        entries = [f"{r.item.name}: {r.description}"[:240] for r in shown[:5]]
-        try:
-            return await self._llm.write(TaskKind.SUMMARIZE, summarize_prompt(query, entries),
-                                         max_tokens=self._s.summary_max_tokens, privacy=self._about(named, shown[:5]))
-        except ProviderError as e:
-            log.info("summary failed: %s", e)
-        return "Top results: " + "; ".join(r.item.name for r in shown[:5]) + "."
+    def _evidence(self, query: str, items: list[RankedItem]) -> tuple[Evidence, list[str]]:
+        """The items as the writing model reads them (search/grounding.py's compact lines) and as the
+        grounding pass checks them."""
+        objs = [r.item.schema_object for r in items]
+        lines = [fact_line(o) for o in objs]
+        return Evidence(objs, query, rendered=lines), lines
 
-    async def _generate(self, query: str, shown: list[RankedItem],
-                        named: Privacy = Privacy.ANY) -> tuple[str, list[RankedItem]]:
-        used = shown[:4]
-        entries = [item_text(r.item.schema_object, 320) for r in used]
+    async def _write(self, task: TaskKind, prompt: str, max_tokens: int, privacy: Privacy) -> str:
         try:
-            answer = await self._llm.write(TaskKind.GENERATE, generate_prompt(query, entries),
-                                           max_tokens=self._s.generate_max_tokens, privacy=self._about(named, used))
+            return await self._llm.write(task, prompt, max_tokens=max_tokens, privacy=privacy)
         except ProviderError as e:
-            log.info("generation failed: %s", e)
-            answer = ""
-        if not answer:
-            answer = "I could not compose an answer; these items look most relevant: " + \
-                     ", ".join(f"[{i + 1}] {r.item.name}" for i, r in enumerate(used)) + "."
-        return answer, used
+            log.info("%s failed: %s", task.value, e)
+        return ""
+
+    def _grounded(self, text: str, ev: Evidence, cite: bool, stats: dict) -> str:
+        if not self._s.ground_answers:
+            return text or extractive(ev, cite=cite)
+        out = ground(text, ev, cite=cite)
+        stats["grounding"] = {"kept": out.kept, "dropped": out.dropped, "recited": out.recited, "fallback": out.fallback}
+        return out.text
+
+    async def _summarize(self, query: str, shown: list[RankedItem], named: Privacy = Privacy.ANY,
+                         stats: dict | None = None) -> str:
+        used = shown[:5]
+        ev, lines = self._evidence(query, used)
+        text = await self._write(TaskKind.SUMMARIZE, summarize_prompt(query, lines), self._s.summary_max_tokens,
+                                 self._about(named, used))
+        return self._grounded(text, ev, False, stats if stats is not None else {})
+
+    async def _generate(self, query: str, shown: list[RankedItem], named: Privacy = Privacy.ANY,
+                        stats: dict | None = None) -> tuple[str, list[RankedItem]]:
+        used = shown[:4]
+        ev, lines = self._evidence(query, used)
+        text = await self._write(TaskKind.GENERATE, generate_prompt(query, lines), self._s.generate_max_tokens,
+                                 self._about(named, used))
+        return self._grounded(text, ev, True, stats if stats is not None else {}), used

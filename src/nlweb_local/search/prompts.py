@@ -43,19 +43,24 @@ def decontextualize_prompt(query: str, prev: list[str], last_answers: list[str])
     )
 
 
-def summarize_prompt(query: str, entries: list[str]) -> str:
-    listing = "\n".join(f"{i + 1}. {e}" for i, e in enumerate(entries))
+def summarize_prompt(query: str, lines: list[str]) -> str:
+    """`lines`: each item's name and facts in one compact line (search/grounding.py: `fact_line`)."""
+    listing = "\n".join(f"[{i + 1}] {e}" for i, e in enumerate(lines))
     return (
-        f"The user asked: {query}\nThese items were found:\n{listing}\n"
-        "In two or three sentences, tell the user what was found and which items fit best."
+        f"Items found on the website:\n{listing}\n"
+        f"Search: {query}\n"
+        "In two or three sentences, say which of these items fit the search best and why. Use only the facts "
+        "listed above, and copy names, numbers, times and prices exactly as listed. Do not repeat the search."
     )
 
 
-def generate_prompt(query: str, entries: list[str]) -> str:
-    listing = "\n".join(f"[{i + 1}] {e}" for i, e in enumerate(entries))
+def generate_prompt(query: str, lines: list[str]) -> str:
+    """`lines`: as for `summarize_prompt`."""
+    listing = "\n".join(f"[{i + 1}] {e}" for i, e in enumerate(lines))
     return (
-        f"Answer the user's question using only these items from the website, citing them as [1], [2].\n"
-        f"Items:\n{listing}\n"
+        f"Items from the website:\n{listing}\n"
         f"Question: {query}\n"
-        "Answer in a few sentences, citing the items you use like [1]."
+        "Answer the question in a few sentences using only the facts listed above. Name each item you use "
+        "exactly as listed and cite it like [1]. Copy numbers, times and prices exactly as listed. "
+        "Do not repeat the question."
     )
