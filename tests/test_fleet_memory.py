@@ -178,3 +178,27 @@ def test_a_dead_replica_is_replaced_only_as_far_as_the_budget_allows():
     memory.free(other)
     run(scaler, sim, clock, [(2, 1)])
     assert sim.current == 2 and scaler.view()["memory_hold"] is None
+
+
+async def test_launches_not_yet_spawned_count_as_starting():
+    """Spawning a process can take longer than an autoscaler tick: the launches `scale_to` began count as
+    starting replicas before their process exists, so the autoscaler does not read them as replicas that
+    died and launch again (a CI run once got 5 replicas for a max of 3 that way)."""
+    launch = launcher(None)
+    spawn_gate = asyncio.Event()
+    real_spawn = launch._spawn
+
+    async def slow_spawn(port):
+        await spawn_gate.wait()
+        return await real_spawn(port)
+
+    launch._spawn = slow_spawn
+    launch.scale_to(3)
+    await asyncio.sleep(0.01)
+    assert launch.spawned == 0 and launch.starting == 3 and launch.current == 3
+    launch.scale_to(3)  # asked again while they start: nothing more is launched
+    spawn_gate.set()
+    await launch.settled()
+    assert launch.spawned == 3 and launch.starting == 0 and launch.current == 3
+    assert [r["state"] for r in launch.replicas()] == ["serving"] * 3
+    await launch.close()

@@ -116,11 +116,13 @@ class ReplicaLauncher:
     @property
     def current(self) -> int:
         """Replicas starting or serving (those being drained are on their way out)."""
-        return sum(r.state in ("starting", "serving") for r in self._replicas)
+        return sum(r.state == "serving" for r in self._replicas) + self.starting
 
     @property
     def starting(self) -> int:
-        return sum(r.state == "starting" for r in self._replicas)
+        """Replicas starting, counting the launches `scale_to` began whose process is not spawned yet (spawning
+        a process can take longer than an autoscaler tick: uncounted, it read as a replica that died)."""
+        return max(sum(r.state == "starting" for r in self._replicas), len(self._launching))
 
     def replicas(self) -> list[dict[str, Any]]:
         now = self._clock()
