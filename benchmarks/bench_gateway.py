@@ -112,11 +112,16 @@ class WrkResult:
     requests: int
     errors: int  # non-2xx answers plus socket errors
     cpu_s: float | None = None  # CPU time the proxy under test used during the run (user + system)
+    loop_cpu_s: float | None = None  # ... of that, its main thread's (the event loop's; the rest: writer threads)
     non2xx: int = 0  # of `errors`: answers that were not 2xx (the rest: connect/read/write errors and timeouts)
 
     @property
     def cpu_us_per_request(self) -> float | None:
         return self.cpu_s / self.requests * 1e6 if self.cpu_s is not None and self.requests else None
+
+    @property
+    def loop_cpu_us_per_request(self) -> float | None:
+        return self.loop_cpu_s / self.requests * 1e6 if self.loop_cpu_s is not None and self.requests else None
 
     @property
     def p50(self) -> float:
@@ -167,14 +172,16 @@ class Bench:
                "-s", str(self.kit / "post.lua")]
         for k, v in (headers or {}).items():
             cmd += ["-H", f"{k}: {v}"]
-        cpu0 = cpu_s(pid) if pid else None
+        cpu0, loop0 = (cpu_s(pid), cpu_s(pid, pid)) if pid else (None, None)
         done = subprocess.run([*cmd, url], capture_output=True, text=True, timeout=seconds + 60)
-        cpu1 = cpu_s(pid) if pid else None
+        cpu1, loop1 = (cpu_s(pid), cpu_s(pid, pid)) if pid else (None, None)
         if done.returncode != 0:
             raise RuntimeError(f"wrk failed ({done.returncode}): {done.stderr.strip()[-400:]}")
         result = parse_wrk(done.stdout)
         if cpu0 is not None and cpu1 is not None:
             result.cpu_s = cpu1 - cpu0
+        if loop0 is not None and loop1 is not None:
+            result.loop_cpu_s = loop1 - loop0
         return result
 
     def measure(self, targets: list[Target]) -> dict[str, dict[int, WrkResult]]:
@@ -256,10 +263,11 @@ def rss_mb(pid: int) -> float | None:
     return None
 
 
-def cpu_s(pid: int) -> float | None:
-    """User + system CPU seconds of a process (all its threads) from /proc."""
+def cpu_s(pid: int, tid: int | None = None) -> float | None:
+    """User + system CPU seconds of a process (all its threads; with `tid`, that thread's) from /proc."""
     try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        stat = f"/proc/{pid}/task/{tid}/stat" if tid is not None else f"/proc/{pid}/stat"
+        fields = Path(stat).read_text().rsplit(")", 1)[1].split()
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
     except (OSError, IndexError, ValueError):
         return None
@@ -646,18 +654,21 @@ def measure_governance(args: argparse.Namespace, settings, kit: Path) -> dict[st
     rps = {k: statistics.median(r.rps for r in v) for k, v in runs.items()}
     cpu = {k: statistics.median(r.cpu_us_per_request for r in v if r.cpu_us_per_request is not None)
            if any(r.cpu_us_per_request is not None for r in v) else None for k, v in runs.items()}
+    loop = {k: statistics.median(r.loop_cpu_us_per_request for r in v if r.loop_cpu_us_per_request is not None)
+            if any(r.loop_cpu_us_per_request is not None for r in v) else None for k, v in runs.items()}
     errors = {k: sum(r.errors for r in v) for k, v in runs.items()}
     non2xx = {k: sum(r.non2xx for r in v) for k, v in runs.items()}
     ratio = _ratio(rps["on"], rps["off"])
     cpu_ratio = _ratio(cpu["off"], cpu["on"])  # CPU per request, off / on: steadier than req/s on a busy machine
     for k, what in (("off", ""), ("on", "  (auth + limits + audit, a key on every request)")):
         print(f"  c=16 governance {k + ':':4s} {rps[k]:8.0f} req/s  p50 {statistics.median(r.p50 for r in runs[k]):.2f} ms"
-              f"  cpu {cpu[k] or float('nan'):.0f} us/req  errors {errors[k]} ({non2xx[k]} non-2xx){what}")
+              f"  cpu {cpu[k] or float('nan'):.0f} us/req (event loop {loop[k] or float('nan'):.0f})  errors {errors[k]} ({non2xx[k]} non-2xx){what}")
     met = None if ratio is None else ratio >= GOVERNANCE_TARGET
     print(f"  on / off: {ratio}x req/s (target >= {GOVERNANCE_TARGET}: {'met' if met else 'NOT met'}); "
           f"CPU per request off / on: {cpu_ratio}x")
     return {"mode": "governance", "c16_rps_governance_off": round(rps["off"], 1), "c16_rps_governance_on": round(rps["on"], 1),
             "c16_rps_ratio_governance": ratio, "cpu_ratio_off_over_on": cpu_ratio, "cpu_us_per_request": cpu,
+            "loop_cpu_us_per_request": loop,
             "errors": errors, "non2xx": non2xx,
             "rounds": {k: [round(r.rps, 1) for r in v] for k, v in runs.items()}, "target_met": met,
             "duration_s": duration, "pinning": pin_note}

@@ -69,6 +69,20 @@ def test_a_version_0_file_is_migrated_and_keeps_its_rows(tmp_path):
     assert "llm_calls_ts" in indexes
 
 
+@pytest.mark.parametrize("n", [1, 63, 64, 65, 130])
+def test_a_batch_is_written_whole_and_in_order_across_multi_row_inserts(tmp_path, n):
+    """The store inserts SQLITE_ROWS_PER_INSERT (64) rows per statement: a batch of any size around that
+    (one row, a statement short of full, full, one over, two full and a partial) reads back exactly."""
+    path = tmp_path / "calls.sqlite"
+    store = SqliteLedgerStore(path)
+    rows = [row(i, error=("Boom" if i % 7 == 0 else ""), ttft_s=(None if i % 5 == 0 else 0.01)) for i in range(n)]
+    try:
+        store.write(rows)
+        assert store.query() == rows
+    finally:
+        store.close()
+
+
 def test_a_new_file_starts_at_the_current_version_and_reopening_changes_nothing(tmp_path):
     path = tmp_path / "new.sqlite"
     store = SqliteLedgerStore(path)

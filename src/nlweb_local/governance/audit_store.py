@@ -28,6 +28,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
+from ..core.batch_writer import sqlite_insert_rows
 from ..core.errors import NlwebError
 from .audit_chain import COLUMNS, AuditRow, check_row, entry, linked_values
 
@@ -77,6 +78,10 @@ class SqlAuditStore:
     def _executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
         raise NotImplementedError
 
+    def _insert_rows(self, values: Sequence[Sequence[Any]]) -> None:
+        """Insert linked rows (tuples in column order) inside the current write transaction."""
+        self._executemany(self._insert, values)
+
     @contextmanager
     def _writing(self) -> Iterator[None]:
         """A transaction that holds the table's write lock."""
@@ -119,7 +124,7 @@ class SqlAuditStore:
         """Link `rows` after the chain's head and insert them, in one transaction; returns how many."""
         try:
             with self._writing():
-                self._executemany(self._insert, linked_values(rows, self._head_locked()))
+                self._insert_rows(linked_values(rows, self._head_locked()))
             return len(rows)
         except self._errors as e:
             raise AuditStoreError(f"writing {len(rows)} audit rows to {self.where}: {e}") from e
@@ -138,7 +143,7 @@ class SqlAuditStore:
                                   f"salt = '', erased = 1 WHERE {field} = ? AND erased = 0", (value,))
                     note = entry(ts=ts, kind="erasure", endpoint="nlweb-local audit erase", count=len(rows),
                                  detail=detail or f"erased the identity and content of {len(rows)} rows")
-                    self._executemany(self._insert, linked_values([note], self._head_locked()))
+                    self._insert_rows(linked_values([note], self._head_locked()))
             return len(rows)
         except self._errors as e:
             raise AuditStoreError(f"erasing from {self.where}: {e}") from e
@@ -172,6 +177,7 @@ class SqliteAuditStore(SqlAuditStore):
 
     def __init__(self, path: str | Path, *, table: str = "audit_log", timeout_s: float = 30.0, check: bool = True):
         super().__init__(table, check=check)
+        self._insert_head = f"INSERT INTO {table} ({', '.join(COLUMNS)}) VALUES "
         self.path = Path(path)
         self.where = str(self.path)
         try:
@@ -204,6 +210,11 @@ class SqliteAuditStore(SqlAuditStore):
 
     def _executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
         self._conn.executemany(sql, rows)
+
+    def _insert_rows(self, values: Sequence[Sequence[Any]]) -> None:
+        """Multi-row INSERTs rather than executemany: one GIL hand-over per statement, not per row
+        (`sqlite_insert_rows`)."""
+        sqlite_insert_rows(self._conn, self._insert_head, len(COLUMNS), values)
 
     @contextmanager
     def _writing(self) -> Iterator[None]:

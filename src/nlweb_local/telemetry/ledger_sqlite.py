@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence, Union
 
+from ..core.batch_writer import sqlite_insert_rows
 from .ledger_store import COLUMNS, CallRecord, LedgerStoreError, record_from_row, time_range
 
 
@@ -62,7 +63,7 @@ MIGRATIONS: tuple[Migration, ...] = (
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
-_INSERT = f"INSERT INTO llm_calls ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})"
+_INSERT_HEAD = f"INSERT INTO llm_calls ({', '.join(COLUMNS)}) VALUES "
 _SELECT = f"SELECT {', '.join(COLUMNS)} FROM llm_calls"
 
 
@@ -92,7 +93,7 @@ class SqliteLedgerStore:
     def write(self, rows: Sequence[CallRecord]) -> None:
         try:
             with self._lock, self._conn:
-                self._conn.executemany(_INSERT, map(tuple, rows))  # plain tuples bind ~25 % faster than NamedTuples
+                sqlite_insert_rows(self._conn, _INSERT_HEAD, len(COLUMNS), rows)  # (not executemany: see there)
         except sqlite3.Error as e:
             raise LedgerStoreError(f"writing {len(rows)} rows to {self.path}: {e}") from e
 
