@@ -38,21 +38,10 @@ TARGET_RATE = 0.02
 
 
 def read_questions(data: Path) -> list[dict]:
-    path = data / "questions.jsonl"
-    if not path.exists():
-        raise SourceError(f"{path}: no such file (expected {{query, site}} lines next to the items)")
-    out = []
-    for n, line in enumerate(path.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            q = json.loads(line)
-            if not isinstance(q["query"], str) or not isinstance(q["site"], str):
-                raise TypeError("query and site must be strings")
-        except (json.JSONDecodeError, KeyError, TypeError) as e:
-            raise SourceError(f"{path}:{n}: expected {{query, site}} ({e})") from None
-        out.append(q)
-    return out
+    """`data`/questions.jsonl: {query, site} lines (the reader `eval realdata` uses, without labels)."""
+    from .eval_realdata import read_questions as read
+
+    return read(data, relevant=False)
 
 
 async def answer_one(pipeline, query: str, site: str, mode: str) -> dict:

@@ -36,20 +36,25 @@ from ..core.errors import SourceError
 CUTOFFS = (("default rule", None), ("fixed min_score 51", 51), ("no cut-off", 0))
 
 
-def read_questions(data: Path) -> list[dict]:
+def read_questions(data: Path, *, relevant: bool = True) -> list[dict]:
+    """`data`/questions.jsonl: one {query, site} object a line, each with a `relevant` list of URLs unless
+    `relevant` is False (`eval answers` judges answers against their items, not labels)."""
+    shape = "{query, site, relevant: [url, ...]}" if relevant else "{query, site}"
     path = data / "questions.jsonl"
     if not path.exists():
-        raise SourceError(f"{path}: no such file (expected labelled questions next to the items)")
+        raise SourceError(f"{path}: no such file (expected {shape} lines next to the items)")
     out = []
     for n, line in enumerate(path.read_text().splitlines(), 1):
         if not line.strip():
             continue
         try:
             q = json.loads(line)
-            if not isinstance(q["query"], str) or not isinstance(q["site"], str) or not isinstance(q["relevant"], list):
-                raise TypeError("query and site must be strings, relevant a list")
+            if not isinstance(q["query"], str) or not isinstance(q["site"], str):
+                raise TypeError("query and site must be strings")
+            if relevant and not isinstance(q["relevant"], list):
+                raise TypeError("relevant must be a list")
         except (json.JSONDecodeError, KeyError, TypeError) as e:
-            raise SourceError(f"{path}:{n}: expected {{query, site, relevant: [url, ...]}} ({e})") from None
+            raise SourceError(f"{path}:{n}: expected {shape} ({e})") from None
         out.append(q)
     return out
 

@@ -98,9 +98,6 @@ class AuthMiddleware:
             if rule.budget_first:
                 await self._limits.check_budget(ident)
         except NlwebError as e:
-            if scope["type"] == "websocket":  # closed before it is accepted: the client sees HTTP 403
-                await send({"type": "websocket.close", "code": 1008, "reason": e.message[:120]})
-                return
             await refuse(scope, send, e)
             return
         state = scope.get("state")
@@ -115,7 +112,11 @@ class AuthMiddleware:
 
 
 async def refuse(scope: Any, send: Any, e: NlwebError) -> None:
-    """`e` in the wire format of the endpoint asked for."""
+    """`e` in the wire format of the endpoint asked for; a WebSocket is closed before it is accepted (the
+    client sees HTTP 403) with the message as the reason."""
+    if scope["type"] == "websocket":
+        await send({"type": "websocket.close", "code": 1008, "reason": e.message[:120]})
+        return
     path: str = scope["path"]
     extra: list[tuple[bytes, bytes]] = []
     if e.status == 401:

@@ -81,9 +81,6 @@ class PriorityMiddleware:
             priority = self._callers.resolve(asked, state.get("identity"))  # (a key's class no longer configured: 400)
         except BadRequestError as e:
             e.param = "x-nlweb-priority"  # type: ignore[attr-defined]
-            if scope["type"] == "websocket":
-                await send({"type": "websocket.close", "code": 1008, "reason": e.message[:120]})
-                return
             await refuse(scope, send, e)
             return
         if priority is None:

@@ -41,9 +41,6 @@ class PrivacyMiddleware:
             asked = header_privacy(scope["headers"])
         except BadRequestError as e:
             e.param = "x-nlweb-privacy"  # type: ignore[attr-defined]
-            if scope["type"] == "websocket":
-                await send({"type": "websocket.close", "code": 1008, "reason": e.message[:120]})
-                return
             await refuse(scope, send, e)
             return
         state = scope.get("state")
