@@ -48,7 +48,10 @@ def _read(f: BinaryIO, fmt: str) -> Any:
 
 def _string(f: BinaryIO) -> str:
     n = _read(f, "<Q")
-    return f.read(n).decode("utf-8", "replace")
+    data = f.read(n)
+    if len(data) != n:
+        raise ValueError("the file ends inside its metadata")
+    return data.decode("utf-8", "replace")
 
 
 def _value(f: BinaryIO, kind: int) -> Any:

@@ -19,22 +19,20 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import os
-import struct
 import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Callable, Sequence
+from typing import Callable, Sequence
 
 from ..core.errors import BadRequestError
+from .model_size import _read, _string, _value
 
 CHUNK = 4 * 1024 * 1024
 # ggml tensor types: (elements per block, bytes per block); types not listed skip the exact size check
 _GGML_BLOCKS = {0: (1, 4), 1: (1, 2), 2: (32, 18), 3: (32, 20), 6: (32, 22), 7: (32, 24), 8: (32, 34), 9: (32, 36),
                 10: (256, 84), 11: (256, 110), 12: (256, 144), 13: (256, 176), 14: (256, 210), 15: (256, 292),
                 24: (1, 1), 25: (1, 2), 26: (1, 4), 27: (1, 8), 28: (1, 8), 30: (1, 2)}
-_SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d"}
-_STRING, _ARRAY = 8, 9
 _KEEP = ("general.architecture", "general.name", "general.alignment", "general.file_type")
 
 
@@ -76,35 +74,7 @@ CATALOGUE: dict[str, PackagedModel] = {m.key: m for m in (
 )}
 
 
-# -- the GGUF header ----------------------------------------------------------------------------------
-def _read(f: BinaryIO, fmt: str):
-    size = struct.calcsize(fmt)
-    data = f.read(size)
-    if len(data) != size:
-        raise ValueError("the file ends inside its header")
-    return struct.unpack(fmt, data)[0]
-
-
-def _skip_value(f: BinaryIO, kind: int):
-    if kind in _SCALARS:
-        return _read(f, _SCALARS[kind])
-    if kind == _STRING:
-        n = _read(f, "<Q")
-        data = f.read(n)
-        if len(data) != n:
-            raise ValueError("the file ends inside its header")
-        return data.decode("utf-8", "replace")
-    if kind == _ARRAY:
-        item, count = _read(f, "<I"), _read(f, "<Q")
-        if item in _SCALARS:
-            f.seek(struct.calcsize(_SCALARS[item]) * count, 1)
-        else:
-            for _ in range(count):
-                _skip_value(f, item)
-        return None
-    raise ValueError(f"unknown GGUF value type {kind}")
-
-
+# -- the GGUF header (read with model_size's GGUF reader) ---------------------------------------------
 @dataclass(frozen=True, slots=True)
 class GgufLayout:
     version: int
@@ -131,13 +101,13 @@ def gguf_layout(path: str | Path) -> GgufLayout:
         tensors, kvs = _read(f, "<Q"), _read(f, "<Q")
         meta: dict = {}
         for _ in range(kvs):
-            key = _skip_value(f, _STRING)
-            value = _skip_value(f, _read(f, "<I"))
+            key = _string(f)
+            value = _value(f, _read(f, "<I"))
             if key in _KEEP:
                 meta[key] = value
         end: int | None = 0
         for _ in range(tensors):
-            _skip_value(f, _STRING)
+            _string(f)  # name
             dims = [_read(f, "<Q") for _ in range(_read(f, "<I"))]
             kind, offset = _read(f, "<I"), _read(f, "<Q")
             elements = 1
