@@ -132,6 +132,23 @@ async def test_a_revoke_by_another_process_takes_effect_within_the_cache_ttl(tmp
         await gov.authenticator.authenticate(key)
 
 
+async def test_a_cached_key_is_not_hashed_again_and_a_near_miss_is_still_refused(tmp_path):
+    settings = service_settings(tmp_path)
+    gov = build_governance(settings)
+    _, key = gov.keyring.create("k", Role.USER)
+    gov.authenticator.keys_changed()
+    ident = await gov.authenticator.authenticate(key)
+    hashed = []
+    real = gov.authenticator._hash
+    gov.authenticator._hash = lambda k: hashed.append(k) or real(k)
+    assert await gov.authenticator.authenticate(key) is ident  # the hot path: no HMAC
+    assert hashed == []
+    forged = key[:-1] + ("A" if key[-1] != "A" else "B")  # the same key id, one character of its secret changed
+    with pytest.raises(AuthError, match="unknown API key"):
+        await gov.authenticator.authenticate(forged)
+    assert hashed == [forged]  # a key not seen before is hashed and looked up
+
+
 async def test_rotation_over_http_retires_the_old_secret(service):
     admin = service.key("root", "admin")
     old = service.key("svc", "user")

@@ -1,6 +1,9 @@
-"""`Authenticator`: an API key in, an `Identity` out — one HMAC and one dictionary lookup per request.
+"""`Authenticator`: an API key in, an `Identity` out — one dictionary lookup per request.
 
-Found keys are cached (bounded, least recently used first out) for `ttl_s`; the cache is invalidated at
+Found keys are cached (bounded, least recently used first out) for `ttl_s`, under the key as presented:
+a key seen recently costs no HMAC (a miss hashes it and reads the store). The cache holds keys in the
+clear, as the request that brought them does; the process holds the server secret too, so its memory
+gives nothing away that the cache adds to. the cache is invalidated at
 once by a revoke or rotate in this process (`/admin/keys`), and a revoke by another process (the CLI)
 takes effect when the entry expires (`auth.key_cache_ttl_s`). Unknown keys are not cached: a miss reads
 the store in a worker thread.
@@ -37,7 +40,7 @@ class Authenticator:
         self.keyring = keyring
         self.tokens = tokens
         self.enabled = enabled or tokens is not None
-        self._cache: OrderedDict[str, tuple[KeyRecord, Identity, float]] = OrderedDict()  # hash -> (record, its identity, cached at)
+        self._cache: OrderedDict[str, tuple[KeyRecord, Identity, float]] = OrderedDict()  # key -> (record, its identity, cached at)
         self._max = max(1, cache_entries)
         self._ttl = ttl_s
         self._clock = clock
@@ -65,24 +68,15 @@ class Authenticator:
         """A key was created, revoked or rotated here: auth is on, and `key_id`'s cached entry is gone."""
         self._has_keys = True
         if key_id is not None:
-            for digest, (record, _, _) in list(self._cache.items()):
+            for presented, (record, _, _) in list(self._cache.items()):
                 if record.key_id == key_id:
-                    self._cache.pop(digest, None)
+                    self._cache.pop(presented, None)
 
     async def authenticate(self, key: str) -> Identity:
         """The key's (or SSO token's) identity, or `AuthError` (401) saying what is wrong with it."""
         if self.tokens is not None and looks_like_jwt(key):
             return await self.tokens.authenticate(key)
-        hasher = self._hash
-        if hasher is None:
-            if not well_formed(key):
-                raise _malformed()
-            secret = await asyncio.to_thread(self.keyring.secret)
-            if secret is None:
-                raise AuthError("unknown API key (this server has no keys yet)")
-            hasher = self._hash = KeyHasher(secret)
-        digest = hasher(key)
-        hit = self._cache.get(digest)
+        hit = self._cache.get(key)
         now = self._monotonic()
         if hit is not None and now - hit[2] < self._ttl:  # the hot path: a key seen recently
             record, identity = hit[0], hit[1]
@@ -91,12 +85,18 @@ class Authenticator:
         elif not well_formed(key):  # (checked after the cache: a known key is well formed)
             raise _malformed()
         else:
-            found = await asyncio.to_thread(self.keyring.store.by_hash, digest)
+            hasher = self._hash
+            if hasher is None:
+                secret = await asyncio.to_thread(self.keyring.secret)
+                if secret is None:
+                    raise AuthError("unknown API key (this server has no keys yet)")
+                hasher = self._hash = KeyHasher(secret)
+            found = await asyncio.to_thread(self.keyring.store.by_hash, hasher(key))
             if found is None:
-                self._cache.pop(digest, None)
+                self._cache.pop(key, None)
                 raise AuthError("unknown API key: it was never issued here, or it was rotated")
             record, identity = found, found.identity()
-            self._cache[digest] = (record, identity, now)
+            self._cache[key] = (record, identity, now)
             if len(self._cache) > self._max:
                 self._cache.popitem(last=False)
         status = record.status(self._clock())

@@ -20,7 +20,7 @@ from ..core.types import CallContext, ChatChunk, ChatRequest, ChatResponse, Embe
 from ..providers.base import Provider
 from ..providers.wrapper import StreamTally, WrapperProvider, answer_tokens, call_tokens, close_after_error, prompt_chars
 from .identity import CURRENT, Identity
-from .limits import Held, LimitPolicy
+from .limits import Held, LimitPolicy, Plan
 
 Price = Callable[[str, int, int], float]  # (deployment, tokens in, tokens out) -> dollars
 DEFAULT_COMPLETION = 512  # tokens a call that names no max_tokens is reserved for
@@ -92,9 +92,10 @@ class GovernedProvider(WrapperProvider):
         return ctx.with_(caller=ident.key_id, team=ident.team, role=ident.role.label, deployments=pinned)
 
     # -- limits --------------------------------------------------------------------------------------
-    async def _reserve(self, ident: Identity, req: ChatRequest | None, tokens_out: int,
-                       texts: Sequence[str] = ()) -> Held | None:
-        """Reserve a call's estimate: `req`'s prompt (or the `texts` to embed) and `tokens_out`."""
+    def _estimate(self, ident: Identity, req: ChatRequest | None, tokens_out: int,
+                  texts: Sequence[str] = ()) -> tuple[Plan, int, float] | None:
+        """A call's estimate: (the caller's plan, tokens, dollars) for `req`'s prompt (or the `texts` to
+        embed) and `tokens_out`; None when no token or money limit applies."""
         plan = self._policy.plan(ident)
         if not plan.budget:
             return None
@@ -103,16 +104,30 @@ class GovernedProvider(WrapperProvider):
         if plan.money:  # the dearest deployment the call may be served by
             for d in (req.context.deployments if req is not None else ()) or self._deployments():
                 usd = max(usd, self._price(d, tokens_in, tokens_out))
-        return await self._policy.reserve(ident, tokens_in + tokens_out, usd, plan)
+        return plan, tokens_in + tokens_out, usd
+
+    async def _reserve(self, ident: Identity, req: ChatRequest | None, tokens_out: int,
+                       texts: Sequence[str] = ()) -> Held | None:
+        """Reserve a call's estimate (`_estimate`). In process, no await: `_reserve_now`."""
+        est = self._estimate(ident, req, tokens_out, texts)
+        if est is None:
+            return None
+        plan, tokens, usd = est
+        return await self._policy.reserve(ident, tokens, usd, plan)
+
+    def _reserve_now(self, ident: Identity, req: ChatRequest, tokens_out: int) -> Held | None:
+        est = self._estimate(ident, req, tokens_out)
+        return None if est is None else self._policy.reserve_now(ident, est[1], est[2], est[0])
+
+    def _usage(self, held: Held, deployment: str, tokens_in: int, tokens_out: int, free: bool) -> tuple[int, float]:
+        """What settles a reservation: (tokens, dollars) the call used (nothing for a free one)."""
+        if free or not deployment:
+            return 0, 0.0
+        return tokens_in + tokens_out, self._price(deployment, tokens_in, tokens_out) if held.plan.money else 0.0
 
     async def _settle(self, held: Held | None, deployment: str, tokens_in: int, tokens_out: int, free: bool) -> None:
-        if held is None:
-            return
-        if free or not deployment:
-            await self._policy.settle(held, 0, 0.0)
-        else:
-            usd = self._price(deployment, tokens_in, tokens_out) if held.plan.money else 0.0
-            await self._policy.settle(held, tokens_in + tokens_out, usd)
+        if held is not None:
+            await self._policy.settle(held, *self._usage(held, deployment, tokens_in, tokens_out, free))
 
     async def _release(self, held: Held | None) -> None:
         if held is not None:
@@ -124,6 +139,24 @@ class GovernedProvider(WrapperProvider):
         if ident is None:
             return await self.inner.complete(request)
         req = self._scoped(request, ident)
+        policy = self._policy
+        if not policy.local:
+            return await self._complete_remote(req, ident)
+        held = self._reserve_now(ident, req, req.max_tokens or DEFAULT_COMPLETION)  # (in process: no await)
+        try:
+            out = await self.inner.complete(req)
+        except BaseException:
+            policy.settle_now(held, 0, 0.0)
+            raise
+        if held is not None:
+            served = out.served
+            tokens_in, tokens_out = call_tokens(out.usage, req, len(out.content))
+            policy.settle_now(held, *self._usage(held, out.deployment or (served.deployment if served is not None else ""),
+                                                 tokens_in, tokens_out, served is not None and _free(served)))
+        return out
+
+    async def _complete_remote(self, req: ChatRequest, ident: Identity) -> ChatResponse:
+        """`complete` with the limits' counters elsewhere (Redis): reserving and settling are awaited."""
         held = await self._reserve(ident, req, req.max_tokens or DEFAULT_COMPLETION)
         try:
             out = await self.inner.complete(req)

@@ -1,9 +1,11 @@
 """`LimitPolicy`: requests per minute, tokens per day and dollars per day and month, per key and per team.
 
     await policy.admit_request(identity)        # one request (the auth middleware): requests/minute
+    policy.admit_now(identity)                  # the same, when `policy.local` (no await: in-process counters)
     await policy.check_budget(identity)         # refuse up front when a day's budget is already spent
     held = await policy.reserve(identity, tokens, usd)   # before an LLM call: its estimate
     await policy.settle(held, tokens, usd)      # after it: the real usage (0, 0 when it failed)
+    (reserve_now / settle_now: the same without an await, when `policy.local`)
 
 Windows are fixed and UTC-aligned: a minute, a day (from 00:00 UTC), a calendar month. Over a limit raises
 `QuotaExceededError` (429) naming the limit, whose it is, and when its window resets.
@@ -133,6 +135,7 @@ class LimitPolicy:
         self._now = now
         self._plans: dict[int, tuple[Identity, Plan]] = {}  # by id(identity): the authenticator reuses them
         self._local = counters if isinstance(counters, InProcessCounters) else None  # lends its counters
+        self.local = self._local is not None  # the *_now methods apply (no await on the request path)
 
     def plan(self, ident: Identity) -> Plan:
         hit = self._plans.get(id(ident))
@@ -161,16 +164,27 @@ class LimitPolicy:
         return bool(self.plan(ident).budget)
 
     async def admit_request(self, ident: Identity) -> None:
+        if self._local is not None:
+            self.admit_now(ident)
+            return
         plan = self.plan(ident)
         if not plan.rpm:
             return
         now = self._now()
         window = int(now // MINUTE)
-        if self._local is not None:
-            refused = self._take_rpm(plan, window, now)
-        else:
-            refused = await self.counters.reserve(plan.minute_charges if window == plan.minute
-                                                  else plan.rpm_charges(window, MINUTE - now % MINUTE))
+        refused = await self.counters.reserve(plan.minute_charges if window == plan.minute
+                                              else plan.rpm_charges(window, MINUTE - now % MINUTE))
+        if refused is not None:
+            raise _over(ident, plan.rpm[refused.index], now, MINUTE - now % MINUTE)
+
+    def admit_now(self, ident: Identity) -> None:
+        """`admit_request` on in-process counters (only when `local`)."""
+        plan = self.plan(ident)
+        if not plan.rpm:
+            return
+        now = self._now()
+        window = int(now // MINUTE)
+        refused = self._take_rpm(plan, window, now)
         if refused is not None:
             raise _over(ident, plan.rpm[refused.index], now, MINUTE - now % MINUTE)
 
@@ -201,6 +215,8 @@ class LimitPolicy:
 
     async def reserve(self, ident: Identity, tokens: int, usd: float, plan: Plan | None = None) -> Held | None:
         """`plan`: the identity's (`plan(ident)`), when the caller has it already."""
+        if self._local is not None:
+            return self.reserve_now(ident, tokens, usd, plan)
         if plan is None:
             plan = self.plan(ident)
         bounds = plan.budget
@@ -210,14 +226,6 @@ class LimitPolicy:
         day = int(now // DAY)
         ttl = (_month(now)[1] if plan.monthly else DAY - now % DAY) + 60  # (a day's counter may outlive its day)
         nano = math.ceil(usd * NANO)
-        if self._local is not None:
-            amounts = list(map((tokens, nano).__getitem__, plan.pick))
-            cells, refused = self._take_budget(plan, day, ttl, amounts)
-            if refused is None:
-                return Held(None, plan, cells, amounts)
-            b = bounds[refused.index]  # (it resets when its window ends)
-            raise _over(ident, b, now, _month(now)[1] if b.what == "usdm" else DAY - now % DAY, used=refused.used,
-                        need=amounts[refused.index])
         charges = [_charge(Charge, (key, tokens if counts_tokens else nano, b.scaled, ttl))
                    for key, counts_tokens, b in zip(plan.day_keys if day == plan.day else plan.keys_for(day),
                                                     plan.tokens, bounds)]
@@ -228,31 +236,52 @@ class LimitPolicy:
                         need=charges[refused.index].amount)
         return Held(charges, plan)
 
-    def _take_budget(self, plan: Plan, day: int, ttl: float, amounts: list[int]) -> tuple[Cells, Refusal | None]:
+    def reserve_now(self, ident: Identity, tokens: int, usd: float, plan: Plan | None = None) -> Held | None:
+        """`reserve` on in-process counters (only when `local`)."""
+        if plan is None:
+            plan = self.plan(ident)
+        bounds = plan.budget
+        if not bounds:
+            return None
+        now = self._now()
+        day = int(now // DAY)
+        amounts = list(map((tokens, math.ceil(usd * NANO)).__getitem__, plan.pick))
         local = self._local
         assert local is not None
         cells = plan.day_cells
         refused = local.take(cells, amounts, plan.budget_limits) if cells is not None and plan.cells_day == day \
             else STALE
-        if refused is STALE:  # a new day (or the first call): today's counters
+        if refused is STALE:  # a new day (or the first call): today's counters (a day's may outlive its day)
+            ttl = (_month(now)[1] if plan.monthly else DAY - now % DAY) + 60
             cells = plan.day_cells = local.cells(plan.keys_for(day), ttl)
             plan.cells_day = day
             refused = local.take(cells, amounts, plan.budget_limits)
-        assert cells is not None
-        return cells, refused
+        if refused is None:
+            return Held(None, plan, cells, amounts)
+        b = bounds[refused.index]  # (it resets when its window ends)
+        raise _over(ident, b, now, _month(now)[1] if b.what == "usdm" else DAY - now % DAY, used=refused.used,
+                    need=amounts[refused.index])
 
     async def settle(self, held: Held | None, tokens: int, usd: float) -> None:
         if held is None:
             return
+        if held.cells is not None:
+            self.settle_now(held, tokens, usd)
+            return
         plan = held.plan
         nano = math.ceil(usd * NANO) if plan.money else 0
-        if held.cells is not None:
-            assert self._local is not None and held.amounts is not None
-            self._local.give(held.cells, map(sub, map((tokens, nano).__getitem__, plan.pick), held.amounts))
-            return
         assert held.charges is not None
         await self.counters.adjust([(key, (tokens if counts_tokens else nano) - amount, ttl_s)
                                     for (key, amount, _, ttl_s), counts_tokens in zip(held.charges, plan.tokens)])
+
+    def settle_now(self, held: Held | None, tokens: int, usd: float) -> None:
+        """`settle` of a reservation on in-process counters (`reserve_now`'s)."""
+        if held is None:
+            return
+        plan = held.plan
+        assert self._local is not None and held.cells is not None and held.amounts is not None
+        self._local.give(held.cells, map(sub, map((tokens, math.ceil(usd * NANO) if plan.money else 0).__getitem__,
+                                                  plan.pick), held.amounts))
 
     async def usage(self) -> list[BudgetUse]:
         """Today's use of every day budget of the keys seen since start and of their teams (for the budget

@@ -94,7 +94,10 @@ class AuthMiddleware:
                                      f"{rule.role.label} role")
             if ident.allow_from:  # (most keys have no allowlist: no closure, no call)
                 self._auth.check_address(ident, lambda: client_address(scope, self._proxies))
-            await self._limits.admit_request(ident)
+            if self._limits.local:
+                self._limits.admit_now(ident)
+            else:
+                await self._limits.admit_request(ident)
             if rule.budget_first:
                 await self._limits.check_budget(ident)
         except NlwebError as e:

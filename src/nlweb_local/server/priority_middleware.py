@@ -26,6 +26,7 @@ class CallerPriority:
     def __init__(self, classes: PriorityClasses, teams: Mapping[str, tuple[int | None, int | None]] | None = None):
         self.classes = classes
         self._teams = dict(teams or {})  # team -> (its class, its ceiling), parsed
+        self._callers: dict[int, tuple[Any, int | None, int | None]] = {}  # by id(identity): (it, class, ceiling)
 
     @classmethod
     def from_settings(cls, settings: Any) -> "CallerPriority":
@@ -44,19 +45,29 @@ class CallerPriority:
     def resolve(self, asked: int | None, ident: Any) -> int | None:
         """What the request runs at; None when that is the context's own default (0) and nothing applies."""
         c = self.classes
-        own, ceiling = None, None
-        if ident is not None:
-            team_class, team_max = self._teams.get(ident.team, (None, None)) if ident.team else (None, None)
-            own = c.parse(ident.priority, "the key's priority") if ident.priority else team_class
-            key_max = c.parse(ident.max_priority, "the key's max_priority") if ident.max_priority else None
-            ceilings = [m for m in (key_max, team_max) if m is not None]
-            ceiling = min(ceilings) if ceilings else None
+        own, ceiling = self._of(ident) if ident is not None else (None, None)
         out = asked if asked is not None else own
         if out is None and c.default != 0:
             out = c.default
         if ceiling is not None and (c.default if out is None else out) > ceiling:
             out = ceiling
         return out
+
+    def _of(self, ident: Any) -> tuple[int | None, int | None]:
+        """(the caller's own class, its ceiling), worked out once per identity (the authenticator reuses them)."""
+        hit = self._callers.get(id(ident))
+        if hit is not None and hit[0] is ident:
+            return hit[1], hit[2]
+        c = self.classes
+        team_class, team_max = self._teams.get(ident.team, (None, None)) if ident.team else (None, None)
+        own = c.parse(ident.priority, "the key's priority") if ident.priority else team_class
+        key_max = c.parse(ident.max_priority, "the key's max_priority") if ident.max_priority else None
+        ceilings = [m for m in (key_max, team_max) if m is not None]
+        ceiling = min(ceilings) if ceilings else None
+        if len(self._callers) >= 4096:
+            self._callers.clear()
+        self._callers[id(ident)] = (ident, own, ceiling)
+        return own, ceiling
 
 
 def header_priority(headers: Any, classes: PriorityClasses) -> int | None:
