@@ -22,6 +22,7 @@ from .audit_chain import AuditRow
 from .audit_trail import TRAIL, RequestTrail
 
 _UNSAFE = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+_new_row = tuple.__new__  # _new_row(AuditRow, (every field)): an AuditRow without its Python-level __new__
 _perf_counter, _time = time.perf_counter, time.time
 
 
@@ -140,10 +141,10 @@ class AuditMiddleware:
             query, asked, answered = content
             text = json.dumps({"query": query.decode("latin-1")[: self._limit], "request": asked.text(),
                                "answer": answered.text()}, ensure_ascii=False)
-        return AuditRow(  # positional (the field names are in audit_chain.AuditRow)
+        return _new_row(AuditRow, (  # positional (the field names are in audit_chain.AuditRow); no Python-level __new__
             0, ts, "request", request_id, method, path[:200], status, latency,
             team, role, trail.model[:200], ",".join(trail.deployments), trail.reason[:300], privacy or "any",
-            trail.tokens_in, trail.tokens_out, round(cost, 10), 0, "", key_id, subject, name, text, "")
+            trail.tokens_in, trail.tokens_out, round(cost, 10), 0, "", key_id, subject, name, text, "", "", 0, "", ""))
 
     def _who(self, who) -> tuple[str, str, str, str, str]:
         """The identity's audited fields, worked out once per identity (the authenticator reuses them; only
