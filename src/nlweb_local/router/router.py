@@ -22,6 +22,7 @@ from ..core.errors import (BadRequestError, ContextLengthError, ModelNotFoundErr
 from ..core.privacy import REQUIRED, strictest
 from ..core.types import ChatChunk, ChatRequest, ChatResponse, EmbeddingResponse, LabelProbs, Privacy, Served, TaskKind
 from ..providers.base import BaseProvider, Capabilities, Classifier, LoadSnapshot, Provider
+from ..providers.wrapper import prompt_chars
 from .breaker import BreakerSnapshot, CircuitBreaker
 from .model import AliasSource, DeploymentInfo, DeploymentView, RequestFeatures, RouteDecision
 from .state import InProcessRouterState, RouterState
@@ -42,7 +43,7 @@ class Route:
 
 
 def estimate_tokens(req: ChatRequest) -> int:
-    return sum(len(m.content) for m in req.messages) // 4 + 4 * len(req.messages)
+    return prompt_chars(req) // 4 + 4 * len(req.messages)
 
 
 def difficulty(req: ChatRequest) -> float:

@@ -34,6 +34,10 @@ def credential(headers: Any) -> str | None:
     """The key a request carries (None: none); `AuthError` for an Authorization header that is not Bearer."""
     for k, v in headers:
         if k == b"authorization":
+            if v[:7] == b"Bearer ":  # (the common form, without splitting off the scheme)
+                value = v[7:].decode("latin-1")
+                if value and value == value.strip():
+                    return value
             scheme, _, value = v.decode("latin-1").strip().partition(" ")
             if scheme.lower() != "bearer" or not value.strip():
                 raise AuthError("malformed Authorization header: use 'Authorization: Bearer <key>'")
