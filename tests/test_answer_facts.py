@@ -145,3 +145,12 @@ def test_grounded_lines_without_stops_are_checked_as_they_were_grounded():
                         "Ridgeline 2P Backpacking Tent: 349 USD [2].")
     check = check_answer(out.text, ev)
     assert check.unsupported == [] and check.bad_citations == 0
+
+
+def test_a_sentence_that_is_only_an_item_s_name_is_dropped_and_names_alone_fall_back_to_the_items_facts():
+    ev = Evidence([CHAI, TENT], "a chai without ginger")
+    kept = ground("Gentle Cardamom Chai. It is a soft, floral chai built on cardamom.", ev, cite=False)
+    assert kept.text == "It is a soft, floral chai built on cardamom." and kept.dropped == 1 and not kept.fallback
+    names_only = ground("Gentle Cardamom Chai (No Ginger). Ridgeline 2P Backpacking Tent.", ev, cite=False)
+    assert names_only.fallback and names_only.dropped == 2
+    assert "ready in 25 min" in names_only.text and "cardamom" in names_only.text  # the items' own facts instead

@@ -7,7 +7,7 @@
   `nlweb-local eval answers` counts.
 - `ground(text, evidence, cite=...)`: the deterministic pass /ask runs on what the model wrote. A
   sentence with a fact that no item (and not the question) states is removed; so are sentences that
-  talk about the conversation ("You asked ...") or only echo the question. Citations are re-pointed to
+  talk about the conversation ("You asked ..."), only echo the question, or are nothing but an item's name. Citations are re-pointed to
   the items that state the sentence's facts, out-of-range ones dropped, and added where a sentence's
   facts come from an item it did not cite (with `cite=False`, as for summaries, they are removed).
 - `extractive(evidence, cite=...)`: when nothing the model wrote survives (or what survives only
@@ -181,6 +181,13 @@ def _echoes(sentence: str, facts: list[Fact], ev: Evidence) -> bool:
     return not any(f" {w} " in s.text for w in novel for s in ev.sources)
 
 
+def _only_a_name(sentence: str, ev: Evidence) -> bool:
+    """Nothing but an item's name ("West African Peanut Stew."): true, and says nothing (what is left of a
+    sentence once grounding removed the rest is often just that)."""
+    words = content_words(sentence)
+    return bool(words) and any(words <= content_words(_name(obj)) for obj in ev.objects)
+
+
 def ground(text: str, ev: Evidence, *, cite: bool) -> Grounded:
     """Keep the sentences whose facts the items state, with citations that point at those items; fall back
     to `extractive` when nothing useful is left."""
@@ -190,7 +197,7 @@ def ground(text: str, ev: Evidence, *, cite: bool) -> Grounded:
         facts = extract_facts(s)
         body = strip_citations(s).strip()
         if len(tokens(body)) < 2 or _META.match(body) or _echoes(s, facts, ev) or \
-                any(not ev.backs(f) for f in facts):
+                any(not ev.backs(f) for f in facts) or _only_a_name(body, ev):
             out.dropped += 1
             continue
         cited = citations(s)
