@@ -87,7 +87,8 @@ def test_another_dimension_is_refused(tmp_path):
 def test_the_packaged_model_is_named_as_the_null_setting(tmp_path):
     minilm = EmbedderIdentity("all-MiniLM-L6-v2", "fa21cd475d67")
     fill(tmp_path / "q", 3, minilm)
-    with pytest.raises(EmbedderMismatchError, match=r"embedding.model_path back to null \(the packaged all-MiniLM-L6-v2\)"):
+    back = r"embedding.model_path back to null \(the packaged all-MiniLM-L6-v2\)"
+    with pytest.raises(EmbedderMismatchError, match=back):
         QdrantStore(dimension=3, path=tmp_path / "q", embedder=B)
 
 
@@ -120,7 +121,8 @@ def test_a_collection_with_named_vectors_is_not_taken_for_ours(tmp_path):
     from qdrant_client import models as qm
 
     client = QdrantClient(path=str(tmp_path / "q"))
-    client.create_collection("nlweb_items", vectors_config={"text": qm.VectorParams(size=3, distance=qm.Distance.COSINE)})
+    named = {"text": qm.VectorParams(size=3, distance=qm.Distance.COSINE)}
+    client.create_collection("nlweb_items", vectors_config=named)
     client.close()
     with pytest.raises(EmbedderMismatchError, match="not made by nlweb-local"):
         QdrantStore(dimension=3, path=tmp_path / "q", embedder=A)

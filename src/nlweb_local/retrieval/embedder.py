@@ -33,7 +33,8 @@ class ProviderEmbedder:
         self._blocking = blocking
         self.dimension: int = int(provider.dimension)
         self.name: str = provider.model
-        self.identity = EmbedderIdentity(provider.model, getattr(provider, "fingerprint", "") or f"name:{provider.model}")
+        fingerprint = getattr(provider, "fingerprint", "") or f"name:{provider.model}"
+        self.identity = EmbedderIdentity(provider.model, fingerprint)
 
     def embed(self, texts: Sequence[str]) -> list[list[float]]:
         """Unit-normalised vectors, one per text, on the calling thread (async callers: asyncio.to_thread)."""
