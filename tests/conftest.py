@@ -72,7 +72,7 @@ def real_components(tmp_path_factory, embedder):
 
     data = tmp_path_factory.mktemp("e2e")
     settings = e2e_settings(data)
-    store = build_store(settings, embedder.dimension)
+    store = build_store(settings, embedder)
     Ingestor(embedder, store, settings.ingest, progress=False).ingest(FIXTURE_SITE, "fixture")
     comp = build_components(settings, embedder=embedder, store=store, telemetry=None)  # as serve composes it
     yield comp

@@ -235,7 +235,7 @@ async def _run(args: argparse.Namespace, settings: Settings, tmp: Path, work: li
         from ..ingest.pipeline import Ingestor
 
         settings.store.url, settings.store.path = None, str(tmp / "qdrant")
-        store = build_store(settings, embedder.dimension)
+        store = build_store(settings, embedder)
         Ingestor(embedder, store, settings.ingest, progress=False).ingest(str(demo_source()), DEMO_SITE)
 
     def rank(task: Any, prompt: str, schema: Any) -> str:

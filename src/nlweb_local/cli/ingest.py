@@ -63,7 +63,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
 
     check_store_free(settings)  # (before the embedding model loads)
     embedder = build_embedder(settings)
-    store = build_store(settings, embedder.dimension)
+    store = build_store(settings, embedder)
     try:
         ingestor = Ingestor(embedder, store, settings.ingest, progress=not args.no_progress)
         if args.delete_site:

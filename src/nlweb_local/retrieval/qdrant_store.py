@@ -18,6 +18,15 @@ which the embedded store runs when it opens and every write runs for its site fi
 
 Points written before generations existed have no `gen` and count as committed.
 One writer per site at a time (a second concurrent ingest into the same site is not supported).
+
+The collection remembers the embedding model that fills it: its Qdrant collection metadata (kept by the
+embedded store and by Qdrant servers since 1.16, so a server's record lives in the server) holds the model's
+name, fingerprint and dimension under `nlweb_local_embedder`, written when the collection is created.
+Opening the store with another model (another fingerprint, or vectors of another dimension) raises
+`EmbedderMismatchError` naming both, before anything is written: mixing two models' vectors would make
+search fail (another dimension) or silently meaningless (the same one). A collection made before this
+record existed is adopted: its vector size is checked against the model's, then the model is recorded.
+Nothing is ever deleted or re-created to resolve a mismatch.
 """
 from __future__ import annotations
 
@@ -31,13 +40,15 @@ from typing import Sequence
 from qdrant_client import QdrantClient
 from qdrant_client import models as qm
 
-from ..core.errors import StoreBusyError
+from ..core.errors import EmbedderMismatchError, StoreBusyError
 from ..core.types import Item, ScoredItem
-from .base import SiteInfo
+from ..providers.sentence_transformers import DEFAULT_MODEL_NAME
+from .base import EmbedderIdentity, SiteInfo
 from .store_lock import busy_message
 
 log = logging.getLogger("nlweb_local.store")
 _PAGE = 1000
+EMBEDDER_KEY = "nlweb_local_embedder"  # the collection metadata key of the model record
 
 
 def point_id(url: str, site: str = "", gen: int = 0) -> str:
@@ -83,7 +94,10 @@ def _pending_marks(site: str, gen: int) -> qm.Filter:
 
 class QdrantStore:
     def __init__(self, *, dimension: int, collection: str = "nlweb_items", path: str | Path | None = None,
-                 url: str | None = None, api_key: str | None = None):
+                 url: str | None = None, api_key: str | None = None, embedder: EmbedderIdentity | None = None):
+        """`dimension` and `embedder`: the model whose vectors go in (see the module docstring); `embedder`
+        None (a caller that does not know the model: tests, tools that only read) checks the dimension only
+        and records nothing. Raises `EmbedderMismatchError` (the client closed again) on another model."""
         try:
             if url:
                 self._client = QdrantClient(url=url, api_key=api_key, timeout=30)
@@ -100,8 +114,11 @@ class QdrantStore:
         self._shared = bool(url)  # a server may have other writers: read the records each time
         self.dimension = dimension
         self.location = url or str(path)
-        if not self._client.collection_exists(collection):
-            self._client.create_collection(collection, vectors_config=qm.VectorParams(size=dimension, distance=qm.Distance.COSINE))
+        try:
+            self._claim(dimension, embedder)
+        except BaseException:
+            self._client.close()  # (an embedded store's folder lock is let go)
+            raise
         if not self._client.collection_exists(self._records_collection):
             self._client.create_collection(self._records_collection,
                                            vectors_config=qm.VectorParams(size=1, distance=qm.Distance.DOT))
@@ -113,6 +130,66 @@ class QdrantStore:
         self._records: dict[str, SiteRecord] = self._load_records()
         self._epoch = 0  # bumped by delete_urls (which no site record tracks)
         self.recovered: list[Recovery] = [] if self._shared else self.recover()
+
+    # -- the embedding model's record ------------------------------------------------------------
+
+    def _claim(self, dimension: int, embedder: EmbedderIdentity | None) -> None:
+        """Create the collection for `embedder`, or check that the existing one was built with it."""
+        if not self._client.collection_exists(self._collection):
+            self._client.create_collection(self._collection,
+                                           vectors_config=qm.VectorParams(size=dimension, distance=qm.Distance.COSINE))
+            if embedder is not None:
+                self._record(embedder, dimension)
+            return
+        config = self._client.get_collection(self._collection).config
+        vectors = config.params.vectors
+        size = vectors.size if isinstance(vectors, qm.VectorParams) else None
+        recorded = (config.metadata or {}).get(EMBEDDER_KEY)
+        recorded = recorded if isinstance(recorded, dict) else None
+        fingerprint = str(recorded.get("fingerprint", "")) if recorded else ""
+        if size != dimension or (embedder is not None and fingerprint and fingerprint != embedder.fingerprint):
+            raise EmbedderMismatchError(self._mismatch(size, recorded, dimension, embedder))
+        if recorded is None and embedder is not None:
+            self._record(embedder, dimension)
+            log.warning("vector store %s (collection %r) had no record of its embedding model: its %d-dimension "
+                        "vectors are taken to be %s's, recorded now (if another model of that dimension built it, "
+                        "ingest again into a new store)", self.location, self._collection, dimension, embedder.name)
+
+    def _record(self, embedder: EmbedderIdentity, dimension: int) -> None:
+        stamp = {"name": embedder.name, "fingerprint": embedder.fingerprint, "dimension": dimension}
+        try:
+            self._client.update_collection(self._collection, metadata={EMBEDDER_KEY: stamp})
+            kept = (self._client.get_collection(self._collection).config.metadata or {}).get(EMBEDDER_KEY)
+        except Exception as e:  # noqa: BLE001 - a server without collection metadata (before Qdrant 1.16)
+            log.debug("collection metadata not written: %s", e)
+            kept = None
+        if kept != stamp:
+            log.warning("the Qdrant server at %s does not keep collection metadata (Qdrant 1.16 or later does): "
+                        "the store cannot remember its embedding model, so only the vector dimension is checked",
+                        self.location)
+
+    def _mismatch(self, size: int | None, recorded: dict | None, dimension: int,
+                  embedder: EmbedderIdentity | None) -> str:
+        where = f"the vector store {self.location} (collection {self._collection!r})"
+        if size is None:
+            return (f"{where} does not hold one unnamed vector per item, as nlweb-local's collections do: it was not "
+                    "made by nlweb-local. Set store.collection (or store.path) to another collection; nothing was "
+                    "changed.")
+        if recorded:
+            built = f"{recorded.get('name', '?')} ({size} dimensions, fingerprint {recorded.get('fingerprint', '?')})"
+        else:
+            built = f"an embedding model of {size} dimensions (which one was not recorded)"
+        now = (f"{embedder.name} ({dimension} dimensions, fingerprint {embedder.fingerprint})" if embedder is not None
+               else f"a model of {dimension} dimensions")
+        if not recorded:
+            back = f"set embedding.model_path back to the {size}-dimension model that built it"
+        elif recorded.get("name") == DEFAULT_MODEL_NAME:
+            back = f"set embedding.model_path back to null (the packaged {DEFAULT_MODEL_NAME})"
+        else:
+            back = f"set embedding.model_path back to {recorded.get('name')}'s folder"
+        return (f"{where} was built with {built}, but the configured embedding model is {now}: vectors of two "
+                f"models cannot be compared. Either {back}, or ingest your sites again with the new model into a "
+                "new store (another store.path, or another store.collection). Nothing was changed.")
 
     # -- the per-site records --------------------------------------------------------------------
 

@@ -104,11 +104,15 @@ def build_embedder(settings: Settings) -> Embedder:
     return ProviderEmbedder(SentenceTransformersProvider.load(e.model_path, device=e.device, batch_size=e.batch_size))
 
 
-def build_store(settings: Settings, dimension: int) -> VectorStore:
+def build_store(settings: Settings, embedder: Embedder) -> VectorStore:
+    """The vector store for `embedder`'s vectors: it records the model when the collection is created and
+    refuses another one (`EmbedderMismatchError`) when it opens (an embedder without an `identity`: the
+    dimension is checked only)."""
     from ..retrieval.qdrant_store import QdrantStore
 
     s = settings.store
-    return QdrantStore(dimension=dimension, collection=s.collection, path=settings.store_path, url=s.url, api_key=s.api_key)
+    return QdrantStore(dimension=embedder.dimension, collection=s.collection, path=settings.store_path, url=s.url,
+                       api_key=s.api_key, embedder=getattr(embedder, "identity", None))
 
 
 def build_router(settings: Settings, *, providers: Mapping[str, Provider] | None = None, telemetry: Any = None,
@@ -455,7 +459,7 @@ def build_components(settings: Settings, *, embedder: Any = _BUILD, store: Any =
     if embedder is _BUILD:
         embedder = build_embedder(settings)
     if store is _BUILD:
-        store = build_store(settings, embedder.dimension)
+        store = build_store(settings, embedder)
         closers.append(store.close)
     if telemetry is _BUILD:
         telemetry = None
