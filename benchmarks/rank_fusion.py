@@ -2,6 +2,7 @@
 
     python benchmarks/rank_fusion.py --data ../shared/eval/nlweb_ranking_dev.jsonl
     python benchmarks/rank_fusion.py --data ... --llm data/models/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf --band 10
+    python benchmarks/rank_fusion.py --data ... --llm data/models/qwen2.5-coder-0.5b-... --listwise --debias
     python benchmarks/rank_fusion.py --data ... --egemma /path/to/embeddinggemma-300m   (a sentence-transformers folder)
 
 Signals per (query, candidate), all on the type-aware item text that /ask embeds (core/item_text.py):
@@ -19,6 +20,11 @@ Signals per (query, candidate), all on the type-aware item text that /ask embeds
 - `llm` (with `--llm`): the model's log-odds of "Yes" from one forward pass per candidate, on the `--band` most
   similar candidates only (the instruction and the question come first, so llama.cpp reuses them as a prefix);
   the rest keep their similarity order below the band, as /ask orders unread items.
+- `listwise` (with `--llm ... --listwise`): one chat call per query shows the model the question and the band's
+  candidates numbered in similarity order and asks for their numbers from most to least relevant; a grammar and a
+  logits processor let it write only a complete permutation of the band ("[3, 1, 2, ...]", each number once,
+  temperature 0); the signal is minus the rank it gives. With `--debias`, `listwise_rev` asks again with the band shown
+  in reverse order and `listwise_avg` averages the two ranks, so an order the model merely echoes cancels out.
 
 For each signal alone it prints NDCG@10 (score.py's formula). For each fusion (z-scores per query, weights on a
 0.1 grid summing to 1) it prints the in-sample best — optimistic, for reference only — and the leave-one-query-
@@ -208,6 +214,87 @@ def llm_signal(groups, order: dict, model: str, band: int, chars: int, threads: 
     return out, secs
 
 
+class _Distinct:
+    """A logits processor for a "[3, 1, 2]" grammar: only numbers of the band not yet listed, and "]" only once every
+    number is listed (a complete permutation). Qwen's tokenizer writes numbers one digit per token."""
+
+    def __init__(self, llm, band: int):
+        import numpy as np
+
+        self.llm, self.band, self.start = llm, band, None
+        self.digit = {str(d): llm.tokenize(str(d).encode(), add_bos=False, special=False) for d in range(10)}
+        if any(len(v) != 1 for v in self.digit.values()):
+            raise SystemExit("--listwise needs a tokenizer with one token per digit (Qwen2.5, Llama 3, ...)")
+        self.digit = {d: v[0] for d, v in self.digit.items()}
+        self.non_digit = np.ones(llm.n_vocab(), dtype=bool)
+        self.non_digit[list(self.digit.values())] = False
+        self.close = np.array([i for i in range(llm.n_vocab())
+                               if b"]" in llm.detokenize([i], special=True)], dtype=np.int64)
+
+    def __call__(self, input_ids, scores):
+        if self.start is None:
+            self.start = len(input_ids)
+        text = self.llm.detokenize(list(input_ids[self.start:])).decode(errors="ignore")
+        numbers = re.findall(r"\d+", text)
+        partial = numbers.pop() if text[-1:].isdigit() else ""
+        used = {int(n) for n in numbers}
+        free = [str(n) for n in range(1, self.band + 1) if n not in used]
+        for d, i in self.digit.items():
+            if not any(n.startswith(partial + d) for n in free):
+                scores[i] = -math.inf
+        if partial and partial not in free:  # a listed number that prefixes a free one (1 -> 10): finish it
+            scores[self.non_digit] = -math.inf
+        elif len(used) + bool(partial) < self.band:
+            scores[self.close] = -math.inf
+        return scores
+
+
+def listwise_signal(groups, order: dict, model: str, band: int, chars: int, threads: int,
+                    debias: bool) -> tuple[dict, dict]:
+    """The model's permutation of the `band` most similar candidates, asked once per query with the candidates in
+    similarity order (`listwise`: minus the rank it gives) and, with `debias`, again in reverse order
+    (`listwise_rev`) and the mean of the two ranks (`listwise_avg`): a listwise reader's position bias cancels."""
+    from llama_cpp import Llama, LlamaGrammar, LogitsProcessorList
+
+    llm = Llama(model_path=model, n_ctx=4096, n_threads=threads, n_batch=512, verbose=False)
+    nums = " | ".join(f'"{n}"' for n in range(band, 0, -1))
+    grammar = LlamaGrammar.from_string(f'root ::= "[" num (", " num)* "]"\nnum ::= {nums}', verbose=False)
+    distinct = _Distinct(llm, band)
+    passes = ("listwise", "listwise_rev") if debias else ("listwise",)
+    out: dict[str, dict] = {n: {} for n in (*passes, *(("listwise_avg",) if debias else ()))}
+    secs: dict[str, list[float]] = {n: [] for n in out}
+    stats = {"complete": 0, "calls": 0}
+    for q, rows in groups.items():
+        head = sorted(rows, key=lambda r: -order[q][r["url"]])[:band]
+        ranks = {}
+        for name in passes:
+            shown = head if name == "listwise" else head[::-1]
+            listing = "\n".join(f"[{i}] {item_text(r['schema_object'], chars)}" for i, r in enumerate(shown, 1))
+            text = (f"Question: {_question(rows)}\n\nCandidates:\n{listing}\n\nRank the {len(shown)} candidates from "
+                    f"most to least relevant to the question. Answer with their numbers only, as a list, most relevant "
+                    f"first.")
+            t = time.perf_counter()
+            distinct.start = None
+            reply = llm.create_chat_completion(messages=[{"role": "user", "content": text}], temperature=0.0,
+                                               max_tokens=4 * band + 4, grammar=grammar,
+                                               logits_processor=LogitsProcessorList([distinct]))
+            secs[name].append(time.perf_counter() - t)
+            said = [int(n) for n in re.findall(r"\d+", reply["choices"][0]["message"]["content"])]
+            listed = list(OrderedDict.fromkeys(n for n in said if 1 <= n <= len(shown)))
+            stats["calls"] += 1
+            stats["complete"] += len(listed) == len(shown)
+            perm = listed + [n for n in range(1, len(shown) + 1) if n not in listed]  # unlisted: shown order
+            ranks[name] = {shown[n - 1]["url"]: rank for rank, n in enumerate(perm, 1)}
+            out[name][q] = {u: -float(r) for u, r in ranks[name].items()}
+            print(f"{secs[name][-1]:7.1f}s  {name} {perm}  {q[:50]}", file=sys.stderr)
+        if debias:
+            both = ranks["listwise"], ranks["listwise_rev"]
+            out["listwise_avg"][q] = {u: -(both[0][u] + both[1][u]) / 2 for u in both[0]}
+            secs["listwise_avg"].append(secs["listwise"][-1] + secs["listwise_rev"][-1])
+    print(f"listwise: {stats['complete']} of {stats['calls']} replies were complete permutations", file=sys.stderr)
+    return out, secs
+
+
 def _z(d: dict) -> dict:
     m, s = statistics.mean(d.values()), statistics.pstdev(d.values()) or 1.0
     return {k: (v - m) / s for k, v in d.items()}
@@ -245,6 +332,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--band", type=int, default=10, help="with --llm: candidates per query it reads (default 10)")
     p.add_argument("--item-chars", type=int, default=300, help="with --llm: item text length (default 300)")
     p.add_argument("--threads", type=int, default=2, help="with --llm: llama.cpp threads")
+    p.add_argument("--listwise", action="store_true",
+                   help="with --llm: instead of P(Yes) per candidate, ask the model once per query to order the band "
+                        "(a permutation of the numbered candidates, constrained by a grammar)")
+    p.add_argument("--debias", action="store_true", help="with --listwise: also ask with the band shown in reverse "
+                                                         "order, and average the two ranks")
     args = p.parse_args(argv)
     from nlweb_local.config.settings import load_settings
 
@@ -256,7 +348,12 @@ def main(argv: list[str] | None = None) -> int:
         more, more_secs = egemma_signals(groups, args.egemma)
         signals.update(more)
         secs.update(more_secs)
-    if args.llm:
+    if args.llm and args.listwise:
+        more, more_secs = listwise_signal(groups, order, args.llm, args.band, args.item_chars, args.threads,
+                                          args.debias)
+        signals.update(more)
+        secs.update(more_secs)
+    elif args.llm:
         signals["llm"], secs["llm"] = llm_signal(groups, order, args.llm, args.band, args.item_chars, args.threads)
     rows = []
     for name, sig in signals.items():
