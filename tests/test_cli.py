@@ -127,3 +127,26 @@ def test_models_commands_against_a_fake_ollama(env, capsys, monkeypatch):
         assert "qwen2.5:0.5b" not in row["installed"] and row["loaded"] == []
         assert main(base + ["pull", "no-such-model", "--deployment", "ol"]) != 0
         assert "no-such-model" in capsys.readouterr().err
+
+
+def _subparsers(parser):
+    import argparse
+
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield name, sub
+                yield from ((f"{name} {n}", s) for n, s in _subparsers(sub))
+
+
+def test_every_command_s_help_renders():
+    """`--help` of every command and subcommand formats (a bare % in a help text used to crash `models --help`)."""
+    from nlweb_local.cli.main import build_parser
+
+    parser = build_parser()
+    names = []
+    for name, sub in _subparsers(parser):
+        text = sub.format_help()
+        assert "usage:" in text, name
+        names.append(name)
+    assert {"serve", "models", "keys", "eval"} <= {n.split()[0] for n in names}

@@ -20,7 +20,7 @@ from ..registry.guards import DEFAULT_GUARDS
 
 def add_arguments(g: Any) -> None:
     g.add_argument("--canary", metavar="STAGES", help="promote: release by stages of traffic, e.g. 5,25,50,100")
-    g.add_argument("--guard", default=DEFAULT_GUARDS, help=f"canary guards (default: {DEFAULT_GUARDS})")
+    g.add_argument("--guard", default=DEFAULT_GUARDS, help=f"canary guards (default: {DEFAULT_GUARDS.replace('%', '%%')})")
     g.add_argument("--min-requests", type=int, metavar="N", help="canary: candidate calls per stage before it is "
                    "judged (default: registry.canary_min_requests)")
     g.add_argument("--promote-canary", action="store_true", help="register: then start a canary of the new version "
