@@ -304,7 +304,9 @@ def _ranking(q: str, signals: list[dict], w: tuple[float, ...], order: dict) -> 
     """Fused order of the candidates every signal scored; the rest (outside an LLM band) below, by `order`."""
     scored = set.intersection(*(set(s[q]) for s in signals))
     zs = [_z({u: s[q][u] for u in scored}) for s in signals]
-    head = sorted(scored, key=lambda u: -sum(wi * z[u] for wi, z in zip(w, zs)))
+    # (ties — e.g. the many candidates BM25 scores 0 — fall back to the similarity order, then the URL: the same
+    # order in every process, whatever the set's hash order)
+    head = sorted(scored, key=lambda u: (-sum(wi * z[u] for wi, z in zip(w, zs)), -order[q].get(u, 0.0), u))
     return head + sorted((u for u in order[q] if u not in scored), key=lambda u: -order[q][u])
 
 
