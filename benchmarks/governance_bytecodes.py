@@ -17,11 +17,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import socket
-import subprocess
 import sys
 import tempfile
-import time
+from contextlib import ExitStack
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -29,12 +27,6 @@ sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 BODY = b'{"model":"gpt-4.1-mini","messages":[{"role":"user","content":"Is Santa real?"}]}'
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _scope(headers: list[tuple[bytes, bytes]]) -> dict:
@@ -122,35 +114,21 @@ def main(argv: list[str] | None = None) -> int:
     from nlweb_local.server.app import create_app
     from nlweb_local.server.components import build_components
 
-    port = _free_port()
-    mock = subprocess.Popen([sys.executable, str(args.kit / "mock_upstream.py"), str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise RuntimeError("the kit's mock upstream did not start") from None
-                time.sleep(0.1)
-        with tempfile.TemporaryDirectory(prefix="nlweb-govbc-") as tmp:
-            apps = {}
-            for name in ("off", "on"):
-                (Path(tmp) / name).mkdir()
-                s = bg.gateway_settings(Settings(), port, Path(tmp) / name)
-                headers: list[tuple[bytes, bytes]] = []
-                if name == "on":
-                    s, key = bg.governed_settings(s, Path(tmp) / name)
-                    headers = [(b"authorization", f"Bearer {key}".encode())]
-                off = {"governance": None, "audit": None} if name == "off" else {}
-                comp = build_components(s, embedder=bg._InertEmbedder(), store=bg._EmptyStore(), **off)
-                apps[name] = (create_app(s, comp, close_components=True), headers)
-            counts = asyncio.run(_measure(apps, args.n))
-    finally:
-        mock.terminate()
-        mock.wait(10)
+    with tempfile.TemporaryDirectory(prefix="nlweb-govbc-") as tmp, ExitStack() as stack:
+        port = bg.free_port()
+        bg.start(stack, "mock", [sys.executable, str(args.kit / "mock_upstream.py"), str(port)], port, Path(tmp))
+        apps = {}
+        for name in ("off", "on"):
+            (Path(tmp) / name).mkdir()
+            s = bg.gateway_settings(Settings(), port, Path(tmp) / name)
+            headers: list[tuple[bytes, bytes]] = []
+            if name == "on":
+                s, key = bg.governed_settings(s, Path(tmp) / name)
+                headers = [(b"authorization", f"Bearer {key}".encode())]
+            off = {"governance": None, "audit": None} if name == "off" else {}
+            comp = build_components(s, embedder=bg._InertEmbedder(), store=bg._EmptyStore(), **off)
+            apps[name] = (create_app(s, comp, close_components=True), headers)
+        counts = asyncio.run(_measure(apps, args.n))
     delta = counts["on"] - counts["off"]
     print(f"bytecodes per /v1 request on the event loop: governance off {counts['off']:.0f}, on {counts['on']:.0f}, "
           f"on - off {delta:+.0f}")
