@@ -145,3 +145,68 @@ def test_which_requests_are_audited(method, path, expected):
     from nlweb_local.governance.audit_middleware import audited
 
     assert audited(method, path) is expected
+
+
+def test_a_trail_sums_its_calls_when_read_in_the_order_they_ended():
+    """Completions are kept as they ended and summed when the row is made (on the writer thread); a
+    stream's note in between keeps the deployments in order of first use; past the pending bound they
+    are summed at once, and nothing is lost."""
+    from nlweb_local.core.types import CallContext, ChatRequest, ChatResponse, Message, Privacy, Served, Usage
+    from nlweb_local.governance.audit_trail import _MAX_PENDING, RequestTrail
+
+    def call(deployment, tin, tout, privacy=Privacy.ANY):
+        req = ChatRequest([Message("user", "x" * 40)], model="auto", context=CallContext(privacy=privacy))
+        return req, ChatResponse("y" * 8, usage=Usage(tin, tout), deployment=deployment,
+                                 served=Served(deployment, reason=f"chose {deployment}"))
+
+    trail = RequestTrail()
+    trail.completed(*call("a", 10, 2))
+    trail.note(call("b", 0, 0)[0], Served("b", reason="stream"), 5, 1)  # a stream ended
+    trail.completed(*call("c", 7, 3, Privacy.LOCAL_ONLY))
+    trail.completed(*call("a", 1, 1))
+    assert trail.pending and trail.calls == 2  # (the stream's note summed the completion before it)
+    t = trail.settled()
+    assert (t.calls, t.tokens_in, t.tokens_out) == (4, 23, 7)
+    assert t.deployments == ["a", "b", "c"] and t.reason == "chose a" and t.model == "auto"
+    assert t.privacy == "local_only" and not t.pending
+
+    many = RequestTrail()
+    for i in range(_MAX_PENDING * 3 + 1):
+        many.completed(*call(f"d{i % 3}", 2, 1))
+    assert len(many.pending) <= _MAX_PENDING
+    assert many.settled().calls == _MAX_PENDING * 3 + 1 and many.tokens_in == 2 * (_MAX_PENDING * 3 + 1)
+    assert RequestTrail().settled().deployments == [] and RequestTrail().privacy == ""
+
+
+async def test_the_row_s_status_is_the_one_the_response_started_with():
+    """The audit middleware reads the status the request-id middleware saw (it does not wrap the
+    response itself): a refusal's status, and 500 for a request that raised before answering."""
+    from nlweb_local.governance.audit_middleware import AuditMiddleware
+    from nlweb_local.telemetry.context import RequestIdMiddleware
+
+    queued = []
+
+    class Log:
+        def record_later(self, make, args):
+            queued.append(make(*args))
+
+    async def refuse(scope, receive, send):
+        await send({"type": "http.response.start", "status": 429, "headers": []})
+        await send({"type": "http.response.body", "body": b"{}"})
+
+    async def crash(scope, receive, send):
+        raise RuntimeError("boom")
+
+    async def send(message):
+        pass
+
+    for inner, expected, outer in ((refuse, 429, True), (crash, 500, True), (refuse, 429, False), (crash, 500, False)):
+        app = AuditMiddleware(inner, audit=Log())  # without the request-id middleware: it notes the status itself
+        app = RequestIdMiddleware(app) if outer else app
+        scope = {"type": "http", "method": "POST", "path": "/v1/chat/completions", "headers": []}
+        try:
+            await app(scope, None, send)
+        except RuntimeError:
+            assert expected == 500
+        assert queued[-1].status == expected and queued[-1].role == "anonymous"
+    assert len(queued) == 4

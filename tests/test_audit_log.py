@@ -312,3 +312,22 @@ def test_serve_refuses_to_start_on_a_damaged_log_naming_it_and_why(tmp_path):
     assert f"nlweb-local: error: the audit log {log}" in err and "will not start a new chain" in err, err[-2000:]
     assert "ready" not in err
     assert log.read_bytes() == b"\x00garbage" * 512
+
+
+def test_a_log_made_with_the_identity_indexes_loses_them_at_open_and_still_erases(backend):
+    """Earlier versions indexed `subject` and `key_id` (every request paid for both); opening such a log
+    drops them, and an erasure by subject or key still finds every row (by a scan)."""
+    filled(backend).close()
+    backend.sql("CREATE INDEX audit_log_subject ON audit_log(subject)")
+    backend.sql("CREATE INDEX audit_log_key ON audit_log(key_id)")
+    store = backend.open()
+    try:
+        if isinstance(backend, Sqlite):
+            names = {r[0] for r in store._execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
+        else:
+            names = {r[0] for r in store._execute("SELECT indexname FROM pg_indexes WHERE tablename = ?", (backend.table,))}
+        assert not any(n.endswith(("_subject", "_key")) for n in names) and any(n.endswith("_ts") for n in names)
+        assert store.erase(key_id="key-bob") == 3 and store.erase(subject="alice") == 3
+        assert verify(store).ok
+    finally:
+        store.close()

@@ -42,7 +42,7 @@ class Governance:
     trusted_proxies: tuple[Any, ...] = ()  # ip_network objects: whose X-Forwarded-For is believed
 
     def wrapper(self, *, resolve: Callable[[str], tuple[str, ...]], deployments: Callable[[], Iterable[str]],
-                price: Callable[[str, int, int], float]) -> Callable[[Provider], Provider]:
+                price: Callable[[str], Callable[[int, int], float]]) -> Callable[[Provider], Provider]:
         from .governed import governed
 
         return governed(self.limits, resolve=resolve, deployments=deployments, price=price)

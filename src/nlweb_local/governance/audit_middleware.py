@@ -2,7 +2,7 @@
 
 Audited: every request to /v1/*, /ask, /mcp, /chat/*, and every POST/PUT/PATCH/DELETE to /admin/*.
 It sits inside the request-id middleware (the row carries the request's id and, from `RequestSpend`,
-its cost) and outside authentication: a refused request is audited too, and the identity that
+its cost and the status its response started with) and outside authentication: a refused request is audited too, and the identity that
 authentication leaves in `scope["state"]["identity"]` (key_id, name, role, team, subject) is read
 when the response is done; without one the row says role "anonymous".
 
@@ -68,43 +68,44 @@ class AuditMiddleware:
         if scope["type"] != "http" or not audited(scope["method"], scope["path"]):
             await self.app(scope, receive, send)
             return
-        if self._content:
-            await self._with_content(scope, receive, send)
+        spend = SPEND.get()  # (the request-id middleware's, outside: it notes the response's status too)
+        if self._content or spend is None:
+            await self._noting(scope, receive, send)
             return
         t0 = _perf_counter()
-        state = scope.setdefault("state", {})  # (authentication puts the identity here; read it afterwards)
-        status = [500]
-
-        async def send_noting(message) -> None:
-            if message["type"] == "http.response.start":
-                status[0] = message["status"]
-            await send(message)
-
+        state = scope.get("state")  # (authentication puts the identity here; read it afterwards)
+        if state is None:
+            state = scope["state"] = {}
         trail = RequestTrail()
         token = TRAIL.set(trail)
         try:
-            await self.app(scope, receive, send_noting)
+            await self.app(scope, receive, send)
         finally:
             TRAIL.reset(token)
-            self._record(scope, state, status[0], _perf_counter() - t0, trail, None)
+            self._audit.record_later(self._row, (_time(), REQUEST_ID.get(), scope["method"], scope["path"],
+                                                 scope["headers"], spend.status or 500, _perf_counter() - t0,
+                                                 state.get("identity") if state.__class__ is dict else None, trail,
+                                                 spend.cost_usd, None))
 
-    async def _with_content(self, scope, receive, send) -> None:
-        """`audit.log_content`: the request body and the answer are kept too (each cut to max_content_chars)."""
+    async def _noting(self, scope, receive, send) -> None:
+        """The response noted here (its status; with `audit.log_content`, the request body and the answer
+        too, each cut to max_content_chars)."""
         t0 = _perf_counter()
         state = scope.setdefault("state", {})
         status = [500]
-        asked, answered = _Capture(self._limit), _Capture(self._limit)
+        content = self._content
+        asked, answered = _Capture(self._limit if content else 0), _Capture(self._limit if content else 0)
 
         async def send_noting(message) -> None:
             if message["type"] == "http.response.start":
                 status[0] = message["status"]
-            elif message["type"] == "http.response.body":
+            elif content and message["type"] == "http.response.body":
                 answered.add(message.get("body", b""))
             await send(message)
 
         async def receive_noting():
             message = await receive()
-            if message["type"] == "http.request":
+            if content and message["type"] == "http.request":
                 asked.add(message.get("body", b""))
             return message
 
@@ -115,7 +116,7 @@ class AuditMiddleware:
         finally:
             TRAIL.reset(token)
             self._record(scope, state, status[0], _perf_counter() - t0, trail,
-                         (scope.get("query_string", b""), asked, answered))
+                         (scope.get("query_string", b""), asked, answered) if content else None)
 
     def _record(self, scope, state, status: int, latency: float, trail: RequestTrail, content: tuple | None) -> None:
         """What the row needs, read now (the request's context and outcome); the row itself is made on the
@@ -129,6 +130,7 @@ class AuditMiddleware:
     def _row(self, ts: float, request_id: str, method: str, path: str, headers: Any, status: int, latency: float,
              who: Any, trail: RequestTrail, cost: float, content: tuple | None) -> AuditRow:
         """The audit row of one request (on the writer thread)."""
+        trail = trail.settled()
         privacy = trail.privacy
         if not privacy:
             for k, v in headers:

@@ -20,21 +20,33 @@ from ..core.types import ChatChunk, ChatRequest, ChatResponse, Privacy, Served
 from ..providers.wrapper import CallKind, StreamTally, WrapperProvider, answer_tokens, call_tokens, observed
 
 _MAX_DEPLOYMENTS = 8
+_MAX_PENDING = 16  # completions kept as (request, answer) until the row is made; more are summed at once
 
 
 class RequestTrail:
-    """One request's LLM calls, summed: bounded (at most a few deployment names are kept). What it keeps
-    on the request path is references and sums; the texts (`privacy`, `reason`) are made when read (the
-    audit row is made on the audit log's writer thread)."""
+    """One request's LLM calls, summed: bounded (at most a few deployment names are kept). On the request
+    path a completion costs one list append — `(request, answer)`, at most `_MAX_PENDING` of them —
+    and the sums, the privacy class and the route reason are worked out when the row is made, on the
+    audit log's writer thread (`settled()`); other calls (streams, classify, embed) are summed as they end."""
 
-    __slots__ = ("deployments", "served", "model", "strictest", "tokens_in", "tokens_out", "calls")
+    deployments: list[str] = []  # (class defaults, replaced per trail when a call is summed: see _sum)
+    served: Served | None = None  # the first call's (its route reason)
+    model = ""
+    strictest: Privacy | None = None  # the strictest privacy class of the calls (None: no call)
+    tokens_in = tokens_out = calls = 0
 
     def __init__(self) -> None:
-        self.deployments: list[str] = []
-        self.served: Served | None = None  # the first call's (its route reason)
-        self.model = ""
-        self.strictest: Privacy | None = None  # the strictest privacy class of the calls (None: no call)
-        self.tokens_in = self.tokens_out = self.calls = 0
+        self.pending: list[tuple[ChatRequest, ChatResponse]] = []
+
+    def settled(self) -> "RequestTrail":
+        """The trail with every pending completion summed (the audit writer calls this before reading it)."""
+        pending = self.pending
+        if pending:
+            self.pending = []
+            for request, out in pending:
+                tin, tout = call_tokens(out.usage, request, len(out.content))
+                self._sum(request, out.served, tin, tout, out.deployment)
+        return self
 
     @property
     def privacy(self) -> str:
@@ -47,8 +59,26 @@ class RequestTrail:
             return ""
         return served.reason + (f"; after failover from {', '.join(served.failover_from)}" if served.failover_from else "")
 
+    def completed(self, request: ChatRequest, out: ChatResponse) -> None:
+        """A completion call ended (summed later, in `settled`)."""
+        if len(self.pending) < _MAX_PENDING:
+            self.pending.append((request, out))
+        else:
+            self.settled()
+            self.pending.append((request, out))
+
     def note(self, request: ChatRequest | None, served: Served | None, tokens_in: int, tokens_out: int,
              deployment: str = "") -> None:
+        """A call ended with these tokens (earlier pending completions are summed first: deployments stay
+        in order of first use)."""
+        if self.pending:
+            self.settled()
+        self._sum(request, served, tokens_in, tokens_out, deployment)
+
+    def _sum(self, request: ChatRequest | None, served: Served | None, tokens_in: int, tokens_out: int,
+             deployment: str) -> None:
+        if not self.calls:
+            self.deployments = []
         self.calls += 1
         self.tokens_in += tokens_in
         self.tokens_out += tokens_out
@@ -77,8 +107,7 @@ class AuditedProvider(WrapperProvider):
         out = await self.inner.complete(request)
         trail = TRAIL.get()
         if trail is not None:
-            tin, tout = call_tokens(out.usage, request, len(out.content))
-            trail.note(request, out.served, tin, tout, out.deployment)
+            trail.completed(request, out)  # (summed on the audit writer's thread)
         return out
 
     async def around_call(self, kind: CallKind, subject: Any, run: Callable[[], Awaitable[Any]]) -> Any:

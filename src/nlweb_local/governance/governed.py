@@ -22,7 +22,8 @@ from ..providers.wrapper import StreamTally, WrapperProvider, answer_tokens, cal
 from .identity import CURRENT, Identity
 from .limits import Held, LimitPolicy, Plan
 
-Price = Callable[[str, int, int], float]  # (deployment, tokens in, tokens out) -> dollars
+Pricer = Callable[[int, int], float]  # (tokens in, tokens out) -> dollars, on one deployment
+Price = Callable[[str], Pricer]  # a deployment's pricer
 DEFAULT_COMPLETION = 512  # tokens a call that names no max_tokens is reserved for
 
 
@@ -33,14 +34,18 @@ def estimate_prompt(req: ChatRequest) -> int:
 
 def _free(served: Served | None, cache: str = "") -> bool:
     outcome = cache or (served.cache if served is not None else "")
-    return outcome.startswith("hit") or outcome.startswith("semantic-hit")
+    return outcome.startswith(_HITS) if outcome else False
+
+
+_HITS = ("hit", "semantic-hit")
 
 
 class GovernedProvider(WrapperProvider):
     def __init__(self, inner: Provider, policy: LimitPolicy, *, resolve: Callable[[str], tuple[str, ...]],
                  deployments: Callable[[], Iterable[str]], price: Price, clock: Callable[[], float] = time.perf_counter):
         """`resolve(model)`: the deployments a model name (alias or deployment) stands for; `deployments()`:
-        every deployment; `price`: what a call of so many tokens costs on a deployment."""
+        every deployment; `price(deployment)`: what a call of so many tokens costs there, as a function
+        of (tokens in, tokens out) (asked once per deployment)."""
         super().__init__(inner)
         self._policy = policy
         self._resolve = resolve
@@ -49,6 +54,15 @@ class GovernedProvider(WrapperProvider):
         self._clock = clock
         self._scopes: dict[tuple[str, ...], frozenset[str]] = {}
         self._contexts: dict[int, tuple[CallContext, Identity, CallContext]] = {}  # by id(context): most are reused
+        self._pricers: dict[str, Pricer] = {}
+
+    def _cost(self, deployment: str, tokens_in: int, tokens_out: int) -> float:
+        pricer = self._pricers.get(deployment)
+        if pricer is None:
+            pricer = self._price(deployment)
+            if len(self._pricers) < 1024:
+                self._pricers[deployment] = pricer
+        return pricer(tokens_in, tokens_out)
 
     # -- scope and context --------------------------------------------------------------------------
     def _allowed(self, models: tuple[str, ...]) -> frozenset[str]:
@@ -103,7 +117,7 @@ class GovernedProvider(WrapperProvider):
         usd = 0.0
         if plan.money:  # the dearest deployment the call may be served by
             for d in (req.context.deployments if req is not None else ()) or self._deployments():
-                usd = max(usd, self._price(d, tokens_in, tokens_out))
+                usd = max(usd, self._cost(d, tokens_in, tokens_out))
         return plan, tokens_in + tokens_out, usd
 
     async def _reserve(self, ident: Identity, req: ChatRequest | None, tokens_out: int,
@@ -123,7 +137,7 @@ class GovernedProvider(WrapperProvider):
         """What settles a reservation: (tokens, dollars) the call used (nothing for a free one)."""
         if free or not deployment:
             return 0, 0.0
-        return tokens_in + tokens_out, self._price(deployment, tokens_in, tokens_out) if held.plan.money else 0.0
+        return tokens_in + tokens_out, self._cost(deployment, tokens_in, tokens_out) if held.plan.money else 0.0
 
     async def _settle(self, held: Held | None, deployment: str, tokens_in: int, tokens_out: int, free: bool) -> None:
         if held is not None:
@@ -142,17 +156,30 @@ class GovernedProvider(WrapperProvider):
         policy = self._policy
         if not policy.local:
             return await self._complete_remote(req, ident)
-        held = self._reserve_now(ident, req, req.max_tokens or DEFAULT_COMPLETION)  # (in process: no await)
+        plan = policy.plan(ident)
+        if not plan.budget:  # (no token or money limit: nothing to reserve)
+            return await self.inner.complete(req)
+        # in process, no await: reserve the estimate (`_estimate`, written out: the common call) ...
+        tokens_out = req.max_tokens or DEFAULT_COMPLETION
+        tokens_in = prompt_chars(req) // 4 + 4 * len(req.messages) + 1
+        usd = 0.0
+        if plan.money:  # the dearest deployment the call may be served by
+            for d in req.context.deployments or self._deployments():
+                usd = max(usd, self._cost(d, tokens_in, tokens_out))
+        held = policy.reserve_now(ident, tokens_in + tokens_out, usd, plan)
         try:
             out = await self.inner.complete(req)
         except BaseException:
             policy.settle_now(held, 0, 0.0)
             raise
-        if held is not None:
-            served = out.served
+        # ... and settle on what the call used (nothing for a cache hit)
+        served = out.served
+        deployment = out.deployment or (served.deployment if served is not None else "")
+        if not deployment or (served is not None and served.cache and _free(served)):
+            policy.settle_now(held, 0, 0.0)
+        else:
             tokens_in, tokens_out = call_tokens(out.usage, req, len(out.content))
-            policy.settle_now(held, *self._usage(held, out.deployment or (served.deployment if served is not None else ""),
-                                                 tokens_in, tokens_out, served is not None and _free(served)))
+            policy.settle_now(held, tokens_in + tokens_out, self._cost(deployment, tokens_in, tokens_out) if plan.money else 0.0)
         return out
 
     async def _complete_remote(self, req: ChatRequest, ident: Identity) -> ChatResponse:

@@ -601,12 +601,16 @@ def governed_wrapper(governance: Any, router: Router, telemetry: Any = None) -> 
         meters = {n: find(router.provider(n), MeteredProvider) for n in router.names()}
     infos = {v.name: v.info for v in router.deployments()}
 
-    def price(name: str, tokens_in: int, tokens_out: int) -> float:
+    def price(name: str) -> Callable[[int, int], float]:
+        """The pricer of one deployment (asked once per deployment)."""
         meter = meters.get(name)
         if meter is not None:  # (its price model, at its measured throughput where that matters)
-            return meter.call_cost(tokens_in, tokens_out)
+            return meter.pricer()
         info = infos.get(name)
-        return (tokens_in * info.price_in_per_m + tokens_out * info.price_out_per_m) / 1e6 if info else 0.0
+        if info is None:
+            return lambda tokens_in, tokens_out: 0.0
+        p_in, p_out = info.price_in_per_m, info.price_out_per_m
+        return lambda tokens_in, tokens_out: (tokens_in * p_in + tokens_out * p_out) / 1e6
 
     return governance.wrapper(resolve=router.resolve_model, deployments=router.names, price=price)
 

@@ -20,13 +20,16 @@ REQUEST_ID: ContextVar[str] = ContextVar("nlweb_request_id", default="")
 
 class RequestSpend:
     """What the LLM calls of one HTTP request have cost so far (added to by `MeteredProvider`; read by the
-    /ask cache to remember what an answer cost). One object per request: tasks the request starts copy
+    /ask cache to remember what an answer cost), and the status its response started with (set by
+    `RequestIdMiddleware`, which sees every response start: the audit log reads it rather than wrap the
+    response again; 0 while none has started). One object per request: tasks the request starts copy
     the context, and with it this same object."""
 
-    __slots__ = ("cost_usd", "reference_usd")
+    __slots__ = ("cost_usd", "reference_usd", "status")
 
     def __init__(self) -> None:
         self.cost_usd = self.reference_usd = 0.0
+        self.status = 0
 
 
 SPEND: ContextVar[RequestSpend | None] = ContextVar("nlweb_request_spend", default=None)
@@ -77,12 +80,14 @@ class RequestIdMiddleware:
                     rid = f"{given}/{rid}"
                 break
         token = REQUEST_ID.set(rid)
-        spend = SPEND.set(RequestSpend())
+        record = RequestSpend()
+        spend = SPEND.set(record)
         header = (b"x-request-id", rid.encode())
 
         async def send_with_id(message) -> None:
             if message["type"] == "http.response.start":
                 message["headers"] = [*message.get("headers", ()), header]
+                record.status = message["status"]
             await send(message)
 
         try:

@@ -34,6 +34,7 @@ class ThroughputMeter:
         self._since = 0.0
         self.busy_s = 0.0
         self.tokens = 0
+        self.rate: float | None = None  # tokens_per_s() as of the last call's end (what pricing reads)
 
     def begin(self, now: float | None = None) -> None:
         if self._active == 0:
@@ -41,10 +42,16 @@ class ThroughputMeter:
         self._active += 1
 
     def end(self, tokens: int, now: float | None = None) -> None:
+        if now is None:
+            now = self._clock()
         self._active -= 1
-        self.tokens += tokens
+        total = self.tokens = self.tokens + tokens
         if self._active == 0:
-            self.busy_s += (self._clock() if now is None else now) - self._since
+            self.busy_s += now - self._since
+            busy = self.busy_s
+        else:
+            busy = self.busy_s + now - self._since
+        self.rate = total / busy if busy > 0 and total > 0 else None
 
     def tokens_per_s(self) -> float | None:
         busy = self.busy_s + (self._clock() - self._since if self._active else 0.0)
@@ -75,14 +82,21 @@ class MeteredProvider(WrapperProvider):
         self._series: dict[str, CallSeries] = {}
         self.meter = ThroughputMeter(clock)
 
-    def call_cost(self, tokens_in: int, tokens_out: int) -> float:
-        """What a call of that size costs on this deployment now (its throughput read only when the price
-        depends on it: governance prices every call twice, reserve and settle)."""
-        return self.price.cost_at(tokens_in, tokens_out, self.meter.tokens_per_s() if self._by_throughput else None)
+    def pricer(self) -> Callable[[int, int], float]:
+        """What a call costs on this deployment now, as one function of (tokens in, tokens out) with what it
+        needs bound (governance prices every call twice, reserve and settle): a local deployment's price
+        at its throughput as of its last finished call (`meter.rate`: no clock read per call). A price
+        model set later (`self.price = ...`) is not seen by a pricer made before."""
+        price = self.price
+        if not self._by_throughput:
+            p_in, p_out = price.in_per_m, price.out_per_m  # (Price.cost_at's arithmetic, for the same floats)
+            return lambda tokens_in, tokens_out: (tokens_in * p_in + tokens_out * p_out) / 1e6
+        cost_at, meter = price.cost_at, self.meter
+        return lambda tokens_in, tokens_out: cost_at(tokens_in, tokens_out, meter.rate)
 
     def cost(self, tokens_in: int, tokens_out: int) -> tuple[float, float]:
         """(what a call of that size costs on this deployment now, what the reference model would charge)."""
-        cost = self.price.cost_at(tokens_in, tokens_out, self.meter.tokens_per_s() if self._by_throughput else None)
+        cost = self.price.cost_at(tokens_in, tokens_out, self.meter.rate)  # (at the throughput as of the last call's end)
         return cost, self.reference.cost(tokens_in, tokens_out) if self.reference is not None else 0.0
 
     # -- bookkeeping --------------------------------------------------------------------------------
