@@ -312,3 +312,28 @@ def test_allow_from_must_be_networks(tmp_path, monkeypatch, capsys):
     assert main(["keys", "create", "--name", "x", "--role", "user", "--allow-from", "10.1.2.3", "2001:db8::/32"]) == 0
     assert main(["keys", "list"]) == 0
     assert "from=10.1.2.3/32,2001:db8::/32" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("headers, expected", [
+    ([(b"authorization", b"Bearer nlk_a")], "nlk_a"),
+    ([(b"x-api-key", b" nlk_b ")], "nlk_b"),
+    ([(b"authorization", b"bearer  nlk_c ")], "nlk_c"),  # (any case of the scheme, blanks around the key)
+    ([(b"x-api-key", b"nlk_x"), (b"authorization", b"Bearer nlk_a")], "nlk_a"),  # Authorization first
+    ([(b"authorization", b"Bearer nlk_1"), (b"authorization", b"Bearer nlk_2")], "nlk_1"),  # of two, the first
+    (((b"host", b"h"), (b"x-api-key", b"nlk_t")), "nlk_t"),  # a tuple of headers
+    (iter([(b"x-api-key", b"nlk_i")]), "nlk_i"),  # any iterable
+    ([(b"host", b"h")], None),
+])
+def test_the_key_a_request_carries(headers, expected):
+    from nlweb_local.server.auth import credential
+
+    assert credential(headers) == expected
+
+
+@pytest.mark.parametrize("value", [b"Basic dXNlcjpwYXNz", b"Bearer", b"Bearer   ", b"nlk_abc"])
+def test_an_authorization_header_that_is_not_bearer_is_refused(value):
+    from nlweb_local.core.errors import AuthError
+    from nlweb_local.server.auth import credential
+
+    with pytest.raises(AuthError, match="malformed Authorization header"):
+        credential([(b"authorization", value)])

@@ -117,6 +117,23 @@ async def test_local_price_uses_measured_throughput_while_busy():
     assert rows[0].latency_s == pytest.approx(2.0)
 
 
+async def test_a_pricer_prices_as_the_price_model_does_at_the_meter_s_rate():
+    """Governance prices each call twice with `pricer()`: the same dollars as the price model's `cost_at`
+    at the throughput as of the last finished call (assumed until one has been measured)."""
+    clock = ManualClock()
+    hw = HardwareCost(26_280, 3, 2_600, 1.0, assumed_tokens_per_s=100)
+    p, _, _ = metered(ScriptedProvider("local", "a b c d"), price=hw, clock=clock)
+    price = p.pricer()
+    assert p.meter.rate is None and price(300, 100) == hw.cost_at(300, 100, None) > 0
+    p.meter.begin()
+    clock.t += 4
+    p.meter.end(1000)  # 250 tokens/s
+    assert p.meter.rate == 250 and price(300, 100) == pytest.approx(hw.cost_at(300, 100, 250))
+    assert price(300, 100) < hw.cost_at(300, 100, None)  # (faster than assumed: cheaper per token)
+    fixed, _, _ = metered(ScriptedProvider("cloud", "x"), price=Price(2.5, 10.0))
+    assert fixed.pricer()(1000, 100) == Price(2.5, 10.0).cost_at(1000, 100, None) == pytest.approx(0.0035)
+
+
 def test_throughput_meter_counts_overlapping_calls_once():
     clock = ManualClock()
     t = ThroughputMeter(clock)

@@ -55,23 +55,31 @@ class BatchWriter(Generic[T]):
     # -- the request path ---------------------------------------------------------------------------
     def put(self, row: T) -> bool:
         """Queue `row`; False when the writer is closed (the row is counted as dropped)."""
+        queue = self._queue
         with self._lock:
-            if self._closing:
-                self.dropped += 1
-                if self.dropped == 1 or self.dropped % 1000 == 0:
-                    log.warning("%s is closed; %d rows were not recorded", self.name, self.dropped)
-                return False
-            lost = 0
-            if len(self._queue) >= self._max_queue:
-                self._queue.popleft()
-                self.dropped += 1
-                lost = 1
-            self._queue.append(row)
+            if self._closing or len(queue) >= self._max_queue:
+                return self._put_slow(row)
+            queue.append(row)
             self.enqueued += 1
-            full = len(self._queue) >= self._batch
-        if lost and self._on_drop is not None:
-            self._on_drop(lost)
-        if full:
+            if len(queue) < self._batch:
+                return True
+        self._wake.set()
+        return True
+
+    def _put_slow(self, row: T) -> bool:
+        """`put` when closed, or with the queue full (the oldest row is dropped); holds the lock."""
+        if self._closing:
+            self.dropped += 1
+            if self.dropped == 1 or self.dropped % 1000 == 0:
+                log.warning("%s is closed; %d rows were not recorded", self.name, self.dropped)
+            return False
+        self._queue.popleft()
+        self.dropped += 1
+        self._queue.append(row)
+        self.enqueued += 1
+        if self._on_drop is not None:  # (called under the lock: it only counts)
+            self._on_drop(1)
+        if len(self._queue) >= self._batch:
             self._wake.set()
         return True
 

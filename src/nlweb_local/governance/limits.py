@@ -184,21 +184,26 @@ class LimitPolicy:
             return
         now = self._now()
         window = int(now // MINUTE)
-        refused = self._take_rpm(plan, window, now)
+        cells = plan.minute_cells
+        if cells is not None and plan.cells_minute == window:  # (the common case: this minute's counters, lent)
+            refused = self._local.take(cells, plan.ones, plan.rpm_limits)  # type: ignore[union-attr]
+            if refused is None:
+                return
+            if refused is STALE:
+                refused = self._take_rpm(plan, window, now)
+        else:
+            refused = self._take_rpm(plan, window, now)
         if refused is not None:
             raise _over(ident, plan.rpm[refused.index], now, MINUTE - now % MINUTE)
 
     def _take_rpm(self, plan: Plan, window: int, now: float) -> Refusal | None:
+        """One request against `window`'s requests/minute counters, lent anew (a new minute, or the first
+        request, or counters that expired)."""
         local = self._local
         assert local is not None
-        cells = plan.minute_cells
-        refused = local.take(cells, plan.ones, plan.rpm_limits) if cells is not None and plan.cells_minute == window \
-            else STALE
-        if refused is STALE:  # a new minute (or the first request): this minute's counters
-            cells = plan.minute_cells = local.cells([f"{b.prefix}{window}" for b in plan.rpm], MINUTE - now % MINUTE + 5)
-            plan.cells_minute = window
-            refused = local.take(cells, plan.ones, plan.rpm_limits)
-        return refused
+        cells = plan.minute_cells = local.cells([f"{b.prefix}{window}" for b in plan.rpm], MINUTE - now % MINUTE + 5)
+        plan.cells_minute = window
+        return local.take(cells, plan.ones, plan.rpm_limits)
 
     async def check_budget(self, ident: Identity) -> None:
         """Refuse at once when a day's token or money budget is already used up (so /ask answers 429

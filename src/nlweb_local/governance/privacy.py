@@ -31,8 +31,9 @@ class CallerPrivacy:
     def of(self, ident: Identity | None) -> Privacy:
         if ident is None:
             return Privacy.ANY
+        own = ident.privacy
         team = self._teams.get(ident.team) if self._teams else None
-        return ident.privacy if team is None else strictest(ident.privacy, team)
+        return own if team is None or team is own else strictest(own, team)
 
     @classmethod
     def from_settings(cls, auth: Any) -> "CallerPrivacy":
@@ -46,7 +47,10 @@ class PrivacyFloor(WrapperProvider):
 
     def _floor(self) -> Privacy:
         required, ident = REQUIRED.get(), CURRENT.get()
-        return required if ident is None else strictest(required, self._callers.of(ident))
+        if ident is None:
+            return required
+        caller = self._callers.of(ident)
+        return required if caller is required else strictest(required, caller)
 
     def _held(self, request: ChatRequest) -> ChatRequest:
         """The request, its context raised to the floor (in place: the edge made it for this call)."""

@@ -31,20 +31,24 @@ _MISSING = ("missing credentials: send an API key as 'Authorization: Bearer <key
 
 
 def credential(headers: Any) -> str | None:
-    """The key a request carries (None: none); `AuthError` for an Authorization header that is not Bearer."""
-    for k, v in headers:
-        if k == b"authorization":
-            if v[:7] == b"Bearer ":  # (the common form, without splitting off the scheme)
-                value = v[7:].decode("latin-1")
-                if value and value == value.strip():
-                    return value
-            scheme, _, value = v.decode("latin-1").strip().partition(" ")
-            if scheme.lower() != "bearer" or not value.strip():
-                raise AuthError("malformed Authorization header: use 'Authorization: Bearer <key>'")
-            return value.strip()
-        if k == b"x-api-key":
-            return v.decode("latin-1").strip()
-    return None
+    """The key a request carries (None: none); `AuthError` for an Authorization header that is not Bearer.
+    `Authorization` is read before `x-api-key`; of a header sent twice, the first."""
+    try:
+        found = dict(reversed(headers))  # (one pass in C; reversed: the first of a repeated header wins)
+    except TypeError:  # (an iterable that is not a sequence)
+        found = dict(reversed(list(headers)))
+    v = found.get(b"authorization")
+    if v is not None:
+        if v[:7] == b"Bearer ":  # (the common form, without splitting off the scheme)
+            value = v[7:].decode("latin-1")
+            if value and value == value.strip():
+                return value
+        scheme, _, value = v.decode("latin-1").strip().partition(" ")
+        if scheme.lower() != "bearer" or not value.strip():
+            raise AuthError("malformed Authorization header: use 'Authorization: Bearer <key>'")
+        return value.strip()
+    v = found.get(b"x-api-key")
+    return v.decode("latin-1").strip() if v is not None else None
 
 
 def _within(address: str, networks: Any) -> bool:

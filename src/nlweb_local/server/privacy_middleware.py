@@ -45,7 +45,8 @@ class PrivacyMiddleware:
             return
         state = scope.get("state")
         ident = state.get("identity") if state else None
-        privacy = asked if ident is None else strictest(asked, self._callers.of(ident))
+        caller = asked if ident is None else self._callers.of(ident)
+        privacy = asked if caller is asked else strictest(asked, caller)
         if privacy is Privacy.ANY:
             await self.app(scope, receive, send)
             return

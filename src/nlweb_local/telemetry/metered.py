@@ -19,7 +19,7 @@ from ..providers.wrapper import CallKind, StreamTally, WrapperProvider, answer_t
 from .context import current_request_id, current_spend, new_request_id
 from .ledger import CallRecord
 from .metrics import CallSeries, GatewayMetrics
-from .prices import FREE, Price, PriceModel
+from .prices import FREE, HardwareCost, Price, PriceModel
 
 
 class ThroughputMeter:
@@ -91,7 +91,11 @@ class MeteredProvider(WrapperProvider):
         if not self._by_throughput:
             p_in, p_out = price.in_per_m, price.out_per_m  # (Price.cost_at's arithmetic, for the same floats)
             return lambda tokens_in, tokens_out: (tokens_in * p_in + tokens_out * p_out) / 1e6
-        cost_at, meter = price.cost_at, self.meter
+        meter = self.meter
+        if isinstance(price, HardwareCost) and price.assumed_tokens_per_s > 0:  # (HardwareCost.cost_at, written out)
+            per_s, assumed = price.per_hour / 3600.0, price.assumed_tokens_per_s
+            return lambda tokens_in, tokens_out: per_s * (tokens_in + tokens_out) / (meter.rate or assumed)
+        cost_at = price.cost_at
         return lambda tokens_in, tokens_out: cost_at(tokens_in, tokens_out, meter.rate)
 
     def cost(self, tokens_in: int, tokens_out: int) -> tuple[float, float]:
