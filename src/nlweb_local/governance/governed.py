@@ -56,13 +56,15 @@ class GovernedProvider(WrapperProvider):
         self._contexts: dict[int, tuple[CallContext, Identity, CallContext]] = {}  # by id(context): most are reused
         self._pricers: dict[str, Pricer] = {}
 
+    def _pricer(self, deployment: str) -> Pricer:
+        """The deployment's pricer (asked for once, then kept)."""
+        pricer = self._price(deployment)
+        if len(self._pricers) < 1024:
+            self._pricers[deployment] = pricer
+        return pricer
+
     def _cost(self, deployment: str, tokens_in: int, tokens_out: int) -> float:
-        pricer = self._pricers.get(deployment)
-        if pricer is None:
-            pricer = self._price(deployment)
-            if len(self._pricers) < 1024:
-                self._pricers[deployment] = pricer
-        return pricer(tokens_in, tokens_out)
+        return (self._pricers.get(deployment) or self._pricer(deployment))(tokens_in, tokens_out)
 
     # -- scope and context --------------------------------------------------------------------------
     def _allowed(self, models: tuple[str, ...]) -> frozenset[str]:
@@ -164,8 +166,11 @@ class GovernedProvider(WrapperProvider):
         tokens_in = prompt_chars(req) // 4 + 4 * len(req.messages) + 1
         usd = 0.0
         if plan.money:  # the dearest deployment the call may be served by
+            pricers = self._pricers
             for d in req.context.deployments or self._deployments():
-                usd = max(usd, self._cost(d, tokens_in, tokens_out))
+                cost = (pricers.get(d) or self._pricer(d))(tokens_in, tokens_out)
+                if cost > usd:
+                    usd = cost
         held = policy.reserve_now(ident, tokens_in + tokens_out, usd, plan)
         try:
             out = await self.inner.complete(req)
@@ -179,7 +184,8 @@ class GovernedProvider(WrapperProvider):
             policy.settle_now(held, 0, 0.0)
         else:
             tokens_in, tokens_out = call_tokens(out.usage, req, len(out.content))
-            policy.settle_now(held, tokens_in + tokens_out, self._cost(deployment, tokens_in, tokens_out) if plan.money else 0.0)
+            policy.settle_now(held, tokens_in + tokens_out, (self._pricers.get(deployment) or self._pricer(deployment))(
+                tokens_in, tokens_out) if plan.money else 0.0)
         return out
 
     async def _complete_remote(self, req: ChatRequest, ident: Identity) -> ChatResponse:

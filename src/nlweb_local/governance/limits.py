@@ -26,7 +26,7 @@ import time
 from operator import sub
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Callable, Mapping
+from typing import Callable, Mapping, NamedTuple
 
 from ..core.errors import QuotaExceededError
 from .counters import STALE, Cells, Charge, Counters, InProcessCounters, Refusal
@@ -51,8 +51,7 @@ class BudgetUse:
         return self.used / self.limit if self.limit > 0 else 1.0
 
 
-@dataclass(slots=True)
-class Held:
+class Held(NamedTuple):
     """A reservation: the counters charged (with what was reserved on each) and what each counts. In
     process, `cells` are the counters themselves and `amounts` what was reserved on each (no `charges`)."""
 
@@ -124,7 +123,7 @@ class Plan:
         return self.day_keys
 
 
-_charge = tuple.__new__  # _charge(Charge, (key, amount, limit, ttl_s)): a Charge without its Python-level __new__
+_charge = _held = tuple.__new__  # _charge(Charge, (key, amount, limit, ttl_s)): a Charge without its Python-level __new__
 
 
 class LimitPolicy:
@@ -262,7 +261,7 @@ class LimitPolicy:
             plan.cells_day = day
             refused = local.take(cells, amounts, plan.budget_limits)
         if refused is None:
-            return Held(None, plan, cells, amounts)
+            return _held(Held, (None, plan, cells, amounts))  # (a Held without its Python-level __new__)
         b = bounds[refused.index]  # (it resets when its window ends)
         raise _over(ident, b, now, _month(now)[1] if b.what == "usdm" else DAY - now % DAY, used=refused.used,
                     need=amounts[refused.index])
