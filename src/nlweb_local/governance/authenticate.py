@@ -72,6 +72,16 @@ class Authenticator:
                 if record.key_id == key_id:
                     self._cache.pop(presented, None)
 
+    def known(self, key: str) -> Identity | None:
+        """The identity of a key seen within `ttl_s` that is still valid (no await: the request path's
+        common case); None otherwise (then `authenticate` says why, or looks the key up)."""
+        hit = self._cache.get(key)
+        if hit is not None and self._monotonic() - hit[2] < self._ttl:
+            record = hit[0]
+            if record.revoked_at is None and (record.expires_at is None or self._clock() < record.expires_at):
+                return hit[1]
+        return None
+
     async def authenticate(self, key: str) -> Identity:
         """The key's (or SSO token's) identity, or `AuthError` (401) saying what is wrong with it."""
         if self.tokens is not None and looks_like_jwt(key):
