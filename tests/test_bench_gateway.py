@@ -306,3 +306,19 @@ def test_one_very_short_governance_run(tmp_path, capsys, monkeypatch):
     assert f["c16_rps_ratio_governance"] is not None and f["errors"] == {"off": 0, "on": 0}
     assert "governance on" in out and "on / off" in out
     assert list(tmp_path.iterdir()) == []
+
+
+def test_governance_instructions_reads_callgrind_s_per_thread_totals(tmp_path, monkeypatch, capsys):
+    """`governance_instructions.py` takes each thread's total from callgrind's `--separate-threads` files
+    (thread 1: the event loop), refuses a run that wrote none, and says what to install without valgrind."""
+    import governance_instructions as gi
+
+    out = tmp_path / "cg.on.160.out"
+    for n, total in ((1, 4_000_000), (2, 16_000), (3, 42_000)):
+        (tmp_path / f"cg.on.160.out-{n:02d}").write_text(f"version: 1\nsummary: {total}\ntotals: {total}\n")
+    assert gi._threads(out) == {1: 4_000_000, 2: 16_000, 3: 42_000}
+    with pytest.raises(RuntimeError, match="no per-thread totals"):
+        gi._threads(tmp_path / "cg.off.160.out")
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    assert gi.main(["--kit", str(tmp_path)]) == 2
+    assert "valgrind is not installed" in capsys.readouterr().err
