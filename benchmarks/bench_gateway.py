@@ -27,7 +27,8 @@ on every request with requests/minute, tokens/day and $/day limits on the key an
 to refuse, and the audit log), both started in this run and measured turn about at c=16 for --rounds rounds;
 prints both throughputs (median of rounds); the ratio on / off as the median of each round's back-to-back ratio
 (the two runs of a round follow each other, in alternating order, so what drifts between rounds — a neighbour's
-load on a shared machine — cancels; target >= 0.85) and, beside it, the ratio of the median throughputs; each
+load on a shared machine — cancels; target >= 0.85), each round's ratio (their spread shows how much one run
+can say) and, beside it, the ratio of the median throughputs; each
 one's CPU time per request and the CPU ratio off / on, and errors (non-2xx apart).
 
 The gateway's settings are the user's (--config, $NLWEB_LOCAL_CONFIG or ./nlweb-local.yaml, and
@@ -663,19 +664,22 @@ def measure_governance(args: argparse.Namespace, settings, kit: Path) -> dict[st
     ratio = _ratio(rps["on"], rps["off"])
     cpu_ratio = _ratio(cpu["off"], cpu["on"])  # CPU per request, off / on: steadier than req/s on a busy machine
     # each round's two runs back to back: their ratio cancels what drifts between rounds (a neighbour's load)
-    paired = round(statistics.median(on.rps / off.rps for on, off in zip(runs["on"], runs["off"]) if off.rps), 3) \
-        if all(r.rps for r in runs["off"]) else None
+    pairs = [round(on.rps / off.rps, 3) for on, off in zip(runs["on"], runs["off"])] \
+        if all(r.rps for r in runs["off"]) else []
+    paired = round(statistics.median(pairs), 3) if pairs else None
     for k, what in (("off", ""), ("on", "  (auth + limits + audit, a key on every request)")):
         print(f"  c=16 governance {k + ':':4s} {rps[k]:8.0f} req/s  p50 {statistics.median(r.p50 for r in runs[k]):.2f} ms"
               f"  cpu {cpu[k] or float('nan'):.0f} us/req (event loop {loop[k] or float('nan'):.0f})  errors {errors[k]} ({non2xx[k]} non-2xx){what}")
     met = None if paired is None else paired >= GOVERNANCE_TARGET
     print(f"  on / off: {paired}x req/s, the median of the rounds' back-to-back ratios (target >= {GOVERNANCE_TARGET}: "
           f"{'met' if met else 'NOT met'}); of the median req/s: {ratio}x; CPU per request off / on: {cpu_ratio}x")
+    if len(pairs) > 1:  # (how far one round is from the next: on a shared machine, often wider than the effect)
+        print(f"  the rounds' ratios: {', '.join(f'{x:.3f}' for x in pairs)} (spread {min(pairs):.3f}-{max(pairs):.3f})")
     return {"mode": "governance", "c16_rps_governance_off": round(rps["off"], 1), "c16_rps_governance_on": round(rps["on"], 1),
             "c16_rps_ratio_governance": paired, "ratio_of_median_rps": ratio, "cpu_ratio_off_over_on": cpu_ratio, "cpu_us_per_request": cpu,
             "loop_cpu_us_per_request": loop,
             "errors": errors, "non2xx": non2xx,
-            "rounds": {k: [round(r.rps, 1) for r in v] for k, v in runs.items()}, "target_met": met,
+            "rounds": {k: [round(r.rps, 1) for r in v] for k, v in runs.items()}, "round_ratios": pairs, "target_met": met,
             "duration_s": duration, "pinning": pin_note}
 
 

@@ -298,11 +298,13 @@ def test_one_very_short_governance_run(tmp_path, capsys, monkeypatch):
     if shutil.which("wrk") is None or not (KIT / "post.lua").exists():
         pytest.skip("needs wrk and the gateway kit")
     monkeypatch.chdir(tmp_path)
-    args = bg.build_parser().parse_args(["--kit", str(KIT), "--governance", "--duration", "1", "--rounds", "1"])
+    args = bg.build_parser().parse_args(["--kit", str(KIT), "--governance", "--duration", "1", "--rounds", "2"])
     assert bg.run(args, Settings()) == 0
     out = capsys.readouterr().out
     f = json.loads(out.strip().splitlines()[-1])
     assert f["c16_rps_governance_off"] > 0 and f["c16_rps_governance_on"] > 0
+    assert len(f["round_ratios"]) == 2 and min(f["round_ratios"]) <= f["c16_rps_ratio_governance"] <= max(f["round_ratios"])
+    assert "the rounds' ratios:" in out
     assert f["c16_rps_ratio_governance"] is not None and f["errors"] == {"off": 0, "on": 0}
     assert "governance on" in out and "on / off" in out
     assert list(tmp_path.iterdir()) == []
