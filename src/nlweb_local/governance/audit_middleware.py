@@ -82,10 +82,7 @@ class AuditMiddleware:
             await self.app(scope, receive, send)
         finally:
             TRAIL.reset(token)
-            self._audit.record_later(self._row, (_time(), REQUEST_ID.get(), scope["method"], scope["path"],
-                                                 scope["headers"], spend.status or 500, _perf_counter() - t0,
-                                                 state.get("identity") if state.__class__ is dict else None, trail,
-                                                 spend.cost_usd, None))
+            self._record(scope, state, spend.status or 500, _perf_counter() - t0, trail, None, spend)
 
     async def _noting(self, scope, receive, send) -> None:
         """The response noted here (its status; with `audit.log_content`, the request body and the answer
@@ -116,12 +113,12 @@ class AuditMiddleware:
         finally:
             TRAIL.reset(token)
             self._record(scope, state, status[0], _perf_counter() - t0, trail,
-                         (scope.get("query_string", b""), asked, answered) if content else None)
+                         (scope.get("query_string", b""), asked, answered) if content else None, SPEND.get())
 
-    def _record(self, scope, state, status: int, latency: float, trail: RequestTrail, content: tuple | None) -> None:
-        """What the row needs, read now (the request's context and outcome); the row itself is made on the
-        audit log's writer thread (`_row`)."""
-        spend = SPEND.get()
+    def _record(self, scope, state, status: int, latency: float, trail: RequestTrail, content: tuple | None,
+                spend: Any) -> None:
+        """What the row needs, read now (the request's context and outcome; `spend`: its `RequestSpend`, or
+        None); the row itself is made on the audit log's writer thread (`_row`)."""
         self._audit.record_later(self._row, (_time(), REQUEST_ID.get(), scope["method"], scope["path"],
                                              scope["headers"], status, latency,
                                              state.get("identity") if isinstance(state, dict) else None, trail,

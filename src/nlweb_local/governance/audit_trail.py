@@ -61,11 +61,9 @@ class RequestTrail:
 
     def completed(self, request: ChatRequest, out: ChatResponse) -> None:
         """A completion call ended (summed later, in `settled`)."""
-        if len(self.pending) < _MAX_PENDING:
-            self.pending.append((request, out))
-        else:
+        if len(self.pending) >= _MAX_PENDING:
             self.settled()
-            self.pending.append((request, out))
+        self.pending.append((request, out))
 
     def note(self, request: ChatRequest | None, served: Served | None, tokens_in: int, tokens_out: int,
              deployment: str = "") -> None:

@@ -86,12 +86,13 @@ class Authenticator:
         """The key's (or SSO token's) identity, or `AuthError` (401) saying what is wrong with it."""
         if self.tokens is not None and looks_like_jwt(key):
             return await self.tokens.authenticate(key)
+        identity = self.known(key)  # the hot path: a key seen recently, still valid
+        if identity is not None:
+            return identity
         hit = self._cache.get(key)
         now = self._monotonic()
-        if hit is not None and now - hit[2] < self._ttl:  # the hot path: a key seen recently
-            record, identity = hit[0], hit[1]
-            if record.revoked_at is None and (record.expires_at is None or self._clock() < record.expires_at):
-                return identity
+        if hit is not None and now - hit[2] < self._ttl:  # seen recently, no longer valid: said below
+            record = hit[0]
         elif not well_formed(key):  # (checked after the cache: a known key is well formed)
             raise _malformed()
         else:

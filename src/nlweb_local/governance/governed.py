@@ -56,15 +56,14 @@ class GovernedProvider(WrapperProvider):
         self._contexts: dict[int, tuple[CallContext, Identity, CallContext]] = {}  # by id(context): most are reused
         self._pricers: dict[str, Pricer] = {}
 
-    def _pricer(self, deployment: str) -> Pricer:
-        """The deployment's pricer (asked for once, then kept)."""
-        pricer = self._price(deployment)
-        if len(self._pricers) < 1024:
-            self._pricers[deployment] = pricer
-        return pricer
-
     def _cost(self, deployment: str, tokens_in: int, tokens_out: int) -> float:
-        return (self._pricers.get(deployment) or self._pricer(deployment))(tokens_in, tokens_out)
+        """What a call costs on `deployment` (its pricer is asked for once, then kept)."""
+        pricer = self._pricers.get(deployment)
+        if pricer is None:
+            pricer = self._price(deployment)
+            if len(self._pricers) < 1024:
+                self._pricers[deployment] = pricer
+        return pricer(tokens_in, tokens_out)
 
     # -- scope and context --------------------------------------------------------------------------
     def _allowed(self, models: tuple[str, ...]) -> frozenset[str]:
@@ -124,16 +123,12 @@ class GovernedProvider(WrapperProvider):
 
     async def _reserve(self, ident: Identity, req: ChatRequest | None, tokens_out: int,
                        texts: Sequence[str] = ()) -> Held | None:
-        """Reserve a call's estimate (`_estimate`). In process, no await: `_reserve_now`."""
+        """Reserve a call's estimate (`_estimate`). (In process, `complete` reserves without an await.)"""
         est = self._estimate(ident, req, tokens_out, texts)
         if est is None:
             return None
         plan, tokens, usd = est
         return await self._policy.reserve(ident, tokens, usd, plan)
-
-    def _reserve_now(self, ident: Identity, req: ChatRequest, tokens_out: int) -> Held | None:
-        est = self._estimate(ident, req, tokens_out)
-        return None if est is None else self._policy.reserve_now(ident, est[1], est[2], est[0])
 
     def _usage(self, held: Held, deployment: str, tokens_in: int, tokens_out: int, free: bool) -> tuple[int, float]:
         """What settles a reservation: (tokens, dollars) the call used (nothing for a free one)."""
@@ -158,34 +153,20 @@ class GovernedProvider(WrapperProvider):
         policy = self._policy
         if not policy.local:
             return await self._complete_remote(req, ident)
-        plan = policy.plan(ident)
-        if not plan.budget:  # (no token or money limit: nothing to reserve)
+        est = self._estimate(ident, req, req.max_tokens or DEFAULT_COMPLETION)
+        if est is None:  # (no token or money limit: nothing to reserve)
             return await self.inner.complete(req)
-        # in process, no await: reserve the estimate (`_estimate`, written out: the common call) ...
-        tokens_out = req.max_tokens or DEFAULT_COMPLETION
-        tokens_in = prompt_chars(req) // 4 + 4 * len(req.messages) + 1
-        usd = 0.0
-        if plan.money:  # the dearest deployment the call may be served by
-            pricers = self._pricers
-            for d in req.context.deployments or self._deployments():
-                cost = (pricers.get(d) or self._pricer(d))(tokens_in, tokens_out)
-                if cost > usd:
-                    usd = cost
-        held = policy.reserve_now(ident, tokens_in + tokens_out, usd, plan)
+        plan, tokens, usd = est
+        held = policy.reserve_now(ident, tokens, usd, plan)  # (in process: no await)
         try:
             out = await self.inner.complete(req)
         except BaseException:
             policy.settle_now(held, 0, 0.0)
             raise
-        # ... and settle on what the call used (nothing for a cache hit)
         served = out.served
-        deployment = out.deployment or (served.deployment if served is not None else "")
-        if not deployment or (served is not None and served.cache and _free(served)):
-            policy.settle_now(held, 0, 0.0)
-        else:
-            tokens_in, tokens_out = call_tokens(out.usage, req, len(out.content))
-            policy.settle_now(held, tokens_in + tokens_out, (self._pricers.get(deployment) or self._pricer(deployment))(
-                tokens_in, tokens_out) if plan.money else 0.0)
+        tokens_in, tokens_out = call_tokens(out.usage, req, len(out.content))
+        policy.settle_now(held, *self._usage(held, out.deployment or (served.deployment if served is not None else ""),
+                                             tokens_in, tokens_out, _free(served)))
         return out
 
     async def _complete_remote(self, req: ChatRequest, ident: Identity) -> ChatResponse:
@@ -200,7 +181,7 @@ class GovernedProvider(WrapperProvider):
             served = out.served
             tokens_in, tokens_out = call_tokens(out.usage, req, len(out.content))
             await self._settle(held, out.deployment or (served.deployment if served is not None else ""),
-                               tokens_in, tokens_out, served is not None and _free(served))
+                               tokens_in, tokens_out, _free(served))
         return out
 
     async def classify(self, request: ChatRequest, labels: Sequence[str]) -> LabelProbs:

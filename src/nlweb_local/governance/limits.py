@@ -123,7 +123,7 @@ class Plan:
         return self.day_keys
 
 
-_charge = _held = tuple.__new__  # _charge(Charge, (key, amount, limit, ttl_s)): a Charge without its Python-level __new__
+_charge = _held = tuple.__new__  # _charge(Charge, (key, amount, limit, ttl_s)), _held(Held, (...)): without their Python-level __new__
 
 
 class LimitPolicy:
@@ -183,14 +183,10 @@ class LimitPolicy:
             return
         now = self._now()
         window = int(now // MINUTE)
-        cells = plan.minute_cells
-        if cells is not None and plan.cells_minute == window:  # (the common case: this minute's counters, lent)
-            refused = self._local.take(cells, plan.ones, plan.rpm_limits)  # type: ignore[union-attr]
-            if refused is None:
-                return
-            if refused is STALE:
-                refused = self._take_rpm(plan, window, now)
-        else:
+        cells = plan.minute_cells  # (the common case: this minute's counters, lent earlier)
+        refused = self._local.take(cells, plan.ones, plan.rpm_limits) if cells is not None and \
+            plan.cells_minute == window else STALE  # type: ignore[union-attr]
+        if refused is STALE:
             refused = self._take_rpm(plan, window, now)
         if refused is not None:
             raise _over(ident, plan.rpm[refused.index], now, MINUTE - now % MINUTE)
