@@ -29,7 +29,10 @@ prints both throughputs (median of rounds); the ratio on / off as the median of 
 (the two runs of a round follow each other, in alternating order, so what drifts between rounds — a neighbour's
 load on a shared machine — cancels; target >= 0.85), each round's ratio (their spread shows how much one run
 can say) and, beside it, the ratio of the median throughputs; each
-one's CPU time per request and the CPU ratio off / on, and errors (non-2xx apart).
+one's CPU time per request and the CPU ratio off / on, and errors (non-2xx apart). With --control, a second
+governance-off gateway runs in every round too (on between the two offs) and its ratio to the first is printed:
+an A/A control, the ratio two identical gateways give on this machine, so a reader can tell a governance
+cost from the machine's noise.
 
 The gateway's settings are the user's (--config, $NLWEB_LOCAL_CONFIG or ./nlweb-local.yaml, and
 NLWEB_LOCAL_* variables) with the LLM side replaced by the mock. Needs `wrk` (apt-get install -y wrk).
@@ -90,6 +93,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="measure governance on (a key on every request: auth + limits + audit) against governance off, "
                         "at c=16, in this run; prints both and the ratio")
     p.add_argument("--rounds", type=int, default=3, help="--governance: rounds of (off, on) runs (default 3)")
+    p.add_argument("--control", action="store_true",
+                   help="--governance: also run a second, identical governance-off gateway in every round and print "
+                        "its ratio to the first (an A/A control: how far two identical gateways differ on this "
+                        "machine, the noise any on / off ratio carries)")
     p.add_argument("--config", metavar="FILE",
                    help="settings file (default: $NLWEB_LOCAL_CONFIG or ./nlweb-local.yaml); the baseline reads it too")
     return p
@@ -632,7 +639,7 @@ def measure_governance(args: argparse.Namespace, settings, kit: Path) -> dict[st
         notes: dict[str, Any] = {}
         app = ["--factory", "--app-dir", str(Path(__file__).resolve().parent), "bench_gateway:gateway_app"]
         targets = []
-        for name in ("off", "on"):
+        for name in ("off", "on", *(("control",) if args.control else ())):
             (logs / name).mkdir()
             s = gateway_settings(settings, mock_port, logs / name)
             headers = None
@@ -641,7 +648,7 @@ def measure_governance(args: argparse.Namespace, settings, kit: Path) -> dict[st
                 headers = {"Authorization": f"Bearer {key}"}
             cfg = logs / f"{name}-settings.json"
             cfg.write_text(s.model_dump_json())
-            env = {SETTINGS_ENV: str(cfg), GOVERNANCE_ENV: name}
+            env = {SETTINGS_ENV: str(cfg), GOVERNANCE_ENV: "on" if name == "on" else "off"}
             proc, url = start_gateway(stack, bench, f"governance-{name}", app, env, body, notes, headers=headers)
             if name == "on":  # no key: refused (auth is really on)
                 status, _, _ = post_once(url, body)
@@ -650,10 +657,11 @@ def measure_governance(args: argparse.Namespace, settings, kit: Path) -> dict[st
             targets.append(Target(name, url, proc.pid, headers))
         for t in targets:
             bench.wrk(t.url, 16, 1, t.headers)  # warm-up
-        runs: dict[str, list[WrkResult]] = {"off": [], "on": []}
-        for i in range(max(1, args.rounds)):  # (the order alternates: neither one always runs on a warmer machine)
-            for t in (targets if i % 2 == 0 else targets[::-1]):
+        runs: dict[str, list[WrkResult]] = {t.name: [] for t in targets}
+        for i in range(max(1, args.rounds)):  # (the order alternates: neither one always runs on a warmer machine;
+            for t in (targets if i % 2 == 0 else targets[::-1]):  # with --control, "on" runs between the two offs)
                 runs[t.name].append(bench.wrk(t.url, 16, duration, t.headers, t.pid))
+    control = runs.pop("control", None)
     rps = {k: statistics.median(r.rps for r in v) for k, v in runs.items()}
     cpu = {k: statistics.median(r.cpu_us_per_request for r in v if r.cpu_us_per_request is not None)
            if any(r.cpu_us_per_request is not None for r in v) else None for k, v in runs.items()}
@@ -675,11 +683,16 @@ def measure_governance(args: argparse.Namespace, settings, kit: Path) -> dict[st
           f"{'met' if met else 'NOT met'}); of the median req/s: {ratio}x; CPU per request off / on: {cpu_ratio}x")
     if len(pairs) > 1:  # (how far one round is from the next: on a shared machine, often wider than the effect)
         print(f"  the rounds' ratios: {', '.join(f'{x:.3f}' for x in pairs)} (spread {min(pairs):.3f}-{max(pairs):.3f})")
+    aa = [round(c.rps / off.rps, 3) for c, off in zip(control, runs["off"])] if control and all(r.rps for r in runs["off"]) else []
+    if aa:  # two identical gateways: what the machine alone makes of a ratio
+        print(f"  control (A/A): a second governance-off gateway / the first: {statistics.median(aa):.3f}x, the median of "
+              f"the rounds' ratios {', '.join(f'{x:.3f}' for x in aa)} (spread {min(aa):.3f}-{max(aa):.3f})")
     return {"mode": "governance", "c16_rps_governance_off": round(rps["off"], 1), "c16_rps_governance_on": round(rps["on"], 1),
             "c16_rps_ratio_governance": paired, "ratio_of_median_rps": ratio, "cpu_ratio_off_over_on": cpu_ratio, "cpu_us_per_request": cpu,
             "loop_cpu_us_per_request": loop,
             "errors": errors, "non2xx": non2xx,
             "rounds": {k: [round(r.rps, 1) for r in v] for k, v in runs.items()}, "round_ratios": pairs, "target_met": met,
+            "control_ratio": round(statistics.median(aa), 3) if aa else None, "control_round_ratios": aa,
             "duration_s": duration, "pinning": pin_note}
 
 

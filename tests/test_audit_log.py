@@ -331,3 +331,36 @@ def test_a_log_made_with_the_identity_indexes_loses_them_at_open_and_still_erase
         assert verify(store).ok
     finally:
         store.close()
+
+
+def test_a_new_sqlite_log_numbers_rows_by_its_row_id_and_an_older_layout_still_appends(tmp_path):
+    """New SQLite logs make `seq` the table's row id (INTEGER PRIMARY KEY: no separate unique index to update
+    on every insert); a log made with the earlier BIGINT key opens, appends after its head and verifies."""
+    from nlweb_local.governance.audit_store import _ddl
+
+    new = SqliteAuditStore(tmp_path / "new.sqlite")
+    try:
+        new.append([request_row(i) for i in range(1, 4)])
+        seq = [r for r in new._execute("PRAGMA table_info(audit_log)") if r[1] == "seq"][0]
+        assert seq[2] == "INTEGER" and seq[5] == 1
+        assert not new._execute("SELECT name FROM sqlite_master WHERE type = 'index' AND name LIKE 'sqlite_autoindex%'")
+        assert new._execute("SELECT rowid, seq FROM audit_log ORDER BY seq") == [(1, 1), (2, 2), (3, 3)]
+        assert verify(new).ok and verify(new).head[0] == 3
+    finally:
+        new.close()
+    old_path = tmp_path / "old.sqlite"
+    with sqlite3.connect(old_path) as conn:
+        for statement in _ddl("audit_log", "BIGINT PRIMARY KEY"):
+            conn.execute(statement)
+    first = SqliteAuditStore(old_path)
+    first.append([request_row(i) for i in range(1, 3)])
+    first.close()
+    again = SqliteAuditStore(old_path)  # (opening checks the tail of the chain)
+    try:
+        again.append([request_row(i) for i in range(3, 5)])
+        seq = [r for r in again._execute("PRAGMA table_info(audit_log)") if r[1] == "seq"][0]
+        assert seq[2] == "BIGINT"
+        v = verify(again)
+        assert v.ok and v.rows == 4 and v.head[0] == 4
+    finally:
+        again.close()

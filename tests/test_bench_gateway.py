@@ -294,11 +294,13 @@ def test_governed_settings_turn_auth_and_audit_on_and_make_a_key(tmp_path):
 
 @pytest.mark.slow
 def test_one_very_short_governance_run(tmp_path, capsys, monkeypatch):
-    """--governance: governance off and on in one run (on: a key on every request, 401 without), both at c=16."""
+    """--governance: governance off and on in one run (on: a key on every request, 401 without), both at c=16;
+    with --control, a second governance-off gateway's ratio to the first (A/A) beside them."""
     if shutil.which("wrk") is None or not (KIT / "post.lua").exists():
         pytest.skip("needs wrk and the gateway kit")
     monkeypatch.chdir(tmp_path)
-    args = bg.build_parser().parse_args(["--kit", str(KIT), "--governance", "--duration", "1", "--rounds", "2"])
+    args = bg.build_parser().parse_args(["--kit", str(KIT), "--governance", "--duration", "1", "--rounds", "2",
+                                         "--control"])
     assert bg.run(args, Settings()) == 0
     out = capsys.readouterr().out
     f = json.loads(out.strip().splitlines()[-1])
@@ -307,6 +309,8 @@ def test_one_very_short_governance_run(tmp_path, capsys, monkeypatch):
     assert "the rounds' ratios:" in out
     assert f["c16_rps_ratio_governance"] is not None and f["errors"] == {"off": 0, "on": 0}
     assert "governance on" in out and "on / off" in out
+    assert len(f["control_round_ratios"]) == 2 and f["control_ratio"] > 0 and "control (A/A)" in out
+    assert set(f["rounds"]) == {"off", "on"}  # (the control is reported apart, never folded into off)
     assert list(tmp_path.iterdir()) == []
 
 
