@@ -210,3 +210,56 @@ async def test_the_row_s_status_is_the_one_the_response_started_with():
             assert expected == 500
         assert queued[-1].status == expected and queued[-1].role == "anonymous"
     assert len(queued) == 4
+
+
+async def test_the_recorder_audits_through_the_request_id_middleware_without_a_layer_of_its_own():
+    """With `audit.log_content` off the audit log rides on the request-id middleware (`AuditRecorder`): the
+    row has the response's status (500 when the app raised before answering), the request id the response
+    carried, the identity authentication left on the scope, and the LLM calls noted on the request's trail;
+    an unaudited path leaves no row and no trail."""
+    from nlweb_local.core.types import ChatRequest, ChatResponse, Message, Served, Usage
+    from nlweb_local.governance.audit_middleware import AuditRecorder
+    from nlweb_local.governance.audit_trail import AuditedProvider
+    from nlweb_local.governance.identity import Identity, Role
+    from nlweb_local.providers.testing import ScriptedProvider
+    from nlweb_local.telemetry.context import SPEND, RequestIdMiddleware
+
+    queued, sent, trails = [], [], []
+
+    class Log:
+        def record_later(self, make, args):
+            queued.append(make(*args))
+
+    class Engine(ScriptedProvider):
+        async def complete(self, request):
+            return ChatResponse("hello", usage=Usage(11, 3), deployment="local", served=Served("local", reason="local-first"))
+
+    audited_engine = AuditedProvider(Engine("local"))
+
+    async def answer(scope, receive, send):
+        trails.append(SPEND.get().trail)
+        scope["state"]["identity"] = Identity(key_id="k1", name="alice's key", role=Role.USER, team="search")
+        await audited_engine.complete(ChatRequest([Message("user", "hi")], model="auto"))
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"{}"})
+
+    async def crash(scope, receive, send):
+        raise RuntimeError("boom")
+
+    async def send(message):
+        sent.append(message)
+
+    recorder = AuditRecorder(Log())
+    app = RequestIdMiddleware(answer, recorder=recorder)
+    await app({"type": "http", "method": "POST", "path": "/v1/chat/completions", "headers": []}, None, send)
+    row = queued[-1]
+    rid = dict(sent[0]["headers"])[b"x-request-id"].decode()
+    assert (row.status, row.request_id, row.role, row.key_id, row.team) == (200, rid, "user", "k1", "search")
+    assert (row.tokens_in, row.tokens_out, row.deployment, row.route_reason) == (11, 3, "local", "local-first")
+    with pytest.raises(RuntimeError):
+        await RequestIdMiddleware(crash, recorder=recorder)(
+            {"type": "http", "method": "POST", "path": "/ask", "headers": []}, None, send)
+    assert queued[-1].status == 500 and queued[-1].endpoint == "/ask" and queued[-1].role == "anonymous"
+    await RequestIdMiddleware(answer, recorder=recorder)({"type": "http", "method": "GET", "path": "/sites",
+                                                           "headers": [], "state": {}}, None, send)
+    assert len(queued) == 2 and trails[-1] is None  # /sites is not audited: no row, no trail

@@ -132,6 +132,39 @@ async def test_a_revoke_by_another_process_takes_effect_within_the_cache_ttl(tmp
         await gov.authenticator.authenticate(key)
 
 
+async def test_a_header_seen_recently_is_still_held_to_expiry_revocation_and_its_own_header_name(service):
+    """The middleware's first look (a credential header's raw value seen recently: one lookup) never outlives
+    what it stands for: a key that expires is refused from its expiry on, a key revoked by another process
+    from the end of the cache TTL on, and a value seen as `Authorization` is not taken as `x-api-key`."""
+    gov = service.comp.governance
+    auth = gov.authenticator
+    _, key = gov.keyring.create("short", Role.USER, expires_in_s=0.6)
+    auth.keys_changed()
+    async with client(service) as c:
+        bearer = {"authorization": f"Bearer {key}"}
+        assert (await c.post("/v1/chat/completions", json=CHAT, headers=bearer)).status_code == 200
+        assert auth.seen(f"Bearer {key}".encode()) is not None  # remembered under its raw value
+        # x-api-key carrying what was seen as Authorization: not taken from the Authorization cache
+        r = await c.post("/v1/chat/completions", json=CHAT, headers={"x-api-key": f"Bearer {key}"})
+        assert r.status_code == 401 and "malformed API key" in r.json()["error"]["message"]
+        await asyncio.sleep(0.7)  # expired within the cache TTL (10 s): refused from its expiry on
+        r = await c.post("/v1/chat/completions", json=CHAT, headers=bearer)
+        assert r.status_code == 401 and "expired" in r.json()["error"]["message"]
+    # revoked by another process: the raw value is believed until the cache TTL ends, not after
+    now = [1000.0]
+    auth._monotonic = lambda: now[0]
+    _, other_key = gov.keyring.create("other", Role.USER)
+    auth.keys_changed()
+    async with client(service) as c:
+        h = {"x-api-key": other_key}
+        assert (await c.post("/v1/chat/completions", json=CHAT, headers=h)).status_code == 200
+        build_governance(service.settings).keyring.revoke(other_key.split("_")[1])
+        assert (await c.post("/v1/chat/completions", json=CHAT, headers=h)).status_code == 200  # within the TTL
+        now[0] += service.settings.auth.key_cache_ttl_s
+        r = await c.post("/v1/chat/completions", json=CHAT, headers=h)
+        assert r.status_code == 401 and "revoked" in r.json()["error"]["message"]
+
+
 async def test_a_cached_key_is_not_hashed_again_and_a_near_miss_is_still_refused(tmp_path):
     settings = service_settings(tmp_path)
     gov = build_governance(settings)

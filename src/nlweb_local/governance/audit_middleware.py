@@ -1,15 +1,20 @@
-"""`AuditMiddleware` (pure ASGI): one audit row per request to an audited endpoint.
+"""One audit row per request to an audited endpoint: `AuditRecorder` (the common case) and `AuditMiddleware`.
 
 Audited: every request to /v1/*, /ask, /mcp, /chat/*, and every POST/PUT/PATCH/DELETE to /admin/*.
-It sits inside the request-id middleware (the row carries the request's id and, from `RequestSpend`,
-its cost and the status its response started with) and outside authentication: a refused request is audited too, and the identity that
-authentication leaves in `scope["state"]["identity"]` (key_id, name, role, team, subject) is read
-when the response is done; without one the row says role "anonymous".
 
-The request body and the answer are kept only with `audit.log_content` (each cut to
-`audit.max_content_chars`); otherwise the request path pays for a context variable, two clock reads
-and one queue append: what the row needs is read when the response is done and queued as it is, and
-the row (identity fields, privacy class, JSON of the content) is made on the audit log's writer thread.
+`AuditRecorder` is carried by the request-id middleware (`RequestIdMiddleware(recorder=...)`, the outermost
+layer but the trusted-host check): it adds no ASGI layer of its own. Before a request it puts a
+`RequestTrail` on the request's `RequestSpend` (where `AuditedProvider` notes each LLM call, and the
+metered wrappers add the cost), and makes sure the scope has a `state` dict (authentication, further in,
+leaves the identity there: key_id, name, role, team, subject); after it, it queues what the row needs as it
+is — the scope, the `RequestSpend` (the status the response started with, 500 when none did; the cost;
+the trail), the request id, the time and the latency — and the row is made on the audit log's writer
+thread. So the request path pays for a trail, two clock reads and one queue append; without an identity
+the row says role "anonymous". A refused request is audited too: authentication runs inside.
+
+`AuditMiddleware` is the same as its own ASGI layer, for `audit.log_content` (it keeps the request body and
+the answer, each cut to `audit.max_content_chars`, so it must see both) and for an app composed without the
+request-id middleware (it then notes the status itself).
 """
 from __future__ import annotations
 
@@ -17,9 +22,9 @@ import json
 import time
 from typing import Any
 
-from ..telemetry.context import REQUEST_ID, SPEND
+from ..telemetry.context import REQUEST_ID, SPEND, RequestSpend
 from .audit_chain import AuditRow
-from .audit_trail import TRAIL, RequestTrail
+from .audit_trail import RequestTrail
 
 _UNSAFE = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 _new_row = tuple.__new__  # _new_row(AuditRow, (every field)): an AuditRow without its Python-level __new__
@@ -55,79 +60,19 @@ class _Capture:
 _ANONYMOUS = ("", "anonymous", "", "", "")
 
 
-class AuditMiddleware:
-    def __init__(self, app: Any, *, audit: Any, log_content: bool = False, max_content_chars: int = 8192):
-        """`audit`: an `AuditLog` (anything with `record_later(make, args)`, which queues the row `make(*args)`)."""
-        self.app = app
+class _Rows:
+    """Making a row from what a request left (shared by the recorder and the middleware; the writer thread
+    calls `_row`)."""
+
+    def __init__(self, audit: Any, max_content_chars: int):
         self._audit = audit
-        self._content = log_content
         self._limit = max_content_chars
         self._identities: dict[int, tuple[object, tuple[str, str, str, str, str]]] = {}
 
-    async def __call__(self, scope, receive, send) -> None:
-        if scope["type"] != "http" or not audited(scope["method"], scope["path"]):
-            await self.app(scope, receive, send)
-            return
-        spend = SPEND.get()  # (the request-id middleware's, outside: it notes the response's status too)
-        if self._content or spend is None:
-            await self._noting(scope, receive, send)
-            return
-        t0 = _perf_counter()
-        state = scope.get("state")  # (authentication puts the identity here; read it afterwards)
-        if state is None:
-            state = scope["state"] = {}
-        trail = RequestTrail()
-        token = TRAIL.set(trail)
-        try:
-            await self.app(scope, receive, send)
-        finally:
-            TRAIL.reset(token)
-            self._record(scope, state, spend.status or 500, _perf_counter() - t0, trail, None, spend)
-
-    async def _noting(self, scope, receive, send) -> None:
-        """The response noted here (its status; with `audit.log_content`, the request body and the answer
-        too, each cut to max_content_chars)."""
-        t0 = _perf_counter()
-        state = scope.setdefault("state", {})
-        status = [500]
-        content = self._content
-        asked, answered = _Capture(self._limit if content else 0), _Capture(self._limit if content else 0)
-
-        async def send_noting(message) -> None:
-            if message["type"] == "http.response.start":
-                status[0] = message["status"]
-            elif content and message["type"] == "http.response.body":
-                answered.add(message.get("body", b""))
-            await send(message)
-
-        async def receive_noting():
-            message = await receive()
-            if content and message["type"] == "http.request":
-                asked.add(message.get("body", b""))
-            return message
-
-        trail = RequestTrail()
-        token = TRAIL.set(trail)
-        try:
-            await self.app(scope, receive_noting, send_noting)
-        finally:
-            TRAIL.reset(token)
-            self._record(scope, state, status[0], _perf_counter() - t0, trail,
-                         (scope.get("query_string", b""), asked, answered) if content else None, SPEND.get())
-
-    def _record(self, scope, state, status: int, latency: float, trail: RequestTrail, content: tuple | None,
-                spend: Any) -> None:
-        """What the row needs, read now (the request's context and outcome; `spend`: its `RequestSpend`, or
-        None); the row itself is made on the audit log's writer thread (`_row`)."""
-        self._audit.record_later(self._row, (_time(), REQUEST_ID.get(), scope["method"], scope["path"],
-                                             scope["headers"], status, latency,
-                                             state.get("identity") if isinstance(state, dict) else None, trail,
-                                             spend.cost_usd if spend is not None else 0.0, content))
-
     def _row(self, ts: float, request_id: str, method: str, path: str, headers: Any, status: int, latency: float,
-             who: Any, trail: RequestTrail, cost: float, content: tuple | None) -> AuditRow:
+             who: Any, trail: RequestTrail | None, cost: float, content: tuple | None) -> AuditRow:
         """The audit row of one request (on the writer thread)."""
-        trail = trail.settled()
+        trail = trail.settled() if trail is not None else _NO_CALLS
         privacy = trail.privacy
         if not privacy:
             for k, v in headers:
@@ -161,3 +106,82 @@ class AuditMiddleware:
             self._identities.clear()
         self._identities[id(who)] = (who, fields)
         return fields
+
+
+_NO_CALLS = RequestTrail()  # (read only: a request that made no LLM call)
+
+
+class AuditRecorder(_Rows):
+    """The audit log as a recorder of the request-id middleware (see the module's docstring)."""
+
+    def __init__(self, audit: Any, *, max_content_chars: int = 8192):
+        """`audit`: an `AuditLog` (anything with `record_later(make, args)`, which queues the row `make(*args)`)."""
+        super().__init__(audit, max_content_chars)
+
+    def starts(self, scope: Any, spend: RequestSpend) -> float | None:
+        """Before a request: its start time when it is audited (its trail is on `spend`), else None."""
+        if not audited(scope["method"], scope["path"]):
+            return None
+        if "state" not in scope:  # (authentication leaves the identity there; a layer that copies the scope shares it)
+            scope["state"] = {}
+        spend.trail = RequestTrail()
+        return _perf_counter()
+
+    def ended(self, scope: Any, spend: RequestSpend, request_id: str, started: float) -> None:
+        """After an audited request (whether it answered or raised): queue its row (made on the writer thread)."""
+        self._audit.record_later(self._row_of, (_time(), request_id, scope, spend, _perf_counter() - started))
+
+    def _row_of(self, ts: float, request_id: str, scope: Any, spend: RequestSpend, latency: float) -> AuditRow:
+        state = scope.get("state")
+        return self._row(ts, request_id, scope["method"], scope["path"], scope["headers"], spend.status or 500,
+                         latency, state.get("identity") if isinstance(state, dict) else None, spend.trail,
+                         spend.cost_usd, None)
+
+
+class AuditMiddleware(_Rows):
+    """The audit log as its own ASGI layer: with `log_content`, or without the request-id middleware."""
+
+    def __init__(self, app: Any, *, audit: Any, log_content: bool = False, max_content_chars: int = 8192):
+        """`audit`: an `AuditLog` (anything with `record_later(make, args)`, which queues the row `make(*args)`)."""
+        super().__init__(audit, max_content_chars)
+        self.app = app
+        self._content = log_content
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http" or not audited(scope["method"], scope["path"]):
+            await self.app(scope, receive, send)
+            return
+        t0 = _perf_counter()
+        state = scope.setdefault("state", {})
+        status = [500]
+        content = self._content
+        asked, answered = _Capture(self._limit if content else 0), _Capture(self._limit if content else 0)
+
+        async def send_noting(message) -> None:
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            elif content and message["type"] == "http.response.body":
+                answered.add(message.get("body", b""))
+            await send(message)
+
+        async def receive_noting():
+            message = await receive()
+            if content and message["type"] == "http.request":
+                asked.add(message.get("body", b""))
+            return message
+
+        spend = SPEND.get()
+        token = None
+        if spend is None:  # (no request-id middleware outside: this request's trail and cost need a home)
+            spend = RequestSpend()
+            token = SPEND.set(spend)
+        trail = spend.trail = RequestTrail()
+        try:
+            await self.app(scope, receive_noting, send_noting)
+        finally:
+            if token is not None:
+                SPEND.reset(token)
+            self._audit.record_later(self._row, (
+                _time(), REQUEST_ID.get(), scope["method"], scope["path"], scope["headers"], status[0],
+                _perf_counter() - t0, state.get("identity") if isinstance(state, dict) else None, trail, spend.cost_usd,
+                (scope.get("query_string", b""), asked, answered) if content else None))

@@ -1,9 +1,12 @@
 """What one HTTP request's LLM calls did, for its audit row: `RequestTrail`, and the wrapper that fills it.
 
-    AuditMiddleware ──TRAIL.set(RequestTrail())──► handler ──► gateway chain ──► AuditedProvider ──► ...
-                                                                 │ notes each call's Served (deployment,
-                                                                 │ reason, failover), model, privacy, tokens
-    AuditMiddleware ◄──── reads the trail when the response is done
+    AuditRecorder ──RequestSpend.trail = RequestTrail()──► handler ──► gateway chain ──► AuditedProvider ──► ...
+    (or AuditMiddleware)                                           │ notes each call's Served (deployment,
+                                                                   │ reason, failover), model, privacy, tokens
+    AuditRecorder ◄──── queues the trail when the response is done; the writer thread sums it
+
+The trail lives on the request's `RequestSpend` (telemetry.context.SPEND), which the request-id middleware
+keeps for every request anyway: no context variable of its own to set and reset.
 
 `AuditedProvider` is the outermost wrapper of the gateway (`compose(router, [..., audited])`), so it
 sees every call a request makes — /v1/* directly, /ask's and /mcp's through the pipeline — with the
@@ -13,11 +16,11 @@ background probes) it does nothing but pass calls on.
 from __future__ import annotations
 
 import time
-from contextvars import ContextVar
 from typing import Any, AsyncIterator, Awaitable, Callable
 
 from ..core.types import ChatChunk, ChatRequest, ChatResponse, Privacy, Served
 from ..providers.wrapper import CallKind, StreamTally, WrapperProvider, answer_tokens, call_tokens, observed
+from ..telemetry.context import SPEND
 
 _MAX_DEPLOYMENTS = 8
 _MAX_PENDING = 16  # completions kept as (request, answer) until the row is made; more are summed at once
@@ -95,22 +98,21 @@ class RequestTrail:
             deployments.append(deployment)
 
 
-TRAIL: ContextVar[RequestTrail | None] = ContextVar("nlweb_audit_trail", default=None)
-
-
 class AuditedProvider(WrapperProvider):
     """Notes every call into the current request's `RequestTrail` (none: passes the call on untouched)."""
 
     async def complete(self, request: ChatRequest) -> ChatResponse:  # (the common call, without around_call's indirection)
         out = await self.inner.complete(request)
-        trail = TRAIL.get()
+        spend = SPEND.get()
+        trail = spend.trail if spend is not None else None
         if trail is not None:
             trail.completed(request, out)  # (summed on the audit writer's thread)
         return out
 
     async def around_call(self, kind: CallKind, subject: Any, run: Callable[[], Awaitable[Any]]) -> Any:
         out = await run()
-        trail = TRAIL.get()
+        spend = SPEND.get()
+        trail = spend.trail if spend is not None else None
         if trail is not None:
             tin, tout = answer_tokens(kind, subject, out)
             trail.note(subject if kind != "embed" else None, getattr(out, "served", None), tin, tout,
@@ -118,7 +120,8 @@ class AuditedProvider(WrapperProvider):
         return out
 
     def around_stream(self, request: ChatRequest, chunks: AsyncIterator[ChatChunk]) -> AsyncIterator[ChatChunk]:
-        trail = TRAIL.get()
+        spend = SPEND.get()
+        trail = spend.trail if spend is not None else None
         if trail is None:
             return chunks
         first: list[Served] = []

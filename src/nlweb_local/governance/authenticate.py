@@ -41,6 +41,8 @@ class Authenticator:
         self.tokens = tokens
         self.enabled = enabled or tokens is not None
         self._cache: OrderedDict[str, tuple[KeyRecord, Identity, float]] = OrderedDict()  # key -> (record, its identity, cached at)
+        # the request path's first look: a header's raw value -> (identity, valid until (monotonic)); see `seen`
+        self._raw: tuple[dict[bytes, tuple[Identity, float]], dict[bytes, tuple[Identity, float]]] = ({}, {})
         self._max = max(1, cache_entries)
         self._ttl = ttl_s
         self._clock = clock
@@ -65,12 +67,41 @@ class Authenticator:
         return self.active
 
     def keys_changed(self, key_id: str | None = None) -> None:
-        """A key was created, revoked or rotated here: auth is on, and `key_id`'s cached entry is gone."""
+        """A key was created, revoked or rotated here: auth is on, and `key_id`'s cached entries are gone."""
         self._has_keys = True
         if key_id is not None:
             for presented, (record, _, _) in list(self._cache.items()):
                 if record.key_id == key_id:
                     self._cache.pop(presented, None)
+            for raw in self._raw:
+                for value, (ident, _) in list(raw.items()):
+                    if ident.key_id == key_id:
+                        raw.pop(value, None)
+
+    def seen(self, value: bytes, api_key: bool = False) -> Identity | None:
+        """The identity of a request's raw `Authorization` header value (`api_key`: its `x-api-key` value)
+        remembered by `remember` and still valid; None otherwise (then `credential`, `known` and
+        `authenticate` take it). One dictionary lookup and one clock read: the request path's common case."""
+        hit = self._raw[api_key].get(value)
+        if hit is not None and self._monotonic() < hit[1]:
+            return hit[0]
+        return None
+
+    def remember(self, value: bytes, api_key: bool, key: str) -> None:
+        """`value` (a raw header value that carried `key`, a key just found valid) answers `seen` until the
+        key's cache entry would expire (`ttl_s`), or the key itself does, whichever is first; a revoke or
+        rotate here forgets it at once (`keys_changed`)."""
+        hit = self._cache.get(key)
+        if hit is None:  # (an SSO token, or a key not cached: not remembered)
+            return
+        record, ident, cached_at = hit
+        until = cached_at + self._ttl
+        if record.expires_at is not None:
+            until = min(until, self._monotonic() + (record.expires_at - self._clock()))
+        raw = self._raw[api_key]
+        if len(raw) >= self._max:
+            raw.clear()
+        raw[value] = (ident, until)
 
     def known(self, key: str) -> Identity | None:
         """The identity of a key seen within `ttl_s` that is still valid (no await: the request path's
@@ -138,3 +169,5 @@ class Authenticator:
 
     def invalidate_all(self) -> None:
         self._cache.clear()
+        for raw in self._raw:
+            raw.clear()

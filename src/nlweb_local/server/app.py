@@ -6,6 +6,7 @@ import gc
 import logging
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
@@ -132,8 +133,8 @@ def _key_routes(comp: Components, settings: Settings) -> list:
 
 def middleware(comp: Components) -> list[Middleware]:
     """The one middleware list, outermost first: trusted Host names (400 otherwise) → request id (an
-    `x-request-id` per request, followed into every ledger row and span of that request) → the audit log
-    (a row per audited request) → CORS (with server.cors_origins) → cross-site write refusal (CSRF) →
+    `x-request-id` per request, followed into every ledger row and span of that request), carrying the audit
+    log's recorder (a row per audited request; with `audit.log_content`, the audit log's own layer here) → CORS (with server.cors_origins) → cross-site write refusal (CSRF) →
     authentication (with governance) → the request's privacy class (x-nlweb-privacy, key, team) → its
     priority (x-nlweb-priority, key, team) → tracing
     (a span per request, when `telemetry.tracing` is on)."""
@@ -142,8 +143,9 @@ def middleware(comp: Components) -> list[Middleware]:
 
     server = comp.settings.server
     tracing = getattr(comp.telemetry, "tracing", None)
+    recorder, audit_layer = _audit(comp)
     return [Middleware(TrustedHostMiddleware, hosts=HostAllowlist(server.allowed_hosts, listen_host=server.host)),
-            Middleware(RequestIdMiddleware), *_audit_middleware(comp), *_cors(server.cors_origins),
+            Middleware(RequestIdMiddleware, recorder=recorder), *audit_layer, *_cors(server.cors_origins),
             Middleware(OriginCheckMiddleware, cors_origins=server.cors_origins), *_auth(comp), _privacy(comp),
             _priority(comp),
             *([tracing.middleware()] if tracing is not None else [])]
@@ -175,13 +177,17 @@ def _auth(comp: Components) -> list[Middleware]:
     return [Middleware(AuthMiddleware, governance=comp.governance)]
 
 
-def _audit_middleware(comp: Components) -> list[Middleware]:
+def _audit(comp: Components) -> tuple[Any, list[Middleware]]:
+    """The audit log's part: (the request-id middleware's recorder, or None; a layer of its own, or none).
+    A recorder costs no ASGI layer; `audit.log_content` needs the layer (it must see the body and the answer)."""
     if comp.audit is None:
-        return []
-    from ..governance.audit_middleware import AuditMiddleware
+        return None, []
+    from ..governance.audit_middleware import AuditMiddleware, AuditRecorder
 
     a = comp.settings.audit
-    return [Middleware(AuditMiddleware, audit=comp.audit, log_content=a.log_content, max_content_chars=a.max_content_chars)]
+    if not a.log_content:
+        return AuditRecorder(comp.audit, max_content_chars=a.max_content_chars), []
+    return None, [Middleware(AuditMiddleware, audit=comp.audit, log_content=True, max_content_chars=a.max_content_chars)]
 
 
 def _cors(origins: list[str]) -> list[Middleware]:

@@ -93,13 +93,10 @@ class AuthMiddleware:
             await self.app(scope, receive, send)
             return
         try:
-            key = credential(scope["headers"])
-            if key is None:
-                raise AuthError(_MISSING)
-            ident = self._auth.known(key)  # (a key seen recently: no await)
+            ident = self._seen(scope["headers"])  # (a header seen recently: one lookup, no await)
             if ident is None:
-                ident = await self._auth.authenticate(key)
-            if not ident.may(rule.role):
+                ident = await self._identify(scope["headers"])
+            if ident.role < rule.role:
                 raise ForbiddenError(f"{ident.describe()} may not call {scope['path']}: it needs the "
                                      f"{rule.role.label} role")
             if ident.allow_from:  # (most keys have no allowlist: no closure, no call)
@@ -122,6 +119,38 @@ class AuthMiddleware:
             await self.app(scope, receive, send)
         finally:
             CURRENT.reset(token)
+
+
+    def _seen(self, headers: Any) -> Any:
+        """The identity of a credential header whose raw value was seen recently and is still valid (the
+        common case); None: `_identify` says who, or why not. `Authorization` is read before `x-api-key`, as
+        `credential` reads them."""
+        try:
+            found = dict(reversed(headers))
+        except TypeError:
+            return None
+        value = found.get(b"authorization")
+        if value is not None:
+            return self._auth.seen(value)
+        value = found.get(b"x-api-key")
+        return self._auth.seen(value, True) if value is not None else None
+
+    async def _identify(self, headers: Any) -> Any:
+        """The identity of the request's credential (`AuthError` when it has none, or a bad one); a valid key
+        is remembered under its header's raw value (`Authenticator.remember`)."""
+        key = credential(headers)
+        if key is None:
+            raise AuthError(_MISSING)
+        ident = self._auth.known(key)
+        if ident is None:
+            ident = await self._auth.authenticate(key)
+        found = dict(reversed(list(headers)))
+        value = found.get(b"authorization")
+        if value is not None:
+            self._auth.remember(value, False, key)
+        else:
+            self._auth.remember(found[b"x-api-key"], True, key)
+        return ident
 
 
 async def refuse(scope: Any, send: Any, e: NlwebError) -> None:

@@ -6,6 +6,12 @@ variable for the duration of the request and echoes it in the response headers. 
 `<caller's id>/<server id>`, so a caller can neither make its rows collide with another request's nor
 pass them off as server-made (a caller's token cannot contain `/`). `MeteredProvider` reads the id for
 each ledger row, so a failover shows up as two rows with one request id.
+
+It can also carry a request *recorder* (the audit log's, `governance.audit_middleware.AuditRecorder`):
+`recorder.starts(scope, spend)` before the request (a start time when it records this one, else None) and
+`recorder.ended(scope, spend, request_id, started)` after it, so the audit log costs no ASGI layer of
+its own (it reads the response's status and the request's cost from the `RequestSpend` this middleware
+keeps anyway).
 """
 from __future__ import annotations
 
@@ -25,11 +31,12 @@ class RequestSpend:
     response again; 0 while none has started). One object per request: tasks the request starts copy
     the context, and with it this same object."""
 
-    __slots__ = ("cost_usd", "reference_usd", "status")
+    __slots__ = ("cost_usd", "reference_usd", "status", "trail")
 
     def __init__(self) -> None:
         self.cost_usd = self.reference_usd = 0.0
         self.status = 0
+        self.trail: Any = None  # what the request's LLM calls did, for its audit row (None: not audited)
 
 
 SPEND: ContextVar[RequestSpend | None] = ContextVar("nlweb_request_spend", default=None)
@@ -63,10 +70,11 @@ def new_request_id() -> str:
 
 
 class RequestIdMiddleware:
-    """Ids it makes come from `new_request_id`."""
+    """Ids it makes come from `new_request_id`. `recorder`: see the module's docstring (None: none)."""
 
-    def __init__(self, app: Any):
+    def __init__(self, app: Any, *, recorder: Any = None):
         self.app = app
+        self._recorder = recorder
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http":
@@ -90,8 +98,12 @@ class RequestIdMiddleware:
                 record.status = message["status"]
             await send(message)
 
+        recorder = self._recorder
+        started = recorder.starts(scope, record) if recorder is not None else None
         try:
             await self.app(scope, receive, send_with_id)
         finally:
             SPEND.reset(spend)
             REQUEST_ID.reset(token)
+            if started is not None:
+                recorder.ended(scope, record, rid, started)
