@@ -55,15 +55,31 @@ class GovernedProvider(WrapperProvider):
         self._scopes: dict[tuple[str, ...], frozenset[str]] = {}
         self._contexts: dict[int, tuple[CallContext, Identity, CallContext]] = {}  # by id(context): most are reused
         self._pricers: dict[str, Pricer] = {}
+        self._dearest_of: dict[tuple[str, ...], tuple[Pricer, ...]] = {}  # a call's pinned deployments -> their pricers
 
     def _cost(self, deployment: str, tokens_in: int, tokens_out: int) -> float:
         """What a call costs on `deployment` (its pricer is asked for once, then kept)."""
+        return self._pricer(deployment)(tokens_in, tokens_out)
+
+    def _dearest(self, pinned: tuple[str, ...]) -> tuple[Pricer, ...]:
+        """The pricers of the deployments a call pinned to `pinned` may be served by (worked out once per pin);
+        unpinned (empty), of every deployment there is now (deployments come and go: asked each time)."""
+        if not pinned:
+            return tuple(self._pricer(d) for d in self._deployments())
+        found = self._dearest_of.get(pinned)
+        if found is None:
+            found = tuple(self._pricer(d) for d in pinned)
+            if len(self._dearest_of) < 1024:
+                self._dearest_of[pinned] = found
+        return found
+
+    def _pricer(self, deployment: str) -> Pricer:
         pricer = self._pricers.get(deployment)
         if pricer is None:
             pricer = self._price(deployment)
             if len(self._pricers) < 1024:
                 self._pricers[deployment] = pricer
-        return pricer(tokens_in, tokens_out)
+        return pricer
 
     # -- scope and context --------------------------------------------------------------------------
     def _allowed(self, models: tuple[str, ...]) -> frozenset[str]:
@@ -117,8 +133,8 @@ class GovernedProvider(WrapperProvider):
         tokens_in = estimate_prompt(req) if req is not None else sum(len(t) for t in texts) // 4 + len(texts)
         usd = 0.0
         if plan.money:  # the dearest deployment the call may be served by
-            for d in (req.context.deployments if req is not None else ()) or self._deployments():
-                usd = max(usd, self._cost(d, tokens_in, tokens_out))
+            for pricer in self._dearest(req.context.deployments if req is not None else ()):
+                usd = max(usd, pricer(tokens_in, tokens_out))
         return plan, tokens_in + tokens_out, usd
 
     async def _reserve(self, ident: Identity, req: ChatRequest | None, tokens_out: int,
@@ -153,20 +169,35 @@ class GovernedProvider(WrapperProvider):
         policy = self._policy
         if not policy.local:
             return await self._complete_remote(req, ident)
-        est = self._estimate(ident, req, req.max_tokens or DEFAULT_COMPLETION)
-        if est is None:  # (no token or money limit: nothing to reserve)
+        plan = policy.plan(ident)
+        if not plan.budget:  # (no token or money limit: nothing to reserve)
             return await self.inner.complete(req)
-        plan, tokens, usd = est
-        held = policy.reserve_now(ident, tokens, usd, plan)  # (in process: no await)
+        # the estimate (`_estimate`, written out: the common call), reserved without an await (in process)
+        tokens_in = estimate_prompt(req)
+        tokens_out = req.max_tokens or DEFAULT_COMPLETION
+        usd = 0.0
+        if plan.money:
+            for pricer in self._dearest(req.context.deployments):
+                usd = max(usd, pricer(tokens_in, tokens_out))
+        held = policy.reserve_now(ident, tokens_in + tokens_out, usd, plan)
         try:
             out = await self.inner.complete(req)
         except BaseException:
             policy.settle_now(held, 0, 0.0)
             raise
         served = out.served
-        tokens_in, tokens_out = call_tokens(out.usage, req, len(out.content))
-        policy.settle_now(held, *self._usage(held, out.deployment or (served.deployment if served is not None else ""),
-                                             tokens_in, tokens_out, _free(served)))
+        deployment = out.deployment or (served.deployment if served is not None else "")
+        cache = served.cache if served is not None else ""
+        if not deployment or (cache and cache.startswith(_HITS)):  # (`_usage`: a cache hit costs nothing)
+            policy.settle_now(held, 0, 0.0)
+            return out
+        usage = out.usage
+        if usage is not None and (usage.prompt_tokens or usage.completion_tokens):  # (`call_tokens`)
+            tokens_in, tokens_out = usage.prompt_tokens, usage.completion_tokens
+        else:
+            tokens_in, tokens_out = call_tokens(usage, req, len(out.content))
+        policy.settle_now(held, tokens_in + tokens_out,
+                          self._pricer(deployment)(tokens_in, tokens_out) if plan.money else 0.0)
         return out
 
     async def _complete_remote(self, req: ChatRequest, ident: Identity) -> ChatResponse:
