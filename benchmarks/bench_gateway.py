@@ -70,6 +70,7 @@ MODEL = "gpt-4.1-mini"  # what post.lua asks for: the gateway's deployment and L
 SETTINGS_ENV = "NLWEB_BENCH_GATEWAY_SETTINGS"
 GOVERNANCE_ENV = "NLWEB_BENCH_GATEWAY_GOVERNANCE"  # "off": compose without governance and audit
 GOVERNANCE_TARGET = 0.85
+GOVERNANCE_RUN_S = 3.0  # --governance: seconds per run unless --duration says (many short rounds: see --rounds)
 UVICORN_FAST = ["--loop", "uvloop", "--http", "httptools", "--no-access-log", "--log-level", "warning"]
 TARGETS = {"c1_added_ratio_vs_floor": 1.5, "c16_rps_ratio_vs_floor": 0.70, "rps_ratio_vs_litellm": 10.0,
            "soak_rss_growth_pct": 5.0}
@@ -79,7 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="bench_gateway.py", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--kit", default=DEFAULT_KIT, help=f"folder with {', '.join(KIT_FILES)} (default {DEFAULT_KIT})")
-    p.add_argument("--duration", type=float, default=8.0, metavar="SECONDS", help="seconds per wrk run (default 8)")
+    p.add_argument("--duration", type=float, default=None, metavar="SECONDS",
+                   help="seconds per wrk run (default 8; with --governance 3)")
     p.add_argument("--quick", action="store_true", help="2-second runs (noisy; for a first look)")
     p.add_argument("--soak", type=float, default=0.0, metavar="SECONDS",
                    help="then load the gateway at c=16 this long, sampling its RSS every 10 s (target: < 5%% growth)")
@@ -92,7 +94,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--governance", action="store_true",
                    help="measure governance on (a key on every request: auth + limits + audit) against governance off, "
                         "at c=16, in this run; prints both and the ratio")
-    p.add_argument("--rounds", type=int, default=3, help="--governance: rounds of (off, on) runs (default 3)")
+    p.add_argument("--rounds", type=int, default=10,
+                   help="--governance: rounds of (off, on) runs (default 10: on a shared VM one round's ratio can be "
+                        "30 %% off either way, and the median of many short rounds is steadier than of a few long ones)")
     p.add_argument("--control", action="store_true",
                    help="--governance: also run a second, identical governance-off gateway in every round and print "
                         "its ratio to the first (an A/A control: how far two identical gateways differ on this "
@@ -548,7 +552,7 @@ def _terminate(signum, frame) -> None:
 
 
 def measure_all(args: argparse.Namespace, settings, kit: Path) -> tuple[dict, dict[str, Any], float]:
-    duration = 2.0 if args.quick else args.duration
+    duration = 2.0 if args.quick else args.duration or 8.0
     proxy_cpu, load_cpu, pin_note = pinning()
     py = sys.executable
     notes: dict[str, Any] = {"pinning": pin_note}
@@ -626,7 +630,7 @@ def measure_governance(args: argparse.Namespace, settings, kit: Path) -> dict[st
     """Governance off vs on, the same gateway, turn about at c=16; prints and returns the figures."""
     import statistics
 
-    duration = 2.0 if args.quick else args.duration
+    duration = 2.0 if args.quick else args.duration or GOVERNANCE_RUN_S
     proxy_cpu, load_cpu, pin_note = pinning()
     py = sys.executable
     with tempfile.TemporaryDirectory(prefix="nlweb-bench-gov-") as tmp, ExitStack() as stack:
