@@ -178,7 +178,8 @@ class LimitPolicy:
 
     def admit_now(self, ident: Identity) -> None:
         """`admit_request` on in-process counters (only when `local`)."""
-        plan = self.plan(ident)
+        hit = self._plans.get(id(ident))  # (`plan`, its common case written out)
+        plan = hit[1] if hit is not None and hit[0] is ident else self.plan(ident)
         if not plan.rpm:
             return
         now = self._now()
@@ -246,8 +247,7 @@ class LimitPolicy:
         now = self._now()
         day = int(now // DAY)
         amounts = list(map((tokens, math.ceil(usd * NANO)).__getitem__, plan.pick))
-        local = self._local
-        assert local is not None
+        local: InProcessCounters = self._local  # type: ignore[assignment]  (only when `local`)
         cells = plan.day_cells
         refused = local.take(cells, amounts, plan.budget_limits) if cells is not None and plan.cells_day == day \
             else STALE
@@ -278,10 +278,9 @@ class LimitPolicy:
         """`settle` of a reservation on in-process counters (`reserve_now`'s)."""
         if held is None:
             return
-        plan = held.plan
-        assert self._local is not None and held.cells is not None and held.amounts is not None
-        self._local.give(held.cells, map(sub, map((tokens, math.ceil(usd * NANO) if plan.money else 0).__getitem__,
-                                                  plan.pick), held.amounts))
+        plan = held.plan  # (a reservation of `reserve_now`: its cells and amounts are set; no asserts on this path)
+        used = map((tokens, math.ceil(usd * NANO) if plan.money else 0).__getitem__, plan.pick)
+        self._local.give(held.cells, map(sub, used, held.amounts))  # type: ignore[union-attr, arg-type]
 
     async def usage(self) -> list[BudgetUse]:
         """Today's use of every day budget of the keys seen since start and of their teams (for the budget
