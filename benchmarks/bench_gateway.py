@@ -24,7 +24,8 @@ concurrency 1, 16 and 64 after a short warm-up, interleaved (c=1 for all, then c
 --governance: instead, the gateway with governance off (no auth, no limits, no audit log: `build_components`
 with governance=None, audit=None) against the gateway with governance on (auth.enabled, a user key in a team
 on every request with requests/minute, tokens/day and $/day limits on the key and the team, high enough never
-to refuse, and the audit log), both started in this run and measured turn about at c=16 for --rounds rounds;
+to refuse, and the audit log), both started in this run and measured turn about at c=16 for --rounds rounds
+(default 10 runs of 3 s each: many short back-to-back pairs are steadier than a few long ones on a shared VM);
 prints both throughputs (median of rounds); the ratio on / off as the median of each round's back-to-back ratio
 (the two runs of a round follow each other, in alternating order, so what drifts between rounds — a neighbour's
 load on a shared machine — cancels; target >= 0.85), each round's ratio (their spread shows how much one run

@@ -263,3 +263,33 @@ async def test_the_recorder_audits_through_the_request_id_middleware_without_a_l
     await RequestIdMiddleware(answer, recorder=recorder)({"type": "http", "method": "GET", "path": "/sites",
                                                            "headers": [], "state": {}}, None, send)
     assert len(queued) == 2 and trails[-1] is None  # /sites is not audited: no row, no trail
+
+
+def test_a_one_call_request_s_row_is_the_row_its_summed_trail_gives():
+    """The writer makes the row of a request with one completion without summing its trail (the common
+    case, written out); it must be the row the summed trail gives, with and without reported usage, a
+    route reason, a failover and a privacy class."""
+    from nlweb_local.core.types import CallContext, ChatRequest, ChatResponse, Message, Privacy, Served, Usage
+    from nlweb_local.governance.audit_middleware import AuditRecorder
+    from nlweb_local.governance.audit_trail import RequestTrail
+    from nlweb_local.providers.wrapper import call_tokens
+
+    rows = AuditRecorder(None)
+    answers = [
+        ChatResponse("y" * 30, usage=Usage(11, 4), deployment="local", served=Served("local", reason="local-first")),
+        ChatResponse("y" * 30, usage=Usage(0, 0), deployment="cloud",
+                     served=Served("cloud", reason="cheapest", failover_from=("local", "other"))),
+        ChatResponse("y" * 30, usage=Usage(0, 0), deployment="raw"),  # no Served: the answer's own deployment
+    ]
+    for privacy in (Privacy.ANY, Privacy.LOCAL_ONLY):
+        for out in answers:
+            req = ChatRequest([Message("user", "x" * 41)], model="auto", context=CallContext(privacy=privacy))
+            fast, summed = RequestTrail(), RequestTrail()
+            fast.completed(req, out)  # one pending completion: the written-out path
+            summed.note(req, out.served, *call_tokens(out.usage, req, len(out.content)), out.deployment)  # summed
+            args = (1.0, "r1", "POST", "/v1/chat/completions", [], 200, 0.01, None)
+            assert rows._row(*args, fast, 0.5, None) == rows._row(*args, summed, 0.5, None)
+            row = rows._row(*args, fast, 0.5, None)
+            assert row.privacy == privacy.value and row.deployment == (out.served or out).deployment
+    assert rows._row(1.0, "r", "GET", "/v1/models", [(b"x-nlweb-privacy", b"local_only")], 200, 0.0, None, None,
+                     0.0, None).privacy == "local_only"  # no call: the header's class

@@ -22,6 +22,7 @@ import json
 import time
 from typing import Any
 
+from ..providers.wrapper import call_tokens
 from ..telemetry.context import REQUEST_ID, SPEND, RequestSpend
 from .audit_chain import AuditRow
 from .audit_trail import RequestTrail
@@ -72,8 +73,26 @@ class _Rows:
     def _row(self, ts: float, request_id: str, method: str, path: str, headers: Any, status: int, latency: float,
              who: Any, trail: RequestTrail | None, cost: float, content: tuple | None) -> AuditRow:
         """The audit row of one request (on the writer thread)."""
-        trail = trail.settled() if trail is not None else _NO_CALLS
-        privacy = trail.privacy
+        pending = trail.pending if trail is not None else None
+        if pending and len(pending) == 1 and not trail.calls:  # type: ignore[union-attr]  (the common request: one
+            request, out = pending[0]                             # completion; what `settled()` would sum, written out)
+            usage = out.usage
+            if usage is not None and (usage.prompt_tokens or usage.completion_tokens):
+                tokens_in, tokens_out = usage.prompt_tokens, usage.completion_tokens
+            else:
+                tokens_in, tokens_out = call_tokens(usage, request, len(out.content))
+            served = out.served
+            if served is not None:
+                deployment, reason = served.deployment, served.reason
+                if served.failover_from:
+                    reason += f"; after failover from {', '.join(served.failover_from)}"
+            else:
+                deployment, reason = out.deployment, ""
+            model, privacy = request.model or "", request.context.privacy.value
+        else:
+            t = trail.settled() if trail is not None else _NO_CALLS
+            tokens_in, tokens_out, model, privacy = t.tokens_in, t.tokens_out, t.model, t.privacy
+            deployment, reason = ",".join(t.deployments), t.reason
         if not privacy:
             for k, v in headers:
                 if k == b"x-nlweb-privacy":
@@ -87,8 +106,8 @@ class _Rows:
                                "answer": answered.text()}, ensure_ascii=False)
         return _new_row(AuditRow, (  # positional (the field names are in audit_chain.AuditRow); no Python-level __new__
             0, ts, "request", request_id, method, path[:200], status, latency,
-            team, role, trail.model[:200], ",".join(trail.deployments), trail.reason[:300], privacy or "any",
-            trail.tokens_in, trail.tokens_out, round(cost, 10), 0, "", key_id, subject, name, text, "", "", 0, "", ""))
+            team, role, model[:200], deployment, reason[:300], privacy or "any",
+            tokens_in, tokens_out, round(cost, 10), 0, "", key_id, subject, name, text, "", "", 0, "", ""))
 
     def _who(self, who) -> tuple[str, str, str, str, str]:
         """The identity's audited fields, worked out once per identity (the authenticator reuses them; only
