@@ -25,7 +25,7 @@ from typing import Any
 from ..providers.wrapper import call_tokens
 from ..telemetry.context import REQUEST_ID, SPEND, RequestSpend
 from .audit_chain import AuditRow
-from .audit_trail import RequestTrail
+from .audit_trail import RequestTrail, route_reason
 
 _UNSAFE = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 _new_row = tuple.__new__  # _new_row(AuditRow, (every field)): an AuditRow without its Python-level __new__
@@ -76,18 +76,10 @@ class _Rows:
         pending = trail.pending if trail is not None else None
         if pending and len(pending) == 1 and not trail.calls:  # type: ignore[union-attr]  (the common request: one
             request, out = pending[0]                             # completion; what `settled()` would sum, written out)
-            usage = out.usage
-            if usage is not None and (usage.prompt_tokens or usage.completion_tokens):
-                tokens_in, tokens_out = usage.prompt_tokens, usage.completion_tokens
-            else:
-                tokens_in, tokens_out = call_tokens(usage, request, len(out.content))
+            tokens_in, tokens_out = call_tokens(out.usage, request, len(out.content))
             served = out.served
-            if served is not None:
-                deployment, reason = served.deployment, served.reason
-                if served.failover_from:
-                    reason += f"; after failover from {', '.join(served.failover_from)}"
-            else:
-                deployment, reason = out.deployment, ""
+            deployment = served.deployment if served is not None else out.deployment
+            reason = route_reason(served)
             model, privacy = request.model or "", request.context.privacy.value
         else:
             t = trail.settled() if trail is not None else _NO_CALLS

@@ -26,6 +26,13 @@ _MAX_DEPLOYMENTS = 8
 _MAX_PENDING = 16  # completions kept as (request, answer) until the row is made; more are summed at once
 
 
+def route_reason(served: Served | None) -> str:
+    """The audit row's route reason of a call: why the router chose its deployment, and whom it replaced."""
+    if served is None:
+        return ""
+    return served.reason + (f"; after failover from {', '.join(served.failover_from)}" if served.failover_from else "")
+
+
 class RequestTrail:
     """One request's LLM calls, summed: bounded (at most a few deployment names are kept). On the request
     path a completion costs one list append — `(request, answer)`, at most `_MAX_PENDING` of them —
@@ -57,10 +64,7 @@ class RequestTrail:
 
     @property
     def reason(self) -> str:
-        served = self.served
-        if served is None:
-            return ""
-        return served.reason + (f"; after failover from {', '.join(served.failover_from)}" if served.failover_from else "")
+        return route_reason(self.served)
 
     def completed(self, request: ChatRequest, out: ChatResponse) -> None:
         """A completion call ended (summed later, in `settled`)."""

@@ -191,11 +191,7 @@ class GovernedProvider(WrapperProvider):
         if not deployment or (cache and cache.startswith(_HITS)):  # (`_usage`: a cache hit costs nothing)
             policy.settle_now(held, 0, 0.0)
             return out
-        usage = out.usage
-        if usage is not None and (usage.prompt_tokens or usage.completion_tokens):  # (`call_tokens`)
-            tokens_in, tokens_out = usage.prompt_tokens, usage.completion_tokens
-        else:
-            tokens_in, tokens_out = call_tokens(usage, req, len(out.content))
+        tokens_in, tokens_out = call_tokens(out.usage, req, len(out.content))
         policy.settle_now(held, tokens_in + tokens_out,
                           self._pricer(deployment)(tokens_in, tokens_out) if plan.money else 0.0)
         return out

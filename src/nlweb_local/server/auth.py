@@ -120,7 +120,6 @@ class AuthMiddleware:
         finally:
             CURRENT.reset(token)
 
-
     def _seen(self, headers: Any) -> Any:
         """The identity of a credential header whose raw value was seen recently and is still valid (the
         common case); None: `_identify` says who, or why not. `Authorization` is read before `x-api-key`, as
