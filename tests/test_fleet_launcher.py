@@ -90,12 +90,20 @@ async def test_launch_serve_and_drain_a_call_in_flight_before_stopping(tmp_path)
         first = await fleet.complete(ask("Say hi."))
         assert first.content is not None
 
-        long_call = asyncio.create_task(fleet.complete(ask("Write a long story about a cat.", max_tokens=48)))
+        alive_at_answer, busy_box = [], []
+
+        async def long_story():
+            # the replica's state is read in the same step as the answer (a done-callback would run one
+            # loop turn later, by when the drain loop may already have moved the replica to "stopping")
+            answer = await fleet.complete(ask("Write a long story about a cat.", max_tokens=48))
+            alive_at_answer.append((busy_box[0].state, alive(busy_box[0].pid)))
+            return answer
+
+        long_call = asyncio.create_task(long_story())
         await until(lambda: any(i.in_flight for i in fleet.status()), 30, "the long call in flight")
         busy_url = next(i.url for i in fleet.status() if i.in_flight)
         busy = next(r for r in launcher._replicas if r.url == busy_url)
-        alive_at_answer = []
-        long_call.add_done_callback(lambda _: alive_at_answer.append((busy.state, alive(busy.pid))))
+        busy_box.append(busy)
         stopping = asyncio.create_task(launcher.stop(busy))
         await until(lambda: busy.state == "draining", 5, "draining")
         assert [i.url for i in fleet.status()] != [] and busy_url not in [i.url for i in fleet.status()]
