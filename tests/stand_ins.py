@@ -1,5 +1,9 @@
 """Inert stand-ins for the embedder and the vector store, for tests of the /v1 gateway path (which never
 embeds or searches) that still compose the whole app."""
+import tempfile
+from pathlib import Path
+
+_DATA = tempfile.TemporaryDirectory(prefix="nlweb-tests-data-")  # (removed when the test run ends)
 
 
 class NoStore:
@@ -34,6 +38,8 @@ def scripted_service(settings, providers, **overrides):
     of the adapters (`providers`: deployment name -> provider) and inert embedder and store unless given."""
     from nlweb_local.server.components import build_components
 
+    if Path(settings.data_dir) == Path("data"):  # (the default: the checkout's own data/ folder; a test's key
+        settings.data_dir = tempfile.mkdtemp(dir=_DATA.name)  # store and audit log belong in a folder of its own)
     overrides.setdefault("embedder", NoEmbedder())
     overrides.setdefault("store", NoStore())
     return build_components(settings, providers=providers, **overrides)
