@@ -102,6 +102,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="--governance: also run a second, identical governance-off gateway in every round and print "
                         "its ratio to the first (an A/A control: how far two identical gateways differ on this "
                         "machine, the noise any on / off ratio carries)")
+    p.add_argument("--unstored", action="store_true",
+                   help="--governance: also run governance on with an audit store that keeps nothing (each row is made on "
+                        "the writer thread, then neither hashed into the chain nor inserted), and print its ratio to "
+                        "on: the share of throughput the audit store's work takes (a diagnostic, not a configuration)")
     p.add_argument("--config", metavar="FILE",
                    help="settings file (default: $NLWEB_LOCAL_CONFIG or ./nlweb-local.yaml); the baseline reads it too")
     return p
@@ -353,6 +357,9 @@ def gateway_app():
     settings = Settings.model_validate_json(Path(os.environ[SETTINGS_ENV]).read_text())
     off = {"governance": None, "audit": None} if os.environ.get(GOVERNANCE_ENV) == "off" else {}
     components = build_components(settings, embedder=_InertEmbedder(), store=_EmptyStore(), **off)
+    if os.environ.get(GOVERNANCE_ENV) == "unstored" and components.audit is not None:
+        # (--unstored: the writer thread still makes every row; the store neither links nor inserts it)
+        components.audit.store.append = lambda rows: len(rows)
     return create_app(settings, components, close_components=True)
 
 
@@ -644,16 +651,16 @@ def measure_governance(args: argparse.Namespace, settings, kit: Path) -> dict[st
         notes: dict[str, Any] = {}
         app = ["--factory", "--app-dir", str(Path(__file__).resolve().parent), "bench_gateway:gateway_app"]
         targets = []
-        for name in ("off", "on", *(("control",) if args.control else ())):
+        for name in ("off", "on", *(("control",) if args.control else ()), *(("unstored",) if args.unstored else ())):
             (logs / name).mkdir()
             s = gateway_settings(settings, mock_port, logs / name)
             headers = None
-            if name == "on":
+            if name in ("on", "unstored"):
                 s, key = governed_settings(s, logs / name)
                 headers = {"Authorization": f"Bearer {key}"}
             cfg = logs / f"{name}-settings.json"
             cfg.write_text(s.model_dump_json())
-            env = {SETTINGS_ENV: str(cfg), GOVERNANCE_ENV: "on" if name == "on" else "off"}
+            env = {SETTINGS_ENV: str(cfg), GOVERNANCE_ENV: name if name in ("on", "unstored") else "off"}
             proc, url = start_gateway(stack, bench, f"governance-{name}", app, env, body, notes, headers=headers)
             if name == "on":  # no key: refused (auth is really on)
                 status, _, _ = post_once(url, body)
@@ -667,6 +674,7 @@ def measure_governance(args: argparse.Namespace, settings, kit: Path) -> dict[st
             for t in (targets if i % 2 == 0 else targets[::-1]):  # with --control, "on" runs between the two offs)
                 runs[t.name].append(bench.wrk(t.url, 16, duration, t.headers, t.pid))
     control = runs.pop("control", None)
+    unstored = runs.pop("unstored", None)
     rps = {k: statistics.median(r.rps for r in v) for k, v in runs.items()}
     cpu = {k: statistics.median(r.cpu_us_per_request for r in v if r.cpu_us_per_request is not None)
            if any(r.cpu_us_per_request is not None for r in v) else None for k, v in runs.items()}
@@ -692,12 +700,20 @@ def measure_governance(args: argparse.Namespace, settings, kit: Path) -> dict[st
     if aa:  # two identical gateways: what the machine alone makes of a ratio
         print(f"  control (A/A): a second governance-off gateway / the first: {statistics.median(aa):.3f}x, the median of "
               f"the rounds' ratios {', '.join(f'{x:.3f}' for x in aa)} (spread {min(aa):.3f}-{max(aa):.3f})")
+    us = [round(u.rps / on.rps, 3) for u, on in zip(unstored, runs["on"])] if unstored and all(r.rps for r in runs["on"]) else []
+    if us:  # the audit store's work (link + insert) as a share of throughput
+        ucpu = statistics.median(r.cpu_us_per_request for r in unstored if r.cpu_us_per_request is not None) \
+            if any(r.cpu_us_per_request is not None for r in unstored) else None
+        print(f"  unstored (governance on, audit rows made but not hashed or inserted): "
+              f"{statistics.median(r.rps for r in unstored):.0f} req/s, cpu {ucpu or float('nan'):.0f} us/req; / on: "
+              f"{statistics.median(us):.3f}x, the median of the rounds' ratios {', '.join(f'{x:.3f}' for x in us)}")
     return {"mode": "governance", "c16_rps_governance_off": round(rps["off"], 1), "c16_rps_governance_on": round(rps["on"], 1),
             "c16_rps_ratio_governance": paired, "ratio_of_median_rps": ratio, "cpu_ratio_off_over_on": cpu_ratio, "cpu_us_per_request": cpu,
             "loop_cpu_us_per_request": loop,
             "errors": errors, "non2xx": non2xx,
             "rounds": {k: [round(r.rps, 1) for r in v] for k, v in runs.items()}, "round_ratios": pairs, "target_met": met,
             "control_ratio": round(statistics.median(aa), 3) if aa else None, "control_round_ratios": aa,
+            "unstored_over_on": round(statistics.median(us), 3) if us else None, "unstored_round_ratios": us,
             "duration_s": duration, "pinning": pin_note}
 
 

@@ -186,7 +186,11 @@ def llm_signal(groups, order: dict, model: str, band: int, chars: int, threads: 
 
     llm = Llama(model_path=model, n_ctx=2048, n_threads=threads, n_batch=512, verbose=False)
     bos = llm._model.token_get_text(llm.token_bos()) if llm.token_bos() >= 0 else ""
-    chat = Jinja2ChatFormatter(llm.metadata["tokenizer.chat_template"],
+    template = llm.metadata.get("tokenizer.chat_template")
+    if not template:  # (a base model's GGUF, e.g. Gemma 3 270M: its Yes/No odds would mean little anyway)
+        raise SystemExit(f"rank_fusion.py: {model} has no chat template (GGUF key tokenizer.chat_template): "
+                         "--llm needs an instruct model's GGUF, e.g. SmolLM2-135M-Instruct or Qwen2.5-Instruct")
+    chat = Jinja2ChatFormatter(template,
                                eos_token=llm._model.token_get_text(llm.token_eos()), bos_token=bos)
     first = {label: {llm.tokenize(v.encode(), add_bos=False, special=False)[0]
                      for w in (label, label.lower(), label.upper()) for v in (w, " " + w)} for label in ("Yes", "No")}

@@ -292,15 +292,42 @@ def test_governed_settings_turn_auth_and_audit_on_and_make_a_key(tmp_path):
     assert s.auth.teams["bench"].tokens_per_day and Settings.model_validate_json(s.model_dump_json()) == s
 
 
+async def test_unstored_gateway_makes_rows_but_keeps_none(tmp_path, monkeypatch):
+    """--unstored's gateway: governance on, and its audit store takes every batch while keeping nothing (the
+    diagnostic must not measure a gateway whose writer fails and retries instead)."""
+    import nlweb_local.server.app as app_module
+    from nlweb_local.governance.audit_chain import entry
+
+    s, _ = bg.governed_settings(bg.gateway_settings(Settings(), 40000, tmp_path), tmp_path)
+    cfg = tmp_path / "s.json"
+    cfg.write_text(s.model_dump_json())
+    seen = []
+    monkeypatch.setattr(app_module, "create_app", lambda settings, comp, **kw: seen.append(comp) or comp)
+    for mode in ("on", "unstored"):
+        monkeypatch.setenv(bg.SETTINGS_ENV, str(cfg))
+        monkeypatch.setenv(bg.GOVERNANCE_ENV, mode)
+        comp = bg.gateway_app()
+        try:
+            assert comp.governance is not None and comp.audit is not None
+            before = comp.audit.store.head()
+            assert comp.audit.store.append([entry(ts=1.0, kind="request", endpoint="/v1/chat/completions")]) == 1
+            after = comp.audit.store.head()
+            assert (after == before) == (mode == "unstored")  # on: one more row; unstored: none
+        finally:
+            await comp.close()
+            comp.audit.close()  # (idempotent)
+
+
 @pytest.mark.slow
 def test_one_very_short_governance_run(tmp_path, capsys, monkeypatch):
     """--governance: governance off and on in one run (on: a key on every request, 401 without), both at c=16;
-    with --control, a second governance-off gateway's ratio to the first (A/A) beside them."""
+    with --control, a second governance-off gateway's ratio to the first (A/A) beside them; with --unstored, a
+    governed gateway whose audit store keeps nothing, and its ratio to on."""
     if shutil.which("wrk") is None or not (KIT / "post.lua").exists():
         pytest.skip("needs wrk and the gateway kit")
     monkeypatch.chdir(tmp_path)
     args = bg.build_parser().parse_args(["--kit", str(KIT), "--governance", "--duration", "1", "--rounds", "2",
-                                         "--control"])
+                                         "--control", "--unstored"])
     assert bg.run(args, Settings()) == 0
     out = capsys.readouterr().out
     f = json.loads(out.strip().splitlines()[-1])
@@ -310,7 +337,8 @@ def test_one_very_short_governance_run(tmp_path, capsys, monkeypatch):
     assert f["c16_rps_ratio_governance"] is not None and f["errors"] == {"off": 0, "on": 0}
     assert "governance on" in out and "on / off" in out
     assert len(f["control_round_ratios"]) == 2 and f["control_ratio"] > 0 and "control (A/A)" in out
-    assert set(f["rounds"]) == {"off", "on"}  # (the control is reported apart, never folded into off)
+    assert len(f["unstored_round_ratios"]) == 2 and f["unstored_over_on"] > 0 and "unstored (governance on" in out
+    assert set(f["rounds"]) == {"off", "on"}  # (the control and unstored are reported apart, never folded in)
     assert list(tmp_path.iterdir()) == []
 
 
