@@ -72,7 +72,7 @@ async def test_kill_the_local_engine_under_load_then_restore(tmp_path):
 
     engine = LlamaServer(tmp_path / "engine.log", n_ctx=512).start()
     cloud = OpenAIFake().start()
-    settings = load_settings(environ={})
+    settings = load_settings(environ={"NLWEB_LOCAL_DATA_DIR": str(tmp_path / "data")})  # (not the checkout's data/)
     settings.llm.embedded_enabled = False
     settings.llm.health_interval_s = 0.5
     settings.cache.enabled = False  # the test watches routing: each user repeats its question, every one must be routed
@@ -156,7 +156,7 @@ async def test_kill_two_of_three_instances_under_load_then_they_return(tmp_path)
     engines = [LlamaServer(tmp_path / f"engine{i}.log", n_ctx=512, n_threads=1) for i in range(3)]
     await asyncio.gather(*(asyncio.to_thread(e.start) for e in engines))
     urls = [f"{e.url}/v1" for e in engines]
-    settings = load_settings(environ={})
+    settings = load_settings(environ={"NLWEB_LOCAL_DATA_DIR": str(tmp_path / "data")})  # (not the checkout's data/)
     settings.llm.embedded_enabled = False
     settings.llm.health_interval_s = 0.5
     settings.cache.enabled = False  # every request must reach an engine
