@@ -355,9 +355,10 @@ def gateway_app():
     from nlweb_local.server.components import build_components
 
     settings = Settings.model_validate_json(Path(os.environ[SETTINGS_ENV]).read_text())
-    off = {"governance": None, "audit": None} if os.environ.get(GOVERNANCE_ENV) == "off" else {}
+    mode = os.environ.get(GOVERNANCE_ENV)
+    off = {"governance": None, "audit": None} if mode == "off" else {}
     components = build_components(settings, embedder=_InertEmbedder(), store=_EmptyStore(), **off)
-    if os.environ.get(GOVERNANCE_ENV) == "unstored" and components.audit is not None:
+    if mode == "unstored" and components.audit is not None:
         # (--unstored: the writer thread still makes every row; the store neither links nor inserts it)
         components.audit.store.append = lambda rows: len(rows)
     return create_app(settings, components, close_components=True)
@@ -655,12 +656,13 @@ def measure_governance(args: argparse.Namespace, settings, kit: Path) -> dict[st
             (logs / name).mkdir()
             s = gateway_settings(settings, mock_port, logs / name)
             headers = None
-            if name in ("on", "unstored"):
+            governed = name in ("on", "unstored")
+            if governed:
                 s, key = governed_settings(s, logs / name)
                 headers = {"Authorization": f"Bearer {key}"}
             cfg = logs / f"{name}-settings.json"
             cfg.write_text(s.model_dump_json())
-            env = {SETTINGS_ENV: str(cfg), GOVERNANCE_ENV: name if name in ("on", "unstored") else "off"}
+            env = {SETTINGS_ENV: str(cfg), GOVERNANCE_ENV: name if governed else "off"}
             proc, url = start_gateway(stack, bench, f"governance-{name}", app, env, body, notes, headers=headers)
             if name == "on":  # no key: refused (auth is really on)
                 status, _, _ = post_once(url, body)
@@ -676,10 +678,8 @@ def measure_governance(args: argparse.Namespace, settings, kit: Path) -> dict[st
     control = runs.pop("control", None)
     unstored = runs.pop("unstored", None)
     rps = {k: statistics.median(r.rps for r in v) for k, v in runs.items()}
-    cpu = {k: statistics.median(r.cpu_us_per_request for r in v if r.cpu_us_per_request is not None)
-           if any(r.cpu_us_per_request is not None for r in v) else None for k, v in runs.items()}
-    loop = {k: statistics.median(r.loop_cpu_us_per_request for r in v if r.loop_cpu_us_per_request is not None)
-            if any(r.loop_cpu_us_per_request is not None for r in v) else None for k, v in runs.items()}
+    cpu = {k: _median_of(v, "cpu_us_per_request") for k, v in runs.items()}
+    loop = {k: _median_of(v, "loop_cpu_us_per_request") for k, v in runs.items()}
     errors = {k: sum(r.errors for r in v) for k, v in runs.items()}
     non2xx = {k: sum(r.non2xx for r in v) for k, v in runs.items()}
     ratio = _ratio(rps["on"], rps["off"])
@@ -702,8 +702,7 @@ def measure_governance(args: argparse.Namespace, settings, kit: Path) -> dict[st
               f"the rounds' ratios {', '.join(f'{x:.3f}' for x in aa)} (spread {min(aa):.3f}-{max(aa):.3f})")
     us = [round(u.rps / on.rps, 3) for u, on in zip(unstored, runs["on"])] if unstored and all(r.rps for r in runs["on"]) else []
     if us:  # the audit store's work (link + insert) as a share of throughput
-        ucpu = statistics.median(r.cpu_us_per_request for r in unstored if r.cpu_us_per_request is not None) \
-            if any(r.cpu_us_per_request is not None for r in unstored) else None
+        ucpu = _median_of(unstored, "cpu_us_per_request")
         print(f"  unstored (governance on, audit rows made but not hashed or inserted): "
               f"{statistics.median(r.rps for r in unstored):.0f} req/s, cpu {ucpu or float('nan'):.0f} us/req; / on: "
               f"{statistics.median(us):.3f}x, the median of the rounds' ratios {', '.join(f'{x:.3f}' for x in us)}")
@@ -715,6 +714,14 @@ def measure_governance(args: argparse.Namespace, settings, kit: Path) -> dict[st
             "control_ratio": round(statistics.median(aa), 3) if aa else None, "control_round_ratios": aa,
             "unstored_over_on": round(statistics.median(us), 3) if us else None, "unstored_round_ratios": us,
             "duration_s": duration, "pinning": pin_note}
+
+
+def _median_of(results: list[WrkResult], figure: str) -> float | None:
+    """The median of one figure of `results` (a CPU figure: None where the process could not be read)."""
+    import statistics
+
+    values = [v for v in (getattr(r, figure) for r in results) if v is not None]
+    return statistics.median(values) if values else None
 
 
 def start_gateway(stack: ExitStack, bench: Bench, name: str, app: list[str], env: dict[str, str], body: bytes,
