@@ -8,7 +8,7 @@ import time
 import pytest
 
 from governance_app import client, governed_service
-from nlweb_local.governance.counters import STALE, Charge, InProcessCounters
+from nlweb_local.governance.counters import STALE, Charge, InProcessCounters, Tally
 from nlweb_local.governance.governed import estimate_prompt
 from nlweb_local.governance.identity import Limits
 from nlweb_local.core.types import ChatRequest, Message
@@ -150,23 +150,51 @@ async def test_in_process_counters_reserve_all_or_nothing_and_expire():
 
 
 async def test_lent_cells_are_the_counters_all_or_nothing_and_go_stale_when_they_expire():
-    """The in-process fast path (`cells`, `take`, `give`) charges the very counters `value`/`reserve` see."""
+    """The in-process fast path (`cells`, `take`, `give`) charges the very counters `value`/`reserve` see;
+    the tally says which amount each counter takes (here "a" the first, "b" the second)."""
     now = [0.0]
     c = InProcessCounters(clock=lambda: now[0])
     await c.reserve([Charge("a", 2, 10, 30)])
     cells = c.cells(["a", "b"], 60)
+    tally = Tally((0, 1))
     assert cells.until == 30  # "a" expires first (its window ends first)
-    assert c.take(cells, [5, 5], [10, 5]) is None
+    assert c.take(cells, tally, 5, 5, [10, 5]) is None
     assert await c.value("a") == 7 and await c.value("b") == 5
-    refused = c.take(cells, [1, 1], [10, 5])
+    refused = c.take(cells, tally, 1, 1, [10, 5])
     assert refused is not None and refused.index == 1 and refused.used == 5 and refused.reset_in_s == 60
     assert await c.value("a") == 7  # nothing taken from "a" either
-    c.give(cells, [-3, -1])
+    c.give(cells, tally, -3, -1)
     assert await c.value("a") == 4 and await c.value("b") == 4
     now[0] = 30  # "a"'s window is over: the cells are stale, nothing is charged
-    assert c.take(cells, [1, 1], [10, 5]) is STALE and await c.value("b") == 4
+    assert c.take(cells, tally, 1, 1, [10, 5]) is STALE and await c.value("b") == 4
     fresh = c.cells(["a", "b"], 60)
-    assert c.take(fresh, [1, 1], [10, 5]) is None and await c.value("a") == 1 and await c.value("b") == 5
+    assert c.take(fresh, tally, 1, 1, [10, 5]) is None and await c.value("a") == 1 and await c.value("b") == 5
+
+
+@pytest.mark.parametrize("kinds", [(), (0,), (1,), (0, 1), (1, 0, 0), (0, 1, 0, 1), (1,) * 9])
+def test_a_tally_fits_all_or_nothing_and_adds_the_amount_each_counter_counts(kinds):
+    """`Tally` compiles its pattern into straight-line code: checked against the plain rule for each
+    counter in turn being the one that does not fit, and for all fitting."""
+    tally = Tally(kinds)
+    assert tally.kinds == kinds
+    first, second = 3, 1000
+    for over in [None, *range(len(kinds))]:
+        cells = [[10 * i, 99.0] for i in range(len(kinds))]
+        limits = [10 * i + (first, second)[k] - (1 if i == over else 0) for i, k in enumerate(kinds)]
+        before = [list(c) for c in cells]
+        got = tally.fit(cells, first, second, limits)
+        if over is None:
+            assert got == -1 and [c[0] for c in cells] == [10 * i + (first, second)[k] for i, k in enumerate(kinds)]
+        else:
+            assert got == over and cells == before  # all or nothing
+        tally.add(cells, -first, -second)
+        assert [c[0] for c in cells] == [b[0] - (first, second)[k] + (0 if over is not None else (first, second)[k])
+                                         for b, k in zip(before, kinds)]
+
+
+def test_a_tally_over_too_many_counters_is_refused():
+    with pytest.raises(ValueError, match="over 65 counters"):
+        Tally((0,) * 65)
 
 
 async def test_redis_counters_are_atomic_and_expire(redis_server):

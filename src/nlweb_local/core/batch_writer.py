@@ -163,10 +163,57 @@ def sqlite_insert_rows(conn: Any, head: str, width: int, rows: Sequence[Sequence
     thread inserting a batch row by row hands the GIL to and fro with the event loop once per row; on a
     server with one core each hand-over is a pair of thread switches and futex calls (strace counted
     ~1,500 a second at ~2,000 audited requests/s), paid on the event loop's CPU. A multi-row statement
-    steps once per `per_statement` rows."""
-    one = "(" + ", ".join("?" * width) + ")"
-    full = head + ", ".join([one] * per_statement)
+    steps once per `per_statement` rows.
+
+    A column whose value is the same in every row of a statement is bound once: the statement numbers
+    its parameters (`?N`) and each row names that one. Binding is most of an insert's CPU (each value is
+    converted and copied into SQLite: ~0.5 us a value on a slow core), and a batch repeats much — an audit
+    row's kind, role, team, model, count, detail and blank content, a ledger row's deployment and
+    outcome. Equal values of different types (0 and 0.0) are not shared, so what is stored is exactly
+    what one row per value would store (`tests/test_batch_writer.py`)."""
     for at in range(0, len(rows), per_statement):
         chunk = rows[at:at + per_statement]
-        sql = full if len(chunk) == per_statement else head + ", ".join([one] * len(chunk))
-        conn.execute(sql, list(_flat(chunk)))  # (the rows' values in one list, flattened in C)
+        n = len(chunk)
+        columns = list(zip(*chunk))  # (transposed in C: one tuple a column)
+        if len(columns) != width:
+            raise ValueError(f"sqlite_insert_rows: rows of {len(columns)} values for {width} columns")
+        shared = tuple(j for j, col in enumerate(columns) if n > 1 and _same(col))
+        sql = _statement(head, width, n, shared)
+        values = [columns[j][0] for j in shared]
+        values.extend(_flat(col for j, col in enumerate(columns) if j not in shared))  # (column by column)
+        conn.execute(sql, values)
+
+
+def _same(col: tuple) -> bool:
+    """Every value of the column equal, and of one type (0, 0.0 and False are equal but stored apart)."""
+    first = col[0]
+    if col.count(first) != len(col):
+        return False
+    return type(first) is str or first is None or len(set(map(type, col))) == 1
+
+
+_STATEMENTS: dict[tuple[str, int, int, tuple[int, ...]], str] = {}
+
+
+def _statement(head: str, width: int, n: int, shared: tuple[int, ...]) -> str:
+    """The INSERT of `n` rows where the columns `shared` are parameters 1..len(shared) (one for all rows)
+    and every other column's values follow column by column (made once per shape, then kept)."""
+    key = (head, width, n, shared)
+    sql = _STATEMENTS.get(key)
+    if sql is None:
+        place: list[Any] = [None] * width  # per column: its parameter number (shared) or its first (varying)
+        for k, j in enumerate(shared):
+            place[j] = k + 1
+        nxt = len(shared) + 1
+        for j in range(width):
+            if place[j] is None:
+                place[j] = ("v", nxt)
+                nxt += n
+        groups = []
+        for i in range(n):
+            groups.append("(" + ", ".join(f"?{p}" if type(p) is int else f"?{p[1] + i}" for p in place) + ")")
+        sql = head + ", ".join(groups)
+        if len(_STATEMENTS) >= 512:
+            _STATEMENTS.clear()
+        _STATEMENTS[key] = sql
+    return sql

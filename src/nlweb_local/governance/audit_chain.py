@@ -44,6 +44,21 @@ import orjson
 GENESIS = "0" * 64
 
 
+def _sha256_constructor():
+    """SHA-256 without OpenSSL's per-call set-up: CPython's own implementation (`_sha2` from 3.12, `_sha256`
+    before) gives the same digest, ~1.3 us sooner for a row's ~100-300 bytes (the chain hashes two such
+    inputs a row, on the writer thread); hashlib's (OpenSSL) where neither is built in."""
+    for module in ("_sha2", "_sha256"):
+        try:
+            return getattr(__import__(module), "sha256")
+        except (ImportError, AttributeError):
+            continue
+    return hashlib.sha256
+
+
+_sha256 = _sha256_constructor()
+
+
 class AuditRow(NamedTuple):
     seq: int  # 1, 2, 3, ... in chain order (assigned when the row is appended)
     ts: float  # unix seconds the request ended
@@ -93,7 +108,7 @@ def entry(**fields) -> AuditRow:
 
 
 def _h(*parts: bytes) -> str:
-    return hashlib.sha256(b"\n".join(parts)).hexdigest()
+    return _sha256(b"\n".join(parts)).hexdigest()
 
 
 def _canon(values: list) -> bytes:
@@ -148,7 +163,7 @@ def linked_values(rows: Iterable[Sequence], head: tuple[int, str] | None) -> lis
     seq, prev = head if head is not None else (0, GENESIS)
     rows = list(rows)
     salts = os.urandom(16 * len(rows)).hex()  # one system call per batch: 32 hex digits a row
-    sha, dumps = hashlib.sha256, orjson.dumps
+    sha, dumps = _sha256, orjson.dumps
     out = []
     for i, r in enumerate(rows):
         seq += 1

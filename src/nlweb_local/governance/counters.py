@@ -14,16 +14,17 @@ reserve past a limit. `RedisCounters` (counters_redis.py) does the same with one
 several replicas share the limits.
 
 `InProcessCounters` also lends its counters themselves for a window (`cells`), which the limit policy
-charges with `take` (the same all-or-nothing step) and `give` (an adjustment) without naming keys:
-the per-request path of in-process limits is then a few C-level list operations under the lock.
+charges with `take` (the same all-or-nothing step) and `give` (an adjustment) without naming keys. Each
+charge adds one of two amounts to each counter — tokens or nano-dollars for a budget, one request for a
+requests/minute limit — and which one is fixed per limit, so a `Tally` compiles that pattern once into
+straight-line code (no per-call list of amounts, no loop): the per-request path of in-process limits is
+then a handful of list reads and writes under the lock.
 """
 from __future__ import annotations
 
 import threading
 import time
-from collections import deque
 from dataclasses import dataclass
-from operator import add, itemgetter, le, setitem
 from typing import Callable, Iterable, NamedTuple, Protocol, Sequence
 
 
@@ -59,9 +60,7 @@ class Cells:
 
 
 STALE = Refusal(-1, 0, 0.0)  # `take`: the cells have expired; ask for the window's cells again
-_VALUE = itemgetter(0)  # a cell's value
-_ZEROS = (0,) * 64  # the value's index, for map(setitem, cells, _ZEROS, values) (a caller has a handful of limits)
-_apply = deque(maxlen=0).extend  # runs a map for its effects
+_MAX_CELLS = 64  # (a caller has a handful of limits: two scopes x four kinds)
 
 
 class InProcessCounters:
@@ -124,7 +123,7 @@ class InProcessCounters:
     def cells(self, keys: Sequence[str], ttl_s: float) -> Cells:
         """The counters under `keys` (made at 0, expiring in `ttl_s`, when absent or expired). A counter
         is never replaced before it expires, so until then charging the cell is charging the key."""
-        assert len(keys) <= len(_ZEROS)
+        assert len(keys) <= _MAX_CELLS
         with self._lock:
             now = self._clock()
             out = []
@@ -136,26 +135,24 @@ class InProcessCounters:
                 out.append(entry)
             return Cells(out, min((e[1] for e in out), default=now))
 
-    def take(self, cells: Cells, amounts: Sequence[int], limits: Sequence[int]) -> Refusal | None:
-        """`reserve` on lent cells: all or nothing, `amounts[i]` onto `cells.cells[i]` only if each stays
-        <= `limits[i]`; `STALE` (nothing taken) once any of them has expired. (The loops run in C: map, all.)"""
+    def take(self, cells: Cells, tally: "Tally", first: int, second: int, limits: Sequence[int]) -> Refusal | None:
+        """`reserve` on lent cells: all or nothing, each cell gets its amount (`tally`: `first` or `second`)
+        only if each stays <= its limit (`limits[i]`); `STALE` (nothing taken) once any cell has expired."""
         with self._lock:
             now = self._clock()
             if now >= cells.until:
                 return STALE
-            cs = cells.cells
-            after = list(map(add, map(_VALUE, cs), amounts))
-            if all(map(le, after, limits)):
-                _apply(map(setitem, cs, _ZEROS, after))
+            i = tally.fit(cells.cells, first, second, limits)
+            if i < 0:
                 return None
-            i = next(i for i, (v, limit) in enumerate(zip(after, limits)) if v > limit)
-            return Refusal(i, cs[i][0], cs[i][1] - now)
+            cell = cells.cells[i]
+            return Refusal(i, cell[0], cell[1] - now)
 
-    def give(self, cells: Cells, deltas: Iterable[int]) -> None:
-        """`adjust` on lent cells (one that has expired since went with its window: nothing to fix)."""
+    def give(self, cells: Cells, tally: "Tally", first: int, second: int) -> None:
+        """`adjust` on lent cells: each gets its delta (`tally`: `first` or `second`) unconditionally (one that
+        has expired since went with its window: nothing to fix)."""
         with self._lock:
-            cs = cells.cells
-            _apply(map(setitem, cs, _ZEROS, map(add, map(_VALUE, cs), deltas)))
+            tally.add(cells.cells, first, second)
 
     async def value(self, key: str) -> int:
         with self._lock:
@@ -164,3 +161,64 @@ class InProcessCounters:
 
     async def close(self) -> None:
         return None
+
+
+class Tally:
+    """Which of a charge's two amounts each of a window's counters takes (`kinds[i]`: 0 the first, 1 the
+    second), compiled once into two straight-line functions over the cells (`[value, expires at]` lists):
+
+        fit(cells, first, second, limits) -> -1     every cell got its amount (each stayed <= its limit)
+                                          -> i      cell i would have gone over: no cell changed
+        add(cells, first, second)                   every cell gets its amount, unconditionally
+
+    For kinds (0, 1) the first is, written out:
+
+        def fit(cells, a, b, limits):
+            c0, c1 = cells
+            v0 = c0[0] + a
+            if v0 > limits[0]: return 0
+            v1 = c1[0] + b
+            if v1 > limits[1]: return 1
+            c0[0] = v0; c1[0] = v1
+            return -1
+
+    (The code is made from the cells' indices alone, and kept per pattern: a limit policy has a few.) With
+    four budget counters this is ~2x cheaper than the same step as a chain of `map`s over a list of amounts
+    built per call, and it runs on the request path three times a governed call (requests/minute, reserve,
+    settle)."""
+
+    __slots__ = ("kinds", "fit", "add")
+
+    def __init__(self, kinds: Sequence[int]):
+        self.kinds = tuple(1 if k else 0 for k in kinds)
+        if len(self.kinds) > _MAX_CELLS:
+            raise ValueError(f"a charge over {len(self.kinds)} counters (at most {_MAX_CELLS})")
+        compiled = _COMPILED.get(self.kinds)
+        if compiled is None:
+            compiled = _COMPILED[self.kinds] = _compile(self.kinds)
+        self.fit, self.add = compiled
+
+
+_COMPILED: dict[tuple[int, ...], tuple[Callable, Callable]] = {}
+
+
+def _compile(kinds: tuple[int, ...]) -> tuple[Callable, Callable]:
+    n = len(kinds)
+    names = "".join(f"c{i}, " for i in range(n))
+    amount = ("a", "b")
+    fit = ["def fit(cells, a, b, limits):"]
+    add = ["def add(cells, a, b):"]
+    if n:
+        fit.append(f"    {names}= cells")
+        add.append(f"    {names}= cells")
+    for i, k in enumerate(kinds):
+        fit.append(f"    v{i} = c{i}[0] + {amount[k]}")
+        fit.append(f"    if v{i} > limits[{i}]: return {i}")
+        add.append(f"    c{i}[0] += {amount[k]}")
+    fit.extend(f"    c{i}[0] = v{i}" for i in range(n))
+    fit.append("    return -1")
+    if not n:
+        add.append("    return None")
+    scope: dict = {}
+    exec("\n".join(fit) + "\n\n" + "\n".join(add) + "\n", scope)  # noqa: S102  (indices only: see Tally)
+    return scope["fit"], scope["add"]

@@ -23,13 +23,12 @@ from __future__ import annotations
 
 import math
 import time
-from operator import sub
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Callable, Mapping, NamedTuple
 
 from ..core.errors import QuotaExceededError
-from .counters import STALE, Cells, Charge, Counters, InProcessCounters, Refusal
+from .counters import STALE, Cells, Charge, Counters, InProcessCounters, Refusal, Tally
 from .identity import Identity, Limits
 
 NANO = 1_000_000_000  # dollars are counted in nano-dollars (integers: atomic increments)
@@ -53,12 +52,13 @@ class BudgetUse:
 
 class Held(NamedTuple):
     """A reservation: the counters charged (with what was reserved on each) and what each counts. In
-    process, `cells` are the counters themselves and `amounts` what was reserved on each (no `charges`)."""
+    process, `cells` are the counters themselves and `amounts` what was reserved: (tokens, nano-dollars),
+    each cell having taken the one it counts (`Plan.tally`) (no `charges`)."""
 
     charges: list[Charge] | None
     plan: "Plan"
     cells: Cells | None = None
-    amounts: list[int] | None = None
+    amounts: tuple[int, int] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,8 +90,8 @@ class Plan:
     minute_charges: tuple[Charge, ...] = ()
     rpm_limits: tuple[int, ...] = ()  # in counter units, per bound
     budget_limits: tuple[int, ...] = ()
-    ones: tuple[int, ...] = ()  # what one request adds to each requests/minute counter
-    pick: tuple[int, ...] = ()  # per budget bound: 0 counts tokens, 1 nano-dollars (an index into (tokens, nano))
+    rpm_tally: Tally | None = None  # one request onto each requests/minute counter
+    tally: Tally | None = None  # per budget counter: tokens (the first amount) or nano-dollars (the second)
     # in process: the counters themselves, for the window they were lent for
     minute_cells: Cells | None = None
     cells_minute: int = -1
@@ -102,8 +102,8 @@ class Plan:
         self.tokens = tuple(b.what == "tok" for b in self.budget)
         self.rpm_limits = tuple(b.scaled for b in self.rpm)
         self.budget_limits = tuple(b.scaled for b in self.budget)
-        self.ones = (1,) * len(self.rpm)
-        self.pick = tuple(0 if t else 1 for t in self.tokens)
+        self.rpm_tally = Tally((0,) * len(self.rpm))
+        self.tally = Tally([0 if t else 1 for t in self.tokens])
 
     def rpm_charges(self, minute: int, reset_in: float) -> tuple[Charge, ...]:
         """One request against each requests/minute limit in `minute`. Made once a minute: a counter's
@@ -185,8 +185,8 @@ class LimitPolicy:
         now = self._now()
         window = int(now // MINUTE)
         cells = plan.minute_cells  # (the common case: this minute's counters, lent earlier)
-        refused = self._local.take(cells, plan.ones, plan.rpm_limits) if cells is not None and \
-            plan.cells_minute == window else STALE  # type: ignore[union-attr]
+        refused = self._local.take(cells, plan.rpm_tally, 1, 0, plan.rpm_limits) if cells is not None and \
+            plan.cells_minute == window else STALE  # type: ignore[union-attr, arg-type]
         if refused is STALE:
             refused = self._take_rpm(plan, window, now)
         if refused is not None:
@@ -199,7 +199,7 @@ class LimitPolicy:
         assert local is not None
         cells = plan.minute_cells = local.cells([f"{b.prefix}{window}" for b in plan.rpm], MINUTE - now % MINUTE + 5)
         plan.cells_minute = window
-        return local.take(cells, plan.ones, plan.rpm_limits)
+        return local.take(cells, plan.rpm_tally, 1, 0, plan.rpm_limits)  # type: ignore[arg-type]
 
     async def check_budget(self, ident: Identity) -> None:
         """Refuse at once when a day's token or money budget is already used up (so /ask answers 429
@@ -246,21 +246,22 @@ class LimitPolicy:
             return None
         now = self._now()
         day = int(now // DAY)
-        amounts = list(map((tokens, math.ceil(usd * NANO)).__getitem__, plan.pick))
+        nano = math.ceil(usd * NANO)
+        tally: Tally = plan.tally  # type: ignore[assignment]  (set by __post_init__)
         local: InProcessCounters = self._local  # type: ignore[assignment]  (only when `local`)
         cells = plan.day_cells
-        refused = local.take(cells, amounts, plan.budget_limits) if cells is not None and plan.cells_day == day \
-            else STALE
+        refused = local.take(cells, tally, tokens, nano, plan.budget_limits) if cells is not None and \
+            plan.cells_day == day else STALE
         if refused is STALE:  # a new day (or the first call): today's counters (a day's may outlive its day)
             ttl = (_month(now)[1] if plan.monthly else DAY - now % DAY) + 60
             cells = plan.day_cells = local.cells(plan.keys_for(day), ttl)
             plan.cells_day = day
-            refused = local.take(cells, amounts, plan.budget_limits)
+            refused = local.take(cells, tally, tokens, nano, plan.budget_limits)
         if refused is None:
-            return _held(Held, (None, plan, cells, amounts))  # (a Held without its Python-level __new__)
+            return _held(Held, (None, plan, cells, (tokens, nano)))  # (a Held without its Python-level __new__)
         b = bounds[refused.index]  # (it resets when its window ends)
         raise _over(ident, b, now, _month(now)[1] if b.what == "usdm" else DAY - now % DAY, used=refused.used,
-                    need=amounts[refused.index])
+                    need=nano if tally.kinds[refused.index] else tokens)
 
     async def settle(self, held: Held | None, tokens: int, usd: float) -> None:
         if held is None:
@@ -279,8 +280,9 @@ class LimitPolicy:
         if held is None:
             return
         plan = held.plan  # (a reservation of `reserve_now`: its cells and amounts are set; no asserts on this path)
-        used = map((tokens, math.ceil(usd * NANO) if plan.money else 0).__getitem__, plan.pick)
-        self._local.give(held.cells, map(sub, used, held.amounts))  # type: ignore[union-attr, arg-type]
+        reserved_tokens, reserved_nano = held.amounts  # type: ignore[misc]
+        self._local.give(held.cells, plan.tally, tokens - reserved_tokens,  # type: ignore[union-attr, arg-type]
+                         (math.ceil(usd * NANO) if plan.money else 0) - reserved_nano)
 
     async def usage(self) -> list[BudgetUse]:
         """Today's use of every day budget of the keys seen since start and of their teams (for the budget
