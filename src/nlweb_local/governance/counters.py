@@ -25,7 +25,7 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass
-from typing import Callable, Iterable, NamedTuple, Protocol, Sequence
+from typing import Callable, NamedTuple, Protocol, Sequence
 
 
 class Charge(NamedTuple):  # (a tuple: made on every call, ~3x cheaper than a frozen dataclass)
@@ -199,7 +199,8 @@ class Tally:
         self.fit, self.add = compiled
 
 
-_COMPILED: dict[tuple[int, ...], tuple[Callable, Callable]] = {}
+_COMPILED: dict[tuple[int, ...], tuple[Callable, Callable]] = {}  # (bounded by the patterns limits can make:
+#   a key's and a team's four kinds of limit, each counting tokens/requests or dollars)
 
 
 def _compile(kinds: tuple[int, ...]) -> tuple[Callable, Callable]:
