@@ -170,7 +170,7 @@ def sqlite_insert_rows(conn: Any, head: str, width: int, rows: Sequence[Sequence
     converted and copied into SQLite: ~0.5 us a value on a slow core), and a batch repeats much — an audit
     row's kind, role, team, model, count, detail and blank content, a ledger row's deployment and
     outcome. Equal values of different types (0 and 0.0) are not shared, so what is stored is exactly
-    what one row per value would store (`tests/test_batch_writer.py`)."""
+    what one row per value would store (`tests/test_sqlite_insert_rows.py`)."""
     for at in range(0, len(rows), per_statement):
         chunk = rows[at:at + per_statement]
         n = len(chunk)
@@ -201,18 +201,16 @@ def _statement(head: str, width: int, n: int, shared: tuple[int, ...]) -> str:
     key = (head, width, n, shared)
     sql = _STATEMENTS.get(key)
     if sql is None:
-        place: list[Any] = [None] * width  # per column: its parameter number (shared) or its first (varying)
+        first = [0] * width  # per column: its parameter for row 0
+        step = [0] * width  # and how far row i's is from it (0: one parameter for every row)
         for k, j in enumerate(shared):
-            place[j] = k + 1
+            first[j] = k + 1
         nxt = len(shared) + 1
         for j in range(width):
-            if place[j] is None:
-                place[j] = ("v", nxt)
+            if not first[j]:
+                first[j], step[j] = nxt, 1
                 nxt += n
-        groups = []
-        for i in range(n):
-            groups.append("(" + ", ".join(f"?{p}" if type(p) is int else f"?{p[1] + i}" for p in place) + ")")
-        sql = head + ", ".join(groups)
+        sql = head + ", ".join("(" + ", ".join(f"?{f + s * i}" for f, s in zip(first, step)) + ")" for i in range(n))
         if len(_STATEMENTS) >= 512:
             _STATEMENTS.clear()
         _STATEMENTS[key] = sql

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Callable, Mapping, NamedTuple
 
@@ -90,8 +90,8 @@ class Plan:
     minute_charges: tuple[Charge, ...] = ()
     rpm_limits: tuple[int, ...] = ()  # in counter units, per bound
     budget_limits: tuple[int, ...] = ()
-    rpm_tally: Tally | None = None  # one request onto each requests/minute counter
-    tally: Tally | None = None  # per budget counter: tokens (the first amount) or nano-dollars (the second)
+    rpm_tally: Tally = field(init=False)  # one request onto each requests/minute counter
+    tally: Tally = field(init=False)  # per budget counter: tokens (the first amount) or nano-dollars (the second)
     # in process: the counters themselves, for the window they were lent for
     minute_cells: Cells | None = None
     cells_minute: int = -1
@@ -186,7 +186,7 @@ class LimitPolicy:
         window = int(now // MINUTE)
         cells = plan.minute_cells  # (the common case: this minute's counters, lent earlier)
         refused = self._local.take(cells, plan.rpm_tally, 1, 0, plan.rpm_limits) if cells is not None and \
-            plan.cells_minute == window else STALE  # type: ignore[union-attr, arg-type]
+            plan.cells_minute == window else STALE  # type: ignore[union-attr]
         if refused is STALE:
             refused = self._take_rpm(plan, window, now)
         if refused is not None:
@@ -199,7 +199,7 @@ class LimitPolicy:
         assert local is not None
         cells = plan.minute_cells = local.cells([f"{b.prefix}{window}" for b in plan.rpm], MINUTE - now % MINUTE + 5)
         plan.cells_minute = window
-        return local.take(cells, plan.rpm_tally, 1, 0, plan.rpm_limits)  # type: ignore[arg-type]
+        return local.take(cells, plan.rpm_tally, 1, 0, plan.rpm_limits)
 
     async def check_budget(self, ident: Identity) -> None:
         """Refuse at once when a day's token or money budget is already used up (so /ask answers 429
@@ -247,7 +247,7 @@ class LimitPolicy:
         now = self._now()
         day = int(now // DAY)
         nano = math.ceil(usd * NANO)
-        tally: Tally = plan.tally  # type: ignore[assignment]  (set by __post_init__)
+        tally = plan.tally
         local: InProcessCounters = self._local  # type: ignore[assignment]  (only when `local`)
         cells = plan.day_cells
         refused = local.take(cells, tally, tokens, nano, plan.budget_limits) if cells is not None and \
@@ -281,7 +281,7 @@ class LimitPolicy:
             return
         plan = held.plan  # (a reservation of `reserve_now`: its cells and amounts are set; no asserts on this path)
         reserved_tokens, reserved_nano = held.amounts  # type: ignore[misc]
-        self._local.give(held.cells, plan.tally, tokens - reserved_tokens,  # type: ignore[union-attr, arg-type]
+        self._local.give(held.cells, plan.tally, tokens - reserved_tokens,  # type: ignore[union-attr]
                          (math.ceil(usd * NANO) if plan.money else 0) - reserved_nano)
 
     async def usage(self) -> list[BudgetUse]:
